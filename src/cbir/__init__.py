@@ -1,0 +1,29 @@
+"""cbir: image embedding and retrieval with EfficientNet trunks, ONNX Runtime and FAISS.
+
+The inference path (``cbir.engine``, ``cbir.index``, ``cbir.bench`` metrics) never imports
+torch; ``cbir.models``, ``cbir.export`` and ``cbir.finetune`` do.
+
+Three lines to embed images::
+
+    import cbir
+    emb = cbir.Embedder("model.onnx")
+    vecs = emb.embed(["a.jpg", "b.png"])
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["Embedder", "Gallery", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy so that `import cbir` stays cheap and never pulls in onnxruntime/faiss by itself.
+    if name == "Embedder":
+        from cbir.engine.embedder import Embedder
+
+        return Embedder
+    if name == "Gallery":
+        from cbir.index.gallery import Gallery
+
+        return Gallery
+    raise AttributeError(name)

@@ -1,0 +1,39 @@
+"""Backends as loader + runner pairs, chosen by name; optional dependencies are imported lazily.
+
+| name             | runner                                              | needs                      |
+|------------------|-----------------------------------------------------|----------------------------|
+| onnxruntime      | ORT CPU EP, intra-op threads = all cores by default  | onnxruntime                |
+| onnxruntime-cuda | ORT CUDA EP (refused if the session fell back to CPU)| onnxruntime-gpu, CUDA      |
+| onnxruntime-trt  | ORT TensorRT EP, then CUDA (same check)              | onnxruntime-gpu, TensorRT  |
+
+Every runner takes a uint8 [N, H, W, 3] batch and returns float32 [N, D] L2-normalised vectors.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from cbir.engine.backends.base import Runner
+from cbir.errors import CbirError
+
+
+def _onnxruntime(provider: str) -> Callable[..., Runner]:
+    def load(model: str, **options) -> Runner:
+        from cbir.engine.backends.onnxruntime import load_session, OrtRunner
+
+        return OrtRunner(load_session(model, provider=provider, **options), source=str(model))
+
+    return load
+
+
+BACKENDS: dict[str, Callable[..., Runner]] = {
+    "onnxruntime": _onnxruntime("cpu"),
+    "onnxruntime-cuda": _onnxruntime("cuda"),
+    "onnxruntime-trt": _onnxruntime("tensorrt"),
+}
+
+
+def load_backend(model: str, backend: str = "onnxruntime", **options) -> Runner:
+    """Load ``model`` with the backend registered under ``backend`` (default: ONNX Runtime CPU)."""
+    if backend not in BACKENDS:
+        raise CbirError(f"--backend {backend!r}: unknown backend; choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[backend](model, **options)

@@ -1,0 +1,87 @@
+"""ONNX Runtime loader + runner. CPU by default; CUDA and TensorRT execution providers on request.
+
+A GPU provider that silently fell back to CPU (ORT does this when CUDA/cuDNN/TensorRT libraries
+are missing, GPU_NOTES.md §Q3) is an error: the session's actual providers are checked.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cbir.errors import CbirError
+from cbir.modelinfo import METADATA_KEY, ModelInfo
+
+_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def default_threads() -> int:
+    """All cores this process may use (respects taskset/cgroup affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def load_session(model: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
+                 spinning: bool = True, trt_options: dict | None = None):
+    """Create an ``InferenceSession``; ``threads`` defaults to all cores, ORT_ENABLE_ALL, sequential."""
+    import onnxruntime as ort
+
+    path = Path(model)
+    if not path.is_file():
+        raise CbirError(f"--model {path}: no such file")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or default_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning burns cores between runs; turn it off when other threads (decoders) share the cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.log_severity_level = 3
+    providers: list = list(_PROVIDERS[provider])
+    if provider == "tensorrt":
+        providers[0] = ("TensorrtExecutionProvider", dict(trt_options or {}))
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as e:  # ORT raises its own exception types (InvalidGraph, Fail, ...)
+        raise CbirError(f"--model {path}: ONNX Runtime cannot load it ({type(e).__name__}: {e})") from None
+    wanted = _PROVIDERS[provider][0]
+    if wanted not in sess.get_providers():
+        raise CbirError(
+            f"--backend onnxruntime-{provider}: ONNX Runtime fell back to {sess.get_providers()} "
+            f"({wanted} is not usable here: install onnxruntime-gpu with matching CUDA/cuDNN{'/TensorRT' if provider == 'tensorrt' else ''})"
+        )
+    return sess
+
+
+def read_info(sess, source: str = "model") -> ModelInfo:
+    """The cbir facts from the session's model metadata."""
+    meta = sess.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in meta:
+        raise CbirError(f"{source}: not a cbir model (no '{METADATA_KEY}' metadata; export it with `cbir export`)")
+    return ModelInfo.from_json(meta[METADATA_KEY], source)
+
+
+class OrtRunner:
+    """Runs uint8 NHWC batches through an ORT session."""
+
+    def __init__(self, sess, source: str = "model"):
+        self.sess = sess
+        self.info = read_info(sess, source)
+        self.providers = sess.get_providers()
+        self.name = "onnxruntime" if self.providers[0] == "CPUExecutionProvider" else f"onnxruntime[{self.providers[0]}]"
+        inp = sess.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_name = sess.get_outputs()[0].name
+        h, w = self.info.input_size
+        if inp.type != "tensor(uint8)" or list(inp.shape[1:]) != [h, w, 3]:
+            raise CbirError(f"{source}: input is {inp.type} {inp.shape}, expected uint8 [batch, {h}, {w}, 3]")
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.sess.run([self.output_name], {self.input_name: batch})[0]

@@ -1,0 +1,167 @@
+"""Bulk embedding: decode on a thread pool while the backend runs the previous batch.
+
+Memory is O(batch): at most ``prefetch + 1`` batches (each one reusable uint8 buffer) are in flight,
+whatever the number of inputs. Output order is the input order, and every input is accounted for:
+it is in a batch's ``indices`` (with a vector) or in its ``errors`` (with the reason).
+Pillow releases the GIL while decoding and resizing, so threads (default: all cores) suffice.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from cbir.engine.preprocess import ImageError, ImageSource, Preprocess, describe
+
+PREFETCH = 2
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage. read/decode are summed over worker threads; infer and wall are wall time."""
+
+    read: float = 0.0
+    decode: float = 0.0
+    infer: float = 0.0
+    wait: float = 0.0  # inference thread waiting for decoded batches
+    wall: float = 0.0
+    images: int = 0
+    failed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, read: float, decode: float) -> None:
+        with self._lock:
+            self.read += read
+            self.decode += decode
+
+    def as_dict(self) -> dict:
+        d = {k: round(getattr(self, k), 4) for k in ("read", "decode", "infer", "wait", "wall")}
+        d.update(images=self.images, failed=self.failed,
+                 images_per_s=round(self.images / self.wall, 2) if self.wall > 0 else 0.0)
+        return d
+
+    def summary(self) -> str:
+        d = self.as_dict()
+        return (f"{d['images']} images in {d['wall']:.2f} s ({d['images_per_s']:.1f} img/s), {d['failed']} failed; "
+                f"read {d['read']:.2f} s, decode {d['decode']:.2f} s (summed over workers), "
+                f"infer {d['infer']:.2f} s, waiting for decode {d['wait']:.2f} s")
+
+
+@dataclass
+class FileFacts:
+    """What was learnt about an input while reading it (files only)."""
+
+    size: int | None = None
+    sha1: str | None = None
+
+
+@dataclass
+class Batch:
+    """One processed batch: input positions with vectors, and failures as (position, source, reason)."""
+
+    indices: list[int]
+    vectors: np.ndarray
+    errors: list[tuple[int, str, str]]
+    facts: dict[int, FileFacts]
+
+
+def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool, timings: Timings) -> FileFacts:
+    facts = FileFacts()
+    t0 = time.perf_counter()
+    if isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+        try:
+            data = open(name, "rb").read()
+        except FileNotFoundError:
+            kind = " (dangling symlink)" if os.path.islink(name) else ""
+            raise ImageError(name, "no such file" + kind) from None
+        except IsADirectoryError:
+            raise ImageError(name, "is a directory") from None
+        except OSError as e:
+            raise ImageError(name, f"cannot read ({e.strerror or e})") from None
+        facts.size = len(data)
+        if hash_files:
+            facts.sha1 = hashlib.sha1(data).hexdigest()
+        t1 = time.perf_counter()
+        try:
+            pp(data, out)
+        except ImageError as e:
+            raise ImageError(name, e.reason) from None
+    else:
+        t1 = time.perf_counter()
+        pp(source, out)
+    timings.add(t1 - t0, time.perf_counter() - t1)
+    return facts
+
+
+def iter_batches(
+    sources: Iterable[ImageSource],
+    run: Callable[[np.ndarray], np.ndarray],
+    pp: Preprocess,
+    batch_size: int = 32,
+    workers: int | None = None,
+    prefetch: int = PREFETCH,
+    hash_files: bool = False,
+    timings: Timings | None = None,
+) -> Iterator[Batch]:
+    """Yield ``Batch``es in input order; decoding of the next batches overlaps ``run`` of this one."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size}: must be ≥ 1")
+    timings = timings if timings is not None else Timings()
+    h, w = pp.size
+    workers = workers or len(os.sched_getaffinity(0))
+    free: list[np.ndarray] = [np.empty((batch_size, h, w, 3), np.uint8) for _ in range(prefetch + 1)]
+    it = iter(enumerate(sources))
+    pending: deque = deque()
+    start = time.perf_counter()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbir-decode") as pool:
+
+        def submit_next() -> None:
+            chunk = [x for _, x in zip(range(batch_size), it)]
+            if not chunk:
+                return
+            buf = free.pop()
+            futs = [pool.submit(_load, src, pp, buf[slot], hash_files, timings) for slot, (_, src) in enumerate(chunk)]
+            pending.append((chunk, buf, futs))
+
+        try:
+            for _ in range(prefetch + 1):
+                submit_next()
+            while pending:
+                chunk, buf, futs = pending.popleft()
+                t0 = time.perf_counter()
+                ok, errors, facts = [], [], {}
+                for slot, ((pos, src), fut) in enumerate(zip(chunk, futs)):
+                    try:
+                        facts[pos] = fut.result()
+                        ok.append(slot)
+                    except ImageError as e:
+                        errors.append((pos, e.source if isinstance(src, (str, os.PathLike)) else describe(src), e.reason))
+                    except Exception as e:  # a decoder bug must not kill the job: report it for this input
+                        errors.append((pos, describe(src), f"{type(e).__name__}: {e}"))
+                t1 = time.perf_counter()
+                timings.wait += t1 - t0
+                if ok:
+                    x = buf[: len(ok)] if len(ok) == len(chunk) else buf[ok]
+                    vectors = run(x)
+                else:
+                    vectors = np.empty((0, 0), np.float32)
+                timings.infer += time.perf_counter() - t1
+                free.append(buf)
+                submit_next()
+                timings.images += len(ok)
+                timings.failed += len(errors)
+                timings.wall = time.perf_counter() - start
+                yield Batch([chunk[s][0] for s in ok], vectors, errors, facts)
+        finally:
+            for _, _, futs in pending:
+                for f in futs:
+                    f.cancel()

@@ -1,0 +1,114 @@
+"""``Embedder``: the Python API over a backend, the preprocessing, bulk mode and the dynamic batcher.
+
+    emb = cbir.Embedder("model.onnx")          # ONNX Runtime CPU, all cores
+    vecs = emb.embed(["a.jpg", "b.png"])       # paths, bytes, PIL images or NumPy arrays -> [N, D]
+    res = emb.embed_files(paths)               # bulk: vectors for the good files, errors for the bad
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from cbir.engine.backends import load_backend
+from cbir.engine.batcher import DynamicBatcher
+from cbir.engine.bulk import Batch, Timings, iter_batches
+from cbir.engine.preprocess import ImageError, ImageSource, Preprocess
+from cbir.modelinfo import ModelInfo
+
+
+@dataclass
+class EmbedResult:
+    """Bulk output: ``vectors[i]`` belongs to input ``indices[i]``; ``errors`` = [(index, source, reason)]."""
+
+    vectors: np.ndarray
+    indices: np.ndarray
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+
+
+class Embedder:
+    """Embeds images with an exported cbir model. Defaults: ONNX Runtime CPU, threads and decode
+    workers = all cores, batch 32, the model's own resize policy and filter."""
+
+    def __init__(self, model: str | os.PathLike, backend: str = "onnxruntime", threads: int | None = None,
+                 workers: int | None = None, batch_size: int = 32, max_pixels: int | None = None, **backend_options):
+        if threads is not None:
+            backend_options["threads"] = threads
+        self.model_path = os.fspath(model)
+        self.runner = load_backend(self.model_path, backend, **backend_options)
+        self.info: ModelInfo = self.runner.info
+        kw = {} if max_pixels is None else {"max_pixels": max_pixels}
+        self.preprocess = Preprocess(tuple(self.info.input_size), self.info.resize, self.info.interpolation, **kw)
+        self.workers = workers
+        self.batch_size = batch_size
+
+    @property
+    def dim(self) -> int:
+        return self.info.dim
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info.fingerprint
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The model alone: uint8 [N, H, W, 3] -> float32 [N, D]."""
+        return self.runner.run(batch)
+
+    def embed_one(self, image: ImageSource) -> np.ndarray:
+        """One image -> [D]. Raises ``ImageError`` for a bad image."""
+        h, w = self.preprocess.size
+        if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (h, w, 3):
+            row = image  # already model input: no copy, no PIL round trip
+        else:
+            row = self.preprocess(image)
+        return self.runner.run(row[None])[0]
+
+    def embed(self, images: ImageSource | Sequence[ImageSource], batch_size: int | None = None) -> np.ndarray:
+        """Images -> float32 [N, D] in input order. Raises ``ImageError`` naming the first bad image
+        (use ``embed_files`` to skip bad files instead)."""
+        if not isinstance(images, (list, tuple)):
+            return self.embed_one(images)[None]
+        if len(images) == 1:
+            return self.embed_one(images[0])[None]
+        res = self.embed_files(images, batch_size=batch_size)
+        if res.errors:
+            _, source, reason = res.errors[0]
+            raise ImageError(source, reason)
+        return res.vectors
+
+    def iter_batches(self, sources: Iterable[ImageSource], batch_size: int | None = None,
+                     hash_files: bool = False, timings: Timings | None = None) -> Iterator[Batch]:
+        """Lower-level bulk iterator (see ``cbir.engine.bulk.iter_batches``)."""
+        return iter_batches(sources, self.runner.run, self.preprocess, batch_size or self.batch_size,
+                            self.workers, hash_files=hash_files, timings=timings)
+
+    def embed_files(self, sources: Sequence[ImageSource], batch_size: int | None = None,
+                    progress: bool = False) -> EmbedResult:
+        """Bulk mode: every input ends up in ``indices`` (with a vector) or in ``errors``."""
+        timings = Timings()
+        vecs, idx, errors = [], [], []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(sources), unit="img", file=sys.stderr, dynamic_ncols=True)
+        for b in self.iter_batches(sources, batch_size, timings=timings):
+            if len(b.indices):
+                vecs.append(b.vectors)
+                idx.extend(b.indices)
+            errors.extend(b.errors)
+            if bar is not None:
+                bar.update(len(b.indices) + len(b.errors))
+        if bar is not None:
+            bar.close()
+        vectors = np.concatenate(vecs) if vecs else np.empty((0, self.dim), np.float32)
+        return EmbedResult(vectors, np.asarray(idx, np.int64), errors, timings)
+
+    def batcher(self, max_batch: int = 32, max_delay_ms: float = 5.0, max_queue: int = 1024,
+                timeout_s: float | None = None) -> DynamicBatcher:
+        """A dynamic batcher over this model (close it, or use it as a context manager)."""
+        return DynamicBatcher(self.runner.run, self.preprocess, max_batch, max_delay_ms, max_queue, timeout_s)

@@ -1,0 +1,150 @@
+"""``cbir export``: a retrieval model -> ONNX file with cbir metadata, checked by the parity gate.
+
+Graph: input ``images`` uint8 [batch, H, W, 3] (RGB, NHWC, batch dynamic, H×W static); output
+``embeddings`` float32 [batch, D], L2-normalised. Exported with torch's dynamo exporter (opset 20)
+from a batch of 2 (torch.export specialises size-1 dims). The file is written to a temporary name
+beside the output and renamed only after the parity gate passes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cbir.errors import CbirError
+from cbir.modelinfo import METADATA_KEY, ModelInfo
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "embeddings"
+
+
+def graph_fingerprint(model) -> str:
+    """SHA-256 (16 hex) of the serialized model without its metadata."""
+    import onnx
+
+    clone = onnx.ModelProto()
+    clone.CopyFrom(model)
+    del clone.metadata_props[:]
+    return hashlib.sha256(clone.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+def write_metadata(model, info: ModelInfo) -> None:
+    """Set the ``cbir`` metadata entry (replacing an old one)."""
+    for i in reversed(range(len(model.metadata_props))):
+        if model.metadata_props[i].key == METADATA_KEY:
+            del model.metadata_props[i]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, info.to_json()
+
+
+def check_writable(output: Path) -> None:
+    parent = output.resolve().parent
+    if not parent.is_dir():
+        raise CbirError(f"-o {output}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CbirError(f"-o {output}: directory {parent} is not writable")
+    if output.is_dir():
+        raise CbirError(f"-o {output}: is a directory")
+
+
+def export_onnx(
+    arch: str | None,
+    output: str | os.PathLike,
+    block: int = 7,
+    pooling: str = "gap",
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    whitening: str | os.PathLike | None = None,
+    resize: str = "squash",
+    parity_images: list | None = None,
+    min_cosine: float | None = None,
+) -> dict:
+    """Export and gate; returns the summary printed by ``cbir export --json``."""
+    import onnx
+    import torch
+
+    from cbir import __version__
+    from cbir.models.retrieval import RetrievalModel
+    from cbir.models.trunk import build_trunk
+    from cbir.models.whitening import Whitening
+
+    output = Path(output)
+    check_writable(output)
+    t0 = time.perf_counter()
+    trunk = build_trunk(arch, block, pretrained=pretrained, weights=weights)
+    wt = Whitening.load(whitening) if whitening else None
+    model = RetrievalModel(trunk, pooling, image_size, wt).eval()
+    size = model.image_size
+    meta = trunk.meta or {}
+    info = ModelInfo(
+        arch=trunk.spec.name, block=block, pooling=pooling, dim=model.dim, input_size=(size, size),
+        mean=tuple(model.mean), std=tuple(model.std),
+        interpolation=meta.get("interpolation", trunk.spec.interpolation), resize=resize,
+        whitening=wt.fingerprint if wt else None, weights=trunk.weights, precision="fp32",
+        cbir_version=__version__,
+        extra={k: meta[k] for k in ("classes", "split_seed") if k in meta},
+    )
+    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
+    fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=output.resolve().parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: "batch"},), dynamo=True, external_data=False, optimize=True, verbose=False,
+            )
+        proto = onnx.load(str(tmp))
+        info.fingerprint = graph_fingerprint(proto)
+        write_metadata(proto, info)
+        onnx.save(proto, str(tmp))
+        export_s = time.perf_counter() - t0
+        fidelity = parity_gate(model, tmp, info, parity_images, min_cosine)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    data = output.read_bytes()
+    return {
+        "output": str(output), "arch": info.arch, "block": block, "pooling": pooling, "dim": info.dim,
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", size, size, 3]},
+        "output_tensor": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", info.dim]},
+        "weights": info.weights, "fingerprint": info.fingerprint, "min_cosine": fidelity.min_cosine,
+        "mean_cosine": fidelity.mean_cosine, "parity_images": fidelity.n, "export_seconds": round(export_s, 2),
+        "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def reference_vectors(model, batch: np.ndarray) -> np.ndarray:
+    """The PyTorch module's output for a uint8 batch (the parity reference)."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(batch)).numpy()
+
+
+def parity_gate(model, onnx_path: Path, info: ModelInfo, images: list | None = None, min_cosine: float | None = None):
+    """ONNX Runtime vs PyTorch on real photos; raises CbirError below ``min_cosine`` (0.99999)."""
+    from cbir.engine.backends.onnxruntime import OrtRunner, load_session
+    from cbir.engine.preprocess import Preprocess
+    from cbir.export.parity import FP32_MIN_COSINE, compare
+    from cbir.samples import sample_photos
+
+    threshold = FP32_MIN_COSINE if min_cosine is None else min_cosine
+    images = list(images) if images else sample_photos()
+    pp = Preprocess(info.input_size, info.resize, info.interpolation)
+    batch = np.stack([pp(img) for img in images])
+    ref = reference_vectors(model, batch)
+    runner = OrtRunner(load_session(onnx_path), source=str(onnx_path))
+    got = np.concatenate([runner.run(batch[i : i + 8]) for i in range(0, len(batch), 8)])
+    fid = compare(ref, got)
+    if not np.isfinite(got).all() or fid.min_cosine < threshold:
+        raise CbirError(
+            f"parity gate failed for {info.arch} Block {info.block} {info.pooling}: min cosine "
+            f"{fid.min_cosine:.7f} < {threshold} between ONNX Runtime and PyTorch on {fid.n} photos"
+        )
+    return fid
