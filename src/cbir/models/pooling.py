@@ -59,11 +59,9 @@ class RegionalCroW(nn.Module):
     def __init__(self, h: int, w: int, levels: int = 3, whitening: tuple | None = None):
         super().__init__()
         self.register_buffer("mask", torch.from_numpy(F.region_mask(h, w, levels)))
-        self.whiten_mean = self.whiten_proj = None
-        if whitening is not None:
-            mean, proj = whitening
-            self.register_buffer("whiten_mean", torch.as_tensor(mean, dtype=torch.float32))
-            self.register_buffer("whiten_proj", torch.as_tensor(proj, dtype=torch.float32))
+        mean, proj = whitening if whitening is not None else (None, None)
+        self.register_buffer("whiten_mean", None if mean is None else torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("whiten_proj", None if proj is None else torch.as_tensor(proj, dtype=torch.float32))
 
     @property
     def num_regions(self) -> int:

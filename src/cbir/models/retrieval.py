@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cbir.errors import CbirError
 from cbir.models import functional as F
 from cbir.models.pooling import RegionalCroW, create_pooling
 from cbir.models.trunk import Trunk
@@ -29,8 +30,6 @@ class RetrievalModel(nn.Module):
             hw = tuple(self.trunk(torch.zeros(1, 3, self.image_size, self.image_size)).shape[2:])
         self.feature_hw = hw
         if whitening is not None and whitening.in_dim != trunk.dim:
-            from cbir.errors import CbirError
-
             raise CbirError(f"--whitening: fitted on {whitening.in_dim}-d vectors, the model gives {trunk.dim}-d")
         self.whitening = whitening
         if pooling == "rcrow":
@@ -38,10 +37,9 @@ class RetrievalModel(nn.Module):
             self.pool = RegionalCroW(*hw, whitening=wt)
         else:
             self.pool = create_pooling(pooling, hw)
-        self.whiten_mean = self.whiten_proj = None
-        if whitening is not None and pooling != "rcrow":
-            self.register_buffer("whiten_mean", torch.from_numpy(whitening.mean))
-            self.register_buffer("whiten_proj", torch.from_numpy(whitening.proj))
+        plain = whitening is not None and pooling != "rcrow"
+        self.register_buffer("whiten_mean", torch.from_numpy(whitening.mean) if plain else None)
+        self.register_buffer("whiten_proj", torch.from_numpy(whitening.proj) if plain else None)
         mean = torch.tensor(trunk.spec.mean if trunk.meta is None else trunk.meta.get("mean", trunk.spec.mean))
         std = torch.tensor(trunk.spec.std if trunk.meta is None else trunk.meta.get("std", trunk.spec.std))
         self.mean, self.std = mean.tolist(), std.tolist()
