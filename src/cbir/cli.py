@@ -56,6 +56,115 @@ def cmd_embed(a: argparse.Namespace) -> int:
     return 0
 
 
+def _open_embedder(a: argparse.Namespace, model: str):
+    from cbir.engine.embedder import Embedder
+
+    return Embedder(model, backend=a.backend, threads=a.threads, workers=a.workers)
+
+
+def cmd_index_build(a: argparse.Namespace) -> int:
+    from cbir.index.gallery import INDEX_JSON, Gallery
+
+    root = Path(a.index)
+    if not Path(a.images_dir).is_dir():
+        raise CbirError(f"IMAGES_DIR {a.images_dir}: not a directory")
+    existed = (root / INDEX_JSON).is_file()
+    emb = _open_embedder(a, a.model)
+    g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
+                       dba=a.dba, dba_alpha=a.dba_alpha)
+    if existed and not a.json:
+        print(f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)", file=sys.stderr)
+    report = g.build([a.images_dir], batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty())
+    return _print_report(a, report, "indexed")
+
+
+def _print_report(a: argparse.Namespace, report: dict, verb: str) -> int:
+    for f in report["failed"]:
+        print(f"cbir: failed {f['path']}: {f['error']}", file=sys.stderr)
+    if a.json:
+        _print_json(report)
+    else:
+        t = report["timings"]
+        print(f"{verb} {report['indexed']} images ({len(report['skipped'])} unchanged, {len(report['failed'])} failed); "
+              f"index holds {report['count']}; {t.get('images_per_s', 0)} img/s, total {t['total']} s")
+    return 0
+
+
+def cmd_index_add(a: argparse.Namespace) -> int:
+    from cbir.index.gallery import Gallery
+
+    g = Gallery(a.index)
+    g.embedder(backend=a.backend, threads=a.threads, workers=a.workers)
+    return _print_report(a, g.add(a.paths, batch_size=a.batch_size), "added")
+
+
+def cmd_index_remove(a: argparse.Namespace) -> int:
+    from cbir.index.gallery import Gallery
+
+    r = Gallery(a.index).remove(a.paths)
+    _print_json(r) if a.json else print(f"removed {r['removed']}; index holds {r['count']}")
+    return 0
+
+
+def cmd_index_info(a: argparse.Namespace) -> int:
+    from cbir.index.gallery import Gallery
+
+    info = Gallery(a.index).info()
+    if a.json:
+        _print_json(info)
+    else:
+        m = info["model"]
+        print(f"{info['path']}: {info['count']} images, d={info['dim']}, factory {info['factory']}, "
+              f"model {m['arch']} Block {m['block']} {m['pooling']} ({m['fingerprint']}), "
+              f"{info['failed']} failed, {info['removed']} removed, {info['pending_shards']} shards pending")
+    return 0
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from cbir.index.gallery import Gallery
+
+    g = Gallery(a.index)
+    if a.model:
+        g._embedder = _open_embedder(a, a.model)
+        g.check_model(g._embedder)
+    else:
+        g.embedder(backend=a.backend, threads=a.threads, workers=a.workers)
+    results = g.search(a.queries, k=a.k, qe_n=a.qe, qe_alpha=a.qe_alpha)
+    if a.json:
+        _print_json(results)
+        return 0
+    for r in results:
+        if "error" in r:
+            print(f"{r['query']}: error: {r['error']}", file=sys.stderr)
+            continue
+        print(r["query"])
+        for rank, h in enumerate(r["results"], 1):
+            print(f"  {rank:3d}. {h['score']:.4f}  {h['path']}  (id {h['id']})")
+    return 0
+
+
+def cmd_whiten_fit(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cbir.models.whitening import fit
+
+    src = Path(a.vectors)
+    if src.is_dir():
+        from cbir.index.gallery import Gallery
+
+        x = Gallery(src).load_vectors()[1]
+    else:
+        try:
+            x = np.load(src)
+        except (OSError, ValueError) as e:
+            raise CbirError(f"VECTORS {src}: cannot read a .npy array ({e})") from None
+    w = fit(x, dim=a.dim, shrinkage=a.shrinkage, min_per_dim=a.min_per_dim, force=a.force)
+    w.save(a.output)
+    info = {"output": a.output, "fingerprint": w.fingerprint, **w.info}
+    _print_json(info) if a.json else print(f"wrote {a.output}: {w.in_dim} -> {w.out_dim} dims from {len(x)} vectors ({w.info['per_dim']:.1f} per dim), fingerprint {w.fingerprint}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cbir import __version__
 
@@ -86,6 +195,58 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(m)
     m.add_argument("--json", action="store_true")
     m.set_defaults(fn=cmd_embed)
+
+    ix = sub.add_parser("index", help="build and edit a gallery index").add_subparsers(dest="index_command", required=True)
+    b = ix.add_parser("build", help="index a folder of images (resumable)")
+    b.add_argument("images_dir")
+    b.add_argument("--model", required=True)
+    b.add_argument("--index", required=True, help="index directory (created, or resumed if it exists)")
+    b.add_argument("--factory", default="Flat", help='FAISS factory string, e.g. "Flat" (default), "IVF1024,PQ32", "HNSW32"')
+    b.add_argument("--shard-size", type=int, default=1024, help="images per resumable shard (default 1024)")
+    b.add_argument("--whitening", help="whitening file applied to stored and query vectors")
+    b.add_argument("--dba", type=int, default=0, help="database-side augmentation over N neighbours (default off)")
+    b.add_argument("--dba-alpha", type=float, default=0.0)
+    b.add_argument("--resume", action="store_true", help="continue an interrupted build (also automatic)")
+    _engine_args(b)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=cmd_index_build)
+    ad = ix.add_parser("add", help="add new or changed files or folders")
+    ad.add_argument("index")
+    ad.add_argument("paths", nargs="+")
+    _engine_args(ad)
+    ad.add_argument("--json", action="store_true")
+    ad.set_defaults(fn=cmd_index_add)
+    rm = ix.add_parser("remove", help="remove files or folders from the index")
+    rm.add_argument("index")
+    rm.add_argument("paths", nargs="+")
+    rm.add_argument("--json", action="store_true")
+    rm.set_defaults(fn=cmd_index_remove)
+    inf = ix.add_parser("info", help="what an index holds")
+    inf.add_argument("index")
+    inf.add_argument("--json", action="store_true")
+    inf.set_defaults(fn=cmd_index_info)
+
+    s = sub.add_parser("search", help="search an index with query images")
+    s.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
+    s.add_argument("--index", required=True)
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--qe", type=int, default=0, help="query expansion over the top N (default off)")
+    s.add_argument("--qe-alpha", type=float, default=0.0, help="α-QE exponent (0 = average QE)")
+    s.add_argument("--model", help="model file (default: the one recorded in the index; must match it)")
+    _engine_args(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_search)
+
+    wh = sub.add_parser("whiten", help="PCA-whitening").add_subparsers(dest="whiten_command", required=True)
+    wf = wh.add_parser("fit", help="learn PCA-whitening from vectors (.npy) or an index directory")
+    wf.add_argument("vectors")
+    wf.add_argument("-o", "--output", required=True)
+    wf.add_argument("--dim", type=int, help="output dims (default: input dims)")
+    wf.add_argument("--shrinkage", type=float, default=0.1, help="eigenvalue shrinkage toward the mean (default 0.1)")
+    wf.add_argument("--min-per-dim", type=int, default=10, help="minimum vectors per output dim (default 10)")
+    wf.add_argument("--force", action="store_true", help="fit even with too few vectors")
+    wf.add_argument("--json", action="store_true")
+    wf.set_defaults(fn=cmd_whiten_fit)
     return p
 
 

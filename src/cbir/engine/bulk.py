@@ -120,7 +120,7 @@ def iter_batches(
     free: list[np.ndarray] = [np.empty((batch_size, h, w, 3), np.uint8) for _ in range(prefetch + 1)]
     it = iter(enumerate(sources))
     pending: deque = deque()
-    start = time.perf_counter()
+    last = time.perf_counter()
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbir-decode") as pool:
 
@@ -159,7 +159,9 @@ def iter_batches(
                 submit_next()
                 timings.images += len(ok)
                 timings.failed += len(errors)
-                timings.wall = time.perf_counter() - start
+                now = time.perf_counter()
+                timings.wall += now - last  # accumulates across calls sharing one Timings
+                last = now
                 yield Batch([chunk[s][0] for s in ok], vectors, errors, facts)
         finally:
             for _, _, futs in pending:

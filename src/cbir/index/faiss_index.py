@@ -1,0 +1,118 @@
+"""FAISS indexes from a factory string, with inner product on L2-normalised vectors (= cosine).
+
+Every index is wrapped in ``IndexIDMap2`` (unless the factory already starts with ``IDMap``) so ids
+are our stable int64 item ids. Trained factories (IVF, PQ, ...) are trained on a seeded random
+sample of at most ``TRAIN_SAMPLE`` = 100,000 vectors (the count is recorded in index.json).
+GPU: ``to_gpu`` copies a CPU master index to GPU 0 when faiss-gpu sees a GPU (GPU indexes cannot
+remove ids, so the CPU index stays the one that is written and edited; GPU_NOTES.md §Q4).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cbir.errors import CbirError
+
+TRAIN_SAMPLE = 100_000
+GPU_MAX_K = 2048
+
+
+def create(dim: int, factory: str = "Flat"):
+    import faiss
+
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise CbirError(f"--factory {factory!r}: FAISS cannot build it for {dim}-d vectors ({_first_line(e)})") from None
+    return index if factory.startswith("IDMap") else faiss.IndexIDMap2(index)
+
+
+def train(index, vectors: np.ndarray, factory: str, seed: int = 0) -> int:
+    """Train if needed on a sample; returns the number of training vectors (0 if untrained)."""
+    if index.is_trained:
+        return 0
+    n = len(vectors)
+    sample = vectors if n <= TRAIN_SAMPLE else vectors[np.random.default_rng(seed).choice(n, TRAIN_SAMPLE, replace=False)]
+    try:
+        index.train(np.ascontiguousarray(sample, np.float32))
+    except RuntimeError as e:
+        raise CbirError(f"--factory {factory!r}: cannot train on {len(sample)} vectors ({_first_line(e)}); "
+                        f"use 'Flat' or a smaller factory for small galleries") from None
+    return len(sample)
+
+
+def build(vectors: np.ndarray, ids: np.ndarray, factory: str = "Flat") -> tuple[object, int]:
+    """A filled index and the training sample size."""
+    index = create(vectors.shape[1], factory)
+    trained = train(index, vectors, factory) if len(vectors) else 0
+    if len(vectors):
+        index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+    return index, trained
+
+
+def remove(index, ids: np.ndarray) -> bool:
+    """Remove ids in place; False when the index type cannot (e.g. HNSW): rebuild then."""
+    import faiss
+
+    if len(ids) == 0:
+        return True
+    try:
+        index.remove_ids(faiss.IDSelectorArray(np.asarray(ids, np.int64)))
+        return True
+    except RuntimeError:
+        return False
+
+
+def enable_reconstruct(index) -> None:
+    """IVF indexes reconstruct stored vectors only with a direct map (needed by query expansion)."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    ivf = faiss.try_extract_index_ivf(inner)
+    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+        ivf.make_direct_map()
+
+
+def save(index, path: Path) -> None:
+    import faiss
+
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+
+
+def load(path: Path):
+    import faiss
+
+    return faiss.read_index(str(path))
+
+
+def gpu_available() -> bool:
+    try:
+        import faiss
+
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:
+        return False
+
+
+def to_gpu(index):
+    """A GPU copy of a CPU index (the IDMap wrapper stays on the CPU side)."""
+    import faiss
+
+    res = faiss.StandardGpuResources()
+    gpu = faiss.index_cpu_to_gpu(res, 0, index)
+    gpu.cbir_resources = res  # keep the resources alive as long as the index
+    return gpu
+
+
+def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    k = max(1, min(k, index.ntotal)) if index.ntotal else 1
+    return index.search(np.ascontiguousarray(queries, np.float32), k)
+
+
+def _first_line(e: Exception) -> str:
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    return lines[-1].strip() if lines else type(e).__name__

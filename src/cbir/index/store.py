@@ -1,0 +1,130 @@
+"""SQLite metadata store of an index directory (``meta.sqlite``).
+
+items(id, path, size, mtime, sha1, state, shard, error): ``id`` is the FAISS id, stable for the
+life of the index (a changed file keeps its id and is re-embedded into a new shard);
+state ∈ pending | indexed | failed | removed; ``shard`` is the shard that holds the item's
+current vector. shards(id, state, n): a shard is ``done`` once its vector file is written and its
+items are updated, in one transaction — the done-marker that makes resume skip finished work.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Iterable, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER,
+    mtime REAL,
+    sha1 TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',
+    shard INTEGER NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS items_shard ON items(shard);
+CREATE INDEX IF NOT EXISTS items_state ON items(state);
+CREATE TABLE IF NOT EXISTS shards (
+    id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL DEFAULT 'pending',
+    n INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class Store:
+    """Thin typed access to ``meta.sqlite``; every write is one transaction."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def transaction(self):
+        """``with store.transaction(): ...`` — BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+        return _Tx(self.conn)
+
+    # -- queries -------------------------------------------------------------------------------
+    def items_by_paths(self) -> dict[str, tuple]:
+        """path -> (id, size, mtime, state) for every item."""
+        return {r[0]: r[1:] for r in self.conn.execute("SELECT path, id, size, mtime, state FROM items")}
+
+    def paths_for_ids(self, ids: Iterable[int]) -> dict[int, str]:
+        ids = [int(i) for i in ids if i >= 0]
+        out: dict[int, str] = {}
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            q = f"SELECT id, path FROM items WHERE id IN ({','.join('?' * len(chunk))})"
+            out.update(self.conn.execute(q, chunk).fetchall())
+        return out
+
+    def shard_items(self, shard: int) -> list[tuple[int, str]]:
+        return self.conn.execute("SELECT id, path FROM items WHERE shard = ? ORDER BY id", (shard,)).fetchall()
+
+    def pending_shards(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT id FROM shards WHERE state = 'pending' ORDER BY id")]
+
+    def done_shards(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT id FROM shards WHERE state = 'done' ORDER BY id")]
+
+    def indexed_ids_of_shard(self, shard: int) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT id FROM items WHERE shard = ? AND state = 'indexed'", (shard,))}
+
+    def count(self, state: str | None = None) -> int:
+        if state is None:
+            return self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        return self.conn.execute("SELECT COUNT(*) FROM items WHERE state = ?", (state,)).fetchone()[0]
+
+    def failed(self) -> list[dict]:
+        return [{"path": p, "error": e} for p, e in self.conn.execute("SELECT path, error FROM items WHERE state = 'failed' ORDER BY id")]
+
+    def item(self, item_id: int) -> dict | None:
+        r = self.conn.execute("SELECT id, path, size, mtime, sha1, state, shard, error FROM items WHERE id = ?", (item_id,)).fetchone()
+        return None if r is None else dict(zip(("id", "path", "size", "mtime", "sha1", "state", "shard", "error"), r))
+
+    def ids_under(self, path: str) -> list[int]:
+        """Ids of live items at ``path`` or below it (a folder)."""
+        prefix = path.rstrip("/") + "/"
+        q = "SELECT id FROM items WHERE state != 'removed' AND (path = ? OR substr(path, 1, ?) = ?)"
+        return [r[0] for r in self.conn.execute(q, (path, len(prefix), prefix))]
+
+    # -- writes (call inside a transaction) ------------------------------------------------------
+    def new_shard(self) -> int:
+        return self.conn.execute("INSERT INTO shards (state) VALUES ('pending')").lastrowid
+
+    def add_item(self, path: str, size: int, mtime: float, shard: int) -> int:
+        return self.conn.execute("INSERT INTO items (path, size, mtime, state, shard) VALUES (?, ?, ?, 'pending', ?)",
+                                 (path, size, mtime, shard)).lastrowid
+
+    def requeue_item(self, item_id: int, size: int, mtime: float, shard: int) -> None:
+        self.conn.execute("UPDATE items SET size = ?, mtime = ?, state = 'pending', shard = ?, error = NULL WHERE id = ?",
+                          (size, mtime, shard, item_id))
+
+    def finish_shard(self, shard: int, indexed: list[tuple[int, str, int]], failed: list[tuple[int, str]]) -> None:
+        """indexed: (id, sha1, size); failed: (id, reason)."""
+        self.conn.executemany("UPDATE items SET state = 'indexed', sha1 = ?, size = ?, error = NULL WHERE id = ? AND shard = ?",
+                              [(h, s, i, shard) for i, h, s in indexed])
+        self.conn.executemany("UPDATE items SET state = 'failed', error = ? WHERE id = ? AND shard = ?",
+                              [(e, i, shard) for i, e in failed])
+        self.conn.execute("UPDATE shards SET state = 'done', n = ? WHERE id = ?", (len(indexed), shard))
+
+    def mark_removed(self, ids: list[int]) -> None:
+        self.conn.executemany("UPDATE items SET state = 'removed' WHERE id = ?", [(i,) for i in ids])
+
+
+class _Tx:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, *rest):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
