@@ -1,0 +1,81 @@
+"""``cbir bench accuracy``: retrieval metrics of a model on a labelled data set.
+
+Every image is embedded once; the gallery is the whole set in a FAISS Flat inner-product index
+(the same search path as ``cbir search``); queries are the test split of each seed (``protocol``)
+or every 10th image (``--queries every10``). The full ranking is used for mAP. With ``qe`` > 0 the
+queries are expanded (average QE, or α-QE with ``qe_alpha``) before the final search.
+The query itself stays in its ranking unless ``exclude_self`` (both are reported by the sweep).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from cbir.bench import metrics
+from cbir.bench.protocol import load_dataset, stratified_split
+from cbir.index import faiss_index, qe
+from cbir.models.whitening import l2_normalize
+
+KS = (10, 20, 100)
+
+
+def search_all(index, gallery: np.ndarray, queries: np.ndarray, qe_n: int = 0, qe_alpha: float = 0.0) -> np.ndarray:
+    """Full rankings [q, n] of gallery indices (ids are gallery positions)."""
+    n = index.ntotal
+    if qe_n > 0:
+        sims, ids = faiss_index.search(index, queries, qe_n)
+        queries = qe.expand(queries, gallery[ids], sims, qe_alpha)
+    _, ranking = faiss_index.search(index, queries, n)
+    return ranking
+
+
+def evaluate(vectors: np.ndarray, labels: np.ndarray, query_idx: np.ndarray, exclude_self: bool = False,
+             qe_n: int = 0, qe_alpha: float = 0.0, index=None) -> tuple[dict, dict]:
+    """(overall metrics, per-class metrics) for queries ``query_idx`` against all ``vectors``."""
+    vectors = l2_normalize(vectors)
+    if index is None:
+        index, _ = faiss_index.build(vectors, np.arange(len(vectors)), "Flat")
+    ranking = search_all(index, vectors, vectors[query_idx], qe_n, qe_alpha)
+    rel, n_rel = metrics.relevance(labels[query_idx], labels, ranking, query_idx if exclude_self else None)
+    return metrics.summarize(rel, n_rel, KS), metrics.per_class(rel, n_rel, labels[query_idx], KS)
+
+
+def mean_std(runs: list[dict]) -> dict:
+    return {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))} for k in runs[0]}
+
+
+def bench_accuracy(model: str, data: str, seeds: int = 3, qe_n: int = 0, qe_alpha: float = 0.0,
+                   queries: str = "split", exclude_self: bool = False, embedder=None, progress: bool = False) -> dict:
+    from cbir.engine.embedder import Embedder
+
+    ds = load_dataset(data)
+    emb = embedder or Embedder(model)
+    t0 = time.perf_counter()
+    res = emb.embed_files([str(p) for p in ds.paths], progress=progress)
+    embed_s = time.perf_counter() - t0
+    if res.errors:
+        bad = ", ".join(f"{s} ({r})" for _, s, r in res.errors[:3])
+        raise_msg = f"--data {data}: {len(res.errors)} images failed to decode: {bad}"
+        from cbir.errors import CbirError
+
+        raise CbirError(raise_msg)
+    vectors, labels = res.vectors, ds.labels
+    index, _ = faiss_index.build(l2_normalize(vectors), np.arange(len(vectors)), "Flat")
+    runs, per_class_runs = [], []
+    if queries == "every10":
+        splits = [np.arange(0, len(vectors), 10)]
+    else:
+        splits = [stratified_split(labels, seed)[1] for seed in range(seeds)]
+    for q in splits:
+        overall, pc = evaluate(vectors, labels, q, exclude_self, qe_n, qe_alpha, index)
+        runs.append(overall)
+        per_class_runs.append(pc)
+    per_class = {ds.classes[int(c)]: mean_std([pc[c] for pc in per_class_runs]) for c in per_class_runs[0]}
+    return {
+        "model": emb.info.public(), "data": str(data), "images": len(vectors), "classes": len(ds.classes),
+        "queries": queries, "seeds": len(splits), "queries_per_run": int(len(splits[0])),
+        "exclude_self": exclude_self, "qe": qe_n, "qe_alpha": qe_alpha,
+        "metrics": mean_std(runs), "per_class": per_class, "embed_seconds": round(embed_s, 2),
+        "embed_images_per_s": round(len(vectors) / embed_s, 1),
+    }

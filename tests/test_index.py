@@ -1,0 +1,213 @@
+"""Gallery index round trips on real images with real FAISS and SQLite; kill -9 resume; refusals."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from cbir.errors import CbirError
+from cbir.index.gallery import Gallery
+from cbir.index.store import Store
+
+from conftest import make_broken_files, make_gallery
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cbir", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def ids_to_paths(index_dir: Path) -> dict[int, str]:
+    con = sqlite3.connect(index_dir / "meta.sqlite")
+    try:
+        return dict(con.execute("SELECT id, path FROM items WHERE state = 'indexed'").fetchall())
+    finally:
+        con.close()
+
+
+def test_build_search_add_remove_round_trip(embedder, photos, tmp_path):
+    g_dir = tmp_path / "g"
+    files = make_gallery(g_dir, photos, 10)
+    bad = make_broken_files(g_dir / "bad", files[1])
+    (g_dir / "looks_like.jpg").mkdir()  # a directory named like an image: not taken
+    (g_dir / "looks_like.jpg" / "inner.png").write_bytes(files[0].read_bytes())  # ...but its images are
+    (g_dir / "readme.txt").write_text("not an image")
+    g = Gallery.create(tmp_path / "idx", embedder, shard_size=4)
+    report = g.build([g_dir])
+    assert report["indexed"] == 11 and len(report["failed"]) == len(bad)
+    assert {f["path"] for f in report["failed"]} == {os.path.abspath(p) for p in bad.values()}
+    assert json.loads((tmp_path / "idx" / "report.json").read_text())["indexed"] == 11
+    assert g.info()["count"] == 11 and g.info()["dim"] == 320
+
+    hits = g.search([str(files[3])], k=3)[0]["results"]
+    assert hits[0]["path"] == os.path.abspath(files[3]) and hits[0]["score"] > 0.999
+
+    # Flat results equal brute-force NumPy top-k
+    ids, raw = g.load_vectors()
+    q = embedder.embed([str(f) for f in files[:4]])
+    got = g.search_vectors(q, k=5)
+    for qi, hs in enumerate(got):
+        order = np.argsort(-(raw @ q[qi]), kind="stable")[:5]
+        np.testing.assert_allclose([h.score for h in hs], (raw @ q[qi])[order], atol=1e-5)
+        assert {h.id for h in hs[:3]} == set(ids[order[:3]].tolist())
+
+    # add: nothing new -> nothing embedded; a new file and a changed file -> only those
+    assert g.add([g_dir])["indexed"] == 0
+    new = g_dir / "new.png"
+    shutil.copy(photos[11], new)
+    changed = files[2]
+    before_id = {v: k for k, v in ids_to_paths(tmp_path / "idx").items()}[os.path.abspath(changed)]
+    from PIL import Image
+
+    Image.open(photos[12]).convert("RGB").save(changed)
+    r = g.add([g_dir])
+    assert r["indexed"] == 2 and r["count"] == 12
+    after = {v: k for k, v in ids_to_paths(tmp_path / "idx").items()}
+    assert after[os.path.abspath(changed)] == before_id  # a changed file keeps its id
+    top = g.search([str(changed)], k=1)[0]["results"][0]
+    assert top["id"] == before_id and top["score"] > 0.999
+    assert g.index.ntotal == 12
+
+    # remove a file and a folder
+    r = g.remove([new, g_dir / "a"])
+    assert r["count"] == 12 - 1 - sum(1 for f in files if f.parent.name == "a")
+    assert g.index.ntotal == r["count"]
+    paths = {h["path"] for h in g.search([str(files[1])], k=20)[0]["results"]}
+    assert not any("/a/" in p for p in paths) and os.path.abspath(new) not in paths
+    with pytest.raises(CbirError, match="not in the index"):
+        g.remove([tmp_path / "nothing.jpg"])
+
+
+def test_other_model_is_refused(embedder, lite0_b6_onnx, gallery_dir, tmp_path):
+    from cbir.engine.embedder import Embedder
+
+    Gallery.create(tmp_path / "idx", embedder).build([gallery_dir])
+    other = Embedder(lite0_b6_onnx)
+    with pytest.raises(CbirError, match="built with another model"):
+        Gallery(tmp_path / "idx", other)
+    with pytest.raises(CbirError, match="built with another model"):
+        Gallery.create(tmp_path / "idx", other)
+    r = cli("search", "--index", tmp_path / "idx", "--model", lite0_b6_onnx, next(gallery_dir.rglob("*.jpg")))
+    assert r.returncode == 2 and "another model" in r.stderr and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF4,Flat"])
+def test_ann_factories_and_qe(embedder, photos, tmp_path, factory):
+    g_dir = tmp_path / "g"
+    files = make_gallery(g_dir, photos, 16)
+    g = Gallery.create(tmp_path / "idx", embedder, factory=factory)
+    g.build([g_dir])
+    assert g.info()["factory"] == factory and g.index.ntotal == 16
+    if factory.startswith("IVF"):
+        assert g.info()["trained_on"] == 16
+    res = g.search([str(files[5])], k=4, qe_n=3)[0]["results"]
+    assert res[0]["path"] == os.path.abspath(files[5])
+    g.remove([files[0]])  # HNSW cannot remove ids: rebuilt from shards instead
+    assert g.index.ntotal == 15
+
+
+def test_bad_factory_and_untrainable(embedder, gallery_dir, tmp_path):
+    with pytest.raises(CbirError, match="--factory 'Bogus12'"):
+        Gallery.create(tmp_path / "a", embedder, factory="Bogus12")
+    g = Gallery.create(tmp_path / "b", embedder, factory="IVF1024,PQ32")
+    with pytest.raises(CbirError, match="cannot train on 10 vectors"):
+        g.build([gallery_dir])
+
+
+def test_query_expansion_and_dba_change_results_sensibly(embedder, photos, tmp_path):
+    from cbir.index import qe
+
+    rng = np.random.default_rng(0)
+    x = qe.dba(rng.normal(size=(50, 8)), 3)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    q = np.eye(4, dtype=np.float32)[:1]
+    nb = np.eye(4, dtype=np.float32)[None, 1:3]
+    e = qe.expand(q, nb, np.array([[0.9, 0.1]]), alpha=0)
+    np.testing.assert_allclose(e, [[1, 1, 1, 0]] / np.sqrt(3), atol=1e-5)
+    a = qe.expand(q, nb, np.array([[0.9, 0.1]]), alpha=3)
+    assert a[0, 1] > 10 * a[0, 2]
+
+
+def test_kill_9_mid_shard_resumes_to_the_exact_set(lite0_onnx, photos, tmp_path):
+    g_dir = tmp_path / "g"
+    files = make_gallery(g_dir, photos, 16)
+    for i in range(3):  # 48 + 1 bad = 49 files, shards of 8
+        for f in files:
+            dst = g_dir / f"copy{i}" / f.name
+            dst.parent.mkdir(exist_ok=True)
+            shutil.copy(f, dst)
+    (g_dir / "broken.jpg").write_bytes(b"broken")
+    idx = tmp_path / "idx"
+    cmd = [sys.executable, "-m", "cbir", "index", "build", str(g_dir), "--model", str(lite0_onnx), "--index", str(idx),
+           "--shard-size", "8", "--batch-size", "4", "--threads", "1", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until at least one shard is done and the next is under way
+        if (idx / "shards").is_dir() and len(list((idx / "shards").glob("*.npz"))) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = Store(idx / "meta.sqlite")
+    done_before = len(store.done_shards())
+    pending_before = len(store.pending_shards())
+    store.close()
+    assert done_before >= 1 and pending_before >= 1, (done_before, pending_before)
+
+    r = cli("index", "build", g_dir, "--model", lite0_onnx, "--index", idx, "--resume", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["count"] == 64 and len(report["failed"]) == 1
+    assert 1 <= report["indexed"] <= 64 - 7 * done_before  # finished shards were not redone
+    paths = ids_to_paths(idx)
+    assert len(paths) == 64 and len(set(paths.values())) == 64
+    index = faiss.read_index(str(idx / "index.faiss"))
+    assert index.ntotal == 64
+    stored = faiss.rev_swig_ptr(index.id_map.data(), index.ntotal).copy() if hasattr(index, "id_map") else None
+    assert sorted(stored.tolist()) == sorted(paths)  # every indexed id exactly once in FAISS
+
+
+def test_cli_round_trip_json(lite0_onnx, gallery_dir, tmp_path):
+    idx = tmp_path / "idx"
+    r = cli("index", "build", gallery_dir, "--model", lite0_onnx, "--index", idx, "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert set(rep) >= {"indexed", "failed", "skipped", "timings"} and rep["indexed"] == 10
+    info = json.loads(cli("index", "info", idx, "--json").stdout)
+    assert info["count"] == 10 and info["dim"] == 320 and info["factory"] == "Flat"
+    assert info["model"]["fingerprint"] and info["model"]["arch"] == "tf_efficientnet_lite0"
+    q = sorted(gallery_dir.rglob("*.jpg"))[0]
+    out = json.loads(cli("search", "--index", idx, "-k", "3", "--json", q).stdout)
+    assert out[0]["query"] == str(q) and len(out[0]["results"]) == 3
+    assert set(out[0]["results"][0]) == {"path", "score", "id"} and out[0]["results"][0]["path"] == os.path.abspath(q)
+    out_qe = json.loads(cli("search", "--index", idx, "-k", "3", "--qe", "2", "--json", q).stdout)
+    assert out_qe[0]["results"][0]["path"] == os.path.abspath(q)
+    r = cli("search", "--index", tmp_path / "nope", q)
+    assert r.returncode == 2 and "not a cbir index directory" in r.stderr
+
+
+def test_whitening_fit_guards_and_applies(tmp_path):
+    from cbir.models.whitening import Whitening, fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 64)) * np.linspace(5, 0.1, 64)
+    with pytest.raises(CbirError, match="per dim"):
+        fit(x[:200], dim=64)
+    w = fit(x, dim=32)
+    y = w.apply(x.astype(np.float32))
+    assert y.shape == (1000, 32)
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+    z = (x - w.mean) @ w.proj.T
+    cov = np.cov(z.T)
+    assert np.allclose(np.diag(cov), np.diag(cov).mean(), rtol=0.25)  # whitened: near-equal variances
+    w.save(tmp_path / "w.npz")
+    assert Whitening.load(tmp_path / "w.npz").fingerprint == w.fingerprint
