@@ -165,6 +165,50 @@ def cmd_whiten_fit(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_accuracy(a: argparse.Namespace) -> int:
+    from cbir.bench.accuracy import bench_accuracy
+
+    r = bench_accuracy(a.model, a.data, seeds=a.seeds, qe_n=a.qe, qe_alpha=a.qe_alpha, queries=a.queries,
+                       exclude_self=a.exclude_self, progress=not a.json and sys.stderr.isatty())
+    if a.json:
+        _print_json(r)
+    else:
+        m = r["metrics"]
+        print(f"{r['model']['arch']} Block {r['model']['block']} {r['model']['pooling']}: {r['images']} images, "
+              f"{r['seeds']} run(s) × {r['queries_per_run']} queries, exclude_self={r['exclude_self']}, qe={r['qe']}")
+        for k in ("mAP", "mAP@10", "mAP@20", "mAP@100", "P@10", "P@20", "P@100", "R@10", "R@20", "R@100"):
+            print(f"  {k:8s} {m[k]['mean']:.4f} ± {m[k]['std']:.4f}")
+    return 0
+
+
+def cmd_bench_latency(a: argparse.Namespace) -> int:
+    from cbir.bench.latency import bench_latency
+
+    bs = [int(x) for x in a.batch_sizes.split(",")]
+    cc = [int(x) for x in a.concurrency.split(",")]
+    r = bench_latency(a.model, a.backend, bs, a.data, a.baseline, cc, a.repeats, threads=a.threads)
+    if a.json:
+        _print_json(r)
+        return 0
+    print(f"{r['model']['arch']} Block {r['model']['block']} {r['model']['pooling']} on {r['backend']} (load {r['load_seconds']} s)")
+    for b, s in r["model_only_images_per_s"].items():
+        print(f"  model-only bs {b:>3}: {s['median']:.1f} img/s (min {s['min']:.1f}, max {s['max']:.1f})")
+    l = r["batch1_latency_ms"]
+    print(f"  batch-1 p50/p95/p99: API {l['api']['p50']:.2f}/{l['api']['p95']:.2f}/{l['api']['p99']:.2f} ms, "
+          f"bare session.run {l['bare_session_run']['p50']:.2f}/{l['bare_session_run']['p95']:.2f}/{l['bare_session_run']['p99']:.2f} ms")
+    if "end_to_end" in r:
+        e = r["end_to_end"]
+        print(f"  end-to-end bs {e['batch_size']}: {e['images_per_s']['median']:.1f} img/s = {e['ratio']:.3f} × model-only")
+    for s in r["batcher"]:
+        print(f"  batcher c={s['concurrency']:>3}: {s['images_per_s']:.1f} img/s, p50/p95/p99 {s['p50']:.1f}/{s['p95']:.1f}/{s['p99']:.1f} ms, "
+              f"queue p50 {s['queue_ms']['p50']:.1f} ms, compute p50 {s['compute_ms']['p50']:.1f} ms, mean batch {s['mean_batch']:.1f}")
+    if "torch_eager" in r:
+        t = r["torch_eager"]
+        print(f"  torch eager bs {t['batch_size']}: {t['images_per_s']['median']:.1f} img/s; speedup {t['speedup_vs_torch']:.2f}×")
+    print(f"  peak RSS {r['peak_rss_mb']:.0f} MB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cbir import __version__
 
@@ -247,6 +291,30 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--force", action="store_true", help="fit even with too few vectors")
     wf.add_argument("--json", action="store_true")
     wf.set_defaults(fn=cmd_whiten_fit)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    ba = bench.add_parser("accuracy", help="retrieval metrics on a labelled folder (Corel protocol)")
+    ba.add_argument("--model", required=True)
+    ba.add_argument("--data", required=True, help="class-per-folder images, or N.jpg with class N // 100")
+    ba.add_argument("--seeds", type=int, default=3)
+    ba.add_argument("--queries", choices=["split", "every10"], default="split",
+                    help="split: the 20%% test split per seed (default); every10: every 10th image")
+    ba.add_argument("--exclude-self", action="store_true", help="drop the query from its own ranking")
+    ba.add_argument("--qe", type=int, default=0)
+    ba.add_argument("--qe-alpha", type=float, default=0.0)
+    ba.add_argument("--json", action="store_true")
+    ba.set_defaults(fn=cmd_bench_accuracy)
+    bl = bench.add_parser("latency", help="throughput and latency of a model")
+    bl.add_argument("--model", required=True)
+    bl.add_argument("--backend", default="onnxruntime")
+    bl.add_argument("--batch-sizes", default="1,8,32,64")
+    bl.add_argument("--concurrency", default="1,8,32")
+    bl.add_argument("--data", help="image folder for the end-to-end figure")
+    bl.add_argument("--baseline", choices=["torch"], help="also measure PyTorch eager in the same run")
+    bl.add_argument("--repeats", type=int, default=5)
+    bl.add_argument("--threads", type=int)
+    bl.add_argument("--json", action="store_true")
+    bl.set_defaults(fn=cmd_bench_latency)
     return p
 
 

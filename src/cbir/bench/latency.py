@@ -1,0 +1,147 @@
+"""``cbir bench latency``: speed of one model file on one backend, measured in one process run.
+
+Reports (medians over ``repeats`` after ``warmup``, min/max beside them):
+- model-only throughput (img/s) per batch size, on a fixed uint8 batch;
+- batch-1 latency p50/p95/p99 through ``Embedder.embed_one`` and through a bare ``session.run``;
+- end-to-end throughput from image files (``--data``) at the first batch size ≥ 32, and its ratio to
+  the model-only figure at that batch size;
+- the dynamic batcher under a concurrency sweep: throughput, p50/p95/p99, queue vs compute time;
+- model load time and peak RSS; with ``baseline="torch"`` PyTorch eager (channels_last, inference
+  mode, same trunk and head) and ``speedup_vs_torch``.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+
+def _stats(xs: list[float]) -> dict:
+    a = np.asarray(xs)
+    return {"median": float(np.median(a)), "min": float(a.min()), "max": float(a.max())}
+
+
+def _pct(xs: list[float]) -> dict:
+    a = np.asarray(xs)
+    return {f"p{p}": float(np.percentile(a, p)) for p in (50, 95, 99)}
+
+
+def throughput(run, batch: np.ndarray, repeats: int = 5, warmup: int = 2, min_seconds: float = 0.5) -> dict:
+    """img/s of ``run(batch)``; each repeat runs at least ``min_seconds``."""
+    for _ in range(warmup):
+        run(batch)
+    rates = []
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while (dt := time.perf_counter() - t0) < min_seconds or n == 0:
+            run(batch)
+            n += len(batch)
+        rates.append(n / dt)
+    return _stats(rates)
+
+
+def latencies(fn, n: int = 50, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def batcher_sweep(emb, rows: list[np.ndarray], concurrencies: list[int], requests: int = 256,
+                  max_batch: int = 32, max_delay_ms: float = 5.0) -> list[dict]:
+    out = []
+    for c in concurrencies:
+        with emb.batcher(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max(1024, c * 4)) as b:
+            for r in rows[:4]:
+                b.embed(r)
+            b.timings.clear()
+            lat: list[float] = []
+
+            def one(i: int) -> None:
+                t0 = time.perf_counter()
+                b.embed(rows[i % len(rows)])
+                lat.append((time.perf_counter() - t0) * 1e3)
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(c) as pool:
+                list(pool.map(one, range(requests)))
+            wall = time.perf_counter() - t0
+            tim = list(b.timings)
+        out.append({"concurrency": c, "requests": requests, "images_per_s": requests / wall, **_pct(lat),
+                    "queue_ms": _pct([t.queue_ms for t in tim]), "compute_ms": _pct([t.compute_ms for t in tim]),
+                    "mean_batch": float(np.mean([t.batch for t in tim]))})
+    return out
+
+
+def torch_baseline(info, batch: np.ndarray, repeats: int, warmup: int) -> dict:
+    """PyTorch eager, channels_last, inference mode, same trunk and head (random weights: speed only)."""
+    import torch
+
+    from cbir.models.retrieval import RetrievalModel
+    from cbir.models.trunk import build_trunk
+
+    model = RetrievalModel(build_trunk(info.arch, info.block), info.pooling, info.input_size[0]).eval()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.from_numpy(batch)
+
+    def run(_):
+        with torch.inference_mode():
+            return model(x)
+
+    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+    return throughput(run, batch, repeats, warmup)
+
+
+def bench_latency(model: str, backend: str = "onnxruntime", batch_sizes=(1, 8, 32, 64), data: str | None = None,
+                  baseline: str | None = None, concurrencies=(1, 8, 32), repeats: int = 5, warmup: int = 2,
+                  threads: int | None = None) -> dict:
+    from cbir.engine.embedder import Embedder
+
+    t0 = time.perf_counter()
+    emb = Embedder(model, backend=backend, threads=threads)
+    load_s = time.perf_counter() - t0
+    h, w = emb.info.input_size
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(max(batch_sizes))]
+    big = np.stack(rows)
+    model_only = {str(bs): throughput(emb.run, big[:bs], repeats, warmup) for bs in batch_sizes}
+    sess = emb.runner.sess
+    name_in, name_out = emb.runner.input_name, emb.runner.output_name
+    api = latencies(lambda: emb.embed_one(rows[0]))
+    bare = latencies(lambda: sess.run([name_out], {name_in: big[:1]}))
+    report = {
+        "model": emb.info.public(), "backend": emb.runner.name, "providers": emb.runner.providers,
+        "threads": threads, "load_seconds": round(load_s, 3), "batch_sizes": list(batch_sizes),
+        "model_only_images_per_s": model_only,
+        "batch1_latency_ms": {"api": _pct(api), "bare_session_run": _pct(bare),
+                               "api_over_bare_p50": float(np.median(api) / np.median(bare))},
+    }
+    e2e_bs = next((b for b in batch_sizes if b >= 32), max(batch_sizes))
+    if data:
+        from cbir.index.walk import find_images
+
+        files = [str(p) for p in find_images([data])]
+        runs = []
+        for _ in range(max(1, repeats // 2)):
+            res = emb.embed_files(files, batch_size=e2e_bs)
+            runs.append(res.timings.as_dict()["images_per_s"])
+        e2e = _stats(runs)
+        mo = throughput(emb.run, big[:e2e_bs], repeats, warmup)  # re-measured next to the e2e runs
+        report["end_to_end"] = {"batch_size": e2e_bs, "files": len(files), "images_per_s": e2e,
+                                "model_only_images_per_s": mo, "ratio": e2e["median"] / mo["median"],
+                                "stage_seconds_last_run": res.timings.as_dict()}
+    report["batcher"] = batcher_sweep(emb, rows, list(concurrencies))
+    if baseline == "torch":
+        bs = e2e_bs
+        tb = torch_baseline(emb.info, big[:bs], repeats, warmup)
+        ours = throughput(emb.run, big[:bs], repeats, warmup)
+        report["torch_eager"] = {"batch_size": bs, "images_per_s": tb, "ours_images_per_s": ours,
+                                 "speedup_vs_torch": ours["median"] / tb["median"]}
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return report

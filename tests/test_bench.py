@@ -1,0 +1,89 @@
+"""Metrics against hand-computed rankings; protocol splits; bench commands on a tiny real set."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cbir.bench import metrics
+from cbir.bench.protocol import load_dataset, stratified_split
+from cbir.errors import CbirError
+
+from conftest import make_gallery
+
+
+def test_ap_by_hand():
+    # ranking: R N R N N, R_q = 3 (one relevant item never retrieved in this list)
+    rel = np.array([[1, 0, 1, 0, 0]], bool)
+    ap = metrics.average_precision(rel, np.array([3]))
+    assert ap[0] == pytest.approx((1 / 1 + 2 / 3) / 3)
+    assert metrics.average_precision_at(rel, 3)[0] == pytest.approx((1 + 2 / 3) / 2)
+    assert metrics.precision_at(rel, 2)[0] == 0.5
+    assert metrics.recall_at(rel, np.array([3]), 5)[0] == pytest.approx(2 / 3)
+
+
+def test_no_relevant_items_gives_zero_not_nan():
+    rel = np.zeros((1, 4), bool)
+    assert metrics.average_precision(rel, np.array([0]))[0] == 0.0
+    assert metrics.average_precision_at(rel, 4)[0] == 0.0
+    assert metrics.recall_at(rel, np.array([0]), 4)[0] == 0.0
+
+
+def test_ties_keep_gallery_order_and_exclude_self():
+    scores = np.array([[0.5, 0.9, 0.5, 0.1]])
+    ranking = metrics.rank_by_score(scores)
+    np.testing.assert_array_equal(ranking, [[1, 0, 2, 3]])
+    labels = np.array([0, 0, 1, 0])
+    rel, n_rel = metrics.relevance(np.array([0]), labels, ranking)
+    np.testing.assert_array_equal(rel, [[1, 1, 0, 1]])
+    assert n_rel[0] == 3
+    rel_x, n_rel_x = metrics.relevance(np.array([0]), labels, ranking, exclude=np.array([1]))
+    np.testing.assert_array_equal(rel_x, [[1, 0, 1]])
+    assert n_rel_x[0] == 2
+    s = metrics.summarize(rel_x, n_rel_x, ks=(2,))
+    assert s["mAP"] == pytest.approx((1 + 2 / 3) / 2) and s["P@2"] == 0.5 and s["R@2"] == 0.5
+
+
+def test_stratified_split_is_per_class_and_seeded():
+    labels = np.repeat(np.arange(10), 100)
+    tr, te = stratified_split(labels, 0)
+    assert len(te) == 200 and all((labels[te] == c).sum() == 20 for c in range(10))
+    assert not set(tr) & set(te)
+    np.testing.assert_array_equal(te, stratified_split(labels, 0)[1])
+    assert not np.array_equal(te, stratified_split(labels, 1)[1])
+
+
+def test_dataset_layouts(tmp_path, photos):
+    make_gallery(tmp_path / "folders", photos, 8)
+    ds = load_dataset(tmp_path / "folders")
+    assert ds.classes == ["a", "b"] and len(ds.paths) == 8
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for n in (0, 5, 100, 150):
+        (flat / f"{n}.jpg").write_bytes(ds.paths[0].read_bytes())
+    fds = load_dataset(flat)
+    assert {p.stem: int(l) for p, l in zip(fds.paths, fds.labels)} == {"0": 0, "5": 0, "100": 1, "150": 1}
+    one = tmp_path / "one" / "only"
+    one.mkdir(parents=True)
+    (one / "x.jpg").write_bytes(ds.paths[0].read_bytes())
+    with pytest.raises(CbirError, match="at least 2 classes"):
+        load_dataset(tmp_path / "one")
+
+
+def test_bench_accuracy_and_latency_cli(lite0_onnx, photos, tmp_path, capsys):
+    from cbir.cli import main
+
+    data = tmp_path / "data"
+    make_gallery(data, photos, 12)
+    assert main(["bench", "accuracy", "--model", str(lite0_onnx), "--data", str(data), "--seeds", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["seeds"] == 2 and r["images"] == 12 and set(r["per_class"]) == {"a", "b"}
+    for k in ("mAP", "mAP@10", "P@10", "P@100", "R@100"):
+        assert 0.0 <= r["metrics"][k]["mean"] <= 1.0
+    assert main(["bench", "latency", "--model", str(lite0_onnx), "--batch-sizes", "1,4", "--concurrency", "1,4",
+                 "--data", str(data), "--repeats", "2", "--json"]) == 0
+    lat = json.loads(capsys.readouterr().out)
+    assert set(lat["model_only_images_per_s"]) == {"1", "4"} and lat["model_only_images_per_s"]["4"]["median"] > 0
+    assert lat["end_to_end"]["files"] == 12 and lat["batch1_latency_ms"]["api"]["p99"] > 0
+    assert [b["concurrency"] for b in lat["batcher"]] == [1, 4] and lat["peak_rss_mb"] > 0
