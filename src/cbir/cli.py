@@ -168,8 +168,11 @@ def cmd_whiten_fit(a: argparse.Namespace) -> int:
 def cmd_bench_accuracy(a: argparse.Namespace) -> int:
     from cbir.bench.accuracy import bench_accuracy
 
+    from cbir.engine.embedder import Embedder
+
     r = bench_accuracy(a.model, a.data, seeds=a.seeds, qe_n=a.qe, qe_alpha=a.qe_alpha, queries=a.queries,
-                       exclude_self=a.exclude_self, progress=not a.json and sys.stderr.isatty())
+                       exclude_self=a.exclude_self, embedder=Embedder(a.model, decoder=a.decoder),
+                       progress=not a.json and sys.stderr.isatty())
     if a.json:
         _print_json(r)
     else:
@@ -206,6 +209,20 @@ def cmd_bench_latency(a: argparse.Namespace) -> int:
         t = r["torch_eager"]
         print(f"  torch eager bs {t['batch_size']}: {t['images_per_s']['median']:.1f} img/s; speedup {t['speedup_vs_torch']:.2f}×")
     print(f"  peak RSS {r['peak_rss_mb']:.0f} MB")
+    return 0
+
+
+def cmd_bench_search(a: argparse.Namespace) -> int:
+    from cbir.bench.latency import bench_search
+
+    rows = bench_search([int(x) for x in a.sizes.split(",")], a.dim, a.factory, a.nprobe, a.queries)
+    if a.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        f = r[r["factory"]]
+        print(f"n={r['n']:>8}: Flat {r['Flat']['ms_per_query']:.3f} ms/query; {r['factory']} (nprobe {r['nprobe']}) "
+              f"{f['ms_per_query']:.3f} ms/query, build {f['build_s']} s, recall@{r['k']} {r['recall_at_k']:.3f}")
     return 0
 
 
@@ -302,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--exclude-self", action="store_true", help="drop the query from its own ranking")
     ba.add_argument("--qe", type=int, default=0)
     ba.add_argument("--qe-alpha", type=float, default=0.0)
+    ba.add_argument("--decoder", default="auto", choices=["auto", "pil", "cv2"], help="image decoder (default auto)")
     ba.add_argument("--json", action="store_true")
     ba.set_defaults(fn=cmd_bench_accuracy)
     bl = bench.add_parser("latency", help="throughput and latency of a model")
@@ -315,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--threads", type=int)
     bl.add_argument("--json", action="store_true")
     bl.set_defaults(fn=cmd_bench_latency)
+    bs_ = bench.add_parser("search", help="search latency by gallery size (synthetic vectors), Flat vs an ANN factory")
+    bs_.add_argument("--sizes", default="1000,100000,1000000")
+    bs_.add_argument("--dim", type=int, default=320)
+    bs_.add_argument("--factory", default="IVF1024,Flat")
+    bs_.add_argument("--nprobe", type=int, default=16)
+    bs_.add_argument("--queries", type=int, default=200)
+    bs_.add_argument("--json", action="store_true")
+    bs_.set_defaults(fn=cmd_bench_search)
     return p
 
 

@@ -145,3 +145,43 @@ def bench_latency(model: str, backend: str = "onnxruntime", batch_sizes=(1, 8, 3
                                  "speedup_vs_torch": ours["median"] / tb["median"]}
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
+
+
+def bench_search(sizes=(1_000, 100_000, 1_000_000), dim: int = 320, factory: str = "IVF1024,Flat",
+                 nprobe: int = 16, queries: int = 200, k: int = 10, seed: int = 0) -> list[dict]:
+    """Search latency by gallery size on synthetic unit vectors (clustered, so ANN recall is meaningful):
+    Flat vs ``factory``, per-query latency for a batch of ``queries``, and recall@k of ``factory`` vs Flat."""
+    import faiss
+
+    from cbir.index import faiss_index
+    from cbir.models.whitening import l2_normalize
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in sizes:
+        centres = rng.normal(size=(max(n // 100, 10), dim)).astype(np.float32)
+        x = l2_normalize(centres[rng.integers(0, len(centres), n)] + 0.5 * rng.normal(size=(n, dim)).astype(np.float32))
+        q = l2_normalize(x[rng.integers(0, n, queries)] + 0.3 * rng.normal(size=(queries, dim)).astype(np.float32))
+        row = {"n": n, "dim": dim, "queries": queries, "k": k}
+        results = {}
+        for name in ("Flat", factory):
+            t0 = time.perf_counter()
+            index, trained = faiss_index.build(x, np.arange(n), name)
+            build_s = time.perf_counter() - t0
+            ivf = faiss.try_extract_index_ivf(faiss.downcast_index(index.index))
+            if ivf is not None:
+                ivf.nprobe = nprobe
+            faiss_index.search(index, q[:10], k)
+            t = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                _, ids = faiss_index.search(index, q, k)
+                t.append((time.perf_counter() - t0) / queries * 1e3)
+            results[name] = ids
+            row[name] = {"build_s": round(build_s, 2), "trained_on": trained, "ms_per_query": float(np.median(t)),
+                         "batch_ms": float(np.median(t) * queries)}
+        a, b = results["Flat"], results[factory]
+        row["recall_at_k"] = float(np.mean([len(set(x_) & set(y_)) / k for x_, y_ in zip(a, b)]))
+        row["factory"], row["nprobe"] = factory, nprobe
+        out.append(row)
+    return out
