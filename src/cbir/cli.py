@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs_ = bench.add_parser("search", help="search latency by gallery size (synthetic vectors), Flat vs an ANN factory")
     bs_.add_argument("--sizes", default="1000,100000,1000000")
     bs_.add_argument("--dim", type=int, default=320)
-    bs_.add_argument("--factory", default="IVF1024,Flat")
+    bs_.add_argument("--factory", default="IVF{nlist},Flat", help="ANN factory; {nlist} = 4·sqrt(n) (default IVF{nlist},Flat)")
     bs_.add_argument("--nprobe", type=int, default=16)
     bs_.add_argument("--queries", type=int, default=200)
     bs_.add_argument("--json", action="store_true")

@@ -312,6 +312,14 @@ class Gallery:
             self._index = faiss_index.load(path)
         return self._index
 
+    @property
+    def search_index(self):
+        """The index searches run on: a GPU copy when faiss-gpu sees a GPU (k ≤ 2048), else the CPU index."""
+        if getattr(self, "_gpu_index", None) is None or self._gpu_source is not self.index:
+            self._gpu_source = self.index
+            self._gpu_index = faiss_index.to_gpu(self.index) if faiss_index.gpu_available() else self.index
+        return self._gpu_index
+
     def vectors_for(self, ids: np.ndarray) -> np.ndarray:
         """Stored (post-processed) vectors for ids [q, n] -> [q, n, D], from the FAISS index."""
         flat = ids.reshape(-1)
@@ -327,10 +335,13 @@ class Gallery:
         if k < 1:
             raise CbirError(f"-k {k}: must be ≥ 1")
         q = self.postprocess_queries(np.asarray(queries, np.float32))
+        index = self.search_index
+        if index is not self.index and max(k, qe_n) > faiss_index.GPU_MAX_K:
+            index = self.index  # GPU k-selection is limited to 2048
         if qe_n > 0:
-            sims, ids = faiss_index.search(self.index, q, qe_n)
+            sims, ids = faiss_index.search(index, q, qe_n)
             q = qe.expand(q, self.vectors_for(ids), np.where(ids >= 0, sims, 0.0), qe_alpha)
-        sims, ids = faiss_index.search(self.index, q, k)
+        sims, ids = faiss_index.search(index, q, k)
         paths = self.store.paths_for_ids(np.unique(ids))
         return [[Hit(int(i), paths[int(i)], float(s)) for s, i in zip(srow, irow) if i >= 0]
                 for srow, irow in zip(sims, ids)]
