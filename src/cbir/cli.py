@@ -172,6 +172,7 @@ def cmd_bench_accuracy(a: argparse.Namespace) -> int:
 
     r = bench_accuracy(a.model, a.data, seeds=a.seeds, qe_n=a.qe, qe_alpha=a.qe_alpha, queries=a.queries,
                        exclude_self=a.exclude_self, embedder=Embedder(a.model, decoder=a.decoder),
+                       whiten_dim=a.whiten_dim, whiten_force=a.whiten_force,
                        progress=not a.json and sys.stderr.isatty())
     if a.json:
         _print_json(r)
@@ -319,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--exclude-self", action="store_true", help="drop the query from its own ranking")
     ba.add_argument("--qe", type=int, default=0)
     ba.add_argument("--qe-alpha", type=float, default=0.0)
+    ba.add_argument("--whiten-dim", type=int, help="fit PCA-whitening on the searched set to D dims and apply it")
+    ba.add_argument("--whiten-force", action="store_true", help="fit even below 10 vectors per dim")
     ba.add_argument("--decoder", default="auto", choices=["auto", "pil", "cv2"], help="image decoder (default auto)")
     ba.add_argument("--json", action="store_true")
     ba.set_defaults(fn=cmd_bench_accuracy)

@@ -46,7 +46,10 @@ def mean_std(runs: list[dict]) -> dict:
 
 
 def bench_accuracy(model: str, data: str, seeds: int = 3, qe_n: int = 0, qe_alpha: float = 0.0,
-                   queries: str = "split", exclude_self: bool = False, embedder=None, progress: bool = False) -> dict:
+                   queries: str = "split", exclude_self: bool = False, embedder=None, progress: bool = False,
+                   whiten_dim: int | None = None, whiten_force: bool = False) -> dict:
+    """``whiten_dim``: fit PCA-whitening on the searched set itself and apply it (shows why fitting on
+    the gallery with few vectors per dim hurts; refused below 10 per dim unless ``whiten_force``)."""
     from cbir.engine.embedder import Embedder
 
     ds = load_dataset(data)
@@ -61,6 +64,10 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, qe_n: int = 0, qe_alph
 
         raise CbirError(raise_msg)
     vectors, labels = res.vectors, ds.labels
+    if whiten_dim:
+        from cbir.models.whitening import fit
+
+        vectors = fit(vectors, dim=whiten_dim, force=whiten_force).apply(vectors)
     index, _ = faiss_index.build(l2_normalize(vectors), np.arange(len(vectors)), "Flat")
     runs, per_class_runs = [], []
     if queries == "every10":
@@ -75,7 +82,7 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, qe_n: int = 0, qe_alph
     return {
         "model": emb.info.public(), "data": str(data), "images": len(vectors), "classes": len(ds.classes),
         "queries": queries, "seeds": len(splits), "queries_per_run": int(len(splits[0])),
-        "exclude_self": exclude_self, "qe": qe_n, "qe_alpha": qe_alpha,
+        "exclude_self": exclude_self, "qe": qe_n, "qe_alpha": qe_alpha, "whiten_dim": whiten_dim,
         "metrics": mean_std(runs), "per_class": per_class, "embed_seconds": round(embed_s, 2),
         "embed_images_per_s": round(len(vectors) / embed_s, 1),
     }
