@@ -73,8 +73,7 @@ class Gallery:
         """Create INDEX_DIR for ``embedder``'s model, or open it if it exists (same model only)."""
         root = Path(root)
         if (root / INDEX_JSON).is_file():
-            g = cls(root, embedder)
-            return g
+            return cls(root, embedder)
         if root.exists() and not root.is_dir():
             raise CbirError(f"--index {root}: exists and is not a directory")
         root.mkdir(parents=True, exist_ok=True)
@@ -157,10 +156,7 @@ class Gallery:
                 old = known.get(key)
                 if old is not None:
                     item_id, osize, omtime, state = old
-                    if state in ("indexed", "pending") and osize == size and omtime == mtime:
-                        skipped.append(key)
-                        continue
-                    if state == "failed" and osize == size and omtime == mtime:
+                    if state != "removed" and osize == size and omtime == mtime:
                         skipped.append(key)
                         continue
                 if shard is None or in_shard >= shard_size:
