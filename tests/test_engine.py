@@ -115,7 +115,9 @@ def test_batcher_queue_full_close_and_timeout(photos):
     img = np.zeros((32, 32, 3), np.uint8)
     b = DynamicBatcher(slow_run, pp, max_batch=2, max_delay_ms=0, max_queue=3)
     first = [b.submit(img) for _ in range(2)]  # taken by the worker, blocked in run
-    time.sleep(0.2)
+    deadline = time.time() + 10
+    while b.queued and time.time() < deadline:
+        time.sleep(0.01)
     queued = [b.submit(img) for _ in range(3)]
     with pytest.raises(QueueFull, match="queue full"):
         b.submit(img)

@@ -34,11 +34,10 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_embed(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from cbir.engine.embedder import Embedder
     from cbir.index.walk import find_images
 
     paths = find_images(a.images)
-    emb = Embedder(a.model, backend=a.backend, threads=a.threads, workers=a.workers)
+    emb = _open_embedder(a, a.model)
     res = emb.embed_files([str(p) for p in paths], batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty())
     out = Path(a.output)
     np.save(out, res.vectors)
@@ -124,11 +123,7 @@ def cmd_search(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
     g = Gallery(a.index)
-    if a.model:
-        g._embedder = _open_embedder(a, a.model)
-        g.check_model(g._embedder)
-    else:
-        g.embedder(backend=a.backend, threads=a.threads, workers=a.workers)
+    g.embedder(a.model, backend=a.backend, threads=a.threads, workers=a.workers)
     results = g.search(a.queries, k=a.k, qe_n=a.qe, qe_alpha=a.qe_alpha)
     if a.json:
         _print_json(results)

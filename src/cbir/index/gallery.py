@@ -114,14 +114,15 @@ class Gallery:
                 f"given {embedder.info.arch} Block {embedder.info.block} {embedder.info.pooling}, "
                 f"fingerprint {embedder.fingerprint}); use that model or build a new index")
 
-    def embedder(self, **kwargs):
-        """The index's embedder: the one given, or the model recorded in index.json."""
+    def embedder(self, model: str | None = None, **kwargs):
+        """The index's embedder: the one given at open, else ``model``, else the model recorded in
+        index.json; always checked against the index's fingerprint."""
         if self._embedder is None:
             from cbir.engine.embedder import Embedder
 
-            path = self.config["model_path"]
+            path = model or self.config["model_path"]
             if not Path(path).is_file():
-                raise CbirError(f"--index {self.root}: its model {path} is gone; pass --model")
+                raise CbirError(f"--model {path}: no such file" if model else f"--index {self.root}: its model {path} is gone; pass --model")
             self._embedder = Embedder(path, **kwargs)
             self.check_model(self._embedder)
         return self._embedder
