@@ -222,6 +222,18 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_sweep(a: argparse.Namespace) -> int:
+    from cbir.bench.sweep import sweep
+
+    r = sweep(a.data, a.out, [x.strip() for x in a.archs.split(",")], [int(b) for b in a.blocks.split(",")],
+              a.pooling, a.seeds, a.repeats, progress=not a.json)
+    if a.json:
+        _print_json(r)
+    else:
+        print((Path(a.out) / "report.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cbir import __version__
 
@@ -331,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--threads", type=int)
     bl.add_argument("--json", action="store_true")
     bl.set_defaults(fn=cmd_bench_latency)
+    sw = bench.add_parser("sweep", help="accuracy + latency for every arch × block; report.md/csv/json + pareto.png")
+    sw.add_argument("--data", help="labelled image folder for accuracy (pretrained models only)")
+    sw.add_argument("--out", required=True, help="report directory (an interrupted sweep resumes there)")
+    sw.add_argument("--archs", default="b0,b1,b2,b3,b4,b5,lite0,lite1,lite2")
+    sw.add_argument("--blocks", default="6,7")
+    sw.add_argument("--pooling", default="gap")
+    sw.add_argument("--seeds", type=int, default=3)
+    sw.add_argument("--repeats", type=int, default=3)
+    sw.add_argument("--json", action="store_true")
+    sw.set_defaults(fn=cmd_bench_sweep)
     bs_ = bench.add_parser("search", help="search latency by gallery size (synthetic vectors), Flat vs an ANN factory")
     bs_.add_argument("--sizes", default="1000,100000,1000000")
     bs_.add_argument("--dim", type=int, default=320)

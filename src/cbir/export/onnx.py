@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir.errors import CbirError
+from cbir.export import trt_lint
 from cbir.modelinfo import METADATA_KEY, ModelInfo
 
 INPUT_NAME = "images"
@@ -63,8 +64,18 @@ def export_onnx(
     resize: str = "squash",
     parity_images: list | None = None,
     min_cosine: float | None = None,
+    precision: str = "fp32",
+    gem_p: float | None = None,
+    fp16_head: bool = False,
+    calib: int = 32,
+    fidelity_data: str | None = None,
 ) -> dict:
-    """Export and gate; returns the summary printed by ``cbir export --json``."""
+    """Export and gate; returns the summary printed by ``cbir export --json``.
+
+    ``precision="fp16"``: trunk in FP16, head FP32 (``fp16_head=True`` halves the head too, which the
+    FP16 fidelity gate is expected to reject when it overflows); gated by ``fidelity.fp16_gate``
+    on ``calib`` images from ``parity_images`` and, with ``fidelity_data``, ΔmAP."""
+    import copy
     import onnx
     import torch
 
@@ -75,17 +86,28 @@ def export_onnx(
 
     output = Path(output)
     check_writable(output)
+    if precision not in ("fp32", "fp16"):
+        raise CbirError(f"--precision {precision!r}: must be fp32 or fp16")
     t0 = time.perf_counter()
     trunk = build_trunk(arch, block, pretrained=pretrained, weights=weights)
     wt = Whitening.load(whitening) if whitening else None
     model = RetrievalModel(trunk, pooling, image_size, wt).eval()
+    if gem_p is not None:
+        if pooling != "gem":
+            raise CbirError(f"--gem-p applies to --pooling gem, not {pooling}")
+        with torch.no_grad():
+            model.pool.p.fill_(gem_p)
+    reference = model
+    if precision == "fp16":
+        reference = copy.deepcopy(model)
+        model.to_fp16(head=fp16_head)
     size = model.image_size
     meta = trunk.meta or {}
     info = ModelInfo(
         arch=trunk.spec.name, block=block, pooling=pooling, dim=model.dim, input_size=(size, size),
         mean=tuple(model.mean), std=tuple(model.std),
         interpolation=meta.get("interpolation", trunk.spec.interpolation), resize=resize,
-        whitening=wt.fingerprint if wt else None, weights=trunk.weights, precision="fp32",
+        whitening=wt.fingerprint if wt else None, weights=trunk.weights, precision=model.precision,
         cbir_version=__version__,
         extra={k: meta[k] for k in ("classes", "split_seed") if k in meta},
     )
@@ -104,7 +126,14 @@ def export_onnx(
         write_metadata(proto, info)
         onnx.save(proto, str(tmp))
         export_s = time.perf_counter() - t0
-        fidelity = parity_gate(model, tmp, info, parity_images, min_cosine)
+        lint = trt_lint.lint(proto)
+        if precision == "fp32":
+            fidelity = parity_gate(model, tmp, info, parity_images, min_cosine).as_dict()
+        else:
+            from cbir.export.fidelity import fp16_gate
+
+            fp16 = fp16_gate(reference, model, tmp, info, parity_images, calib, fidelity_data)
+            fidelity = {**fp16["reference"], "fp16_gate": fp16}
         tmp.replace(output)
     finally:
         tmp.unlink(missing_ok=True)
@@ -113,9 +142,10 @@ def export_onnx(
         "output": str(output), "arch": info.arch, "block": block, "pooling": pooling, "dim": info.dim,
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", size, size, 3]},
         "output_tensor": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", info.dim]},
-        "weights": info.weights, "fingerprint": info.fingerprint, "min_cosine": fidelity.min_cosine,
-        "mean_cosine": fidelity.mean_cosine, "parity_images": fidelity.n, "export_seconds": round(export_s, 2),
-        "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+        "weights": info.weights, "fingerprint": info.fingerprint, "precision": info.precision,
+        "min_cosine": fidelity["min_cosine"], "mean_cosine": fidelity["mean_cosine"], "parity_images": fidelity["n"],
+        "fp16_gate": fidelity.get("fp16_gate"), "tensorrt_lint": lint,
+        "export_seconds": round(export_s, 2), "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
     }
 
 

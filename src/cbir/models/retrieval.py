@@ -2,6 +2,11 @@
 
 forward(x): float → ×1/(255·std) − mean/std (NHWC) → NCHW → trunk → pooling →
 [L2 → PCA-whitening P(x − m)] → L2. For ``rcrow`` the whitening is applied per region instead.
+
+``to_fp16()`` puts the trunk in FP16 with explicit casts around it, so the exported graph carries
+the precision (TensorRT 11 builds strongly typed networks only): normalisation, pooling,
+whitening and L2 stay FP32 (DESIGN.md §4). ``to_fp16(head=True)`` also halves the head — only to
+show that the fidelity gate catches FP16 overflow (GeM's pow, region sums).
 """
 from __future__ import annotations
 
@@ -43,8 +48,25 @@ class RetrievalModel(nn.Module):
         mean = torch.tensor(trunk.spec.mean if trunk.meta is None else trunk.meta.get("mean", trunk.spec.mean))
         std = torch.tensor(trunk.spec.std if trunk.meta is None else trunk.meta.get("std", trunk.spec.std))
         self.mean, self.std = mean.tolist(), std.tolist()
+        self.trunk_dtype = self.head_dtype = torch.float32
         self.register_buffer("scale", (1.0 / (255.0 * std)).reshape(1, 1, 1, 3))
         self.register_buffer("shift", (-mean / std).reshape(1, 1, 1, 3))
+
+    def to_fp16(self, head: bool = False) -> "RetrievalModel":
+        """Trunk (and with ``head=True`` the pooling/whitening too) in FP16; input and output stay FP32."""
+        self.trunk.half()
+        self.trunk_dtype = torch.float16
+        if head:
+            self.pool.half()
+            for name in ("whiten_mean", "whiten_proj"):
+                if getattr(self, name) is not None:
+                    setattr(self, name, getattr(self, name).half())
+            self.head_dtype = torch.float16
+        return self
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.trunk_dtype == torch.float32 else ("fp16" if self.head_dtype == torch.float32 else "fp16-head")
 
     @property
     def dim(self) -> int:
@@ -62,4 +84,6 @@ class RetrievalModel(nn.Module):
         return F.l2n(v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(self.normalize(x)))
+        # The .to() calls are no-ops (no graph nodes) in FP32 and explicit Casts in FP16.
+        features = self.trunk(self.normalize(x).to(self.trunk_dtype))
+        return self.head(features.to(self.head_dtype)).to(torch.float32)
