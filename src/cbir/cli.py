@@ -21,14 +21,52 @@ def cmd_export(a: argparse.Namespace) -> int:
         print("cbir export: no --pretrained or --weights given: exporting random weights", file=sys.stderr)
     s = export_onnx(a.arch, a.output, block=a.block, pooling=a.pooling, pretrained=a.pretrained, weights=a.weights,
                     image_size=a.image_size, whitening=a.whitening, resize=a.resize,
-                    parity_images=a.images or None)
+                    parity_images=a.images or None, precision=a.precision, gem_p=a.gem_p, calib=a.calib,
+                    fidelity_data=a.fidelity_data)
     if a.json:
         _print_json(s)
     else:
         print(f"wrote {s['output']}: {s['arch']} Block {s['block']} {s['pooling']} d={s['dim']} "
               f"input uint8 {s['input']['shape']}, parity min cosine {s['min_cosine']:.7f} on {s['parity_images']} photos, "
               f"{s['size_bytes'] / 1e6:.1f} MB, exported in {s['export_seconds']} s")
+        if s["fp16_gate"]:
+            g = s["fp16_gate"]
+            print(f"FP16 gate ({g['estimate']}): min cosine {g['reference']['min_cosine']:.5f}, top-{g['reference']['k']} "
+                  f"agreement {g['reference']['topk_agreement']:.3f}" + (f", ΔmAP {g['delta_map']['delta']:+.4f}" if "delta_map" in g else ""))
+    lint = s["tensorrt_lint"]
+    if not lint["ok"]:
+        print(f"cbir export: warning: TensorRT's ONNX parser would reject this graph: {'; '.join(lint['problems'])}", file=sys.stderr)
     return 0
+
+
+def cmd_compile(a: argparse.Namespace) -> int:
+    from cbir.export.tensorrt import Profile, build_engine
+
+    if a.backend != "tensorrt":
+        raise CbirError(f"--backend {a.backend!r}: only 'tensorrt' compiles (use `cbir export --precision fp16` for an FP16 ONNX)")
+    m = build_engine(a.model, a.output, Profile(a.min_batch, a.opt_batch, a.max_batch), a.workspace_gb, a.timing_cache, a.force)
+    if a.json:
+        _print_json(m)
+    else:
+        verb = "reused fresh engine" if m.get("cached") else f"built in {m['build_seconds']} s"
+        print(f"{a.output}: {verb}; TensorRT {m['tensorrt']} on {m['gpu']['name']} (sm {m['gpu']['compute_capability']}), "
+              f"batch {m['profile']['min_batch']}/{m['profile']['opt_batch']}/{m['profile']['max_batch']}")
+    return 0
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from cbir.doctor import cpu_path_ok, run_checks
+
+    results = run_checks()
+    ok = cpu_path_ok(results)
+    if a.json:
+        _print_json({"cpu_path_ok": ok, "backends": results})
+    else:
+        for r in results:
+            state = "available  " if r["available"] else "unavailable"
+            print(f"{r['name']:22s} {state}  {r['check'] or r['reason']}")
+        print("CPU path works." if ok else "The CPU path does NOT work: see above.")
+    return 0 if ok else 1
 
 
 def cmd_embed(a: argparse.Namespace) -> int:
@@ -251,10 +289,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--image-size", type=int, help="input side in pixels (default: the architecture's)")
     e.add_argument("--whitening", help="whitening file from `cbir whiten fit`, folded into the graph")
     e.add_argument("--resize", default="squash", choices=["squash", "crop"], help="resize policy recorded in the model (default squash)")
-    e.add_argument("--images", nargs="*", help="photos for the parity gate (default: scikit-image's bundled photos)")
+    e.add_argument("--images", nargs="*", help="photos (files or folders) for the parity/fidelity gate (default: scikit-image's bundled photos)")
+    e.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                   help="fp16: trunk in FP16, normalisation/pooling/whitening/L2 in FP32, for TensorRT (default fp32)")
+    e.add_argument("--gem-p", type=float, help="GeM exponent (default 3, or the checkpoint's)")
+    e.add_argument("--calib", type=int, default=32, help="images for the FP16 gate, spread over --images (default 32)")
+    e.add_argument("--fidelity-data", help="labelled folder: the FP16 gate also checks ΔmAP (torch half() estimate)")
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_export)
+
+    c = sub.add_parser("compile", help="build a TensorRT engine from an exported ONNX model (GPU)")
+    c.add_argument("model", help="ONNX from `cbir export` (use --precision fp16 for an FP16 engine)")
+    c.add_argument("--backend", default="tensorrt")
+    c.add_argument("--min-batch", type=int, default=1)
+    c.add_argument("--opt-batch", type=int, default=32)
+    c.add_argument("--max-batch", type=int, default=128)
+    c.add_argument("--workspace-gb", type=float, default=4.0)
+    c.add_argument("--timing-cache", help="timing cache file, read and updated")
+    c.add_argument("--force", action="store_true", help="rebuild even when the cached engine is fresh")
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=cmd_compile)
+
+    d = sub.add_parser("doctor", help="which backends work here, with a self-check of each")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(fn=cmd_doctor)
 
     m = sub.add_parser("embed", help="embed image files into a .npy file")
     m.add_argument("images", nargs="+", help="image files or folders (searched recursively)")

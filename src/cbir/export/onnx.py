@@ -134,6 +134,15 @@ def export_onnx(
 
             fp16 = fp16_gate(reference, model, tmp, info, parity_images, calib, fidelity_data)
             fidelity = {**fp16["reference"], "fp16_gate": fp16}
+        # the gate's figures travel with the model (the TensorRT manifest copies them); metadata is
+        # outside the fingerprint, so this does not change it
+        info.extra["fidelity"] = {k: fidelity[k] for k in ("n", "min_cosine", "mean_cosine", "topk_agreement")}
+        if "fp16_gate" in fidelity:
+            info.extra["fidelity"]["estimate"] = fidelity["fp16_gate"]["estimate"]
+            if "delta_map" in fidelity["fp16_gate"]:
+                info.extra["fidelity"]["delta_map"] = fidelity["fp16_gate"]["delta_map"]["delta"]
+        write_metadata(proto, info)
+        onnx.save(proto, str(tmp))
         tmp.replace(output)
     finally:
         tmp.unlink(missing_ok=True)

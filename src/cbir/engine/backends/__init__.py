@@ -5,6 +5,7 @@
 | onnxruntime      | ORT CPU EP, intra-op threads = all cores by default  | onnxruntime                |
 | onnxruntime-cuda | ORT CUDA EP (refused if the session fell back to CPU)| onnxruntime-gpu, CUDA      |
 | onnxruntime-trt  | ORT TensorRT EP, then CUDA (same check)              | onnxruntime-gpu, TensorRT  |
+| tensorrt         | native TensorRT plan from `cbir compile`             | tensorrt, cuda-python      |
 
 Every runner takes a uint8 [N, H, W, 3] batch and returns float32 [N, D] L2-normalised vectors.
 """
@@ -25,10 +26,17 @@ def _onnxruntime(provider: str) -> Callable[..., Runner]:
     return load
 
 
+def _tensorrt(model: str, **options) -> Runner:
+    from cbir.engine.backends.tensorrt import TrtRunner
+
+    return TrtRunner(model, **{k: v for k, v in options.items() if k == "device"})
+
+
 BACKENDS: dict[str, Callable[..., Runner]] = {
     "onnxruntime": _onnxruntime("cpu"),
     "onnxruntime-cuda": _onnxruntime("cuda"),
     "onnxruntime-trt": _onnxruntime("tensorrt"),
+    "tensorrt": _tensorrt,
 }
 
 

@@ -46,7 +46,7 @@ def load_session(model: str | os.PathLike, provider: str = "cpu", threads: int |
     opts.log_severity_level = 3
     providers: list = list(_PROVIDERS[provider])
     if provider == "tensorrt":
-        providers[0] = ("TensorrtExecutionProvider", dict(trt_options or {}))
+        providers[0] = ("TensorrtExecutionProvider", {**trt_ep_options(path), **(trt_options or {})})
     try:
         sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types (InvalidGraph, Fail, ...)
@@ -58,6 +58,28 @@ def load_session(model: str | os.PathLike, provider: str = "cpu", threads: int |
             f"({wanted} is not usable here: install onnxruntime-gpu with matching CUDA/cuDNN{'/TensorRT' if provider == 'tensorrt' else ''})"
         )
     return sess
+
+
+def trt_ep_options(model: Path, min_batch: int = 1, opt_batch: int = 32, max_batch: int = 128) -> dict:
+    """TensorRT EP defaults: engine + timing cache beside the model, a batch profile (all three of
+    min/opt/max are required with the engine cache, ORT PR #15546). FP16 comes from the graph
+    (``cbir export --precision fp16``), not ``trt_fp16_enable`` (no FP16 flag on TensorRT 11)."""
+    import onnx
+
+    from cbir.modelinfo import METADATA_KEY, ModelInfo
+
+    m = onnx.load(str(model), load_external_data=False)
+    meta = {p.key: p.value for p in m.metadata_props}
+    name = m.graph.input[0].name
+    h, w = ModelInfo.from_json(meta[METADATA_KEY], str(model)).input_size if METADATA_KEY in meta else (224, 224)
+    cache = str(model.parent / (model.stem + ".trt_cache"))
+    return {
+        "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": True, "trt_timing_cache_path": cache,
+        "trt_profile_min_shapes": f"{name}:{min_batch}x{h}x{w}x3",
+        "trt_profile_opt_shapes": f"{name}:{opt_batch}x{h}x{w}x3",
+        "trt_profile_max_shapes": f"{name}:{max_batch}x{h}x{w}x3",
+    }
 
 
 def read_info(sess, source: str = "model") -> ModelInfo:
@@ -85,3 +107,18 @@ class OrtRunner:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.sess.run([self.output_name], {self.input_name: batch})[0]
+
+    def run_torch(self, images) -> np.ndarray:
+        """Device-resident input through IO binding: a contiguous uint8 CUDA tensor [N, H, W, 3]."""
+        if self.providers[0] == "CPUExecutionProvider":
+            raise CbirError("run_torch needs the CUDA or TensorRT execution provider")
+        import torch
+
+        images = images.contiguous()
+        torch.cuda.current_stream(images.device).synchronize()  # torch's writes must be finished
+        b = self.sess.io_binding()
+        b.bind_input(self.input_name, device_type="cuda", device_id=images.device.index or 0,
+                     element_type=np.uint8, shape=tuple(images.shape), buffer_ptr=images.data_ptr())
+        b.bind_output(self.output_name, "cuda")
+        self.sess.run_with_iobinding(b)
+        return b.copy_outputs_to_cpu()[0]
