@@ -91,7 +91,7 @@ def export_onnx(
     t0 = time.perf_counter()
     trunk = build_trunk(arch, block, pretrained=pretrained, weights=weights)
     wt = Whitening.load(whitening) if whitening else None
-    model = RetrievalModel(trunk, pooling, image_size, wt).eval()
+    model = RetrievalModel(trunk, pooling, image_size or (trunk.meta or {}).get("input_size"), wt).eval()
     if gem_p is not None:
         if pooling != "gem":
             raise CbirError(f"--gem-p applies to --pooling gem, not {pooling}")

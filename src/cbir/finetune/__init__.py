@@ -1,1 +1,1 @@
-"""Fine-tuning recipe (torch): the paper's two-phase schedule. Not implemented yet (issue 7)."""
+"""Fine-tuning (torch): the paper's two-phase recipe (``recipe``), writing checkpoints the export reads."""
