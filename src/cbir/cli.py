@@ -111,7 +111,14 @@ def cmd_index_build(a: argparse.Namespace) -> int:
                        dba=a.dba, dba_alpha=a.dba_alpha)
     if existed and not a.json:
         print(f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)", file=sys.stderr)
-    report = g.build([a.images_dir], batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty())
+    distributed = None
+    if a.distributed == "ray":
+        distributed = {"ray_address": a.ray_address, "num_workers": a.num_workers, "gpus_per_worker": a.gpus_per_worker,
+                       "cpus_per_worker": a.cpus_per_worker, "backend": a.backend}
+    elif a.distributed is not None:
+        raise CbirError(f"--distributed {a.distributed!r}: only 'ray' is supported")
+    report = g.build([a.images_dir], batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty(),
+                     distributed=distributed)
     return _print_report(a, report, "indexed")
 
 
@@ -372,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dba", type=int, default=0, help="database-side augmentation over N neighbours (default off)")
     b.add_argument("--dba-alpha", type=float, default=0.0)
     b.add_argument("--resume", action="store_true", help="continue an interrupted build (also automatic)")
+    b.add_argument("--distributed", choices=["ray"], help="embed shards on Ray Data workers (pip install 'cbir[distributed]')")
+    b.add_argument("--ray-address", help="auto | ray://host:port (default: start a local Ray)")
+    b.add_argument("--num-workers", type=int, default=2, help="Ray actors, one model each (default 2)")
+    b.add_argument("--cpus-per-worker", type=int, default=1)
+    b.add_argument("--gpus-per-worker", type=float, default=0)
     _engine_args(b)
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=cmd_index_build)

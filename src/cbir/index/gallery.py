@@ -26,7 +26,7 @@ import numpy as np
 
 from cbir.errors import CbirError
 from cbir.index import faiss_index, qe
-from cbir.index.shards import read_shard, write_shard
+from cbir.index.shards import ShardOutput, embed_shard, read_shard, shard_path
 from cbir.index.store import Store
 from cbir.index.walk import find_images
 
@@ -39,6 +39,14 @@ class Hit:
     id: int
     path: str
     score: float
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not (enabled and total):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -170,40 +178,50 @@ class Gallery:
                 queued += 1
         return queued, skipped
 
-    def process_pending(self, batch_size: int = 32, progress: bool = False) -> dict:
-        """Embed every pending shard and commit each; returns counts and stage timings."""
+    def commit_shard(self, shard: int, out: ShardOutput) -> tuple[int, int]:
+        """Mark a shard done from its output file's rows, in one transaction; returns (indexed, failed)."""
+        with self.store.transaction():
+            self.store.finish_shard(
+                shard, [(int(i), str(h), int(s)) for i, h, s in zip(out.ids, out.sha1, out.size)],
+                [(int(i), str(r)) for i, r in zip(out.failed_ids, out.failed_reasons)])
+        return len(out.ids), len(out.failed_ids)
+
+    def adopt_outputs(self) -> int:
+        """Commit pending shards whose output file is complete (a worker finished it, the
+        coordinator died before committing); returns how many were adopted."""
+        adopted = 0
+        for shard in self.store.pending_shards():
+            if not shard_path(self.root, shard).is_file():
+                continue
+            out = read_shard(self.root, shard)
+            if out.item_ids() == {i for i, _ in self.store.shard_items(shard)}:
+                self.commit_shard(shard, out)
+                adopted += 1
+        return adopted
+
+    def pending_work(self) -> list[tuple[int, list[tuple[int, str]]]]:
+        return [(s, self.store.shard_items(s)) for s in self.store.pending_shards()]
+
+    def process_pending(self, batch_size: int = 32, progress: bool = False, distributed: dict | None = None) -> dict:
+        """Embed every pending shard (here, or on Ray with ``distributed``) and commit each as it
+        finishes; returns counts and stage timings."""
+        self.adopt_outputs()
+        if distributed is not None:
+            from cbir.index.distributed import process_with_ray
+
+            return process_with_ray(self, batch_size=batch_size, progress=progress, **distributed)
         from cbir.engine.bulk import Timings
 
         emb = self.embedder()
         timings = Timings()
-        pending = self.store.pending_shards()
-        total = sum(len(self.store.shard_items(s)) for s in pending)
-        bar = None
-        if progress and total:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
+        work = self.pending_work()
+        bar = _progress_bar(sum(len(items) for _, items in work), progress)
         indexed = failed = 0
-        for shard in pending:
-            items = self.store.shard_items(shard)
-            ids = np.array([i for i, _ in items], np.int64)
-            vec_parts, ok_ids, ok_rows, bad_rows = [], [], [], []
-            for b in emb.iter_batches([p for _, p in items], batch_size, hash_files=True, timings=timings):
-                if b.indices:
-                    vec_parts.append(b.vectors)
-                    for pos in b.indices:
-                        f = b.facts[pos]
-                        ok_ids.append(ids[pos])
-                        ok_rows.append((int(ids[pos]), f.sha1, f.size))
-                bad_rows.extend((int(ids[pos]), reason) for pos, _, reason in b.errors)
-                if bar is not None:
-                    bar.update(len(b.indices) + len(b.errors))
-            vectors = np.concatenate(vec_parts) if vec_parts else np.empty((0, emb.dim), np.float32)
-            write_shard(self.root, shard, np.array(ok_ids, np.int64), vectors)
-            with self.store.transaction():
-                self.store.finish_shard(shard, ok_rows, bad_rows)
-            indexed += len(ok_rows)
-            failed += len(bad_rows)
+        for shard, items in work:
+            out = embed_shard(emb, self.root, shard, items, batch_size, timings, bar.update if bar else None)
+            n_ok, n_bad = self.commit_shard(shard, out)
+            indexed += n_ok
+            failed += n_bad
         if bar is not None:
             bar.close()
         return {"indexed": indexed, "failed_now": failed, "timings": timings.as_dict()}
@@ -215,7 +233,8 @@ class Gallery:
             live = self.store.indexed_ids_of_shard(shard)
             if not live:
                 continue
-            ids, vecs = read_shard(self.root, shard)
+            out = read_shard(self.root, shard)
+            ids, vecs = out.ids, out.vectors
             keep = np.fromiter((i in live for i in ids), bool, len(ids))
             ids_parts.append(ids[keep])
             vec_parts.append(vecs[keep])
@@ -251,11 +270,12 @@ class Gallery:
         faiss_index.save(index, path)
         self._index = index
 
-    def build(self, images: Sequence[str | os.PathLike], batch_size: int = 32, progress: bool = False) -> dict:
+    def build(self, images: Sequence[str | os.PathLike], batch_size: int = 32, progress: bool = False,
+              distributed: dict | None = None) -> dict:
         """Scan, embed pending shards, build the FAISS index, write report.json."""
         t0 = time.perf_counter()
         queued, skipped = self.scan(images)
-        work = self.process_pending(batch_size, progress)
+        work = self.process_pending(batch_size, progress, distributed)
         self.rebuild_index()
         return self._report(work, skipped, queued, t0)
 
