@@ -295,6 +295,28 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise CbirError("cbir serve needs FastAPI and uvicorn: pip install 'cbir[serve]'") from None
+    from cbir.serve.app import create_app
+
+    app = create_app(a.index, max_batch=a.max_batch, max_delay_ms=a.max_delay_ms, max_queue=a.max_queue,
+                     timeout_s=a.timeout_s, max_upload_bytes=int(a.max_upload_mb * 1024 * 1024),
+                     backend=a.backend, threads=a.threads)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=a.timeout_s)
+    return 0
+
+
+def cmd_export_triton(a: argparse.Namespace) -> int:
+    from cbir.export.triton import export_triton
+
+    r = export_triton(a.model, a.repo, a.name, a.max_batch, a.dynamic_batching, a.max_queue_delay_us)
+    _print_json(r) if a.json else print(f"wrote {r['config']} and {r['model']} ({r['platform']}, max_batch_size {r['max_batch_size']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cbir import __version__
 
@@ -354,6 +376,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_compile)
+
+    sv = sub.add_parser("serve", help="HTTP query service over an index (FastAPI + uvicorn)")
+    sv.add_argument("--index", required=True)
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=32)
+    sv.add_argument("--max-delay-ms", type=float, default=5.0)
+    sv.add_argument("--max-queue", type=int, default=256, help="batcher queue bound; beyond it: 503 + Retry-After")
+    sv.add_argument("--timeout-s", type=float, default=30.0)
+    sv.add_argument("--max-upload-mb", type=float, default=20.0)
+    sv.add_argument("--backend", default="onnxruntime")
+    sv.add_argument("--threads", type=int)
+    sv.set_defaults(fn=cmd_serve)
+
+    tr = sub.add_parser("export-triton", help="write a Triton model-repository entry for a model")
+    tr.add_argument("--model", required=True, help="model.onnx or model.plan (with its manifest)")
+    tr.add_argument("--repo", required=True)
+    tr.add_argument("--name")
+    tr.add_argument("--max-batch", type=int, default=64)
+    tr.add_argument("--dynamic-batching", action="store_true")
+    tr.add_argument("--max-queue-delay-us", type=int, default=100)
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(fn=cmd_export_triton)
 
     d = sub.add_parser("doctor", help="which backends work here, with a self-check of each")
     d.add_argument("--json", action="store_true")

@@ -142,5 +142,7 @@ class DynamicBatcher:
                 continue
             t1 = time.perf_counter()
             for i, r in enumerate(live):
-                self.timings.append(RequestTiming((t0 - r.t_enqueue) * 1e3, (t1 - t0) * 1e3, len(live)))
+                timing = RequestTiming((t0 - r.t_enqueue) * 1e3, (t1 - t0) * 1e3, len(live))
+                self.timings.append(timing)
+                r.future.timing = timing  # per-request queue/compute split for callers (e.g. /metrics)
                 r.future.set_result(out[i].copy())

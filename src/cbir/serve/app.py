@@ -1,0 +1,197 @@
+"""The query service: ``create_app(index_dir)`` → a FastAPI (ASGI) app over the index and a dynamic batcher.
+
+Endpoints: ``POST /search`` (an image as multipart field ``image`` or as the raw body, or JSON
+``{"embedding": [...]}``; query ``k``, ``qe``, ``qe_alpha``), ``POST /embed`` (an image → vector),
+``GET /items/{id}``, ``GET /healthz``, ``GET /metrics`` (Prometheus text), and FastAPI's
+``/openapi.json`` and ``/docs``.
+
+Limits and errors: bodies over ``max_upload_bytes`` (default 20 MB) → 413 (read in chunks, never
+whole); images over ``max_pixels`` (64 Mpx) → 413 before decoding; undecodable input → 400; a full
+batcher queue → 503 with ``Retry-After``; a request not answered within ``timeout_s`` → 504. The
+service never takes a path from a request, so it cannot be made to read files; it answers with the
+paths stored in the index. Preprocessing and search run in worker threads, so the event loop only
+waits. Shutdown (SIGINT/SIGTERM under uvicorn) stops accepting, lets in-flight requests finish and
+drains the batcher.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+
+import numpy as np
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.requests import Request as StarletteRequest
+
+from cbir.engine.batcher import BatcherClosed, QueueFull
+from cbir.engine.preprocess import ImageError
+from cbir.errors import CbirError
+from cbir.serve.metrics import Metrics
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+
+
+def create_app(index_dir: str, max_batch: int = 32, max_delay_ms: float = 5.0, max_queue: int = 256,
+               timeout_s: float = 30.0, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int | None = None,
+               backend: str = "onnxruntime", threads: int | None = None):
+    from cbir import __version__
+    from cbir.index.gallery import Gallery
+
+    gallery = Gallery(index_dir)
+    emb = gallery.embedder(backend=backend, threads=threads, **({"max_pixels": max_pixels} if max_pixels else {}))
+    metrics = Metrics()
+    state: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state["batcher"] = emb.batcher(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
+                                       timeout_s=timeout_s)
+        _ = gallery.index  # load the FAISS index before the first request
+        yield
+        await run_in_threadpool(state["batcher"].close, True)  # drain what is queued
+        gallery.close()
+
+    app = FastAPI(title="cbir", version=__version__, lifespan=lifespan,
+                  description="Content-based image retrieval: search an index with an image or an embedding.")
+
+    class HTTPError(Exception):
+        def __init__(self, status: int, message: str, headers: dict | None = None):
+            self.status, self.message, self.headers = status, message, headers or {}
+
+    @app.exception_handler(HTTPError)
+    async def _http_error(request, exc: HTTPError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.middleware("http")
+    async def count(request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        endpoint = request.scope.get("route").path if request.scope.get("route") else "unmatched"
+        metrics.inc("cbir_requests_total", "HTTP requests by endpoint and status", endpoint=endpoint,
+                    status=response.status_code)
+        metrics.observe("cbir_request_seconds", "request latency", time.perf_counter() - t0, endpoint=endpoint)
+        return response
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_upload_bytes:
+            raise HTTPError(413, f"upload of {declared} bytes exceeds the limit of {max_upload_bytes}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_upload_bytes:
+                raise HTTPError(413, f"upload exceeds the limit of {max_upload_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def image_bytes(request: Request, body: bytes) -> bytes:
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            async def replay():
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            form = await StarletteRequest(request.scope, replay).form()
+            part = form.get("image")
+            if part is None or not hasattr(part, "read"):
+                raise HTTPError(400, "multipart upload needs a file field named 'image'")
+            return await part.read()
+        if not body:
+            raise HTTPError(400, "empty body: send an image (raw bytes or multipart field 'image') or JSON with 'embedding'")
+        return body
+
+    async def embed_image(data: bytes) -> tuple[np.ndarray, dict]:
+        try:
+            fut = await run_in_threadpool(state["batcher"].submit, data)
+        except ImageError as e:
+            status = 413 if "decompression bomb" in e.reason else 400
+            raise HTTPError(status, f"uploaded image: {e.reason}") from None
+        except QueueFull as e:
+            raise HTTPError(503, str(e), {"Retry-After": "1"}) from None
+        except BatcherClosed:
+            raise HTTPError(503, "shutting down", {"Retry-After": "5"}) from None
+        try:
+            vec = await asyncio.wait_for(asyncio.wrap_future(fut), timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise HTTPError(504, f"no answer within {timeout_s} s") from None
+        t = getattr(fut, "timing", None)
+        timing = {}
+        if t is not None:
+            metrics.observe("cbir_queue_seconds", "time waiting in the batcher queue", t.queue_ms / 1e3)
+            metrics.observe("cbir_inference_seconds", "batched model inference time", t.compute_ms / 1e3)
+            timing = {"queue_ms": round(t.queue_ms, 3), "inference_ms": round(t.compute_ms, 3), "batch": t.batch}
+        return vec, timing
+
+    def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+        raw = request.query_params.get(name)
+        if raw is None:
+            return default
+        try:
+            v = int(raw)
+        except ValueError:
+            raise HTTPError(400, f"{name}={raw!r}: not an integer") from None
+        if not lo <= v <= hi:
+            raise HTTPError(400, f"{name}={v}: must be between {lo} and {hi}")
+        return v
+
+    @app.post("/search", summary="Search the index with an image or an embedding")
+    async def search(request: Request):
+        k = int_param(request, "k", 10, 1, 1000)
+        qe_n = int_param(request, "qe", 0, 0, 100)
+        try:
+            alpha = float(request.query_params.get("qe_alpha", 0.0))
+        except ValueError:
+            raise HTTPError(400, "qe_alpha: not a number") from None
+        body = await read_body(request)
+        timing: dict = {}
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                payload = json.loads(body)
+                vec = np.asarray(payload["embedding"], np.float32)
+            except (ValueError, KeyError, TypeError):
+                raise HTTPError(400, "JSON body needs 'embedding': a list of numbers") from None
+            if "k" in payload:
+                if not isinstance(payload["k"], int) or not 1 <= payload["k"] <= 1000:
+                    raise HTTPError(400, "k must be an integer between 1 and 1000")
+                k = payload["k"]
+            if vec.shape != (emb.dim,) or not np.isfinite(vec).all():
+                raise HTTPError(400, f"embedding must be {emb.dim} finite numbers, got shape {list(vec.shape)}")
+        else:
+            vec, timing = await embed_image(await image_bytes(request, body))
+        t0 = time.perf_counter()
+        hits = (await run_in_threadpool(gallery.search_vectors, vec[None], k, qe_n, alpha))[0]
+        search_s = time.perf_counter() - t0
+        metrics.observe("cbir_search_seconds", "FAISS search time (incl. query expansion)", search_s)
+        return {"results": [h.__dict__ for h in hits], "k": k, "qe": qe_n,
+                "timings_ms": {**timing, "search_ms": round(search_s * 1e3, 3)}}
+
+    @app.post("/embed", summary="Embed one image")
+    async def embed(request: Request):
+        body = await read_body(request)
+        vec, timing = await embed_image(await image_bytes(request, body))
+        return {"dim": int(vec.shape[0]), "vector": vec.tolist(), "model": emb.fingerprint, "timings_ms": timing}
+
+    @app.get("/items/{item_id}", summary="Metadata of an indexed item")
+    async def item(item_id: int):
+        row = await run_in_threadpool(gallery.store.item, item_id)
+        if row is None or row["state"] == "removed":
+            raise HTTPError(404, f"no item {item_id}")
+        return row
+
+    @app.get("/healthz")
+    async def healthz():
+        b = state.get("batcher")
+        return {"status": "ok", "count": gallery.store.count("indexed"), "model": emb.info.arch,
+                "fingerprint": emb.fingerprint, "queued": b.queued if b else 0}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prom():
+        b = state.get("batcher")
+        text = metrics.render()
+        text += f"# HELP cbir_queue_depth requests waiting in the batcher\n# TYPE cbir_queue_depth gauge\ncbir_queue_depth {b.queued if b else 0}\n"
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    return app
