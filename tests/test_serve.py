@@ -174,3 +174,15 @@ def test_triton_repository_entry_parses(lite0_onnx, tmp_path):
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 250
     assert cfg.parameters["cbir_fingerprint"].string_value and (tmp_path / "repo" / "lite0" / "1" / "model.onnx").is_file()
     assert main(["export-triton", "--model", str(lite0_onnx), "--repo", str(tmp_path / "r"), "--name", "bad/name"]) == 2
+
+
+def test_bench_http_against_the_real_server(server, index_dir):
+    from cbir.bench.http import bench_http, check_loopback
+    from cbir.errors import CbirError
+
+    img = sorted((index_dir / "g").rglob("*.jpg"))[0]
+    rows = bench_http(server, str(img), [1, 4], requests=8, k=3)
+    assert [r["concurrency"] for r in rows] == [1, 4]
+    assert all(r["status"] == {"200": 8} and r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in rows)
+    with pytest.raises(CbirError, match="loopback"):
+        check_loopback("http://10.0.0.5:8000")

@@ -317,6 +317,21 @@ def cmd_export_triton(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_http(a: argparse.Namespace) -> int:
+    from cbir.bench.http import bench_http
+
+    rows = bench_http(a.url, a.image, [int(x) for x in a.concurrency.split(",")], a.requests, a.k)
+    if a.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        s = r["server_p50_ms"]
+        print(f"c={r['concurrency']:>3}: {r['requests_per_s']:.1f} req/s, p50/p95/p99 {r['p50_ms']:.1f}/{r['p95_ms']:.1f}/{r['p99_ms']:.1f} ms, "
+              f"status {r['status']}, server p50 queue {s.get('queue_ms', 0):.1f} / inference {s.get('inference_ms', 0):.1f} / "
+              f"search {s.get('search_ms', 0):.2f} ms, mean batch {r['mean_batch']:.1f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cbir import __version__
 
@@ -506,6 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--repeats", type=int, default=3)
     sw.add_argument("--json", action="store_true")
     sw.set_defaults(fn=cmd_bench_sweep)
+    bh = bench.add_parser("http", help="load-test POST /search of a running `cbir serve` on loopback")
+    bh.add_argument("--url", default="http://127.0.0.1:8000")
+    bh.add_argument("--image", required=True)
+    bh.add_argument("--concurrency", default="1,8,32")
+    bh.add_argument("--requests", type=int, default=200)
+    bh.add_argument("-k", type=int, default=10)
+    bh.add_argument("--json", action="store_true")
+    bh.set_defaults(fn=cmd_bench_http)
     bs_ = bench.add_parser("search", help="search latency by gallery size (synthetic vectors), Flat vs an ANN factory")
     bs_.add_argument("--sizes", default="1000,100000,1000000")
     bs_.add_argument("--dim", type=int, default=320)
