@@ -52,9 +52,11 @@ def test_training_changes_only_unfrozen_layers(data, tmp_path):
     src = timm.create_model("tf_efficientnet_lite0")
     load_pretrained(src, "tf_efficientnet_lite0")
     assert torch.equal(state["conv_stem.weight"], src.state_dict()["conv_stem.weight"])  # frozen
+    for k in ("bn1.running_mean", "blocks.6.0.bn1.running_var"):  # BatchNorm statistics never move
+        assert torch.equal(state[k], src.state_dict()[k]), k
     assert not torch.equal(state["conv_head.weight"], src.state_dict()["conv_head.weight"])  # unfrozen, trained
     layers = parameter_layers(ref)
-    assert type(layers[-1]).__name__ == "Linear" and layers[0] is ref.conv_stem
+    assert type(layers[-1]).__name__ == "Linear" and layers[0] is ref.conv_stem and layers[1] is ref.bn1
 
 
 def test_killed_run_resumes_from_last_epoch(data, tmp_path):

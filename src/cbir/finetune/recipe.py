@@ -9,8 +9,9 @@ Categorical cross-entropy, batch 8.
 What a "layer" is: the paper's 80 Keras layers count every Keras layer (Conv, BatchNorm, Activation,
 Multiply, ...). Here a layer is a leaf module with parameters (Conv2d, BatchNorm, Linear), in forward
 order over the whole network (stem → blocks → conv_head → bn2 → classifier); ``--unfreeze-top 80``
-unfreezes the last 80 of them (for Lite0: the classifier, head conv + BN and the top 13 of 16
-blocks). BatchNorm layers always run in inference mode (running statistics), unfrozen ones still
+unfreezes the last 80 of them. Lite0 has 99 such layers, so 80 reaches down to ``blocks.2.0`` (all
+but the stem and the first two stages); Keras' B0 has ~237 layers, whose top 80 start near block 6a —
+pass ``--unfreeze-top 35`` to unfreeze a similar depth here (stage 6 onwards). BatchNorm layers always run in inference mode (running statistics), unfrozen ones still
 learn their scale/shift — the Keras fine-tuning guide's advice (``base_model(x, training=False)``).
 Measured here: with batch-statistics BN at batch 8 the validation accuracy fell from 0.97 after
 phase 1 to 0.81 after one fine-tuning epoch on Corel-1K. Dropout before the classifier (timm's
@@ -80,8 +81,8 @@ def check_classes(root: Path) -> None:
 
 
 def parameter_layers(model) -> list:
-    """Leaf modules that own parameters, in registration (= forward) order."""
-    return [m for m in model.modules() if not list(m.children()) and list(m.parameters(recurse=False))]
+    """Modules that own parameters directly (Conv, BatchNorm(+Act), Linear), in registration (= forward) order."""
+    return [m for m in model.modules() if list(m.parameters(recurse=False))]
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -234,11 +235,12 @@ def finetune(r: Recipe, progress: bool = True) -> dict:
             opt.load_state_dict(opt_state)
         first = start_epoch if start_phase == "ft" else 0
         unfrozen_ids = {id(m) for m in top}
+        param_layers = set(layers)
         for epoch in range(first, r.ft_epochs):
             t = time.perf_counter()
             model.train()
             for m in model.modules():  # frozen layers and every BatchNorm stay in inference mode
-                if not list(m.children()) and (id(m) not in unfrozen_ids or isinstance(m, nn.modules.batchnorm._BatchNorm)):
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) or (m in param_layers and id(m) not in unfrozen_ids):
                     m.eval()
             order = rng.permutation(train_idx)
             total = 0.0
