@@ -37,6 +37,10 @@ def test_finetune_exports_and_embeds(data, tmp_path):
     assert s["arch"] == "tf_efficientnet_lite0" and s["input"]["shape"][1] == 64 and s["min_cosine"] >= 0.99999
     vecs = Embedder(tmp_path / "ft.onnx").embed([str(p) for p in sorted(data.rglob("*.jpg"))[:3]])
     assert vecs.shape == (3, 192) and np.isfinite(vecs).all()
+    from cbir.bench.accuracy import bench_accuracy
+
+    acc = bench_accuracy(str(tmp_path / "ft.onnx"), str(data), seeds=3)
+    assert acc["split_seed"] == 0 and acc["seeds"] == 1  # only the held-out split of its own seed
 
 
 def test_training_changes_only_unfrozen_layers(data, tmp_path):

@@ -2,7 +2,8 @@
 
 Every image is embedded once; the gallery is the whole set in a FAISS Flat inner-product index
 (the same search path as ``cbir search``); queries are the test split of each seed (``protocol``)
-or every 10th image (``--queries every10``). The full ranking is used for mAP. With ``qe`` > 0 the
+or every 10th image (``--queries every10``). A fine-tuned model (its metadata names the split seed it
+was trained with) is evaluated on that seed's test split only. The full ranking is used for mAP. With ``qe`` > 0 the
 queries are expanded (average QE, or α-QE with ``qe_alpha``) before the final search.
 The query itself stays in its ranking unless ``exclude_self`` (both are reported by the sweep).
 """
@@ -70,8 +71,12 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, qe_n: int = 0, qe_alph
         vectors = fit(vectors, dim=whiten_dim, force=whiten_force).apply(vectors)
     index, _ = faiss_index.build(l2_normalize(vectors), np.arange(len(vectors)), "Flat")
     runs, per_class_runs = [], []
+    split_seed = emb.info.extra.get("split_seed")
     if queries == "every10":
         splits = [np.arange(0, len(vectors), 10)]
+    elif split_seed is not None:
+        # a fine-tuned model saw the train split of its own seed: only that seed's test split is fair
+        splits = [stratified_split(labels, int(split_seed), float(emb.info.extra.get("split", 0.8)))[1]]
     else:
         splits = [stratified_split(labels, seed)[1] for seed in range(seeds)]
     for q in splits:
@@ -81,7 +86,7 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, qe_n: int = 0, qe_alph
     per_class = {ds.classes[int(c)]: mean_std([pc[c] for pc in per_class_runs]) for c in per_class_runs[0]}
     return {
         "model": emb.info.public(), "data": str(data), "images": len(vectors), "classes": len(ds.classes),
-        "queries": queries, "seeds": len(splits), "queries_per_run": int(len(splits[0])),
+        "queries": queries, "seeds": len(splits), "split_seed": split_seed, "queries_per_run": int(len(splits[0])),
         "exclude_self": exclude_self, "qe": qe_n, "qe_alpha": qe_alpha, "whiten_dim": whiten_dim,
         "metrics": mean_std(runs), "per_class": per_class, "embed_seconds": round(embed_s, 2),
         "embed_images_per_s": round(len(vectors) / embed_s, 1),

@@ -109,7 +109,7 @@ def export_onnx(
         interpolation=meta.get("interpolation", trunk.spec.interpolation), resize=resize,
         whitening=wt.fingerprint if wt else None, weights=trunk.weights, precision=model.precision,
         cbir_version=__version__,
-        extra={k: meta[k] for k in ("classes", "split_seed") if k in meta},
+        extra={k: meta[k] for k in ("classes", "split_seed", "split") if k in meta},
     )
     example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
     fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=output.resolve().parent)

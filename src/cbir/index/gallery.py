@@ -70,6 +70,7 @@ class Gallery:
         self.store = Store(self.root / "meta.sqlite")
         self._embedder = embedder
         self._index = None
+        self._gpu_index = self._gpu_source = None
         self._whitening = None
         if embedder is not None:
             self.check_model(embedder)
@@ -332,7 +333,7 @@ class Gallery:
     @property
     def search_index(self):
         """The index searches run on: a GPU copy when faiss-gpu sees a GPU (k ≤ 2048), else the CPU index."""
-        if getattr(self, "_gpu_index", None) is None or self._gpu_source is not self.index:
+        if self._gpu_index is None or self._gpu_source is not self.index:
             self._gpu_source = self.index
             self._gpu_index = faiss_index.to_gpu(self.index) if faiss_index.gpu_available() else self.index
         return self._gpu_index
