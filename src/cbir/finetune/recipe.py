@@ -2,7 +2,8 @@
 
 Phase 1 ("head"): the backbone is frozen (kept in eval mode, as Keras does for frozen BatchNorm) and a
 new linear classifier on global average pooling is trained with Adam (lr 1e-3, 5 epochs). Because
-nothing below the classifier changes in this phase, pooled features are computed once and cached.
+nothing below the classifier changes in this phase, pooled features are computed once and cached
+(training and validation in this phase use them).
 Phase 2 ("fine-tune"): the top N "layers" are unfrozen and trained with Adam (lr 1e-5, 15 epochs).
 Categorical cross-entropy, batch 8.
 
@@ -213,7 +214,9 @@ def finetune(r: Recipe, progress: bool = True) -> dict:
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
-            history.append({"phase": "head", "epoch": epoch + 1, "loss": total / len(order), "val_acc": evaluate(),
+            with torch.no_grad():  # the backbone is frozen: validate on the cached features
+                val_acc = float((head(feats[torch.from_numpy(val_idx).to(dev)]).argmax(1).cpu().numpy() == labels[val_idx]).mean())
+            history.append({"phase": "head", "epoch": epoch + 1, "loss": total / len(order), "val_acc": val_acc,
                             "seconds": round(time.perf_counter() - t, 2)})
             _report(history[-1], progress)
             save_resume("head", epoch + 1, opt)
