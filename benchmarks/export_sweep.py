@@ -35,7 +35,7 @@ def timm_reference(model: Path, corel: str, n: int = 200) -> dict:
     from torchvision import transforms
 
     from cbir.engine.embedder import Embedder
-    from cbir.index.walk import find_images
+    from cbir.walk import find_images
     from cbir.models.weights import load_pretrained
 
     paths = find_images([corel])[:: max(1, 1000 // n)][:n]
@@ -47,10 +47,10 @@ def timm_reference(model: Path, corel: str, n: int = 200) -> dict:
         x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])
         ref = torch.nn.functional.normalize(net.blocks(net.bn1(net.conv_stem(x))).mean(dim=(2, 3)), dim=1).numpy()
     out = {}
-    for decoder in ("pil", "auto"):
-        got = Embedder(model, decoder=decoder).embed([str(p) for p in paths])
+    for resampling in ("pillow", "opencv"):
+        got = Embedder(model, resampling=resampling).embed([str(p) for p in paths])
         cos = np.sum(ref * got, axis=1)
-        out[decoder] = {"images": len(paths), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+        out[resampling] = {"images": len(paths), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
     return out
 
 

@@ -14,7 +14,7 @@ import torch
 
 
 def main(out: str) -> None:
-    from cbir.export.fidelity import fp16_gate
+    from cbir.validate.fidelity import fp16_gate
     from cbir.export.onnx import INPUT_NAME, OUTPUT_NAME, graph_fingerprint, write_metadata
     from cbir.modelinfo import ModelInfo
     from cbir.models.retrieval import RetrievalModel

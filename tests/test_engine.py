@@ -149,3 +149,72 @@ def test_cli_embed(lite0_onnx, photos, tmp_path, capsys):
     v = np.load(out)
     assert v.shape == (6, 320) and s["embedded"] == 6 and len(paths.read_text().splitlines()) == 6
     assert s["failed"][0]["path"].endswith("broken.jpg") and s["timings"]["images"] == 6
+
+
+def test_batcher_survives_a_bad_backend_answer(embedder, photos):
+    """A runner returning too few rows fails that batch's futures; the worker lives on."""
+    answers = {"short": True}
+
+    def run(batch):
+        out = embedder.run(batch)
+        return out[:-1] if answers["short"] else out
+
+    from cbir.engine.batcher import DynamicBatcher
+
+    with DynamicBatcher(run, embedder.preprocess, max_batch=4, max_delay_ms=50) as b:
+        futs = [b.submit(str(p)) for p in photos[:3]]
+        for f in futs:
+            with pytest.raises(CbirError, match=r"returned \(\d+, 320\) for a batch of \d+"):
+                f.result(30)
+        answers["short"] = False
+        assert b.alive
+        np.testing.assert_allclose(b.embed(str(photos[0]), timeout=30), embedder.embed(str(photos[0]))[0], atol=1e-5)
+
+
+def test_batcher_worker_death_fails_waiters_and_refuses(embedder, photos):
+    """If the worker thread ends anyway (a BaseException), nobody waits forever."""
+    from cbir.engine.batcher import DynamicBatcher
+
+    started = threading.Event()
+
+    def run(batch):
+        started.wait(10)
+        raise SystemExit("worker killed")
+
+    b = DynamicBatcher(run, embedder.preprocess, max_batch=1, max_delay_ms=0)
+    first = b.submit(str(photos[0]))
+    second = b.submit(str(photos[1]))
+    started.set()
+    with pytest.raises(SystemExit):
+        first.result(10)
+    with pytest.raises(BatcherClosed, match="worker died: SystemExit: worker killed"):
+        second.result(10)
+    b._thread.join(10)
+    assert not b.alive and "worker killed" in b.error
+    with pytest.raises(BatcherClosed, match="worker died"):
+        b.submit(str(photos[0]))
+
+
+def test_bench_latency_uses_only_the_runner_protocol(lite0_onnx, monkeypatch):
+    """Any backend works in `cbir bench latency`: a runner exposing just the protocol (no ORT session)."""
+    from cbir.bench.latency import bench_latency
+    from cbir.engine import backends
+    from cbir.engine.backends.base import RunnerBase
+
+    class ProtocolOnly(RunnerBase):
+        name = "protocol-only"
+
+        def __init__(self, model, **options):
+            inner = backends.load_backend(model, "onnxruntime", **options)
+            self.info, self.providers = inner.info, ["test"]
+            self.input_name = inner.input_name
+            self.run = lambda batch: self.check_output(inner.run(batch), len(batch))
+
+        def run_torch(self, images):
+            raise CbirError("no torch path")
+
+    monkeypatch.setitem(backends.BACKENDS, "protocol-only", ProtocolOnly)
+    r = bench_latency(str(lite0_onnx), "protocol-only", batch_sizes=(1, 2), concurrencies=(1,), repeats=1, warmup=1)
+    assert r["backend"] == "protocol-only" and r["batch1_latency_ms"]["bare_runner"]["p50"] > 0
+    with ProtocolOnly(str(lite0_onnx)) as runner:
+        assert runner.input_shape == (None, 224, 224, 3) and runner.input_dtype == "uint8"

@@ -66,7 +66,7 @@ def test_overflowing_fp16_head_fails_the_gate(tmp_path, photos):
     """GeM with p = 8 in FP16 overflows (x^8 > 65504); ORT CPU would not notice."""
     import copy
 
-    from cbir.export.fidelity import fp16_gate
+    from cbir.validate.fidelity import fp16_gate
     from cbir.models.retrieval import RetrievalModel
     from cbir.models.trunk import build_trunk
 
@@ -98,7 +98,7 @@ def test_tensorrt_lint(fp16_gem, lite0_onnx):
 
 
 def test_engine_cache_keys_and_staleness(tmp_path):
-    from cbir.export.tensorrt import Profile, cache_key, is_fresh, sha256_file, write_manifest
+    from cbir.engine.backends.tensorrt_plan import Profile, cache_key, is_fresh, sha256_file, write_manifest
 
     base = ("a" * 64, "10.16.0", "NVIDIA H100", "9.0", Profile(), 4.0)
     key = cache_key(*base)

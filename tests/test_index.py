@@ -124,7 +124,7 @@ def test_bad_factory_and_untrainable(embedder, gallery_dir, tmp_path):
 
 
 def test_query_expansion_and_dba_change_results_sensibly(embedder, photos, tmp_path):
-    from cbir.index import qe
+    from cbir import vectors as qe
 
     rng = np.random.default_rng(0)
     x = qe.dba(rng.normal(size=(50, 8)), 3)
@@ -196,7 +196,7 @@ def test_cli_round_trip_json(lite0_onnx, gallery_dir, tmp_path):
 
 
 def test_whitening_fit_guards_and_applies(tmp_path):
-    from cbir.models.whitening import Whitening, fit
+    from cbir.vectors import Whitening, fit
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1000, 64)) * np.linspace(5, 0.1, 64)
@@ -211,3 +211,85 @@ def test_whitening_fit_guards_and_applies(tmp_path):
     assert np.allclose(np.diag(cov), np.diag(cov).mean(), rtol=0.25)  # whitened: near-equal variances
     w.save(tmp_path / "w.npz")
     assert Whitening.load(tmp_path / "w.npz").fingerprint == w.fingerprint
+
+
+def test_existing_index_refuses_other_build_options(embedder, gallery_dir, tmp_path):
+    root = tmp_path / "idx"
+    Gallery.create(root, embedder, factory="Flat", shard_size=4).build([gallery_dir])
+    Gallery.create(root, embedder)  # options left out: as recorded
+    Gallery.create(root, embedder, factory="Flat", shard_size=4)  # the same: fine
+    with pytest.raises(CbirError, match=r"--factory HNSW32: index .* was created with --factory Flat"):
+        Gallery.create(root, embedder, factory="HNSW32")
+    with pytest.raises(CbirError, match=r"--shard-size 8: .* --shard-size 4"):
+        Gallery.create(root, embedder, shard_size=8)
+    with pytest.raises(CbirError, match=r"--dba 5: .* --dba 0"):
+        Gallery.create(root, embedder, dba=5)
+    assert json.loads((root / "index.json").read_text())["factory"] == "Flat"
+
+
+def test_failed_files_are_reported_as_failed_and_retried_on_request(lite0_onnx, photos, tmp_path):
+    from cbir.engine.embedder import Embedder
+
+    make_gallery(tmp_path / "g", photos, 4)
+    big = tmp_path / "g" / "big.png"
+    from PIL import Image
+
+    Image.open(photos[0]).convert("RGB").resize((600, 600)).save(big)
+    root = tmp_path / "idx"
+    strict = Embedder(lite0_onnx, max_pixels=400 * 400)  # refuses big.png (600 × 600) only
+    g = Gallery.create(root, strict)
+    first = g.build([tmp_path / "g"])
+    assert [f["path"] for f in first["failed"]] == [str(big)] and first["count"] == 4
+    g = Gallery(root, Embedder(lite0_onnx))  # the limit is lifted; the file did not change
+    again = g.build([tmp_path / "g"])
+    assert again["still_failed"] == [str(big)] and str(big) not in again["skipped"] and again["queued"] == 0
+    assert [f["path"] for f in again["failed"]] == [str(big)]
+    retried = g.build([tmp_path / "g"], retry_failed=True)
+    assert retried["queued"] == 1 and retried["failed"] == [] and retried["count"] == 5
+    assert g.search([str(big)], k=1)[0]["results"][0]["path"] == str(big)
+
+
+def test_hnsw_stays_on_cpu_and_says_so_once(capsys):
+    from cbir.index import faiss_index
+
+    x = np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32)
+    hnsw, _ = faiss_index.build(x, np.arange(200), "HNSW16")
+    ivf, _ = faiss_index.build(x, np.arange(200), "IVF4,Flat")
+    opq = faiss_index.create(16, "OPQ4,IVF4,PQ4x4")  # untrained: the type is what matters
+    assert not faiss_index.gpu_capable(hnsw) and faiss_index.gpu_capable(ivf) and faiss_index.gpu_capable(opq)
+    assert faiss_index.gpu_capable(faiss_index.create(16, "Flat"))
+    faiss_index._said_cpu.discard("IndexHNSWFlat")
+    assert faiss_index.to_gpu(hnsw) is hnsw and faiss_index.to_gpu(hnsw) is hnsw
+    assert capsys.readouterr().err.count("IndexHNSWFlat index stays on the CPU") == 1
+
+
+def test_removed_items_are_never_returned_even_if_faiss_still_has_them(embedder, gallery_dir, tmp_path):
+    g = Gallery.create(tmp_path / "idx", embedder)
+    g.build([gallery_dir])
+    q = sorted(gallery_dir.rglob("*.jpg"))[0]
+    hit = g.search([str(q)], k=1)[0]["results"][0]
+    with g.store.transaction():  # a crash between SQLite and index.faiss: SQLite says removed
+        g.store.mark_removed([hit["id"]])
+    assert hit["id"] in faiss_index_ids(g.index)
+    assert all(h["id"] != hit["id"] for h in g.search([str(q)], k=20)[0]["results"])
+
+
+def faiss_index_ids(index) -> set[int]:
+    return set(faiss.vector_to_array(index.id_map).tolist())
+
+
+def test_concurrent_first_searches_with_qe(embedder, photos, tmp_path):
+    """Many threads hit a freshly opened IVF index at once: the lazily built direct map (QE) and
+    index load happen once, and every thread gets the sequential answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    make_gallery(tmp_path / "g", photos, 16)
+    root = tmp_path / "idx"
+    Gallery.create(root, embedder, factory="IVF2,Flat").build([tmp_path / "g"])
+    q = embedder.embed([str(p) for p in photos[:8]])
+    want = Gallery(root).search_vectors(q, k=5, qe_n=3)
+    for _ in range(3):
+        g = Gallery(root)
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda i: g.search_vectors(q[i : i + 1], k=5, qe_n=3)[0], range(8)))
+        assert [[h.id for h in r] for r in got] == [[h.id for h in r] for r in want]

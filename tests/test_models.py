@@ -52,7 +52,7 @@ def test_lite0_offline_weights_classify_a_cat(photos):
     model = timm.create_model("tf_efficientnet_lite0").eval()
     assert load_pretrained(model, "tf_efficientnet_lite0").startswith("offline:")
     cat = next(p for p in photos if p.name == "chelsea.png")
-    x = torch.from_numpy(Preprocess((224, 224), decoder="pil")(cat)).float().permute(2, 0, 1)[None] / 255.0
+    x = torch.from_numpy(Preprocess((224, 224), resampling="pillow")(cat)).float().permute(2, 0, 1)[None] / 255.0
     with torch.no_grad():
         logits = model((x - 0.5) / 0.5)
     top5 = set(logits.topk(5).indices[0].tolist())

@@ -82,12 +82,15 @@ def check_onnxruntime(provider: str, model: Path) -> str:
 
 def check_tensorrt(model: Path) -> str:
     from cbir.engine.backends.tensorrt import TrtRunner
-    from cbir.export.tensorrt import Profile, build_engine, import_tensorrt
+    from cbir.engine.backends.tensorrt_plan import Profile, import_tensorrt
+    from cbir.export.tensorrt import build_engine
 
     import_tensorrt()
     plan = model.with_suffix(".plan")
     m = build_engine(model, plan, Profile(1, 2, 4), workspace_gb=0.25)
-    return _agree(TrtRunner(plan).run(TINY_INPUT), tiny_reference(), 2e-2) + f"; built in {m['build_seconds']} s"
+    with TrtRunner(plan) as runner:
+        got = runner.run(TINY_INPUT)
+    return _agree(got, tiny_reference(), 2e-2) + f"; built in {m['build_seconds']} s"
 
 
 def check_faiss_cpu() -> str:

@@ -7,12 +7,14 @@ serialized graph and weights without the metadata, so re-saving metadata does no
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 
 from cbir.errors import CbirError
 
 METADATA_KEY = "cbir"
 RESIZE_POLICIES = ("squash", "crop")
+RESAMPLING_POLICIES = ("opencv", "pillow")
 
 
 @dataclass
@@ -28,6 +30,7 @@ class ModelInfo:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     resize: str = "squash"  # squash to H×W, or "crop": shorter side to size + centre crop
+    resampling: str = "opencv"  # engine.preprocess: "opencv" (area/cubic) or "pillow" (antialiased)
     whitening: str | None = None  # whitening fingerprint
     weights: str = "random"
     precision: str = "fp32"
@@ -52,3 +55,17 @@ class ModelInfo:
     def public(self) -> dict:
         """The facts shown by `index info` and `--json` outputs."""
         return asdict(self)
+
+
+def read_onnx(path: str | os.PathLike) -> tuple[ModelInfo, str, str]:
+    """(facts, input name, output name) of a cbir ONNX file, read without loading external weights."""
+    import onnx
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError, OSError, ...
+        raise CbirError(f"--model {path}: not a readable ONNX file ({type(e).__name__}: {e})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in meta:
+        raise CbirError(f"--model {path}: not a cbir model (no '{METADATA_KEY}' metadata; export it with `cbir export`)")
+    return ModelInfo.from_json(meta[METADATA_KEY], os.fspath(path)), model.graph.input[0].name, model.graph.output[0].name

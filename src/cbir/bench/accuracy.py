@@ -15,19 +15,16 @@ import numpy as np
 
 from cbir.bench import metrics
 from cbir.bench.protocol import load_dataset, stratified_split
-from cbir.index import faiss_index, qe
-from cbir.models.whitening import l2_normalize
+from cbir.index import faiss_index
+from cbir.index.search import search_with_qe
+from cbir.vectors import l2_normalize
 
 KS = (10, 20, 100)
 
 
 def search_all(index, gallery: np.ndarray, queries: np.ndarray, qe_n: int = 0, qe_alpha: float = 0.0) -> np.ndarray:
     """Full rankings [q, n] of gallery indices (ids are gallery positions)."""
-    n = index.ntotal
-    if qe_n > 0:
-        sims, ids = faiss_index.search(index, queries, qe_n)
-        queries = qe.expand(queries, gallery[ids], sims, qe_alpha)
-    _, ranking = faiss_index.search(index, queries, n)
+    _, ranking = search_with_qe(index, queries, index.ntotal, qe_n, qe_alpha, lambda ids: gallery[ids])
     return ranking
 
 
@@ -66,7 +63,7 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, qe_n: int = 0, qe_alph
         raise CbirError(raise_msg)
     vectors, labels = res.vectors, ds.labels
     if whiten_dim:
-        from cbir.models.whitening import fit
+        from cbir.vectors import fit
 
         vectors = fit(vectors, dim=whiten_dim, force=whiten_force).apply(vectors)
     index, _ = faiss_index.build(l2_normalize(vectors), np.arange(len(vectors)), "Flat")

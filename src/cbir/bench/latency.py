@@ -2,7 +2,8 @@
 
 Reports (medians over ``repeats`` after ``warmup``, min/max beside them):
 - model-only throughput (img/s) per batch size, on a fixed uint8 batch;
-- batch-1 latency p50/p95/p99 through ``Embedder.embed_one`` and through a bare ``session.run``;
+- batch-1 latency p50/p95/p99 through ``Embedder.embed_one`` and through the bare ``runner.run``
+  (any backend: only the ``Runner`` protocol is used);
 - end-to-end throughput from image files (``--data``) at the first batch size ≥ 32, and its ratio to
   the model-only figure at that batch size;
 - the dynamic batcher under a concurrency sweep: throughput, p50/p95/p99, queue vs compute time;
@@ -83,6 +84,7 @@ def torch_baseline(info, batch: np.ndarray, repeats: int, warmup: int) -> dict:
     """PyTorch eager, channels_last, inference mode, same trunk and head (random weights: speed only)."""
     import torch
 
+    from cbir.cores import all_cores
     from cbir.models.retrieval import RetrievalModel
     from cbir.models.trunk import build_trunk
 
@@ -94,7 +96,7 @@ def torch_baseline(info, batch: np.ndarray, repeats: int, warmup: int) -> dict:
         with torch.inference_mode():
             return model(x)
 
-    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+    torch.set_num_threads(all_cores())
     return throughput(run, batch, repeats, warmup)
 
 
@@ -111,20 +113,18 @@ def bench_latency(model: str, backend: str = "onnxruntime", batch_sizes=(1, 8, 3
     rows = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(max(batch_sizes))]
     big = np.stack(rows)
     model_only = {str(bs): throughput(emb.run, big[:bs], repeats, warmup) for bs in batch_sizes}
-    sess = emb.runner.sess
-    name_in, name_out = emb.runner.input_name, emb.runner.output_name
     api = latencies(lambda: emb.embed_one(rows[0]))
-    bare = latencies(lambda: sess.run([name_out], {name_in: big[:1]}))
+    bare = latencies(lambda: emb.runner.run(big[:1]))
     report = {
         "model": emb.info.public(), "backend": emb.runner.name, "providers": emb.runner.providers,
         "threads": threads, "load_seconds": round(load_s, 3), "batch_sizes": list(batch_sizes),
         "model_only_images_per_s": model_only,
-        "batch1_latency_ms": {"api": _pct(api), "bare_session_run": _pct(bare),
+        "batch1_latency_ms": {"api": _pct(api), "bare_runner": _pct(bare),
                                "api_over_bare_p50": float(np.median(api) / np.median(bare))},
     }
     e2e_bs = next((b for b in batch_sizes if b >= 32), max(batch_sizes))
     if data:
-        from cbir.index.walk import find_images
+        from cbir.walk import find_images
 
         files = [str(p) for p in find_images([data])]
         runs = []
@@ -155,7 +155,7 @@ def bench_search(sizes=(1_000, 100_000, 1_000_000), dim: int = 320, factory: str
     import faiss
 
     from cbir.index import faiss_index
-    from cbir.models.whitening import l2_normalize
+    from cbir.vectors import l2_normalize
 
     rng = np.random.default_rng(seed)
     out = []

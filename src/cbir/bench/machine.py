@@ -5,6 +5,8 @@ import importlib.metadata
 import os
 import platform
 
+from cbir.cores import all_cores
+
 
 def describe() -> dict:
     cpu = platform.processor() or ""
@@ -24,5 +26,5 @@ def describe() -> dict:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gb": round(mem, 1) if mem else None,
+    return {"cpu": cpu, "cores": all_cores(), "memory_gb": round(mem, 1) if mem else None,
             "python": platform.python_version(), "platform": platform.platform(), "versions": versions}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.index.walk import find_images
+from cbir.walk import find_images
 
 
 @dataclass

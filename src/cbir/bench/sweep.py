@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cbir import fsio
 from cbir.models.archs import get_arch
 
 PUBLISHED = {  # the paper's Table I (fine-tuned, original-size Corel-1K): (arch short name, block) -> mAP
@@ -94,18 +95,16 @@ def sweep(data: str | None, out: str | os.PathLike, archs: list[str], blocks: li
         t0 = time.perf_counter()
         cell = run_cell(a, b, pooling, data, out, sgemm["median"], seeds, repeats)
         cell["seconds"] = round(time.perf_counter() - t0, 1)
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cell, indent=2))
-        os.replace(tmp, f)
+        fsio.write_json(f, cell)
         cells.append(cell)
         if progress:
             print(f"[{i}/{len(todo)}] {a} Block {b}: {cell['img_s_bs32']:.1f} img/s, "
                   f"mAP {cell.get('mAP', 'n/a')}, {cell['seconds']} s", file=sys.stderr)
     report = {"machine": describe(), "sgemm_gflops": sgemm, "data": data, "pooling": pooling, "seeds": seeds,
               "sweep_seconds_this_run": round(time.perf_counter() - t_start, 1), "cells": cells}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    fsio.write_json(out / "report.json", report)
     write_csv(cells, out / "report.csv")
-    (out / "report.md").write_text(markdown(report))
+    fsio.write_text(out / "report.md", markdown(report))
     plot(cells, out / "pareto.png")
     return report
 

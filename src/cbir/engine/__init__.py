@@ -1,7 +1,7 @@
 """Embedding engine (torch-free): image decoding/preprocessing, backends, bulk and online batching.
 
-- ``preprocess``: any Pillow-readable file/bytes/array -> uint8 H×W×3 written into a batch buffer.
-- ``backends``: loader + runner pairs (ONNX Runtime CPU/CUDA/TensorRT EP; native TensorRT later),
+- ``preprocess``: any file/bytes/PIL image/array -> uint8 H×W×3 with the model's one resampling policy.
+- ``backends``: loader + runner pairs (ONNX Runtime CPU/CUDA/TensorRT EP, native TensorRT plans),
   optional dependencies imported lazily, chosen by name from ``backends.BACKENDS``.
 - ``bulk``: pipelined decode-on-a-pool + inference over many files, bounded memory, stable order.
 - ``batcher``: dynamic batcher for online requests (futures, max batch, max delay, bounded queue).

@@ -7,6 +7,11 @@ order and runs a batch as soon as ``max_batch`` are waiting or the oldest has wa
 ``QueueFull`` at once: no unbounded growth), timeout_s None (requests that waited longer than it
 in the queue fail with ``TimeoutError`` and are not computed). ``close(drain=True)`` finishes what
 is queued; ``close(drain=False)`` cancels it.
+
+The worker never dies of a bad batch: anything a batch raises (the backend, or a backend answer
+with the wrong number of rows) fails that batch's futures and the worker goes on. Should the
+thread still end (``alive`` False, ``error`` says why), every waiting future fails and ``submit``
+refuses, so no caller hangs; ``cbir serve`` reports it on ``/healthz``.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ class QueueFull(CbirError):
 
 
 class BatcherClosed(CbirError):
-    """``submit`` after ``close``."""
+    """``submit`` after ``close``, or after the worker thread died."""
 
 
 @dataclass
@@ -61,9 +66,10 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self._drain = True
+        self.error: str | None = None  # why the worker thread ended, if it ended on its own
         h, w = pp.size
         self._buf = np.empty((max_batch, h, w, 3), np.uint8)
-        self._thread = threading.Thread(target=self._loop, name="cbir-batcher", daemon=True)
+        self._thread = threading.Thread(target=self._run_worker, name="cbir-batcher", daemon=True)
         self._thread.start()
 
     def submit(self, image: ImageSource) -> Future:
@@ -72,7 +78,7 @@ class DynamicBatcher:
         fut: Future = Future()
         with self._cond:
             if self._closed:
-                raise BatcherClosed("batcher is closed")
+                raise BatcherClosed(f"batcher worker died: {self.error}" if self.error else "batcher is closed")
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(f"batcher queue full ({self.max_queue} requests waiting)")
             self._queue.append(_Request(row, fut, time.perf_counter()))
@@ -86,6 +92,11 @@ class DynamicBatcher:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def alive(self) -> bool:
+        """True while the worker thread runs (False after ``close`` or if it died)."""
+        return self._thread.is_alive()
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop accepting requests; finish (drain) or cancel what is queued; join the worker."""
@@ -118,10 +129,27 @@ class DynamicBatcher:
             n = min(self.max_batch, len(self._queue))
             return [self._queue.popleft() for _ in range(n)]
 
+    def _run_worker(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # last resort: nobody may wait forever on a dead worker
+            self.error = f"{type(e).__name__}: {e}"
+            with self._cond:
+                self._closed = True
+                while self._queue:
+                    fut = self._queue.popleft().future
+                    if fut.set_running_or_notify_cancel():
+                        fut.set_exception(BatcherClosed(f"batcher worker died: {self.error}"))
+
     def _loop(self) -> None:
         while (reqs := self._take()) is not None:
+            self._process(reqs)
+
+    def _process(self, reqs: list[_Request]) -> None:
+        """Run one batch; whatever goes wrong fails this batch's futures, not the worker."""
+        try:
             now = time.perf_counter()
-            live = []
+            live: list[_Request] = []
             for r in reqs:
                 if not r.future.set_running_or_notify_cancel():
                     continue
@@ -130,19 +158,22 @@ class DynamicBatcher:
                     continue
                 live.append(r)
             if not live:
-                continue
+                return
             for i, r in enumerate(live):
                 self._buf[i] = r.row
             t0 = time.perf_counter()
-            try:
-                out = self.run(self._buf[: len(live)])
-            except Exception as e:  # the backend failed: every request of this batch gets the error
-                for r in live:
-                    r.future.set_exception(e)
-                continue
+            out = np.asarray(self.run(self._buf[: len(live)]))
+            if out.ndim != 2 or len(out) != len(live):
+                raise CbirError(f"backend returned {out.shape} for a batch of {len(live)} images")
             t1 = time.perf_counter()
             for i, r in enumerate(live):
                 timing = RequestTiming((t0 - r.t_enqueue) * 1e3, (t1 - t0) * 1e3, len(live))
                 self.timings.append(timing)
                 r.future.timing = timing  # per-request queue/compute split for callers (e.g. /metrics)
                 r.future.set_result(out[i].copy())
+        except BaseException as e:  # every request of this batch not yet answered gets the error
+            for r in reqs:
+                if not r.future.done():
+                    r.future.set_exception(e)
+            if not isinstance(e, Exception):
+                raise  # SystemExit, KeyboardInterrupt, ...: the worker ends (``_run_worker``)

@@ -12,12 +12,13 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from cbir.cores import all_cores
 from cbir.engine.preprocess import ImageError, ImageSource, Preprocess, describe
 
 PREFETCH = 2
@@ -116,7 +117,7 @@ def iter_batches(
         raise ValueError(f"batch_size {batch_size}: must be ≥ 1")
     timings = timings if timings is not None else Timings()
     h, w = pp.size
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or all_cores()
     free: list[np.ndarray] = [np.empty((batch_size, h, w, 3), np.uint8) for _ in range(prefetch + 1)]
     it = iter(enumerate(sources))
     pending: deque = deque()

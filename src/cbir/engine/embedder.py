@@ -32,19 +32,20 @@ class EmbedResult:
 
 class Embedder:
     """Embeds images with an exported cbir model. Defaults: ONNX Runtime CPU, threads and decode
-    workers = all cores, batch 32, the model's own resize policy and filter."""
+    workers = all cores, batch 32, the model's own resize policy, filter and resampling."""
 
     def __init__(self, model: str | os.PathLike, backend: str = "onnxruntime", threads: int | None = None,
                  workers: int | None = None, batch_size: int = 32, max_pixels: int | None = None,
-                 decoder: str = "auto", **backend_options):
+                 resampling: str | None = None, **backend_options):
         if threads is not None:
             backend_options["threads"] = threads
         self.model_path = os.fspath(model)
         self.runner = load_backend(self.model_path, backend, **backend_options)
         self.info: ModelInfo = self.runner.info
         kw = {} if max_pixels is None else {"max_pixels": max_pixels}
-        self.preprocess = Preprocess(tuple(self.info.input_size), self.info.resize, self.info.interpolation,
-                                     decoder=decoder, **kw)
+        if resampling is not None:  # e.g. to compare policies in a benchmark; an index refuses a mismatch
+            kw["resampling"] = resampling
+        self.preprocess = Preprocess.for_model(self.info, **kw)
         self.workers = workers
         self.batch_size = batch_size
 

@@ -5,14 +5,17 @@ Defaults and choices:
 - EXIF orientation is applied. Alpha (RGBA, LA, PA, P with transparency) is composited on white.
 - Modes: 1/L/P/CMYK/YCbCr/... via Pillow's RGB conversion; 16-bit and 32-bit integer images (I;16, I)
   are scaled by 1/257 when they exceed 255; float (F) images in [0, 1] are scaled by 255.
-- Resize policy from the model (``squash``: whole image to H×W; ``crop``: shorter side to size, then
-  centre crop), with the model's filter (bicubic for the Lite/B0–B5 weights). JPEG draft mode
-  (DCT-domain downscaling by 1/2, 1/4, 1/8) is used when the source is at least 2× the target.
 - Images over ``max_pixels`` (default 64 Mpx) are refused before decoding (decompression bombs).
-- Decoder ``auto`` (default): OpenCV decodes and resizes (cubic) RGB/grey JPEG, PNG, WebP and BMP
-  files that need no DCT downscaling, about 3× faster than Pillow on Corel-size JPEGs (BENCHMARKS.md
-  shows the retrieval accuracy is unchanged); everything else goes through Pillow. ``pil`` forces
-  Pillow (antialiased bicubic), ``cv2`` is the same as ``auto``.
+- Two stages, the same for every kind of input (path, bytes, PIL image, array):
+  1. *decode* to a full-resolution uint8 RGB array: OpenCV for plain RGB/grey JPEG, PNG, WebP and
+     BMP files and bytes (about 3× faster than Pillow on Corel-size JPEGs), Pillow for the rest;
+     PIL images and arrays are already decoded. No DCT-domain (draft) downscaling: it would make
+     a JPEG file embed differently from the same picture handed over as pixels.
+  2. *resize* with the model's one **resampling policy** (``ModelInfo.resampling``, recorded in the
+     ONNX metadata and in index.json): ``opencv`` (default) = ``cv2.INTER_AREA`` when an axis shrinks,
+     else the model's ``interpolation`` (``cv2.INTER_CUBIC`` for bicubic) to enlarge; ``pillow`` = Pillow's antialiased filter
+     (the model's ``interpolation``, bicubic for the Lite/B0–B5 weights). Resize policy ``squash``
+     takes the whole image to H×W, ``crop`` the shorter side to size and then the centre.
 """
 from __future__ import annotations
 
@@ -34,13 +37,19 @@ BACKGROUND = (255, 255, 255)
 _FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
             "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
 
-try:  # optional fast path
+RESAMPLING = ("opencv", "pillow")
+
+try:
     import cv2 as _cv2
 
     _cv2.setNumThreads(1)  # we parallelise across images; OpenCV's own pool would oversubscribe
 except ImportError:  # pragma: no cover
     _cv2 = None
 _CV2_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+# IMREAD_COLOR_RGB (OpenCV ≥ 4.11) decodes straight to RGB; older builds decode BGR and we swap.
+_IMREAD_RGB = getattr(_cv2, "IMREAD_COLOR_RGB", None) if _cv2 is not None else None
+_CV2_FILTERS = {} if _cv2 is None else {"bicubic": _cv2.INTER_CUBIC, "bilinear": _cv2.INTER_LINEAR,
+                                       "lanczos": _cv2.INTER_LANCZOS4, "nearest": _cv2.INTER_NEAREST}
 
 # We enforce our own pixel limit per file; Pillow's global one would warn or raise on its own terms.
 Image.MAX_IMAGE_PIXELS = None
@@ -57,38 +66,42 @@ class ImageError(CbirError):
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How images become model input: target (H, W), resize policy, filter, pixel limit."""
+    """How images become model input: target (H, W), resize policy, filter, resampling, pixel limit."""
 
     size: tuple[int, int]
     resize: str = "squash"
     interpolation: str = "bicubic"
     max_pixels: int = MAX_PIXELS
-    decoder: str = "auto"
+    resampling: str = "opencv"
 
     def __post_init__(self) -> None:
         if self.resize not in ("squash", "crop"):
             raise CbirError(f"resize policy {self.resize!r}: must be 'squash' or 'crop'")
         if self.interpolation not in _FILTERS:
             raise CbirError(f"interpolation {self.interpolation!r}: must be one of {', '.join(_FILTERS)}")
-        if self.decoder not in ("auto", "pil", "cv2"):
-            raise CbirError(f"decoder {self.decoder!r}: must be 'auto', 'pil' or 'cv2'")
+        if self.resampling not in RESAMPLING:
+            raise CbirError(f"resampling {self.resampling!r}: must be one of {', '.join(RESAMPLING)}")
+        if self.resampling == "opencv" and _cv2 is None:
+            raise CbirError("resampling 'opencv' needs opencv-python-headless (pip install it, or use 'pillow')")
+
+    @classmethod
+    def for_model(cls, info, **overrides) -> "Preprocess":
+        """The model's own preprocessing (``ModelInfo`` facts); ``overrides`` e.g. ``max_pixels``."""
+        kw = {"size": tuple(info.input_size), "resize": info.resize, "interpolation": info.interpolation,
+              "resampling": info.resampling}
+        return cls(**{**kw, **overrides})
+
+    @property
+    def policy(self) -> dict:
+        """What index.json records: everything that decides the pixels a model sees."""
+        return {"size": list(self.size), "resize": self.resize, "interpolation": self.interpolation,
+                "resampling": self.resampling}
 
     def __call__(self, source: ImageSource, out: np.ndarray | None = None) -> np.ndarray:
         """Decode + resize ``source`` into ``out`` (H×W×3 uint8, allocated if None); returns it."""
         name = describe(source)
         try:
-            img = open_image(source, name, self.max_pixels)
-            arr = self._fast(img, source) if self.decoder != "pil" and _cv2 is not None else None
-            if arr is not None:
-                if out is None:
-                    return arr
-                out[...] = arr
-                return out
-            img = self._draft(img)
-            img = ImageOps.exif_transpose(img)
-            img = to_rgb(img)
-            img = self._resize(img)
-            arr = np.asarray(img)
+            arr = self.resample(decode(source, name, self.max_pixels))
         except ImageError:
             raise
         except Image.DecompressionBombError as e:
@@ -96,51 +109,57 @@ class Preprocess:
         except (OSError, SyntaxError, ValueError, TypeError, IndexError, EOFError, MemoryError) as e:
             raise ImageError(name, f"cannot decode image ({type(e).__name__}: {e})") from None
         if out is None:
-            return arr.copy()
+            return np.ascontiguousarray(arr)
         out[...] = arr
         return out
 
-    def _fast(self, img: Image.Image, source: ImageSource) -> np.ndarray | None:
-        """OpenCV decode + cubic resize for plain RGB/grey files; None where Pillow must do it."""
-        h, w = self.size
-        if (img.format not in _CV2_FORMATS or img.mode not in ("RGB", "L") or self.interpolation != "bicubic"
-                or not isinstance(img.fp, io.BytesIO) or (img.format == "JPEG" and img.width >= 2 * w and img.height >= 2 * h)):
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float] | None:
+        """(left, top, right, bottom) of the centre crop for ``crop``; None for ``squash``."""
+        if self.resize != "crop":
             return None
-        arr = _cv2.imdecode(np.frombuffer(img.fp.getbuffer(), np.uint8), _cv2.IMREAD_COLOR_RGB)  # applies EXIF orientation
-        if arr is None:
-            return None  # let Pillow produce the precise error
-        ih, iw = arr.shape[:2]
-        if self.resize == "crop":
-            s = max(w / iw, h / ih)
-            cw, ch = round(w / s), round(h / s)
-            top, left = (ih - ch) // 2, (iw - cw) // 2
-            arr = arr[top : top + ch, left : left + cw]
-        if arr.shape[:2] == (h, w):
-            return np.ascontiguousarray(arr)
-        shrink = min(arr.shape[0] / h, arr.shape[1] / w)
-        return _cv2.resize(arr, (w, h), interpolation=_cv2.INTER_AREA if shrink >= 2 else _cv2.INTER_CUBIC)
-
-    def _draft(self, img: Image.Image) -> Image.Image:
         h, w = self.size
-        if img.format == "JPEG" and img.width >= 2 * w and img.height >= 2 * h:
-            if self.resize == "crop":
-                s = max(w / img.width, h / img.height)
-                img.draft("RGB", (int(img.width * s) + 1, int(img.height * s) + 1))
-            else:
-                img.draft("RGB", (w, h))
-        return img
+        s = max(w / width, h / height)
+        cw, ch = w / s, h / s
+        left, top = (width - cw) / 2, (height - ch) / 2
+        return left, top, left + cw, top + ch
 
-    def _resize(self, img: Image.Image) -> Image.Image:
+    def resample(self, rgb: np.ndarray) -> np.ndarray:
+        """Full-resolution uint8 RGB [h, w, 3] -> [H, W, 3] with this model's resampling policy."""
         h, w = self.size
-        box = None
-        if self.resize == "crop":
-            s = max(w / img.width, h / img.height)
-            cw, ch = w / s, h / s
-            left, top = (img.width - cw) / 2, (img.height - ch) / 2
-            box = (left, top, left + cw, top + ch)
-        if img.size == (w, h) and box is None:
-            return img
-        return img.resize((w, h), _FILTERS[self.interpolation], box=box)
+        box = self.crop_box(rgb.shape[1], rgb.shape[0])
+        if self.resampling == "pillow":
+            img = Image.fromarray(rgb)
+            if img.size == (w, h) and box is None:
+                return rgb
+            return np.asarray(img.resize((w, h), _FILTERS[self.interpolation], box=box))
+        if box is not None:
+            left, top, right, bottom = (round(v) for v in box)
+            rgb = rgb[top:bottom, left:right]
+        if rgb.shape[:2] == (h, w):
+            return rgb
+        # Area averaging whenever an axis shrinks: cubic without antialiasing aliases already at 1.5×
+        # (Lite0 vectors moved to cos 0.95 of the antialiased reference; area keeps ≥ 0.99).
+        shrinking = rgb.shape[0] > h or rgb.shape[1] > w
+        flag = _cv2.INTER_AREA if shrinking else _CV2_FILTERS[self.interpolation]
+        return _cv2.resize(rgb, (w, h), interpolation=flag)
+
+
+def decode(source: ImageSource, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Any source -> full-resolution uint8 RGB [h, w, 3], EXIF orientation applied (stage 1)."""
+    img = open_image(source, name, max_pixels)
+    if (_cv2 is not None and img.format in _CV2_FORMATS and img.mode in ("RGB", "L")
+            and isinstance(img.fp, io.BytesIO)):
+        buf = np.frombuffer(img.fp.getbuffer(), np.uint8)
+        if _IMREAD_RGB is not None:
+            arr = _cv2.imdecode(buf, _IMREAD_RGB)  # applies EXIF orientation
+        else:
+            arr = _cv2.imdecode(buf, _cv2.IMREAD_COLOR)
+            arr = None if arr is None else _cv2.cvtColor(arr, _cv2.COLOR_BGR2RGB)
+        if arr is not None:
+            return arr
+        # OpenCV could not: let Pillow decode it or produce the precise error
+    img = to_rgb(ImageOps.exif_transpose(img))
+    return np.asarray(img)
 
 
 def describe(source: ImageSource) -> str:

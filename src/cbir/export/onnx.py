@@ -13,11 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from cbir.errors import CbirError
 from cbir.export import trt_lint
-from cbir.modelinfo import METADATA_KEY, ModelInfo
+from cbir.modelinfo import METADATA_KEY, RESAMPLING_POLICIES, ModelInfo
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
@@ -62,6 +60,7 @@ def export_onnx(
     image_size: int | None = None,
     whitening: str | os.PathLike | None = None,
     resize: str = "squash",
+    resampling: str = "opencv",
     parity_images: list | None = None,
     min_cosine: float | None = None,
     precision: str = "fp32",
@@ -82,10 +81,12 @@ def export_onnx(
     from cbir import __version__
     from cbir.models.retrieval import RetrievalModel
     from cbir.models.trunk import build_trunk
-    from cbir.models.whitening import Whitening
+    from cbir.vectors import Whitening
 
     output = Path(output)
     check_writable(output)
+    if resampling not in RESAMPLING_POLICIES:
+        raise CbirError(f"--resampling {resampling!r}: must be one of {', '.join(RESAMPLING_POLICIES)}")
     if precision not in ("fp32", "fp16"):
         raise CbirError(f"--precision {precision!r}: must be fp32 or fp16")
     t0 = time.perf_counter()
@@ -106,7 +107,7 @@ def export_onnx(
     info = ModelInfo(
         arch=trunk.spec.name, block=block, pooling=pooling, dim=model.dim, input_size=(size, size),
         mean=tuple(model.mean), std=tuple(model.std),
-        interpolation=meta.get("interpolation", trunk.spec.interpolation), resize=resize,
+        interpolation=meta.get("interpolation", trunk.spec.interpolation), resize=resize, resampling=resampling,
         whitening=wt.fingerprint if wt else None, weights=trunk.weights, precision=model.precision,
         cbir_version=__version__,
         extra={k: meta[k] for k in ("classes", "split_seed", "split") if k in meta},
@@ -128,9 +129,11 @@ def export_onnx(
         export_s = time.perf_counter() - t0
         lint = trt_lint.lint(proto)
         if precision == "fp32":
+            from cbir.validate.parity import parity_gate
+
             fidelity = parity_gate(model, tmp, info, parity_images, min_cosine).as_dict()
         else:
-            from cbir.export.fidelity import fp16_gate
+            from cbir.validate.fidelity import fp16_gate
 
             fp16 = fp16_gate(reference, model, tmp, info, parity_images, calib, fidelity_data)
             fidelity = {**fp16["reference"], "fp16_gate": fp16}
@@ -156,34 +159,3 @@ def export_onnx(
         "fp16_gate": fidelity.get("fp16_gate"), "tensorrt_lint": lint,
         "export_seconds": round(export_s, 2), "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
     }
-
-
-def reference_vectors(model, batch: np.ndarray) -> np.ndarray:
-    """The PyTorch module's output for a uint8 batch (the parity reference)."""
-    import torch
-
-    with torch.no_grad():
-        return model(torch.from_numpy(batch)).numpy()
-
-
-def parity_gate(model, onnx_path: Path, info: ModelInfo, images: list | None = None, min_cosine: float | None = None):
-    """ONNX Runtime vs PyTorch on real photos; raises CbirError below ``min_cosine`` (0.99999)."""
-    from cbir.engine.backends.onnxruntime import OrtRunner, load_session
-    from cbir.engine.preprocess import Preprocess
-    from cbir.export.parity import FP32_MIN_COSINE, compare
-    from cbir.samples import sample_photos
-
-    threshold = FP32_MIN_COSINE if min_cosine is None else min_cosine
-    images = list(images) if images else sample_photos()
-    pp = Preprocess(info.input_size, info.resize, info.interpolation)
-    batch = np.stack([pp(img) for img in images])
-    ref = reference_vectors(model, batch)
-    runner = OrtRunner(load_session(onnx_path), source=str(onnx_path))
-    got = np.concatenate([runner.run(batch[i : i + 8]) for i in range(0, len(batch), 8)])
-    fid = compare(ref, got)
-    if not np.isfinite(got).all() or fid.min_cosine < threshold:
-        raise CbirError(
-            f"parity gate failed for {info.arch} Block {info.block} {info.pooling}: min cosine "
-            f"{fid.min_cosine:.7f} < {threshold} between ONNX Runtime and PyTorch on {fid.n} photos"
-        )
-    return fid

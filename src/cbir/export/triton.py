@@ -9,13 +9,15 @@ facts are copied into ``parameters`` so a client can check the fingerprint.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 from pathlib import Path
 
+from cbir import fsio
+from cbir.engine.backends.tensorrt_plan import read_manifest
 from cbir.errors import CbirError
+from cbir.modelinfo import read_onnx
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -23,24 +25,12 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 def model_facts(model: Path) -> tuple[dict, str, str, str]:
     """(model info dict, input name, output name, kind) for an ONNX file or a plan with manifest."""
     if model.suffix == ".plan":
-        from cbir.export.tensorrt import read_manifest
-
         m = read_manifest(model)
         if m is None:
             raise CbirError(f"--model {model}: no manifest {model}.json beside the plan (build it with `cbir compile`)")
         return m["model"], m.get("input", "images"), "embeddings", "plan"
-    import onnx
-
-    from cbir.modelinfo import METADATA_KEY
-
-    try:
-        proto = onnx.load(str(model), load_external_data=False)
-    except Exception as e:
-        raise CbirError(f"--model {model}: not a readable ONNX file ({e})") from None
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in meta:
-        raise CbirError(f"--model {model}: not a cbir model (no '{METADATA_KEY}' metadata)")
-    return json.loads(meta[METADATA_KEY]), proto.graph.input[0].name, proto.graph.output[0].name, "onnx"
+    info, input_name, output_name = read_onnx(model)
+    return info.public(), input_name, output_name, "onnx"
 
 
 def config_text(name: str, info: dict, input_name: str, output_name: str, kind: str, max_batch: int,
@@ -73,8 +63,6 @@ def export_triton(model: str | os.PathLike, repo: str | os.PathLike, name: str |
     if not _NAME.match(name):
         raise CbirError(f"--name {name!r}: use letters, digits, '_', '-' and '.' only")
     if kind == "plan":
-        from cbir.export.tensorrt import read_manifest
-
         prof = read_manifest(model)["profile"]
         if max_batch > prof["max_batch"]:
             raise CbirError(f"--max-batch {max_batch}: the engine's profile stops at {prof['max_batch']}")
@@ -83,9 +71,8 @@ def export_triton(model: str | os.PathLike, repo: str | os.PathLike, name: str |
     entry = repo / name
     (entry / "1").mkdir(parents=True, exist_ok=True)
     target = entry / "1" / ("model.plan" if kind == "plan" else "model.onnx")
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(model, tmp)
-    os.replace(tmp, target)
-    (entry / "config.pbtxt").write_text(text)
+    with fsio.atomic_path(target) as tmp:
+        shutil.copyfile(model, tmp)
+    fsio.write_text(entry / "config.pbtxt", text)
     return {"repo": str(repo), "name": name, "config": str(entry / "config.pbtxt"), "model": str(target),
             "platform": "tensorrt_plan" if kind == "plan" else "onnxruntime_onnx", "max_batch_size": max_batch}

@@ -3,8 +3,8 @@
 Sources: onnx-tensorrt ``docs/operators.md`` (8.4 matrix, plus operators the 10.x matrix adds) and
 the TensorRT opset guide: TensorRT 10.x parses opsets 9–20, TensorRT 11.x opsets 9–25
 (GPU_NOTES.md §Q1 "Checking op support without a GPU"). Checked: every op type is supported; the
-default-domain opset is in range for each major version; Reduce*/Squeeze/Unsqueeze/Slice axes and
-Conv weights are constants; UINT8 appears only at graph inputs/outputs ("UINT8 is only supported
+default-domain opset is in range for each major version; Reduce*/Squeeze/Unsqueeze axes (input 1),
+Slice axes (input 3; starts/ends may be dynamic) and Conv weights are constants; UINT8 appears only at graph inputs/outputs ("UINT8 is only supported
 as network input or output tensor types").
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Trans
 Where Xor LayerNormalization GroupNormalization HardSwish Trilu
 """.split())
 AXES_INPUT = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
-              "ReduceProd", "ReduceSum", "ReduceSumSquare", "Squeeze", "Unsqueeze", "Slice"}
+              "ReduceProd", "ReduceSum", "ReduceSumSquare", "Squeeze", "Unsqueeze"}
 
 
 def lint(model: onnx.ModelProto | str) -> dict:
@@ -43,7 +43,8 @@ def lint(model: onnx.ModelProto | str) -> dict:
             problems.append(f"{n.name or n.op_type}: custom domain {n.domain!r} needs a plugin")
         elif n.op_type not in SUPPORTED:
             problems.append(f"{n.name or n.op_type}: op {n.op_type} is not supported by TensorRT's ONNX parser")
-        if n.op_type in AXES_INPUT and n.op_type != "Slice" and len(n.input) > 1 and n.input[1] and n.input[1] not in constants:
+        axes = 1 if n.op_type in AXES_INPUT else 3 if n.op_type == "Slice" else None
+        if axes is not None and len(n.input) > axes and n.input[axes] and n.input[axes] not in constants:
             problems.append(f"{n.name}: {n.op_type} axes must be a constant")
         if n.op_type == "Conv" and n.input[1] not in constants:
             problems.append(f"{n.name}: Conv weights must be an initializer")

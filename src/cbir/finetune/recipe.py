@@ -31,7 +31,6 @@ interpolation, classes, split seed and history — ``cbir export --weights OUT -
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -89,9 +88,10 @@ def parameter_layers(model) -> list:
 def _atomic_save(obj, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from cbir import fsio
+
+    with fsio.atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def finetune(r: Recipe, progress: bool = True) -> dict:

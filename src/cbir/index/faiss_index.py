@@ -4,15 +4,18 @@ Every index is wrapped in ``IndexIDMap2`` (unless the factory already starts wit
 are our stable int64 item ids. Trained factories (IVF, PQ, ...) are trained on a seeded random
 sample of at most ``TRAIN_SAMPLE`` = 100,000 vectors (the count is recorded in index.json).
 GPU: ``to_gpu`` copies a CPU master index to GPU 0 when faiss-gpu sees a GPU (GPU indexes cannot
-remove ids, so the CPU index stays the one that is written and edited; GPU_NOTES.md §Q4).
+remove ids, so the CPU index stays the one that is written and edited; GPU_NOTES.md §Q4). Types
+FAISS cannot put on a GPU (HNSW, PQ without IVF, ...) stay on the CPU, and that is said once per
+type on stderr.
 """
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from cbir import fsio
 from cbir.errors import CbirError
 
 TRAIN_SAMPLE = 100_000
@@ -78,9 +81,8 @@ def enable_reconstruct(index) -> None:
 def save(index, path: Path) -> None:
     import faiss
 
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    with fsio.atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def load(path: Path):
@@ -98,14 +100,47 @@ def gpu_available() -> bool:
         return False
 
 
-def to_gpu(index):
-    """A GPU copy of a CPU index (the IDMap wrapper stays on the CPU side)."""
+# Index classes index_cpu_to_gpu can clone (faiss/gpu/GpuCloner.cpp); wrappers are looked through.
+GPU_TYPES = frozenset({"IndexFlat", "IndexFlatIP", "IndexFlatL2", "IndexIVFFlat", "IndexIVFPQ", "IndexIVFScalarQuantizer"})
+_WRAPPERS = ("IndexIDMap", "IndexIDMap2", "IndexPreTransform")
+_said_cpu: set[str] = set()
+
+
+def innermost(index):
+    """The index inside IDMap / IDMap2 / PreTransform wrappers (downcast to its concrete class)."""
     import faiss
 
-    res = faiss.StandardGpuResources()
-    gpu = faiss.index_cpu_to_gpu(res, 0, index)
-    gpu.cbir_resources = res  # keep the resources alive as long as the index
-    return gpu
+    index = faiss.downcast_index(index)
+    while type(index).__name__ in _WRAPPERS:
+        index = faiss.downcast_index(index.index)
+    return index
+
+
+def gpu_capable(index) -> bool:
+    """True when FAISS can put ``index`` (through its wrappers) on a GPU."""
+    return type(innermost(index)).__name__ in GPU_TYPES
+
+
+def to_gpu(index):
+    """A GPU copy of a CPU index (the IDMap wrapper stays on the CPU side), or the CPU index itself
+    for types FAISS cannot put on a GPU (said once per type on stderr)."""
+    import faiss
+
+    kind = type(innermost(index)).__name__
+    if kind in GPU_TYPES:
+        try:
+            res = faiss.StandardGpuResources()
+            gpu = faiss.index_cpu_to_gpu(res, 0, index)
+            gpu.cbir_resources = res  # keep the resources alive as long as the index
+            return gpu
+        except RuntimeError as e:
+            reason = _first_line(e)
+    else:
+        reason = "FAISS has no GPU version of it"
+    if kind not in _said_cpu:
+        _said_cpu.add(kind)
+        print(f"cbir: {kind} index stays on the CPU ({reason})", file=sys.stderr)
+    return index
 
 
 def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,12 +6,13 @@ process, or a Ray worker (``index.distributed``). Torch-free.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from cbir import fsio
 
 
 @dataclass
@@ -34,14 +35,10 @@ def shard_path(root: Path, shard: int) -> Path:
 def write_shard(root: Path, shard: int, out: ShardOutput) -> Path:
     path = shard_path(root, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with fsio.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, ids=np.asarray(out.ids, np.int64), vectors=np.asarray(out.vectors, np.float32),
                  sha1=np.asarray(out.sha1, str), size=np.asarray(out.size, np.int64),
                  failed_ids=np.asarray(out.failed_ids, np.int64), failed_reasons=np.asarray(out.failed_reasons, str))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

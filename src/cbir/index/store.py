@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -56,11 +56,12 @@ class Store:
         return {r[0]: r[1:] for r in self.conn.execute("SELECT path, id, size, mtime, state FROM items")}
 
     def paths_for_ids(self, ids: Iterable[int]) -> dict[int, str]:
+        """id -> path of the given ids that are ``indexed`` (removed, failed and pending ones are left out)."""
         ids = [int(i) for i in ids if i >= 0]
         out: dict[int, str] = {}
         for i in range(0, len(ids), 900):
             chunk = ids[i : i + 900]
-            q = f"SELECT id, path FROM items WHERE id IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT id, path FROM items WHERE state = 'indexed' AND id IN ({','.join('?' * len(chunk))})"
             out.update(self.conn.execute(q, chunk).fetchall())
         return out
 

@@ -17,7 +17,7 @@ from cbir.errors import CbirError
 from cbir.models import functional as F
 from cbir.models.pooling import RegionalCroW, create_pooling
 from cbir.models.trunk import Trunk
-from cbir.models.whitening import Whitening
+from cbir.vectors import Whitening
 
 STRIDE = 32  # EfficientNet's Block 6/7 outputs are at 1/32 of the input
 

@@ -2,7 +2,7 @@
 
 Endpoints: ``POST /search`` (an image as multipart field ``image`` or as the raw body, or JSON
 ``{"embedding": [...]}``; query ``k``, ``qe``, ``qe_alpha``), ``POST /embed`` (an image → vector),
-``GET /items/{id}``, ``GET /healthz``, ``GET /metrics`` (Prometheus text), and FastAPI's
+``GET /items/{id}``, ``GET /healthz`` (503 when the batcher's worker is not running), ``GET /metrics`` (Prometheus text), and FastAPI's
 ``/openapi.json`` and ``/docs``.
 
 Limits and errors: bodies over ``max_upload_bytes`` (default 20 MB) → 413 (read in chunks, never
@@ -29,7 +29,6 @@ from starlette.requests import Request as StarletteRequest
 
 from cbir.engine.batcher import BatcherClosed, QueueFull
 from cbir.engine.preprocess import ImageError
-from cbir.errors import CbirError
 from cbir.serve.metrics import Metrics
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -184,8 +183,12 @@ def create_app(index_dir: str, max_batch: int = 32, max_delay_ms: float = 5.0, m
     @app.get("/healthz")
     async def healthz():
         b = state.get("batcher")
-        return {"status": "ok", "count": gallery.store.count("indexed"), "model": emb.info.arch,
+        body = {"status": "ok", "count": gallery.store.count("indexed"), "model": emb.info.arch,
                 "fingerprint": emb.fingerprint, "queued": b.queued if b else 0}
+        if b is None or not b.alive:  # a dead batcher answers nothing: say so, so that it gets restarted
+            reason = (b.error if b else None) or "not running"
+            return JSONResponse({**body, "status": "error", "error": f"batcher worker: {reason}"}, status_code=503)
+        return body
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prom():

@@ -7,7 +7,9 @@
 | onnxruntime-trt  | ORT TensorRT EP, then CUDA (same check)              | onnxruntime-gpu, TensorRT  |
 | tensorrt         | native TensorRT plan from `cbir compile`             | tensorrt, cuda-python      |
 
-Every runner takes a uint8 [N, H, W, 3] batch and returns float32 [N, D] L2-normalised vectors.
+Every runner implements ``base.Runner``: ``info``, ``input_name``/``input_shape``/``input_dtype``,
+``run`` (uint8 [N, H, W, 3] NumPy -> float32 [N, D] L2-normalised), ``run_torch`` (CUDA tensors, GPU
+backends), ``close`` and the context-manager protocol. Callers (bench, batcher) use only that.
 """
 from __future__ import annotations
 

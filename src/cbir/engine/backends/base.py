@@ -1,18 +1,60 @@
-"""The backend interface every runner implements."""
+"""The backend interface every runner implements, and the checks they share."""
 from __future__ import annotations
 
 from typing import Protocol
 
 import numpy as np
 
+from cbir.errors import CbirError
 from cbir.modelinfo import ModelInfo
 
 
 class Runner(Protocol):
-    """A loaded model: its facts, and uint8 [N, H, W, 3] -> float32 [N, D]."""
+    """A loaded model: its facts, its input, and uint8 [N, H, W, 3] -> float32 [N, D].
+
+    ``run_torch`` takes a device-resident uint8 CUDA tensor (GPU backends; CPU runners raise).
+    ``close`` frees what the runner holds (sessions, device memory); runners are context managers."""
 
     info: ModelInfo
     name: str  # backend name, e.g. "onnxruntime"
     providers: list[str]
+    input_name: str
+    input_shape: tuple  # (None, H, W, 3): None = dynamic batch
+    input_dtype: str  # "uint8"
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def run_torch(self, images): ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Runner": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+class RunnerBase:
+    """Shared parts: the input description, the output check, context management."""
+
+    info: ModelInfo
+    input_dtype = "uint8"
+
+    @property
+    def input_shape(self) -> tuple:
+        h, w = self.info.input_size
+        return (None, h, w, 3)
+
+    def check_output(self, out: np.ndarray, n: int) -> np.ndarray:
+        """A backend answer must have one row of ``dim`` values per input row."""
+        if out.ndim != 2 or out.shape[0] != n or out.shape[1] != self.info.dim:
+            raise CbirError(f"{self.name}: returned {tuple(out.shape)} for {n} images, expected ({n}, {self.info.dim})")
+        return out
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -10,22 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from cbir.cores import all_cores
+from cbir.engine.backends.base import RunnerBase
 from cbir.errors import CbirError
-from cbir.modelinfo import METADATA_KEY, ModelInfo
+from cbir.modelinfo import METADATA_KEY, ModelInfo, read_onnx
 
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
-
-
-def default_threads() -> int:
-    """All cores this process may use (respects taskset/cgroup affinity)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def load_session(model: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
@@ -37,7 +31,7 @@ def load_session(model: str | os.PathLike, provider: str = "cpu", threads: int |
     if not path.is_file():
         raise CbirError(f"--model {path}: no such file")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or default_threads()
+    opts.intra_op_num_threads = threads or all_cores()
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -64,14 +58,8 @@ def trt_ep_options(model: Path, min_batch: int = 1, opt_batch: int = 32, max_bat
     """TensorRT EP defaults: engine + timing cache beside the model, a batch profile (all three of
     min/opt/max are required with the engine cache, ORT PR #15546). FP16 comes from the graph
     (``cbir export --precision fp16``), not ``trt_fp16_enable`` (no FP16 flag on TensorRT 11)."""
-    import onnx
-
-    from cbir.modelinfo import METADATA_KEY, ModelInfo
-
-    m = onnx.load(str(model), load_external_data=False)
-    meta = {p.key: p.value for p in m.metadata_props}
-    name = m.graph.input[0].name
-    h, w = ModelInfo.from_json(meta[METADATA_KEY], str(model)).input_size if METADATA_KEY in meta else (224, 224)
+    info, name, _ = read_onnx(model)
+    h, w = info.input_size
     cache = str(model.parent / (model.stem + ".trt_cache"))
     return {
         "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
@@ -90,7 +78,7 @@ def read_info(sess, source: str = "model") -> ModelInfo:
     return ModelInfo.from_json(meta[METADATA_KEY], source)
 
 
-class OrtRunner:
+class OrtRunner(RunnerBase):
     """Runs uint8 NHWC batches through an ORT session."""
 
     def __init__(self, sess, source: str = "model"):
@@ -107,6 +95,9 @@ class OrtRunner:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.sess.run([self.output_name], {self.input_name: batch})[0]
+
+    def close(self) -> None:
+        self.sess = None  # ORT frees the session (and its device memory) with the last reference
 
     def run_torch(self, images) -> np.ndarray:
         """Device-resident input through IO binding: a contiguous uint8 CUDA tensor [N, H, W, 3]."""

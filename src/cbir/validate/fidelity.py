@@ -11,13 +11,12 @@ agreement ≥ 0.98, |ΔmAP| ≤ 0.005; non-finite outputs fail.
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.export.parity import compare
+from cbir.validate.parity import compare
 
 MIN_COSINE = 0.999
 MIN_TOPK = 0.98
@@ -26,7 +25,7 @@ MAX_DELTA_MAP = 0.005
 
 def calibration_images(images: list | None, limit: int = 32) -> list:
     """Up to ``limit`` images spread evenly over ``images`` (files or folders); default skimage photos."""
-    from cbir.index.walk import find_images
+    from cbir.walk import find_images
     from cbir.samples import sample_photos
 
     paths = find_images(images) if images else sample_photos()
@@ -56,7 +55,7 @@ def fp16_gate(fp32_model, fp16_model, onnx_path: Path, info, images: list | None
     from cbir.engine.preprocess import Preprocess
 
     paths = calibration_images(images, calib)
-    pp = Preprocess(tuple(info.input_size), info.resize, info.interpolation)
+    pp = Preprocess.for_model(info)
     batch = np.stack([pp(p) for p in paths])
     ref = torch_vectors(fp32_model, batch)
     with np.errstate(all="ignore"):

@@ -1,9 +1,17 @@
-"""PCA-whitening (DESIGN.md §3): fit in NumPy, apply as ``P(x − m)`` then L2. Torch-free.
+"""Vector maths in NumPy (torch-free): L2 normalisation, PCA-whitening, query expansion, DBA.
+
+PCA-whitening (DESIGN.md §3): fit in NumPy, apply as ``P(x − m)`` then L2.
 
 Fitting on too few vectors per output dimension whitens noise directions into the signal
 (measured: 1,000 Corel vectors to 256 dims dropped mAP from 0.90 to 0.30), so ``fit`` refuses
 fewer than ``min_per_dim`` samples per output dimension unless ``force=True``, and shrinks the
 eigenvalues toward their mean (λ' = (1−s)·λ + s·mean(λ), s = 0.1 by default).
+
+Query expansion and database-side augmentation:
+- Average QE (``alpha = 0``): new query = l2n(q + Σ_{i≤n} v_i) over the top-n results.
+- α-QE: weights ``max(sim_i, 0)^α`` on the top-n results (the query keeps weight 1).
+- DBA: each database vector becomes l2n(Σ_{i≤n} w_i v_i) over its own top-n neighbours (itself
+  included, weight 1), weights as in α-QE.
 """
 from __future__ import annotations
 
@@ -50,10 +58,10 @@ class Whitening:
         return l2_normalize(y)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, mean=self.mean, proj=self.proj, info=json.dumps(self.info))
-        tmp.replace(path)
+        from cbir import fsio
+
+        with fsio.atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez appends .npz otherwise
+            np.savez(tmp, mean=self.mean, proj=self.proj, info=json.dumps(self.info))
 
     @classmethod
     def load(cls, path: str | Path) -> "Whitening":
@@ -105,3 +113,22 @@ def fit(
     proj = (eigvec[:, :dim] / np.sqrt(reg[:dim])).T
     info = {"n": n, "in_dim": d, "out_dim": dim, "shrinkage": shrinkage, "per_dim": n / dim}
     return Whitening(mean.astype(np.float32), proj.astype(np.float32), info)
+
+def expand(queries: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: float = 0.0) -> np.ndarray:
+    """queries [q, D]; neighbours [q, n, D] (top-n result vectors); sims [q, n] -> new queries [q, D]."""
+    w = np.maximum(sims, 0.0) ** alpha if alpha > 0 else np.ones_like(sims)
+    return l2_normalize(queries + np.einsum("qn,qnd->qd", w, neighbours))
+
+
+def dba(vectors: np.ndarray, n: int, alpha: float = 0.0, chunk: int = 4096) -> np.ndarray:
+    """Database-side augmentation with exact k-NN (brute force in chunks)."""
+    x = l2_normalize(vectors)
+    out = np.empty_like(x)
+    n = min(n, len(x))
+    for s in range(0, len(x), chunk):
+        sim = x[s : s + chunk] @ x.T
+        top = np.argpartition(-sim, n - 1, axis=1)[:, :n]
+        tsim = np.take_along_axis(sim, top, 1)
+        w = np.maximum(tsim, 0.0) ** alpha if alpha > 0 else np.ones_like(tsim)
+        out[s : s + chunk] = np.einsum("qn,qnd->qd", w, x[top])
+    return l2_normalize(out)

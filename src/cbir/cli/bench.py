@@ -1,0 +1,152 @@
+"""`cbir bench accuracy|latency|search|sweep|http`: the benchmarks (figures go to BENCHMARKS.md)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cbir.cli.common import print_json
+
+
+def cmd_bench_accuracy(a: argparse.Namespace) -> int:
+    from cbir.bench.accuracy import bench_accuracy
+
+    from cbir.engine.embedder import Embedder
+
+    r = bench_accuracy(a.model, a.data, seeds=a.seeds, qe_n=a.qe, qe_alpha=a.qe_alpha, queries=a.queries,
+                       exclude_self=a.exclude_self, embedder=Embedder(a.model, resampling=a.resampling),
+                       whiten_dim=a.whiten_dim, whiten_force=a.whiten_force,
+                       progress=not a.json and sys.stderr.isatty())
+    if a.json:
+        print_json(r)
+    else:
+        m = r["metrics"]
+        print(f"{r['model']['arch']} Block {r['model']['block']} {r['model']['pooling']}: {r['images']} images, "
+              f"{r['seeds']} run(s) × {r['queries_per_run']} queries, exclude_self={r['exclude_self']}, qe={r['qe']}")
+        for k in ("mAP", "mAP@10", "mAP@20", "mAP@100", "P@10", "P@20", "P@100", "R@10", "R@20", "R@100"):
+            print(f"  {k:8s} {m[k]['mean']:.4f} ± {m[k]['std']:.4f}")
+    return 0
+
+
+def cmd_bench_latency(a: argparse.Namespace) -> int:
+    from cbir.bench.latency import bench_latency
+
+    bs = [int(x) for x in a.batch_sizes.split(",")]
+    cc = [int(x) for x in a.concurrency.split(",")]
+    r = bench_latency(a.model, a.backend, bs, a.data, a.baseline, cc, a.repeats, threads=a.threads)
+    if a.json:
+        print_json(r)
+        return 0
+    print(f"{r['model']['arch']} Block {r['model']['block']} {r['model']['pooling']} on {r['backend']} (load {r['load_seconds']} s)")
+    for b, s in r["model_only_images_per_s"].items():
+        print(f"  model-only bs {b:>3}: {s['median']:.1f} img/s (min {s['min']:.1f}, max {s['max']:.1f})")
+    l = r["batch1_latency_ms"]
+    print(f"  batch-1 p50/p95/p99: API {l['api']['p50']:.2f}/{l['api']['p95']:.2f}/{l['api']['p99']:.2f} ms, "
+          f"bare runner.run {l['bare_runner']['p50']:.2f}/{l['bare_runner']['p95']:.2f}/{l['bare_runner']['p99']:.2f} ms")
+    if "end_to_end" in r:
+        e = r["end_to_end"]
+        print(f"  end-to-end bs {e['batch_size']}: {e['images_per_s']['median']:.1f} img/s = {e['ratio']:.3f} × model-only")
+    for s in r["batcher"]:
+        print(f"  batcher c={s['concurrency']:>3}: {s['images_per_s']:.1f} img/s, p50/p95/p99 {s['p50']:.1f}/{s['p95']:.1f}/{s['p99']:.1f} ms, "
+              f"queue p50 {s['queue_ms']['p50']:.1f} ms, compute p50 {s['compute_ms']['p50']:.1f} ms, mean batch {s['mean_batch']:.1f}")
+    if "torch_eager" in r:
+        t = r["torch_eager"]
+        print(f"  torch eager bs {t['batch_size']}: {t['images_per_s']['median']:.1f} img/s; speedup {t['speedup_vs_torch']:.2f}×")
+    print(f"  peak RSS {r['peak_rss_mb']:.0f} MB")
+    return 0
+
+
+def cmd_bench_search(a: argparse.Namespace) -> int:
+    from cbir.bench.latency import bench_search
+
+    rows = bench_search([int(x) for x in a.sizes.split(",")], a.dim, a.factory, a.nprobe, a.queries)
+    if a.json:
+        print_json(rows)
+        return 0
+    for r in rows:
+        f = r[r["factory"]]
+        print(f"n={r['n']:>8}: Flat {r['Flat']['ms_per_query']:.3f} ms/query; {r['factory']} (nprobe {r['nprobe']}) "
+              f"{f['ms_per_query']:.3f} ms/query, build {f['build_s']} s, recall@{r['k']} {r['recall_at_k']:.3f}")
+    return 0
+
+
+def cmd_bench_sweep(a: argparse.Namespace) -> int:
+    from cbir.bench.sweep import sweep
+
+    r = sweep(a.data, a.out, [x.strip() for x in a.archs.split(",")], [int(b) for b in a.blocks.split(",")],
+              a.pooling, a.seeds, a.repeats, progress=not a.json)
+    if a.json:
+        print_json(r)
+    else:
+        print((Path(a.out) / "report.md").read_text())
+    return 0
+
+
+def cmd_bench_http(a: argparse.Namespace) -> int:
+    from cbir.bench.http import bench_http
+
+    rows = bench_http(a.url, a.image, [int(x) for x in a.concurrency.split(",")], a.requests, a.k)
+    if a.json:
+        print_json(rows)
+        return 0
+    for r in rows:
+        s = r["server_p50_ms"]
+        print(f"c={r['concurrency']:>3}: {r['requests_per_s']:.1f} req/s, p50/p95/p99 {r['p50_ms']:.1f}/{r['p95_ms']:.1f}/{r['p99_ms']:.1f} ms, "
+              f"status {r['status']}, server p50 queue {s.get('queue_ms', 0):.1f} / inference {s.get('inference_ms', 0):.1f} / "
+              f"search {s.get('search_ms', 0):.2f} ms, mean batch {r['mean_batch']:.1f}")
+    return 0
+
+
+def register(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    ba = bench.add_parser("accuracy", help="retrieval metrics on a labelled folder (Corel protocol)")
+    ba.add_argument("--model", required=True)
+    ba.add_argument("--data", required=True, help="class-per-folder images, or N.jpg with class N // 100")
+    ba.add_argument("--seeds", type=int, default=3)
+    ba.add_argument("--queries", choices=["split", "every10"], default="split",
+                    help="split: the 20%% test split per seed (default); every10: every 10th image")
+    ba.add_argument("--exclude-self", action="store_true", help="drop the query from its own ranking")
+    ba.add_argument("--qe", type=int, default=0)
+    ba.add_argument("--qe-alpha", type=float, default=0.0)
+    ba.add_argument("--whiten-dim", type=int, help="fit PCA-whitening on the searched set to D dims and apply it")
+    ba.add_argument("--whiten-force", action="store_true", help="fit even below 10 vectors per dim")
+    ba.add_argument("--resampling", choices=["opencv", "pillow"], help="override the model's resampling policy (to compare)")
+    ba.add_argument("--json", action="store_true")
+    ba.set_defaults(fn=cmd_bench_accuracy)
+    bl = bench.add_parser("latency", help="throughput and latency of a model")
+    bl.add_argument("--model", required=True)
+    bl.add_argument("--backend", default="onnxruntime")
+    bl.add_argument("--batch-sizes", default="1,8,32,64")
+    bl.add_argument("--concurrency", default="1,8,32")
+    bl.add_argument("--data", help="image folder for the end-to-end figure")
+    bl.add_argument("--baseline", choices=["torch"], help="also measure PyTorch eager in the same run")
+    bl.add_argument("--repeats", type=int, default=5)
+    bl.add_argument("--threads", type=int)
+    bl.add_argument("--json", action="store_true")
+    bl.set_defaults(fn=cmd_bench_latency)
+    sw = bench.add_parser("sweep", help="accuracy + latency for every arch × block; report.md/csv/json + pareto.png")
+    sw.add_argument("--data", help="labelled image folder for accuracy (pretrained models only)")
+    sw.add_argument("--out", required=True, help="report directory (an interrupted sweep resumes there)")
+    sw.add_argument("--archs", default="b0,b1,b2,b3,b4,b5,lite0,lite1,lite2")
+    sw.add_argument("--blocks", default="6,7")
+    sw.add_argument("--pooling", default="gap")
+    sw.add_argument("--seeds", type=int, default=3)
+    sw.add_argument("--repeats", type=int, default=3)
+    sw.add_argument("--json", action="store_true")
+    sw.set_defaults(fn=cmd_bench_sweep)
+    bh = bench.add_parser("http", help="load-test POST /search of a running `cbir serve` on loopback")
+    bh.add_argument("--url", default="http://127.0.0.1:8000")
+    bh.add_argument("--image", required=True)
+    bh.add_argument("--concurrency", default="1,8,32")
+    bh.add_argument("--requests", type=int, default=200)
+    bh.add_argument("-k", type=int, default=10)
+    bh.add_argument("--json", action="store_true")
+    bh.set_defaults(fn=cmd_bench_http)
+    bs_ = bench.add_parser("search", help="search latency by gallery size (synthetic vectors), Flat vs an ANN factory")
+    bs_.add_argument("--sizes", default="1000,100000,1000000")
+    bs_.add_argument("--dim", type=int, default=320)
+    bs_.add_argument("--factory", default="IVF{nlist},Flat", help="ANN factory; {nlist} = 4·sqrt(n) (default IVF{nlist},Flat)")
+    bs_.add_argument("--nprobe", type=int, default=16)
+    bs_.add_argument("--queries", type=int, default=200)
+    bs_.add_argument("--json", action="store_true")
+    bs_.set_defaults(fn=cmd_bench_search)

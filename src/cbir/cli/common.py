@@ -1,0 +1,23 @@
+"""Helpers every command group shares: JSON output and the engine options."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def open_embedder(a: argparse.Namespace, model: str):
+    from cbir.engine.embedder import Embedder
+
+    return Embedder(model, backend=a.backend, threads=a.threads, workers=a.workers)
+
+
+def engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default), onnxruntime-cuda, onnxruntime-trt, tensorrt (a plan from `cbir compile`)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+    p.add_argument("--workers", type=int, help="decode threads (default: all cores)")
+

@@ -1,0 +1,27 @@
+"""`cbir doctor`: which backends work here."""
+from __future__ import annotations
+
+import argparse
+
+from cbir.cli.common import print_json
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from cbir.doctor import cpu_path_ok, run_checks
+
+    results = run_checks()
+    ok = cpu_path_ok(results)
+    if a.json:
+        print_json({"cpu_path_ok": ok, "backends": results})
+    else:
+        for r in results:
+            state = "available  " if r["available"] else "unavailable"
+            print(f"{r['name']:22s} {state}  {r['check'] or r['reason']}")
+        print("CPU path works." if ok else "The CPU path does NOT work: see above.")
+    return 0 if ok else 1
+
+
+def register(sub) -> None:
+    d = sub.add_parser("doctor", help="which backends work here, with a self-check of each")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(fn=cmd_doctor)

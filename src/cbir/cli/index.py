@@ -1,0 +1,117 @@
+"""`cbir index build|add|remove|info`: the gallery index directory."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cbir.cli.common import engine_args, open_embedder, print_json
+from cbir.errors import CbirError
+
+
+def cmd_index_build(a: argparse.Namespace) -> int:
+    from cbir.index.gallery import INDEX_JSON, Gallery
+
+    root = Path(a.index)
+    if not Path(a.images_dir).is_dir():
+        raise CbirError(f"IMAGES_DIR {a.images_dir}: not a directory")
+    existed = (root / INDEX_JSON).is_file()
+    emb = open_embedder(a, a.model)
+    g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
+                       dba=a.dba, dba_alpha=a.dba_alpha)
+    if existed and not a.json:
+        print(f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)", file=sys.stderr)
+    distributed = None
+    if a.distributed == "ray":
+        distributed = {"ray_address": a.ray_address, "num_workers": a.num_workers, "gpus_per_worker": a.gpus_per_worker,
+                       "cpus_per_worker": a.cpus_per_worker, "backend": a.backend}
+    elif a.distributed is not None:
+        raise CbirError(f"--distributed {a.distributed!r}: only 'ray' is supported")
+    report = g.build([a.images_dir], batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty(),
+                     distributed=distributed, retry_failed=a.retry_failed)
+    return _print_report(a, report, "indexed")
+
+
+def _print_report(a: argparse.Namespace, report: dict, verb: str) -> int:
+    for f in report["failed"]:
+        print(f"cbir: failed {f['path']}: {f['error']}", file=sys.stderr)
+    if a.json:
+        print_json(report)
+    else:
+        t = report["timings"]
+        print(f"{verb} {report['indexed']} images ({len(report['skipped'])} unchanged, {len(report['failed'])} failed"
+              + (f", {len(report['still_failed'])} of them unchanged and not retried (--retry-failed)" if report["still_failed"] else "")
+              + "); "
+              f"index holds {report['count']}; {t.get('images_per_s', 0)} img/s, total {t['total']} s")
+    return 0
+
+
+def cmd_index_add(a: argparse.Namespace) -> int:
+    from cbir.index.gallery import Gallery
+
+    g = Gallery(a.index)
+    g.embedder(backend=a.backend, threads=a.threads, workers=a.workers)
+    return _print_report(a, g.add(a.paths, batch_size=a.batch_size, retry_failed=a.retry_failed), "added")
+
+
+def cmd_index_remove(a: argparse.Namespace) -> int:
+    from cbir.index.gallery import Gallery
+
+    r = Gallery(a.index).remove(a.paths)
+    print_json(r) if a.json else print(f"removed {r['removed']}; index holds {r['count']}")
+    return 0
+
+
+def cmd_index_info(a: argparse.Namespace) -> int:
+    from cbir.index.gallery import Gallery
+
+    info = Gallery(a.index).info()
+    if a.json:
+        print_json(info)
+    else:
+        m = info["model"]
+        print(f"{info['path']}: {info['count']} images, d={info['dim']}, factory {info['factory']}, "
+              f"model {m['arch']} Block {m['block']} {m['pooling']} ({m['fingerprint']}), "
+              f"{info['failed']} failed, {info['removed']} removed, {info['pending_shards']} shards pending")
+    return 0
+
+
+def register(sub) -> None:
+    ix = sub.add_parser("index", help="build and edit a gallery index").add_subparsers(dest="index_command", required=True)
+    b = ix.add_parser("build", help="index a folder of images (resumable)")
+    b.add_argument("images_dir")
+    b.add_argument("--model", required=True)
+    b.add_argument("--index", required=True, help="index directory (created, or resumed if it exists)")
+    # Build options are fixed when the index is created: None = default for a new index, "as recorded" for
+    # an existing one; an explicit value that differs from the recorded one is refused.
+    b.add_argument("--factory", help='FAISS factory string, e.g. "Flat" (default), "IVF1024,PQ32", "HNSW32"')
+    b.add_argument("--shard-size", type=int, help="images per resumable shard (default 1024)")
+    b.add_argument("--whitening", help="whitening file applied to stored and query vectors")
+    b.add_argument("--dba", type=int, help="database-side augmentation over N neighbours (default off)")
+    b.add_argument("--dba-alpha", type=float, help="DBA weight exponent (default 0)")
+    b.add_argument("--retry-failed", action="store_true", help="embed again files that failed before even if unchanged")
+    b.add_argument("--resume", action="store_true", help="continue an interrupted build (also automatic)")
+    b.add_argument("--distributed", choices=["ray"], help="embed shards on Ray Data workers (pip install 'cbir[distributed]')")
+    b.add_argument("--ray-address", help="auto | ray://host:port (default: start a local Ray)")
+    b.add_argument("--num-workers", type=int, default=2, help="Ray actors, one model each (default 2)")
+    b.add_argument("--cpus-per-worker", type=int, default=1)
+    b.add_argument("--gpus-per-worker", type=float, default=0)
+    engine_args(b)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=cmd_index_build)
+    ad = ix.add_parser("add", help="add new or changed files or folders")
+    ad.add_argument("index")
+    ad.add_argument("paths", nargs="+")
+    ad.add_argument("--retry-failed", action="store_true", help="embed again files that failed before even if unchanged")
+    engine_args(ad)
+    ad.add_argument("--json", action="store_true")
+    ad.set_defaults(fn=cmd_index_add)
+    rm = ix.add_parser("remove", help="remove files or folders from the index")
+    rm.add_argument("index")
+    rm.add_argument("paths", nargs="+")
+    rm.add_argument("--json", action="store_true")
+    rm.set_defaults(fn=cmd_index_remove)
+    inf = ix.add_parser("info", help="what an index holds")
+    inf.add_argument("index")
+    inf.add_argument("--json", action="store_true")
+    inf.set_defaults(fn=cmd_index_info)

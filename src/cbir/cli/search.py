@@ -1,0 +1,39 @@
+"""`cbir search`: query an index with images."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cbir.cli.common import engine_args, print_json
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from cbir.index.gallery import Gallery
+
+    g = Gallery(a.index)
+    g.embedder(a.model, backend=a.backend, threads=a.threads, workers=a.workers)
+    results = g.search(a.queries, k=a.k, qe_n=a.qe, qe_alpha=a.qe_alpha)
+    if a.json:
+        print_json(results)
+        return 0
+    for r in results:
+        if "error" in r:
+            print(f"{r['query']}: error: {r['error']}", file=sys.stderr)
+            continue
+        print(r["query"])
+        for rank, h in enumerate(r["results"], 1):
+            print(f"  {rank:3d}. {h['score']:.4f}  {h['path']}  (id {h['id']})")
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("search", help="search an index with query images")
+    s.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
+    s.add_argument("--index", required=True)
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--qe", type=int, default=0, help="query expansion over the top N (default off)")
+    s.add_argument("--qe-alpha", type=float, default=0.0, help="α-QE exponent (0 = average QE)")
+    s.add_argument("--model", help="model file (default: the one recorded in the index; must match it)")
+    engine_args(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_search)

@@ -1,0 +1,35 @@
+"""`cbir serve`: the HTTP query service."""
+from __future__ import annotations
+
+import argparse
+
+from cbir.errors import CbirError
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise CbirError("cbir serve needs FastAPI and uvicorn: pip install 'cbir[serve]'") from None
+    from cbir.serve.app import create_app
+
+    app = create_app(a.index, max_batch=a.max_batch, max_delay_ms=a.max_delay_ms, max_queue=a.max_queue,
+                     timeout_s=a.timeout_s, max_upload_bytes=int(a.max_upload_mb * 1024 * 1024),
+                     backend=a.backend, threads=a.threads)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=a.timeout_s)
+    return 0
+
+
+def register(sub) -> None:
+    sv = sub.add_parser("serve", help="HTTP query service over an index (FastAPI + uvicorn)")
+    sv.add_argument("--index", required=True)
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=32)
+    sv.add_argument("--max-delay-ms", type=float, default=5.0)
+    sv.add_argument("--max-queue", type=int, default=256, help="batcher queue bound; beyond it: 503 + Retry-After")
+    sv.add_argument("--timeout-s", type=float, default=30.0)
+    sv.add_argument("--max-upload-mb", type=float, default=20.0)
+    sv.add_argument("--backend", default="onnxruntime")
+    sv.add_argument("--threads", type=int)
+    sv.set_defaults(fn=cmd_serve)

@@ -1,0 +1,120 @@
+"""The build pipeline of an index directory: scan files into shards, embed pending shards (here or on
+Ray), commit each shard in one SQLite transaction, adopt finished-but-uncommitted shard outputs.
+
+Resume: files are assigned to shards (``shard_size``, default 1,024) before any work; a shard is
+embedded whole and committed (vector file, then one SQLite transaction marking it done). A job
+killed at any point redoes only the unfinished shards, so every image ends up exactly once.
+A file is embedded again when its size or mtime changed; a file that failed is retried only with
+``retry_failed`` (else it stays failed and is reported as failed, not as unchanged).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from cbir.index.shards import ShardOutput, embed_shard, read_shard, shard_path
+from cbir.walk import find_images
+
+
+@dataclass
+class Scan:
+    queued: int = 0
+    unchanged: list[str] = field(default_factory=list)
+    still_failed: list[str] = field(default_factory=list)
+
+
+def progress_bar(total: int, enabled: bool):
+    if not (enabled and total):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+
+def scan(store, shard_size: int, paths: Sequence[str | os.PathLike], retry_failed: bool = False) -> Scan:
+    """Register new or changed image files (and failed ones, with ``retry_failed``) as pending in new shards."""
+    files = find_images(paths)
+    known = store.items_by_paths()
+    result = Scan()
+    with store.transaction():
+        shard, in_shard = None, 0
+        for p in files:
+            key = os.path.abspath(p)
+            try:
+                st = os.stat(p)
+                size, mtime = st.st_size, st.st_mtime
+            except OSError:
+                size, mtime = -1, -1.0  # dangling link or unreadable: it will fail and be reported
+            old = known.get(key)
+            if old is not None:
+                _, osize, omtime, state = old
+                if state != "removed" and osize == size and omtime == mtime:
+                    if state == "failed" and not retry_failed:
+                        result.still_failed.append(key)
+                        continue
+                    if state != "failed":
+                        result.unchanged.append(key)
+                        continue
+            if shard is None or in_shard >= shard_size:
+                shard, in_shard = store.new_shard(), 0
+            if old is None:
+                store.add_item(key, size, mtime, shard)
+            else:
+                store.requeue_item(old[0], size, mtime, shard)
+            in_shard += 1
+            result.queued += 1
+    return result
+
+
+def commit_shard(store, shard: int, out: ShardOutput) -> tuple[int, int]:
+    """Mark a shard done from its output file's rows, in one transaction; returns (indexed, failed)."""
+    with store.transaction():
+        store.finish_shard(
+            shard, [(int(i), str(h), int(s)) for i, h, s in zip(out.ids, out.sha1, out.size)],
+            [(int(i), str(r)) for i, r in zip(out.failed_ids, out.failed_reasons)])
+    return len(out.ids), len(out.failed_ids)
+
+
+def adopt_outputs(store, root) -> int:
+    """Commit pending shards whose output file is complete (a worker finished it, the coordinator
+    died before committing); returns how many were adopted."""
+    adopted = 0
+    for shard in store.pending_shards():
+        if not shard_path(root, shard).is_file():
+            continue
+        out = read_shard(root, shard)
+        if out.item_ids() == {i for i, _ in store.shard_items(shard)}:
+            commit_shard(store, shard, out)
+            adopted += 1
+    return adopted
+
+
+def pending_work(store) -> list[tuple[int, list[tuple[int, str]]]]:
+    return [(s, store.shard_items(s)) for s in store.pending_shards()]
+
+
+def process_pending(gallery, batch_size: int = 32, progress: bool = False, distributed: dict | None = None) -> dict:
+    """Embed every pending shard (here, or on Ray with ``distributed``) and commit each as it
+    finishes; returns counts and stage timings."""
+    adopt_outputs(gallery.store, gallery.root)
+    if distributed is not None:
+        from cbir.index.distributed import process_with_ray
+
+        return process_with_ray(gallery, batch_size=batch_size, progress=progress, **distributed)
+    from cbir.engine.bulk import Timings
+
+    emb = gallery.embedder()
+    timings = Timings()
+    work = pending_work(gallery.store)
+    bar = progress_bar(sum(len(items) for _, items in work), progress)
+    indexed = failed = 0
+    for shard, items in work:
+        out = embed_shard(emb, gallery.root, shard, items, batch_size, timings, bar.update if bar else None)
+        n_ok, n_bad = commit_shard(gallery.store, shard, out)
+        indexed += n_ok
+        failed += n_bad
+    if bar is not None:
+        bar.close()
+    return {"indexed": indexed, "failed_now": failed, "timings": timings.as_dict()}

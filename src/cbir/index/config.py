@@ -1,0 +1,56 @@
+"""``index.json``: what an index directory was built with. Torch-free.
+
+Keys: ``model`` (facts + fingerprint), ``model_path``, ``preprocess`` (size, resize, interpolation,
+resampling: the pixels the vectors came from), ``factory``, ``dim`` (after whitening), ``shard_size``,
+``whitening`` (fingerprint), ``dba``/``dba_alpha``, ``trained_on``, ``cbir_version``, ``created``.
+Build options are fixed at creation: opening an existing index with a different explicit option is
+refused (one line naming the option), an option left out means "as recorded".
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from cbir import fsio
+from cbir.errors import CbirError
+
+INDEX_JSON = "index.json"
+SHARD_SIZE = 1024
+DEFAULTS = {"factory": "Flat", "shard_size": SHARD_SIZE, "dba": 0, "dba_alpha": 0.0}
+
+
+def load(root: Path) -> dict:
+    path = Path(root) / INDEX_JSON
+    if not path.is_file():
+        raise CbirError(f"--index {root}: not a cbir index directory (no {INDEX_JSON})")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise CbirError(f"{path}: unreadable ({e})") from None
+
+
+def save(root: Path, config: dict) -> None:
+    fsio.write_json(Path(root) / INDEX_JSON, config)
+
+
+def new(embedder, options: dict, dim: int, whitening_fp: str | None) -> dict:
+    from cbir import __version__
+
+    return {"model": embedder.info.public(), "model_path": os.path.abspath(embedder.model_path),
+            "preprocess": embedder.preprocess.policy, "dim": dim, "whitening": whitening_fp,
+            **options, "trained_on": 0, "cbir_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def check_options(root: Path, config: dict, given: dict) -> None:
+    """Refuse explicit build options that differ from the ones the index was created with."""
+    for key, value in given.items():
+        if value is None:
+            continue
+        have = config.get(key, DEFAULTS.get(key))
+        if have != value:
+            flag = "--" + key.replace("_", "-")
+            raise CbirError(f"{flag} {value}: index {root} was created with {flag} {have}; "
+                            f"build a new index to change it")

@@ -1,0 +1,302 @@
+"""build_engine and TrtRunner against a recording stand-in for ``tensorrt`` + ``cuda.bindings.runtime``.
+
+No GPU here, so the two libraries are replaced by small Python modules that keep the calls they get
+and act like the real ones where the runner depends on it: "device" memory is host memory handed out
+by address, an async copy on a stream happens only when that stream is synchronised, and the
+"engine" computes the doctor's tiny model (NumPy reference) from the input address to the output
+address. A runner that forgot to synchronise after the D2H copy, set no shape, or bound the wrong
+address returns wrong numbers here. What it cannot show: that the real TensorRT accepts the graph.
+"""
+from __future__ import annotations
+
+import ctypes
+import sys
+import threading
+import types
+
+import numpy as np
+import pytest
+
+from cbir.doctor import TINY_INPUT, tiny_model, tiny_reference
+from cbir.errors import CbirError
+
+
+class Calls(list):
+    def names(self) -> list[str]:
+        return [c[0] for c in self]
+
+
+def make_fakes(calls: Calls, out_dtype: str = "FLOAT", accept_shapes: bool = True):
+    memory: dict[int, ctypes.Array] = {}
+    streams: dict[int, list] = {}
+
+    def alloc(n: int) -> int:
+        buf = (ctypes.c_uint8 * n)()
+        memory[ctypes.addressof(buf)] = buf
+        return ctypes.addressof(buf)
+
+    # -- cuda.bindings.runtime ------------------------------------------------------------------
+    rt = types.ModuleType("cuda.bindings.runtime")
+    ok = "cudaSuccess"
+    rt.cudaError_t = types.SimpleNamespace(cudaSuccess=ok)
+    rt.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H")
+    rt.cudaGetErrorString = lambda err: (ok, str(err).encode())
+
+    class Stream:
+        def __init__(self, i: int):
+            self.i = i
+
+        def __int__(self) -> int:
+            return self.i
+
+    def record(name, *args):
+        calls.append((name, threading.get_ident(), args))
+
+    def set_device(dev):
+        record("cudaSetDevice", dev)
+        return (ok,)
+
+    def stream_create():
+        s = Stream(1000 + len(streams))
+        streams[s.i] = []
+        record("cudaStreamCreate")
+        return ok, s
+
+    def malloc(n):
+        record("cudaMalloc", n)
+        return ok, alloc(n)
+
+    def malloc_host(n):
+        record("cudaMallocHost", n)
+        return ok, alloc(n)
+
+    def memcpy_async(dst, src, n, kind, stream):
+        record("cudaMemcpyAsync", kind, n)
+        streams[int(stream)].append(lambda: ctypes.memmove(dst, src, n))  # happens at synchronise
+        return (ok,)
+
+    def synchronize(stream):
+        record("cudaStreamSynchronize")
+        for op in streams[int(stream)]:
+            op()
+        streams[int(stream)].clear()
+        return (ok,)
+
+    def free(ptr):
+        record("free", ptr)
+        memory.pop(ptr)
+        return (ok,)
+
+    def props(dev):
+        return ok, types.SimpleNamespace(name=b"Fake GPU", major=9, minor=0)
+
+    rt.cudaSetDevice, rt.cudaStreamCreate, rt.cudaMalloc, rt.cudaMallocHost = set_device, stream_create, malloc, malloc_host
+    rt.cudaMemcpyAsync, rt.cudaStreamSynchronize, rt.cudaGetDeviceProperties = memcpy_async, synchronize, props
+    rt.cudaFree = rt.cudaFreeHost = free
+    rt.cudaStreamDestroy = lambda s: record("cudaStreamDestroy") or (ok,)
+
+    # -- tensorrt --------------------------------------------------------------------------------
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.99.0"
+    trt.DataType = types.SimpleNamespace(UINT8="UINT8", FLOAT="FLOAT", HALF="HALF")
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class Context:
+        def __init__(self):
+            self.shape, self.addr = None, {}
+
+        def set_input_shape(self, name, shape):
+            record("set_input_shape", name, tuple(shape))
+            self.shape = tuple(shape)
+            return accept_shapes
+
+        def set_tensor_address(self, name, ptr):
+            record("set_tensor_address", name, ptr)
+            self.addr[name] = ptr
+            return True
+
+        def execute_async_v3(self, stream):
+            record("execute_async_v3", stream)
+            n, h, w, c = self.shape
+            src, dst = self.addr["images"], self.addr["embeddings"]
+
+            def compute():
+                x = np.ctypeslib.as_array((ctypes.c_uint8 * (n * h * w * c)).from_address(src)).reshape(n, h, w, c)
+                y = tiny_reference(x.copy()).astype(np.float32)
+                ctypes.memmove(dst, y.ctypes.data, y.nbytes)
+
+            streams[stream].append(compute)
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i):
+            return ("images", "embeddings")[i]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if name == "images" else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name):
+            return trt.DataType.UINT8 if name == "images" else getattr(trt.DataType, out_dtype)
+
+        def get_tensor_shape(self, name):
+            return (-1, 8, 8, 3) if name == "images" else (-1, 4)
+
+        def create_execution_context(self):
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            record("deserialize_cuda_engine", len(data))
+            return Engine() if data.startswith(b"PLAN") else None
+
+    class Config:
+        def set_memory_pool_limit(self, pool, n):
+            record("set_memory_pool_limit", pool, n)
+
+        def add_optimization_profile(self, p):
+            record("add_optimization_profile", p.shapes)
+
+        def create_timing_cache(self, data):
+            return types.SimpleNamespace(serialize=lambda: b"TIMING" + bytes(data))
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            record("set_timing_cache", ignore_mismatch)
+            self.cache = cache
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes = (name, lo, opt, hi)
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            record("create_network", flags)
+            return object()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            record("build_serialized_network")
+            return b"PLAN-fake-engine"
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.num_errors = 0
+
+        def parse(self, data, path):
+            record("parse", path)
+            return True
+
+    trt.Logger, trt.Runtime, trt.Builder, trt.OnnxParser = Logger, Runtime, Builder, OnnxParser
+    return trt, rt, memory
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    def install(**kw):
+        calls = Calls()
+        trt, rt, memory = make_fakes(calls, **kw)
+        cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+        cuda.bindings, bindings.runtime = bindings, rt
+        for name, mod in (("tensorrt", trt), ("cuda", cuda), ("cuda.bindings", bindings), ("cuda.bindings.runtime", rt)):
+            monkeypatch.setitem(sys.modules, name, mod)
+        monkeypatch.delitem(sys.modules, "cuda.bindings.utils", raising=False)
+        return calls, memory
+
+    return install
+
+
+def build(tmp_path):
+    from cbir.engine.backends.tensorrt_plan import Profile
+    from cbir.export.tensorrt import build_engine
+
+    model = tiny_model(tmp_path / "tiny.onnx")
+    return build_engine(model, tmp_path / "tiny.plan", Profile(1, 2, 4), workspace_gb=0.25,
+                        timing_cache=tmp_path / "tc.bin")
+
+
+def test_build_engine_calls_and_cache(fake_gpu, tmp_path):
+    calls, _ = fake_gpu()
+    m = build(tmp_path)
+    names = calls.names()
+    assert names.index("create_network") < names.index("parse") < names.index("build_serialized_network")
+    assert dict((c[0], c[2]) for c in calls)["create_network"] == (1 << 1,)  # STRONGLY_TYPED, nothing else
+    assert ("add_optimization_profile", (("images", (1, 8, 8, 3), (2, 8, 8, 3), (4, 8, 8, 3)),)) in [(c[0], c[2]) for c in calls]
+    assert (tmp_path / "tiny.plan").read_bytes() == b"PLAN-fake-engine"
+    assert (tmp_path / "tc.bin").read_bytes() == b"TIMING"
+    assert m["gpu"] == {"name": "Fake GPU", "compute_capability": "9.0"} and not m["cached"]
+    calls.clear()
+    assert build(tmp_path)["cached"] and "build_serialized_network" not in calls.names()
+
+
+def test_runner_call_sequence_and_numbers(fake_gpu, tmp_path):
+    from cbir.engine.backends.tensorrt import TrtRunner
+
+    calls, memory = fake_gpu()
+    build(tmp_path)
+    runner = TrtRunner(tmp_path / "tiny.plan")
+    allocated = len(memory)
+    batch = np.concatenate([TINY_INPUT] * 5)  # 10 rows > max batch 4: split into 4 + 4 + 2
+    calls.clear()
+    got = runner.run(batch)
+    np.testing.assert_allclose(got, tiny_reference(batch), atol=1e-5)
+    shapes = [c[2][1] for c in calls if c[0] == "set_input_shape"]
+    assert shapes == [(4, 8, 8, 3), (4, 8, 8, 3), (2, 8, 8, 3)]
+    per_run = calls.names()[: len(calls) // 3]
+    assert per_run == ["cudaSetDevice", "cudaMemcpyAsync", "set_input_shape", "set_tensor_address",
+                       "set_tensor_address", "execute_async_v3", "cudaMemcpyAsync", "cudaStreamSynchronize"]
+    kinds = [c[2][0] for c in calls if c[0] == "cudaMemcpyAsync"][:2]
+    assert kinds == ["H2D", "D2H"]
+
+    # another thread (the batcher's worker) makes the device current in that thread before running
+    from cbir.engine.batcher import DynamicBatcher
+    from cbir.engine.preprocess import Preprocess
+
+    calls.clear()
+    with DynamicBatcher(runner.run, Preprocess((8, 8)), max_batch=2) as b:
+        vec = b.embed(TINY_INPUT[0])
+    np.testing.assert_allclose(vec, tiny_reference(TINY_INPUT[:1])[0], atol=1e-5)
+    worker = next(c[1] for c in calls if c[0] == "execute_async_v3")
+    assert worker != threading.get_ident()
+    assert ("cudaSetDevice", worker) in [(c[0], c[1]) for c in calls]
+
+    runner.close()
+    assert len(memory) == allocated - 4 and "cudaStreamDestroy" in calls.names()
+    runner.close()  # idempotent
+    with pytest.raises(CbirError, match="closed"):
+        runner.run(TINY_INPUT)
+
+
+def test_runner_refuses_rejected_shapes_and_wrong_dtypes(fake_gpu, tmp_path):
+    from cbir.engine.backends.tensorrt import TrtRunner
+
+    fake_gpu(accept_shapes=False)
+    build(tmp_path)
+    with TrtRunner(tmp_path / "tiny.plan") as runner:
+        with pytest.raises(CbirError, match="rejected input shape"):
+            runner.run(TINY_INPUT)
+    fake_gpu(out_dtype="HALF")
+    with pytest.raises(CbirError, match="tensor 'embeddings' is HALF"):
+        TrtRunner(tmp_path / "tiny.plan")
