@@ -79,8 +79,10 @@ def test_bench_accuracy_and_latency_cli(lite0_onnx, photos, tmp_path, capsys):
     assert main(["bench", "accuracy", "--model", str(lite0_onnx), "--data", str(data), "--seeds", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["seeds"] == 2 and r["images"] == 12 and set(r["per_class"]) == {"a", "b"}
-    for k in ("mAP", "mAP@10", "P@10", "P@100", "R@100"):
-        assert 0.0 <= r["metrics"][k]["mean"] <= 1.0
+    # 12 images, 6 per class, the query kept in its own ranking: every relevant image is in the
+    # top 100, at most 6 of the top 10 can be relevant, and the query itself is first (AP > 1/6)
+    m = r["metrics"]
+    assert m["R@100"]["mean"] == 1.0 and m["P@10"]["mean"] <= 0.6 + 1e-9 and m["mAP"]["mean"] > 1 / 6
     assert main(["bench", "latency", "--model", str(lite0_onnx), "--batch-sizes", "1,4", "--concurrency", "1,4",
                  "--data", str(data), "--repeats", "2", "--json"]) == 0
     lat = json.loads(capsys.readouterr().out)
@@ -97,15 +99,16 @@ def test_sweep_writes_reports_and_resumes(photos, tmp_path, capsys):
     out = tmp_path / "sweep"
     r = sweep(str(data), out, ["lite0"], [6], seeds=1, repeats=1, progress=False)
     cell = r["cells"][0]
-    assert cell["d"] == 192 and cell["weights"] == "imagenet" and 0 <= cell["mAP"] <= 1
+    assert cell["d"] == 192 and cell["weights"] == "imagenet" and cell["mAP"] > 0
     assert cell["img_s_bs32"] > 0 and cell["speedup_vs_torch"] > 0 and 0.5 < cell["gflops_per_image"] < 1.0
     for name in ("report.json", "report.csv", "report.md", "pareto.png", "cells/lite0_b6_gap.json"):
         assert (out / name).is_file(), name
     assert "| lite0 | 6 | 192 | imagenet |" in (out / "report.md").read_text()
     assert r["machine"]["cores"] >= 1 and "onnxruntime" in r["machine"]["versions"]
-    t0 = __import__("time").perf_counter()
+    cell_file = out / "cells/lite0_b6_gap.json"
+    written = cell_file.stat().st_mtime_ns
     again = sweep(str(data), out, ["lite0"], [6], seeds=1, repeats=1, progress=False)
-    assert again["cells"][0] == cell and __import__("time").perf_counter() - t0 < 15  # finished cell not redone
+    assert again["cells"][0] == cell and cell_file.stat().st_mtime_ns == written  # finished cell not redone
 
 
 def test_onnx_flops_counts_convs(lite0_onnx):

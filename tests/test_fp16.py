@@ -64,12 +64,6 @@ def test_fp16_gate_passes_with_true_fp16_arithmetic(fp16_gem):
 
 def test_overflowing_fp16_head_fails_the_gate(tmp_path, photos):
     """GeM with p = 8 in FP16 overflows (x^8 > 65504); ORT CPU would not notice."""
-    import copy
-
-    from cbir.validate.fidelity import fp16_gate
-    from cbir.models.retrieval import RetrievalModel
-    from cbir.models.trunk import build_trunk
-
     imgs = [str(p) for p in photos[:4]]
     with pytest.raises(CbirError, match="FP16 fidelity gate failed.*non-finite"):
         export_onnx("tf_efficientnet_lite0", tmp_path / "bad.onnx", block=7, pooling="gem", pretrained=True,
@@ -135,7 +129,7 @@ def test_tensorrt_paths_fail_clearly_without_tensorrt(lite0_onnx, tmp_path):
 
 def test_doctor_reports_cpu_ok(capsys):
     from cbir.cli import main
-    from cbir.doctor import tiny_model, tiny_reference
+    from cbir.doctor import tiny_reference
 
     rc = main(["doctor", "--json"])
     out = json.loads(capsys.readouterr().out)

@@ -186,3 +186,16 @@ def test_bench_http_against_the_real_server(server, index_dir):
     assert all(r["status"] == {"200": 8} and r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in rows)
     with pytest.raises(CbirError, match="loopback"):
         check_loopback("http://10.0.0.5:8000")
+
+
+def test_healthz_reports_a_dead_batcher(index_dir):
+    from cbir.serve.app import create_app
+
+    app = create_app(str(index_dir / "idx"))
+    with Server(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+        assert c.get("/healthz").status_code == 200
+        app.state.batcher.close()  # the worker is gone: the service can no longer embed
+        r = c.get("/healthz")
+        assert r.status_code == 503 and r.json()["status"] == "error" and "batcher worker" in r.json()["error"]
+        q = sorted((index_dir / "g").rglob("*.jpg"))[0]
+        assert c.post("/search", content=q.read_bytes()).status_code == 503

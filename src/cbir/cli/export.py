@@ -14,7 +14,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     if not a.pretrained and a.weights is None:
         print("cbir export: no --pretrained or --weights given: exporting random weights", file=sys.stderr)
     s = export_onnx(a.arch, a.output, block=a.block, pooling=a.pooling, pretrained=a.pretrained, weights=a.weights,
-                    image_size=a.image_size, whitening=a.whitening, resize=a.resize,
+                    image_size=a.image_size, whitening=a.whitening, resize=a.resize, resampling=a.resampling,
                     parity_images=a.images or None, precision=a.precision, gem_p=a.gem_p, calib=a.calib,
                     fidelity_data=a.fidelity_data)
     if a.json:
@@ -67,6 +67,8 @@ def register(sub) -> None:
     e.add_argument("--image-size", type=int, help="input side in pixels (default: the architecture's)")
     e.add_argument("--whitening", help="whitening file from `cbir whiten fit`, folded into the graph")
     e.add_argument("--resize", default="squash", choices=["squash", "crop"], help="resize policy recorded in the model (default squash)")
+    e.add_argument("--resampling", default="opencv", choices=["opencv", "pillow"],
+                   help="resampling policy recorded in the model: opencv (area/cubic, default) or pillow (antialiased)")
     e.add_argument("--images", nargs="*", help="photos (files or folders) for the parity/fidelity gate (default: scikit-image's bundled photos)")
     e.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
                    help="fp16: trunk in FP16, normalisation/pooling/whitening/L2 in FP32, for TensorRT (default fp32)")

@@ -18,7 +18,7 @@ def cmd_index_build(a: argparse.Namespace) -> int:
     existed = (root / INDEX_JSON).is_file()
     emb = open_embedder(a, a.model)
     g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
-                       dba=a.dba, dba_alpha=a.dba_alpha)
+                       dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall)
     if existed and not a.json:
         print(f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)", file=sys.stderr)
     distributed = None
@@ -62,6 +62,19 @@ def cmd_index_remove(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index_tune(a: argparse.Namespace) -> int:
+    from cbir.index.gallery import Gallery
+
+    g = Gallery(a.index)
+    t = g.tune(a.target_recall, a.max_ms_per_query)
+    if a.json:
+        print_json(t)
+    else:
+        print(f"{a.index}: {g.config['search'] or 'exact search'}; recall@10 {t['recall_at_10']} on {t['held_out_queries']} held-out vectors, "
+              f"{t['ms_per_query']:.3f} ms/query (batch {t['held_out_queries']})")
+    return 0
+
+
 def cmd_index_info(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
@@ -70,7 +83,10 @@ def cmd_index_info(a: argparse.Namespace) -> int:
         print_json(info)
     else:
         m = info["model"]
-        print(f"{info['path']}: {info['count']} images, d={info['dim']}, factory {info['factory']}, "
+        t = info["tuning"]
+        print(f"{info['path']}: {info['count']} images, d={info['dim']}, factory {info['index_factory']}"
+              + (f", search {info['search']}, recall@10 {t['recall_at_10']}, {t['ms_per_query']:.3f} ms/query"
+                 if t and t.get("ms_per_query") is not None else "") + f", {info['index_bytes'] or 0:,} bytes, "
               f"model {m['arch']} Block {m['block']} {m['pooling']} ({m['fingerprint']}), "
               f"{info['failed']} failed, {info['removed']} removed, {info['pending_shards']} shards pending")
     return 0
@@ -84,7 +100,10 @@ def register(sub) -> None:
     b.add_argument("--index", required=True, help="index directory (created, or resumed if it exists)")
     # Build options are fixed when the index is created: None = default for a new index, "as recorded" for
     # an existing one; an explicit value that differs from the recorded one is refused.
-    b.add_argument("--factory", help='FAISS factory string, e.g. "Flat" (default), "IVF1024,PQ32", "HNSW32"')
+    b.add_argument("--factory", help='FAISS factory string, e.g. "Flat" (default), "IVF1024,PQ32", "HNSW32", or "auto": '
+                                     'chosen from the gallery size and --memory-budget, tuned to --target-recall')
+    b.add_argument("--memory-budget", help="index memory budget for --factory auto, e.g. 4GB (default 4GB)")
+    b.add_argument("--target-recall", type=float, help="recall@10 vs exact search for --factory auto (default 0.95)")
     b.add_argument("--shard-size", type=int, help="images per resumable shard (default 1024)")
     b.add_argument("--whitening", help="whitening file applied to stored and query vectors")
     b.add_argument("--dba", type=int, help="database-side augmentation over N neighbours (default off)")
@@ -111,6 +130,12 @@ def register(sub) -> None:
     rm.add_argument("paths", nargs="+")
     rm.add_argument("--json", action="store_true")
     rm.set_defaults(fn=cmd_index_remove)
+    tu = ix.add_parser("tune", help="tune nprobe / efSearch to a recall target on held-out vectors")
+    tu.add_argument("index")
+    tu.add_argument("--target-recall", type=float, required=True, help="recall@10 vs exact search, e.g. 0.95")
+    tu.add_argument("--max-ms-per-query", type=float, help="refuse a setting slower than this")
+    tu.add_argument("--json", action="store_true")
+    tu.set_defaults(fn=cmd_index_tune)
     inf = ix.add_parser("info", help="what an index holds")
     inf.add_argument("index")
     inf.add_argument("--json", action="store_true")

@@ -12,7 +12,7 @@ def cmd_search(a: argparse.Namespace) -> int:
 
     g = Gallery(a.index)
     g.embedder(a.model, backend=a.backend, threads=a.threads, workers=a.workers)
-    results = g.search(a.queries, k=a.k, qe_n=a.qe, qe_alpha=a.qe_alpha)
+    results = g.search(a.queries, k=a.k, qe_n=a.qe, qe_alpha=a.qe_alpha, nprobe=a.nprobe, ef_search=a.ef_search)
     if a.json:
         print_json(results)
         return 0
@@ -33,6 +33,8 @@ def register(sub) -> None:
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--qe", type=int, default=0, help="query expansion over the top N (default off)")
     s.add_argument("--qe-alpha", type=float, default=0.0, help="α-QE exponent (0 = average QE)")
+    s.add_argument("--nprobe", type=int, help="IVF lists to visit (default: the index's tuned value)")
+    s.add_argument("--ef-search", type=int, help="HNSW efSearch (default: the index's tuned value)")
     s.add_argument("--model", help="model file (default: the one recorded in the index; must match it)")
     engine_args(s)
     s.add_argument("--json", action="store_true")

@@ -1,8 +1,11 @@
 """``index.json``: what an index directory was built with. Torch-free.
 
 Keys: ``model`` (facts + fingerprint), ``model_path``, ``preprocess`` (size, resize, interpolation,
-resampling: the pixels the vectors came from), ``factory``, ``dim`` (after whitening), ``shard_size``,
-``whitening`` (fingerprint), ``dba``/``dba_alpha``, ``trained_on``, ``cbir_version``, ``created``.
+resampling: the pixels the vectors came from), ``factory`` (a FAISS factory string, or ``auto`` with
+``memory_budget`` and ``target_recall``), ``index_factory`` (the one built), ``search`` (nprobe /
+efSearch used by every search unless a call overrides it), ``tuning`` (recall, ms/query measured when
+it was chosen), ``index_bytes``, ``dim`` (after whitening), ``shard_size``, ``whitening`` (fingerprint),
+``dba``/``dba_alpha``, ``trained_on``, ``cbir_version``, ``created``.
 Build options are fixed at creation: opening an existing index with a different explicit option is
 refused (one line naming the option), an option left out means "as recorded".
 """
@@ -18,7 +21,8 @@ from cbir.errors import CbirError
 
 INDEX_JSON = "index.json"
 SHARD_SIZE = 1024
-DEFAULTS = {"factory": "Flat", "shard_size": SHARD_SIZE, "dba": 0, "dba_alpha": 0.0}
+DEFAULTS = {"factory": "Flat", "shard_size": SHARD_SIZE, "dba": 0, "dba_alpha": 0.0,
+            "memory_budget": "4GB", "target_recall": 0.95}
 
 
 def load(root: Path) -> dict:
@@ -44,10 +48,17 @@ def new(embedder, options: dict, dim: int, whitening_fp: str | None) -> dict:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+SETTINGS = ("memory_budget", "target_recall")  # may change: they steer the next rebuild, not the vectors
+
+
 def check_options(root: Path, config: dict, given: dict) -> None:
-    """Refuse explicit build options that differ from the ones the index was created with."""
+    """Refuse explicit build options that differ from the ones the index was created with; take new
+    ``SETTINGS`` (saved by the next rebuild)."""
     for key, value in given.items():
         if value is None:
+            continue
+        if key in SETTINGS:
+            config[key] = value
             continue
         have = config.get(key, DEFAULTS.get(key))
         if have != value:

@@ -143,9 +143,11 @@ def to_gpu(index):
     return index
 
 
-def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
+    """(sims, ids) of the top ``k`` (capped at the index size); ``params``: a ``faiss.SearchParameters``."""
     k = max(1, min(k, index.ntotal)) if index.ntotal else 1
-    return index.search(np.ascontiguousarray(queries, np.float32), k)
+    q = np.ascontiguousarray(queries, np.float32)
+    return index.search(q, k) if params is None else index.search(q, k, params=params)
 
 
 def _first_line(e: Exception) -> str:

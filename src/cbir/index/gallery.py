@@ -27,7 +27,7 @@ from cbir import fsio
 from cbir.errors import CbirError
 from cbir.index import build as _build
 from cbir.index import config as _config
-from cbir.index import faiss_index, maintain
+from cbir.index import faiss_index, maintain, tuning
 from cbir.index.config import INDEX_JSON, SHARD_SIZE
 from cbir.index.search import search_with_qe
 from cbir.index.store import Store
@@ -61,13 +61,15 @@ class Gallery:
     # -- creation ------------------------------------------------------------------------------
     @classmethod
     def create(cls, root: str | os.PathLike, embedder, factory: str | None = None, shard_size: int | None = None,
-               whitening: str | None = None, dba: int | None = None, dba_alpha: float | None = None) -> "Gallery":
+               whitening: str | None = None, dba: int | None = None, dba_alpha: float | None = None,
+               memory_budget: str | None = None, target_recall: float | None = None) -> "Gallery":
         """Create INDEX_DIR for ``embedder``'s model, or open it if it exists (same model, and the
         same options where they are given: ``None`` = as recorded, or the default for a new index)."""
         from cbir.vectors import Whitening
 
         root = Path(root)
-        given = {"factory": factory, "shard_size": shard_size, "dba": dba, "dba_alpha": dba_alpha}
+        given = {"factory": factory, "shard_size": shard_size, "dba": dba, "dba_alpha": dba_alpha,
+                 "memory_budget": memory_budget, "target_recall": target_recall}
         wt = Whitening.load(whitening) if whitening else None
         if (root / INDEX_JSON).is_file():
             g = cls(root, embedder)
@@ -82,7 +84,12 @@ class Gallery:
         if wt is not None and wt.in_dim != dim:
             raise CbirError(f"--whitening {whitening}: fitted on {wt.in_dim}-d vectors, the model gives {dim}-d")
         dim = wt.out_dim if wt else dim
-        faiss_index.create(dim, options["factory"])  # validate the factory string now, not after embedding
+        if options["factory"] == "auto":  # validate now, not after embedding
+            tuning.parse_bytes(options["memory_budget"])
+            if not 0 < options["target_recall"] <= 1:
+                raise CbirError(f"--target-recall {options['target_recall']}: must be in (0, 1]")
+        else:
+            faiss_index.create(dim, options["factory"])
         root.mkdir(parents=True, exist_ok=True)
         if wt is not None:
             wt.save(root / "whitening.npz")
@@ -152,8 +159,18 @@ class Gallery:
         return maintain.load_vectors(self.store, self.root, self.config["model"]["dim"], shards)
 
     def _set_index(self, index) -> None:
+        tuning.set_search_params(index, self.config.get("search"))
         with self._lock:
             self._index, self._reconstructable = index, None
+
+    def tune(self, target_recall: float, max_ms: float | None = None) -> dict:
+        """Tune nprobe / efSearch of the built index to ``target_recall`` (recall@10 vs exact search on
+        held-out real vectors) and record it in index.json; returns the tuning record."""
+        index = self.index
+        maintain.tune(self, index, target_recall, max_ms)
+        tuning.set_search_params(index, self.config["search"])
+        self.save_config()
+        return self.config["tuning"]
 
     def rebuild_index(self) -> None:
         """(Re)build index.faiss from the shards: [whitening] → [DBA] → FAISS."""
@@ -206,7 +223,9 @@ class Gallery:
     def info(self) -> dict:
         c = self.config
         return {"count": self.store.count("indexed"), "dim": c["dim"], "model": c["model"], "model_path": c["model_path"],
-                "preprocess": c.get("preprocess"), "factory": c["factory"], "trained_on": c.get("trained_on", 0),
+                "preprocess": c.get("preprocess"), "factory": c["factory"],
+                "index_factory": c.get("index_factory", c["factory"]), "search": c.get("search", {}),
+                "tuning": c.get("tuning"), "index_bytes": c.get("index_bytes"), "trained_on": c.get("trained_on", 0),
                 "whitening": c.get("whitening"), "dba": c.get("dba", 0), "failed": self.store.count("failed"),
                 "removed": self.store.count("removed"), "pending_shards": len(self.store.pending_shards()),
                 "shards": len(self.store.done_shards()), "path": str(self.root)}
@@ -218,7 +237,9 @@ class Gallery:
                 path = self.root / "index.faiss"
                 if not path.is_file():
                     raise CbirError(f"--index {self.root}: no index.faiss yet (the build did not finish: run `cbir index build --resume`)")
-                self._index = faiss_index.load(path)
+                index = faiss_index.load(path)
+                tuning.set_search_params(index, self.config.get("search"))
+                self._index = index
             return self._index
 
     @property
@@ -245,25 +266,31 @@ class Gallery:
             out[valid] = index.reconstruct_batch(flat[valid])
         return out.reshape(*ids.shape, -1)
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, qe_n: int = 0, qe_alpha: float = 0.0) -> list[list[Hit]]:
+    def search_vectors(self, queries: np.ndarray, k: int = 10, qe_n: int = 0, qe_alpha: float = 0.0,
+                       nprobe: int | None = None, ef_search: int | None = None) -> list[list[Hit]]:
         """Search with already-embedded query vectors (raw model output). Only indexed items are
-        returned: an id whose item is not ``indexed`` in SQLite is dropped, never shown."""
+        returned: an id whose item is not ``indexed`` in SQLite is dropped, never shown.
+        ``nprobe`` / ``ef_search`` override the recorded search parameters for this call."""
         if k < 1:
             raise CbirError(f"-k {k}: must be ≥ 1")
         q = self.postprocess_queries(np.asarray(queries, np.float32))
         index = self.search_index
         if index is not self.index and max(k, qe_n) > faiss_index.GPU_MAX_K:
             index = self.index  # GPU k-selection is limited to 2048
-        sims, ids = search_with_qe(index, q, k, qe_n, qe_alpha, self.vectors_for)
+        params = tuning.search_parameters(self.index, {"nprobe": nprobe, "efSearch": ef_search})
+        if params is not None and index is not self.index:
+            index = self.index  # per-call parameters: the CPU index (GPU copies take their own)
+        sims, ids = search_with_qe(index, q, k, qe_n, qe_alpha, self.vectors_for, params)
         paths = self.store.paths_for_ids(np.unique(ids))
         return [[Hit(int(i), paths[int(i)], float(s)) for s, i in zip(srow, irow) if int(i) in paths]
                 for srow, irow in zip(sims, ids)]
 
-    def search(self, images: Sequence, k: int = 10, qe_n: int = 0, qe_alpha: float = 0.0) -> list[dict]:
+    def search(self, images: Sequence, k: int = 10, qe_n: int = 0, qe_alpha: float = 0.0,
+               nprobe: int | None = None, ef_search: int | None = None) -> list[dict]:
         """Embed query images and search; bad query images get an ``error`` entry instead of results."""
         emb = self.embedder()
         res = emb.embed_files(list(images))
-        hits = self.search_vectors(res.vectors, k, qe_n, qe_alpha) if len(res.vectors) else []
+        hits = self.search_vectors(res.vectors, k, qe_n, qe_alpha, nprobe, ef_search) if len(res.vectors) else []
         out: list[dict] = [{} for _ in images]
         for pos, h in zip(res.indices, hits):
             out[pos] = {"query": str(images[pos]), "results": [h_.__dict__ for h_ in h]}

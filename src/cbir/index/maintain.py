@@ -1,46 +1,131 @@
 """FAISS maintenance of an index directory: ``index.faiss`` is derived from the shard files (the
 source of truth) — rebuilt whole, or updated in place (remove changed ids, add new shards) where the
 index type allows it. Post-processing on the way in: [whitening] → [DBA] → FAISS.
+
+Streaming rebuild: a trained factory is trained on a seeded sample (at most ``TRAIN_SAMPLE`` vectors,
+drawn shard by shard), then vectors are added one shard at a time, so peak memory is the index plus
+one shard, never all raw vectors. DBA is the exception: it needs every vector's neighbours, so a DBA
+index loads all vectors (documented in the README).
+
+``--factory auto``: the factory is chosen from the number of indexed vectors, their dimension and the
+memory budget (``tuning.choose_factory``), recorded as ``index_factory``, and its search knob is tuned
+to the target recall on held-out real vectors from the shards (``tuning``); the chosen parameters and
+the measured recall, ms/query and bytes are recorded under ``search`` / ``tuning`` in index.json.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from cbir import vectors
-from cbir.index import faiss_index
+from cbir.index import faiss_index, tuning
 from cbir.index.shards import read_shard
+
+HELD_OUT = 500  # queries for tuning
 
 
 def load_vectors(store, root, dim: int, shards: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, raw vectors) of the indexed items whose current vectors are in ``shards`` (default all)."""
     ids_parts, vec_parts = [], []
+    for ids, vecs in iter_shard_vectors(store, root, shards):
+        ids_parts.append(ids)
+        vec_parts.append(vecs)
+    if not ids_parts:
+        return np.empty(0, np.int64), np.empty((0, dim), np.float32)
+    return np.concatenate(ids_parts), np.concatenate(vec_parts)
+
+
+def iter_shard_vectors(store, root, shards: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, raw vectors) of the indexed items, one shard at a time."""
     for shard in store.done_shards() if shards is None else shards:
         live = store.indexed_ids_of_shard(shard)
         if not live:
             continue
         out = read_shard(root, shard)
         keep = np.fromiter((i in live for i in out.ids.tolist()), bool, len(out.ids))
-        ids_parts.append(out.ids[keep])
-        vec_parts.append(out.vectors[keep])
+        if keep.any():
+            yield out.ids[keep], out.vectors[keep]
+
+
+def sample_vectors(store, root, limit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded uniform sample of at most ``limit`` (ids, raw vectors), read shard by shard."""
+    total = store.count("indexed")
+    rng = np.random.default_rng(seed)
+    ids_parts, vec_parts = [], []
+    for ids, vecs in iter_shard_vectors(store, root):
+        take = len(ids) if total <= limit else rng.binomial(len(ids), limit / total)
+        pick = rng.choice(len(ids), min(take, len(ids)), replace=False)
+        ids_parts.append(ids[pick])
+        vec_parts.append(vecs[pick])
     if not ids_parts:
-        return np.empty(0, np.int64), np.empty((0, dim), np.float32)
+        return np.empty(0, np.int64), np.empty((0, 0), np.float32)
     return np.concatenate(ids_parts), np.concatenate(vec_parts)
 
 
+def exact_topk(gallery, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k ids of ``queries`` over every stored vector, shard by shard."""
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.full((len(queries), k), -1, np.int64)
+    for ids, vecs in iter_shard_vectors(gallery.store, gallery.root):
+        s = queries @ gallery.postprocess_queries(vecs).T
+        cat_s, cat_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, np.broadcast_to(ids, s.shape)], 1)
+        top = np.argpartition(-cat_s, k - 1, axis=1)[:, :k] if cat_s.shape[1] > k else np.arange(cat_s.shape[1])[None].repeat(len(s), 0)
+        best_s, best_i = np.take_along_axis(cat_s, top, 1), np.take_along_axis(cat_i, top, 1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+
+
+def resolve_factory(cfg: dict, n: int) -> str:
+    if cfg["factory"] != "auto":
+        return cfg["factory"]
+    return tuning.choose_factory(n, cfg["dim"], tuning.parse_bytes(cfg["memory_budget"]))
+
+
 def rebuild(gallery) -> object:
-    """(Re)build index.faiss from the shards; returns the new index."""
+    """(Re)build index.faiss from the shards, streaming; returns the new index."""
     cfg = gallery.config
-    ids, vecs = load_vectors(gallery.store, gallery.root, cfg["model"]["dim"])
-    vecs = gallery.postprocess_queries(vecs) if len(vecs) else np.empty((0, cfg["dim"]), np.float32)
-    if cfg.get("dba") and len(vecs):
-        vecs = vectors.dba(vecs, int(cfg["dba"]), float(cfg.get("dba_alpha", 0.0)))
-    index, trained = faiss_index.build(vecs, ids, cfg["factory"])
+    n = gallery.store.count("indexed")
+    factory = resolve_factory(cfg, n)
+    if cfg.get("dba") and n:
+        ids, vecs = load_vectors(gallery.store, gallery.root, cfg["model"]["dim"])
+        vecs = vectors.dba(gallery.postprocess_queries(vecs), int(cfg["dba"]), float(cfg.get("dba_alpha", 0.0)))
+        index, trained = faiss_index.build(vecs, ids, factory)
+    else:
+        index = faiss_index.create(cfg["dim"], factory)
+        trained = 0
+        if n and not index.is_trained:
+            _, sample = sample_vectors(gallery.store, gallery.root, faiss_index.TRAIN_SAMPLE)
+            trained = faiss_index.train(index, gallery.postprocess_queries(sample), factory)
+        for ids, vecs in iter_shard_vectors(gallery.store, gallery.root):
+            index.add_with_ids(np.ascontiguousarray(gallery.postprocess_queries(vecs), np.float32), ids)
+    cfg["index_factory"], cfg["trained_on"] = factory, trained
+    if cfg["factory"] == "auto":
+        tune(gallery, index)
     faiss_index.save(index, gallery.root / "index.faiss")
-    cfg["trained_on"] = trained
+    cfg["index_bytes"] = (gallery.root / "index.faiss").stat().st_size
     gallery.save_config()
     return index
+
+
+def tune(gallery, index, target: float | None = None, max_ms: float | None = None, k: int = 10) -> dict:
+    """Tune the index's search knob on held-out real vectors; records ``search`` and ``tuning``."""
+    cfg = gallery.config
+    target = float(target if target is not None else cfg.get("target_recall", 0.95))
+    held_ids, held = sample_vectors(gallery.store, gallery.root, HELD_OUT, seed=1)
+    if tuning.knob(index) is None or len(held_ids) == 0:
+        result = {"params": {}, "recall": 1.0, "ms_per_query": None, "tried": []}
+    else:
+        q = np.ascontiguousarray(gallery.postprocess_queries(held), np.float32)
+        kk = min(k, max(1, index.ntotal - 1))
+        _, truth = exact_topk(gallery, q, kk + 1)
+        truth = np.stack([row[row != o][:kk] for row, o in zip(truth, held_ids)])  # its own id does not count
+        result = tuning.tune(index, q, truth, target, max_ms, own=held_ids)
+    cfg["search"] = result["params"]
+    cfg["tuning"] = {"target_recall": target, "recall_at_10": round(result["recall"], 4),
+                     "ms_per_query": result["ms_per_query"], "held_out_queries": int(len(held_ids)),
+                     "tried": result["tried"], "index_factory": cfg.get("index_factory", cfg["factory"])}
+    return result
 
 
 def update(gallery, changed_ids: np.ndarray, new_shards: Sequence[int] = ()) -> object:
@@ -52,8 +137,7 @@ def update(gallery, changed_ids: np.ndarray, new_shards: Sequence[int] = ()) -> 
     index = faiss_index.load(path)
     if not faiss_index.remove(index, changed_ids):
         return rebuild(gallery)
-    ids, vecs = load_vectors(gallery.store, gallery.root, gallery.config["model"]["dim"], new_shards)
-    if len(ids):
+    for ids, vecs in iter_shard_vectors(gallery.store, gallery.root, new_shards):
         index.add_with_ids(np.ascontiguousarray(gallery.postprocess_queries(vecs), np.float32), ids)
     faiss_index.save(index, path)
     return index

@@ -47,8 +47,8 @@ def create_app(index_dir: str, max_batch: int = 32, max_delay_ms: float = 5.0, m
 
     @asynccontextmanager
     async def lifespan(app):
-        state["batcher"] = emb.batcher(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
-                                       timeout_s=timeout_s)
+        state["batcher"] = app.state.batcher = emb.batcher(max_batch=max_batch, max_delay_ms=max_delay_ms,
+                                                           max_queue=max_queue, timeout_s=timeout_s)
         _ = gallery.index  # load the FAISS index before the first request
         yield
         await run_in_threadpool(state["batcher"].close, True)  # drain what is queued

@@ -90,7 +90,7 @@ def fp16_gate(fp32_model, fp16_model, onnx_path: Path, info, images: list | None
 
 def delta_map(fp32_model, fp16_model, data: str, pp) -> dict:
     """mAP (every image as a query, query kept) of FP32 vs torch-half vectors on a labelled folder."""
-    from cbir.bench.accuracy import evaluate
+    from cbir.bench.ranking import evaluate
     from cbir.bench.protocol import load_dataset
 
     ds = load_dataset(data)

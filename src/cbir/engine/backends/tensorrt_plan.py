@@ -73,25 +73,16 @@ def is_fresh(plan: str | Path, key: str) -> bool:
 
 
 def gpu_facts(device: int = 0) -> dict:
-    """GPU name and compute capability via cuda-python, else torch; raises when no CUDA device."""
+    """GPU name and compute capability via cuda-python; raises when it is missing or sees no device."""
     try:
         from cuda.bindings import runtime as cudart
-
-        err, prop = cudart.cudaGetDeviceProperties(device)
-        if err == cudart.cudaError_t.cudaSuccess:
-            name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
-            return {"name": name.strip("\x00 "), "compute_capability": f"{prop.major}.{prop.minor}"}
+    except ImportError:
+        raise CbirError("cuda-python is not installed (pip install 'cbir[gpu]'): cannot query the GPU") from None
+    err, prop = cudart.cudaGetDeviceProperties(device)
+    if err != cudart.cudaError_t.cudaSuccess:
         raise CbirError(f"no CUDA device {device}: {cudart.cudaGetErrorString(err)[1]}")
-    except ImportError:
-        pass
-    try:
-        import torch
-    except ImportError:
-        raise CbirError("neither cuda-python nor torch is installed: cannot query the GPU") from None
-    if not torch.cuda.is_available():
-        raise CbirError("no CUDA device visible (torch.cuda.is_available() is False)")
-    major, minor = torch.cuda.get_device_capability(device)
-    return {"name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
+    name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
+    return {"name": name.strip("\x00 "), "compute_capability": f"{prop.major}.{prop.minor}"}
 
 
 def write_manifest(plan: str | Path, manifest: dict) -> None:

@@ -1,0 +1,103 @@
+"""Imports point one way (DESIGN.md §1; the table in ``cbir/__init__.py``): a module imports only
+from its own package or from a lower layer, and the inference path never imports torch.
+
+Read from the source with ``ast`` (lazy imports inside functions count too), so a new upward import
+fails here before it becomes a cycle.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import cbir
+
+SRC = Path(cbir.__file__).parent
+# Longest prefix wins. Lower number = lower layer.
+LAYERS = {
+    "cbir.errors": 0, "cbir.modelinfo": 0, "cbir.vectors": 0, "cbir.fsio": 0, "cbir.cores": 0,
+    "cbir.walk": 0, "cbir.samples": 0,
+    "cbir.engine": 1, "cbir.models": 1,
+    "cbir.index": 2, "cbir.bench.metrics": 2, "cbir.bench.protocol": 2,
+    "cbir.bench.ranking": 3,
+    "cbir.validate": 4,
+    "cbir.export": 5, "cbir.finetune": 5,
+    "cbir.bench": 6, "cbir.serve": 6, "cbir.doctor": 6, "cbir.cli": 7, "cbir.__main__": 8,
+}
+TORCH_FREE = ("cbir.engine", "cbir.index", "cbir.vectors", "cbir.modelinfo", "cbir.fsio", "cbir.walk",
+              "cbir.bench.metrics", "cbir.bench.protocol", "cbir.serve")
+# run_torch paths take torch tensors from the caller: torch is already there when they run
+TORCH_OK_FUNCTIONS = {"run_torch"}
+
+
+def layer(module: str) -> tuple[str, int]:
+    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return best, LAYERS[best]
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports(tree: ast.AST, module: str):
+    """(imported module, enclosing function name or None) for every import in the file."""
+    out = []
+
+    def visit(node, func):
+        for child in ast.iter_child_nodes(node):
+            f = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
+            if isinstance(child, ast.Import):
+                out.extend((a.name, f) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    base = ".".join(module.split(".")[: -child.level] + ([base] if base else []))
+                out.extend((f"{base}.{a.name}", f) for a in child.names)
+            visit(child, f)
+
+    visit(tree, None)
+    return out
+
+
+def test_imports_point_one_way():
+    problems = []
+    for path in sorted(SRC.rglob("*.py")):
+        mod = module_name(path)
+        if mod == "cbir":
+            continue  # the package's lazy ``__getattr__`` re-exports
+        own_prefix, own = layer(mod)
+        for target, func in imports(ast.parse(path.read_text()), mod):
+            if target.startswith("cbir.") and target not in ("cbir.__version__",):
+                t_prefix, t = layer(target)
+                same_package = t_prefix.split(".")[:2] == own_prefix.split(".")[:2]
+                if t > own or (t == own and own > 0 and not same_package):  # layer 0: the core, one flat set
+                    problems.append(f"{mod} (layer {own}) imports {target} (layer {t})")
+            if target.split(".")[0] in ("torch", "timm", "torchvision") and mod.startswith(TORCH_FREE) \
+                    and func not in TORCH_OK_FUNCTIONS:
+                problems.append(f"{mod} imports {target} in {func or 'module scope'}")
+    assert not problems, "\n".join(problems)
+
+
+def test_inference_path_runs_without_torch(lite0_onnx, gallery_dir, tmp_path):
+    """Embed, build, search in a fresh interpreter where importing torch would raise."""
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'timm', 'torchvision'):
+            raise ImportError('torch is blocked in this test')
+sys.meta_path.insert(0, Block())
+from cbir.index.gallery import Gallery
+from cbir.engine.embedder import Embedder
+g = Gallery.create({str(tmp_path / 'idx')!r}, Embedder({str(lite0_onnx)!r}))
+g.build([{str(gallery_dir)!r}])
+print(len(g.search([{str(next(gallery_dir.rglob('*.jpg')))!r}], k=3)[0]['results']))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "3"
