@@ -13,6 +13,10 @@ def cmd_index_build(a: argparse.Namespace) -> int:
     from cbir.index.gallery import INDEX_JSON, Gallery
 
     root = Path(a.index)
+    if (a.images_dir is None) == (a.from_vectors is None):
+        raise CbirError("index build: give IMAGES_DIR or --from-vectors V.npy --paths P.txt (one of them)")
+    if a.from_vectors is not None:
+        return build_from_vectors(a, root)
     if not Path(a.images_dir).is_dir():
         raise CbirError(f"IMAGES_DIR {a.images_dir}: not a directory")
     existed = (root / INDEX_JSON).is_file()
@@ -30,6 +34,25 @@ def cmd_index_build(a: argparse.Namespace) -> int:
     report = g.build([a.images_dir], batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty(),
                      distributed=distributed, retry_failed=a.retry_failed)
     return _print_report(a, report, "indexed")
+
+
+def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
+    """Every input is checked before anything is written: vectors, paths, dimension, memory budget."""
+    from cbir.index import tuning
+    from cbir.index.gallery import INDEX_JSON, Gallery
+    from cbir.index.ingest import VectorSource, check_dim, ingest, read_paths
+
+    if a.paths is None:
+        raise CbirError("--from-vectors needs --paths P.txt (one path or URI per row)")
+    source = VectorSource(a.from_vectors)
+    paths = read_paths(a.paths, len(source))
+    emb = open_embedder(a, a.model)
+    check_dim(source, emb.dim)
+    if a.factory == "auto" and not (root / INDEX_JSON).is_file():
+        tuning.choose_factory(len(source), emb.dim, tuning.parse_bytes(a.memory_budget or "4GB"))
+    g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
+                       dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall)
+    return _print_report(a, ingest(g, source, paths, progress=not a.json and sys.stderr.isatty()), "indexed")
 
 
 def _print_report(a: argparse.Namespace, report: dict, verb: str) -> int:
@@ -95,7 +118,9 @@ def cmd_index_info(a: argparse.Namespace) -> int:
 def register(sub) -> None:
     ix = sub.add_parser("index", help="build and edit a gallery index").add_subparsers(dest="index_command", required=True)
     b = ix.add_parser("build", help="index a folder of images (resumable)")
-    b.add_argument("images_dir")
+    b.add_argument("images_dir", nargs="?", help="folder of images (or use --from-vectors)")
+    b.add_argument("--from-vectors", help="index existing embeddings: a .npy [N, D] or a folder of .npy files")
+    b.add_argument("--paths", help="with --from-vectors: text file, one path or URI per row")
     b.add_argument("--model", required=True)
     b.add_argument("--index", required=True, help="index directory (created, or resumed if it exists)")
     # Build options are fixed when the index is created: None = default for a new index, "as recorded" for

@@ -183,7 +183,7 @@ class Gallery:
         scanned = self.scan(images, retry_failed)
         work = self.process_pending(batch_size, progress, distributed)
         self.rebuild_index()
-        return self._report(work, scanned, t0)
+        return self.write_report(work, scanned, t0)
 
     def add(self, paths: Sequence[str | os.PathLike], batch_size: int = 32, progress: bool = False,
             retry_failed: bool = False) -> dict:
@@ -198,7 +198,7 @@ class Gallery:
             self.rebuild_index()
         else:
             self._set_index(maintain.update(self, np.array(changed, np.int64), new_shards))
-        return self._report(work, scanned, t0)
+        return self.write_report(work, scanned, t0)
 
     def remove(self, paths: Sequence[str | os.PathLike]) -> dict:
         """Remove files (or everything under folders) from the index by path; files need not exist."""
@@ -210,7 +210,8 @@ class Gallery:
         self._set_index(maintain.update(self, np.array(ids, np.int64)))
         return {"removed": len(ids), "count": self.store.count("indexed")}
 
-    def _report(self, work: dict, scanned: _build.Scan, t0: float) -> dict:
+    def write_report(self, work: dict, scanned: _build.Scan, t0: float) -> dict:
+        """report.json (and the return value) of a build or add: counts, failures, timings."""
         timings = dict(work["timings"])
         timings["total"] = round(time.perf_counter() - t0, 3)
         report = {"indexed": work["indexed"], "failed": self.store.failed(), "skipped": scanned.unchanged,

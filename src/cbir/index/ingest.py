@@ -1,0 +1,129 @@
+"""Vectors in: index embeddings that already exist (``cbir index build --from-vectors``).
+
+Sources: one ``.npy`` file [N, D] (float32/float16/float64) or a folder of them (sorted by name,
+rows concatenated), read memory-mapped one shard at a time; ``--paths`` a text file with one path or
+URI per line, the same count and order as the rows. The vectors must come from the index's model
+(same dimension; the user vouches for the model, since the fingerprint cannot be checked) and are
+L2-normalised on the way in (inner product = cosine). A row with a non-finite value is reported as
+failed, like a broken image. The work is the same shard unit as an image build: rows are assigned to
+shards first, each shard's output file is written and committed, so a killed ingest resumes.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cbir import vectors as vmath
+from cbir.errors import CbirError
+from cbir.index.build import Scan, commit_shard, progress_bar
+from cbir.index.shards import ShardOutput, write_shard
+
+
+class VectorSource:
+    """Rows of one or more .npy files as one [N, D] sequence, memory-mapped."""
+
+    def __init__(self, src: str | os.PathLike):
+        src = Path(src)
+        files = sorted(src.glob("*.npy")) if src.is_dir() else [src]
+        if not files or not all(f.is_file() for f in files):
+            raise CbirError(f"--from-vectors {src}: no .npy file there")
+        self.arrays = []
+        for f in files:
+            try:
+                a = np.load(f, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise CbirError(f"--from-vectors {f}: not a readable .npy array ({e})") from None
+            if a.ndim != 2 or a.dtype.kind != "f":
+                raise CbirError(f"--from-vectors {f}: need a 2-d float array [N, D], got {a.dtype} {a.shape}")
+            self.arrays.append(a)
+        dims = {a.shape[1] for a in self.arrays}
+        if len(dims) != 1:
+            raise CbirError(f"--from-vectors {src}: files differ in dimension {sorted(dims)}")
+        self.dim = dims.pop()
+        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
+        self.source = str(src)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """float32 rows at global positions ``index`` (any order)."""
+        out = np.empty((len(index), self.dim), np.float32)
+        which = np.searchsorted(self.offsets, index, side="right") - 1
+        for f in np.unique(which):
+            sel = which == f
+            out[sel] = self.arrays[f][index[sel] - self.offsets[f]]
+        return out
+
+
+def read_paths(path: str | os.PathLike, expected: int) -> list[str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CbirError(f"--paths {path}: cannot read ({e})") from None
+    paths = [line.strip() for line in lines if line.strip()]
+    if len(paths) != expected:
+        raise CbirError(f"--paths {path}: {len(paths)} paths for {expected} vectors; one path per row is needed")
+    seen: set[str] = set()
+    for p in paths:
+        if p in seen:
+            raise CbirError(f"--paths {path}: {p!r} appears twice; every row needs its own path")
+        seen.add(p)
+    return paths
+
+
+def check_dim(source: VectorSource, dim: int) -> None:
+    if source.dim != dim:
+        raise CbirError(f"--from-vectors {source.source}: {source.dim}-d vectors, the model gives {dim}-d")
+
+
+def ingest(gallery, source: VectorSource, paths: list[str], progress: bool = False) -> dict:
+    """Register rows as items in shards, write and commit each shard; returns the build report."""
+    t0 = time.perf_counter()
+    check_dim(source, gallery.config["model"]["dim"])
+    store, shard_size = gallery.store, gallery.config["shard_size"]
+    known = store.items_by_paths()
+    scan = Scan()
+    with store.transaction():
+        shard, in_shard = None, 0
+        for p in paths:
+            if p in known and known[p][3] != "removed":
+                scan.unchanged.append(p)
+                continue
+            if shard is None or in_shard >= shard_size:
+                shard, in_shard = store.new_shard(), 0
+            if p in known:
+                store.requeue_item(known[p][0], -1, -1.0, shard)
+            else:
+                store.add_item(p, -1, -1.0, shard)
+            in_shard += 1
+            scan.queued += 1
+    row_of = {p: i for i, p in enumerate(paths)}
+    work = [(s, store.shard_items(s)) for s in store.pending_shards()]
+    bar = progress_bar(sum(len(items) for _, items in work), progress)
+    indexed = failed = 0
+    for shard, items in work:
+        ids = np.array([i for i, _ in items], np.int64)
+        rows = np.array([row_of.get(p, -1) for _, p in items], np.int64)
+        ok = rows >= 0
+        vecs = np.zeros((len(items), source.dim), np.float32)
+        vecs[ok] = source.rows(rows[ok])
+        ok &= np.isfinite(vecs).all(axis=1) & (np.abs(vecs).sum(axis=1) > 0)
+        reasons = np.array(["non-finite or zero vector" if r >= 0 else "path not in --paths" for r in rows[~ok]], str)
+        out = ShardOutput(ids[ok], vmath.l2_normalize(vecs[ok]), np.array([""] * int(ok.sum()), str),
+                          np.full(int(ok.sum()), -1, np.int64), ids[~ok], reasons)
+        write_shard(gallery.root, shard, out)
+        n_ok, n_bad = commit_shard(store, shard, out)
+        indexed, failed = indexed + n_ok, failed + n_bad
+        if bar is not None:
+            bar.update(len(items))
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - t0
+    gallery.rebuild_index()
+    timings = {"wall": round(wall, 3), "images": indexed, "failed": failed,
+               "images_per_s": round(indexed / wall, 2) if wall > 0 else 0.0}
+    return gallery.write_report({"indexed": indexed, "timings": timings}, scan, t0)
