@@ -22,7 +22,8 @@ def cmd_index_build(a: argparse.Namespace) -> int:
     existed = (root / INDEX_JSON).is_file()
     emb = open_embedder(a, a.model)
     g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
-                       dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall)
+                       dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall,
+                       wait=a.wait)
     if existed and not a.json:
         print(f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)", file=sys.stderr)
     distributed = None
@@ -51,7 +52,8 @@ def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
     if a.factory == "auto" and not (root / INDEX_JSON).is_file():
         tuning.choose_factory(len(source), emb.dim, tuning.parse_bytes(a.memory_budget or "4GB"))
     g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
-                       dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall)
+                       dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall,
+                       wait=a.wait)
     return _print_report(a, ingest(g, source, paths, progress=not a.json and sys.stderr.isatty()), "indexed")
 
 
@@ -72,7 +74,7 @@ def _print_report(a: argparse.Namespace, report: dict, verb: str) -> int:
 def cmd_index_add(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
-    g = Gallery(a.index)
+    g = Gallery(a.index, wait=a.wait)
     g.embedder(backend=a.backend, threads=a.threads, workers=a.workers)
     return _print_report(a, g.add(a.paths, batch_size=a.batch_size, retry_failed=a.retry_failed), "added")
 
@@ -80,7 +82,7 @@ def cmd_index_add(a: argparse.Namespace) -> int:
 def cmd_index_remove(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
-    r = Gallery(a.index).remove(a.paths)
+    r = Gallery(a.index, wait=a.wait).remove(a.paths)
     print_json(r) if a.json else print(f"removed {r['removed']}; index holds {r['count']}")
     return 0
 
@@ -88,7 +90,7 @@ def cmd_index_remove(a: argparse.Namespace) -> int:
 def cmd_index_tune(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
-    g = Gallery(a.index)
+    g = Gallery(a.index, wait=a.wait)
     t = g.tune(a.target_recall, a.max_ms_per_query)
     if a.json:
         print_json(t)
@@ -142,6 +144,7 @@ def register(sub) -> None:
     b.add_argument("--gpus-per-worker", type=float, default=0)
     engine_args(b)
     b.add_argument("--json", action="store_true")
+    b.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
     b.set_defaults(fn=cmd_index_build)
     ad = ix.add_parser("add", help="add new or changed files or folders")
     ad.add_argument("index")
@@ -149,17 +152,20 @@ def register(sub) -> None:
     ad.add_argument("--retry-failed", action="store_true", help="embed again files that failed before even if unchanged")
     engine_args(ad)
     ad.add_argument("--json", action="store_true")
+    ad.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
     ad.set_defaults(fn=cmd_index_add)
     rm = ix.add_parser("remove", help="remove files or folders from the index")
     rm.add_argument("index")
     rm.add_argument("paths", nargs="+")
     rm.add_argument("--json", action="store_true")
+    rm.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
     rm.set_defaults(fn=cmd_index_remove)
     tu = ix.add_parser("tune", help="tune nprobe / efSearch to a recall target on held-out vectors")
     tu.add_argument("index")
     tu.add_argument("--target-recall", type=float, required=True, help="recall@10 vs exact search, e.g. 0.95")
     tu.add_argument("--max-ms-per-query", type=float, help="refuse a setting slower than this")
     tu.add_argument("--json", action="store_true")
+    tu.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
     tu.set_defaults(fn=cmd_index_tune)
     inf = ix.add_parser("info", help="what an index holds")
     inf.add_argument("index")

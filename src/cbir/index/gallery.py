@@ -8,15 +8,24 @@ Layout of INDEX_DIR:
 - ``report.json`` what the last build/add did
 
 The pieces live in their own modules: ``config`` (index.json), ``build`` (scan → embed → commit),
-``maintain`` (FAISS from shards), ``search`` (k-NN + query expansion). ``Gallery`` ties them together
-and is safe to search from many threads (``cbir serve``): the lazily loaded FAISS index, its GPU copy
-and its reconstruction map are created under a lock.
+``maintain`` (FAISS from shards), ``search`` (k-NN + query expansion), ``lock`` (one writer).
+``Gallery`` ties them together and is safe to search from many threads (``cbir serve``): the lazily
+loaded FAISS index, its GPU copy and its reconstruction map are created under a lock.
+
+Integrity: SQLite's generation (``store``) moves with every change to the indexed set; index.json's
+``faiss_generation`` says which generation index.faiss holds, written after index.faiss. Opening the
+FAISS index when they differ (a writer died between the two) rebuilds it from the shards first — if
+no other writer is at work; a reader that cannot take the writer lock searches the index as it is,
+and still never shows a removed or failed item (search keeps only ids SQLite calls indexed).
+``refresh()`` picks up a newer index.faiss written by another process (``cbir serve`` calls it), and
+swaps it in atomically: searches already running finish on the old one.
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +38,7 @@ from cbir.index import build as _build
 from cbir.index import config as _config
 from cbir.index import faiss_index, maintain, tuning
 from cbir.index.config import INDEX_JSON, SHARD_SIZE
+from cbir.index.lock import WriterLock
 from cbir.index.search import search_with_qe
 from cbir.index.store import Store
 
@@ -45,9 +55,13 @@ class Hit:
 class Gallery:
     """An index directory. Open an existing one with ``Gallery(dir)``; create with ``Gallery.create``."""
 
-    def __init__(self, root: str | os.PathLike, embedder=None):
+    def __init__(self, root: str | os.PathLike, embedder=None, wait: bool = False):
         self.root = Path(root)
         self.config = _config.load(self.root)
+        self._config_stamp = (self.root / INDEX_JSON).stat().st_mtime_ns
+        self._writer = WriterLock(self.root)
+        self._writer_depth = 0
+        self.wait = wait  # writers: wait for another writer instead of failing
         self.store = Store(self.root / "meta.sqlite")
         self._embedder = embedder
         self._index = None
@@ -62,7 +76,7 @@ class Gallery:
     @classmethod
     def create(cls, root: str | os.PathLike, embedder, factory: str | None = None, shard_size: int | None = None,
                whitening: str | None = None, dba: int | None = None, dba_alpha: float | None = None,
-               memory_budget: str | None = None, target_recall: float | None = None) -> "Gallery":
+               memory_budget: str | None = None, target_recall: float | None = None, wait: bool = False) -> "Gallery":
         """Create INDEX_DIR for ``embedder``'s model, or open it if it exists (same model, and the
         same options where they are given: ``None`` = as recorded, or the default for a new index)."""
         from cbir.vectors import Whitening
@@ -72,7 +86,7 @@ class Gallery:
                  "memory_budget": memory_budget, "target_recall": target_recall}
         wt = Whitening.load(whitening) if whitening else None
         if (root / INDEX_JSON).is_file():
-            g = cls(root, embedder)
+            g = cls(root, embedder, wait=wait)
             _config.check_options(root, g.config, {**given, "whitening": wt.fingerprint if wt else None})
             return g
         if root.exists() and not root.is_dir():
@@ -94,10 +108,24 @@ class Gallery:
         if wt is not None:
             wt.save(root / "whitening.npz")
         _config.save(root, _config.new(embedder, options, dim, wt.fingerprint if wt else None))
-        return cls(root, embedder)
+        return cls(root, embedder, wait=wait)
 
     def save_config(self) -> None:
         _config.save(self.root, self.config)
+        self._config_stamp = (self.root / INDEX_JSON).stat().st_mtime_ns
+
+    @contextmanager
+    def writing(self):
+        """Hold the cross-process writer lock for a write operation (re-entrant in this object)."""
+        if self._writer_depth == 0:
+            self._writer.acquire(self.wait)
+        self._writer_depth += 1
+        try:
+            yield
+        finally:
+            self._writer_depth -= 1
+            if self._writer_depth == 0:
+                self._writer.release()
 
     # -- model ---------------------------------------------------------------------------------
     @property
@@ -159,42 +187,105 @@ class Gallery:
         return maintain.load_vectors(self.store, self.root, self.config["model"]["dim"], shards)
 
     def _set_index(self, index) -> None:
+        """Adopt a freshly written index.faiss: record the SQLite generation it holds, swap it in."""
+        self.config["faiss_generation"] = self.store.generation
+        self.save_config()
         tuning.set_search_params(index, self.config.get("search"))
         with self._lock:
             self._index, self._reconstructable = index, None
 
+    @property
+    def in_sync(self) -> bool:
+        """index.faiss holds what SQLite says is indexed (same generation)."""
+        return (self.root / "index.faiss").is_file() and self.config.get("faiss_generation") == self.store.generation
+
+    def reconcile(self) -> bool:
+        """Rebuild index.faiss from the shards when it is behind SQLite and no other writer is at
+        work; returns True if it rebuilt."""
+        if self.in_sync or not (self.store.done_shards() or (self.root / "index.faiss").is_file()):
+            return False
+        if self._writer_depth > 0:
+            return self._rebuild_if_behind()
+        if not self._writer.acquire(blocking_error=False):
+            return False  # someone is writing: they will bring index.faiss up to date
+        try:
+            return self._rebuild_if_behind()
+        finally:
+            self._writer.release()
+
+    def _rebuild_if_behind(self) -> bool:
+        self.config = _config.load(self.root)  # the writer before us may have saved a newer one
+        if self.in_sync:
+            return False
+        self._set_index(maintain.rebuild(self))
+        return True
+
+    def refresh(self) -> bool:
+        """Pick up index.json / index.faiss written by another process; True if a new index was swapped in."""
+        stamp = (self.root / INDEX_JSON).stat().st_mtime_ns
+        if stamp == self._config_stamp:
+            return False
+        config = _config.load(self.root)
+        self._config_stamp = stamp
+        if config.get("faiss_generation") == self.config.get("faiss_generation"):
+            self.config = config
+            return False
+        self.config = config
+        index = faiss_index.load(self.root / "index.faiss")
+        tuning.set_search_params(index, config.get("search"))
+        with self._lock:
+            self._index, self._reconstructable = index, None
+        return True
+
+    def consistency(self) -> dict:
+        """Ids FAISS holds vs ids SQLite calls indexed (both empty sets = consistent)."""
+        import faiss
+
+        held = set(faiss.vector_to_array(faiss.downcast_index(self.index).id_map).tolist())
+        want = set(self.store.indexed_ids().tolist())
+        return {"generation": self.store.generation, "faiss_generation": self.config.get("faiss_generation"),
+                "missing_from_faiss": sorted(want - held), "not_indexed_in_faiss": sorted(held - want)}
+
     def tune(self, target_recall: float, max_ms: float | None = None) -> dict:
         """Tune nprobe / efSearch of the built index to ``target_recall`` (recall@10 vs exact search on
         held-out real vectors) and record it in index.json; returns the tuning record."""
-        index = self.index
-        maintain.tune(self, index, target_recall, max_ms)
-        tuning.set_search_params(index, self.config["search"])
-        self.save_config()
-        return self.config["tuning"]
+        with self.writing():
+            index = self.index
+            maintain.tune(self, index, target_recall, max_ms)
+            tuning.set_search_params(index, self.config["search"])
+            self.save_config()
+            return self.config["tuning"]
 
     def rebuild_index(self) -> None:
         """(Re)build index.faiss from the shards: [whitening] → [DBA] → FAISS."""
-        self._set_index(maintain.rebuild(self))
+        with self.writing():
+            self._set_index(maintain.rebuild(self))
 
     def build(self, images: Sequence[str | os.PathLike], batch_size: int = 32, progress: bool = False,
               distributed: dict | None = None, retry_failed: bool = False) -> dict:
         """Scan, embed pending shards, build the FAISS index, write report.json."""
-        t0 = time.perf_counter()
-        scanned = self.scan(images, retry_failed)
-        work = self.process_pending(batch_size, progress, distributed)
-        self.rebuild_index()
-        return self.write_report(work, scanned, t0)
+        with self.writing():
+            t0 = time.perf_counter()
+            scanned = self.scan(images, retry_failed)
+            work = self.process_pending(batch_size, progress, distributed)
+            self.rebuild_index()
+            return self.write_report(work, scanned, t0)
 
     def add(self, paths: Sequence[str | os.PathLike], batch_size: int = 32, progress: bool = False,
             retry_failed: bool = False) -> dict:
         """Embed only new or changed files and update the index in place where FAISS allows."""
+        with self.writing():
+            return self._add(paths, batch_size, progress, retry_failed)
+
+    def _add(self, paths, batch_size: int, progress: bool, retry_failed: bool) -> dict:
         t0 = time.perf_counter()
+        was_in_sync = self.in_sync
         before = self.store.pending_shards()
         scanned = self.scan(paths, retry_failed)
         new_shards = self.store.pending_shards()
         changed = [i for s in new_shards for i, _ in self.store.shard_items(s)]
         work = self.process_pending(batch_size, progress)
-        if before:  # an interrupted build/add left shards behind: they are done now, rebuild
+        if before or not was_in_sync:  # an interrupted write left work behind: rebuild from the shards
             self.rebuild_index()
         else:
             self._set_index(maintain.update(self, np.array(changed, np.int64), new_shards))
@@ -202,13 +293,18 @@ class Gallery:
 
     def remove(self, paths: Sequence[str | os.PathLike]) -> dict:
         """Remove files (or everything under folders) from the index by path; files need not exist."""
-        ids = sorted({i for p in paths for i in self.store.ids_under(os.path.abspath(p))})
-        if not ids:
-            raise CbirError(f"{', '.join(map(str, paths))}: not in the index")
-        with self.store.transaction():
-            self.store.mark_removed(ids)
-        self._set_index(maintain.update(self, np.array(ids, np.int64)))
-        return {"removed": len(ids), "count": self.store.count("indexed")}
+        with self.writing():
+            ids = sorted({i for p in paths for i in self.store.ids_under(os.path.abspath(p))})
+            if not ids:
+                raise CbirError(f"{', '.join(map(str, paths))}: not in the index")
+            in_sync = self.in_sync
+            with self.store.transaction():
+                self.store.mark_removed(ids)
+            if in_sync:
+                self._set_index(maintain.update(self, np.array(ids, np.int64)))
+            else:  # index.faiss was already behind (an earlier crash): rebuild, do not patch
+                self._set_index(maintain.rebuild(self))
+            return {"removed": len(ids), "count": self.store.count("indexed")}
 
     def write_report(self, work: dict, scanned: _build.Scan, t0: float) -> dict:
         """report.json (and the return value) of a build or add: counts, failures, timings."""
@@ -233,6 +329,8 @@ class Gallery:
 
     @property
     def index(self):
+        if self._index is None:
+            self.reconcile()
         with self._lock:
             if self._index is None:
                 path = self.root / "index.faiss"

@@ -82,6 +82,11 @@ def check_dim(source: VectorSource, dim: int) -> None:
 
 def ingest(gallery, source: VectorSource, paths: list[str], progress: bool = False) -> dict:
     """Register rows as items in shards, write and commit each shard; returns the build report."""
+    with gallery.writing():
+        return _ingest(gallery, source, paths, progress)
+
+
+def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool) -> dict:
     t0 = time.perf_counter()
     check_dim(source, gallery.config["model"]["dim"])
     store, shard_size = gallery.store, gallery.config["shard_size"]

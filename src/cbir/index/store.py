@@ -5,12 +5,17 @@ life of the index (a changed file keeps its id and is re-embedded into a new sha
 state ∈ pending | indexed | failed | removed; ``shard`` is the shard that holds the item's
 current vector. shards(id, state, n): a shard is ``done`` once its vector file is written and its
 items are updated, in one transaction — the done-marker that makes resume skip finished work.
+settings('generation'): bumped in the same transaction as every change to the set of indexed items
+(a shard committed, items removed or re-queued); index.json records the generation index.faiss was
+built from, so a difference means index.faiss is behind SQLite (a crash between the two).
 """
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 from typing import Iterable
+
+import numpy as np
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -30,6 +35,8 @@ CREATE TABLE IF NOT EXISTS shards (
     state TEXT NOT NULL DEFAULT 'pending',
     n INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO settings (key, value) VALUES ('generation', '0');
 """
 
 
@@ -77,6 +84,13 @@ class Store:
     def indexed_ids_of_shard(self, shard: int) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT id FROM items WHERE shard = ? AND state = 'indexed'", (shard,))}
 
+    @property
+    def generation(self) -> int:
+        return int(self.conn.execute("SELECT value FROM settings WHERE key = 'generation'").fetchone()[0])
+
+    def indexed_ids(self) -> np.ndarray:
+        return np.fromiter((r[0] for r in self.conn.execute("SELECT id FROM items WHERE state = 'indexed'")), np.int64)
+
     def count(self, state: str | None = None) -> int:
         if state is None:
             return self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
@@ -103,7 +117,11 @@ class Store:
         return self.conn.execute("INSERT INTO items (path, size, mtime, state, shard) VALUES (?, ?, ?, 'pending', ?)",
                                  (path, size, mtime, shard)).lastrowid
 
+    def _bump(self) -> None:
+        self.conn.execute("UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+
     def requeue_item(self, item_id: int, size: int, mtime: float, shard: int) -> None:
+        self._bump()
         self.conn.execute("UPDATE items SET size = ?, mtime = ?, state = 'pending', shard = ?, error = NULL WHERE id = ?",
                           (size, mtime, shard, item_id))
 
@@ -114,8 +132,10 @@ class Store:
         self.conn.executemany("UPDATE items SET state = 'failed', error = ? WHERE id = ? AND shard = ?",
                               [(e, i, shard) for i, e in failed])
         self.conn.execute("UPDATE shards SET state = 'done', n = ? WHERE id = ?", (len(indexed), shard))
+        self._bump()
 
     def mark_removed(self, ids: list[int]) -> None:
+        self._bump()
         self.conn.executemany("UPDATE items SET state = 'removed' WHERE id = ?", [(i,) for i in ids])
 
 
