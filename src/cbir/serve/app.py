@@ -12,6 +12,10 @@ service never takes a path from a request, so it cannot be made to read files; i
 paths stored in the index. Preprocessing and search run in worker threads, so the event loop only
 waits. Shutdown (SIGINT/SIGTERM under uvicorn) stops accepting, lets in-flight requests finish and
 drains the batcher.
+
+A writer in another process (``cbir index add/remove/build``) never needs a restart: every search
+first checks index.json and, when a newer index.faiss was committed, loads it and swaps it in
+(searches already running finish on the old one); removed items disappear at once (SQLite).
 """
 from __future__ import annotations
 
@@ -136,6 +140,10 @@ def create_app(index_dir: str, max_batch: int = 32, max_delay_ms: float = 5.0, m
             raise HTTPError(400, f"{name}={v}: must be between {lo} and {hi}")
         return v
 
+    def search_latest(q: np.ndarray, k: int, qe_n: int, alpha: float):
+        gallery.refresh()  # a stat of index.json: a newer index.faiss from a writer is swapped in
+        return gallery.search_vectors(q, k, qe_n, alpha)
+
     @app.post("/search", summary="Search the index with an image or an embedding")
     async def search(request: Request):
         k = int_param(request, "k", 10, 1, 1000)
@@ -161,7 +169,7 @@ def create_app(index_dir: str, max_batch: int = 32, max_delay_ms: float = 5.0, m
         else:
             vec, timing = await embed_image(await image_bytes(request, body))
         t0 = time.perf_counter()
-        hits = (await run_in_threadpool(gallery.search_vectors, vec[None], k, qe_n, alpha))[0]
+        hits = (await run_in_threadpool(search_latest, vec[None], k, qe_n, alpha))[0]
         search_s = time.perf_counter() - t0
         metrics.observe("cbir_search_seconds", "FAISS search time (incl. query expansion)", search_s)
         return {"results": [h.__dict__ for h in hits], "k": k, "qe": qe_n,
