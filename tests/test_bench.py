@@ -116,3 +116,16 @@ def test_onnx_flops_counts_convs(lite0_onnx):
 
     # Lite0 to Block 7 at 224: ~0.36 GMAC (timm's full Lite0 is 0.41 GMAC including the 1280-ch head)
     assert 0.6e9 < onnx_flops(str(lite0_onnx)) < 0.8e9
+
+
+def test_bench_search_reports_the_auto_choice(tmp_path, capsys):
+    from cbir.cli import main
+
+    assert main(["bench", "search", "--sizes", "25000", "--queries", "50", "--target-recall", "0.9",
+                 "--shard-size", "10000", "--workdir", str(tmp_path), "--json"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)
+    assert r["n"] == 25_000 and r["auto_choice"] == "IVF512,Flat" and r["search"]["nprobe"] >= 1
+    assert r["tuning"]["recall_at_10"] >= 0.9 and r["recall_at_k"] >= 0.8  # fresh queries, not tuned on
+    assert r["bytes"]["index.faiss"] > 25_000 * 320 * 4 and r["bytes"]["shards"] > 25_000 * 320 * 4
+    assert r["peak_rss_mb"] > 0 and r["ms_per_query_batch1"] > 0 and r["ms_per_query_batch"] > 0
+    assert not (tmp_path / "n25000").exists()  # removed unless --keep

@@ -139,3 +139,28 @@ def test_tune_cli_refuses_a_speed_limit_it_cannot_meet(lite0_onnx, vectors_30k, 
     assert "over --max-ms-per-query 1e-06" in err and (idx / "index.json").read_text() == before
     assert main(["index", "tune", str(idx), "--target-recall", "0.9"]) == 0
     assert json.loads((idx / "index.json").read_text())["search"]["nprobe"] >= 1
+
+
+def test_vectors_only_index_answers_vectors_and_refuses_images(vectors_30k, photos, tmp_path, capsys):
+    from cbir.index.gallery import Gallery
+
+    d, x = vectors_30k
+    idx = tmp_path / "idx"
+    assert main(["index", "build", "--from-vectors", str(d / "part-0.npy"), "--paths", str(tmp_path / "p.txt"),
+                 "--index", str(idx)]) == 2  # no paths file yet: refused
+    (tmp_path / "p.txt").write_text("".join(f"/v/{i}\n" for i in range(20_000)))
+    assert main(["index", "build", "--from-vectors", str(d / "part-0.npy"), "--paths", str(tmp_path / "p.txt"),
+                 "--index", str(idx), "--json"]) == 0
+    capsys.readouterr()
+    g = Gallery(idx)
+    assert g.config["model"]["arch"] == "vectors-only" and g.config["index_factory"] == "Flat"
+    assert g.search_vectors(x[123:124], k=1)[0][0].path == "/v/123"
+    with pytest.raises(CbirError, match="built from vectors without a model; it answers vector queries only"):
+        g.search([str(photos[0])])
+
+
+def test_image_build_with_too_small_a_budget_leaves_nothing(lite0_onnx, gallery_dir, tmp_path, capsys):
+    idx = tmp_path / "idx"
+    err = run_refused(["index", "build", str(gallery_dir), "--model", str(lite0_onnx), "--index", str(idx),
+                       "--factory", "auto", "--memory-budget", "1KB"], capsys)
+    assert "--memory-budget 0 MiB: too small for any index of 10 × 320-d vectors" in err and not idx.exists()

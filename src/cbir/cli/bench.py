@@ -57,16 +57,17 @@ def cmd_bench_latency(a: argparse.Namespace) -> int:
 
 
 def cmd_bench_search(a: argparse.Namespace) -> int:
-    from cbir.bench.latency import bench_search
+    from cbir.bench.scale import bench_search
 
-    rows = bench_search([int(x) for x in a.sizes.split(",")], a.dim, a.factory, a.nprobe, a.queries)
+    rows = bench_search([int(x) for x in a.sizes.split(",")], a.dim, a.memory_budget, a.target_recall, a.queries,
+                        shard_size=a.shard_size, workdir=a.workdir, keep=a.keep)
     if a.json:
         print_json(rows)
         return 0
     for r in rows:
-        f = r[r["factory"]]
-        print(f"n={r['n']:>8}: Flat {r['Flat']['ms_per_query']:.3f} ms/query; {r['factory']} (nprobe {r['nprobe']}) "
-              f"{f['ms_per_query']:.3f} ms/query, build {f['build_s']} s, recall@{r['k']} {r['recall_at_k']:.3f}")
+        print(f"n={r['n']:>9}: auto {r['auto_choice']} {r['search']}, build {r['build_s']} s, peak RSS {r['peak_rss_mb']} MB, "
+              f"index {r['bytes']['index.faiss'] / 1e6:.0f} MB; recall@{r['k']} {r['recall_at_k']:.3f}, "
+              f"{r['ms_per_query_batch1']:.3f} ms/query at batch 1, {r['ms_per_query_batch']:.3f} at batch {r['queries']}")
     return 0
 
 
@@ -142,11 +143,14 @@ def register(sub) -> None:
     bh.add_argument("-k", type=int, default=10)
     bh.add_argument("--json", action="store_true")
     bh.set_defaults(fn=cmd_bench_http)
-    bs_ = bench.add_parser("search", help="search latency by gallery size (synthetic vectors), Flat vs an ANN factory")
-    bs_.add_argument("--sizes", default="1000,100000,1000000")
+    bs_ = bench.add_parser("search", help="the index at scale: auto choice, build time, peak RSS, bytes, recall, ms/query")
+    bs_.add_argument("--sizes", default="1000000", help="gallery sizes (synthetic clustered vectors), e.g. 1000000,10000000")
     bs_.add_argument("--dim", type=int, default=320)
-    bs_.add_argument("--factory", default="IVF{nlist},Flat", help="ANN factory; {nlist} = 4·sqrt(n) (default IVF{nlist},Flat)")
-    bs_.add_argument("--nprobe", type=int, default=16)
-    bs_.add_argument("--queries", type=int, default=200)
+    bs_.add_argument("--memory-budget", default="4GB")
+    bs_.add_argument("--target-recall", type=float, default=0.95)
+    bs_.add_argument("--queries", type=int, default=200, help="fresh queries for recall and the batch latency")
+    bs_.add_argument("--shard-size", type=int, default=65_536)
+    bs_.add_argument("--workdir", help="where vectors and indexes go (default: a temporary folder, removed after)")
+    bs_.add_argument("--keep", action="store_true", help="keep the vectors and indexes")
     bs_.add_argument("--json", action="store_true")
     bs_.set_defaults(fn=cmd_bench_search)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ def cmd_index_build(a: argparse.Namespace) -> int:
         raise CbirError("index build: give IMAGES_DIR or --from-vectors V.npy --paths P.txt (one of them)")
     if a.from_vectors is not None:
         return build_from_vectors(a, root)
+    if a.model is None:
+        raise CbirError("index build IMAGES_DIR: --model is required")
     if not Path(a.images_dir).is_dir():
         raise CbirError(f"IMAGES_DIR {a.images_dir}: not a directory")
     existed = (root / INDEX_JSON).is_file()
@@ -32,8 +35,14 @@ def cmd_index_build(a: argparse.Namespace) -> int:
                        "cpus_per_worker": a.cpus_per_worker, "backend": a.backend}
     elif a.distributed is not None:
         raise CbirError(f"--distributed {a.distributed!r}: only 'ray' is supported")
-    report = g.build([a.images_dir], batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty(),
-                     distributed=distributed, retry_failed=a.retry_failed)
+    try:
+        report = g.build([a.images_dir], batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty(),
+                         distributed=distributed, retry_failed=a.retry_failed)
+    except CbirError:
+        if not existed and not g.store.done_shards():  # refused before any work: leave nothing behind
+            g.close()
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     return _print_report(a, report, "indexed")
 
 
@@ -47,13 +56,14 @@ def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
         raise CbirError("--from-vectors needs --paths P.txt (one path or URI per row)")
     source = VectorSource(a.from_vectors)
     paths = read_paths(a.paths, len(source))
-    emb = open_embedder(a, a.model)
-    check_dim(source, emb.dim)
+    emb = open_embedder(a, a.model) if a.model else None
+    if emb is not None:
+        check_dim(source, emb.dim)
     if a.factory == "auto" and not (root / INDEX_JSON).is_file():
-        tuning.choose_factory(len(source), emb.dim, tuning.parse_bytes(a.memory_budget or "4GB"))
+        tuning.choose_factory(len(source), source.dim, tuning.parse_bytes(a.memory_budget or "4GB"))
     g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
                        dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall,
-                       wait=a.wait)
+                       wait=a.wait, dim=source.dim)
     return _print_report(a, ingest(g, source, paths, progress=not a.json and sys.stderr.isatty()), "indexed")
 
 
@@ -123,7 +133,8 @@ def register(sub) -> None:
     b.add_argument("images_dir", nargs="?", help="folder of images (or use --from-vectors)")
     b.add_argument("--from-vectors", help="index existing embeddings: a .npy [N, D] or a folder of .npy files")
     b.add_argument("--paths", help="with --from-vectors: text file, one path or URI per row")
-    b.add_argument("--model", required=True)
+    b.add_argument("--model", help="the cbir model (required for images; optional with --from-vectors: "
+                                    "without it the index answers vector queries only)")
     b.add_argument("--index", required=True, help="index directory (created, or resumed if it exists)")
     # Build options are fixed when the index is created: None = default for a new index, "as recorded" for
     # an existing one; an explicit value that differs from the recorded one is refused.

@@ -39,11 +39,19 @@ def save(root: Path, config: dict) -> None:
     fsio.write_json(Path(root) / INDEX_JSON, config)
 
 
-def new(embedder, options: dict, dim: int, whitening_fp: str | None) -> dict:
+def vectors_only_model(dim: int) -> dict:
+    """The ``model`` entry of an index built from vectors with no cbir model: no image can be embedded
+    for it (no cbir model has this fingerprint), vectors can be searched."""
+    return {"arch": "vectors-only", "block": 0, "pooling": "none", "dim": dim, "fingerprint": f"vectors-only-{dim}d"}
+
+
+def new(embedder, options: dict, dim: int, whitening_fp: str | None, model_dim: int | None = None) -> dict:
+    """index.json for ``embedder``'s model, or for vectors of ``model_dim`` with no model (embedder None)."""
     from cbir import __version__
 
-    return {"model": embedder.info.public(), "model_path": os.path.abspath(embedder.model_path),
-            "preprocess": embedder.preprocess.policy, "dim": dim, "whitening": whitening_fp,
+    model = embedder.info.public() if embedder is not None else vectors_only_model(model_dim)
+    return {"model": model, "model_path": os.path.abspath(embedder.model_path) if embedder is not None else None,
+            "preprocess": embedder.preprocess.policy if embedder is not None else None, "dim": dim, "whitening": whitening_fp,
             **options, "trained_on": 0, "cbir_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

@@ -76,9 +76,11 @@ class Gallery:
     @classmethod
     def create(cls, root: str | os.PathLike, embedder, factory: str | None = None, shard_size: int | None = None,
                whitening: str | None = None, dba: int | None = None, dba_alpha: float | None = None,
-               memory_budget: str | None = None, target_recall: float | None = None, wait: bool = False) -> "Gallery":
+               memory_budget: str | None = None, target_recall: float | None = None, wait: bool = False,
+               dim: int | None = None) -> "Gallery":
         """Create INDEX_DIR for ``embedder``'s model, or open it if it exists (same model, and the
-        same options where they are given: ``None`` = as recorded, or the default for a new index)."""
+        same options where they are given: ``None`` = as recorded, or the default for a new index).
+        ``embedder=None`` with ``dim``: an index of existing vectors with no model (vectors-only)."""
         from cbir.vectors import Whitening
 
         root = Path(root)
@@ -94,7 +96,9 @@ class Gallery:
         options = {k: _config.DEFAULTS[k] if v is None else v for k, v in given.items()}
         if options["shard_size"] < 1:
             raise CbirError(f"--shard-size {options['shard_size']}: must be ≥ 1")
-        dim = embedder.dim
+        if embedder is None and not dim:
+            raise CbirError(f"--index {root}: a new index needs a model (--model) or the vectors' dimension")
+        dim = model_dim = embedder.dim if embedder is not None else dim
         if wt is not None and wt.in_dim != dim:
             raise CbirError(f"--whitening {whitening}: fitted on {wt.in_dim}-d vectors, the model gives {dim}-d")
         dim = wt.out_dim if wt else dim
@@ -107,7 +111,7 @@ class Gallery:
         root.mkdir(parents=True, exist_ok=True)
         if wt is not None:
             wt.save(root / "whitening.npz")
-        _config.save(root, _config.new(embedder, options, dim, wt.fingerprint if wt else None))
+        _config.save(root, _config.new(embedder, options, dim, wt.fingerprint if wt else None, model_dim))
         return cls(root, embedder, wait=wait)
 
     def save_config(self) -> None:
@@ -152,6 +156,9 @@ class Gallery:
             from cbir.engine.embedder import Embedder
 
             path = model or self.config["model_path"]
+            if path is None:
+                raise CbirError(f"--index {self.root}: built from vectors without a model; it answers vector queries "
+                                f"only (rebuild it with --model to search with images)")
             if not Path(path).is_file():
                 raise CbirError(f"--model {path}: no such file" if model else f"--index {self.root}: its model {path} is gone; pass --model")
             self._embedder = Embedder(path, **kwargs)
@@ -267,6 +274,7 @@ class Gallery:
         with self.writing():
             t0 = time.perf_counter()
             scanned = self.scan(images, retry_failed)
+            maintain.resolve_factory(self.config, self.store.count("indexed") + self.store.count("pending"))
             work = self.process_pending(batch_size, progress, distributed)
             self.rebuild_index()
             return self.write_report(work, scanned, t0)

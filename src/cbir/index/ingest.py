@@ -30,32 +30,37 @@ class VectorSource:
         files = sorted(src.glob("*.npy")) if src.is_dir() else [src]
         if not files or not all(f.is_file() for f in files):
             raise CbirError(f"--from-vectors {src}: no .npy file there")
-        self.arrays = []
+        self.files, shapes = files, []
         for f in files:
-            try:
-                a = np.load(f, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise CbirError(f"--from-vectors {f}: not a readable .npy array ({e})") from None
+            a = self._open(f)
             if a.ndim != 2 or a.dtype.kind != "f":
                 raise CbirError(f"--from-vectors {f}: need a 2-d float array [N, D], got {a.dtype} {a.shape}")
-            self.arrays.append(a)
-        dims = {a.shape[1] for a in self.arrays}
+            shapes.append(a.shape)
+        dims = {s[1] for s in shapes}
         if len(dims) != 1:
             raise CbirError(f"--from-vectors {src}: files differ in dimension {sorted(dims)}")
         self.dim = dims.pop()
-        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
+        self.offsets = np.cumsum([0] + [s[0] for s in shapes])
         self.source = str(src)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    @staticmethod
+    def _open(f: Path) -> np.ndarray:
+        try:
+            return np.load(f, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CbirError(f"--from-vectors {f}: not a readable .npy array ({e})") from None
+
     def rows(self, index: np.ndarray) -> np.ndarray:
-        """float32 rows at global positions ``index`` (any order)."""
+        """float32 rows at global positions ``index`` (any order). Each call maps the files afresh and
+        unmaps them on return, so the pages read do not pile up in this process's resident set."""
         out = np.empty((len(index), self.dim), np.float32)
         which = np.searchsorted(self.offsets, index, side="right") - 1
         for f in np.unique(which):
             sel = which == f
-            out[sel] = self.arrays[f][index[sel] - self.offsets[f]]
+            out[sel] = self._open(self.files[f])[index[sel] - self.offsets[f]]
         return out
 
 
@@ -90,41 +95,64 @@ def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool) -> 
     t0 = time.perf_counter()
     check_dim(source, gallery.config["model"]["dim"])
     store, shard_size = gallery.store, gallery.config["shard_size"]
-    known = store.items_by_paths()
+    known = store.items_by_paths() if store.count() else {}
+    earlier = store.pending_shards()  # an interrupted ingest: its items find their rows by path
     scan = Scan()
+    work: list[tuple[int, np.ndarray, np.ndarray]] = []  # (shard, item ids, source rows)
     with store.transaction():
-        shard, in_shard = None, 0
-        for p in paths:
-            if p in known and known[p][3] != "removed":
+        next_id = store.next_item_id()
+        ids: list[int] = []
+        rows: list[int] = []
+        new: list[tuple] = []
+
+        def close_shard() -> None:
+            shard = store.new_shard()
+            store.add_items([(i, p, shard) for i, p in new])
+            fresh = {i for i, _ in new}
+            for item_id in ids:
+                if item_id not in fresh:  # a removed item coming back keeps its id
+                    store.requeue_item(item_id, -1, -1.0, shard)
+            work.append((shard, np.array(ids, np.int64), np.array(rows, np.int64)))
+            ids.clear(), rows.clear(), new.clear()
+
+        for row, p in enumerate(paths):
+            old = known.get(p)
+            if old is not None and old[3] != "removed":
                 scan.unchanged.append(p)
                 continue
-            if shard is None or in_shard >= shard_size:
-                shard, in_shard = store.new_shard(), 0
-            if p in known:
-                store.requeue_item(known[p][0], -1, -1.0, shard)
+            if old is None:
+                ids.append(next_id)
+                new.append((next_id, p))
+                next_id += 1
             else:
-                store.add_item(p, -1, -1.0, shard)
-            in_shard += 1
+                ids.append(old[0])
+            rows.append(row)
             scan.queued += 1
-    row_of = {p: i for i, p in enumerate(paths)}
-    work = [(s, store.shard_items(s)) for s in store.pending_shards()]
-    bar = progress_bar(sum(len(items) for _, items in work), progress)
+            if len(ids) >= shard_size:
+                close_shard()
+        if ids:
+            close_shard()
+    if earlier:
+        row_of = {p: i for i, p in enumerate(paths)}
+        for shard in earlier:
+            items = store.shard_items(shard)
+            work.insert(0, (shard, np.array([i for i, _ in items], np.int64),
+                            np.array([row_of.get(p, -1) for _, p in items], np.int64)))
+    bar = progress_bar(sum(len(i) for _, i, _ in work), progress)
     indexed = failed = 0
-    for shard, items in work:
-        ids = np.array([i for i, _ in items], np.int64)
-        rows = np.array([row_of.get(p, -1) for _, p in items], np.int64)
-        ok = rows >= 0
-        vecs = np.zeros((len(items), source.dim), np.float32)
-        vecs[ok] = source.rows(rows[ok])
+    for shard, ids_, rows_ in work:
+        ok = rows_ >= 0
+        vecs = np.zeros((len(ids_), source.dim), np.float32)
+        vecs[ok] = source.rows(rows_[ok])
         ok &= np.isfinite(vecs).all(axis=1) & (np.abs(vecs).sum(axis=1) > 0)
-        reasons = np.array(["non-finite or zero vector" if r >= 0 else "path not in --paths" for r in rows[~ok]], str)
-        out = ShardOutput(ids[ok], vmath.l2_normalize(vecs[ok]), np.array([""] * int(ok.sum()), str),
-                          np.full(int(ok.sum()), -1, np.int64), ids[~ok], reasons)
+        reasons = np.array(["non-finite or zero vector" if r >= 0 else "path not in --paths" for r in rows_[~ok]], str)
+        out = ShardOutput(ids_[ok], vmath.l2_normalize(vecs[ok]), np.array([""] * int(ok.sum()), str),
+                          np.full(int(ok.sum()), -1, np.int64), ids_[~ok], reasons)
         write_shard(gallery.root, shard, out)
         n_ok, n_bad = commit_shard(store, shard, out)
         indexed, failed = indexed + n_ok, failed + n_bad
         if bar is not None:
-            bar.update(len(items))
+            bar.update(len(ids_))
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - t0

@@ -63,15 +63,21 @@ def sample_vectors(store, root, limit: int, seed: int = 0) -> tuple[np.ndarray, 
     return np.concatenate(ids_parts), np.concatenate(vec_parts)
 
 
-def exact_topk(gallery, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k ids of ``queries`` over every stored vector, shard by shard."""
+def exact_topk(gallery, queries: np.ndarray, k: int, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k (sims, ids) of ``queries`` over every stored vector, streamed shard by
+    shard and ``chunk`` queries at a time (memory: one shard plus chunk × shard similarities)."""
     best_s = np.full((len(queries), k), -np.inf, np.float32)
     best_i = np.full((len(queries), k), -1, np.int64)
     for ids, vecs in iter_shard_vectors(gallery.store, gallery.root):
-        s = queries @ gallery.postprocess_queries(vecs).T
-        cat_s, cat_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, np.broadcast_to(ids, s.shape)], 1)
-        top = np.argpartition(-cat_s, k - 1, axis=1)[:, :k] if cat_s.shape[1] > k else np.arange(cat_s.shape[1])[None].repeat(len(s), 0)
-        best_s, best_i = np.take_along_axis(cat_s, top, 1), np.take_along_axis(cat_i, top, 1)
+        vecs = gallery.postprocess_queries(vecs)
+        kk = min(k, len(ids))
+        for c in range(0, len(queries), chunk):
+            s = queries[c : c + chunk] @ vecs.T
+            top = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if s.shape[1] > kk else np.broadcast_to(np.arange(kk), (len(s), kk))
+            cat_s = np.concatenate([best_s[c : c + chunk], np.take_along_axis(s, top, 1)], 1)
+            cat_i = np.concatenate([best_i[c : c + chunk], ids[top]], 1)
+            keep = np.argpartition(-cat_s, k - 1, axis=1)[:, :k]
+            best_s[c : c + chunk], best_i[c : c + chunk] = np.take_along_axis(cat_s, keep, 1), np.take_along_axis(cat_i, keep, 1)
     order = np.argsort(-best_s, axis=1, kind="stable")
     return np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
 

@@ -113,6 +113,13 @@ class Store:
     def new_shard(self) -> int:
         return self.conn.execute("INSERT INTO shards (state) VALUES ('pending')").lastrowid
 
+    def next_item_id(self) -> int:
+        return self.conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM items").fetchone()[0]
+
+    def add_items(self, items: list[tuple[int, str, int]]) -> None:
+        """Many new items at once: (id, path, shard), no file facts (existing vectors)."""
+        self.conn.executemany("INSERT INTO items (id, path, size, mtime, state, shard) VALUES (?, ?, -1, -1, 'pending', ?)", items)
+
     def add_item(self, path: str, size: int, mtime: float, shard: int) -> int:
         return self.conn.execute("INSERT INTO items (path, size, mtime, state, shard) VALUES (?, ?, ?, 'pending', ?)",
                                  (path, size, mtime, shard)).lastrowid
