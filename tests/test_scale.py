@@ -164,3 +164,30 @@ def test_image_build_with_too_small_a_budget_leaves_nothing(lite0_onnx, gallery_
     err = run_refused(["index", "build", str(gallery_dir), "--model", str(lite0_onnx), "--index", str(idx),
                        "--factory", "auto", "--memory-budget", "1KB"], capsys)
     assert "--memory-budget 0 MiB: too small for any index of 10 × 320-d vectors" in err and not idx.exists()
+
+
+def test_on_disk_lists_equal_the_in_ram_index(vectors_30k, tmp_path, capsys):
+    """The same IVF built in RAM and through merged on-disk lists answers the same; remove still works."""
+    from cbir.index.gallery import Gallery
+
+    d, x = vectors_30k
+    common = ["index", "build", "--from-vectors", str(d), "--paths", str(d / "paths.txt"), "--factory", "IVF128,Flat",
+              "--shard-size", "7000"]
+    assert main(common + ["--index", str(tmp_path / "ram")]) == 0
+    assert main(common + ["--index", str(tmp_path / "disk"), "--on-disk"]) == 0
+    capsys.readouterr()
+    lists = list((tmp_path / "disk").glob("ivflists-*.bin"))
+    assert len(lists) == 1 and lists[0].stat().st_size > 30_000 * 320 * 4
+    assert (tmp_path / "disk" / "index.faiss").stat().st_size < 1_000_000  # the lists are not in it
+    ram, disk = Gallery(tmp_path / "ram"), Gallery(tmp_path / "disk")
+    q = clustered(30_000, 320, draw_seed=11)[:50]
+    a, b = ram.search_vectors(q, k=10, nprobe=8), disk.search_vectors(q, k=10, nprobe=8)
+    assert [[h.id for h in r] for r in a] == [[h.id for h in r] for r in b]
+    assert disk.consistency()["missing_from_faiss"] == [] and disk.consistency()["not_indexed_in_faiss"] == []
+    gone = a[0][0]
+    before = len(list((tmp_path / "disk").glob("ivflists-*.bin")))
+    assert disk.remove([gone.path])["removed"] == 1  # URIs are ids too (not made absolute)
+    assert gone.id not in {h.id for h in disk.search_vectors(q[:1], k=10, nprobe=8)[0]}
+    after = list((tmp_path / "disk").glob("ivflists-*.bin"))
+    assert before == len(after) == 1 and after != lists  # rebuilt into a new file, the old one deleted
+    assert disk.consistency()["not_indexed_in_faiss"] == []

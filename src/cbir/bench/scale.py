@@ -58,8 +58,17 @@ def write_synthetic(root: Path, n: int, dim: int, seed: int = 0) -> tuple[Path, 
     return parts, root / "paths.txt"
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ``ru_maxrss``: Linux carries that across fork and
+    exec, so a child started by a big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
+
+
 def measure(root: Path, n: int, dim: int, memory_budget: str, target_recall: float, queries: int, k: int,
-            shard_size: int, seed: int = 0) -> dict:
+            shard_size: int, seed: int = 0, on_disk: bool = False) -> dict:
     """The child's work: build, then measure (see module doc)."""
     from cbir.index import maintain, tuning
     from cbir.index.gallery import Gallery
@@ -68,10 +77,10 @@ def measure(root: Path, n: int, dim: int, memory_budget: str, target_recall: flo
     t0 = time.perf_counter()
     source = VectorSource(root / "vectors")
     g = Gallery.create(root / "idx", None, factory="auto", memory_budget=memory_budget, target_recall=target_recall,
-                       shard_size=shard_size, dim=dim)
+                       shard_size=shard_size, dim=dim, on_disk=on_disk)
     ingest(g, source, read_paths(root / "paths.txt", len(source)))
     build_s = time.perf_counter() - t0
-    rss_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_build = peak_rss_mb()
     q = Synthetic(n, dim, seed).draw(queries, np.random.default_rng(seed + 99))
     t1 = time.perf_counter()
     _, truth = maintain.exact_topk(g, q, k)
@@ -89,11 +98,12 @@ def measure(root: Path, n: int, dim: int, memory_budget: str, target_recall: flo
         single.append((time.perf_counter() - t) / queries * 1e3)
     disk = {name: sum(f.stat().st_size for f in (g.root / name).rglob("*") if f.is_file()) if (g.root / name).is_dir()
             else (g.root / name).stat().st_size for name in ("index.faiss", "meta.sqlite", "shards")}
+    disk["ivflists"] = sum(f.stat().st_size for f in g.root.glob("ivflists-*.bin"))
     cfg = g.config
-    return {"n": n, "dim": dim, "memory_budget": memory_budget, "target_recall": target_recall,
+    return {"n": n, "dim": dim, "memory_budget": memory_budget, "target_recall": target_recall, "on_disk": on_disk,
             "auto_choice": cfg["index_factory"], "search": cfg.get("search"), "trained_on": cfg.get("trained_on"),
             "tuning": {key: cfg["tuning"][key] for key in ("recall_at_10", "ms_per_query", "held_out_queries", "tried")},
-            "build_s": round(build_s, 1), "peak_rss_mb": round(max(rss_build, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)),
+            "build_s": round(build_s, 1), "peak_rss_mb": round(peak_rss_mb()),
             "peak_rss_build_mb": round(rss_build), "bytes": disk, "queries": queries, "k": k,
             "recall_at_k": tuning.recall_at_k(truth, got), "ms_per_query_batch": float(np.median(batch)),
             "ms_per_query_batch1": float(np.median(single)), "exact_numpy_ms_per_query": round(exact_ms, 3)}
@@ -101,7 +111,7 @@ def measure(root: Path, n: int, dim: int, memory_budget: str, target_recall: flo
 
 def bench_search(sizes=(1_000_000,), dim: int = 320, memory_budget: str = "4GB", target_recall: float = 0.95,
                  queries: int = 200, k: int = 10, shard_size: int = 65_536, workdir: str | None = None,
-                 keep: bool = False, seed: int = 0) -> list[dict]:
+                 keep: bool = False, seed: int = 0, on_disk: bool = False) -> list[dict]:
     out = []
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cbir-bench-search-"))
     for n in sizes:
@@ -111,7 +121,7 @@ def bench_search(sizes=(1_000_000,), dim: int = 320, memory_budget: str = "4GB",
         write_synthetic(root, n, dim, seed)
         gen_s = time.perf_counter() - t0
         args = [sys.executable, "-m", "cbir.bench.scale", str(root), str(n), str(dim), memory_budget,
-                str(target_recall), str(queries), str(k), str(shard_size), str(seed)]
+                str(target_recall), str(queries), str(k), str(shard_size), str(seed), str(int(on_disk))]
         r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if r.returncode != 0:
             from cbir.errors import CbirError
@@ -128,6 +138,6 @@ def bench_search(sizes=(1_000_000,), dim: int = 320, memory_budget: str = "4GB",
 
 
 if __name__ == "__main__":
-    root, n, dim, budget, target, queries, k, shard_size, seed = sys.argv[1:]
+    root, n, dim, budget, target, queries, k, shard_size, seed, on_disk = sys.argv[1:]
     print(json.dumps(measure(Path(root), int(n), int(dim), budget, float(target), int(queries), int(k),
-                             int(shard_size), int(seed))))
+                             int(shard_size), int(seed), bool(int(on_disk)))))

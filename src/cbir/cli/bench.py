@@ -60,13 +60,13 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
     from cbir.bench.scale import bench_search
 
     rows = bench_search([int(x) for x in a.sizes.split(",")], a.dim, a.memory_budget, a.target_recall, a.queries,
-                        shard_size=a.shard_size, workdir=a.workdir, keep=a.keep)
+                        shard_size=a.shard_size, workdir=a.workdir, keep=a.keep, on_disk=a.on_disk)
     if a.json:
         print_json(rows)
         return 0
     for r in rows:
         print(f"n={r['n']:>9}: auto {r['auto_choice']} {r['search']}, build {r['build_s']} s, peak RSS {r['peak_rss_mb']} MB, "
-              f"index {r['bytes']['index.faiss'] / 1e6:.0f} MB; recall@{r['k']} {r['recall_at_k']:.3f}, "
+              f"index {(r['bytes']['index.faiss'] + r['bytes']['ivflists']) / 1e6:.0f} MB; recall@{r['k']} {r['recall_at_k']:.3f}, "
               f"{r['ms_per_query_batch1']:.3f} ms/query at batch 1, {r['ms_per_query_batch']:.3f} at batch {r['queries']}")
     return 0
 
@@ -152,5 +152,6 @@ def register(sub) -> None:
     bs_.add_argument("--shard-size", type=int, default=65_536)
     bs_.add_argument("--workdir", help="where vectors and indexes go (default: a temporary folder, removed after)")
     bs_.add_argument("--keep", action="store_true", help="keep the vectors and indexes")
+    bs_.add_argument("--on-disk", action="store_true", help="build with on-disk inverted lists (memory-mapped)")
     bs_.add_argument("--json", action="store_true")
     bs_.set_defaults(fn=cmd_bench_search)

@@ -26,7 +26,7 @@ def cmd_index_build(a: argparse.Namespace) -> int:
     emb = open_embedder(a, a.model)
     g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
                        dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall,
-                       wait=a.wait)
+                       wait=a.wait, on_disk=a.on_disk)
     if existed and not a.json:
         print(f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)", file=sys.stderr)
     distributed = None
@@ -63,7 +63,7 @@ def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
         tuning.choose_factory(len(source), source.dim, tuning.parse_bytes(a.memory_budget or "4GB"))
     g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
                        dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall,
-                       wait=a.wait, dim=source.dim)
+                       wait=a.wait, dim=source.dim, on_disk=a.on_disk)
     return _print_report(a, ingest(g, source, paths, progress=not a.json and sys.stderr.isatty()), "indexed")
 
 
@@ -146,6 +146,8 @@ def register(sub) -> None:
     b.add_argument("--whitening", help="whitening file applied to stored and query vectors")
     b.add_argument("--dba", type=int, help="database-side augmentation over N neighbours (default off)")
     b.add_argument("--dba-alpha", type=float, help="DBA weight exponent (default 0)")
+    b.add_argument("--on-disk", action="store_true", default=None,
+                   help="IVF inverted lists in a memory-mapped file (INDEX_DIR/ivflists-*.bin), built by a streaming merge")
     b.add_argument("--retry-failed", action="store_true", help="embed again files that failed before even if unchanged")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build (also automatic)")
     b.add_argument("--distributed", choices=["ray"], help="embed shards on Ray Data workers (pip install 'cbir[distributed]')")

@@ -22,7 +22,7 @@ from cbir.errors import CbirError
 INDEX_JSON = "index.json"
 SHARD_SIZE = 1024
 DEFAULTS = {"factory": "Flat", "shard_size": SHARD_SIZE, "dba": 0, "dba_alpha": 0.0,
-            "memory_budget": "4GB", "target_recall": 0.95}
+            "memory_budget": "4GB", "target_recall": 0.95, "on_disk": False}
 
 
 def load(root: Path) -> dict:

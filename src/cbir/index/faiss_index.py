@@ -22,14 +22,58 @@ TRAIN_SAMPLE = 100_000
 GPU_MAX_K = 2048
 
 
-def create(dim: int, factory: str = "Flat"):
+def create(dim: int, factory: str = "Flat", id_map: bool = True):
+    """An empty index; wrapped in ``IndexIDMap2`` unless ``id_map`` is False (IVF keeps ids itself)."""
     import faiss
 
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise CbirError(f"--factory {factory!r}: FAISS cannot build it for {dim}-d vectors ({_first_line(e)})") from None
+    if not id_map:
+        if faiss.try_extract_index_ivf(index) is None:
+            raise CbirError(f"--on-disk needs an IVF factory (IVF…, OPQ…,IVF…), not {factory!r}")
+        return index
     return index if factory.startswith("IDMap") else faiss.IndexIDMap2(index)
+
+
+def fill_on_disk(index, shards, root: Path, factory: str) -> Path:
+    """Fill a trained, empty IVF ``index`` with (ids, vectors) shards through on-disk inverted lists:
+    one block file per shard, merged into ``root/ivflists-<n>.bin`` (see ``maintain``). Returns that path."""
+    import shutil
+    import uuid
+
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    blocks = root / f".blocks-{uuid.uuid4().hex[:8]}"
+    blocks.mkdir()
+    try:
+        names = []
+        for i, (ids, vecs) in enumerate(shards):
+            block = faiss.clone_index(index)
+            block.add_with_ids(vecs, ids)
+            names.append(str(blocks / f"block-{i:06d}.index"))
+            faiss.write_index(block, names[-1])
+            del block
+        lists = root / f"ivflists-{uuid.uuid4().hex[:12]}.bin"
+        merge_ondisk(index, names, str(lists))
+    finally:
+        shutil.rmtree(blocks, ignore_errors=True)
+    return lists
+
+
+def stored_ids(index) -> np.ndarray:
+    """Every id the index holds: the IDMap's table, or the ids in an IVF's inverted lists."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map)
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    parts = [faiss.rev_swig_ptr(lists.get_ids(l), lists.list_size(l)).copy() for l in range(ivf.nlist) if lists.list_size(l)]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
 def train(index, vectors: np.ndarray, factory: str, seed: int = 0) -> int:
@@ -79,10 +123,17 @@ def enable_reconstruct(index) -> None:
 
 
 def save(index, path: Path) -> None:
+    """Write atomically; for an on-disk IVF, then delete the list files it no longer refers to (a
+    reader that still has one mapped keeps reading it: an unlinked file lives while mapped)."""
     import faiss
 
     with fsio.atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
+    ivf = faiss.try_extract_index_ivf(faiss.downcast_index(index))
+    current = getattr(faiss.downcast_InvertedLists(ivf.invlists), "filename", None) if ivf is not None else None
+    for old in Path(path).parent.glob("ivflists-*.bin"):
+        if str(old) != current:
+            old.unlink(missing_ok=True)
 
 
 def load(path: Path):

@@ -45,6 +45,12 @@ from cbir.index.store import Store
 __all__ = ["Gallery", "Hit", "INDEX_JSON", "SHARD_SIZE"]
 
 
+def item_key(path: str | os.PathLike) -> str:
+    """How an item is named in SQLite: a URI as given, a local path made absolute."""
+    path = os.fspath(path)
+    return path if "://" in path else os.path.abspath(path)
+
+
 @dataclass
 class Hit:
     id: int
@@ -77,7 +83,7 @@ class Gallery:
     def create(cls, root: str | os.PathLike, embedder, factory: str | None = None, shard_size: int | None = None,
                whitening: str | None = None, dba: int | None = None, dba_alpha: float | None = None,
                memory_budget: str | None = None, target_recall: float | None = None, wait: bool = False,
-               dim: int | None = None) -> "Gallery":
+               dim: int | None = None, on_disk: bool | None = None) -> "Gallery":
         """Create INDEX_DIR for ``embedder``'s model, or open it if it exists (same model, and the
         same options where they are given: ``None`` = as recorded, or the default for a new index).
         ``embedder=None`` with ``dim``: an index of existing vectors with no model (vectors-only)."""
@@ -85,7 +91,7 @@ class Gallery:
 
         root = Path(root)
         given = {"factory": factory, "shard_size": shard_size, "dba": dba, "dba_alpha": dba_alpha,
-                 "memory_budget": memory_budget, "target_recall": target_recall}
+                 "memory_budget": memory_budget, "target_recall": target_recall, "on_disk": on_disk}
         wt = Whitening.load(whitening) if whitening else None
         if (root / INDEX_JSON).is_file():
             g = cls(root, embedder, wait=wait)
@@ -107,7 +113,7 @@ class Gallery:
             if not 0 < options["target_recall"] <= 1:
                 raise CbirError(f"--target-recall {options['target_recall']}: must be in (0, 1]")
         else:
-            faiss_index.create(dim, options["factory"])
+            faiss_index.create(dim, options["factory"], id_map=not options["on_disk"])
         root.mkdir(parents=True, exist_ok=True)
         if wt is not None:
             wt.save(root / "whitening.npz")
@@ -246,9 +252,7 @@ class Gallery:
 
     def consistency(self) -> dict:
         """Ids FAISS holds vs ids SQLite calls indexed (both empty sets = consistent)."""
-        import faiss
-
-        held = set(faiss.vector_to_array(faiss.downcast_index(self.index).id_map).tolist())
+        held = set(faiss_index.stored_ids(self.index).tolist())
         want = set(self.store.indexed_ids().tolist())
         return {"generation": self.store.generation, "faiss_generation": self.config.get("faiss_generation"),
                 "missing_from_faiss": sorted(want - held), "not_indexed_in_faiss": sorted(held - want)}
@@ -302,7 +306,7 @@ class Gallery:
     def remove(self, paths: Sequence[str | os.PathLike]) -> dict:
         """Remove files (or everything under folders) from the index by path; files need not exist."""
         with self.writing():
-            ids = sorted({i for p in paths for i in self.store.ids_under(os.path.abspath(p))})
+            ids = sorted({i for p in paths for i in self.store.ids_under(item_key(p))})
             if not ids:
                 raise CbirError(f"{', '.join(map(str, paths))}: not in the index")
             in_sync = self.in_sync

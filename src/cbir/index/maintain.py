@@ -7,6 +7,11 @@ drawn shard by shard), then vectors are added one shard at a time, so peak memor
 one shard, never all raw vectors. DBA is the exception: it needs every vector's neighbours, so a DBA
 index loads all vectors (documented in the README).
 
+``on_disk`` (IVF factories): each shard is added to a copy of the trained, empty index and written as a
+block; ``faiss.contrib.ondisk.merge_ondisk`` merges the blocks' lists into one ``ivflists-*.bin``
+file that index.faiss refers to and that is memory-mapped at search time, so neither the build nor
+the search needs the lists in RAM. Such an index is rebuilt (streaming) on add and remove.
+
 ``--factory auto``: the factory is chosen from the number of indexed vectors, their dimension and the
 memory budget (``tuning.choose_factory``), recorded as ``index_factory``, and its search knob is tuned
 to the target recall on held-out real vectors from the shards (``tuning``); the chosen parameters and
@@ -85,6 +90,8 @@ def exact_topk(gallery, queries: np.ndarray, k: int, chunk: int = 64) -> tuple[n
 def resolve_factory(cfg: dict, n: int) -> str:
     if cfg["factory"] != "auto":
         return cfg["factory"]
+    if cfg.get("on_disk"):  # the lists live on disk: the budget is not spent on them, keep exact codes
+        return f"IVF{tuning.nlist_for(n)},Flat"
     return tuning.choose_factory(n, cfg["dim"], tuning.parse_bytes(cfg["memory_budget"]))
 
 
@@ -98,13 +105,19 @@ def rebuild(gallery) -> object:
         vecs = vectors.dba(gallery.postprocess_queries(vecs), int(cfg["dba"]), float(cfg.get("dba_alpha", 0.0)))
         index, trained = faiss_index.build(vecs, ids, factory)
     else:
-        index = faiss_index.create(cfg["dim"], factory)
+        on_disk = bool(cfg.get("on_disk"))
+        index = faiss_index.create(cfg["dim"], factory, id_map=not on_disk)
         trained = 0
         if n and not index.is_trained:
             _, sample = sample_vectors(gallery.store, gallery.root, faiss_index.TRAIN_SAMPLE)
             trained = faiss_index.train(index, gallery.postprocess_queries(sample), factory)
-        for ids, vecs in iter_shard_vectors(gallery.store, gallery.root):
-            index.add_with_ids(np.ascontiguousarray(gallery.postprocess_queries(vecs), np.float32), ids)
+        shards = ((ids, np.ascontiguousarray(gallery.postprocess_queries(v), np.float32))
+                  for ids, v in iter_shard_vectors(gallery.store, gallery.root))
+        if on_disk:
+            faiss_index.fill_on_disk(index, shards, gallery.root, factory)
+        else:
+            for ids, vecs in shards:
+                index.add_with_ids(vecs, ids)
     cfg["index_factory"], cfg["trained_on"] = factory, trained
     if cfg["factory"] == "auto":
         tune(gallery, index)
@@ -138,8 +151,8 @@ def update(gallery, changed_ids: np.ndarray, new_shards: Sequence[int] = ()) -> 
     """Update index.faiss in place: drop ``changed_ids``, add the vectors of ``new_shards``. Falls
     back to a full rebuild for DBA and for index types that cannot remove ids; returns the index."""
     path = gallery.root / "index.faiss"
-    if gallery.config.get("dba") or not path.is_file():
-        return rebuild(gallery)
+    if gallery.config.get("dba") or gallery.config.get("on_disk") or not path.is_file():
+        return rebuild(gallery)  # on-disk lists are written once, by a streaming merge
     index = faiss_index.load(path)
     if not faiss_index.remove(index, changed_ids):
         return rebuild(gallery)
