@@ -217,20 +217,18 @@ class Gallery:
         work; returns True if it rebuilt."""
         if self.in_sync or not (self.store.done_shards() or (self.root / "index.faiss").is_file()):
             return False
-        if self._writer_depth > 0:
-            return self._rebuild_if_behind()
-        if not self._writer.acquire(blocking_error=False):
-            return False  # someone is writing: they will bring index.faiss up to date
-        try:
-            return self._rebuild_if_behind()
-        finally:
-            self._writer.release()
-
-    def _rebuild_if_behind(self) -> bool:
-        self.config = _config.load(self.root)  # the writer before us may have saved a newer one
-        if self.in_sync:
-            return False
-        self._set_index(maintain.rebuild(self))
+        if self._writer_depth == 0:
+            if not self._writer.acquire(blocking_error=False):
+                return False  # someone is writing: they will bring index.faiss up to date
+            try:
+                self.config = _config.load(self.root)  # the writer before us may have saved a newer one
+                if self.in_sync:
+                    return False
+                self._set_index(maintain.rebuild(self))
+            finally:
+                self._writer.release()
+        else:  # this object is the writer: its config is the current one
+            self._set_index(maintain.rebuild(self))
         return True
 
     def refresh(self) -> bool:
@@ -241,6 +239,8 @@ class Gallery:
         config = _config.load(self.root)
         self._config_stamp = stamp
         if config.get("faiss_generation") == self.config.get("faiss_generation"):
+            if config.get("search") != self.config.get("search") and self._index is not None:
+                tuning.set_search_params(self._index, config.get("search"))  # `cbir index tune` ran
             self.config = config
             return False
         self.config = config
