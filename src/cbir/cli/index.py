@@ -105,8 +105,9 @@ def cmd_index_tune(a: argparse.Namespace) -> int:
     if a.json:
         print_json(t)
     else:
-        print(f"{a.index}: {g.config['search'] or 'exact search'}; recall@10 {t['recall_at_10']} on {t['held_out_queries']} held-out vectors, "
-              f"{t['ms_per_query']:.3f} ms/query (batch {t['held_out_queries']})")
+        ms = f"{t['ms_per_query']:.3f} ms/query (batch {t['held_out_queries']})" if t["ms_per_query"] is not None else "empty index"
+        print(f"{a.index}: {g.config['search'] or 'exact search'}; recall@10 {t['recall_at_10']} on "
+              f"{t['held_out_queries']} held-out vectors, {ms}")
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from cbir import vectors
+from cbir.errors import CbirError
 from cbir.index import faiss_index, tuning
 from cbir.index.shards import read_shard
 
@@ -132,10 +133,15 @@ def tune(gallery, index, target: float | None = None, max_ms: float | None = Non
     cfg = gallery.config
     target = float(target if target is not None else cfg.get("target_recall", 0.95))
     held_ids, held = sample_vectors(gallery.store, gallery.root, HELD_OUT, seed=1)
-    if tuning.knob(index) is None or len(held_ids) == 0:
+    q = np.ascontiguousarray(gallery.postprocess_queries(held), np.float32)
+    if len(held_ids) == 0:
         result = {"params": {}, "recall": 1.0, "ms_per_query": None, "tried": []}
+    elif tuning.knob(index) is None:  # exact search: nothing to tune
+        result = {"params": {}, "recall": 1.0, "ms_per_query": tuning.query_ms(index, q, k, 3), "tried": []}
+        if max_ms is not None and result["ms_per_query"] > max_ms:
+            raise CbirError(f"--max-ms-per-query {max_ms}: exact search takes {result['ms_per_query']:.3f} ms/query "
+                            f"here; build with an ANN factory (--factory auto) to go faster")
     else:
-        q = np.ascontiguousarray(gallery.postprocess_queries(held), np.float32)
         kk = min(k, max(1, index.ntotal - 1))
         _, truth = exact_topk(gallery, q, kk + 1)
         truth = np.stack([row[row != o][:kk] for row, o in zip(truth, held_ids)])  # its own id does not count

@@ -145,14 +145,14 @@ def tune(index, queries: np.ndarray, truth: np.ndarray, target: float, max_ms: f
     queries = np.ascontiguousarray(queries, np.float32)
     tried = []
     if name is None:
-        return {"params": {}, "recall": 1.0, "ms_per_query": _ms(index, queries, k, repeats), "tried": tried}
+        return {"params": {}, "recall": 1.0, "ms_per_query": query_ms(index, queries, k, repeats), "tried": tried}
     inner = faiss_index.innermost(index)
     top = getattr(faiss.try_extract_index_ivf(inner), "nlist", None) if name == "nprobe" else 4096
     value = 1
     while True:
         set_search_params(index, {name: value})
         recall = recall_at_k(truth, search_excluding(index, queries, k, own))
-        ms = _ms(index, queries, k, repeats)
+        ms = query_ms(index, queries, k, repeats)
         tried.append({name: value, "recall": round(recall, 4), "ms_per_query": round(ms, 4)})
         if recall >= target:
             if max_ms is not None and ms > max_ms:
@@ -165,7 +165,7 @@ def tune(index, queries: np.ndarray, truth: np.ndarray, target: float, max_ms: f
         value = min(value * 2, top)
 
 
-def _ms(index, queries: np.ndarray, k: int, repeats: int) -> float:
+def query_ms(index, queries: np.ndarray, k: int, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
