@@ -97,13 +97,16 @@ def test_sweep_writes_reports_and_resumes(photos, tmp_path, capsys):
     data = tmp_path / "data"
     make_gallery(data, photos, 10)
     out = tmp_path / "sweep"
-    r = sweep(str(data), out, ["lite0"], [6], seeds=1, repeats=1, progress=False)
+    r = sweep(str(data), out, ["lite0"], [6], seeds=1, repeats=1, progress=False, backends=("openvino:fp32",))
     cell = r["cells"][0]
+    ov = cell["backends"]["openvino:fp32"]
+    assert ov["img_s_bs8"] > 0 and ov["ratio_vs_onnxruntime_bs8"] > 0 and abs(ov["delta_mAP"]) < 1e-3  # same FP32 maths
     assert cell["d"] == 192 and cell["weights"] == "imagenet" and cell["mAP"] > 0
     assert cell["img_s_bs32"] > 0 and cell["speedup_vs_torch"] > 0 and 0.5 < cell["gflops_per_image"] < 1.0
     for name in ("report.json", "report.csv", "report.md", "pareto.png", "cells/lite0_b6_gap.json"):
         assert (out / name).is_file(), name
     assert "| lite0 | 6 | 192 | imagenet |" in (out / "report.md").read_text()
+    assert "| model | block | openvino:fp32 |" in (out / "report.md").read_text()
     assert r["machine"]["cores"] >= 1 and "onnxruntime" in r["machine"]["versions"]
     cell_file = out / "cells/lite0_b6_gap.json"
     written = cell_file.stat().st_mtime_ns

@@ -93,6 +93,15 @@ def check_tensorrt(model: Path) -> str:
     return _agree(got, tiny_reference(), 2e-2) + f"; built in {m['build_seconds']} s"
 
 
+def check_openvino(model: Path) -> str:
+    from cbir.engine.backends.openvino import OvRunner, cpu_capabilities
+
+    caps = cpu_capabilities()
+    with OvRunner(model) as runner:
+        got = runner.run(TINY_INPUT)
+    return _agree(got, tiny_reference()) + f"; CPU precisions: {', '.join(c for c in caps if c in ('FP32', 'BF16', 'FP16', 'INT8'))}"
+
+
 def check_faiss_cpu() -> str:
     import faiss
 
@@ -145,6 +154,7 @@ def run_checks() -> list[dict]:
             ("onnxruntime-cuda", lambda: check_onnxruntime("cuda", model)),
             ("onnxruntime-tensorrt", lambda: check_onnxruntime("tensorrt", model)),
             ("tensorrt", lambda: check_tensorrt(model)),
+            ("openvino", lambda: check_openvino(model)),
             ("faiss-cpu", check_faiss_cpu),
             ("faiss-gpu", check_faiss_gpu),
             ("torch-cuda", check_torch_cuda),

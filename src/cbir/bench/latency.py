@@ -102,11 +102,11 @@ def torch_baseline(info, batch: np.ndarray, repeats: int, warmup: int) -> dict:
 
 def bench_latency(model: str, backend: str = "onnxruntime", batch_sizes=(1, 8, 32, 64), data: str | None = None,
                   baseline: str | None = None, concurrencies=(1, 8, 32), repeats: int = 5, warmup: int = 2,
-                  threads: int | None = None) -> dict:
+                  threads: int | None = None, precision: str | None = None) -> dict:
     from cbir.engine.embedder import Embedder
 
     t0 = time.perf_counter()
-    emb = Embedder(model, backend=backend, threads=threads)
+    emb = Embedder(model, backend=backend, threads=threads, precision=precision)
     load_s = time.perf_counter() - t0
     h, w = emb.info.input_size
     rng = np.random.default_rng(0)
@@ -118,6 +118,7 @@ def bench_latency(model: str, backend: str = "onnxruntime", batch_sizes=(1, 8, 3
     report = {
         "model": emb.info.public(), "backend": emb.runner.name, "providers": emb.runner.providers,
         "threads": threads, "load_seconds": round(load_s, 3), "batch_sizes": list(batch_sizes),
+        "auto_batch_size": emb.auto_batch_size,
         "model_only_images_per_s": model_only,
         "batch1_latency_ms": {"api": _pct(api), "bare_runner": _pct(bare),
                                "api_over_bare_p50": float(np.median(api) / np.median(bare))},
@@ -145,3 +146,50 @@ def bench_latency(model: str, backend: str = "onnxruntime", batch_sizes=(1, 8, 3
                                  "speedup_vs_torch": ours["median"] / tb["median"]}
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
+
+
+def parse_spec(spec: str, model: str) -> tuple[str, str | None, str]:
+    """"openvino:bf16" -> ("openvino", "bf16", model); "openvino@m_int8.xml" -> ("openvino", None, "m_int8.xml")."""
+    spec, _, other = spec.partition("@")
+    backend, _, precision = spec.partition(":")
+    return backend, precision or None, other or model
+
+
+def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data: str | None = None,
+                     repeats: int = 5, e2e_batch: int | None = None, threads: int | None = None) -> dict:
+    """Backend × precision (× model file: ``backend[:precision][@file]``) in one process run: model-only img/s per batch size and end-to-end img/s
+    from image files, repeats interleaved round-robin (drift hits every backend alike), medians, and
+    each spec's ratio to the first one. End-to-end runs use ``e2e_batch`` (default: each one's auto batch size)."""
+    from cbir.engine.embedder import Embedder
+
+    embs = {}
+    for s in specs:
+        backend, precision, path = parse_spec(s, model)
+        embs[s] = Embedder(path, backend=backend, precision=precision, threads=threads)
+    h, w = next(iter(embs.values())).info.input_size
+    big = np.random.default_rng(0).integers(0, 256, (max(batch_sizes), h, w, 3), dtype=np.uint8)
+    files = None
+    if data:
+        from cbir.walk import find_images
+
+        files = [str(p) for p in find_images([data])]
+    runs: dict = {s: {"model_only": {str(b): [] for b in batch_sizes}, "end_to_end": []} for s in specs}
+    for _ in range(repeats):
+        for s, emb in embs.items():
+            for b in batch_sizes:
+                runs[s]["model_only"][str(b)].append(throughput(emb.run, big[:b], 1, 1)["median"])
+            if files:
+                runs[s]["end_to_end"].append(emb.embed_files(files, batch_size=e2e_batch).timings.as_dict()["images_per_s"])
+    base = specs[0]
+    out = {"model": next(iter(embs.values())).info.public(), "batch_sizes": list(batch_sizes), "repeats": repeats,
+           "files": len(files) if files else 0, "e2e_batch": e2e_batch, "backends": {}}
+    for s in specs:
+        mo = {b: _stats(v) for b, v in runs[s]["model_only"].items()}
+        row = {"name": embs[s].runner.name, "auto_batch_size": embs[s].auto_batch_size, "model_only_images_per_s": mo,
+               "model_only_ratio": {b: mo[b]["median"] / _stats(runs[base]["model_only"][b])["median"] for b in mo}}
+        if files:
+            e2e = _stats(runs[s]["end_to_end"])
+            row["end_to_end_images_per_s"] = e2e
+            row["end_to_end_ratio"] = e2e["median"] / _stats(runs[base]["end_to_end"])["median"]
+        out["backends"][s] = row
+    return out

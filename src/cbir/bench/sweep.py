@@ -37,7 +37,10 @@ def _has_offline_weights(arch: str) -> bool:
 
 
 def run_cell(short: str, block: int, pooling: str, data: str | None, work: Path, sgemm: float, seeds: int,
-             repeats: int) -> dict:
+             repeats: int, backends: tuple[str, ...] = ()) -> dict:
+    """One arch × block: export, speed on ONNX Runtime and PyTorch eager, accuracy; and for each
+    extra ``backends`` spec (``backend[:precision]``, e.g. ``openvino:bf16``) its img/s at batch 8 and
+    ratio to ONNX Runtime measured next to it, and its mAP (ΔmAP) when accuracy is measured."""
     from cbir.bench.accuracy import bench_accuracy
     from cbir.bench.flops import onnx_flops
     from cbir.bench.latency import latencies, throughput, torch_baseline
@@ -69,12 +72,24 @@ def run_cell(short: str, block: int, pooling: str, data: str | None, work: Path,
         for k in ("mAP", "mAP@10", "P@10", "P@100", "R@100"):
             cell[k] = acc["metrics"][k]["mean"]
             cell[k + "_std"] = acc["metrics"][k]["std"]
+    cell["backends"] = {}
+    for spec in backends:
+        from cbir.bench.latency import parse_spec
+
+        backend, precision, _ = parse_spec(spec, str(path))
+        other = Embedder(path, backend=backend, precision=precision)
+        base8, theirs8 = throughput(emb.run, batch[:8], repeats, 1), throughput(other.run, batch[:8], repeats, 1)
+        row = {"img_s_bs8": theirs8["median"], "ratio_vs_onnxruntime_bs8": theirs8["median"] / base8["median"]}
+        if pretrained and data:
+            row["mAP"] = bench_accuracy(str(path), data, seeds=seeds, embedder=other)["metrics"]["mAP"]["mean"]
+            row["delta_mAP"] = row["mAP"] - cell["mAP"]
+        cell["backends"][spec] = row
     path.unlink(missing_ok=True)  # models are rebuilt on demand; keep the report small
     return cell
 
 
 def sweep(data: str | None, out: str | os.PathLike, archs: list[str], blocks: list[int], pooling: str = "gap",
-          seeds: int = 3, repeats: int = 3, progress: bool = True) -> dict:
+          seeds: int = 3, repeats: int = 3, progress: bool = True, backends: tuple[str, ...] = ()) -> dict:
     from cbir.bench.flops import sgemm_gflops
     from cbir.bench.machine import describe
 
@@ -93,7 +108,7 @@ def sweep(data: str | None, out: str | os.PathLike, archs: list[str], blocks: li
                 print(f"[{i}/{len(todo)}] {a} Block {b}: done earlier, skipped", file=sys.stderr)
             continue
         t0 = time.perf_counter()
-        cell = run_cell(a, b, pooling, data, out, sgemm["median"], seeds, repeats)
+        cell = run_cell(a, b, pooling, data, out, sgemm["median"], seeds, repeats, tuple(backends))
         cell["seconds"] = round(time.perf_counter() - t0, 1)
         fsio.write_json(f, cell)
         cells.append(cell)
@@ -138,6 +153,17 @@ def markdown(report: dict) -> str:
                                        + [_fmt(c.get(k)) for k in ("mAP", "mAP@10", "P@10", "P@100", "R@100")]
                                        + [_fmt(c["img_s_bs32"], 1), _fmt(c["p50_ms_bs1"], 2), _fmt(c["speedup_vs_torch"], 2),
                                           _fmt(c["gflops_per_image"], 2), _fmt(c["sgemm_fraction"], 2), _fmt(c.get("paper_mAP"))]) + " |")
+    specs = sorted({s for c in report["cells"] for s in c.get("backends", {})})
+    if specs:
+        lines += ["", "Backend × precision (img/s at batch 8, ratio to ONNX Runtime FP32 measured next to it, ΔmAP):", "",
+                  "| model | block | " + " | ".join(specs) + " |", "|" + "---|" * (2 + len(specs))]
+        for c in report["cells"]:
+            cols = []
+            for s in specs:
+                r = c.get("backends", {}).get(s)
+                cols.append("–" if r is None else f"{r['img_s_bs8']:.0f} ({r['ratio_vs_onnxruntime_bs8']:.2f}×"
+                            + (f", ΔmAP {r['delta_mAP']:+.4f})" if "delta_mAP" in r else ")"))
+            lines.append(f"| {c['model']} | {c['block']} | " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n"
 
 

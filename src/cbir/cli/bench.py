@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cbir.cli.common import print_json
+from cbir.cli.common import backend_args, print_json
 
 
 def cmd_bench_accuracy(a: argparse.Namespace) -> int:
@@ -14,7 +14,8 @@ def cmd_bench_accuracy(a: argparse.Namespace) -> int:
     from cbir.engine.embedder import Embedder
 
     r = bench_accuracy(a.model, a.data, seeds=a.seeds, qe_n=a.qe, qe_alpha=a.qe_alpha, queries=a.queries,
-                       exclude_self=a.exclude_self, embedder=Embedder(a.model, resampling=a.resampling),
+                       exclude_self=a.exclude_self, embedder=Embedder(a.model, resampling=a.resampling, backend=a.backend,
+                                                                    precision=a.precision),
                        whiten_dim=a.whiten_dim, whiten_force=a.whiten_force,
                        progress=not a.json and sys.stderr.isatty())
     if a.json:
@@ -33,7 +34,19 @@ def cmd_bench_latency(a: argparse.Namespace) -> int:
 
     bs = [int(x) for x in a.batch_sizes.split(",")]
     cc = [int(x) for x in a.concurrency.split(",")]
-    r = bench_latency(a.model, a.backend, bs, a.data, a.baseline, cc, a.repeats, threads=a.threads)
+    if a.compare:
+        from cbir.bench.latency import compare_backends
+
+        r = compare_backends(a.model, a.compare.split(","), bs, a.data, a.repeats, threads=a.threads)
+        if a.json:
+            print_json(r)
+            return 0
+        for spec, row in r["backends"].items():
+            mo = ", ".join(f"bs {b}: {s['median']:.0f} img/s ({row['model_only_ratio'][b]:.2f}×)" for b, s in row["model_only_images_per_s"].items())
+            e2e = f"; end-to-end {row['end_to_end_images_per_s']['median']:.0f} img/s ({row['end_to_end_ratio']:.2f}×)" if r["files"] else ""
+            print(f"{spec:20s} {mo}{e2e}")
+        return 0
+    r = bench_latency(a.model, a.backend, bs, a.data, a.baseline, cc, a.repeats, threads=a.threads, precision=a.precision)
     if a.json:
         print_json(r)
         return 0
@@ -75,7 +88,8 @@ def cmd_bench_sweep(a: argparse.Namespace) -> int:
     from cbir.bench.sweep import sweep
 
     r = sweep(a.data, a.out, [x.strip() for x in a.archs.split(",")], [int(b) for b in a.blocks.split(",")],
-              a.pooling, a.seeds, a.repeats, progress=not a.json)
+              a.pooling, a.seeds, a.repeats, progress=not a.json,
+              backends=tuple(s.strip() for s in a.backends.split(",")) if a.backends else ())
     if a.json:
         print_json(r)
     else:
@@ -111,12 +125,15 @@ def register(sub) -> None:
     ba.add_argument("--qe-alpha", type=float, default=0.0)
     ba.add_argument("--whiten-dim", type=int, help="fit PCA-whitening on the searched set to D dims and apply it")
     ba.add_argument("--whiten-force", action="store_true", help="fit even below 10 vectors per dim")
+    backend_args(ba)
     ba.add_argument("--resampling", choices=["opencv", "pillow"], help="override the model's resampling policy (to compare)")
     ba.add_argument("--json", action="store_true")
     ba.set_defaults(fn=cmd_bench_accuracy)
     bl = bench.add_parser("latency", help="throughput and latency of a model")
     bl.add_argument("--model", required=True)
-    bl.add_argument("--backend", default="onnxruntime")
+    backend_args(bl)
+    bl.add_argument("--compare", help="backend[:precision] list measured side by side in one run, ratios to the first, "
+                                      "e.g. onnxruntime,openvino:fp32,openvino:bf16,openvino@model_int8.xml")
     bl.add_argument("--batch-sizes", default="1,8,32,64")
     bl.add_argument("--concurrency", default="1,8,32")
     bl.add_argument("--data", help="image folder for the end-to-end figure")
@@ -129,6 +146,7 @@ def register(sub) -> None:
     sw.add_argument("--data", help="labelled image folder for accuracy (pretrained models only)")
     sw.add_argument("--out", required=True, help="report directory (an interrupted sweep resumes there)")
     sw.add_argument("--archs", default="b0,b1,b2,b3,b4,b5,lite0,lite1,lite2")
+    sw.add_argument("--backends", help="extra backend[:precision] specs per cell, e.g. openvino:fp32,openvino:bf16")
     sw.add_argument("--blocks", default="6,7")
     sw.add_argument("--pooling", default="gap")
     sw.add_argument("--seeds", type=int, default=3)

@@ -12,12 +12,19 @@ def print_json(obj) -> None:
 def open_embedder(a: argparse.Namespace, model: str):
     from cbir.engine.embedder import Embedder
 
-    return Embedder(model, backend=a.backend, threads=a.threads, workers=a.workers)
+    return Embedder(model, backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision)
+
+
+def backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="onnxruntime",
+                   help="onnxruntime (default), openvino, onnxruntime-cuda, onnxruntime-trt, tensorrt (a plan from `cbir compile`)")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="--backend openvino: run precision (default fp32; bf16 where the CPU has it)")
 
 
 def engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default), onnxruntime-cuda, onnxruntime-trt, tensorrt (a plan from `cbir compile`)")
-    p.add_argument("--batch-size", type=int, default=32)
+    backend_args(p)
+    p.add_argument("--batch-size", type=int, help="images per inference call (default: auto, measured at load)")
     p.add_argument("--threads", type=int, help="inference threads (default: all cores)")
     p.add_argument("--workers", type=int, help="decode threads (default: all cores)")
 

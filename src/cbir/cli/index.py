@@ -85,7 +85,7 @@ def cmd_index_add(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
     g = Gallery(a.index, wait=a.wait)
-    g.embedder(backend=a.backend, threads=a.threads, workers=a.workers)
+    g.embedder(backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision)
     return _print_report(a, g.add(a.paths, batch_size=a.batch_size, retry_failed=a.retry_failed), "added")
 
 

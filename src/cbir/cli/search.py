@@ -11,7 +11,7 @@ def cmd_search(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
     g = Gallery(a.index)
-    g.embedder(a.model, backend=a.backend, threads=a.threads, workers=a.workers)
+    g.embedder(a.model, backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision)
     results = g.search(a.queries, k=a.k, qe_n=a.qe, qe_alpha=a.qe_alpha, nprobe=a.nprobe, ef_search=a.ef_search)
     if a.json:
         print_json(results)

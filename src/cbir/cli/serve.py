@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from cbir.cli.common import backend_args
 from cbir.errors import CbirError
 
 
@@ -15,7 +16,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     app = create_app(a.index, max_batch=a.max_batch, max_delay_ms=a.max_delay_ms, max_queue=a.max_queue,
                      timeout_s=a.timeout_s, max_upload_bytes=int(a.max_upload_mb * 1024 * 1024),
-                     backend=a.backend, threads=a.threads)
+                     backend=a.backend, threads=a.threads, precision=a.precision)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=a.timeout_s)
     return 0
 
@@ -25,11 +26,11 @@ def register(sub) -> None:
     sv.add_argument("--index", required=True)
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--max-batch", type=int, default=32)
+    sv.add_argument("--max-batch", type=int, help="dynamic batcher's largest batch (default: auto, measured at load)")
     sv.add_argument("--max-delay-ms", type=float, default=5.0)
     sv.add_argument("--max-queue", type=int, default=256, help="batcher queue bound; beyond it: 503 + Retry-After")
     sv.add_argument("--timeout-s", type=float, default=30.0)
     sv.add_argument("--max-upload-mb", type=float, default=20.0)
-    sv.add_argument("--backend", default="onnxruntime")
+    backend_args(sv)
     sv.add_argument("--threads", type=int)
     sv.set_defaults(fn=cmd_serve)

@@ -95,7 +95,7 @@ def pending_work(store) -> list[tuple[int, list[tuple[int, str]]]]:
     return [(s, store.shard_items(s)) for s in store.pending_shards()]
 
 
-def process_pending(gallery, batch_size: int = 32, progress: bool = False, distributed: dict | None = None) -> dict:
+def process_pending(gallery, batch_size: int | None = None, progress: bool = False, distributed: dict | None = None) -> dict:
     """Embed every pending shard (here, or on Ray with ``distributed``) and commit each as it
     finishes; returns counts and stage timings."""
     adopt_outputs(gallery.store, gallery.root)

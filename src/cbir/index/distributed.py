@@ -36,7 +36,7 @@ def import_ray():
 class ShardWorker:
     """Ray Data callable class: one model per actor; each input row is one shard."""
 
-    def __init__(self, model: str, root: str, backend: str, threads: int, fingerprint: str, batch_size: int):
+    def __init__(self, model: str, root: str, backend: str, threads: int, fingerprint: str, batch_size: int | None):
         from cbir.engine.embedder import Embedder
 
         self.embedder = Embedder(model, backend=backend, threads=threads, workers=threads)
@@ -63,7 +63,7 @@ class ShardWorker:
                 "seconds": np.array(seconds)}
 
 
-def process_with_ray(gallery, batch_size: int = 32, progress: bool = False, ray_address: str | None = None,
+def process_with_ray(gallery, batch_size: int | None = None, progress: bool = False, ray_address: str | None = None,
                      num_workers: int = 2, cpus_per_worker: int = 1, gpus_per_worker: float = 0,
                      backend: str = "onnxruntime") -> dict:
     ray = import_ray()

@@ -192,7 +192,7 @@ class Gallery:
     def pending_work(self) -> list[tuple[int, list[tuple[int, str]]]]:
         return _build.pending_work(self.store)
 
-    def process_pending(self, batch_size: int = 32, progress: bool = False, distributed: dict | None = None) -> dict:
+    def process_pending(self, batch_size: int | None = None, progress: bool = False, distributed: dict | None = None) -> dict:
         return _build.process_pending(self, batch_size, progress, distributed)
 
     def load_vectors(self, shards: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -272,7 +272,7 @@ class Gallery:
         with self.writing():
             self._set_index(maintain.rebuild(self))
 
-    def build(self, images: Sequence[str | os.PathLike], batch_size: int = 32, progress: bool = False,
+    def build(self, images: Sequence[str | os.PathLike], batch_size: int | None = None, progress: bool = False,
               distributed: dict | None = None, retry_failed: bool = False) -> dict:
         """Scan, embed pending shards, build the FAISS index, write report.json."""
         with self.writing():
@@ -283,7 +283,7 @@ class Gallery:
             self.rebuild_index()
             return self.write_report(work, scanned, t0)
 
-    def add(self, paths: Sequence[str | os.PathLike], batch_size: int = 32, progress: bool = False,
+    def add(self, paths: Sequence[str | os.PathLike], batch_size: int | None = None, progress: bool = False,
             retry_failed: bool = False) -> dict:
         """Embed only new or changed files and update the index in place where FAISS allows."""
         with self.writing():

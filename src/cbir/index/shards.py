@@ -47,7 +47,7 @@ def read_shard(root: Path, shard: int) -> ShardOutput:
         return ShardOutput(z["ids"], z["vectors"], z["sha1"], z["size"], z["failed_ids"], z["failed_reasons"])
 
 
-def embed_shard(embedder, root: Path, shard: int, items: Sequence[tuple[int, str]], batch_size: int = 32,
+def embed_shard(embedder, root: Path, shard: int, items: Sequence[tuple[int, str]], batch_size: int | None = None,
                 timings=None, on_batch: Callable[[int], None] | None = None) -> ShardOutput:
     """Embed one shard's files and write its output file (the worker side of a build)."""
     ids = np.array([i for i, _ in items], np.int64)

@@ -38,14 +38,15 @@ from cbir.serve.metrics import Metrics
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 
 
-def create_app(index_dir: str, max_batch: int = 32, max_delay_ms: float = 5.0, max_queue: int = 256,
+def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float = 5.0, max_queue: int = 256,
                timeout_s: float = 30.0, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int | None = None,
-               backend: str = "onnxruntime", threads: int | None = None):
+               backend: str = "onnxruntime", threads: int | None = None, precision: str | None = None):
     from cbir import __version__
     from cbir.index.gallery import Gallery
 
     gallery = Gallery(index_dir)
-    emb = gallery.embedder(backend=backend, threads=threads, **({"max_pixels": max_pixels} if max_pixels else {}))
+    emb = gallery.embedder(backend=backend, threads=threads, precision=precision,
+                           **({"max_pixels": max_pixels} if max_pixels else {}))
     metrics = Metrics()
     state: dict = {}
 

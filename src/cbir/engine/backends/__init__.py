@@ -6,6 +6,7 @@
 | onnxruntime-cuda | ORT CUDA EP (refused if the session fell back to CPU)| onnxruntime-gpu, CUDA      |
 | onnxruntime-trt  | ORT TensorRT EP, then CUDA (same check)              | onnxruntime-gpu, TensorRT  |
 | tensorrt         | native TensorRT plan from `cbir compile`             | tensorrt, cuda-python      |
+| openvino         | OpenVINO CPU, ``precision`` fp32 or bf16, all cores  | openvino (extra cpu-fast)  |
 
 Every runner implements ``base.Runner``: ``info``, ``input_name``/``input_shape``/``input_dtype``,
 ``run`` (uint8 [N, H, W, 3] NumPy -> float32 [N, D] L2-normalised), ``run_torch`` (CUDA tensors, GPU
@@ -28,6 +29,12 @@ def _onnxruntime(provider: str) -> Callable[..., Runner]:
     return load
 
 
+def _openvino(model: str, precision: str | None = None, threads: int | None = None, **options) -> Runner:
+    from cbir.engine.backends.openvino import OvRunner
+
+    return OvRunner(model, precision or "fp32", threads)
+
+
 def _tensorrt(model: str, **options) -> Runner:
     from cbir.engine.backends.tensorrt import TrtRunner
 
@@ -39,11 +46,19 @@ BACKENDS: dict[str, Callable[..., Runner]] = {
     "onnxruntime-cuda": _onnxruntime("cuda"),
     "onnxruntime-trt": _onnxruntime("tensorrt"),
     "tensorrt": _tensorrt,
+    "openvino": _openvino,
 }
+RUN_PRECISION = {"openvino"}  # backends that choose a precision at load (others: the file's precision)
 
 
 def load_backend(model: str, backend: str = "onnxruntime", **options) -> Runner:
     """Load ``model`` with the backend registered under ``backend`` (default: ONNX Runtime CPU)."""
     if backend not in BACKENDS:
         raise CbirError(f"--backend {backend!r}: unknown backend; choose one of {', '.join(BACKENDS)}")
+    precision = options.pop("precision", None)
+    if backend in RUN_PRECISION:
+        options["precision"] = precision
+    elif precision not in (None, "fp32"):
+        raise CbirError(f"--precision {precision}: only --backend openvino runs a reduced precision at load "
+                        f"(for TensorRT, export with --precision fp16)")
     return BACKENDS[backend](model, **options)
