@@ -17,7 +17,7 @@ SRC = Path(cbir.__file__).parent
 # Longest prefix wins. Lower number = lower layer.
 LAYERS = {
     "cbir.errors": 0, "cbir.modelinfo": 0, "cbir.vectors": 0, "cbir.fsio": 0, "cbir.cores": 0,
-    "cbir.walk": 0, "cbir.samples": 0,
+    "cbir.walk": 0, "cbir.samples": 0, "cbir.sources": 0,
     "cbir.engine": 1, "cbir.models": 1,
     "cbir.index": 2, "cbir.bench.metrics": 2, "cbir.bench.protocol": 2,
     "cbir.bench.ranking": 3,
@@ -25,7 +25,7 @@ LAYERS = {
     "cbir.export": 5, "cbir.finetune": 5,
     "cbir.bench": 6, "cbir.serve": 6, "cbir.doctor": 6, "cbir.cli": 7, "cbir.__main__": 8,
 }
-TORCH_FREE = ("cbir.engine", "cbir.index", "cbir.vectors", "cbir.modelinfo", "cbir.fsio", "cbir.walk",
+TORCH_FREE = ("cbir.sources", "cbir.engine", "cbir.index", "cbir.vectors", "cbir.modelinfo", "cbir.fsio", "cbir.walk",
               "cbir.bench.metrics", "cbir.bench.protocol", "cbir.serve")
 # run_torch paths take torch tensors from the caller: torch is already there when they run
 TORCH_OK_FUNCTIONS = {"run_torch"}

@@ -6,7 +6,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from cbir.cli.common import engine_args, open_embedder, print_json
+from cbir.cli.common import engine_args, open_embedder, parquet_spec, print_json, source_args
+from cbir.cli.embed import read_list
 from cbir.errors import CbirError
 
 
@@ -20,8 +21,8 @@ def cmd_index_build(a: argparse.Namespace) -> int:
         return build_from_vectors(a, root)
     if a.model is None:
         raise CbirError("index build IMAGES_DIR: --model is required")
-    if not Path(a.images_dir).is_dir():
-        raise CbirError(f"IMAGES_DIR {a.images_dir}: not a directory")
+    if "://" not in a.images_dir and not Path(a.images_dir).exists():
+        raise CbirError(f"IMAGES {a.images_dir}: no such file or directory")
     existed = (root / INDEX_JSON).is_file()
     emb = open_embedder(a, a.model)
     g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
@@ -36,8 +37,9 @@ def cmd_index_build(a: argparse.Namespace) -> int:
     elif a.distributed is not None:
         raise CbirError(f"--distributed {a.distributed!r}: only 'ray' is supported")
     try:
-        report = g.build([a.images_dir], batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty(),
-                         distributed=distributed, retry_failed=a.retry_failed)
+        report = g.build([a.images_dir] + read_list(a.files_from), batch_size=a.batch_size,
+                         progress=not a.json and sys.stderr.isatty(), distributed=distributed,
+                         retry_failed=a.retry_failed, parquet=parquet_spec(a))
     except CbirError:
         if not existed and not g.store.done_shards():  # refused before any work: leave nothing behind
             g.close()
@@ -86,7 +88,8 @@ def cmd_index_add(a: argparse.Namespace) -> int:
 
     g = Gallery(a.index, wait=a.wait)
     g.embedder(backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision)
-    return _print_report(a, g.add(a.paths, batch_size=a.batch_size, retry_failed=a.retry_failed), "added")
+    return _print_report(a, g.add(list(a.paths) + read_list(a.files_from), batch_size=a.batch_size,
+                                  retry_failed=a.retry_failed, parquet=parquet_spec(a)), "added")
 
 
 def cmd_index_remove(a: argparse.Namespace) -> int:
@@ -131,7 +134,8 @@ def cmd_index_info(a: argparse.Namespace) -> int:
 def register(sub) -> None:
     ix = sub.add_parser("index", help="build and edit a gallery index").add_subparsers(dest="index_command", required=True)
     b = ix.add_parser("build", help="index a folder of images (resumable)")
-    b.add_argument("images_dir", nargs="?", help="folder of images (or use --from-vectors)")
+    b.add_argument("images_dir", nargs="?", help="folder, .tar shard, .parquet file or URL of images (or use --from-vectors)")
+    source_args(b)
     b.add_argument("--from-vectors", help="index existing embeddings: a .npy [N, D] or a folder of .npy files")
     b.add_argument("--paths", help="with --from-vectors: text file, one path or URI per row")
     b.add_argument("--model", help="the cbir model (required for images; optional with --from-vectors: "
@@ -162,7 +166,8 @@ def register(sub) -> None:
     b.set_defaults(fn=cmd_index_build)
     ad = ix.add_parser("add", help="add new or changed files or folders")
     ad.add_argument("index")
-    ad.add_argument("paths", nargs="+")
+    ad.add_argument("paths", nargs="*", help="files, folders, tar shards, parquet files or URLs")
+    source_args(ad)
     ad.add_argument("--retry-failed", action="store_true", help="embed again files that failed before even if unchanged")
     engine_args(ad)
     ad.add_argument("--json", action="store_true")

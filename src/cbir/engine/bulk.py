@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from cbir.cores import all_cores
+from cbir.sources import DEFAULT_READER, is_uri
 from cbir.engine.preprocess import ImageError, ImageSource, Preprocess, describe
 
 PREFETCH = 2
@@ -79,7 +80,7 @@ def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
         try:
-            data = open(name, "rb").read()
+            data = DEFAULT_READER.read(name) if is_uri(name) else open(name, "rb").read()
         except FileNotFoundError:
             kind = " (dangling symlink)" if os.path.islink(name) else ""
             raise ImageError(name, "no such file" + kind) from None

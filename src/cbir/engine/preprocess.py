@@ -28,7 +28,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from cbir.errors import CbirError
+from cbir.errors import CbirError, ImageError
+from cbir.sources import DEFAULT_READER, is_uri
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
@@ -54,14 +55,6 @@ _CV2_FILTERS = {} if _cv2 is None else {"bicubic": _cv2.INTER_CUBIC, "bilinear":
 # We enforce our own pixel limit per file; Pillow's global one would warn or raise on its own terms.
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-class ImageError(CbirError):
-    """One image could not be used; ``source`` names it and the message says why."""
-
-    def __init__(self, source: str, reason: str):
-        super().__init__(f"{source}: {reason}")
-        self.source, self.reason = source, reason
 
 
 @dataclass(frozen=True)
@@ -180,7 +173,9 @@ def open_image(source: ImageSource, name: str, max_pixels: int = MAX_PIXELS) -> 
     elif isinstance(source, np.ndarray):
         img = from_array(source, name)
     else:
-        if isinstance(source, (str, os.PathLike)):
+        if isinstance(source, str) and is_uri(source):
+            data = DEFAULT_READER.read(source)
+        elif isinstance(source, (str, os.PathLike)):
             path = Path(source)
             if not path.exists():
                 raise ImageError(name, "no such file" + (" (dangling symlink)" if path.is_symlink() else ""))

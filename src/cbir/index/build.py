@@ -4,7 +4,8 @@ Ray), commit each shard in one SQLite transaction, adopt finished-but-uncommitte
 Resume: files are assigned to shards (``shard_size``, default 1,024) before any work; a shard is
 embedded whole and committed (vector file, then one SQLite transaction marking it done). A job
 killed at any point redoes only the unfinished shards, so every image ends up exactly once.
-A file is embedded again when its size or mtime changed; a file that failed is retried only with
+A file is embedded again when its size or mtime changed (a URI with no cheap stat — tar members,
+Parquet rows, objects — only when it was removed); a file that failed is retried only with
 ``retry_failed`` (else it stays failed and is reported as failed, not as unchanged).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from cbir.index.shards import ShardOutput, embed_shard, read_shard, shard_path
-from cbir.walk import find_images
+from cbir.sources import ParquetSpec, expand, is_uri, stat
 
 
 @dataclass
@@ -33,24 +34,22 @@ def progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
 
 
-def scan(store, shard_size: int, paths: Sequence[str | os.PathLike], retry_failed: bool = False) -> Scan:
-    """Register new or changed image files (and failed ones, with ``retry_failed``) as pending in new shards."""
-    files = find_images(paths)
+def scan(store, shard_size: int, paths: Sequence[str | os.PathLike], retry_failed: bool = False,
+         parquet: ParquetSpec | None = None) -> Scan:
+    """Register new or changed images (and failed ones, with ``retry_failed``) as pending in new shards.
+    ``paths``: folders, files, tar shards, Parquet files, URLs (``cbir.sources``); items are URIs."""
+    files = expand(paths, parquet)
     known = store.items_by_paths()
     result = Scan()
     with store.transaction():
         shard, in_shard = None, 0
-        for p in files:
-            key = os.path.abspath(p)
-            try:
-                st = os.stat(p)
-                size, mtime = st.st_size, st.st_mtime
-            except OSError:
-                size, mtime = -1, -1.0  # dangling link or unreadable: it will fail and be reported
+        for key in files:
+            size, mtime = stat(key)  # -1 for URIs and unreadable files (those fail and are reported)
             old = known.get(key)
             if old is not None:
                 _, osize, omtime, state = old
-                if state != "removed" and osize == size and omtime == mtime:
+                unknown = size == -1 and is_uri(key)  # no cheap stat for this URI: as indexed, unchanged
+                if state != "removed" and (unknown or (osize == size and omtime == mtime)):
                     if state == "failed" and not retry_failed:
                         result.still_failed.append(key)
                         continue

@@ -183,8 +183,8 @@ class Gallery:
         return self.whitening.apply(v) if self.whitening is not None else v
 
     # -- building ------------------------------------------------------------------------------
-    def scan(self, paths: Sequence[str | os.PathLike], retry_failed: bool = False) -> _build.Scan:
-        return _build.scan(self.store, self.config["shard_size"], paths, retry_failed)
+    def scan(self, paths: Sequence[str | os.PathLike], retry_failed: bool = False, parquet=None) -> _build.Scan:
+        return _build.scan(self.store, self.config["shard_size"], paths, retry_failed, parquet)
 
     def commit_shard(self, shard: int, out) -> tuple[int, int]:
         return _build.commit_shard(self.store, shard, out)
@@ -273,27 +273,28 @@ class Gallery:
             self._set_index(maintain.rebuild(self))
 
     def build(self, images: Sequence[str | os.PathLike], batch_size: int | None = None, progress: bool = False,
-              distributed: dict | None = None, retry_failed: bool = False) -> dict:
-        """Scan, embed pending shards, build the FAISS index, write report.json."""
+              distributed: dict | None = None, retry_failed: bool = False, parquet=None) -> dict:
+        """Scan, embed pending shards, build the FAISS index, write report.json. ``images``: folders,
+        files, tar shards, Parquet files (with ``parquet``: a ``sources.ParquetSpec``), URLs."""
         with self.writing():
             t0 = time.perf_counter()
-            scanned = self.scan(images, retry_failed)
+            scanned = self.scan(images, retry_failed, parquet)
             maintain.resolve_factory(self.config, self.store.count("indexed") + self.store.count("pending"))
             work = self.process_pending(batch_size, progress, distributed)
             self.rebuild_index()
             return self.write_report(work, scanned, t0)
 
     def add(self, paths: Sequence[str | os.PathLike], batch_size: int | None = None, progress: bool = False,
-            retry_failed: bool = False) -> dict:
+            retry_failed: bool = False, parquet=None) -> dict:
         """Embed only new or changed files and update the index in place where FAISS allows."""
         with self.writing():
-            return self._add(paths, batch_size, progress, retry_failed)
+            return self._add(paths, batch_size, progress, retry_failed, parquet)
 
-    def _add(self, paths, batch_size: int, progress: bool, retry_failed: bool) -> dict:
+    def _add(self, paths, batch_size: int, progress: bool, retry_failed: bool, parquet) -> dict:
         t0 = time.perf_counter()
         was_in_sync = self.in_sync
         before = self.store.pending_shards()
-        scanned = self.scan(paths, retry_failed)
+        scanned = self.scan(paths, retry_failed, parquet)
         new_shards = self.store.pending_shards()
         changed = [i for s in new_shards for i, _ in self.store.shard_items(s)]
         work = self.process_pending(batch_size, progress)

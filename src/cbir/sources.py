@@ -1,0 +1,240 @@
+"""Where images come from, as URIs: local files and folders, file lists, WebDataset tar shards,
+Parquet files, and fsspec URLs (``s3://``, ``gs://``, ``memory://``, ``file://`` …). Torch-free;
+``fsspec`` and ``pyarrow`` are imported only when a URI needs them.
+
+An item's identity (in the index, in outputs) is its URI:
+- a local file: its absolute path;
+- an fsspec object: the URL as given (``s3://bucket/a.jpg``);
+- a member of a WebDataset tar shard: ``tar://<shard path or URL>#<key>`` — the sample's ``__key__``
+  (the member name up to its first dot), the image taken from its ``jpg``/``jpeg``/``png``/``webp``/
+  ``bmp`` member;
+- a Parquet row with image bytes: ``parquet://<file or URL>#<row>`` (``--parquet-column``); with a
+  path/URL column instead (``--parquet-path-column``) the row's value is the item's URI.
+Bytes are read into memory, never via temporary files. Credentials are fsspec's (the environment the
+user already has). A missing or unreadable item is a per-item error (``read`` raises ``ImageError``
+naming the URI), like a broken file; a wrong column or an unknown scheme is one ``CbirError`` line.
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from cbir.errors import CbirError, ImageError
+from cbir.walk import find_images, is_image_name
+
+TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+@dataclass(frozen=True)
+class ParquetSpec:
+    """Which Parquet column holds the image: ``bytes_column`` (image bytes) or ``path_column`` (paths/URLs)."""
+
+    bytes_column: str | None = None
+    path_column: str | None = None
+
+
+def is_uri(s: str) -> bool:
+    return "://" in s
+
+
+def _fs(url: str):
+    try:
+        import fsspec
+    except ImportError:
+        raise CbirError(f"{url}: URLs need fsspec (pip install fsspec, plus s3fs/gcsfs for those schemes)") from None
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except (ValueError, ImportError) as e:
+        raise CbirError(f"{url}: unknown or unavailable URL scheme ({e})") from None
+    return fs, path
+
+
+def expand(inputs, parquet: ParquetSpec | None = None) -> list[str]:
+    """Item URIs of ``inputs`` (folders, files, .tar shards, .parquet files, URLs), deduplicated, in order."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in inputs:
+        item = os.fspath(item)
+        for uri in _expand_one(item, parquet):
+            if uri not in seen:
+                seen.add(uri)
+                out.append(uri)
+    return out
+
+
+def _expand_one(item: str, parquet: ParquetSpec | None) -> list[str]:
+    low = item.lower()
+    if low.endswith(".tar"):
+        return tar_members(item)
+    if low.endswith(".parquet"):
+        return parquet_items(item, parquet)
+    if is_uri(item):
+        if item.startswith(("tar://", "parquet://")):
+            return [item]
+        fs, path = _fs(item)
+        if fs.isdir(path):
+            proto = item.split("://", 1)[0]
+            found = sorted(p for p in fs.find(path) if is_image_name(p))
+            return [f"{proto}://{p.lstrip('/')}" if proto != "file" else f"file://{p}" for p in found]
+        return [item]
+    if Path(item).is_dir():
+        tars = sorted(Path(item).glob("*.tar"))
+        return [os.path.abspath(p) for p in find_images([item])] + [u for t in tars for u in tar_members(str(t))]
+    return [os.path.abspath(p) for p in find_images([item])]
+
+
+def _open(location: str, mode: str = "rb"):
+    if is_uri(location):
+        fs, path = _fs(location)
+        return fs.open(path, mode)
+    return open(location, mode)
+
+
+def tar_members(shard: str) -> list[str]:
+    """``tar://shard#key`` for every sample of a WebDataset shard that has an image member."""
+    shard = shard if is_uri(shard) else os.path.abspath(shard)
+    try:
+        with _open(shard) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+            keys = []
+            for m in tf:
+                key, ext = _split_member(m.name)
+                if m.isfile() and ext in TAR_IMAGE_EXTS and key not in keys:
+                    keys.append(key)
+    except (OSError, tarfile.TarError) as e:
+        raise CbirError(f"{shard}: not a readable tar shard ({type(e).__name__}: {e})") from None
+    return [f"tar://{shard}#{k}" for k in keys]
+
+
+def _split_member(name: str) -> tuple[str, str]:
+    """WebDataset's rule: key = path up to the first dot of the basename; ext = the rest, lowercased."""
+    p = PurePosixPath(name)
+    base, _, ext = p.name.partition(".")
+    return str(p.parent / base) if str(p.parent) != "." else base, ext.lower()
+
+
+def parquet_items(location: str, spec: ParquetSpec | None) -> list[str]:
+    pq = _pyarrow()
+    if spec is None or not (spec.bytes_column or spec.path_column):
+        raise CbirError(f"{location}: say which column holds the images (--parquet-column or --parquet-path-column)")
+    column = spec.bytes_column or spec.path_column
+    location = location if is_uri(location) else os.path.abspath(location)
+    with _open(location) as f:
+        pf = pq.ParquetFile(f)
+        if column not in pf.schema_arrow.names:
+            raise CbirError(f"--parquet-{'column' if spec.bytes_column else 'path-column'} {column!r}: "
+                            f"{location} has columns {pf.schema_arrow.names}")
+        n = pf.metadata.num_rows
+        if spec.bytes_column:
+            return [f"parquet://{location}#{i}?column={column}" for i in range(n)]
+        values = pf.read(columns=[column]).column(column).to_pylist()
+    return [v if is_uri(v) else os.path.abspath(v) for v in values if v]
+
+
+def _pyarrow():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CbirError("Parquet needs pyarrow (pip install pyarrow)") from None
+    return pq
+
+
+class Reader:
+    """Reads an item's bytes by URI. A tar shard's member index (offsets, from one pass over its headers)
+    and a Parquet file's image column are kept in a small LRU cache; members are then ranged reads.
+    Safe to share across threads."""
+
+    def __init__(self, cache: int = 8):
+        self._cache: OrderedDict = OrderedDict()
+        self._size = cache
+        self._lock = threading.Lock()
+
+    def read(self, uri: str) -> bytes:
+        try:
+            if uri.startswith("tar://"):
+                shard, _, key = uri[len("tar://"):].rpartition("#")
+                return self._tar_member(shard, key)
+            if uri.startswith("parquet://"):
+                rest, _, query = uri[len("parquet://"):].partition("?column=")
+                location, _, row = rest.rpartition("#")
+                return self._parquet_cell(location, query, int(row))
+            with _open(uri) as f:
+                return f.read()
+        except ImageError:
+            raise
+        except CbirError as e:
+            raise ImageError(uri, str(e)) from None
+        except FileNotFoundError:
+            raise ImageError(uri, "no such file or object") from None
+        except (OSError, tarfile.TarError, ValueError, KeyError, IndexError) as e:
+            raise ImageError(uri, f"cannot read ({type(e).__name__}: {e})") from None
+
+    def _cached(self, key, load):
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        value = load()
+        with self._lock:
+            if key in self._cache:  # another thread loaded it meanwhile: keep theirs
+                if key[0] == "fd":
+                    os.close(value)
+                return self._cache[key]
+            self._cache[key] = value
+            while len(self._cache) > self._size:
+                (kind, *_), old = self._cache.popitem(last=False)
+                if kind == "fd":
+                    os.close(old)
+        return value
+
+    def _tar_member(self, shard: str, key: str) -> bytes:
+        def load():  # one pass over the headers: where each sample's image member lies
+            where = {}
+            with _open(shard) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+                for m in tf:
+                    k, ext = _split_member(m.name)
+                    if m.isfile() and ext in TAR_IMAGE_EXTS and k not in where:
+                        where[k] = (m.offset_data, m.size)
+            return where
+
+        where = self._cached(("tar", shard), load)
+        if key not in where:
+                raise ImageError(f"tar://{shard}#{key}", "no image member with this key in the shard")
+        offset, size = where[key]
+        if is_uri(shard):
+            with _open(shard) as f:  # a ranged read: the shard is never loaded whole
+                f.seek(offset)
+                data = f.read(size)
+        else:  # one descriptor per local shard, pread: no seek, so threads can share it
+            data = os.pread(self._cached(("fd", shard), lambda: os.open(shard, os.O_RDONLY)), size, offset)
+        if len(data) != size:
+            raise OSError(f"member truncated: {len(data)} of {size} bytes")
+        return data
+
+    def _parquet_cell(self, location: str, column: str, row: int) -> bytes:
+        def load():
+            with _open(location) as f:
+                return _pyarrow().ParquetFile(f).read(columns=[column]).column(column).to_pylist()
+
+        value = self._cached(("parquet", location, column), load)[row]
+        if value is None:
+                raise ImageError(f"parquet://{location}#{row}", "null image bytes")
+        return value if isinstance(value, (bytes, bytearray)) else str(value).encode()
+
+
+def stat(uri: str) -> tuple[int, float]:
+    """(size, mtime) for change detection: a local file's; -1 where a URI has no cheap answer (then an
+    indexed item counts as unchanged until it is removed)."""
+    if is_uri(uri):
+        return -1, -1.0
+    try:
+        st = os.stat(uri)
+        return st.st_size, st.st_mtime
+    except OSError:
+        return -1, -1.0
+
+
+DEFAULT_READER = Reader()
