@@ -133,3 +133,12 @@ def test_memory_filesystem_in_sharded_outputs_out(corpus, lite0_onnx, tmp_path, 
                                 meta_columns=["uri"])
     (emb, meta), = list(reader(batch_size=100, start=0, end=reader.count))
     np.testing.assert_allclose(emb, np.stack([want[u] for u in meta["uri"]]), atol=1e-6)
+
+
+def test_unreachable_object_is_a_per_item_failure(corpus, lite0_onnx, tmp_path, capsys):
+    root, files, _ = corpus
+    fsspec.filesystem("memory").pipe("/there/a.jpg", files[0].read_bytes())
+    r = embed_json(["memory://there/a.jpg", "memory://there/missing.jpg", "--model", str(lite0_onnx),
+                    "-o", str(tmp_path / "v.npy")], capsys)
+    assert r["embedded"] == 1 and [f["path"] for f in r["failed"]] == ["memory://there/missing.jpg"]
+    assert "no such file or object" in r["failed"][0]["error"]
