@@ -58,7 +58,7 @@ def index_dir(tmp_path_factory, embedder, photos):
 def server(index_dir):
     from cbir.serve.app import create_app
 
-    app = create_app(str(index_dir / "idx"), max_upload_bytes=2 * 1024 * 1024, max_delay_ms=10)
+    app = create_app(str(index_dir / "idx"), max_upload_bytes=2 * 1024 * 1024, max_delay_ms=10, max_batch=8)  # batching is under test: not auto
     with Server(app) as url:
         yield url
 
