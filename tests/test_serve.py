@@ -151,7 +151,9 @@ def test_overload_503_and_graceful_shutdown(index_dir):
         # graceful shutdown: requests already in flight are answered
         with ThreadPoolExecutor(4) as pool:
             futs = [pool.submit(one, i) for i in range(2)]
-            time.sleep(0.05)
+            deadline = time.time() + 30  # shut down once both are connected (not before: that is refusal)
+            while len(srv.server.server_state.connections) < 2 and time.time() < deadline:
+                time.sleep(0.005)
             srv.server.should_exit = True
             done = [f.result(timeout=120) for f in futs]
         assert all(r.status_code in (200, 503) for r in done) and any(r.status_code == 200 for r in done)

@@ -13,6 +13,8 @@ def cmd_search(a: argparse.Namespace) -> int:
     g = Gallery(a.index)
     g.embedder(a.model, backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision)
     results = g.search(a.queries, k=a.k, qe_n=a.qe, qe_alpha=a.qe_alpha, nprobe=a.nprobe, ef_search=a.ef_search)
+    if a.html:
+        write_html(g, results, a.html)
     if a.json:
         print_json(results)
         return 0
@@ -24,6 +26,21 @@ def cmd_search(a: argparse.Namespace) -> int:
         for rank, h in enumerate(r["results"], 1):
             print(f"  {rank:3d}. {h['score']:.4f}  {h['path']}  (id {h['id']})")
     return 0
+
+
+def write_html(g, results: list[dict], out: str) -> None:
+    from cbir import fsio
+    from cbir.engine.preprocess import ImageError
+    from cbir.index import contact_sheet
+
+    def thumbnail(hit: dict) -> bytes:
+        got = g.thumbnails.get(hit["id"])  # the index's cached thumbnail, shrunk for the sheet
+        if got is None:
+            raise ImageError(hit["path"], "no longer in the index")
+        return contact_sheet.make(got[0], hit["path"], contact_sheet.SIZE, contact_sheet.QUALITY)
+
+    fsio.write_text(out, contact_sheet.render(results, thumbnail, title=f"cbir search: {g.root}"))
+    print(f"wrote {out}", file=sys.stderr)
 
 
 def register(sub) -> None:
@@ -38,4 +55,5 @@ def register(sub) -> None:
     s.add_argument("--model", help="model file (default: the one recorded in the index; must match it)")
     engine_args(s)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML contact sheet of the results")
     s.set_defaults(fn=cmd_search)

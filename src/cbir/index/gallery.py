@@ -6,6 +6,7 @@ Layout of INDEX_DIR:
 - ``shards/``     raw vectors per shard (``shards``), the source of truth
 - ``index.faiss`` the FAISS index, derived from the shards (``maintain``)
 - ``report.json`` what the last build/add did
+- ``thumbs/``     cached JPEG thumbnails by item id (``thumbs``), made on first use
 
 The pieces live in their own modules: ``config`` (index.json), ``build`` (scan → embed → commit),
 ``maintain`` (FAISS from shards), ``search`` (k-NN + query expansion), ``lock`` (one writer).
@@ -41,6 +42,7 @@ from cbir.index.config import INDEX_JSON, SHARD_SIZE
 from cbir.index.lock import WriterLock
 from cbir.index.search import search_with_qe
 from cbir.index.store import Store
+from cbir.index.thumbs import Thumbnails
 
 __all__ = ["Gallery", "Hit", "INDEX_JSON", "SHARD_SIZE"]
 
@@ -74,9 +76,17 @@ class Gallery:
         self._gpu_index = self._gpu_source = None
         self._reconstructable = None
         self._whitening = None
+        self._thumbnails = None
         self._lock = threading.RLock()
         if embedder is not None:
             self.check_model(embedder)
+
+    @property
+    def thumbnails(self) -> Thumbnails:
+        """The thumbnail cache (INDEX_DIR/thumbs), made on first use."""
+        if self._thumbnails is None:
+            self._thumbnails = Thumbnails(self.root, self.store)
+        return self._thumbnails
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
@@ -313,6 +323,7 @@ class Gallery:
             in_sync = self.in_sync
             with self.store.transaction():
                 self.store.mark_removed(ids)
+            self.thumbnails.forget(ids)
             if in_sync:
                 self._set_index(maintain.update(self, np.array(ids, np.int64)))
             else:  # index.faiss was already behind (an earlier crash): rebuild, do not patch
@@ -383,9 +394,24 @@ class Gallery:
         """Search with already-embedded query vectors (raw model output). Only indexed items are
         returned: an id whose item is not ``indexed`` in SQLite is dropped, never shown.
         ``nprobe`` / ``ef_search`` override the recorded search parameters for this call."""
+        return self._search(self.postprocess_queries(np.asarray(queries, np.float32)), k, qe_n, qe_alpha,
+                            nprobe, ef_search)
+
+    def search_items(self, ids: Sequence[int], k: int = 10, qe_n: int = 0, qe_alpha: float = 0.0,
+                     nprobe: int | None = None, ef_search: int | None = None) -> list[list[Hit]]:
+        """Search with indexed items as queries (their stored vectors: nothing is re-embedded).
+        Raises ``CbirError`` naming an id that is not indexed."""
+        ids = np.asarray(ids, np.int64)
+        known = self.store.paths_for_ids(ids)
+        missing = [int(i) for i in ids if int(i) not in known]
+        if missing:
+            raise CbirError(f"item {missing[0]}: not in the index")
+        return self._search(self.vectors_for(ids), k, qe_n, qe_alpha, nprobe, ef_search)
+
+    def _search(self, q: np.ndarray, k: int, qe_n: int, qe_alpha: float, nprobe: int | None,
+                ef_search: int | None) -> list[list[Hit]]:
         if k < 1:
             raise CbirError(f"-k {k}: must be ≥ 1")
-        q = self.postprocess_queries(np.asarray(queries, np.float32))
         index = self.search_index
         if index is not self.index and max(k, qe_n) > faiss_index.GPU_MAX_K:
             index = self.index  # GPU k-selection is limited to 2048

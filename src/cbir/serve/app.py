@@ -1,8 +1,12 @@
 """The query service: ``create_app(index_dir)`` → a FastAPI (ASGI) app over the index and a dynamic batcher.
 
 Endpoints: ``POST /search`` (an image as multipart field ``image`` or as the raw body, or JSON
-``{"embedding": [...]}``; query ``k``, ``qe``, ``qe_alpha``), ``POST /embed`` (an image → vector),
-``GET /items/{id}``, ``GET /healthz`` (503 when the batcher's worker is not running), ``GET /metrics`` (Prometheus text), and FastAPI's
+``{"embedding": [...]}``; query ``k``, ``qe``, ``qe_alpha``), ``GET /search?id=ITEM`` (an indexed
+item as the query: its stored vector, nothing re-embedded), ``POST /embed`` (an image → vector),
+``GET /items/{id}``, ``GET /thumbs/{id}`` (a JPEG thumbnail of an indexed item, cached in
+INDEX_DIR/thumbs, with ``ETag``; 404 once the item is removed), ``GET /`` (the search page: plain
+HTML, CSS and JavaScript from ``cbir/serve/ui``, nothing from elsewhere, under a strict
+Content-Security-Policy; every path is inserted as text), ``GET /healthz`` (503 when the batcher's worker is not running), ``GET /metrics`` (Prometheus text), and FastAPI's
 ``/openapi.json`` and ``/docs``.
 
 Limits and errors: bodies over ``max_upload_bytes`` (default 20 MB) → 413 (read in chunks, never
@@ -23,19 +27,27 @@ import asyncio
 import json
 import time
 from contextlib import asynccontextmanager
+from importlib import resources
 
 import numpy as np
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.requests import Request as StarletteRequest
 
 from cbir.engine.batcher import BatcherClosed, QueueFull
 from cbir.engine.preprocess import ImageError
+from cbir.errors import CbirError
 from cbir.serve.metrics import Metrics
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# The page's files, by name: a fixed table, so that no name from a request becomes a path.
+UI_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+            "style.css": "text/css; charset=utf-8"}
+UI_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+                                         "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+              "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float = 5.0, max_queue: int = 256,
@@ -47,6 +59,9 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
     gallery = Gallery(index_dir)
     emb = gallery.embedder(backend=backend, threads=threads, precision=precision,
                            **({"max_pixels": max_pixels} if max_pixels else {}))
+    if max_pixels:
+        gallery.thumbnails.max_pixels = max_pixels
+    ui = {name: (resources.files("cbir.serve") / "ui" / name).read_bytes() for name in UI_FILES}
     metrics = Metrics()
     state: dict = {}
 
@@ -141,18 +156,31 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             raise HTTPError(400, f"{name}={v}: must be between {lo} and {hi}")
         return v
 
-    def search_latest(q: np.ndarray, k: int, qe_n: int, alpha: float):
-        gallery.refresh()  # a stat of index.json: a newer index.faiss from a writer is swapped in
-        return gallery.search_vectors(q, k, qe_n, alpha)
-
-    @app.post("/search", summary="Search the index with an image or an embedding")
-    async def search(request: Request):
+    def search_params(request: Request) -> tuple[int, int, float]:
         k = int_param(request, "k", 10, 1, 1000)
         qe_n = int_param(request, "qe", 0, 0, 100)
         try:
             alpha = float(request.query_params.get("qe_alpha", 0.0))
         except ValueError:
             raise HTTPError(400, "qe_alpha: not a number") from None
+        return k, qe_n, alpha
+
+    def search_latest(q: np.ndarray, k: int, qe_n: int, alpha: float):
+        gallery.refresh()  # a stat of index.json: a newer index.faiss from a writer is swapped in
+        return gallery.search_vectors(q, k, qe_n, alpha)
+
+    def search_item_latest(item_id: int, k: int, qe_n: int, alpha: float):
+        gallery.refresh()
+        return gallery.search_items([item_id], k, qe_n, alpha)
+
+    def answer(hits, k: int, qe_n: int, search_s: float, timing: dict) -> dict:
+        metrics.observe("cbir_search_seconds", "FAISS search time (incl. query expansion)", search_s)
+        return {"results": [h.__dict__ for h in hits], "k": k, "qe": qe_n,
+                "timings_ms": {**timing, "search_ms": round(search_s * 1e3, 3)}}
+
+    @app.post("/search", summary="Search the index with an image or an embedding")
+    async def search(request: Request):
+        k, qe_n, alpha = search_params(request)
         body = await read_body(request)
         timing: dict = {}
         if request.headers.get("content-type", "").startswith("application/json"):
@@ -171,10 +199,47 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             vec, timing = await embed_image(await image_bytes(request, body))
         t0 = time.perf_counter()
         hits = (await run_in_threadpool(search_latest, vec[None], k, qe_n, alpha))[0]
-        search_s = time.perf_counter() - t0
-        metrics.observe("cbir_search_seconds", "FAISS search time (incl. query expansion)", search_s)
-        return {"results": [h.__dict__ for h in hits], "k": k, "qe": qe_n,
-                "timings_ms": {**timing, "search_ms": round(search_s * 1e3, 3)}}
+        return answer(hits, k, qe_n, time.perf_counter() - t0, timing)
+
+    @app.get("/search", summary="Search the index with an indexed item (by id) as the query")
+    async def search_by_id(request: Request):
+        k, qe_n, alpha = search_params(request)
+        raw = request.query_params.get("id")
+        if raw is None:
+            raise HTTPError(400, "GET /search needs ?id=ITEM_ID (to search with an image, POST it)")
+        if not raw.isdigit():
+            raise HTTPError(400, f"id={raw!r}: not an item id")
+        t0 = time.perf_counter()
+        try:
+            hits = (await run_in_threadpool(search_item_latest, int(raw), k, qe_n, alpha))[0]
+        except CbirError as e:
+            raise HTTPError(404, str(e)) from None
+        return answer(hits, k, qe_n, time.perf_counter() - t0, {})
+
+    @app.get("/thumbs/{item_id}", summary="JPEG thumbnail of an indexed item", response_class=Response)
+    async def thumb(item_id: int, request: Request):
+        try:
+            got = await run_in_threadpool(gallery.thumbnails.get, item_id)
+        except ImageError as e:
+            status = 413 if "decompression bomb" in e.reason else 404
+            raise HTTPError(status, f"item {item_id}: no thumbnail: {e.reason}") from None
+        if got is None:
+            raise HTTPError(404, f"no item {item_id}")
+        data, tag = got
+        headers = {"ETag": f'"{tag}"', "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+        if request.headers.get("if-none-match") == headers["ETag"]:
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return Response(ui["index.html"], media_type=UI_FILES["index.html"], headers=UI_HEADERS)
+
+    @app.get("/ui/{name}", include_in_schema=False)
+    async def ui_file(name: str):
+        if name not in UI_FILES:
+            raise HTTPError(404, "not found")
+        return Response(ui[name], media_type=UI_FILES[name], headers=UI_HEADERS)
 
     @app.post("/embed", summary="Embed one image")
     async def embed(request: Request):

@@ -1,0 +1,123 @@
+"""Edited copies of gallery images, for the "find this photo" benchmark and for dedup's recall.
+
+``EDITS`` is the registry: name → function(PIL RGB image, rng) → edited image. Each is what happens
+to a photo on its way back to a user:
+
+- ``crop``      a random crop keeping ~60 % of each side (36 % of the area)
+- ``rotate``    rotation by ±5–15° (expanded canvas, white corners)
+- ``jpeg``      recompression at JPEG quality 8
+- ``colour``    colour shift: saturation ×0.3–1.7, brightness ×0.7–1.3, a hue roll of the channels' weights
+- ``downscale`` downscaling to 1/4 of each side (and back up to at most 128 px)
+- ``border``    a 12–20 % coloured border on every side
+- ``caption``   a white band with black text over the bottom 15 %
+
+``make(src, out, n, seed)`` picks ``n`` images of ``src`` (stratified by folder, seeded) and writes
+``out/<edit>/<path relative to src>`` for every edit; the copy's original is the image at the same
+relative path in ``src`` (``original_of``). Deterministic for a seed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance
+
+from cbir.walk import find_images
+
+
+def _crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = img.size
+    cw, ch = int(w * rng.uniform(0.55, 0.65)), int(h * rng.uniform(0.55, 0.65))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return img.crop((x, y, x + cw, y + ch))
+
+
+def _rotate(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    angle = float(rng.uniform(5, 15)) * (1 if rng.random() < 0.5 else -1)
+    return img.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(255, 255, 255))
+
+
+def _jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=8)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _colour(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.3, 1.7)))
+    img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.7, 1.3)))
+    a = np.asarray(img, np.float32)
+    mix = np.eye(3) * 0.7 + np.roll(np.eye(3), 1, axis=1) * 0.3  # a hue shift
+    return Image.fromarray(np.clip(a @ mix.T, 0, 255).astype(np.uint8))
+
+
+def _downscale(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = img.size
+    return img.resize((max(1, w // 4), max(1, h // 4)), Image.Resampling.BILINEAR)
+
+
+def _border(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = img.size
+    b = int(max(w, h) * rng.uniform(0.12, 0.2))
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    out = Image.new("RGB", (w + 2 * b, h + 2 * b), colour)
+    out.paste(img, (b, b))
+    return out
+
+
+def _caption(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    img = img.copy()
+    w, h = img.size
+    d = ImageDraw.Draw(img)
+    d.rectangle((0, int(h * 0.85), w, h), fill=(255, 255, 255))
+    d.text((6, int(h * 0.87)), f"photo #{int(rng.integers(1000, 9999))} (c) someone else", fill=(0, 0, 0))
+    return img
+
+
+EDITS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
+    "crop": _crop, "rotate": _rotate, "jpeg": _jpeg, "colour": _colour, "downscale": _downscale,
+    "border": _border, "caption": _caption,
+}
+
+
+def pick(src: Path, n: int, seed: int = 0) -> list[Path]:
+    """``n`` images of ``src``, spread evenly over its folders, in a seeded order."""
+    files = sorted(find_images([src]))
+    by_dir: dict[Path, list[Path]] = {}
+    for f in files:
+        by_dir.setdefault(Path(f).parent, []).append(Path(f))
+    rng = np.random.default_rng(seed)
+    lists = [list(rng.permutation(v)) for _, v in sorted(by_dir.items())]
+    out: list[Path] = []
+    while len(out) < min(n, len(files)):
+        for lst in lists:
+            if lst and len(out) < n:
+                out.append(Path(lst.pop()))
+    return out
+
+
+def make(src: str | os.PathLike, out: str | os.PathLike, n: int = 100, seed: int = 0,
+         edits: list[str] | None = None) -> list[Path]:
+    """Write edited copies of ``n`` images of ``src`` under ``out/<edit>/``; returns the copies."""
+    src, out = Path(src), Path(out)
+    written = []
+    for i, original in enumerate(pick(src, n, seed)):
+        img = Image.open(original).convert("RGB")
+        rel = original.relative_to(src).with_suffix(".jpg")
+        for j, name in enumerate(edits or EDITS):
+            rng = np.random.default_rng([seed, i, j])
+            dst = out / name / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            EDITS[name](img, rng).save(dst, "JPEG", quality=90)
+            written.append(dst)
+    return written
+
+
+def original_of(copy: str | os.PathLike, copies_root: str | os.PathLike, gallery_root: str | os.PathLike) -> tuple[str, Path]:
+    """(edit name, relative path of the original in the gallery, any extension) of a copy."""
+    rel = Path(copy).relative_to(copies_root)
+    return rel.parts[0], Path(*rel.parts[1:]).with_suffix("")
