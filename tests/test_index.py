@@ -54,7 +54,7 @@ def test_build_search_add_remove_round_trip(embedder, photos, tmp_path):
     # Flat results equal brute-force NumPy top-k
     ids, raw = g.load_vectors()
     q = embedder.embed([str(f) for f in files[:4]])
-    got = g.search_vectors(q, k=5)
+    got = g.search_vectors(q, k=5, rerank="none")  # plain k-NN (re-ranking moves the scores)
     for qi, hs in enumerate(got):
         order = np.argsort(-(raw @ q[qi]), kind="stable")[:5]
         np.testing.assert_allclose([h.score for h in hs], (raw @ q[qi])[order], atol=1e-5)
@@ -109,7 +109,7 @@ def test_ann_factories_and_qe(embedder, photos, tmp_path, factory):
     assert g.info()["factory"] == factory and g.index.ntotal == 16
     if factory.startswith("IVF"):
         assert g.info()["trained_on"] == 16
-    res = g.search([str(files[5])], k=4, qe_n=3)[0]["results"]
+    res = g.search([str(files[5])], k=4, rerank={"qe": 3, "qe_alpha": 0.0})[0]["results"]
     assert res[0]["path"] == os.path.abspath(files[5])
     g.remove([files[0]])  # HNSW cannot remove ids: rebuilt from shards instead
     assert g.index.ntotal == 15
@@ -192,7 +192,7 @@ def test_cli_round_trip_json(lite0_onnx, gallery_dir, tmp_path):
     q = sorted(gallery_dir.rglob("*.jpg"))[0]
     out = json.loads(cli("search", "--index", idx, "-k", "3", "--json", q).stdout)
     assert out[0]["query"] == str(q) and len(out[0]["results"]) == 3
-    assert set(out[0]["results"][0]) == {"path", "score", "id"} and out[0]["results"][0]["path"] == os.path.abspath(q)
+    assert set(out[0]["results"][0]) == {"path", "score", "id", "verified", "inliers"} and out[0]["results"][0]["path"] == os.path.abspath(q)
     out_qe = json.loads(cli("search", "--index", idx, "-k", "3", "--qe", "2", "--json", q).stdout)
     assert out_qe[0]["results"][0]["path"] == os.path.abspath(q)
     r = cli("search", "--index", tmp_path / "nope", q)
@@ -292,9 +292,9 @@ def test_concurrent_first_searches_with_qe(embedder, photos, tmp_path):
     root = tmp_path / "idx"
     Gallery.create(root, embedder, factory="IVF2,Flat").build([tmp_path / "g"])
     q = embedder.embed([str(p) for p in photos[:8]])
-    want = Gallery(root).search_vectors(q, k=5, qe_n=3)
+    want = Gallery(root).search_vectors(q, k=5, rerank={"qe": 3, "qe_alpha": 0.0})
     for _ in range(3):
         g = Gallery(root)
         with ThreadPoolExecutor(8) as pool:
-            got = list(pool.map(lambda i: g.search_vectors(q[i : i + 1], k=5, qe_n=3)[0], range(8)))
+            got = list(pool.map(lambda i: g.search_vectors(q[i : i + 1], k=5, rerank={"qe": 3, "qe_alpha": 0.0})[0], range(8)))
         assert [[h.id for h in r] for r in got] == [[h.id for h in r] for r in want]

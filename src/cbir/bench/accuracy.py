@@ -3,9 +3,16 @@
 Every image is embedded once; the gallery is the whole set in a FAISS Flat inner-product index
 (the same search path as ``cbir search``); queries are the test split of each seed (``protocol``)
 or every 10th image (``--queries every10``). A fine-tuned model (its metadata names the split seed it
-was trained with) is evaluated on that seed's test split only. The full ranking is used for mAP. With ``qe`` > 0 the
-queries are expanded (average QE, or α-QE with ``qe_alpha``) before the final search.
+was trained with) is evaluated on that seed's test split only; ``--queries all`` uses every image as
+a query once. The full ranking is used for mAP. ``rerank`` (``cbir.index.rerank.Rerank``) re-ranks
+exactly as ``cbir search`` does; with verification, local features of every image are extracted first.
 The query itself stays in its ranking unless ``exclude_self`` (both are reported by the sweep).
+
+Copy detection (``copies``: a folder ``<edit>/<path of the original relative to data>``, as
+``cbir bench copies`` writes it): every copy is a query against the whole data set, and the figure
+is the fraction whose original comes first (rank-1), overall and per edit kind; a copy whose
+original is not in the data set is an error. Both report search ms/query (re-ranking and
+verification included, query embedding and query feature extraction not).
 """
 from __future__ import annotations
 
@@ -14,9 +21,29 @@ import time
 import numpy as np
 
 from cbir.bench.protocol import load_dataset, stratified_split
-from cbir.bench.ranking import evaluate
+from cbir.bench.ranking import evaluate, rank
+from cbir.errors import CbirError
 from cbir.index import faiss_index
+from cbir.index.rerank import PRESETS, Rerank
 from cbir.vectors import l2_normalize
+
+
+def extract_features(paths: list, progress: bool = False) -> np.ndarray:
+    """Local-feature records of images (an unreadable one verifies nothing), on all cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cbir.cores import all_cores
+    from cbir.engine import local_features
+    from cbir.engine.preprocess import ImageError
+
+    def one(p):
+        try:
+            return local_features.extract(str(p), str(p))
+        except ImageError:
+            return local_features.empty()
+
+    with ThreadPoolExecutor(all_cores()) as pool:
+        return np.stack(list(pool.map(one, paths)))
 
 
 
@@ -24,9 +51,18 @@ def mean_std(runs: list[dict]) -> dict:
     return {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))} for k in runs[0]}
 
 
-def bench_accuracy(model: str, data: str, seeds: int = 3, qe_n: int = 0, qe_alpha: float = 0.0,
+# The re-ranking axis of ``--rerank-axis``: one stage at a time on top of plain k-NN, then the presets.
+AXIS = {
+    "base": Rerank(), "aqe": Rerank(qe=30), "dba": Rerank(shortlist_dba=20), "diffusion": Rerank(diffusion=30),
+    "verify": Rerank(verify=10), "dba+aqe": Rerank(shortlist_dba=20, qe=30),
+    "dba+diffusion": Rerank(shortlist_dba=20, diffusion=30), "default": PRESETS["default"],
+}
+
+
+def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None = None,
                    queries: str = "split", exclude_self: bool = False, embedder=None, progress: bool = False,
-                   whiten_dim: int | None = None, whiten_force: bool = False) -> dict:
+                   whiten_dim: int | None = None, whiten_force: bool = False, copies: str | None = None,
+                   axis: dict[str, Rerank] | None = None) -> dict:
     """``whiten_dim``: fit PCA-whitening on the searched set itself and apply it (shows why fitting on
     the gallery with few vectors per dim hurts; refused below 10 per dim unless ``whiten_force``)."""
     from cbir.engine.embedder import Embedder
@@ -38,34 +74,91 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, qe_n: int = 0, qe_alph
     embed_s = time.perf_counter() - t0
     if res.errors:
         bad = ", ".join(f"{s} ({r})" for _, s, r in res.errors[:3])
-        raise_msg = f"--data {data}: {len(res.errors)} images failed to decode: {bad}"
-        from cbir.errors import CbirError
-
-        raise CbirError(raise_msg)
+        raise CbirError(f"--data {data}: {len(res.errors)} images failed to decode: {bad}")
     vectors, labels = res.vectors, ds.labels
     if whiten_dim:
         from cbir.vectors import fit
 
         vectors = fit(vectors, dim=whiten_dim, force=whiten_force).apply(vectors)
     index, _ = faiss_index.build(l2_normalize(vectors), np.arange(len(vectors)), "Flat")
-    runs, per_class_runs = [], []
+    configs = axis or {"rerank": rerank or Rerank()}
+    t0 = time.perf_counter()
+    needs_features = any(c.verify for c in configs.values())
+    features = extract_features(ds.paths) if needs_features else None
+    features_s = time.perf_counter() - t0
     split_seed = emb.info.extra.get("split_seed")
-    if queries == "every10":
+    if queries == "all":
+        splits = [np.arange(len(vectors))]
+    elif queries == "every10":
         splits = [np.arange(0, len(vectors), 10)]
     elif split_seed is not None:
         # a fine-tuned model saw the train split of its own seed: only that seed's test split is fair
         splits = [stratified_split(labels, int(split_seed), float(emb.info.extra.get("split", 0.8)))[1]]
     else:
         splits = [stratified_split(labels, seed)[1] for seed in range(seeds)]
-    for q in splits:
-        overall, pc = evaluate(vectors, labels, q, exclude_self, qe_n, qe_alpha, index)
-        runs.append(overall)
-        per_class_runs.append(pc)
-    per_class = {ds.classes[int(c)]: mean_std([pc[c] for pc in per_class_runs]) for c in per_class_runs[0]}
+    copy_queries = copy_set(emb, ds, data, copies, needs_features) if copies is not None else None
+
+    def run(cfg: Rerank) -> dict:
+        runs, per_class_runs, search_s, n_queries = [], [], 0.0, 0
+        for q in splits:
+            t0 = time.perf_counter()
+            overall, pc = evaluate(vectors, labels, q, exclude_self, cfg, index, features)
+            search_s += time.perf_counter() - t0
+            n_queries += len(q)
+            runs.append(overall)
+            per_class_runs.append(pc)
+        per_class = {ds.classes[int(c)]: mean_std([pc[c] for pc in per_class_runs]) for c in per_class_runs[0]}
+        return {"rerank": cfg.to_dict(), "metrics": mean_std(runs), "per_class": per_class,
+                "search_ms_per_query": round(search_s / max(n_queries, 1) * 1e3, 3),
+                "copies": copy_detection(copy_queries, vectors, index, cfg, features) if copy_queries else None}
+
+    results = {name: run(cfg) for name, cfg in configs.items()}
+    first = next(iter(results.values()))
     return {
         "model": emb.info.public(), "data": str(data), "images": len(vectors), "classes": len(ds.classes),
         "queries": queries, "seeds": len(splits), "split_seed": split_seed, "queries_per_run": int(len(splits[0])),
-        "exclude_self": exclude_self, "qe": qe_n, "qe_alpha": qe_alpha, "whiten_dim": whiten_dim,
-        "metrics": mean_std(runs), "per_class": per_class, "embed_seconds": round(embed_s, 2),
+        "exclude_self": exclude_self, "whiten_dim": whiten_dim, **first,
+        "axis": results if axis else None, "embed_seconds": round(embed_s, 2),
         "embed_images_per_s": round(len(vectors) / embed_s, 1),
+        "features_ms_per_image": round(features_s / len(vectors) * 1e3, 3) if features is not None else None,
     }
+
+
+def copy_set(emb, ds, data: str, copies: str, with_features: bool) -> dict:
+    """The copies under ``copies``: their vectors, originals (data-set positions), edit kinds, features."""
+    from pathlib import Path
+
+    from cbir.walk import find_images
+
+    root, croot = Path(data), Path(copies)
+    files = sorted(find_images([croot]))
+    if not files:
+        raise CbirError(f"--copies {copies}: no images")
+    where = {str(Path(p).relative_to(root).with_suffix("")): i for i, p in enumerate(ds.paths)}
+    originals, edits = [], []
+    for f in files:
+        rel = Path(f).relative_to(croot)
+        key = str(Path(*rel.parts[1:]).with_suffix(""))
+        if len(rel.parts) < 2 or key not in where:
+            raise CbirError(f"--copies {copies}: {f} has no original {key}.* under --data {data} "
+                            f"(expected <edit>/<path of the original>)")
+        originals.append(where[key])
+        edits.append(rel.parts[0])
+    res = emb.embed_files([str(f) for f in files])
+    if res.errors:
+        raise CbirError(f"--copies {copies}: {res.errors[0][1]}: {res.errors[0][2]}")
+    return {"vectors": res.vectors, "originals": np.asarray(originals), "edits": np.asarray(edits),
+            "features": extract_features(files) if with_features else None}
+
+
+def copy_detection(cq: dict, vectors: np.ndarray, index, rerank: Rerank, features: np.ndarray | None) -> dict:
+    """Rank-1 of the original for every copy of ``cq`` (``copy_set``) under ``rerank``."""
+    t0 = time.perf_counter()
+    ranking = rank(index, l2_normalize(vectors), l2_normalize(cq["vectors"]), 10, rerank, cq["features"], features)
+    search_s = time.perf_counter() - t0
+    orig, edits = cq["originals"], cq["edits"]
+    hit = ranking[:, 0] == orig
+    return {"copies": len(orig), "rank1": round(float(hit.mean()), 4),
+            "in_top10": round(float((ranking == orig[:, None]).any(1).mean()), 4),
+            "rank1_per_edit": {str(e): round(float(hit[edits == e].mean()), 4) for e in sorted(set(edits))},
+            "search_ms_per_query": round(search_s / len(orig) * 1e3, 3)}

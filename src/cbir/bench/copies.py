@@ -121,3 +121,44 @@ def original_of(copy: str | os.PathLike, copies_root: str | os.PathLike, gallery
     """(edit name, relative path of the original in the gallery, any extension) of a copy."""
     rel = Path(copy).relative_to(copies_root)
     return rel.parts[0], Path(*rel.parts[1:]).with_suffix("")
+
+
+def score_dedup(groups: list[dict], data: str | os.PathLike, copies: str | os.PathLike) -> dict:
+    """Recall and purity of ``cbir dedup`` groups on a gallery holding ``data`` and its planted
+    ``copies`` (``make``'s layout, anywhere under the indexed folders). Recall: copies grouped with
+    their original. Pair precision: pairs inside groups that share an original (Corel's own
+    same-scene shots count as misses here, so it is a lower bound). Cross-class groups: groups whose
+    originals lie in different top-level folders of ``data``."""
+    data, copies = Path(data).resolve(), Path(copies).resolve()
+
+    def original(p: str) -> str | None:
+        p = Path(p).resolve()
+        for root, skip in ((copies, 1), (data, 0)):
+            try:
+                rel = p.relative_to(root)
+            except ValueError:
+                continue
+            return str(Path(*rel.parts[skip:]).with_suffix(""))
+        return None
+
+    group_of: dict[str, int] = {}
+    cross = mixed = pairs = good_pairs = 0
+    for n, g in enumerate(groups):
+        keys = [original(p) for p in g["paths"]]
+        for k, p in zip(keys, g["paths"]):
+            if k is not None and Path(p).resolve().is_relative_to(copies):
+                group_of[f"copy:{p}"] = n
+            elif k is not None:
+                group_of[f"orig:{k}"] = n
+        known = [k for k in keys if k is not None]
+        cross += len({k.split("/")[0] for k in known}) > 1
+        mixed += len(set(known)) > 1
+        for i in range(len(known)):
+            for j in range(i + 1, len(known)):
+                pairs += 1
+                good_pairs += known[i] == known[j]
+    planted = sorted(find_images([copies]))
+    found = sum(1 for c in planted if group_of.get(f"copy:{c}", -1) == group_of.get(f"orig:{original(c)}", -2))
+    return {"groups": len(groups), "planted_copies": len(planted), "recall": round(found / max(len(planted), 1), 4),
+            "pair_precision": round(good_pairs / max(pairs, 1), 4), "cross_class_groups": cross,
+            "groups_mixing_originals": mixed}

@@ -1,29 +1,50 @@
-"""Rank a labelled set against itself with the index's own search path and score the rankings
-(``metrics``). Used by ``cbir bench accuracy`` and by the fidelity gate's ΔmAP (``cbir.validate``)."""
+"""Rank a labelled set against itself with the index's own search path (``cbir.index.search``,
+re-ranking included) and score the rankings (``metrics``). Used by ``cbir bench accuracy`` and by the
+fidelity gate's ΔmAP (``cbir.validate``)."""
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from cbir.bench import metrics
+from cbir.cores import all_cores
+from cbir.engine import local_features
 from cbir.index import faiss_index
-from cbir.index.search import search_with_qe
+from cbir.index.rerank import Rerank
+from cbir.index.search import Verifier, search
 from cbir.vectors import l2_normalize
 
 KS = (10, 20, 100)
 
 
-def search_all(index, gallery: np.ndarray, queries: np.ndarray, qe_n: int = 0, qe_alpha: float = 0.0) -> np.ndarray:
-    """Full rankings [q, n] of gallery indices (ids are gallery positions)."""
-    _, ranking = search_with_qe(index, queries, index.ntotal, qe_n, qe_alpha, lambda ids: gallery[ids])
+def verifier(query_features: np.ndarray, gallery_features: np.ndarray, pool: ThreadPoolExecutor) -> Verifier:
+    """verify(query row, gallery positions) -> inliers, from local-feature record arrays."""
+    def verify(row: int, ids: np.ndarray) -> np.ndarray:
+        qf = query_features[row]
+        return np.fromiter(pool.map(lambda j: local_features.inliers(qf, gallery_features[j]), ids), np.int64, len(ids))
+    return verify
+
+
+def rank(index, gallery: np.ndarray, queries: np.ndarray, k: int, cfg: Rerank | None = None,
+         query_features: np.ndarray | None = None, gallery_features: np.ndarray | None = None) -> np.ndarray:
+    """Rankings [q, k] of gallery positions (ids are gallery positions), re-ranked with ``cfg``;
+    verification needs both feature arrays."""
+    with ThreadPoolExecutor(all_cores()) as pool:
+        verify = (verifier(query_features, gallery_features, pool)
+                  if cfg is not None and cfg.verify and query_features is not None else None)
+        _, ranking, _ = search(index, queries, k, cfg, lambda ids: gallery[ids], verify)
     return ranking
 
 
 def evaluate(vectors: np.ndarray, labels: np.ndarray, query_idx: np.ndarray, exclude_self: bool = False,
-             qe_n: int = 0, qe_alpha: float = 0.0, index=None) -> tuple[dict, dict]:
-    """(overall metrics, per-class metrics) for queries ``query_idx`` against all ``vectors``."""
+             cfg: Rerank | None = None, index=None, features: np.ndarray | None = None) -> tuple[dict, dict]:
+    """(overall metrics, per-class metrics) for queries ``query_idx`` against all ``vectors`` (full
+    rankings); ``features``: local-feature records of ``vectors`` for verification."""
     vectors = l2_normalize(vectors)
     if index is None:
         index, _ = faiss_index.build(vectors, np.arange(len(vectors)), "Flat")
-    ranking = search_all(index, vectors, vectors[query_idx], qe_n, qe_alpha)
+    qf = features[query_idx] if features is not None else None
+    ranking = rank(index, vectors, vectors[query_idx], index.ntotal, cfg, qf, features)
     rel, n_rel = metrics.relevance(labels[query_idx], labels, ranking, query_idx if exclude_self else None)
     return metrics.summarize(rel, n_rel, KS), metrics.per_class(rel, n_rel, labels[query_idx], KS)

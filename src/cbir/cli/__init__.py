@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cbir.cli import bench, doctor, embed, export, finetune, index, search, serve, validate, whiten
+from cbir.cli import bench, dedup, doctor, embed, export, finetune, index, search, serve, validate, whiten
 from cbir.errors import CbirError
 
-GROUPS = (export, validate, finetune, serve, doctor, embed, index, search, whiten, bench)
+GROUPS = (export, validate, finetune, serve, doctor, embed, index, search, dedup, whiten, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,27 +5,70 @@ import argparse
 import sys
 from pathlib import Path
 
-from cbir.cli.common import backend_args, print_json
+from cbir.cli.common import backend_args, print_json, rerank_args, rerank_from_args
 
 
 def cmd_bench_accuracy(a: argparse.Namespace) -> int:
-    from cbir.bench.accuracy import bench_accuracy
-
+    from cbir.bench.accuracy import AXIS, bench_accuracy
     from cbir.engine.embedder import Embedder
+    from cbir.errors import CbirError
 
-    r = bench_accuracy(a.model, a.data, seeds=a.seeds, qe_n=a.qe, qe_alpha=a.qe_alpha, queries=a.queries,
+    axis = None
+    if a.rerank_axis:
+        names = a.rerank_axis.split(",")
+        unknown = [n for n in names if n not in AXIS]
+        if unknown:
+            raise CbirError(f"--rerank-axis {unknown[0]}: unknown; choose from {', '.join(AXIS)}")
+        axis = {n: AXIS[n] for n in names}
+    r = bench_accuracy(a.model, a.data, seeds=a.seeds, rerank=rerank_from_args(a), queries=a.queries,
                        exclude_self=a.exclude_self, embedder=Embedder(a.model, resampling=a.resampling, backend=a.backend,
                                                                     precision=a.precision),
-                       whiten_dim=a.whiten_dim, whiten_force=a.whiten_force,
+                       whiten_dim=a.whiten_dim, whiten_force=a.whiten_force, copies=a.copies, axis=axis,
                        progress=not a.json and sys.stderr.isatty())
     if a.json:
         print_json(r)
-    else:
-        m = r["metrics"]
-        print(f"{r['model']['arch']} Block {r['model']['block']} {r['model']['pooling']}: {r['images']} images, "
-              f"{r['seeds']} run(s) × {r['queries_per_run']} queries, exclude_self={r['exclude_self']}, qe={r['qe']}")
-        for k in ("mAP", "mAP@10", "mAP@20", "mAP@100", "P@10", "P@20", "P@100", "R@10", "R@20", "R@100"):
-            print(f"  {k:8s} {m[k]['mean']:.4f} ± {m[k]['std']:.4f}")
+        return 0
+    print(f"{r['model']['arch']} Block {r['model']['block']} {r['model']['pooling']}: {r['images']} images, "
+          f"{r['seeds']} run(s) × {r['queries_per_run']} queries, exclude_self={r['exclude_self']}")
+    runs = r["axis"] or {"rerank": r}
+    print(f"  {'re-ranking':14s} {'mAP':>7s} {'mAP@10':>7s} {'P@10':>7s} {'ms/q':>7s}" + ("  copy rank-1  ms/q" if a.copies else ""))
+    for name, run in runs.items():
+        m = run["metrics"]
+        line = (f"  {name:14s} {m['mAP']['mean']:7.4f} {m['mAP@10']['mean']:7.4f} {m['P@10']['mean']:7.4f} "
+                f"{run['search_ms_per_query']:7.2f}")
+        if run["copies"]:
+            c = run["copies"]
+            line += f"  {c['rank1']:11.4f} {c['search_ms_per_query']:6.2f}  " + " ".join(
+                f"{e}={v:.2f}" for e, v in c["rank1_per_edit"].items())
+        print(line)
+    return 0
+
+
+def cmd_bench_dedup(a: argparse.Namespace) -> int:
+    import time
+
+    from cbir.bench.copies import score_dedup
+    from cbir.index import dedup
+    from cbir.index.gallery import Gallery
+
+    t0 = time.perf_counter()
+    groups = dedup.find(Gallery(a.index), k=a.k, threshold=a.threshold, verify=not a.no_verify)
+    r = {**score_dedup(groups, a.data, a.copies), "seconds": round(time.perf_counter() - t0, 2),
+         "k": a.k, "threshold": a.threshold, "verify": not a.no_verify}
+    print_json(r)
+    return 0
+
+
+def cmd_bench_copies(a: argparse.Namespace) -> int:
+    from cbir.bench.copies import EDITS, make
+    from cbir.errors import CbirError
+
+    edits = a.edits.split(",") if a.edits else list(EDITS)
+    for e in edits:
+        if e not in EDITS:
+            raise CbirError(f"--edits {e}: unknown; choose from {', '.join(EDITS)}")
+    written = make(a.src, a.out, a.n, a.seed, edits)
+    print(f"wrote {len(written)} copies of {len(written) // len(edits)} images ({', '.join(edits)}) under {a.out}")
     return 0
 
 
@@ -118,17 +161,34 @@ def register(sub) -> None:
     ba.add_argument("--model", required=True)
     ba.add_argument("--data", required=True, help="class-per-folder images, or N.jpg with class N // 100")
     ba.add_argument("--seeds", type=int, default=3)
-    ba.add_argument("--queries", choices=["split", "every10"], default="split",
-                    help="split: the 20%% test split per seed (default); every10: every 10th image")
+    ba.add_argument("--queries", choices=["split", "every10", "all"], default="split",
+                    help="split: the 20%% test split per seed (default); every10: every 10th image; all: every image")
     ba.add_argument("--exclude-self", action="store_true", help="drop the query from its own ranking")
-    ba.add_argument("--qe", type=int, default=0)
-    ba.add_argument("--qe-alpha", type=float, default=0.0)
+    rerank_args(ba)
+    ba.add_argument("--rerank-axis", help="compare re-rankings in one run, e.g. base,aqe,dba,diffusion,verify,dba+aqe,default")
+    ba.add_argument("--copies", help="folder of edited copies (<edit>/<path of the original>, see `cbir bench copies`): "
+                                     "also report the original's rank-1")
     ba.add_argument("--whiten-dim", type=int, help="fit PCA-whitening on the searched set to D dims and apply it")
     ba.add_argument("--whiten-force", action="store_true", help="fit even below 10 vectors per dim")
     backend_args(ba)
     ba.add_argument("--resampling", choices=["opencv", "pillow"], help="override the model's resampling policy (to compare)")
     ba.add_argument("--json", action="store_true")
     ba.set_defaults(fn=cmd_bench_accuracy)
+    bc = bench.add_parser("copies", help="write edited copies of images (crop, rotate, jpeg, colour, downscale, border, caption)")
+    bc.add_argument("src", help="image folder (the gallery the copies come from)")
+    bc.add_argument("out", help="output folder: OUT/<edit>/<path relative to SRC>")
+    bc.add_argument("-n", type=int, default=100, help="images to copy, spread over SRC's folders (default 100)")
+    bc.add_argument("--seed", type=int, default=0)
+    bc.add_argument("--edits", help="comma-separated subset of the edits (default all)")
+    bc.set_defaults(fn=cmd_bench_copies)
+    bd = bench.add_parser("dedup", help="recall and purity of `cbir dedup` on an index holding DATA and planted COPIES")
+    bd.add_argument("--index", required=True)
+    bd.add_argument("--data", required=True, help="the original images (as indexed)")
+    bd.add_argument("--copies", required=True, help="the planted copies (as indexed; `cbir bench copies` layout)")
+    bd.add_argument("-k", type=int, default=10)
+    bd.add_argument("--threshold", type=float, default=0.5)
+    bd.add_argument("--no-verify", action="store_true")
+    bd.set_defaults(fn=cmd_bench_dedup)
     bl = bench.add_parser("latency", help="throughput and latency of a model")
     bl.add_argument("--model", required=True)
     backend_args(bl)

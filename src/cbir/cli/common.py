@@ -44,3 +44,36 @@ def engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="inference threads (default: all cores)")
     p.add_argument("--workers", type=int, help="decode threads (default: all cores)")
 
+
+
+def rerank_args(p: argparse.ArgumentParser) -> None:
+    """Re-ranking options (``cbir.index.rerank``): a preset, then per-stage overrides."""
+    from cbir.index.rerank import PRESETS, Rerank
+
+    d = Rerank()
+    g = p.add_argument_group("re-ranking (default: the index's stored setting)")
+    g.add_argument("--rerank", choices=list(PRESETS), help="preset: default (copies verified first, then class-level "
+                   "re-ranking), class, copy, none")
+    g.add_argument("--shortlist", type=int, help=f"candidates re-ranked (default {d.shortlist})")
+    g.add_argument("--shortlist-dba", type=int, help="DBA over N neighbours inside the shortlist (0 = off)")
+    g.add_argument("--shortlist-dba-alpha", type=float, help=f"its weight exponent (default {d.shortlist_dba_alpha})")
+    g.add_argument("--qe", type=int, help="α-query expansion over the top N (0 = off)")
+    g.add_argument("--qe-alpha", type=float, help=f"α-QE exponent (0 = average QE; default {d.qe_alpha})")
+    g.add_argument("--diffusion", type=int, help="diffusion on the shortlist's mutual k-NN graph, k (0 = off)")
+    g.add_argument("--diffusion-alpha", type=float, help=f"diffusion α (default {d.diffusion_alpha})")
+    g.add_argument("--verify", type=int, help="spatially verify the top N (0 = off)")
+    g.add_argument("--min-inliers", type=int, help=f"RANSAC inliers that make a match verified (default {d.min_inliers})")
+
+
+def rerank_overrides(a: argparse.Namespace) -> dict:
+    from dataclasses import fields
+
+    from cbir.index.rerank import Rerank
+
+    return {f.name: getattr(a, f.name) for f in fields(Rerank) if getattr(a, f.name, None) is not None}
+
+
+def rerank_from_args(a: argparse.Namespace, base: dict | None = None):
+    from cbir.index.rerank import resolve
+
+    return resolve(base, a.rerank, **rerank_overrides(a))

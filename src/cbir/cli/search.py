@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cbir.cli.common import engine_args, print_json
+from cbir.cli.common import engine_args, print_json, rerank_args, rerank_from_args
 
 
 def cmd_search(a: argparse.Namespace) -> int:
@@ -12,7 +12,8 @@ def cmd_search(a: argparse.Namespace) -> int:
 
     g = Gallery(a.index)
     g.embedder(a.model, backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision)
-    results = g.search(a.queries, k=a.k, qe_n=a.qe, qe_alpha=a.qe_alpha, nprobe=a.nprobe, ef_search=a.ef_search)
+    rerank = rerank_from_args(a, g.config.get("rerank"))
+    results = g.search(a.queries, k=a.k, rerank=rerank, nprobe=a.nprobe, ef_search=a.ef_search)
     if a.html:
         write_html(g, results, a.html)
     if a.json:
@@ -24,7 +25,8 @@ def cmd_search(a: argparse.Namespace) -> int:
             continue
         print(r["query"])
         for rank, h in enumerate(r["results"], 1):
-            print(f"  {rank:3d}. {h['score']:.4f}  {h['path']}  (id {h['id']})")
+            mark = f"  verified, {h['inliers']} inliers" if h["verified"] else ""
+            print(f"  {rank:3d}. {h['score']:.4f}  {h['path']}  (id {h['id']}{mark})")
     return 0
 
 
@@ -48,11 +50,10 @@ def register(sub) -> None:
     s.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
     s.add_argument("--index", required=True)
     s.add_argument("-k", type=int, default=10)
-    s.add_argument("--qe", type=int, default=0, help="query expansion over the top N (default off)")
-    s.add_argument("--qe-alpha", type=float, default=0.0, help="α-QE exponent (0 = average QE)")
     s.add_argument("--nprobe", type=int, help="IVF lists to visit (default: the index's tuned value)")
     s.add_argument("--ef-search", type=int, help="HNSW efSearch (default: the index's tuned value)")
     s.add_argument("--model", help="model file (default: the one recorded in the index; must match it)")
+    rerank_args(s)
     engine_args(s)
     s.add_argument("--json", action="store_true")
     s.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML contact sheet of the results")

@@ -75,20 +75,24 @@ def empty() -> np.void:
     return np.zeros((), DTYPE)
 
 
-def inliers(a: np.void, b: np.void) -> int:
-    """RANSAC inliers of the affine map a → b (0 when fewer than ``MIN_MATCHES`` matches pass the
-    ratio test)."""
+def match(a: np.void, b: np.void) -> tuple[int, np.ndarray | None]:
+    """(RANSAC inliers, 2×3 affine map of a's pixels onto b's) — (0, None) when fewer than
+    ``MIN_MATCHES`` matches pass the ratio test or no model is found."""
     na, nb = int(a["n"]), int(b["n"])
     if na < MIN_MATCHES or nb < MIN_MATCHES:
-        return 0
+        return 0, None
     cv2 = _cv2()
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    pairs = matcher.knnMatch(a["desc"][:na], b["desc"][:nb], k=2)
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a["desc"][:na], b["desc"][:nb], k=2)
     good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
     if len(good) < MIN_MATCHES:
-        return 0
+        return 0, None
     src = a["xy"][[m.queryIdx for m in good]].astype(np.float32)
     dst = b["xy"][[m.trainIdx for m in good]].astype(np.float32)
-    _, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJ_PX,
-                                   maxIters=2000, confidence=0.99)
-    return 0 if mask is None else int(mask.sum())
+    model, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJ_PX,
+                                       maxIters=2000, confidence=0.99)
+    return (0, None) if mask is None else (int(mask.sum()), model)
+
+
+def inliers(a: np.void, b: np.void) -> int:
+    """RANSAC inliers of the affine map a → b (see ``match``)."""
+    return match(a, b)[0]

@@ -113,13 +113,14 @@ def remove(index, ids: np.ndarray) -> bool:
 
 
 def enable_reconstruct(index) -> None:
-    """IVF indexes reconstruct stored vectors only with a direct map (needed by query expansion)."""
+    """IVF indexes reconstruct stored vectors only with a direct map (needed by re-ranking). A hash
+    table, not an array: after removals (or in on-disk lists) the ids are not 0..n-1."""
     import faiss
 
     inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
     ivf = faiss.try_extract_index_ivf(inner)
     if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
-        ivf.make_direct_map()
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
 
 
 def save(index, path: Path) -> None:

@@ -29,7 +29,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -40,7 +42,12 @@ from cbir.index import config as _config
 from cbir.index import faiss_index, maintain, tuning
 from cbir.index.config import INDEX_JSON, SHARD_SIZE
 from cbir.index.lock import WriterLock
-from cbir.index.search import search_with_qe
+from cbir.engine import local_features
+from cbir.index import rerank as _rerank
+from cbir.index import search as _search
+from cbir.index import features as _features
+from cbir.index.features import FeatureStore
+from cbir.index.rerank import Rerank
 from cbir.index.store import Store
 from cbir.index.thumbs import Thumbnails
 
@@ -58,6 +65,24 @@ class Hit:
     id: int
     path: str
     score: float
+    verified: bool = False  # spatially verified: RANSAC inliers ≥ min_inliers (such hits come first)
+    inliers: int | None = None  # None: not checked
+
+
+@lru_cache(maxsize=1)
+def _verify_pool() -> ThreadPoolExecutor:
+    """Threads for local-feature matching (OpenCV releases the GIL): one per core, shared."""
+    from cbir.cores import all_cores
+
+    return ThreadPoolExecutor(all_cores(), thread_name_prefix="cbir-verify")
+
+
+def _query_features(source):
+    """A query's local features; None when it has none to give (verifies nothing)."""
+    try:
+        return local_features.extract(source, str(source) if isinstance(source, (str, os.PathLike)) else "<query>")
+    except Exception:  # the query was embedded; an image ORB cannot use just verifies nothing
+        return None
 
 
 class Gallery:
@@ -77,6 +102,7 @@ class Gallery:
         self._reconstructable = None
         self._whitening = None
         self._thumbnails = None
+        self._features = None
         self._lock = threading.RLock()
         if embedder is not None:
             self.check_model(embedder)
@@ -93,13 +119,19 @@ class Gallery:
     def create(cls, root: str | os.PathLike, embedder, factory: str | None = None, shard_size: int | None = None,
                whitening: str | None = None, dba: int | None = None, dba_alpha: float | None = None,
                memory_budget: str | None = None, target_recall: float | None = None, wait: bool = False,
-               dim: int | None = None, on_disk: bool | None = None) -> "Gallery":
+               dim: int | None = None, on_disk: bool | None = None, local_features: str | None = None,
+               rerank: str | None = None) -> "Gallery":
         """Create INDEX_DIR for ``embedder``'s model, or open it if it exists (same model, and the
         same options where they are given: ``None`` = as recorded, or the default for a new index).
-        ``embedder=None`` with ``dim``: an index of existing vectors with no model (vectors-only)."""
+        ``embedder=None`` with ``dim``: an index of existing vectors with no model (vectors-only).
+        ``local_features``: ``orb`` (default with a model: stored per shard for spatial verification)
+        or ``none``; ``rerank``: the stored re-ranking preset (default ``default`` with local
+        features, else ``class``; ``none`` for vectors-only and on-disk indexes)."""
         from cbir.vectors import Whitening
 
         root = Path(root)
+        if local_features not in (None, "orb", "none"):
+            raise CbirError(f"--local-features {local_features}: choose orb or none")
         given = {"factory": factory, "shard_size": shard_size, "dba": dba, "dba_alpha": dba_alpha,
                  "memory_budget": memory_budget, "target_recall": target_recall, "on_disk": on_disk}
         wt = Whitening.load(whitening) if whitening else None
@@ -124,6 +156,14 @@ class Gallery:
                 raise CbirError(f"--target-recall {options['target_recall']}: must be in (0, 1]")
         else:
             faiss_index.create(dim, options["factory"], id_map=not options["on_disk"])
+        feats = (local_features or "orb") if embedder is not None else "none"
+        options["local_features"] = None if feats == "none" else feats
+        # vectors from elsewhere (no model) or an on-disk index: plain k-NN unless asked; images: both kinds of query
+        plain = embedder is None or options["on_disk"]
+        preset = rerank or ("none" if plain else "default" if options["local_features"] else "class")
+        options["rerank"] = _rerank.resolve(preset=preset).to_dict()
+        if options["rerank"]["verify"] and not options["local_features"]:
+            raise CbirError(f"--rerank {rerank}: verifies, and the index would have no local features (--local-features none)")
         root.mkdir(parents=True, exist_ok=True)
         if wt is not None:
             wt.save(root / "whitening.npz")
@@ -291,6 +331,7 @@ class Gallery:
             scanned = self.scan(images, retry_failed, parquet)
             maintain.resolve_factory(self.config, self.store.count("indexed") + self.store.count("pending"))
             work = self.process_pending(batch_size, progress, distributed)
+            self._timed_features(work, progress)
             self.rebuild_index()
             return self.write_report(work, scanned, t0)
 
@@ -308,11 +349,30 @@ class Gallery:
         new_shards = self.store.pending_shards()
         changed = [i for s in new_shards for i, _ in self.store.shard_items(s)]
         work = self.process_pending(batch_size, progress)
+        self._timed_features(work, progress)
         if before or not was_in_sync:  # an interrupted write left work behind: rebuild from the shards
             self.rebuild_index()
         else:
             self._set_index(maintain.update(self, np.array(changed, np.int64), new_shards))
         return self.write_report(work, scanned, t0)
+
+    def _timed_features(self, work: dict, progress: bool) -> None:
+        t0 = time.perf_counter()
+        if self.extract_features(progress):
+            work["timings"]["local_features"] = round(time.perf_counter() - t0, 4)
+
+    def extract_features(self, progress: bool = False, enable: bool = False) -> int:
+        """Local features for every done shard lacking them (resumable per shard); ``enable`` turns
+        them on for an index built without (``cbir index features``). Returns shards written."""
+        if enable and not self.config.get("local_features"):
+            if self.config["model"]["arch"] == "vectors-only":
+                raise CbirError(f"--index {self.root}: built from vectors, it has no images to take local features from")
+            self.config["local_features"] = _features.KIND
+            self.save_config()
+        if not self.config.get("local_features"):
+            return 0
+        with self.writing():
+            return _features.ensure(self.store, self.root, progress)
 
     def remove(self, paths: Sequence[str | os.PathLike]) -> dict:
         """Remove files (or everything under folders) from the index by path; files need not exist."""
@@ -389,46 +449,90 @@ class Gallery:
             out[valid] = index.reconstruct_batch(flat[valid])
         return out.reshape(*ids.shape, -1)
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, qe_n: int = 0, qe_alpha: float = 0.0,
-                       nprobe: int | None = None, ef_search: int | None = None) -> list[list[Hit]]:
+    def rerank_config(self, rerank: "Rerank | str | dict | None" = None) -> Rerank:
+        """The re-ranking of a search: the index's stored settings (index.json ``rerank``; none for an
+        index made before it existed), or a preset name, a dict of overrides, or a ``Rerank``."""
+        if isinstance(rerank, Rerank):
+            cfg = rerank
+        elif isinstance(rerank, str):
+            cfg = _rerank.resolve(preset=rerank)
+        else:
+            cfg = _rerank.resolve(self.config.get("rerank"), **(rerank or {}))
+        if cfg.verify and not self.config.get("local_features"):
+            raise CbirError(f"--index {self.root}: built without local features, so nothing can be verified; "
+                            f"add them with `cbir index features {self.root}`, or search without verification "
+                            f"(--rerank class, or --verify 0)")
+        return cfg
+
+    @property
+    def features(self) -> FeatureStore:
+        if self._features is None:
+            self._features = FeatureStore(self.store, self.root)
+        return self._features
+
+    def verifier(self, query_features: Sequence) -> Callable[[int, np.ndarray], np.ndarray]:
+        """verify(query row, candidate ids) -> RANSAC inliers, from the stored local features."""
+        def verify(row: int, ids: np.ndarray) -> np.ndarray:
+            qf = query_features[row]
+            if qf is None:
+                return np.full(len(ids), -1, np.int64)
+            recs = self.features.get(ids)
+            return np.array(list(_verify_pool().map(
+                lambda r: local_features.inliers(qf, r) if r is not None else 0, recs)), np.int64)
+        return verify
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10, rerank=None, nprobe: int | None = None,
+                       ef_search: int | None = None, query_features: Sequence | None = None) -> list[list[Hit]]:
         """Search with already-embedded query vectors (raw model output). Only indexed items are
         returned: an id whose item is not ``indexed`` in SQLite is dropped, never shown.
+        ``rerank``: see ``rerank_config`` (default: the index's). ``query_features``: local-feature
+        records per query for verification (None: those queries verify nothing).
         ``nprobe`` / ``ef_search`` override the recorded search parameters for this call."""
-        return self._search(self.postprocess_queries(np.asarray(queries, np.float32)), k, qe_n, qe_alpha,
-                            nprobe, ef_search)
+        return self._search(self.postprocess_queries(np.asarray(queries, np.float32)), k, rerank, nprobe,
+                            ef_search, query_features)
 
-    def search_items(self, ids: Sequence[int], k: int = 10, qe_n: int = 0, qe_alpha: float = 0.0,
-                     nprobe: int | None = None, ef_search: int | None = None) -> list[list[Hit]]:
-        """Search with indexed items as queries (their stored vectors: nothing is re-embedded).
-        Raises ``CbirError`` naming an id that is not indexed."""
+    def search_items(self, ids: Sequence[int], k: int = 10, rerank=None, nprobe: int | None = None,
+                     ef_search: int | None = None) -> list[list[Hit]]:
+        """Search with indexed items as queries (their stored vectors and local features: nothing is
+        re-embedded). Raises ``CbirError`` naming an id that is not indexed."""
         ids = np.asarray(ids, np.int64)
         known = self.store.paths_for_ids(ids)
         missing = [int(i) for i in ids if int(i) not in known]
         if missing:
             raise CbirError(f"item {missing[0]}: not in the index")
-        return self._search(self.vectors_for(ids), k, qe_n, qe_alpha, nprobe, ef_search)
+        cfg = self.rerank_config(rerank)
+        feats = self.features.get(ids) if cfg.verify else None
+        return self._search(self.vectors_for(ids), k, cfg, nprobe, ef_search, feats)
 
-    def _search(self, q: np.ndarray, k: int, qe_n: int, qe_alpha: float, nprobe: int | None,
-                ef_search: int | None) -> list[list[Hit]]:
+    def _search(self, q: np.ndarray, k: int, rerank, nprobe: int | None, ef_search: int | None,
+                query_features: Sequence | None) -> list[list[Hit]]:
         if k < 1:
             raise CbirError(f"-k {k}: must be ≥ 1")
+        cfg = self.rerank_config(rerank)
         index = self.search_index
-        if index is not self.index and max(k, qe_n) > faiss_index.GPU_MAX_K:
+        if index is not self.index and max(k, cfg.shortlist if cfg.active else 0) > faiss_index.GPU_MAX_K:
             index = self.index  # GPU k-selection is limited to 2048
         params = tuning.search_parameters(self.index, {"nprobe": nprobe, "efSearch": ef_search})
         if params is not None and index is not self.index:
             index = self.index  # per-call parameters: the CPU index (GPU copies take their own)
-        sims, ids = search_with_qe(index, q, k, qe_n, qe_alpha, self.vectors_for, params)
+        verify = self.verifier(query_features) if cfg.verify and query_features is not None else None
+        sims, ids, inl = _search.search(index, q, k, cfg, self.vectors_for, verify, params)
         paths = self.store.paths_for_ids(np.unique(ids))
-        return [[Hit(int(i), paths[int(i)], float(s)) for s, i in zip(srow, irow) if int(i) in paths]
-                for srow, irow in zip(sims, ids)]
+        return [[Hit(int(i), paths[int(i)], float(s), bool(v >= cfg.min_inliers), int(v) if v >= 0 else None)
+                 for s, i, v in zip(srow, irow, vrow) if int(i) in paths]
+                for srow, irow, vrow in zip(sims, ids, inl)]
 
-    def search(self, images: Sequence, k: int = 10, qe_n: int = 0, qe_alpha: float = 0.0,
-               nprobe: int | None = None, ef_search: int | None = None) -> list[dict]:
-        """Embed query images and search; bad query images get an ``error`` entry instead of results."""
+    def search(self, images: Sequence, k: int = 10, rerank=None, nprobe: int | None = None,
+               ef_search: int | None = None) -> list[dict]:
+        """Embed query images and search; bad query images get an ``error`` entry instead of results.
+        With verification on, the queries' local features are extracted too."""
+        cfg = self.rerank_config(rerank)
         emb = self.embedder()
         res = emb.embed_files(list(images))
-        hits = self.search_vectors(res.vectors, k, qe_n, qe_alpha, nprobe, ef_search) if len(res.vectors) else []
+        feats = None
+        if cfg.verify and len(res.indices):
+            feats = list(_verify_pool().map(lambda i: _query_features(images[i]), res.indices))
+        hits = self.search_vectors(res.vectors, k, cfg, nprobe, ef_search, feats) if len(res.vectors) else []
         out: list[dict] = [{} for _ in images]
         for pos, h in zip(res.indices, hits):
             out[pos] = {"query": str(images[pos]), "results": [h_.__dict__ for h_ in h]}

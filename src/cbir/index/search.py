@@ -1,22 +1,46 @@
-"""k-NN search with optional query expansion, shared by ``Gallery`` and ``cbir bench accuracy``."""
+"""k-NN search with re-ranking (``rerank``), shared by ``Gallery`` and ``cbir bench accuracy``."""
 from __future__ import annotations
 
 from typing import Callable
 
 import numpy as np
 
-from cbir import vectors
 from cbir.index import faiss_index
+from cbir.index.rerank import Rerank, rerank
+
+# verify(query row, candidate ids [n]) -> inliers [n]
+Verifier = Callable[[int, np.ndarray], np.ndarray]
 
 
-def search_with_qe(index, queries: np.ndarray, k: int, qe_n: int = 0, qe_alpha: float = 0.0,
-                   vectors_of: Callable[[np.ndarray], np.ndarray] | None = None,
-                   params=None) -> tuple[np.ndarray, np.ndarray]:
-    """(sims [q, k], ids [q, k]). With ``qe_n`` > 0 the queries are first expanded with their top
-    ``qe_n`` results (average QE, or α-QE with ``qe_alpha``); ``vectors_of(ids [q, n]) -> [q, n, D]``
-    returns the stored vectors of those results (rows of -1 ids are ignored). ``params``: per-call
-    ``faiss.SearchParameters`` (nprobe / efSearch), else the index's own settings."""
-    if qe_n > 0:
-        sims, ids = faiss_index.search(index, queries, qe_n, params)
-        queries = vectors.expand(queries, vectors_of(ids), np.where(ids >= 0, sims, 0.0), qe_alpha)
-    return faiss_index.search(index, queries, k, params)
+def search(index, queries: np.ndarray, k: int, cfg: Rerank | None = None,
+           vectors_of: Callable[[np.ndarray], np.ndarray] | None = None, verify: Verifier | None = None,
+           params=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores [q, k], ids [q, k], inliers [q, k]) — ids -1 and inliers -1 (not checked) pad short rows.
+    Without an active ``cfg`` this is the plain k-NN search. ``vectors_of(ids [n]) -> [n, D]`` returns
+    stored vectors; ``verify`` is needed when ``cfg.verify`` > 0 (None: nothing is verified).
+    ``params``: per-call ``faiss.SearchParameters`` (nprobe / efSearch), else the index's own."""
+    cfg = cfg or Rerank()
+    if not cfg.active:
+        sims, ids = faiss_index.search(index, queries, k, params)
+        return sims, ids, np.full(ids.shape, -1, np.int64)
+    _, ids = faiss_index.search(index, queries, max(1, min(cfg.shortlist, index.ntotal)), params)
+    out_s = np.full((len(queries), k), -np.inf, np.float32)
+    out_i = np.full((len(queries), k), -1, np.int64)
+    out_v = np.full((len(queries), k), -1, np.int64)
+    for r, (q, row) in enumerate(zip(queries, ids)):
+        cand = row[row >= 0]
+        if not len(cand):
+            continue
+        inl = np.full(len(cand), -1, np.int64)
+        if cfg.verify and verify is not None:
+            inl[: cfg.verify] = verify(r, cand[: cfg.verify])
+        got_i, got_s, got_v, q2 = rerank(q, cand, vectors_of(cand), cfg, inl)
+        if k > len(got_i) and index.ntotal > len(got_i):  # the tail: a k-NN search with the final query
+            s2, i2 = faiss_index.search(index, q2[None], min(k, index.ntotal), params)
+            keep = (i2[0] >= 0) & ~np.isin(i2[0], got_i)
+            got_i = np.concatenate([got_i, i2[0][keep]])
+            got_s = np.concatenate([got_s, s2[0][keep]])
+            got_v = np.concatenate([got_v, np.full(int(keep.sum()), -1, np.int64)])
+        m = min(k, len(got_i))
+        out_s[r, :m], out_i[r, :m], out_v[r, :m] = got_s[:m], got_i[:m], got_v[:m]
+    return out_s, out_i, out_v

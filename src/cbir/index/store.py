@@ -72,6 +72,16 @@ class Store:
             out.update(self.conn.execute(q, chunk).fetchall())
         return out
 
+    def shards_for_ids(self, ids: Iterable[int]) -> dict[int, int]:
+        """id -> shard of the given ids that are ``indexed``."""
+        ids = [int(i) for i in ids if i >= 0]
+        out: dict[int, int] = {}
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            q = f"SELECT id, shard FROM items WHERE state = 'indexed' AND id IN ({','.join('?' * len(chunk))})"
+            out.update(self.conn.execute(q, chunk).fetchall())
+        return out
+
     def shard_items(self, shard: int) -> list[tuple[int, str]]:
         return self.conn.execute("SELECT id, path FROM items WHERE shard = ? ORDER BY id", (shard,)).fetchall()
 

@@ -1,7 +1,10 @@
 """The query service: ``create_app(index_dir)`` → a FastAPI (ASGI) app over the index and a dynamic batcher.
 
 Endpoints: ``POST /search`` (an image as multipart field ``image`` or as the raw body, or JSON
-``{"embedding": [...]}``; query ``k``, ``qe``, ``qe_alpha``), ``GET /search?id=ITEM`` (an indexed
+``{"embedding": [...]}``; query ``k``, and the re-ranking: ``rerank`` (a preset) and any
+``cbir.index.rerank.Rerank`` field — ``qe``, ``qe_alpha``, ``shortlist``, ``shortlist_dba``,
+``diffusion``, ``verify``, ``min_inliers`` …; unknown or out of range → 422; default: the index's),
+``GET /search?id=ITEM`` (an indexed
 item as the query: its stored vector, nothing re-embedded), ``POST /embed`` (an image → vector),
 ``GET /items/{id}``, ``GET /thumbs/{id}`` (a JPEG thumbnail of an indexed item, cached in
 INDEX_DIR/thumbs, with ``ETag``; 404 once the item is removed), ``GET /`` (the search page: plain
@@ -27,6 +30,7 @@ import asyncio
 import json
 import time
 from contextlib import asynccontextmanager
+from dataclasses import fields
 from importlib import resources
 
 import numpy as np
@@ -37,8 +41,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.requests import Request as StarletteRequest
 
 from cbir.engine.batcher import BatcherClosed, QueueFull
+from cbir.engine import local_features
 from cbir.engine.preprocess import ImageError
 from cbir.errors import CbirError
+from cbir.index import rerank
+from cbir.index.rerank import Rerank
 from cbir.serve.metrics import Metrics
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -156,33 +163,47 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             raise HTTPError(400, f"{name}={v}: must be between {lo} and {hi}")
         return v
 
-    def search_params(request: Request) -> tuple[int, int, float]:
+    rerank_fields = [f.name for f in fields(Rerank)]
+
+    def search_params(request: Request) -> tuple[int, Rerank]:
+        """k (400 when bad) and the re-ranking: the index's, a ``rerank`` preset, per-stage overrides
+        (422 when unknown or out of range)."""
         k = int_param(request, "k", 10, 1, 1000)
-        qe_n = int_param(request, "qe", 0, 0, 100)
+        qp = request.query_params
         try:
-            alpha = float(request.query_params.get("qe_alpha", 0.0))
-        except ValueError:
-            raise HTTPError(400, "qe_alpha: not a number") from None
-        return k, qe_n, alpha
+            base = gallery.config.get("rerank")
+            cfg = rerank.resolve(base, qp.get("rerank"), **{n: qp[n] for n in rerank_fields if n in qp})
+            return k, gallery.rerank_config(cfg)
+        except CbirError as e:
+            raise HTTPError(422, str(e)) from None
 
-    def search_latest(q: np.ndarray, k: int, qe_n: int, alpha: float):
+    def search_latest(q: np.ndarray, k: int, cfg: Rerank, feats):
         gallery.refresh()  # a stat of index.json: a newer index.faiss from a writer is swapped in
-        return gallery.search_vectors(q, k, qe_n, alpha)
+        return gallery.search_vectors(q, k, cfg, query_features=feats)
 
-    def search_item_latest(item_id: int, k: int, qe_n: int, alpha: float):
+    def search_item_latest(item_id: int, k: int, cfg: Rerank):
         gallery.refresh()
-        return gallery.search_items([item_id], k, qe_n, alpha)
+        return gallery.search_items([item_id], k, cfg)
 
-    def answer(hits, k: int, qe_n: int, search_s: float, timing: dict) -> dict:
-        metrics.observe("cbir_search_seconds", "FAISS search time (incl. query expansion)", search_s)
-        return {"results": [h.__dict__ for h in hits], "k": k, "qe": qe_n,
+    def answer(hits, k: int, cfg: Rerank, search_s: float, timing: dict) -> dict:
+        metrics.observe("cbir_search_seconds", "FAISS search time (incl. re-ranking)", search_s)
+        return {"results": [h.__dict__ for h in hits], "k": k, "rerank": cfg.to_dict(),
                 "timings_ms": {**timing, "search_ms": round(search_s * 1e3, 3)}}
+
+    def query_features(data: bytes, cfg: Rerank):
+        if not cfg.verify:
+            return None
+        try:
+            return local_features.extract(data, "uploaded image", gallery.thumbnails.max_pixels)
+        except ImageError:
+            return None  # the upload was embedded; without usable keypoints it verifies nothing
 
     @app.post("/search", summary="Search the index with an image or an embedding")
     async def search(request: Request):
-        k, qe_n, alpha = search_params(request)
+        k, cfg = search_params(request)
         body = await read_body(request)
         timing: dict = {}
+        feats = None
         if request.headers.get("content-type", "").startswith("application/json"):
             try:
                 payload = json.loads(body)
@@ -196,14 +217,15 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             if vec.shape != (emb.dim,) or not np.isfinite(vec).all():
                 raise HTTPError(400, f"embedding must be {emb.dim} finite numbers, got shape {list(vec.shape)}")
         else:
-            vec, timing = await embed_image(await image_bytes(request, body))
+            data = await image_bytes(request, body)
+            (vec, timing), feats = await asyncio.gather(embed_image(data), run_in_threadpool(query_features, data, cfg))
         t0 = time.perf_counter()
-        hits = (await run_in_threadpool(search_latest, vec[None], k, qe_n, alpha))[0]
-        return answer(hits, k, qe_n, time.perf_counter() - t0, timing)
+        hits = (await run_in_threadpool(search_latest, vec[None], k, cfg, None if feats is None else [feats]))[0]
+        return answer(hits, k, cfg, time.perf_counter() - t0, timing)
 
     @app.get("/search", summary="Search the index with an indexed item (by id) as the query")
     async def search_by_id(request: Request):
-        k, qe_n, alpha = search_params(request)
+        k, cfg = search_params(request)
         raw = request.query_params.get("id")
         if raw is None:
             raise HTTPError(400, "GET /search needs ?id=ITEM_ID (to search with an image, POST it)")
@@ -211,10 +233,10 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             raise HTTPError(400, f"id={raw!r}: not an item id")
         t0 = time.perf_counter()
         try:
-            hits = (await run_in_threadpool(search_item_latest, int(raw), k, qe_n, alpha))[0]
+            hits = (await run_in_threadpool(search_item_latest, int(raw), k, cfg))[0]
         except CbirError as e:
             raise HTTPError(404, str(e)) from None
-        return answer(hits, k, qe_n, time.perf_counter() - t0, {})
+        return answer(hits, k, cfg, time.perf_counter() - t0, {})
 
     @app.get("/thumbs/{item_id}", summary="JPEG thumbnail of an indexed item", response_class=Response)
     async def thumb(item_id: int, request: Request):

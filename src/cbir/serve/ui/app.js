@@ -2,14 +2,14 @@
 // Everything the server returns is put into the page with textContent / attributes, never as HTML.
 "use strict";
 
-const RERANK = { none: {}, qe: { qe: 5 }, aqe: { qe: 10, qe_alpha: 3 } };
 const $ = (id) => document.getElementById(id);
 let current = null; // { file } or { id }
 let queryUrl = null;
 let latest = 0; // only the newest request may draw: answers can arrive out of order
 
 function params() {
-  const p = new URLSearchParams({ k: $("k").value || "10", ...RERANK[$("rerank").value] });
+  const p = new URLSearchParams({ k: $("k").value || "10" });
+  if ($("rerank").value) p.set("rerank", $("rerank").value);
   return p;
 }
 
@@ -79,7 +79,8 @@ function render(hits) {
     img.loading = "lazy";
     const rank = document.createElement("span");
     rank.className = "rank";
-    rank.textContent = `${i + 1}. ${h.score.toFixed(4)}`;
+    rank.textContent = `${i + 1}. ${h.score.toFixed(4)}` + (h.verified ? ` ✓ ${h.inliers} inliers` : "");
+    if (h.verified) b.classList.add("verified");
     const path = document.createElement("span");
     path.className = "path";
     path.textContent = h.path;
