@@ -62,9 +62,11 @@ AXIS = {
 def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None = None,
                    queries: str = "split", exclude_self: bool = False, embedder=None, progress: bool = False,
                    whiten_dim: int | None = None, whiten_force: bool = False, copies: str | None = None,
-                   axis: dict[str, Rerank] | None = None) -> dict:
+                   axis: dict[str, Rerank] | None = None, pad_to: int | None = None) -> dict:
     """``whiten_dim``: fit PCA-whitening on the searched set itself and apply it (shows why fitting on
-    the gallery with few vectors per dim hurts; refused below 10 per dim unless ``whiten_force``)."""
+    the gallery with few vectors per dim hurts; refused below 10 per dim unless ``whiten_force``).
+    ``pad_to``: grow the gallery to this many items with ``distractors`` (never relevant, no local
+    features); rankings then stop at depth 1,000 (mAP a lower bound)."""
     from cbir.engine.embedder import Embedder
 
     ds = load_dataset(data)
@@ -80,48 +82,83 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None 
         from cbir.vectors import fit
 
         vectors = fit(vectors, dim=whiten_dim, force=whiten_force).apply(vectors)
+    n_real = len(vectors)
+    depth = None
+    if pad_to and pad_to > n_real:
+        vectors = np.concatenate([l2_normalize(vectors), distractors(vectors, pad_to - n_real)])
+        labels = np.concatenate([labels, np.full(pad_to - n_real, -1, labels.dtype)])
+        depth = 1000
     index, _ = faiss_index.build(l2_normalize(vectors), np.arange(len(vectors)), "Flat")
     configs = axis or {"rerank": rerank or Rerank()}
     t0 = time.perf_counter()
     needs_features = any(c.verify for c in configs.values())
     features = extract_features(ds.paths) if needs_features else None
     features_s = time.perf_counter() - t0
+    if features is not None and len(vectors) > n_real:
+        from cbir.engine import local_features
+
+        features = np.concatenate([features, np.repeat(local_features.empty()[None], len(vectors) - n_real)])
     split_seed = emb.info.extra.get("split_seed")
     if queries == "all":
-        splits = [np.arange(len(vectors))]
+        splits = [np.arange(n_real)]
     elif queries == "every10":
-        splits = [np.arange(0, len(vectors), 10)]
+        splits = [np.arange(0, n_real, 10)]
     elif split_seed is not None:
         # a fine-tuned model saw the train split of its own seed: only that seed's test split is fair
-        splits = [stratified_split(labels, int(split_seed), float(emb.info.extra.get("split", 0.8)))[1]]
+        splits = [stratified_split(labels[:n_real], int(split_seed), float(emb.info.extra.get("split", 0.8)))[1]]
     else:
-        splits = [stratified_split(labels, seed)[1] for seed in range(seeds)]
+        splits = [stratified_split(labels[:n_real], seed)[1] for seed in range(seeds)]
     copy_queries = copy_set(emb, ds, data, copies, needs_features) if copies is not None else None
 
     def run(cfg: Rerank) -> dict:
         runs, per_class_runs, search_s, n_queries = [], [], 0.0, 0
         for q in splits:
             t0 = time.perf_counter()
-            overall, pc = evaluate(vectors, labels, q, exclude_self, cfg, index, features)
+            overall, pc = evaluate(vectors, labels, q, exclude_self, cfg, index, features, depth)
             search_s += time.perf_counter() - t0
             n_queries += len(q)
             runs.append(overall)
             per_class_runs.append(pc)
         per_class = {ds.classes[int(c)]: mean_std([pc[c] for pc in per_class_runs]) for c in per_class_runs[0]}
+        # a user's query: k = 10, one at a time (the loop above ranks deeper)
+        sample = splits[0][:200]
+        qf = features[sample] if features is not None else None
+        t0 = time.perf_counter()
+        for i in range(len(sample)):
+            rank(index, l2_normalize(vectors), l2_normalize(vectors[sample[i : i + 1]]), 10, cfg,
+                 None if qf is None else qf[i : i + 1], features)
+        k10_ms = (time.perf_counter() - t0) / len(sample) * 1e3
         return {"rerank": cfg.to_dict(), "metrics": mean_std(runs), "per_class": per_class,
                 "search_ms_per_query": round(search_s / max(n_queries, 1) * 1e3, 3),
+                "k10_ms_per_query": round(k10_ms, 3),
                 "copies": copy_detection(copy_queries, vectors, index, cfg, features) if copy_queries else None}
 
     results = {name: run(cfg) for name, cfg in configs.items()}
     first = next(iter(results.values()))
     return {
-        "model": emb.info.public(), "data": str(data), "images": len(vectors), "classes": len(ds.classes),
+        "model": emb.info.public(), "data": str(data), "images": n_real, "gallery": len(vectors),
+        "ranking_depth": depth or len(vectors), "classes": len(ds.classes),
         "queries": queries, "seeds": len(splits), "split_seed": split_seed, "queries_per_run": int(len(splits[0])),
         "exclude_self": exclude_self, "whiten_dim": whiten_dim, **first,
         "axis": results if axis else None, "embed_seconds": round(embed_s, 2),
         "embed_images_per_s": round(len(vectors) / embed_s, 1),
         "features_ms_per_image": round(features_s / len(vectors) * 1e3, 3) if features is not None else None,
     }
+
+
+def distractors(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` plausible gallery vectors that belong to no class: a random real vector's per-dimension
+    values shuffled across the real set (every coordinate comes from a real image, non-negative like
+    GAP/GeM features, the sparsity pattern kept), mixed 50/50 with another real vector, L2-normalised.
+    They land near the data (cos ~0.6–0.8 to real images) without duplicating any."""
+    rng = np.random.default_rng(seed)
+    x = l2_normalize(np.asarray(real, np.float32))
+    out = np.empty((n, x.shape[1]), np.float32)
+    for s in range(0, n, 65536):
+        m = min(65536, n - s)
+        shuffled = x[rng.integers(0, len(x), (m, x.shape[1])), np.arange(x.shape[1])]
+        out[s : s + m] = 0.5 * shuffled + 0.5 * x[rng.integers(0, len(x), m)]
+    return l2_normalize(out)
 
 
 def copy_set(emb, ds, data: str, copies: str, with_features: bool) -> dict:

@@ -38,13 +38,15 @@ def rank(index, gallery: np.ndarray, queries: np.ndarray, k: int, cfg: Rerank | 
 
 
 def evaluate(vectors: np.ndarray, labels: np.ndarray, query_idx: np.ndarray, exclude_self: bool = False,
-             cfg: Rerank | None = None, index=None, features: np.ndarray | None = None) -> tuple[dict, dict]:
+             cfg: Rerank | None = None, index=None, features: np.ndarray | None = None,
+             depth: int | None = None) -> tuple[dict, dict]:
     """(overall metrics, per-class metrics) for queries ``query_idx`` against all ``vectors`` (full
-    rankings); ``features``: local-feature records of ``vectors`` for verification."""
+    rankings, or the top ``depth``: relevant items below it count as missed, so mAP is then a lower
+    bound); ``features``: local-feature records of ``vectors`` for verification."""
     vectors = l2_normalize(vectors)
     if index is None:
         index, _ = faiss_index.build(vectors, np.arange(len(vectors)), "Flat")
     qf = features[query_idx] if features is not None else None
-    ranking = rank(index, vectors, vectors[query_idx], index.ntotal, cfg, qf, features)
+    ranking = rank(index, vectors, vectors[query_idx], min(depth or index.ntotal, index.ntotal), cfg, qf, features)
     rel, n_rel = metrics.relevance(labels[query_idx], labels, ranking, query_idx if exclude_self else None)
     return metrics.summarize(rel, n_rel, KS), metrics.per_class(rel, n_rel, labels[query_idx], KS)
