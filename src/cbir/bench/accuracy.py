@@ -123,10 +123,10 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None 
         # a user's query: k = 10, one at a time (the loop above ranks deeper)
         sample = splits[0][:200]
         qf = features[sample] if features is not None else None
+        gallery = l2_normalize(vectors)
         t0 = time.perf_counter()
         for i in range(len(sample)):
-            rank(index, l2_normalize(vectors), l2_normalize(vectors[sample[i : i + 1]]), 10, cfg,
-                 None if qf is None else qf[i : i + 1], features)
+            rank(index, gallery, gallery[sample[i : i + 1]], 10, cfg, None if qf is None else qf[i : i + 1], features)
         k10_ms = (time.perf_counter() - t0) / len(sample) * 1e3
         return {"rerank": cfg.to_dict(), "metrics": mean_std(runs), "per_class": per_class,
                 "search_ms_per_query": round(search_s / max(n_queries, 1) * 1e3, 3),
@@ -142,23 +142,31 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None 
         "exclude_self": exclude_self, "whiten_dim": whiten_dim, **first,
         "axis": results if axis else None, "embed_seconds": round(embed_s, 2),
         "embed_images_per_s": round(len(vectors) / embed_s, 1),
-        "features_ms_per_image": round(features_s / len(vectors) * 1e3, 3) if features is not None else None,
+        "features_ms_per_image": round(features_s / n_real * 1e3, 3) if features is not None else None,
     }
 
 
 def distractors(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` plausible gallery vectors that belong to no class: a random real vector's per-dimension
-    values shuffled across the real set (every coordinate comes from a real image, non-negative like
-    GAP/GeM features, the sparsity pattern kept), mixed 50/50 with another real vector, L2-normalised.
-    They land near the data (cos ~0.6–0.8 to real images) without duplicating any."""
+    """``n`` plausible vectors of images unrelated to the data set: drawn from a Gaussian with the
+    real vectors' mean and full covariance, clipped at 0 (GAP/GeM features are non-negative),
+    L2-normalised. On Corel/Lite0 their highest cosine to a real image (median ~0.44 over 5,000) is
+    that of another class's nearest image (~0.41), below a same-class neighbour (~0.78)."""
     rng = np.random.default_rng(seed)
-    x = l2_normalize(np.asarray(real, np.float32))
+    x = l2_normalize(np.asarray(real, np.float64))
+    mu, cov = x.mean(0), np.cov(x.T)
     out = np.empty((n, x.shape[1]), np.float32)
     for s in range(0, n, 65536):
         m = min(65536, n - s)
-        shuffled = x[rng.integers(0, len(x), (m, x.shape[1])), np.arange(x.shape[1])]
-        out[s : s + m] = 0.5 * shuffled + 0.5 * x[rng.integers(0, len(x), m)]
+        out[s : s + m] = np.maximum(rng.multivariate_normal(mu, cov, m, method="cholesky" if _spd(cov) else "svd"), 0)
     return l2_normalize(out)
+
+
+def _spd(cov: np.ndarray) -> bool:
+    try:
+        np.linalg.cholesky(cov)
+        return True
+    except np.linalg.LinAlgError:
+        return False
 
 
 def copy_set(emb, ds, data: str, copies: str, with_features: bool) -> dict:
