@@ -130,3 +130,33 @@ def test_cli_export_json(tmp_path, capsys):
     assert s["dim"] == 192 and s["min_cosine"] >= 0.99999 and len(s["sha256"]) == 64 and out.is_file()
     assert main(["export", "--arch", "nope", "-o", str(out)]) == 2
     assert "--arch 'nope'" in capsys.readouterr().err
+
+
+def test_multi_scale_is_the_power_mean_of_single_scale_vectors(tmp_path, photos, lite0_onnx):
+    """GeM multi-scale against an independent formula: each scale's vector from the exported
+    single-scale trunk+pooling (torch, images resized the same way), power mean p = 3, L2."""
+    from cbir.engine.embedder import Embedder
+    from cbir.models.retrieval import RetrievalModel
+    from cbir.models.trunk import build_trunk
+
+    out = tmp_path / "ms.onnx"
+    s = export_onnx("tf_efficientnet_lite0", out, block=7, pooling="gem", pretrained=True, scales=(1.0, 0.75))
+    assert s["scales"] == [1.0, 0.75] and s["min_cosine"] > 0.9999
+    emb = Embedder(out)
+    assert emb.info.extra["scales"] == [1.0, 0.75]
+    got = emb.embed([str(p) for p in photos[:3]])
+    model = RetrievalModel(build_trunk("tf_efficientnet_lite0", 7, pretrained=True), "gem").eval()
+    x = torch.from_numpy(np.stack([emb.preprocess(str(p)) for p in photos[:3]]))
+    with torch.no_grad():
+        xn = model.normalize(x)
+        small = torch.nn.functional.interpolate(xn, size=(168, 168), mode="bilinear", align_corners=False)
+        v1 = torch.nn.functional.normalize(model.pool(model.trunk(xn)), dim=-1)
+        v2 = torch.nn.functional.normalize(model.pool(model.trunk(small)), dim=-1)
+        want = torch.nn.functional.normalize(((v1 ** 3 + v2 ** 3) / 2) ** (1 / 3), dim=-1).numpy()
+    assert (np.sum(got * want, axis=1) > 0.9999).all()
+    single = Embedder(lite0_onnx).embed([str(p) for p in photos[:3]])
+    assert got.shape == single.shape
+    with pytest.raises(CbirError, match="regional CroW"):
+        export_onnx("tf_efficientnet_lite0", tmp_path / "r.onnx", pooling="rcrow", scales=(1.0, 0.75))
+    with pytest.raises(CbirError, match="between 0.25 and 4"):
+        export_onnx("tf_efficientnet_lite0", tmp_path / "z.onnx", scales=(1.0, 9.0))

@@ -8,6 +8,15 @@ from cbir.cli.common import print_json
 from cbir.errors import CbirError
 
 
+def parse_scales(text: str) -> tuple[float, ...]:
+    from cbir.errors import CbirError
+
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise CbirError(f"--scales {text}: comma-separated numbers, e.g. 1,0.7071,1.4142") from None
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from cbir.export.onnx import export_onnx
 
@@ -16,6 +25,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     s = export_onnx(a.arch, a.output, block=a.block, pooling=a.pooling, pretrained=a.pretrained, weights=a.weights,
                     image_size=a.image_size, whitening=a.whitening, resize=a.resize, resampling=a.resampling,
                     parity_images=a.images or None, precision=a.precision, gem_p=a.gem_p, calib=a.calib,
+                    scales=parse_scales(a.scales),
                     fidelity_data=a.fidelity_data)
     if a.json:
         print_json(s)
@@ -73,6 +83,8 @@ def register(sub) -> None:
     e.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
                    help="fp16: trunk in FP16, normalisation/pooling/whitening/L2 in FP32, for TensorRT (default fp32)")
     e.add_argument("--gem-p", type=float, help="GeM exponent (default 3, or the checkpoint's)")
+    e.add_argument("--scales", default="1", help="multi-scale descriptor: image scales averaged (power mean, p = GeM's "
+                                                  "or 1), e.g. 1,0.7071,1.4142 (cirtorch's); default 1")
     e.add_argument("--calib", type=int, default=32, help="images for the FP16 gate, spread over --images (default 32)")
     e.add_argument("--fidelity-data", help="labelled folder: the FP16 gate also checks ΔmAP (torch half() estimate)")
     e.add_argument("-o", "--output", required=True)

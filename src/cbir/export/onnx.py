@@ -68,6 +68,7 @@ def export_onnx(
     fp16_head: bool = False,
     calib: int = 32,
     fidelity_data: str | None = None,
+    scales: tuple[float, ...] = (1.0,),
 ) -> dict:
     """Export and gate; returns the summary printed by ``cbir export --json``.
 
@@ -92,7 +93,7 @@ def export_onnx(
     t0 = time.perf_counter()
     trunk = build_trunk(arch, block, pretrained=pretrained, weights=weights)
     wt = Whitening.load(whitening) if whitening else None
-    model = RetrievalModel(trunk, pooling, image_size or (trunk.meta or {}).get("input_size"), wt).eval()
+    model = RetrievalModel(trunk, pooling, image_size or (trunk.meta or {}).get("input_size"), wt, scales).eval()
     if gem_p is not None:
         if pooling != "gem":
             raise CbirError(f"--gem-p applies to --pooling gem, not {pooling}")
@@ -110,7 +111,8 @@ def export_onnx(
         interpolation=meta.get("interpolation", trunk.spec.interpolation), resize=resize, resampling=resampling,
         whitening=wt.fingerprint if wt else None, weights=trunk.weights, precision=model.precision,
         cbir_version=__version__,
-        extra={k: meta[k] for k in ("classes", "split_seed", "split") if k in meta},
+        extra={**{k: meta[k] for k in ("classes", "split_seed", "split") if k in meta},
+               **({"scales": list(model.scales)} if model.scales != (1.0,) else {})},
     )
     example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
     fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=output.resolve().parent)
@@ -155,6 +157,7 @@ def export_onnx(
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", size, size, 3]},
         "output_tensor": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", info.dim]},
         "weights": info.weights, "fingerprint": info.fingerprint, "precision": info.precision,
+        "scales": list(model.scales),
         "min_cosine": fidelity["min_cosine"], "mean_cosine": fidelity["mean_cosine"], "parity_images": fidelity["n"],
         "fp16_gate": fidelity.get("fp16_gate"), "tensorrt_lint": lint,
         "export_seconds": round(export_s, 2), "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),

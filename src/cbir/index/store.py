@@ -62,25 +62,22 @@ class Store:
         """path -> (id, size, mtime, state) for every item."""
         return {r[0]: r[1:] for r in self.conn.execute("SELECT path, id, size, mtime, state FROM items")}
 
-    def paths_for_ids(self, ids: Iterable[int]) -> dict[int, str]:
-        """id -> path of the given ids that are ``indexed`` (removed, failed and pending ones are left out)."""
+    def _indexed_column(self, ids: Iterable[int], column: str) -> dict:
         ids = [int(i) for i in ids if i >= 0]
-        out: dict[int, str] = {}
-        for i in range(0, len(ids), 900):
+        out: dict = {}
+        for i in range(0, len(ids), 900):  # SQLite's limit on bound parameters
             chunk = ids[i : i + 900]
-            q = f"SELECT id, path FROM items WHERE state = 'indexed' AND id IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT id, {column} FROM items WHERE state = 'indexed' AND id IN ({','.join('?' * len(chunk))})"
             out.update(self.conn.execute(q, chunk).fetchall())
         return out
 
+    def paths_for_ids(self, ids: Iterable[int]) -> dict[int, str]:
+        """id -> path of the given ids that are ``indexed`` (removed, failed and pending ones are left out)."""
+        return self._indexed_column(ids, "path")
+
     def shards_for_ids(self, ids: Iterable[int]) -> dict[int, int]:
         """id -> shard of the given ids that are ``indexed``."""
-        ids = [int(i) for i in ids if i >= 0]
-        out: dict[int, int] = {}
-        for i in range(0, len(ids), 900):
-            chunk = ids[i : i + 900]
-            q = f"SELECT id, shard FROM items WHERE state = 'indexed' AND id IN ({','.join('?' * len(chunk))})"
-            out.update(self.conn.execute(q, chunk).fetchall())
-        return out
+        return self._indexed_column(ids, "shard")
 
     def shard_items(self, shard: int) -> list[tuple[int, str]]:
         return self.conn.execute("SELECT id, path FROM items WHERE shard = ? ORDER BY id", (shard,)).fetchall()

@@ -3,6 +3,10 @@
 forward(x): float → ×1/(255·std) − mean/std (NHWC) → NCHW → trunk → pooling →
 [L2 → PCA-whitening P(x − m)] → L2. For ``rcrow`` the whitening is applied per region instead.
 
+Multi-scale (``scales``, e.g. 1, 1/√2, √2 — cirtorch's standard): the normalised image is resized
+bilinearly to each scale, each pooled vector is L2-normalised, and they are averaged as a power mean
+v = (mean_s v_s^p)^(1/p), p = the GeM exponent for ``gem`` (1 otherwise), before whitening and L2.
+
 ``to_fp16()`` puts the trunk in FP16 with explicit casts around it, so the exported graph carries
 the precision (TensorRT 11 builds strongly typed networks only): normalisation, pooling,
 whitening and L2 stay FP32 (DESIGN.md §4). ``to_fp16(head=True)`` also halves the head — only to
@@ -25,8 +29,15 @@ STRIDE = 32  # EfficientNet's Block 6/7 outputs are at 1/32 of the input
 class RetrievalModel(nn.Module):
     """Trunk + pooling + optional whitening + L2, with the input normalisation folded in."""
 
-    def __init__(self, trunk: Trunk, pooling: str = "gap", image_size: int | None = None, whitening: Whitening | None = None):
+    def __init__(self, trunk: Trunk, pooling: str = "gap", image_size: int | None = None, whitening: Whitening | None = None,
+                 scales: tuple[float, ...] = (1.0,)):
         super().__init__()
+        scales = tuple(float(s) for s in scales)
+        if not scales or any(not 0.25 <= s <= 4.0 for s in scales):
+            raise CbirError(f"--scales {','.join(map(str, scales))}: each scale must be between 0.25 and 4")
+        if pooling == "rcrow" and scales != (1.0,):
+            raise CbirError("--scales: regional CroW's regions are laid out for one feature-map size; use one scale")
+        self.scales = scales
         self.trunk_info = trunk
         self.image_size = image_size or trunk.spec.input_size
         self.pooling_name = pooling
@@ -78,12 +89,25 @@ class RetrievalModel(nn.Module):
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """Pooling, whitening and L2 on a trunk feature map."""
-        v = self.pool(features)
+        return self.finish(self.pool(features))
+
+    def finish(self, v: torch.Tensor) -> torch.Tensor:
+        """Whitening and L2 of a pooled vector."""
         if self.whiten_proj is not None:
             v = torch.matmul(F.l2n(v) - self.whiten_mean, self.whiten_proj.t())
         return F.l2n(v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The .to() calls are no-ops (no graph nodes) in FP32 and explicit Casts in FP16.
-        features = self.trunk(self.normalize(x).to(self.trunk_dtype))
-        return self.head(features.to(self.head_dtype)).to(torch.float32)
+        x = self.normalize(x)
+        if self.scales == (1.0,):
+            return self.head(self.trunk(x.to(self.trunk_dtype)).to(self.head_dtype)).to(torch.float32)
+        p = self.pool.p if self.pooling_name == "gem" else 1.0
+        h, w = x.shape[2], x.shape[3]
+        acc = 0.0
+        for s in self.scales:
+            xs = x if s == 1.0 else nn.functional.interpolate(
+                x, size=(max(32, round(h * s)), max(32, round(w * s))), mode="bilinear", align_corners=False)
+            v = F.l2n(self.pool(self.trunk(xs.to(self.trunk_dtype)).to(self.head_dtype)))
+            acc = acc + v.clamp_min(F.EPS) ** p
+        return self.finish((acc / len(self.scales)) ** (1.0 / p)).to(torch.float32)
