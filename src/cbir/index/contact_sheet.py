@@ -57,7 +57,8 @@ def render(results: Sequence[dict], thumbnail: Callable[[dict], bytes], title: s
         if r.get("error"):
             cells.append(f'<p class="err">{html.escape(str(r["error"]))}</p>')
         for rank, h in enumerate(r.get("results", []), 1):
-            caption = f'{rank}. {h["score"]:.4f}<br>{html.escape(str(h["path"]))}<br>id {int(h["id"])}'
+            mark = f' ✓ {int(h["inliers"])} inliers' if h.get("verified") else ""
+            caption = f'{rank}. {h["score"]:.4f}{mark}<br>{html.escape(str(h["path"]))}<br>id {int(h["id"])}'
             cells.append(f'<figure>{img(lambda h=h: thumbnail(h), str(h["path"]))}<figcaption>{caption}</figcaption></figure>')
         rows.append(f'<section class="row">{"".join(cells)}</section>')
     note = (f'<p class="err">{skipped[0]} thumbnails left out: the sheet reached its {max_bytes} byte limit.</p>'

@@ -3,7 +3,10 @@
 - ``exact``: indexed items with the same content hash (SHA-1 of the file bytes, recorded at build).
 - ``near``: pairs whose stored vectors are k-NN of each other (``k``, default 10) with cosine ≥
   ``threshold`` (default 0.5), kept when spatially verified (RANSAC inliers ≥ the index's
-  ``min_inliers``, default 15); groups are the connected components of the kept pairs. The low
+  ``min_inliers``, default 15). Groups are stars, not connected components: the image with the most
+  inliers summed over its verified pairs becomes a group's seed and takes its unassigned verified
+  neighbours, then the next, and so on — every member matches its seed directly, so a shared overlay
+  (the same caption or watermark on different photos) cannot chain photos together. The low
   threshold is deliberate: edited copies of Lite0 GAP vectors go down to cos 0.5 (heavy downscaling,
   rotation), while the verification is what rejects same-class look-alikes. ``verify=False`` keeps
   every pair over the threshold (use a high one, e.g. 0.9). Exact duplicates are one member each
@@ -28,31 +31,6 @@ from cbir.index import faiss_index
 K = 10
 THRESHOLD = 0.5
 BATCH = 1024
-
-
-class _Groups:
-    """Union-find over item ids."""
-
-    def __init__(self):
-        self.parent: dict[int, int] = {}
-
-    def find(self, x: int) -> int:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def groups(self) -> list[list[int]]:
-        out: dict[int, list[int]] = defaultdict(list)
-        for x in self.parent:
-            out[self.find(x)].append(x)
-        return [sorted(v) for v in out.values() if len(v) > 1]
 
 
 def exact_groups(store) -> list[list[int]]:
@@ -96,11 +74,10 @@ def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True,
         bar.close()
     pairs_list = sorted(pairs)
     if verify and pairs_list:
-        pairs_list = _verified(gallery, pairs_list, cfg.min_inliers, progress)
-    uf = _Groups()
-    for a, b in pairs_list:
-        uf.union(a, b)
-    groups = [("exact", g) for g in exact] + [("near", g) for g in uf.groups()]
+        weighted = _verified(gallery, pairs_list, cfg.min_inliers, progress)
+    else:
+        weighted = [(a, b, 1) for a, b in pairs_list]
+    groups = [("exact", g) for g in exact] + [("near", g) for g in star_groups(weighted)]
     paths = gallery.store.paths_for_ids([i for _, g in groups for i in g])
     out = [{"kind": kind, "ids": g, "paths": [paths[i] for i in g]} for kind, g in groups]
     return sorted(out, key=lambda d: (-len(d["ids"]), d["kind"], d["ids"][0]))
@@ -110,7 +87,29 @@ def _all_ids(store) -> list[int]:
     return [r[0] for r in store.conn.execute("SELECT id FROM items WHERE state = 'indexed' ORDER BY id")]
 
 
-def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, progress: bool) -> list[tuple[int, int]]:
+def star_groups(pairs: list[tuple[int, int, int]]) -> list[list[int]]:
+    """Groups from weighted pairs (a, b, inliers): seeds by summed weight (ties: lower id), each
+    taking its not yet assigned neighbours."""
+    nbrs: dict[int, list[int]] = defaultdict(list)
+    weight: dict[int, int] = defaultdict(int)
+    for a, b, w in pairs:
+        nbrs[a].append(b)
+        nbrs[b].append(a)
+        weight[a] += w
+        weight[b] += w
+    assigned: set[int] = set()
+    groups = []
+    for seed in sorted(nbrs, key=lambda i: (-weight[i], i)):
+        if seed in assigned:
+            continue
+        members = [seed] + [j for j in nbrs[seed] if j not in assigned]
+        assigned.update(members)
+        if len(members) > 1:
+            groups.append(sorted(members))
+    return groups
+
+
+def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, progress: bool) -> list[tuple[int, int, int]]:
     items = sorted({i for p in pairs for i in p})
     feats = dict(zip(items, gallery.features.get(items)))
     bar = None
@@ -121,13 +120,13 @@ def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, progress:
 
     def check(p):
         fa, fb = feats[p[0]], feats[p[1]]
-        ok = fa is not None and fb is not None and local_features.inliers(fa, fb) >= min_inliers
+        n = local_features.inliers(fa, fb) if fa is not None and fb is not None else 0
         if bar is not None:
             bar.update(1)
-        return ok
+        return n
 
     with ThreadPoolExecutor(all_cores()) as pool:
-        keep = list(pool.map(check, pairs))
+        counts = list(pool.map(check, pairs))
     if bar is not None:
         bar.close()
-    return [p for p, ok in zip(pairs, keep) if ok]
+    return [(a, b, n) for (a, b), n in zip(pairs, counts) if n >= min_inliers]
