@@ -261,3 +261,13 @@ def test_bench_copies_and_copy_detection(lite0_onnx, photos, tmp_path, capsys):
     assert set(r["axis"]["verify"]["copies"]["rank1_per_edit"]) == {"crop", "jpeg", "caption"}
     assert r["axis"]["verify"]["metrics"]["mAP"]["mean"] > 0 and r["features_ms_per_image"] > 0
     assert main(["bench", "accuracy", "--model", str(lite0_onnx), "--data", str(data), "--rerank-axis", "bogus"]) == 2
+
+
+def test_star_groups_do_not_chain_through_a_shared_overlay():
+    from cbir.index.dedup import star_groups
+
+    # A, B originals; cA, cB their captioned copies (the same caption text links cA and cB); bA a bordered copy
+    A, B, cA, cB, bA = 1, 2, 3, 4, 5
+    pairs = [(A, cA, 300), (cA, cB, 40), (B, cB, 300), (A, bA, 200)]
+    assert sorted(star_groups(pairs)) == [[A, cA, bA], [B, cB]]
+    assert star_groups([]) == [] and star_groups([(7, 9, 20)]) == [[7, 9]]
