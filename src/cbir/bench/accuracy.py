@@ -12,7 +12,8 @@ Copy detection (``copies``: a folder ``<edit>/<path of the original relative to 
 ``cbir bench copies`` writes it): every copy is a query against the whole data set, and the figure
 is the fraction whose original comes first (rank-1), overall and per edit kind; a copy whose
 original is not in the data set is an error. Both report search ms/query (re-ranking and
-verification included, query embedding and query feature extraction not).
+verification included, query embedding and query feature extraction not). Regional re-ranking
+needs a model exported with ``--regions`` (the regional descriptors come from the same pass).
 """
 from __future__ import annotations
 
@@ -51,12 +52,25 @@ def mean_std(runs: list[dict]) -> dict:
     return {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))} for k in runs[0]}
 
 
-# The re-ranking axis of ``--rerank-axis``: one stage at a time on top of plain k-NN, then the presets.
-AXIS = {
-    "base": Rerank(), "aqe": Rerank(qe=30), "dba": Rerank(shortlist_dba=20), "diffusion": Rerank(diffusion=30),
-    "verify": Rerank(verify=10), "dba+aqe": Rerank(shortlist_dba=20, qe=30),
-    "dba+diffusion": Rerank(shortlist_dba=20, diffusion=30), "default": PRESETS["default"],
-}
+# The re-ranking axis of ``--rerank-axis``: ``base``, a preset name, or stages joined by ``+``
+# (``dba+aqe+regional``), each stage with the setting below on top of plain k-NN.
+AXIS_STAGES = {"aqe": {"qe": 30}, "dba": {"shortlist_dba": 20}, "diffusion": {"diffusion": 30},
+               "regional": {"regional": 100}, "verify": {"verify": 10}}
+
+
+def axis_config(name: str) -> Rerank:
+    """The ``Rerank`` of one ``--rerank-axis`` entry; CbirError naming an unknown part."""
+    if name == "base":
+        return Rerank()
+    if name in PRESETS:
+        return PRESETS[name]
+    settings: dict = {}
+    for part in name.split("+"):
+        if part not in AXIS_STAGES:
+            raise CbirError(f"--rerank-axis {name}: unknown part {part!r}; use base, a preset "
+                            f"({', '.join(PRESETS)}) or stages joined by + ({', '.join(AXIS_STAGES)})")
+        settings.update(AXIS_STAGES[part])
+    return Rerank(**settings)
 
 
 def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None = None,
@@ -71,8 +85,10 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None 
 
     ds = load_dataset(data)
     emb = embedder or Embedder(model)
+    configs = axis or {"rerank": rerank or Rerank()}
+    needs_regions = any(c.regional for c in configs.values())
     t0 = time.perf_counter()
-    res = emb.embed_files([str(p) for p in ds.paths], progress=progress)
+    res = emb.embed_files([str(p) for p in ds.paths], progress=progress, regions=needs_regions)
     embed_s = time.perf_counter() - t0
     if res.errors:
         bad = ", ".join(f"{s} ({r})" for _, s, r in res.errors[:3])
@@ -81,7 +97,11 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None 
     if whiten_dim:
         from cbir.vectors import fit
 
-        vectors = fit(vectors, dim=whiten_dim, force=whiten_force).apply(vectors)
+        wt = fit(vectors, dim=whiten_dim, force=whiten_force)
+        vectors = wt.apply(vectors)
+        if res.regions is not None:
+            n, r, d = res.regions.shape
+            res.regions = wt.apply(res.regions.reshape(n * r, d)).reshape(n, r, -1)
     n_real = len(vectors)
     depth = None
     if pad_to and pad_to > n_real:
@@ -89,7 +109,6 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None 
         labels = np.concatenate([labels, np.full(pad_to - n_real, -1, labels.dtype)])
         depth = 1000
     index, _ = faiss_index.build(l2_normalize(vectors), np.arange(len(vectors)), "Flat")
-    configs = axis or {"rerank": rerank or Rerank()}
     t0 = time.perf_counter()
     needs_features = any(c.verify for c in configs.values())
     features = extract_features(ds.paths) if needs_features else None
@@ -114,7 +133,7 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None 
         runs, per_class_runs, search_s, n_queries = [], [], 0.0, 0
         for q in splits:
             t0 = time.perf_counter()
-            overall, pc = evaluate(vectors, labels, q, exclude_self, cfg, index, features, depth)
+            overall, pc = evaluate(vectors, labels, q, exclude_self, cfg, index, features, depth, res.regions)
             search_s += time.perf_counter() - t0
             n_queries += len(q)
             runs.append(overall)
@@ -126,12 +145,13 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None 
         gallery = l2_normalize(vectors)
         t0 = time.perf_counter()
         for i in range(len(sample)):
-            rank(index, gallery, gallery[sample[i : i + 1]], 10, cfg, None if qf is None else qf[i : i + 1], features)
+            rank(index, gallery, gallery[sample[i : i + 1]], 10, cfg, None if qf is None else qf[i : i + 1], features,
+                 res.regions)
         k10_ms = (time.perf_counter() - t0) / len(sample) * 1e3
         return {"rerank": cfg.to_dict(), "metrics": mean_std(runs), "per_class": per_class,
                 "search_ms_per_query": round(search_s / max(n_queries, 1) * 1e3, 3),
                 "k10_ms_per_query": round(k10_ms, 3),
-                "copies": copy_detection(copy_queries, vectors, index, cfg, features) if copy_queries else None}
+                "copies": copy_detection(copy_queries, vectors, index, cfg, features, res.regions) if copy_queries else None}
 
     results = {name: run(cfg) for name, cfg in configs.items()}
     first = next(iter(results.values()))
@@ -196,10 +216,12 @@ def copy_set(emb, ds, data: str, copies: str, with_features: bool) -> dict:
             "features": extract_features(files) if with_features else None}
 
 
-def copy_detection(cq: dict, vectors: np.ndarray, index, rerank: Rerank, features: np.ndarray | None) -> dict:
+def copy_detection(cq: dict, vectors: np.ndarray, index, rerank: Rerank, features: np.ndarray | None,
+                   regions: np.ndarray | None = None) -> dict:
     """Rank-1 of the original for every copy of ``cq`` (``copy_set``) under ``rerank``."""
     t0 = time.perf_counter()
-    ranking = rank(index, l2_normalize(vectors), l2_normalize(cq["vectors"]), 10, rerank, cq["features"], features)
+    ranking = rank(index, l2_normalize(vectors), l2_normalize(cq["vectors"]), 10, rerank, cq["features"], features,
+                   regions)
     search_s = time.perf_counter() - t0
     orig, edits = cq["originals"], cq["edits"]
     hit = ranking[:, 0] == orig

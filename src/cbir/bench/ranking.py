@@ -26,27 +26,37 @@ def verifier(query_features: np.ndarray, gallery_features: np.ndarray, pool: Thr
     return verify
 
 
+def regions_lookup(regions: np.ndarray):
+    """regions_of(gallery positions) over an array of the first len(regions) positions' regional
+    descriptors (positions beyond it, e.g. distractors, have none)."""
+    n = len(regions)
+    return lambda ids: (regions[np.minimum(ids, n - 1)], ids < n)
+
+
 def rank(index, gallery: np.ndarray, queries: np.ndarray, k: int, cfg: Rerank | None = None,
-         query_features: np.ndarray | None = None, gallery_features: np.ndarray | None = None) -> np.ndarray:
+         query_features: np.ndarray | None = None, gallery_features: np.ndarray | None = None,
+         gallery_regions: np.ndarray | None = None) -> np.ndarray:
     """Rankings [q, k] of gallery positions (ids are gallery positions), re-ranked with ``cfg``;
-    verification needs both feature arrays."""
+    verification needs both feature arrays, regional re-ranking ``gallery_regions`` [n, R, D]."""
     with ThreadPoolExecutor(all_cores()) as pool:
         verify = (verifier(query_features, gallery_features, pool)
                   if cfg is not None and cfg.verify and query_features is not None else None)
-        _, ranking, _ = search(index, queries, k, cfg, lambda ids: gallery[ids], verify)
+        regions_of = regions_lookup(gallery_regions) if gallery_regions is not None else None
+        _, ranking, _ = search(index, queries, k, cfg, lambda ids: gallery[ids], verify, regions_of=regions_of)
     return ranking
 
 
 def evaluate(vectors: np.ndarray, labels: np.ndarray, query_idx: np.ndarray, exclude_self: bool = False,
              cfg: Rerank | None = None, index=None, features: np.ndarray | None = None,
-             depth: int | None = None) -> tuple[dict, dict]:
+             depth: int | None = None, regions: np.ndarray | None = None) -> tuple[dict, dict]:
     """(overall metrics, per-class metrics) for queries ``query_idx`` against all ``vectors`` (full
     rankings, or the top ``depth``: relevant items below it count as missed, so mAP is then a lower
-    bound); ``features``: local-feature records of ``vectors`` for verification."""
+    bound); ``features``: local-feature records of ``vectors`` for verification; ``regions``: their
+    regional descriptors for regional re-ranking."""
     vectors = l2_normalize(vectors)
     if index is None:
         index, _ = faiss_index.build(vectors, np.arange(len(vectors)), "Flat")
     qf = features[query_idx] if features is not None else None
-    ranking = rank(index, vectors, vectors[query_idx], min(depth or index.ntotal, index.ntotal), cfg, qf, features)
+    ranking = rank(index, vectors, vectors[query_idx], min(depth or index.ntotal, index.ntotal), cfg, qf, features, regions)
     rel, n_rel = metrics.relevance(labels[query_idx], labels, ranking, query_idx if exclude_self else None)
     return metrics.summarize(rel, n_rel, KS), metrics.per_class(rel, n_rel, labels[query_idx], KS)

@@ -9,17 +9,10 @@ from cbir.cli.common import backend_args, print_json, rerank_args, rerank_from_a
 
 
 def cmd_bench_accuracy(a: argparse.Namespace) -> int:
-    from cbir.bench.accuracy import AXIS, bench_accuracy
+    from cbir.bench.accuracy import axis_config, bench_accuracy
     from cbir.engine.embedder import Embedder
-    from cbir.errors import CbirError
 
-    axis = None
-    if a.rerank_axis:
-        names = a.rerank_axis.split(",")
-        unknown = [n for n in names if n not in AXIS]
-        if unknown:
-            raise CbirError(f"--rerank-axis {unknown[0]}: unknown; choose from {', '.join(AXIS)}")
-        axis = {n: AXIS[n] for n in names}
+    axis = {n: axis_config(n) for n in a.rerank_axis.split(",")} if a.rerank_axis else None
     r = bench_accuracy(a.model, a.data, seeds=a.seeds, rerank=rerank_from_args(a), queries=a.queries,
                        exclude_self=a.exclude_self, embedder=Embedder(a.model, resampling=a.resampling, backend=a.backend,
                                                                     precision=a.precision),
@@ -167,7 +160,8 @@ def register(sub) -> None:
                     help="split: the 20%% test split per seed (default); every10: every 10th image; all: every image")
     ba.add_argument("--exclude-self", action="store_true", help="drop the query from its own ranking")
     rerank_args(ba)
-    ba.add_argument("--rerank-axis", help="compare re-rankings in one run, e.g. base,aqe,dba,diffusion,verify,dba+aqe,default")
+    ba.add_argument("--rerank-axis", help="compare re-rankings in one run: base, presets, or stages joined by + "
+                                                    "(aqe dba diffusion regional verify), e.g. base,aqe,regional,dba+aqe,default")
     ba.add_argument("--pad-to", type=int, help="grow the gallery to N items with synthetic distractor vectors "
                                                "(e.g. 100000); rankings then stop at depth 1000")
     ba.add_argument("--copies", help="folder of edited copies (<edit>/<path of the original>, see `cbir bench copies`): "

@@ -61,6 +61,8 @@ def rerank_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--qe-alpha", type=float, help=f"α-QE exponent (0 = average QE; default {d.qe_alpha})")
     g.add_argument("--diffusion", type=int, help="diffusion on the shortlist's mutual k-NN graph, k (0 = off)")
     g.add_argument("--diffusion-alpha", type=float, help=f"diffusion α (default {d.diffusion_alpha})")
+    g.add_argument("--regional", type=int, help="re-rank the top N by their best regional descriptor "
+                   "(needs a model exported with --regions; 0 = off)")
     g.add_argument("--verify", type=int, help="spatially verify the top N (0 = off)")
     g.add_argument("--min-inliers", type=int, help=f"RANSAC inliers that make a match verified (default {d.min_inliers})")
 

@@ -25,7 +25,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     s = export_onnx(a.arch, a.output, block=a.block, pooling=a.pooling, pretrained=a.pretrained, weights=a.weights,
                     image_size=a.image_size, whitening=a.whitening, resize=a.resize, resampling=a.resampling,
                     parity_images=a.images or None, precision=a.precision, gem_p=a.gem_p, calib=a.calib,
-                    scales=parse_scales(a.scales),
+                    scales=parse_scales(a.scales), regions=a.regions,
                     fidelity_data=a.fidelity_data)
     if a.json:
         print_json(s)
@@ -85,6 +85,9 @@ def register(sub) -> None:
     e.add_argument("--gem-p", type=float, help="GeM exponent (default 3, or the checkpoint's)")
     e.add_argument("--scales", default="1", help="multi-scale descriptor: image scales averaged (power mean, p = GeM's "
                                                   "or 1), e.g. 1,0.7071,1.4142 (cirtorch's); default 1")
+    e.add_argument("--regions", action="store_true",
+                   help="also output regional descriptors (R-MAC windows, same pooling) for regional re-ranking; "
+                        "an index built with this model stores them (~8 KB per image for d = 320)")
     e.add_argument("--calib", type=int, default=32, help="images for the FP16 gate, spread over --images (default 32)")
     e.add_argument("--fidelity-data", help="labelled folder: the FP16 gate also checks ΔmAP (torch half() estimate)")
     e.add_argument("-o", "--output", required=True)

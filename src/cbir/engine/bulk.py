@@ -66,12 +66,14 @@ class FileFacts:
 
 @dataclass
 class Batch:
-    """One processed batch: input positions with vectors, and failures as (position, source, reason)."""
+    """One processed batch: input positions with vectors (and regional descriptors when ``run``
+    returns them), and failures as (position, source, reason)."""
 
     indices: list[int]
     vectors: np.ndarray
     errors: list[tuple[int, str, str]]
     facts: dict[int, FileFacts]
+    regions: np.ndarray | None = None
 
 
 def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool, timings: Timings) -> FileFacts:
@@ -105,7 +107,7 @@ def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool
 
 def iter_batches(
     sources: Iterable[ImageSource],
-    run: Callable[[np.ndarray], np.ndarray],
+    run: Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, np.ndarray]],
     pp: Preprocess,
     batch_size: int = 32,
     workers: int | None = None,
@@ -113,7 +115,8 @@ def iter_batches(
     hash_files: bool = False,
     timings: Timings | None = None,
 ) -> Iterator[Batch]:
-    """Yield ``Batch``es in input order; decoding of the next batches overlaps ``run`` of this one."""
+    """Yield ``Batch``es in input order; decoding of the next batches overlaps ``run`` of this one.
+    ``run`` returns vectors, or (vectors, regional descriptors) (``OrtRunner.run_regions``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: must be ≥ 1")
     timings = timings if timings is not None else Timings()
@@ -156,6 +159,9 @@ def iter_batches(
                     vectors = run(x)
                 else:
                     vectors = np.empty((0, 0), np.float32)
+                regions = None
+                if isinstance(vectors, tuple):
+                    vectors, regions = vectors
                 timings.infer += time.perf_counter() - t1
                 free.append(buf)
                 submit_next()
@@ -164,7 +170,7 @@ def iter_batches(
                 now = time.perf_counter()
                 timings.wall += now - last  # accumulates across calls sharing one Timings
                 last = now
-                yield Batch([chunk[s][0] for s in ok], vectors, errors, facts)
+                yield Batch([chunk[s][0] for s in ok], vectors, errors, facts, regions)
         finally:
             for _, _, futs in pending:
                 for f in futs:

@@ -18,6 +18,7 @@ from cbir.engine.backends import load_backend
 from cbir.engine.batcher import DynamicBatcher
 from cbir.engine.bulk import Batch, Timings, iter_batches
 from cbir.engine.preprocess import ImageError, ImageSource, Preprocess
+from cbir.errors import CbirError
 from cbir.modelinfo import ModelInfo
 
 
@@ -29,6 +30,7 @@ class EmbedResult:
     indices: np.ndarray
     errors: list[tuple[int, str, str]] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
+    regions: np.ndarray | None = None  # [N, R, D] with ``regions=True``
 
 
 AUTO_BATCH_CANDIDATES = (1, 4, 8, 16, 32)
@@ -96,6 +98,20 @@ class Embedder:
         return self.info.dim
 
     @property
+    def num_regions(self) -> int:
+        """Regional descriptors per image of a model exported with ``--regions`` (0 otherwise)."""
+        return int(self.info.extra.get("regions", 0))
+
+    def _run_for(self, regions: bool):
+        if not regions:
+            return self.runner.run
+        if not self.num_regions:
+            raise CbirError(f"{self.model_path}: the model has no regional descriptors (export it with --regions)")
+        if not hasattr(self.runner, "run_regions"):
+            raise CbirError(f"--backend {self.runner.name}: does not return regional descriptors; use onnxruntime")
+        return self.runner.run_regions
+
+    @property
     def fingerprint(self) -> str:
         return self.info.fingerprint
 
@@ -126,24 +142,27 @@ class Embedder:
         return res.vectors
 
     def iter_batches(self, sources: Iterable[ImageSource], batch_size: int | None = None,
-                     hash_files: bool = False, timings: Timings | None = None) -> Iterator[Batch]:
-        """Lower-level bulk iterator (see ``cbir.engine.bulk.iter_batches``)."""
-        return iter_batches(sources, self.runner.run, self.preprocess, self.resolve_batch_size(batch_size),
+                     hash_files: bool = False, timings: Timings | None = None, regions: bool = False) -> Iterator[Batch]:
+        """Lower-level bulk iterator (see ``cbir.engine.bulk.iter_batches``); ``regions``: batches
+        also carry the regional descriptors."""
+        return iter_batches(sources, self._run_for(regions), self.preprocess, self.resolve_batch_size(batch_size),
                             self.workers, hash_files=hash_files, timings=timings)
 
     def embed_files(self, sources: Sequence[ImageSource], batch_size: int | None = None,
-                    progress: bool = False) -> EmbedResult:
+                    progress: bool = False, regions: bool = False) -> EmbedResult:
         """Bulk mode: every input ends up in ``indices`` (with a vector) or in ``errors``."""
         timings = Timings()
-        vecs, idx, errors = [], [], []
+        vecs, idx, errors, regs = [], [], [], []
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(sources), unit="img", file=sys.stderr, dynamic_ncols=True)
-        for b in self.iter_batches(sources, batch_size, timings=timings):
+        for b in self.iter_batches(sources, batch_size, timings=timings, regions=regions):
             if len(b.indices):
                 vecs.append(b.vectors)
+                if regions:
+                    regs.append(b.regions)
                 idx.extend(b.indices)
             errors.extend(b.errors)
             if bar is not None:
@@ -151,7 +170,10 @@ class Embedder:
         if bar is not None:
             bar.close()
         vectors = np.concatenate(vecs) if vecs else np.empty((0, self.dim), np.float32)
-        return EmbedResult(vectors, np.asarray(idx, np.int64), errors, timings)
+        reg = None
+        if regions:
+            reg = np.concatenate(regs) if regs else np.empty((0, self.num_regions, self.dim), np.float32)
+        return EmbedResult(vectors, np.asarray(idx, np.int64), errors, timings, reg)
 
     def batcher(self, max_batch: int | None = None, max_delay_ms: float = 5.0, max_queue: int = 1024,
                 timeout_s: float | None = None) -> DynamicBatcher:

@@ -1,7 +1,9 @@
 """``cbir export``: a retrieval model -> ONNX file with cbir metadata, checked by the parity gate.
 
 Graph: input ``images`` uint8 [batch, H, W, 3] (RGB, NHWC, batch dynamic, H×W static); output
-``embeddings`` float32 [batch, D], L2-normalised. Exported with torch's dynamo exporter (opset 20)
+``embeddings`` float32 [batch, D], L2-normalised; with ``regions=True`` a second output ``regions``
+float32 [batch, R, D] (regional descriptors for regional re-ranking, metadata ``extra.regions`` = R),
+checked against PyTorch like the embeddings. Exported with torch's dynamo exporter (opset 20)
 from a batch of 2 (torch.export specialises size-1 dims). The file is written to a temporary name
 beside the output and renamed only after the parity gate passes.
 """
@@ -19,6 +21,22 @@ from cbir.modelinfo import METADATA_KEY, RESAMPLING_POLICIES, ModelInfo
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
+REGIONS_NAME = "regions"
+
+
+def _with_regions(model):
+    """The module torch.onnx exports for a two-output model (one trunk pass)."""
+    import torch
+
+    class WithRegions(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner.forward_with_regions(x)
+
+    return WithRegions(model).eval()
 
 
 def graph_fingerprint(model) -> str:
@@ -69,6 +87,7 @@ def export_onnx(
     calib: int = 32,
     fidelity_data: str | None = None,
     scales: tuple[float, ...] = (1.0,),
+    regions: bool = False,
 ) -> dict:
     """Export and gate; returns the summary printed by ``cbir export --json``.
 
@@ -90,10 +109,12 @@ def export_onnx(
         raise CbirError(f"--resampling {resampling!r}: must be one of {', '.join(RESAMPLING_POLICIES)}")
     if precision not in ("fp32", "fp16"):
         raise CbirError(f"--precision {precision!r}: must be fp32 or fp16")
+    if regions and precision != "fp32":
+        raise CbirError("--regions: regional descriptors are exported in FP32 only; drop --precision fp16")
     t0 = time.perf_counter()
     trunk = build_trunk(arch, block, pretrained=pretrained, weights=weights)
     wt = Whitening.load(whitening) if whitening else None
-    model = RetrievalModel(trunk, pooling, image_size or (trunk.meta or {}).get("input_size"), wt, scales).eval()
+    model = RetrievalModel(trunk, pooling, image_size or (trunk.meta or {}).get("input_size"), wt, scales, regions).eval()
     if gem_p is not None:
         if pooling != "gem":
             raise CbirError(f"--gem-p applies to --pooling gem, not {pooling}")
@@ -112,7 +133,8 @@ def export_onnx(
         whitening=wt.fingerprint if wt else None, weights=trunk.weights, precision=model.precision,
         cbir_version=__version__,
         extra={**{k: meta[k] for k in ("classes", "split_seed", "split") if k in meta},
-               **({"scales": list(model.scales)} if model.scales != (1.0,) else {})},
+               **({"scales": list(model.scales)} if model.scales != (1.0,) else {}),
+               **({"regions": model.num_regions} if regions else {})},
     )
     example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
     fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=output.resolve().parent)
@@ -121,7 +143,8 @@ def export_onnx(
     try:
         with torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
-                model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                _with_regions(model) if regions else model, (example,), str(tmp), input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME, REGIONS_NAME] if regions else [OUTPUT_NAME],
                 dynamic_shapes=({0: "batch"},), dynamo=True, external_data=False, optimize=True, verbose=False,
             )
         proto = onnx.load(str(tmp))
@@ -134,6 +157,10 @@ def export_onnx(
             from cbir.validate.parity import parity_gate
 
             fidelity = parity_gate(model, tmp, info, parity_images, min_cosine).as_dict()
+            if regions:
+                from cbir.validate.parity import regions_gate
+
+                fidelity["regions"] = regions_gate(model, tmp, info, parity_images, min_cosine).as_dict()
         else:
             from cbir.validate.fidelity import fp16_gate
 
@@ -157,7 +184,8 @@ def export_onnx(
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", size, size, 3]},
         "output_tensor": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", info.dim]},
         "weights": info.weights, "fingerprint": info.fingerprint, "precision": info.precision,
-        "scales": list(model.scales),
+        "scales": list(model.scales), "regions": model.num_regions,
+        "regions_min_cosine": fidelity["regions"]["min_cosine"] if regions else None,
         "min_cosine": fidelity["min_cosine"], "mean_cosine": fidelity["mean_cosine"], "parity_images": fidelity["n"],
         "fp16_gate": fidelity.get("fp16_gate"), "tensorrt_lint": lint,
         "export_seconds": round(export_s, 2), "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),

@@ -3,7 +3,8 @@
 Layout of INDEX_DIR:
 - ``index.json``  what it was built with (``config``)
 - ``meta.sqlite`` items and shards (``store``)
-- ``shards/``     raw vectors per shard (``shards``), the source of truth
+- ``shards/``     raw vectors per shard (``shards``), the source of truth; beside them local features
+                  (``features``) and regional descriptors (``regions``, when the model has them)
 - ``index.faiss`` the FAISS index, derived from the shards (``maintain``)
 - ``report.json`` what the last build/add did
 - ``thumbs/``     cached JPEG thumbnails by item id (``thumbs``), made on first use
@@ -47,6 +48,7 @@ from cbir.index import rerank as _rerank
 from cbir.index import search as _search
 from cbir.index import features as _features
 from cbir.index.features import FeatureStore
+from cbir.index.regions import RegionStore
 from cbir.index.rerank import Rerank
 from cbir.index.store import Store
 from cbir.index.thumbs import Thumbnails
@@ -103,6 +105,7 @@ class Gallery:
         self._whitening = None
         self._thumbnails = None
         self._features = None
+        self._regions = None
         self._lock = threading.RLock()
         if embedder is not None:
             self.check_model(embedder)
@@ -462,7 +465,27 @@ class Gallery:
             raise CbirError(f"--index {self.root}: built without local features, so nothing can be verified; "
                             f"add them with `cbir index features {self.root}`, or search without verification "
                             f"(--rerank class, or --verify 0)")
+        if cfg.regional and not self.num_regions:
+            raise CbirError(f"--index {self.root}: its model has no regional descriptors, so nothing can be re-ranked "
+                            f"by regions; export the model with `cbir export ... --regions` and build an index with "
+                            f"it, or search with --regional 0")
         return cfg
+
+    @property
+    def num_regions(self) -> int:
+        """Regional descriptors per item stored by this index (its model's ``--regions``; 0: none)."""
+        return int(self.config["model"].get("extra", {}).get("regions", 0))
+
+    def regions_of(self, ids: np.ndarray):
+        """(regional descriptors [n, R, D] post-processed like the vectors, present [n]) or None."""
+        if self._regions is None:
+            self._regions = RegionStore(self.store, self.root)
+        got = self._regions.get(ids)
+        if got is None or self.whitening is None:
+            return got
+        g, has = got
+        n, r, d = g.shape
+        return self.whitening.apply(g.reshape(n * r, d)).reshape(n, r, -1) * has[:, None, None], has
 
     @property
     def features(self) -> FeatureStore:
@@ -516,7 +539,7 @@ class Gallery:
         if params is not None and index is not self.index:
             index = self.index  # per-call parameters: the CPU index (GPU copies take their own)
         verify = self.verifier(query_features) if cfg.verify and query_features is not None else None
-        sims, ids, inl = _search.search(index, q, k, cfg, self.vectors_for, verify, params)
+        sims, ids, inl = _search.search(index, q, k, cfg, self.vectors_for, verify, params, self.regions_of)
         paths = self.store.paths_for_ids(np.unique(ids))
         return [[Hit(int(i), paths[int(i)], float(s), bool(v >= cfg.min_inliers), int(v) if v >= 0 else None)
                  for s, i, v in zip(srow, irow, vrow) if int(i) in paths]

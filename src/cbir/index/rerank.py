@@ -1,4 +1,5 @@
-"""Re-ranking of a k-NN shortlist: shortlist DBA, α-query expansion, diffusion, spatial verification.
+"""Re-ranking of a k-NN shortlist: shortlist DBA, α-query expansion, diffusion, regional re-ranking,
+spatial verification.
 
 A search with re-ranking: (1) the k-NN search returns a shortlist of ``shortlist`` candidates
 (default 400) and their stored vectors; (2) ``verify``: the first ``verify`` candidates (k-NN order)
@@ -18,6 +19,11 @@ Formulas (x_i the shortlist's L2-normalised vectors, q the query, s_i = q·x_i, 
   shortlist, S = D^-½ A D^-½; solve (I − αS) f = y, y_i = max(s_i, 0)^γ for the query's top k, by
   conjugate gradient (Iscen et al., CVPR 2017, truncated to the shortlist: never an n×n matrix);
   the score is f.
+- ``regional`` (n): the first n by the score so far are re-scored as r_i = max(q·x_i, max_w q·g_iw)
+  — q the final query, x_i the stored vector (before shortlist DBA), g_iw the item's regional
+  descriptors (``cbir export --regions``) — and re-ordered by r ahead of the rest (class-agnostic
+  spatial re-ranking, Salvador et al. 2016: a crop of a gallery image matches one of its windows).
+  Items without regions keep r_i = q·x_i.
 
 ``PRESETS`` name the useful combinations; an index stores one in index.json (``rerank``) and every
 search may override it (``resolve``). Out-of-range values are refused with one line naming them.
@@ -44,19 +50,20 @@ class Rerank:
     qe_alpha: float = 3.0
     diffusion: int = 0
     diffusion_alpha: float = 0.99
+    regional: int = 0
     verify: int = 0
     min_inliers: int = 15
 
     @property
     def active(self) -> bool:
-        return bool(self.shortlist_dba or self.qe or self.diffusion or self.verify)
+        return bool(self.shortlist_dba or self.qe or self.diffusion or self.regional or self.verify)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 LIMITS = {"shortlist": (1, 10_000), "shortlist_dba": (0, 1000), "shortlist_dba_alpha": (0.0, 20.0), "qe": (0, 1000), "qe_alpha": (0.0, 20.0),
-          "diffusion": (0, 1000), "diffusion_alpha": (0.0, 0.9999), "verify": (0, 100), "min_inliers": (4, 10_000)}
+          "diffusion": (0, 1000), "diffusion_alpha": (0.0, 0.9999), "regional": (0, 10_000), "verify": (0, 100), "min_inliers": (4, 10_000)}
 
 PRESETS = {
     "none": Rerank(),
@@ -144,14 +151,22 @@ def diffusion(x: np.ndarray, s: np.ndarray, k: int, alpha: float = 0.99, gamma: 
     return conjugate_gradient(lambda v: v - alpha * (sn @ v), y)
 
 
-STAGES = ("shortlist_dba", "qe", "diffusion")
+def regional_scores(q: np.ndarray, x: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """max(q·x_i, max_w q·g_iw) for x [n, D] and regions [n, R, D] (rows of zeros score 0)."""
+    return np.maximum(x @ q, (regions @ q).max(axis=1))
 
 
-def rerank(q: np.ndarray, ids: np.ndarray, vecs: np.ndarray, cfg: Rerank,
-           inliers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+STAGES = ("shortlist_dba", "qe", "diffusion", "regional")
+
+
+def rerank(q: np.ndarray, ids: np.ndarray, vecs: np.ndarray, cfg: Rerank, inliers: np.ndarray | None = None,
+           regions_of: Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray] | None"] | None = None,
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Re-rank one query's shortlist (``ids`` [N] in k-NN order, ``vecs`` [N, D], ``inliers`` [N]
-    with -1 where not checked). Returns (ids, scores, inliers, final query) in the new order."""
-    x = l2_normalize(np.asarray(vecs, np.float32))  # float32: half the time of float64 for N = 400
+    with -1 where not checked; ``regions_of(ids [n])`` -> (descriptors [n, R, D], present [n]) or
+    None, for ``regional``: only the re-scored candidates are looked up).
+    Returns (ids, scores, inliers, final query) in the new order."""
+    x = raw = l2_normalize(np.asarray(vecs, np.float32))  # float32: half the time of float64 for N = 400
     q = l2_normalize(np.asarray(q, np.float32)[None])[0]
     inl = np.full(len(ids), -1, np.int64) if inliers is None else np.asarray(inliers, np.int64)
     verified = inl >= cfg.min_inliers
@@ -164,6 +179,19 @@ def rerank(q: np.ndarray, ids: np.ndarray, vecs: np.ndarray, cfg: Rerank,
         q = expand(q[None], x[top][None], s[top][None], cfg.qe_alpha)[0]
         s = x @ q
     score = diffusion(x, s, cfg.diffusion, cfg.diffusion_alpha) if cfg.diffusion else s
-    # verified first, most inliers first; then by score (stable, so ties keep k-NN order)
-    order = np.lexsort((-score, -np.where(verified, inl, -1), ~verified))
+    group = np.zeros(len(ids), np.int8)  # 0: re-scored by regions (ahead), 1: the rest
+    got = None
+    if cfg.regional and regions_of is not None:
+        top = np.argsort(-score, kind="stable")[: cfg.regional]
+        got = regions_of(ids[top])
+    if got is not None:
+        g, has = got
+        r = raw[top] @ q
+        r[has] = regional_scores(q, raw[top][has], np.asarray(g[has], np.float32))
+        score = score.astype(np.float32, copy=True)
+        score[top] = r
+        group[:] = 1
+        group[top] = 0
+    # verified first, most inliers first; then the regionally re-scored, then by score (stable: ties keep k-NN order)
+    order = np.lexsort((-score, group, -np.where(verified, inl, -1), ~verified))
     return ids[order], score[order].astype(np.float32), inl[order], q.astype(np.float32)

@@ -10,14 +10,17 @@ from cbir.index.rerank import Rerank, rerank
 
 # verify(query row, candidate ids [n]) -> inliers [n]
 Verifier = Callable[[int, np.ndarray], np.ndarray]
+# regions_of(candidate ids [n]) -> (regional descriptors [n, R, D], present [n]) or None
+RegionsOf = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray] | None"]
 
 
 def search(index, queries: np.ndarray, k: int, cfg: Rerank | None = None,
            vectors_of: Callable[[np.ndarray], np.ndarray] | None = None, verify: Verifier | None = None,
-           params=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           params=None, regions_of: RegionsOf | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores [q, k], ids [q, k], inliers [q, k]) — ids -1 and inliers -1 (not checked) pad short rows.
     Without an active ``cfg`` this is the plain k-NN search. ``vectors_of(ids [n]) -> [n, D]`` returns
     stored vectors; ``verify`` is needed when ``cfg.verify`` > 0 (None: nothing is verified).
+    ``regions_of`` is needed when ``cfg.regional`` > 0 (None: nothing is re-scored by regions).
     ``params``: per-call ``faiss.SearchParameters`` (nprobe / efSearch), else the index's own."""
     cfg = cfg or Rerank()
     if not cfg.active:
@@ -34,7 +37,7 @@ def search(index, queries: np.ndarray, k: int, cfg: Rerank | None = None,
         inl = np.full(len(cand), -1, np.int64)
         if cfg.verify and verify is not None:
             inl[: cfg.verify] = verify(r, cand[: cfg.verify])
-        got_i, got_s, got_v, q2 = rerank(q, cand, vectors_of(cand), cfg, inl)
+        got_i, got_s, got_v, q2 = rerank(q, cand, vectors_of(cand), cfg, inl, regions_of if cfg.regional else None)
         if k > len(got_i) and index.ntotal > len(got_i):  # the tail: a k-NN search with the final query
             s2, i2 = faiss_index.search(index, q2[None], min(k, index.ntotal), params)
             keep = (i2[0] >= 0) & ~np.isin(i2[0], got_i)

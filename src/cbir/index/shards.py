@@ -49,12 +49,17 @@ def read_shard(root: Path, shard: int) -> ShardOutput:
 
 def embed_shard(embedder, root: Path, shard: int, items: Sequence[tuple[int, str]], batch_size: int | None = None,
                 timings=None, on_batch: Callable[[int], None] | None = None) -> ShardOutput:
-    """Embed one shard's files and write its output file (the worker side of a build)."""
+    """Embed one shard's files and write its output file (the worker side of a build). A model with
+    regional descriptors (``cbir export --regions``) also gets its regions file, written first."""
     ids = np.array([i for i, _ in items], np.int64)
-    vec_parts, ok, sha1, size, bad, reasons = [], [], [], [], [], []
-    for b in embedder.iter_batches([p for _, p in items], batch_size, hash_files=True, timings=timings):
+    with_regions = embedder.num_regions > 0
+    vec_parts, reg_parts, ok, sha1, size, bad, reasons = [], [], [], [], [], [], []
+    for b in embedder.iter_batches([p for _, p in items], batch_size, hash_files=True, timings=timings,
+                                   regions=with_regions):
         if b.indices:
             vec_parts.append(b.vectors)
+            if with_regions:
+                reg_parts.append(b.regions)
             for pos in b.indices:
                 ok.append(ids[pos])
                 sha1.append(b.facts[pos].sha1)
@@ -67,5 +72,10 @@ def embed_shard(embedder, root: Path, shard: int, items: Sequence[tuple[int, str
     vectors = np.concatenate(vec_parts) if vec_parts else np.empty((0, embedder.dim), np.float32)
     out = ShardOutput(np.array(ok, np.int64), vectors, np.array(sha1, str), np.array(size, np.int64),
                       np.array(bad, np.int64), np.array(reasons, str))
+    if with_regions:
+        from cbir.index import regions
+
+        regions.write(root, shard, np.concatenate(reg_parts) if reg_parts
+                      else np.empty((0, embedder.num_regions, embedder.dim), np.float16))
     write_shard(root, shard, out)
     return out

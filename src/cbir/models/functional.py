@@ -110,6 +110,17 @@ def rcrow(
     (``P(v − m)``) and L2-normalised again; summed over regions. Output is not L2-normalised
     (the model's final L2 does it).
     """
+    return rcrow_regions(x, mask, whiten_mean, whiten_proj, eps).sum(dim=1)
+
+
+def rcrow_regions(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    whiten_mean: torch.Tensor | None = None,
+    whiten_proj: torch.Tensor | None = None,
+    eps: float = EPS,
+) -> torch.Tensor:
+    """The regional vectors [N, R, C] that ``rcrow`` sums (L2-normalised, whitened if given)."""
     x = torch.relu(x)
     alpha, beta = crow_weights(x, eps=eps)
     n, c = x.shape[0], x.shape[1]
@@ -118,4 +129,15 @@ def rcrow(
     regions = l2n(regions, eps=eps)
     if whiten_proj is not None:
         regions = l2n(torch.matmul(regions - whiten_mean, whiten_proj.t()), eps=eps)
-    return regions.sum(dim=1)
+    return regions
+
+
+def window_regions(h: int, w: int, levels: int = 3) -> list[tuple[int, int, int, int]]:
+    """The R-MAC windows of an H×W map without the ones that are the whole map (regional re-ranking
+    compares them next to the global vector, which already covers the whole map)."""
+    return [r for r in rmac_regions(h, w, levels) if (r[2], r[3]) != (h, w)]
+
+
+def pool_windows(x: torch.Tensor, pool, windows: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """[N, C, H, W] -> [N, R, C]: ``pool`` applied to each static window (top, left, h, w)."""
+    return torch.stack([pool(x[:, :, t : t + sh, l : l + sw]) for t, l, sh, sw in windows], dim=1)

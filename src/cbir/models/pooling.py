@@ -59,6 +59,8 @@ class RegionalCroW(nn.Module):
     def __init__(self, h: int, w: int, levels: int = 3, whitening: tuple | None = None):
         super().__init__()
         self.register_buffer("mask", torch.from_numpy(F.region_mask(h, w, levels)))
+        # mask columns of the windows smaller than the map (column 0 is the whole map)
+        self.windows = [1 + j for j, r in enumerate(F.rmac_regions(h, w, levels)) if (r[2], r[3]) != (h, w)]
         mean, proj = whitening if whitening is not None else (None, None)
         self.register_buffer("whiten_mean", None if mean is None else torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("whiten_proj", None if proj is None else torch.as_tensor(proj, dtype=torch.float32))
@@ -69,6 +71,10 @@ class RegionalCroW(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rcrow(x, self.mask, self.whiten_mean, self.whiten_proj)
+
+    def regions(self, x: torch.Tensor) -> torch.Tensor:
+        """The vectors of the R-MAC windows smaller than the map, [N, len(windows), C]."""
+        return F.rcrow_regions(x, self.mask, self.whiten_mean, self.whiten_proj)[:, self.windows]
 
 
 # name -> factory(feature_hw) -> module

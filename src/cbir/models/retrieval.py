@@ -7,6 +7,11 @@ Multi-scale (``scales``, e.g. 1, 1/√2, √2 — cirtorch's standard): the norm
 bilinearly to each scale, each pooled vector is L2-normalised, and they are averaged as a power mean
 v = (mean_s v_s^p)^(1/p), p = the GeM exponent for ``gem`` (1 otherwise), before whitening and L2.
 
+Regional descriptors (``regions=True``, for regional re-ranking): ``forward_with_regions`` also
+returns [N, R, D] — the same pooling applied inside each R-MAC window (L = 3, windows equal to the
+whole map left out: 13 for a 7×7 map), each whitened and L2-normalised like the global vector; for
+``rcrow`` its own regional vectors. Export puts them in a second output ``regions``.
+
 ``to_fp16()`` puts the trunk in FP16 with explicit casts around it, so the exported graph carries
 the precision (TensorRT 11 builds strongly typed networks only): normalisation, pooling,
 whitening and L2 stay FP32 (DESIGN.md §4). ``to_fp16(head=True)`` also halves the head — only to
@@ -30,14 +35,17 @@ class RetrievalModel(nn.Module):
     """Trunk + pooling + optional whitening + L2, with the input normalisation folded in."""
 
     def __init__(self, trunk: Trunk, pooling: str = "gap", image_size: int | None = None, whitening: Whitening | None = None,
-                 scales: tuple[float, ...] = (1.0,)):
+                 scales: tuple[float, ...] = (1.0,), regions: bool = False):
         super().__init__()
         scales = tuple(float(s) for s in scales)
         if not scales or any(not 0.25 <= s <= 4.0 for s in scales):
             raise CbirError(f"--scales {','.join(map(str, scales))}: each scale must be between 0.25 and 4")
         if pooling == "rcrow" and scales != (1.0,):
             raise CbirError("--scales: regional CroW's regions are laid out for one feature-map size; use one scale")
+        if regions and scales != (1.0,):
+            raise CbirError("--regions: regional descriptors are computed at one scale; drop --scales")
         self.scales = scales
+        self.with_regions = regions
         self.trunk_info = trunk
         self.image_size = image_size or trunk.spec.input_size
         self.pooling_name = pooling
@@ -53,6 +61,9 @@ class RetrievalModel(nn.Module):
             self.pool = RegionalCroW(*hw, whitening=wt)
         else:
             self.pool = create_pooling(pooling, hw)
+        self.windows = F.window_regions(*hw)
+        if regions and pooling != "rcrow" and not self.windows:
+            raise CbirError(f"--regions: a {hw[0]}×{hw[1]} feature map has no R-MAC window smaller than itself")
         plain = whitening is not None and pooling != "rcrow"
         self.register_buffer("whiten_mean", torch.from_numpy(whitening.mean) if plain else None)
         self.register_buffer("whiten_proj", torch.from_numpy(whitening.proj) if plain else None)
@@ -96,6 +107,21 @@ class RetrievalModel(nn.Module):
         if self.whiten_proj is not None:
             v = torch.matmul(F.l2n(v) - self.whiten_mean, self.whiten_proj.t())
         return F.l2n(v)
+
+    @property
+    def num_regions(self) -> int:
+        if not self.with_regions:
+            return 0
+        return len(self.pool.windows) if self.pooling_name == "rcrow" else len(self.windows)
+
+    def forward_with_regions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global [N, D], regional [N, R, D]) from one trunk pass (one scale)."""
+        f = self.trunk(self.normalize(x).to(self.trunk_dtype)).to(self.head_dtype)
+        if self.pooling_name == "rcrow":
+            regions = self.pool.regions(f)
+        else:
+            regions = self.finish(F.pool_windows(f, self.pool, self.windows))
+        return self.head(f).to(torch.float32), regions.to(torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The .to() calls are no-ops (no graph nodes) in FP32 and explicit Casts in FP16.

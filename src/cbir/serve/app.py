@@ -3,7 +3,7 @@
 Endpoints: ``POST /search`` (an image as multipart field ``image`` or as the raw body, or JSON
 ``{"embedding": [...]}``; query ``k``, and the re-ranking: ``rerank`` (a preset) and any
 ``cbir.index.rerank.Rerank`` field — ``qe``, ``qe_alpha``, ``shortlist``, ``shortlist_dba``,
-``diffusion``, ``verify``, ``min_inliers`` …; unknown or out of range → 422; default: the index's),
+``diffusion``, ``regional``, ``verify``, ``min_inliers`` …; unknown or out of range → 422; default: the index's),
 ``GET /search?id=ITEM`` (an indexed
 item as the query: its stored vector, nothing re-embedded), ``POST /embed`` (an image → vector),
 ``GET /items/{id}``, ``GET /thumbs/{id}`` (a JPEG thumbnail of an indexed item, cached in

@@ -56,23 +56,45 @@ def reference_vectors(model, batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch)).numpy()
 
 
-def parity_gate(model, onnx_path, info, images: list | None = None, min_cosine: float | None = None):
-    """ONNX Runtime vs PyTorch on real photos; raises CbirError below ``min_cosine`` (0.99999)."""
-    from cbir.engine.backends.onnxruntime import OrtRunner, load_session
+def _photo_batch(info, images: list | None) -> np.ndarray:
     from cbir.engine.preprocess import Preprocess
     from cbir.samples import sample_photos
 
-    threshold = FP32_MIN_COSINE if min_cosine is None else min_cosine
-    images = list(images) if images else sample_photos()
     pp = Preprocess.for_model(info)
-    batch = np.stack([pp(img) for img in images])
+    return np.stack([pp(img) for img in (list(images) if images else sample_photos())])
+
+
+def _check(fid: Fidelity, got: np.ndarray, info, threshold: float, what: str) -> Fidelity:
+    if not np.isfinite(got).all() or fid.min_cosine < threshold:
+        raise CbirError(
+            f"parity gate failed for {info.arch} Block {info.block} {info.pooling}: min cosine of the {what} "
+            f"{fid.min_cosine:.7f} < {threshold} between ONNX Runtime and PyTorch on {fid.n} vectors"
+        )
+    return fid
+
+
+def parity_gate(model, onnx_path, info, images: list | None = None, min_cosine: float | None = None):
+    """ONNX Runtime vs PyTorch on real photos; raises CbirError below ``min_cosine`` (0.99999)."""
+    from cbir.engine.backends.onnxruntime import OrtRunner, load_session
+
+    batch = _photo_batch(info, images)
     ref = reference_vectors(model, batch)
     runner = OrtRunner(load_session(onnx_path), source=str(onnx_path))
     got = np.concatenate([runner.run(batch[i : i + 8]) for i in range(0, len(batch), 8)])
-    fid = compare(ref, got)
-    if not np.isfinite(got).all() or fid.min_cosine < threshold:
-        raise CbirError(
-            f"parity gate failed for {info.arch} Block {info.block} {info.pooling}: min cosine "
-            f"{fid.min_cosine:.7f} < {threshold} between ONNX Runtime and PyTorch on {fid.n} photos"
-        )
-    return fid
+    return _check(compare(ref, got), got, info, FP32_MIN_COSINE if min_cosine is None else min_cosine, "embeddings")
+
+
+def regions_gate(model, onnx_path, info, images: list | None = None, min_cosine: float | None = None):
+    """The ``regions`` output of ONNX Runtime vs ``model.forward_with_regions`` (every regional vector)."""
+    import torch
+
+    from cbir.engine.backends.onnxruntime import OrtRunner, load_session
+
+    batch = _photo_batch(info, images)
+    with torch.no_grad():
+        ref = model.forward_with_regions(torch.from_numpy(batch))[1].numpy()
+    runner = OrtRunner(load_session(onnx_path), source=str(onnx_path))
+    got = np.concatenate([runner.run_regions(batch[i : i + 8])[1] for i in range(0, len(batch), 8)])
+    d = ref.shape[-1]
+    return _check(compare(ref.reshape(-1, d), got.reshape(-1, d)), got, info,
+                  FP32_MIN_COSINE if min_cosine is None else min_cosine, "regional vectors")

@@ -89,12 +89,20 @@ class OrtRunner(RunnerBase):
         inp = sess.get_inputs()[0]
         self.input_name = inp.name
         self.output_name = sess.get_outputs()[0].name
+        self.regions_name = next((o.name for o in sess.get_outputs()[1:] if o.name == "regions"), None)
         h, w = self.info.input_size
         if inp.type != "tensor(uint8)" or list(inp.shape[1:]) != [h, w, 3]:
             raise CbirError(f"{source}: input is {inp.type} {inp.shape}, expected uint8 [batch, {h}, {w}, 3]")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.sess.run([self.output_name], {self.input_name: batch})[0]
+
+    def run_regions(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings [N, D], regional descriptors [N, R, D]) of a model exported with ``--regions``."""
+        if self.regions_name is None:
+            raise CbirError(f"{self.info.arch}: this model has no 'regions' output (export it with --regions)")
+        vectors, regions = self.sess.run([self.output_name, self.regions_name], {self.input_name: batch})
+        return vectors, regions
 
     def close(self) -> None:
         self.sess = None  # ORT frees the session (and its device memory) with the last reference
