@@ -150,3 +150,17 @@ def test_regional_search_through_an_index(lite0_regions_onnx, embedder, photos, 
     assert "regional=-1" in capsys.readouterr().err
     assert main(["search", "--index", str(tmp_path / "idx"), str(crop), "--regional", "20", "--json", "-k", "1"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["results"][0]["path"] == os.path.abspath(files[4])
+    # over HTTP: the stage is a request parameter; an index without regions answers 422 in one line
+    import httpx
+
+    from cbir.serve.app import create_app
+    from test_serve import Server
+
+    for root, want in ((tmp_path / "idx", 200), (tmp_path / "plain", 422)):
+        with Server(create_app(str(root), max_delay_ms=1)) as url, httpx.Client(base_url=url, timeout=60) as c:
+            r = c.post("/search", params={"k": 1, "regional": 10}, content=crop.read_bytes())
+            assert r.status_code == want
+            if want == 200:
+                assert r.json()["rerank"]["regional"] == 10 and r.json()["results"][0]["path"] == os.path.abspath(files[4])
+            else:
+                assert "--regions" in r.json()["error"] and "\n" not in r.json()["error"]
