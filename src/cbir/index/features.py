@@ -11,7 +11,6 @@ Files are memory-mapped: a query reads only the rows it verifies.
 from __future__ import annotations
 
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +21,7 @@ from cbir import fsio
 from cbir.cores import all_cores
 from cbir.engine import local_features
 from cbir.engine.preprocess import ImageError
+from cbir.index.shard_rows import ShardRows
 
 KIND = "orb"
 DTYPE = np.dtype([("id", "<i8")] + [(n, local_features.DTYPE.fields[n][0]) for n in local_features.DTYPE.names])
@@ -75,28 +75,16 @@ class FeatureStore:
     """Look up the feature records of indexed items by id (memory-mapped shard files, cached)."""
 
     def __init__(self, store, root: Path):
-        self.store, self.root = store, Path(root)
-        self._shards: dict[int, tuple[np.ndarray, dict[int, int]]] = {}
-        self._lock = threading.Lock()
+        self.root = Path(root)
+        self._rows = ShardRows(store, self._open)
 
-    def _shard(self, shard: int):
-        with self._lock:
-            got = self._shards.get(shard)
-            if got is None:
-                path = feature_path(self.root, shard)
-                if not path.is_file():
-                    return None
-                arr = np.load(path, mmap_mode="r")
-                got = self._shards[shard] = (arr, {int(i): r for r, i in enumerate(arr["id"])})
-            return got
+    def _open(self, shard: int):
+        path = feature_path(self.root, shard)
+        if not path.is_file():
+            return None
+        arr = np.load(path, mmap_mode="r")
+        return arr, arr["id"]
 
     def get(self, ids: Sequence[int]) -> list[np.void | None]:
         """Records for ``ids`` (None where an item has no feature file, e.g. a shard not yet done)."""
-        shards = self.store.shards_for_ids(ids)
-        out: list[np.void | None] = []
-        for i in ids:
-            s = shards.get(int(i))
-            got = self._shard(s) if s is not None else None
-            row = got[1].get(int(i)) if got is not None else None
-            out.append(None if row is None else np.array(got[0][row]))
-        return out
+        return [None if loc is None else np.array(loc[0][loc[1]]) for loc in self._rows.locate(ids)]

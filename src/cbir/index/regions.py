@@ -10,13 +10,14 @@ memory-mapped: a query reads only the rows it re-ranks.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from cbir import fsio
+from cbir.index.shard_rows import ShardRows
+from cbir.index.shards import shard_path
 
 
 def regions_path(root: Path, shard: int) -> Path:
@@ -35,41 +36,28 @@ class RegionStore:
     """Regional descriptors of indexed items by id (memory-mapped shard files, cached)."""
 
     def __init__(self, store, root: Path):
-        self.store, self.root = store, Path(root)
-        self._shards: dict[int, tuple[np.ndarray, dict[int, int]] | None] = {}
-        self._lock = threading.Lock()
+        self.root = Path(root)
+        self._rows = ShardRows(store, self._open)
 
-    def _shard(self, shard: int):
-        from cbir.index.shards import shard_path
-
-        with self._lock:
-            if shard not in self._shards:
-                path = regions_path(self.root, shard)
-                got = None
-                if path.is_file() and shard_path(self.root, shard).is_file():
-                    with np.load(shard_path(self.root, shard), allow_pickle=False) as z:
-                        ids = z["ids"]
-                    got = (np.load(path, mmap_mode="r"), {int(i): r for r, i in enumerate(ids)})
-                self._shards[shard] = got
-            return self._shards[shard]
+    def _open(self, shard: int):
+        path, vectors = regions_path(self.root, shard), shard_path(self.root, shard)
+        if not (path.is_file() and vectors.is_file()):
+            return None
+        with np.load(vectors, allow_pickle=False) as z:  # the rows follow the shard file's ids
+            ids = z["ids"]
+        return np.load(path, mmap_mode="r"), ids
 
     def get(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
         """(regions float32 [n, R, D], has [n] bool) for ``ids``; rows of items without regions are
         zero and ``has`` False. None when no item has any."""
-        shards = self.store.shards_for_ids(ids)
-        rows: list[tuple[int, np.ndarray, int]] = []
-        for pos, i in enumerate(ids):
-            s = shards.get(int(i))
-            got = self._shard(s) if s is not None else None
-            row = got[1].get(int(i)) if got is not None else None
-            if row is not None:
-                rows.append((pos, got[0], row))
-        if not rows:
+        locs = self._rows.locate(ids)
+        first = next((loc for loc in locs if loc is not None), None)
+        if first is None:
             return None
-        r, d = rows[0][1].shape[1:]
-        out = np.zeros((len(ids), r, d), np.float32)
+        out = np.zeros((len(ids), *first[0].shape[1:]), np.float32)
         has = np.zeros(len(ids), bool)
-        for pos, arr, row in rows:
-            out[pos] = arr[row]
-            has[pos] = True
+        for pos, loc in enumerate(locs):
+            if loc is not None:
+                out[pos] = loc[0][loc[1]]
+                has[pos] = True
         return out, has

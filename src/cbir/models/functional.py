@@ -132,10 +132,16 @@ def rcrow_regions(
     return regions
 
 
-def window_regions(h: int, w: int, levels: int = 3) -> list[tuple[int, int, int, int]]:
-    """The R-MAC windows of an H×W map without the ones that are the whole map (regional re-ranking
+def window_indices(h: int, w: int, levels: int = 3) -> list[int]:
+    """Positions in ``rmac_regions`` of the windows smaller than the H×W map (regional re-ranking
     compares them next to the global vector, which already covers the whole map)."""
-    return [r for r in rmac_regions(h, w, levels) if (r[2], r[3]) != (h, w)]
+    return [j for j, r in enumerate(rmac_regions(h, w, levels)) if (r[2], r[3]) != (h, w)]
+
+
+def window_regions(h: int, w: int, levels: int = 3) -> list[tuple[int, int, int, int]]:
+    """The R-MAC windows smaller than the H×W map (``window_indices``)."""
+    regions = rmac_regions(h, w, levels)
+    return [regions[j] for j in window_indices(h, w, levels)]
 
 
 def pool_windows(x: torch.Tensor, pool, windows: list[tuple[int, int, int, int]]) -> torch.Tensor:

@@ -60,7 +60,7 @@ class RegionalCroW(nn.Module):
         super().__init__()
         self.register_buffer("mask", torch.from_numpy(F.region_mask(h, w, levels)))
         # mask columns of the windows smaller than the map (column 0 is the whole map)
-        self.windows = [1 + j for j, r in enumerate(F.rmac_regions(h, w, levels)) if (r[2], r[3]) != (h, w)]
+        self.windows = [1 + j for j in F.window_indices(h, w, levels)]
         mean, proj = whitening if whitening is not None else (None, None)
         self.register_buffer("whiten_mean", None if mean is None else torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("whiten_proj", None if proj is None else torch.as_tensor(proj, dtype=torch.float32))

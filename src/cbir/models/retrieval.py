@@ -62,7 +62,7 @@ class RetrievalModel(nn.Module):
         else:
             self.pool = create_pooling(pooling, hw)
         self.windows = F.window_regions(*hw)
-        if regions and pooling != "rcrow" and not self.windows:
+        if regions and not self.windows:
             raise CbirError(f"--regions: a {hw[0]}×{hw[1]} feature map has no R-MAC window smaller than itself")
         plain = whitening is not None and pooling != "rcrow"
         self.register_buffer("whiten_mean", torch.from_numpy(whitening.mean) if plain else None)
@@ -110,9 +110,7 @@ class RetrievalModel(nn.Module):
 
     @property
     def num_regions(self) -> int:
-        if not self.with_regions:
-            return 0
-        return len(self.pool.windows) if self.pooling_name == "rcrow" else len(self.windows)
+        return len(self.windows) if self.with_regions else 0  # rcrow's own windows are the same ones
 
     def forward_with_regions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(global [N, D], regional [N, R, D]) from one trunk pass (one scale)."""

@@ -1,0 +1,37 @@
+"""Rows of per-shard side files (local features, regional descriptors) by item id: each shard's file
+is memory-mapped once, with its id → row map, under a lock (``cbir serve`` looks up from many
+threads). Used by ``features.FeatureStore`` and ``regions.RegionStore``."""
+from __future__ import annotations
+
+import threading
+from typing import Callable, Sequence
+
+import numpy as np
+
+# open_shard(shard) -> (memory-mapped array, item id of each row) or None when the shard has no file
+OpenShard = Callable[[int], "tuple[np.ndarray, np.ndarray] | None"]
+
+
+class ShardRows:
+    def __init__(self, store, open_shard: OpenShard):
+        self.store, self.open_shard = store, open_shard
+        self._shards: dict[int, tuple[np.ndarray, dict[int, int]] | None] = {}
+        self._lock = threading.Lock()
+
+    def _shard(self, shard: int):
+        with self._lock:
+            if shard not in self._shards:
+                got = self.open_shard(shard)
+                self._shards[shard] = None if got is None else (got[0], {int(i): r for r, i in enumerate(got[1])})
+            return self._shards[shard]
+
+    def locate(self, ids: Sequence[int]) -> list[tuple[np.ndarray, int] | None]:
+        """(array, row) of each id's row; None where its shard has no file or the file lacks it."""
+        shards = self.store.shards_for_ids(ids)
+        out: list[tuple[np.ndarray, int] | None] = []
+        for i in ids:
+            s = shards.get(int(i))
+            got = self._shard(s) if s is not None else None
+            row = got[1].get(int(i)) if got is not None else None
+            out.append(None if row is None else (got[0], row))
+        return out
