@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from cbir.cli.common import (engine_args, open_embedder, parquet_spec, print_json, rerank_args, rerank_from_args,
@@ -14,7 +14,7 @@ from cbir.index.rerank import PRESETS
 
 
 def cmd_index_build(a: argparse.Namespace) -> int:
-    from cbir.index.gallery import INDEX_JSON, Gallery
+    from cbir.index.gallery import Gallery
 
     root = Path(a.index)
     if (a.images_dir is None) == (a.from_vectors is None):
@@ -25,29 +25,35 @@ def cmd_index_build(a: argparse.Namespace) -> int:
         raise CbirError("index build IMAGES_DIR: --model is required")
     if "://" not in a.images_dir and not Path(a.images_dir).exists():
         raise CbirError(f"IMAGES {a.images_dir}: no such file or directory")
-    existed = (root / INDEX_JSON).is_file()
-    emb = open_embedder(a, a.model)
-    g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
-                       dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall,
-                       wait=a.wait, on_disk=a.on_disk, local_features=a.local_features, rerank=a.rerank)
-    if existed and not a.json:
-        print(f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)", file=sys.stderr)
+    inputs = [a.images_dir] + read_list(a.files_from)  # every argument is checked before anything is written
     distributed = None
     if a.distributed == "ray":
         distributed = {"ray_address": a.ray_address, "num_workers": a.num_workers, "gpus_per_worker": a.gpus_per_worker,
                        "cpus_per_worker": a.cpus_per_worker, "backend": a.backend}
     elif a.distributed is not None:
         raise CbirError(f"--distributed {a.distributed!r}: only 'ray' is supported")
-    try:
-        report = g.build([a.images_dir] + read_list(a.files_from), batch_size=a.batch_size,
-                         progress=not a.json and sys.stderr.isatty(), distributed=distributed,
-                         retry_failed=a.retry_failed, parquet=parquet_spec(a))
-    except CbirError:
-        if not existed and not g.store.done_shards():  # refused before any work: leave nothing behind
-            g.close()
-            shutil.rmtree(root, ignore_errors=True)
-        raise
+    emb = open_embedder(a, a.model)
+    g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
+                       dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall,
+                       wait=a.wait, on_disk=a.on_disk, local_features=a.local_features, rerank=a.rerank)
+    if not g.created and not a.json:
+        print(f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)", file=sys.stderr)
+    with _discard_on_refusal(g):
+        report = g.build(inputs, batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty(),
+                         distributed=distributed, retry_failed=a.retry_failed, parquet=parquet_spec(a),
+                         restore=a.restore)
     return _print_report(a, report, "indexed")
+
+
+@contextmanager
+def _discard_on_refusal(g):
+    """A first build refused before any shard was done leaves nothing behind — only what it made
+    (``Gallery.discard``): never a file the user had, never another writer's work."""
+    try:
+        yield
+    except CbirError:
+        g.discard()
+        raise
 
 
 def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
@@ -69,7 +75,9 @@ def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
                        dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall,
                        wait=a.wait, dim=source.dim, on_disk=a.on_disk, local_features=a.local_features or "none",
                        rerank=a.rerank or "none")
-    return _print_report(a, ingest(g, source, paths, progress=not a.json and sys.stderr.isatty()), "indexed")
+    with _discard_on_refusal(g):
+        report = ingest(g, source, paths, progress=not a.json and sys.stderr.isatty(), restore=a.restore)
+    return _print_report(a, report, "indexed")
 
 
 def cmd_index_features(a: argparse.Namespace) -> int:
@@ -88,9 +96,9 @@ def cmd_index_features(a: argparse.Namespace) -> int:
 def cmd_index_rerank(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
-    g = Gallery(a.index)
-    cfg = g.rerank_config(rerank_from_args(a, g.config.get("rerank")))  # refuses verification without features
-    with g.writing():
+    g = Gallery(a.index, wait=a.wait)
+    with g.writing():  # the settings are read and changed under the lock (one field: rerank)
+        cfg = g.rerank_config(rerank_from_args(a, g.config.get("rerank")))  # refuses verification without features
         g.config["rerank"] = cfg.to_dict()
         g.save_config()
     if a.json:
@@ -103,12 +111,16 @@ def cmd_index_rerank(a: argparse.Namespace) -> int:
 def _print_report(a: argparse.Namespace, report: dict, verb: str) -> int:
     for f in report["failed"]:
         print(f"cbir: failed {f['path']}: {f['error']}", file=sys.stderr)
+    for w in report.get("warnings", []):
+        print(f"cbir: warning: {w['path']}: {w['stage']}: {w['error']} (indexed; it cannot be spatially verified)",
+              file=sys.stderr)
     if a.json:
         print_json(report)
     else:
         t = report["timings"]
         print(f"{verb} {report['indexed']} images ({len(report['skipped'])} unchanged, {len(report['failed'])} failed"
               + (f", {len(report['still_failed'])} of them unchanged and not retried (--retry-failed)" if report["still_failed"] else "")
+              + (f", {len(report['still_removed'])} removed earlier and left out (--restore)" if report.get("still_removed") else "")
               + "); "
               f"index holds {report['count']}; {t.get('images_per_s', 0)} img/s, total {t['total']} s")
     return 0
@@ -120,7 +132,7 @@ def cmd_index_add(a: argparse.Namespace) -> int:
     g = Gallery(a.index, wait=a.wait)
     g.embedder(backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision)
     return _print_report(a, g.add(list(a.paths) + read_list(a.files_from), batch_size=a.batch_size,
-                                  retry_failed=a.retry_failed, parquet=parquet_spec(a)), "added")
+                                  retry_failed=a.retry_failed, parquet=parquet_spec(a), restore=a.restore), "added")
 
 
 def cmd_index_remove(a: argparse.Namespace) -> int:
@@ -162,6 +174,10 @@ def cmd_index_info(a: argparse.Namespace) -> int:
     return 0
 
 
+RESTORE_HELP = ("index again items removed earlier (`cbir index remove`) that are among the inputs; "
+                "without it they stay removed and are listed as such")
+
+
 def register(sub) -> None:
     ix = sub.add_parser("index", help="build and edit a gallery index").add_subparsers(dest="index_command", required=True)
     b = ix.add_parser("build", help="index a folder of images (resumable)")
@@ -190,6 +206,7 @@ def register(sub) -> None:
     b.add_argument("--rerank", choices=list(PRESETS), help="the re-ranking preset stored for searches (default: "
                    "'default' with local features, else 'class'); change later with `cbir index rerank`")
     b.add_argument("--retry-failed", action="store_true", help="embed again files that failed before even if unchanged")
+    b.add_argument("--restore", action="store_true", help=RESTORE_HELP)
     b.add_argument("--resume", action="store_true", help="continue an interrupted build (also automatic)")
     b.add_argument("--distributed", choices=["ray"], help="embed shards on Ray Data workers (pip install 'cbir[distributed]')")
     b.add_argument("--ray-address", help="auto | ray://host:port (default: start a local Ray)")
@@ -205,6 +222,7 @@ def register(sub) -> None:
     ad.add_argument("paths", nargs="*", help="files, folders, tar shards, parquet files or URLs")
     source_args(ad)
     ad.add_argument("--retry-failed", action="store_true", help="embed again files that failed before even if unchanged")
+    ad.add_argument("--restore", action="store_true", help=RESTORE_HELP)
     engine_args(ad)
     ad.add_argument("--json", action="store_true")
     ad.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
@@ -231,6 +249,7 @@ def register(sub) -> None:
     rr.add_argument("index")
     rerank_args(rr)
     rr.add_argument("--json", action="store_true")
+    rr.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
     rr.set_defaults(fn=cmd_index_rerank)
     inf = ix.add_parser("info", help="what an index holds")
     inf.add_argument("index")

@@ -1,6 +1,7 @@
 """Local features for spatial verification: ORB keypoints of a downscaled grayscale image, matched
 with Lowe's ratio test and checked with a RANSAC affine model (OpenCV). Torch-free.
 
+An image whose shorter side is under ``MIN_SIDE`` (63 px) at that scale has no features.
 ``extract(source)`` → one record of ``DTYPE`` (fixed size, so that a shard's features are one
 memory-mappable ``.npy``): ``n`` keypoints (≤ ``MAX_KEYPOINTS``, default 500) of the image scaled
 to ``SIDE`` pixels on its longer side (default 320), their ``xy`` (float16, pixels) and 32-byte ORB
@@ -25,6 +26,9 @@ SIDE = 320
 RATIO = 0.8  # Lowe's ratio test on Hamming distances
 REPROJ_PX = 6.0  # RANSAC reprojection threshold, pixels at SIDE
 MIN_MATCHES = 8
+# ORB ignores a 31-pixel border (its patch size): a shorter side holds no keypoint, and its 8-level
+# pyramid would shrink such a strip (e.g. 2000×3 → 320×0 at the top level) until OpenCV asserts.
+MIN_SIDE = 2 * 31 + 1
 DTYPE = np.dtype([("n", "<u2"), ("xy", "<f2", (MAX_KEYPOINTS, 2)), ("desc", "u1", (MAX_KEYPOINTS, 32))])
 
 def _cv2():
@@ -59,6 +63,8 @@ def extract(source: ImageSource, name: str = "<image>", max_pixels: int = MAX_PI
     cv2 = _cv2()
     img = gray(source, name, max_pixels=max_pixels)
     rec = np.zeros((), DTYPE)
+    if min(img.shape) < MIN_SIDE:  # a thin strip or a tiny image: nothing to detect (verifies nothing)
+        return rec
     # ORB objects are not documented thread-safe: one per call costs ~20 µs, nothing next to detection
     kps, desc = cv2.ORB_create(nfeatures=MAX_KEYPOINTS, fastThreshold=10).detectAndCompute(img, None)
     if desc is None or not kps:

@@ -24,6 +24,7 @@ class Scan:
     queued: int = 0
     unchanged: list[str] = field(default_factory=list)
     still_failed: list[str] = field(default_factory=list)
+    still_removed: list[str] = field(default_factory=list)  # removed earlier, left out (no ``restore``)
 
 
 def progress_bar(total: int, enabled: bool):
@@ -35,8 +36,9 @@ def progress_bar(total: int, enabled: bool):
 
 
 def scan(store, shard_size: int, paths: Sequence[str | os.PathLike], retry_failed: bool = False,
-         parquet: ParquetSpec | None = None) -> Scan:
-    """Register new or changed images (and failed ones, with ``retry_failed``) as pending in new shards.
+         parquet: ParquetSpec | None = None, restore: bool = False) -> Scan:
+    """Register new or changed images (and failed ones, with ``retry_failed``; removed ones only with
+    ``restore``) as pending in new shards.
     ``paths``: folders, files, tar shards, Parquet files, URLs (``cbir.sources``); items are URIs."""
     files = expand(paths, parquet)
     known = store.items_by_paths()
@@ -48,6 +50,9 @@ def scan(store, shard_size: int, paths: Sequence[str | os.PathLike], retry_faile
             old = known.get(key)
             if old is not None:
                 _, osize, omtime, state = old
+                if state == "removed" and not restore:  # a takedown holds until it is undone on purpose
+                    result.still_removed.append(key)
+                    continue
                 unknown = size == -1 and is_uri(key)  # no cheap stat for this URI: as indexed, unchanged
                 if state != "removed" and (unknown or (osize == size and omtime == mtime)):
                     if state == "failed" and not retry_failed:
@@ -77,21 +82,26 @@ def commit_shard(store, shard: int, out: ShardOutput) -> tuple[int, int]:
 
 
 def adopt_outputs(store, root) -> int:
-    """Commit pending shards whose output file is complete (a worker finished it, the coordinator
-    died before committing); returns how many were adopted."""
+    """Commit pending shards whose output file covers every item still pending there (a worker
+    finished it, the coordinator died before committing); returns how many were adopted. Items
+    removed meanwhile stay removed (``Store.finish_shard``)."""
     adopted = 0
     for shard in store.pending_shards():
         if not shard_path(root, shard).is_file():
             continue
-        out = read_shard(root, shard)
-        if out.item_ids() == {i for i, _ in store.shard_items(shard)}:
+        try:
+            out = read_shard(root, shard)
+        except Exception:  # a damaged file: the shard is embedded again
+            continue
+        if {i for i, _ in store.shard_items(shard, "pending")} <= out.item_ids():
             commit_shard(store, shard, out)
             adopted += 1
     return adopted
 
 
 def pending_work(store) -> list[tuple[int, list[tuple[int, str]]]]:
-    return [(s, store.shard_items(s)) for s in store.pending_shards()]
+    """(shard, its pending items) for every pending shard (removed items are not embedded)."""
+    return [(s, store.shard_items(s, "pending")) for s in store.pending_shards()]
 
 
 def process_pending(gallery, batch_size: int | None = None, progress: bool = False, distributed: dict | None = None) -> dict:

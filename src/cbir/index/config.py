@@ -36,7 +36,31 @@ def load(root: Path) -> dict:
 
 
 def save(root: Path, config: dict) -> None:
+    """Write index.json atomically, bumping ``revision`` (readers such as ``cbir serve`` compare it: an
+    mtime can stay the same across two writes in one clock tick)."""
+    config["revision"] = int(config.get("revision", 0)) + 1
     fsio.write_json(Path(root) / INDEX_JSON, config)
+
+
+# What cbir itself writes into an index directory; a folder holding anything else is not ours to use.
+OWN_NAMES = {INDEX_JSON, "meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm", "meta.sqlite-journal", "shards",
+             "index.faiss", "report.json", "thumbs", "whitening.npz", ".writer.lock"}
+
+
+def is_own_name(name: str) -> bool:
+    """A name cbir may have made in INDEX_DIR: ``OWN_NAMES``, IVF list files, temporary files of
+    atomic writes (``.NAME.PID.tmp``) and on-disk build blocks."""
+    return (name in OWN_NAMES or (name.startswith("ivflists-") and name.endswith(".bin"))
+            or (name.startswith(".") and name.rsplit(".", 1)[-1] in ("tmp", "npy", "npz", "json", "bin"))
+            or name.startswith(".blocks-"))
+
+
+def foreign_entries(root: Path) -> list[str]:
+    """Entries of an existing folder that cbir did not make (sorted); [] for a missing folder."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(e.name for e in root.iterdir() if not is_own_name(e.name))
 
 
 def vectors_only_model(dim: int) -> dict:
@@ -59,17 +83,19 @@ def new(embedder, options: dict, dim: int, whitening_fp: str | None, model_dim: 
 SETTINGS = ("memory_budget", "target_recall")  # may change: they steer the next rebuild, not the vectors
 
 
-def check_options(root: Path, config: dict, given: dict) -> None:
+def check_options(root: Path, config: dict, given: dict) -> dict:
     """Refuse explicit build options that differ from the ones the index was created with; take new
-    ``SETTINGS`` (saved by the next rebuild)."""
+    ``SETTINGS`` (saved by the next rebuild) and return them."""
+    settings = {}
     for key, value in given.items():
         if value is None:
             continue
         if key in SETTINGS:
-            config[key] = value
+            config[key] = settings[key] = value
             continue
         have = config.get(key, DEFAULTS.get(key))
         if have != value:
             flag = "--" + key.replace("_", "-")
             raise CbirError(f"{flag} {value}: index {root} was created with {flag} {have}; "
                             f"build a new index to change it")
+    return settings

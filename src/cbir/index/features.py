@@ -6,6 +6,8 @@ Resume: a done shard without its feature file gets one on the next ``ensure`` (b
 ``cbir index features``), so a killed job redoes only the unfinished shards. An image that cannot be
 read, or has no keypoints, gets an empty record (it verifies nothing). Removed items keep their rows
 until their shard is rewritten, but are never looked up (only ``indexed`` items are searched).
+Any exception of one image (not only a decode error) gives that image an empty record and a
+warning in the build report; it never stops the job.
 Files are memory-mapped: a query reads only the rows it verifies.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,22 +33,29 @@ def feature_path(root: Path, shard: int) -> Path:
     return Path(root) / "shards" / f"shard-{shard:06d}.{KIND}.npy"
 
 
-def _one(path: str) -> np.void:
+def _one(path: str) -> tuple[np.void, str | None]:
+    """(record, None), or (empty record, reason) when this image gives no features: the item stays
+    indexed (its vector is good) and simply verifies nothing; the reason goes into the report."""
     try:
-        return local_features.extract(path, path)
-    except (ImageError, OSError, ValueError):
-        return local_features.empty()
+        return local_features.extract(path, path), None
+    except ImageError as e:
+        return local_features.empty(), e.reason
+    except Exception as e:  # any other failure of one image (an OpenCV assertion, a decoder bug) is that image's
+        return local_features.empty(), f"{type(e).__name__}: {e}"
 
 
 def extract_shard(root: Path, shard: int, items: Sequence[tuple[int, str]], workers: int | None = None,
-                  on_item=None) -> Path:
-    """Extract and write one shard's feature file; returns its path."""
+                  on_item=None, on_problem: Callable[[str, str], None] | None = None) -> Path:
+    """Extract and write one shard's feature file; returns its path. ``on_problem(path, reason)``
+    hears of every image that gave no features because of an error."""
     out = np.zeros(len(items), DTYPE)
     out["id"] = [i for i, _ in items]
     with ThreadPoolExecutor(workers or all_cores()) as pool:  # OpenCV and Pillow release the GIL
-        for row, rec in enumerate(pool.map(_one, [p for _, p in items])):
+        for row, (rec, problem) in enumerate(pool.map(_one, [p for _, p in items])):
             for name in local_features.DTYPE.names:
                 out[row][name] = rec[name]
+            if problem is not None and on_problem is not None:
+                on_problem(items[row][1], problem)
             if on_item is not None:
                 on_item(1)
     path = feature_path(root, shard)
@@ -55,17 +64,17 @@ def extract_shard(root: Path, shard: int, items: Sequence[tuple[int, str]], work
     return path
 
 
-def ensure(store, root: Path, progress: bool = False) -> int:
+def ensure(store, root: Path, progress: bool = False, on_problem: Callable[[str, str], None] | None = None) -> int:
     """Write the feature file of every done shard that lacks one; returns how many were written."""
     todo = [s for s in store.done_shards() if not feature_path(root, s).is_file()]
-    work = [(s, [(i, p) for i, p in store.shard_items(s)]) for s in todo]
+    work = [(s, store.shard_items(s, "indexed")) for s in todo]
     bar = None
     if progress and work:
         from tqdm import tqdm
 
         bar = tqdm(total=sum(len(w) for _, w in work), unit="img", desc="local features", file=sys.stderr)
     for shard, items in work:
-        extract_shard(root, shard, items, on_item=bar.update if bar else None)
+        extract_shard(root, shard, items, on_item=bar.update if bar else None, on_problem=on_problem)
     if bar is not None:
         bar.close()
     return len(work)

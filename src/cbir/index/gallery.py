@@ -42,7 +42,7 @@ from cbir.index import build as _build
 from cbir.index import config as _config
 from cbir.index import faiss_index, maintain, tuning
 from cbir.index.config import INDEX_JSON, SHARD_SIZE
-from cbir.index.lock import WriterLock
+from cbir.index.lock import LOCK_NAME, WriterLock
 from cbir.engine import local_features
 from cbir.index import rerank as _rerank
 from cbir.index import search as _search
@@ -71,6 +71,14 @@ class Hit:
     inliers: int | None = None  # None: not checked
 
 
+def _refuse_foreign(root: Path) -> None:
+    foreign = _config.foreign_entries(root)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise CbirError(f"--index {root}: exists and is not a cbir index (it holds {shown}); "
+                        f"give a new or empty folder, nothing there was changed")
+
+
 @lru_cache(maxsize=1)
 def _verify_pool() -> ThreadPoolExecutor:
     """Threads for local-feature matching (OpenCV releases the GIL): one per core, shared."""
@@ -93,13 +101,19 @@ class Gallery:
     def __init__(self, root: str | os.PathLike, embedder=None, wait: bool = False):
         self.root = Path(root)
         self.config = _config.load(self.root)
-        self._config_stamp = (self.root / INDEX_JSON).stat().st_mtime_ns
+        self.created = False  # True when ``create`` made this index in this process (``discard`` may undo it)
+        self._made_dir = False
+        self._settings: dict = {}  # build settings given to this command, applied over every re-read config
         self._writer = WriterLock(self.root)
         self._writer_depth = 0
         self.wait = wait  # writers: wait for another writer instead of failing
         self.store = Store(self.root / "meta.sqlite")
         self._embedder = embedder
         self._index = None
+        self._index_generation = None  # the faiss_generation of the loaded index
+        self._retry_at = 0.0  # refresh: when a failed load may be retried
+        self._reconciler: threading.Thread | None = None
+        self.load_error: str | None = None  # the last failed load of a newer index.faiss (refresh)
         self._gpu_index = self._gpu_source = None
         self._reconstructable = None
         self._whitening = None
@@ -139,11 +153,10 @@ class Gallery:
                  "memory_budget": memory_budget, "target_recall": target_recall, "on_disk": on_disk}
         wt = Whitening.load(whitening) if whitening else None
         if (root / INDEX_JSON).is_file():
-            g = cls(root, embedder, wait=wait)
-            _config.check_options(root, g.config, {**given, "whitening": wt.fingerprint if wt else None})
-            return g
+            return cls._open_existing(root, embedder, wait, {**given, "whitening": wt.fingerprint if wt else None})
         if root.exists() and not root.is_dir():
             raise CbirError(f"--index {root}: exists and is not a directory")
+        _refuse_foreign(root)
         options = {k: _config.DEFAULTS[k] if v is None else v for k, v in given.items()}
         if options["shard_size"] < 1:
             raise CbirError(f"--shard-size {options['shard_size']}: must be ≥ 1")
@@ -167,21 +180,75 @@ class Gallery:
         options["rerank"] = _rerank.resolve(preset=preset).to_dict()
         if options["rerank"]["verify"] and not options["local_features"]:
             raise CbirError(f"--rerank {rerank}: verifies, and the index would have no local features (--local-features none)")
-        root.mkdir(parents=True, exist_ok=True)
-        if wt is not None:
-            wt.save(root / "whitening.npz")
-        _config.save(root, _config.new(embedder, options, dim, wt.fingerprint if wt else None, model_dim))
-        return cls(root, embedder, wait=wait)
+        try:  # every check is done: only now is anything written
+            root.mkdir(parents=True)
+            made_dir = True
+        except FileExistsError:
+            made_dir = False
+        lock = WriterLock(root)
+        lock.acquire(wait)  # two first builds at once: one creates, the other opens what it made
+        try:
+            if (root / INDEX_JSON).is_file():
+                lock.release()
+                return cls._open_existing(root, embedder, wait, {**given, "whitening": wt.fingerprint if wt else None})
+            _refuse_foreign(root)
+            if wt is not None:
+                wt.save(root / "whitening.npz")
+            _config.save(root, _config.new(embedder, options, dim, wt.fingerprint if wt else None, model_dim))
+        finally:
+            lock.release()
+        g = cls(root, embedder, wait=wait)
+        g.created, g._made_dir = True, made_dir
+        return g
+
+    @classmethod
+    def _open_existing(cls, root: Path, embedder, wait: bool, given: dict) -> "Gallery":
+        g = cls(root, embedder, wait=wait)
+        g._settings = _config.check_options(root, g.config, given)
+        return g
+
+    def discard(self) -> bool:
+        """Undo ``create`` after a first build failed before any shard was done: delete only what cbir
+        made in INDEX_DIR (and the folder if ``create`` made it and it is empty now). Returns False,
+        changing nothing, when the index holds work (another writer's included) or is being written."""
+        if not self.created or not self._writer.acquire(blocking_error=False):
+            return False
+        try:
+            if self.store.done_shards() or not (self.root / INDEX_JSON).is_file():
+                return False
+            self.store.close()
+            import shutil
+
+            for entry in sorted(self.root.iterdir(), key=lambda e: e.name == LOCK_NAME):  # the lock file last
+                if _config.is_own_name(entry.name):
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
+            if self._made_dir:
+                try:
+                    self.root.rmdir()
+                except OSError:  # something else appeared meanwhile: leave the folder
+                    pass
+            return True
+        finally:
+            self._writer.release()
 
     def save_config(self) -> None:
+        """Write index.json; only a writer does (under the lock, on the config re-read when it took it)."""
+        if self._writer_depth == 0:
+            raise RuntimeError("Gallery.save_config outside writing(): index.json is only written under the writer lock")
         _config.save(self.root, self.config)
-        self._config_stamp = (self.root / INDEX_JSON).stat().st_mtime_ns
 
     @contextmanager
     def writing(self):
-        """Hold the cross-process writer lock for a write operation (re-entrant in this object)."""
+        """Hold the cross-process writer lock for a write operation (re-entrant in this object). On
+        taking it, index.json is read again: a writer that waited must not write back settings that
+        changed meanwhile (it changes only its own fields on the fresh copy)."""
         if self._writer_depth == 0:
             self._writer.acquire(self.wait)
+            try:
+                self._reload_config()
+            except BaseException:
+                self._writer.release()
+                raise
         self._writer_depth += 1
         try:
             yield
@@ -189,6 +256,15 @@ class Gallery:
             self._writer_depth -= 1
             if self._writer_depth == 0:
                 self._writer.release()
+
+    def _reload_config(self) -> None:
+        """index.json as on disk now, plus the settings this command was given (``check_options``)."""
+        config = _config.load(self.root)
+        config.update(self._settings)
+        if config.get("faiss_generation") != self.config.get("faiss_generation"):
+            with self._lock:  # another writer replaced index.faiss: load it again when needed
+                self._index, self._reconstructable = None, None
+        self.config = config
 
     # -- model ---------------------------------------------------------------------------------
     @property
@@ -236,8 +312,9 @@ class Gallery:
         return self.whitening.apply(v) if self.whitening is not None else v
 
     # -- building ------------------------------------------------------------------------------
-    def scan(self, paths: Sequence[str | os.PathLike], retry_failed: bool = False, parquet=None) -> _build.Scan:
-        return _build.scan(self.store, self.config["shard_size"], paths, retry_failed, parquet)
+    def scan(self, paths: Sequence[str | os.PathLike], retry_failed: bool = False, parquet=None,
+             restore: bool = False) -> _build.Scan:
+        return _build.scan(self.store, self.config["shard_size"], paths, retry_failed, parquet, restore)
 
     def commit_shard(self, shard: int, out) -> tuple[int, int]:
         return _build.commit_shard(self.store, shard, out)
@@ -259,6 +336,7 @@ class Gallery:
         tuning.set_search_params(index, self.config.get("search"))
         with self._lock:
             self._index, self._reconstructable = index, None
+            self._index_generation = self.config["faiss_generation"]
 
     @property
     def in_sync(self) -> bool:
@@ -267,41 +345,78 @@ class Gallery:
 
     def reconcile(self) -> bool:
         """Rebuild index.faiss from the shards when it is behind SQLite and no other writer is at
-        work; returns True if it rebuilt."""
+        work (one died between its SQLite commit and index.faiss); returns True if it rebuilt."""
         if self.in_sync or not (self.store.done_shards() or (self.root / "index.faiss").is_file()):
             return False
         if self._writer_depth == 0:
             if not self._writer.acquire(blocking_error=False):
                 return False  # someone is writing: they will bring index.faiss up to date
+            self._writer_depth = 1
             try:
-                self.config = _config.load(self.root)  # the writer before us may have saved a newer one
+                self._reload_config()  # the writer before us may have saved a newer one
                 if self.in_sync:
                     return False
                 self._set_index(maintain.rebuild(self))
             finally:
+                self._writer_depth = 0
                 self._writer.release()
         else:  # this object is the writer: its config is the current one
             self._set_index(maintain.rebuild(self))
         return True
 
-    def refresh(self) -> bool:
-        """Pick up index.json / index.faiss written by another process; True if a new index was swapped in."""
-        stamp = (self.root / INDEX_JSON).stat().st_mtime_ns
-        if stamp == self._config_stamp:
-            return False
-        config = _config.load(self.root)
-        self._config_stamp = stamp
-        if config.get("faiss_generation") == self.config.get("faiss_generation"):
-            if config.get("search") != self.config.get("search") and self._index is not None:
-                tuning.set_search_params(self._index, config.get("search"))  # `cbir index tune` ran
-            self.config = config
-            return False
+    def refresh(self, reconcile_in_background: bool = True) -> bool:
+        """Pick up what another process wrote (``cbir serve`` calls this before each search); True if
+        a new index was swapped in. Changes are seen by index.json's ``revision`` (not its mtime) and
+        SQLite's generation. A newer index.faiss that fails to load is reported in ``load_error``
+        and retried (at most once a second) while the old one keeps answering; an index.faiss left
+        behind by a writer that died is rebuilt in a background thread (``reconcile``)."""
+        swapped = False
+        if time.monotonic() >= self._retry_at:
+            config = _config.load(self.root)
+            if config.get("revision") != self.config.get("revision"):
+                swapped = self._adopt_config(config)
+        if reconcile_in_background and self.store.generation != self.config.get("faiss_generation"):
+            self._reconcile_in_background()
+        return swapped
+
+    def _adopt_config(self, config: dict) -> bool:
+        loaded = self._index is not None
+        if loaded and config.get("faiss_generation") != self._index_generation:
+            try:
+                index = faiss_index.load(self.root / "index.faiss")
+            except Exception as e:  # keep answering from the index we have; try again shortly
+                self.load_error = f"{self.root / 'index.faiss'}: cannot load ({type(e).__name__}: {e})"
+                self._retry_at = time.monotonic() + 1.0
+                return False
+            tuning.set_search_params(index, config.get("search"))
+            with self._lock:
+                self._index, self._reconstructable = index, None
+                self._index_generation = config.get("faiss_generation")
+                self.config = config
+            self.load_error = None
+            return True
+        if loaded and config.get("search") != self.config.get("search"):
+            tuning.set_search_params(self._index, config.get("search"))  # `cbir index tune` ran
         self.config = config
-        index = faiss_index.load(self.root / "index.faiss")
-        tuning.set_search_params(index, config.get("search"))
+        self.load_error = None
+        return False
+
+    def _reconcile_in_background(self) -> None:
         with self._lock:
-            self._index, self._reconstructable = index, None
-        return True
+            if self._reconciler is not None and self._reconciler.is_alive():
+                return
+            if not self._writer.acquire(blocking_error=False):
+                return  # a writer is at work (it will write index.faiss): nothing died
+            self._writer.release()
+
+            def run():
+                try:
+                    self.reconcile()
+                except Exception as e:
+                    self.load_error = f"{self.root}: rebuilding index.faiss after a writer died failed ({type(e).__name__}: {e})"
+
+            self._reconciler = threading.Thread(target=run, name="cbir-reconcile", daemon=True)
+            self._reconciler.start()
 
     def consistency(self) -> dict:
         """Ids FAISS holds vs ids SQLite calls indexed (both empty sets = consistent)."""
@@ -326,12 +441,12 @@ class Gallery:
             self._set_index(maintain.rebuild(self))
 
     def build(self, images: Sequence[str | os.PathLike], batch_size: int | None = None, progress: bool = False,
-              distributed: dict | None = None, retry_failed: bool = False, parquet=None) -> dict:
+              distributed: dict | None = None, retry_failed: bool = False, parquet=None, restore: bool = False) -> dict:
         """Scan, embed pending shards, build the FAISS index, write report.json. ``images``: folders,
         files, tar shards, Parquet files (with ``parquet``: a ``sources.ParquetSpec``), URLs."""
         with self.writing():
             t0 = time.perf_counter()
-            scanned = self.scan(images, retry_failed, parquet)
+            scanned = self.scan(images, retry_failed, parquet, restore)
             maintain.resolve_factory(self.config, self.store.count("indexed") + self.store.count("pending"))
             work = self.process_pending(batch_size, progress, distributed)
             self._timed_features(work, progress)
@@ -339,16 +454,17 @@ class Gallery:
             return self.write_report(work, scanned, t0)
 
     def add(self, paths: Sequence[str | os.PathLike], batch_size: int | None = None, progress: bool = False,
-            retry_failed: bool = False, parquet=None) -> dict:
-        """Embed only new or changed files and update the index in place where FAISS allows."""
+            retry_failed: bool = False, parquet=None, restore: bool = False) -> dict:
+        """Embed only new or changed files (removed ones only with ``restore``) and update the index
+        in place where FAISS allows."""
         with self.writing():
-            return self._add(paths, batch_size, progress, retry_failed, parquet)
+            return self._add(paths, batch_size, progress, retry_failed, parquet, restore)
 
-    def _add(self, paths, batch_size: int, progress: bool, retry_failed: bool, parquet) -> dict:
+    def _add(self, paths, batch_size: int, progress: bool, retry_failed: bool, parquet, restore: bool) -> dict:
         t0 = time.perf_counter()
         was_in_sync = self.in_sync
         before = self.store.pending_shards()
-        scanned = self.scan(paths, retry_failed, parquet)
+        scanned = self.scan(paths, retry_failed, parquet, restore)
         new_shards = self.store.pending_shards()
         changed = [i for s in new_shards for i, _ in self.store.shard_items(s)]
         work = self.process_pending(batch_size, progress)
@@ -361,21 +477,26 @@ class Gallery:
 
     def _timed_features(self, work: dict, progress: bool) -> None:
         t0 = time.perf_counter()
-        if self.extract_features(progress):
+        warnings = work.setdefault("warnings", [])
+        if self.extract_features(progress, on_problem=lambda p, r: warnings.append(
+                {"path": p, "stage": "local features", "error": r})):
             work["timings"]["local_features"] = round(time.perf_counter() - t0, 4)
 
-    def extract_features(self, progress: bool = False, enable: bool = False) -> int:
+    def extract_features(self, progress: bool = False, enable: bool = False,
+                         on_problem: Callable[[str, str], None] | None = None) -> int:
         """Local features for every done shard lacking them (resumable per shard); ``enable`` turns
-        them on for an index built without (``cbir index features``). Returns shards written."""
-        if enable and not self.config.get("local_features"):
-            if self.config["model"]["arch"] == "vectors-only":
-                raise CbirError(f"--index {self.root}: built from vectors, it has no images to take local features from")
-            self.config["local_features"] = _features.KIND
-            self.save_config()
-        if not self.config.get("local_features"):
-            return 0
+        them on for an index built without (``cbir index features``). Returns shards written.
+        ``on_problem(path, reason)``: an image that gave no features because of an error (it stays
+        indexed and verifies nothing)."""
         with self.writing():
-            return _features.ensure(self.store, self.root, progress)
+            if enable and not self.config.get("local_features"):
+                if self.config["model"]["arch"] == "vectors-only":
+                    raise CbirError(f"--index {self.root}: built from vectors, it has no images to take local features from")
+                self.config["local_features"] = _features.KIND
+                self.save_config()
+            if not self.config.get("local_features"):
+                return 0
+            return _features.ensure(self.store, self.root, progress, on_problem)
 
     def remove(self, paths: Sequence[str | os.PathLike]) -> dict:
         """Remove files (or everything under folders) from the index by path; files need not exist."""
@@ -398,8 +519,8 @@ class Gallery:
         timings = dict(work["timings"])
         timings["total"] = round(time.perf_counter() - t0, 3)
         report = {"indexed": work["indexed"], "failed": self.store.failed(), "skipped": scanned.unchanged,
-                  "still_failed": scanned.still_failed, "queued": scanned.queued,
-                  "count": self.store.count("indexed"), "timings": timings}
+                  "still_failed": scanned.still_failed, "still_removed": scanned.still_removed, "queued": scanned.queued,
+                  "warnings": work.get("warnings", []), "count": self.store.count("indexed"), "timings": timings}
         fsio.write_json(self.root / "report.json", report)
         return report
 
@@ -425,27 +546,33 @@ class Gallery:
                     raise CbirError(f"--index {self.root}: no index.faiss yet (the build did not finish: run `cbir index build --resume`)")
                 index = faiss_index.load(path)
                 tuning.set_search_params(index, self.config.get("search"))
-                self._index = index
+                self._index, self._index_generation = index, self.config.get("faiss_generation")
             return self._index
 
     @property
     def search_index(self):
         """The index searches run on: a GPU copy when faiss-gpu sees a GPU (k ≤ 2048), else the CPU index."""
+        return self._snapshot()[1]
+
+    def _snapshot(self) -> tuple:
+        """(CPU index, index to search: its GPU copy or itself) taken together: a search uses one
+        snapshot from start to end, whatever a concurrent ``refresh`` swaps in."""
+        index = self.index
         with self._lock:
-            index = self.index
             if self._gpu_index is None or self._gpu_source is not index:
                 self._gpu_index = faiss_index.to_gpu(index) if faiss_index.gpu_available() else index
                 self._gpu_source = index
-            return self._gpu_index
+            return index, self._gpu_index
 
-    def vectors_for(self, ids: np.ndarray) -> np.ndarray:
-        """Stored (post-processed) vectors for ids [q, n] -> [q, n, D], from the FAISS index."""
+    def vectors_for(self, ids: np.ndarray, index=None) -> np.ndarray:
+        """Stored (post-processed) vectors for ids [q, n] -> [q, n, D], from the FAISS index (default:
+        the current one; a search passes its snapshot)."""
         flat = ids.reshape(-1)
         out = np.zeros((len(flat), self.config["dim"]), np.float32)
         valid = flat >= 0
         if valid.any():
+            index = self.index if index is None else index
             with self._lock:
-                index = self.index
                 if self._reconstructable is not index:
                     faiss_index.enable_reconstruct(index)
                     self._reconstructable = index
@@ -525,21 +652,23 @@ class Gallery:
             raise CbirError(f"item {missing[0]}: not in the index")
         cfg = self.rerank_config(rerank)
         feats = self.features.get(ids) if cfg.verify else None
-        return self._search(self.vectors_for(ids), k, cfg, nprobe, ef_search, feats)
+        snapshot = self._snapshot()
+        return self._search(self.vectors_for(ids, snapshot[0]), k, cfg, nprobe, ef_search, feats, snapshot)
 
     def _search(self, q: np.ndarray, k: int, rerank, nprobe: int | None, ef_search: int | None,
-                query_features: Sequence | None) -> list[list[Hit]]:
+                query_features: Sequence | None, snapshot: tuple | None = None) -> list[list[Hit]]:
         if k < 1:
             raise CbirError(f"-k {k}: must be ≥ 1")
         cfg = self.rerank_config(rerank)
-        index = self.search_index
-        if index is not self.index and max(k, cfg.shortlist if cfg.active else 0) > faiss_index.GPU_MAX_K:
-            index = self.index  # GPU k-selection is limited to 2048
-        params = tuning.search_parameters(self.index, {"nprobe": nprobe, "efSearch": ef_search})
-        if params is not None and index is not self.index:
-            index = self.index  # per-call parameters: the CPU index (GPU copies take their own)
+        cpu, index = snapshot or self._snapshot()
+        if index is not cpu and max(k, cfg.shortlist if cfg.active else 0) > faiss_index.GPU_MAX_K:
+            index = cpu  # GPU k-selection is limited to 2048
+        params = tuning.search_parameters(cpu, {"nprobe": nprobe, "efSearch": ef_search})
+        if params is not None and index is not cpu:
+            index = cpu  # per-call parameters: the CPU index (GPU copies take their own)
         verify = self.verifier(query_features) if cfg.verify and query_features is not None else None
-        sims, ids, inl = _search.search(index, q, k, cfg, self.vectors_for, verify, params, self.regions_of)
+        sims, ids, inl = _search.search(index, q, k, cfg, lambda i: self.vectors_for(i, cpu), verify, params,
+                                        self.regions_of)
         paths = self.store.paths_for_ids(np.unique(ids))
         return [[Hit(int(i), paths[int(i)], float(s), bool(v >= cfg.min_inliers), int(v) if v >= 0 else None)
                  for s, i, v in zip(srow, irow, vrow) if int(i) in paths]

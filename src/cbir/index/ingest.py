@@ -85,13 +85,14 @@ def check_dim(source: VectorSource, dim: int) -> None:
         raise CbirError(f"--from-vectors {source.source}: {source.dim}-d vectors, the model gives {dim}-d")
 
 
-def ingest(gallery, source: VectorSource, paths: list[str], progress: bool = False) -> dict:
-    """Register rows as items in shards, write and commit each shard; returns the build report."""
+def ingest(gallery, source: VectorSource, paths: list[str], progress: bool = False, restore: bool = False) -> dict:
+    """Register rows as items in shards, write and commit each shard; returns the build report.
+    Rows of items removed earlier stay out unless ``restore``."""
     with gallery.writing():
-        return _ingest(gallery, source, paths, progress)
+        return _ingest(gallery, source, paths, progress, restore)
 
 
-def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool) -> dict:
+def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool, restore: bool) -> dict:
     t0 = time.perf_counter()
     check_dim(source, gallery.config["model"]["dim"])
     store, shard_size = gallery.store, gallery.config["shard_size"]
@@ -120,6 +121,9 @@ def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool) -> 
             if old is not None and old[3] != "removed":
                 scan.unchanged.append(p)
                 continue
+            if old is not None and not restore:
+                scan.still_removed.append(p)
+                continue
             if old is None:
                 ids.append(next_id)
                 new.append((next_id, p))
@@ -135,7 +139,7 @@ def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool) -> 
     if earlier:
         row_of = {p: i for i, p in enumerate(paths)}
         for shard in earlier:
-            items = store.shard_items(shard)
+            items = store.shard_items(shard, "pending")
             work.insert(0, (shard, np.array([i for i, _ in items], np.int64),
                             np.array([row_of.get(p, -1) for _, p in items], np.int64)))
     bar = progress_bar(sum(len(i) for _, i, _ in work), progress)

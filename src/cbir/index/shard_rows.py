@@ -1,6 +1,6 @@
 """Rows of per-shard side files (local features, regional descriptors) by item id: each shard's file
 is memory-mapped once, with its id → row map, under a lock (``cbir serve`` looks up from many
-threads). Used by ``features.FeatureStore`` and ``regions.RegionStore``."""
+threads). A shard without its file is not remembered as such: the file may appear later. Used by ``features.FeatureStore`` and ``regions.RegionStore``."""
 from __future__ import annotations
 
 import threading
@@ -22,7 +22,9 @@ class ShardRows:
         with self._lock:
             if shard not in self._shards:
                 got = self.open_shard(shard)
-                self._shards[shard] = None if got is None else (got[0], {int(i): r for r, i in enumerate(got[1])})
+                if got is None:  # not written yet (``cbir index features`` may add it later): ask again next time
+                    return None
+                self._shards[shard] = (got[0], {int(i): r for r, i in enumerate(got[1])})
             return self._shards[shard]
 
     def locate(self, ids: Sequence[int]) -> list[tuple[np.ndarray, int] | None]:

@@ -3,7 +3,8 @@
 items(id, path, size, mtime, sha1, state, shard, error): ``id`` is the FAISS id, stable for the
 life of the index (a changed file keeps its id and is re-embedded into a new shard);
 state ∈ pending | indexed | failed | removed; ``shard`` is the shard that holds the item's
-current vector. shards(id, state, n): a shard is ``done`` once its vector file is written and its
+current vector. ``removed`` is final for every job: a shard in flight commits only its ``pending``
+items, and a scan brings a removed item back only when asked to (``--restore``). shards(id, state, n): a shard is ``done`` once its vector file is written and its
 items are updated, in one transaction — the done-marker that makes resume skip finished work.
 settings('generation'): bumped in the same transaction as every change to the set of indexed items
 (a shard committed, items removed or re-queued); index.json records the generation index.faiss was
@@ -79,8 +80,12 @@ class Store:
         """id -> shard of the given ids that are ``indexed``."""
         return self._indexed_column(ids, "shard")
 
-    def shard_items(self, shard: int) -> list[tuple[int, str]]:
-        return self.conn.execute("SELECT id, path FROM items WHERE shard = ? ORDER BY id", (shard,)).fetchall()
+    def shard_items(self, shard: int, state: str | None = None) -> list[tuple[int, str]]:
+        """(id, path) of a shard's items, in id order; only those in ``state`` when given."""
+        if state is None:
+            return self.conn.execute("SELECT id, path FROM items WHERE shard = ? ORDER BY id", (shard,)).fetchall()
+        return self.conn.execute("SELECT id, path FROM items WHERE shard = ? AND state = ? ORDER BY id",
+                                 (shard, state)).fetchall()
 
     def pending_shards(self) -> list[int]:
         return [r[0] for r in self.conn.execute("SELECT id FROM shards WHERE state = 'pending' ORDER BY id")]
@@ -140,12 +145,14 @@ class Store:
                           (size, mtime, shard, item_id))
 
     def finish_shard(self, shard: int, indexed: list[tuple[int, str, int]], failed: list[tuple[int, str]]) -> None:
-        """indexed: (id, sha1, size); failed: (id, reason)."""
-        self.conn.executemany("UPDATE items SET state = 'indexed', sha1 = ?, size = ?, error = NULL WHERE id = ? AND shard = ?",
-                              [(h, s, i, shard) for i, h, s in indexed])
-        self.conn.executemany("UPDATE items SET state = 'failed', error = ? WHERE id = ? AND shard = ?",
+        """indexed: (id, sha1, size); failed: (id, reason). Only items still ``pending`` in this shard
+        change: one removed while the shard was in flight stays removed."""
+        self.conn.executemany("UPDATE items SET state = 'indexed', sha1 = ?, size = ?, error = NULL "
+                              "WHERE id = ? AND shard = ? AND state = 'pending'", [(h, s, i, shard) for i, h, s in indexed])
+        self.conn.executemany("UPDATE items SET state = 'failed', error = ? WHERE id = ? AND shard = ? AND state = 'pending'",
                               [(e, i, shard) for i, e in failed])
-        self.conn.execute("UPDATE shards SET state = 'done', n = ? WHERE id = ?", (len(indexed), shard))
+        n = self.conn.execute("SELECT COUNT(*) FROM items WHERE shard = ? AND state = 'indexed'", (shard,)).fetchone()[0]
+        self.conn.execute("UPDATE shards SET state = 'done', n = ? WHERE id = ?", (n, shard))
         self._bump()
 
     def mark_removed(self, ids: list[int]) -> None:
