@@ -49,7 +49,7 @@ from cbir.index import search as _search
 from cbir.index import features as _features
 from cbir.index.features import FeatureStore
 from cbir.index.regions import RegionStore
-from cbir.index.rerank import Rerank
+from cbir.index.rerank import DEFAULT_BUDGET, Budget, Rerank
 from cbir.index.store import Store
 from cbir.index.thumbs import Thumbnails
 
@@ -579,9 +579,10 @@ class Gallery:
             out[valid] = index.reconstruct_batch(flat[valid])
         return out.reshape(*ids.shape, -1)
 
-    def rerank_config(self, rerank: "Rerank | str | dict | None" = None) -> Rerank:
+    def rerank_config(self, rerank: "Rerank | str | dict | None" = None, budget: Budget = DEFAULT_BUDGET) -> Rerank:
         """The re-ranking of a search: the index's stored settings (index.json ``rerank``; none for an
-        index made before it existed), or a preset name, a dict of overrides, or a ``Rerank``."""
+        index made before it existed), or a preset name, a dict of overrides, or a ``Rerank``;
+        refused when it would cost more than ``budget`` (``rerank.check_budget``)."""
         if isinstance(rerank, Rerank):
             cfg = rerank
         elif isinstance(rerank, str):
@@ -596,6 +597,7 @@ class Gallery:
             raise CbirError(f"--index {self.root}: its model has no regional descriptors, so nothing can be re-ranked "
                             f"by regions; export the model with `cbir export ... --regions` and build an index with "
                             f"it, or search with --regional 0")
+        _rerank.check_budget(cfg, self.config["dim"], self.num_regions, budget)
         return cfg
 
     @property

@@ -25,6 +25,11 @@ Formulas (x_i the shortlist's L2-normalised vectors, q the query, s_i = q·x_i, 
   spatial re-ranking, Salvador et al. 2016: a crop of a gallery image matches one of its windows).
   Items without regions keep r_i = q·x_i.
 
+Cost: every stage works in row chunks (``CHUNK_FLOATS``), so one query needs memory linear in the
+shortlist apart from the diffusion graph's N·k edges; ``cost`` gives (MiB, GFLOP) for a setting and
+``check_budget`` refuses a search beyond a ``Budget`` (each knob has its own range too, ``LIMITS``,
+but only the products bound the work).
+
 ``PRESETS`` name the useful combinations; an index stores one in index.json (``rerank``) and every
 search may override it (``resolve``). Out-of-range values are refused with one line naming them.
 """
@@ -73,6 +78,58 @@ PRESETS = {
 }
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The most one search may cost: ``mib`` of working memory and ``gflop`` of arithmetic (ORB
+    matching counted as ``VERIFY_GFLOP`` per candidate). Defaults: 256 MiB and 20 GFLOP per search
+    (about a second on two cores); ``cbir serve`` gives GET requests, which any web page can make a
+    browser send, ``GET_BUDGET``."""
+
+    mib: float = 256.0
+    gflop: float = 20.0
+
+
+DEFAULT_BUDGET = Budget()
+GET_BUDGET = Budget(mib=64.0, gflop=2.0)
+VERIFY_GFLOP = 0.05
+
+
+def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
+    """(MiB, GFLOP) one query's re-ranking needs at most, at dimension ``dim`` with ``regions``
+    regional descriptors per item — the products that matter (shortlist × DBA neighbours × d,
+    shortlist² × d, diffusion edges, re-scored items × windows × d), following the chunked code above."""
+    if not cfg.active:
+        return 0.0, 0.0
+    n = cfg.shortlist
+    b = 3 * n * dim * 4.0  # the shortlist's vectors: stored, normalised, expanded
+    f = 2.0 * n * dim * (2 + (cfg.qe > 0))
+    if cfg.shortlist_dba:
+        m = min(cfg.shortlist_dba, n)
+        b += 4.0 * CHUNK_FLOATS + 4.0 * n * dim
+        f += 2.0 * n * n * dim + 2.0 * n * m * dim
+    if cfg.diffusion:
+        e = n * min(cfg.diffusion, n)
+        b += 8.0 * CHUNK_FLOATS + 8.0 * n * dim + 48.0 * e  # affinity chunk, float64 copy, edges (i, j, v, keys, w)
+        f += 2.0 * n * n * dim + 20 * 4.0 * e  # affinities, then ≤ 20 sparse mat-vecs
+    if cfg.regional and regions:
+        r = min(cfg.regional, n)
+        b += 2 * r * regions * dim * 4.0
+        f += 2.0 * r * regions * dim
+    f += cfg.verify * VERIFY_GFLOP * 1e9
+    return b / 2**20, f / 1e9
+
+
+def check_budget(cfg: Rerank, dim: int, regions: int = 0, budget: Budget = DEFAULT_BUDGET) -> None:
+    """Refuse, in one line naming the settings, a re-ranking that would cost more than ``budget``."""
+    mib, gflop = cost(cfg, dim, regions)
+    if mib <= budget.mib and gflop <= budget.gflop:
+        return
+    knobs = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("shortlist", "shortlist_dba", "diffusion", "regional", "verify")
+                      if getattr(cfg, k))
+    raise CbirError(f"re-ranking {knobs} at d={dim} needs about {mib:,.0f} MiB and {gflop:,.1f} GFLOP per query; "
+                    f"the limit is {budget.mib:,.0f} MiB and {budget.gflop:,.1f} GFLOP: lower the shortlist or the stage sizes")
+
+
 def resolve(base: dict | None = None, preset: str | None = None, **overrides) -> Rerank:
     """``base`` (an index's stored settings) ← ``preset`` ← ``overrides`` (None = unchanged)."""
     cfg = Rerank(**(base or {}))
@@ -100,13 +157,25 @@ def resolve(base: dict | None = None, preset: str | None = None, **overrides) ->
     return replace(cfg, **given)
 
 
+CHUNK_FLOATS = 4_000_000  # working arrays of a stage are cut into row chunks of about this many values (16 MB)
+
+
+def _rows_per_chunk(width: int) -> int:
+    return int(max(1, min(1024, CHUNK_FLOATS // max(1, width))))
+
+
 def shortlist_dba(x: np.ndarray, n: int, alpha: float) -> np.ndarray:
-    """[N, D] -> [N, D]: each vector replaced by the weighted sum of its n nearest in the set."""
+    """[N, D] -> [N, D]: each vector replaced by the weighted sum of its n nearest in the set.
+    Computed in row chunks: memory O(chunk × (N + n·D)), never N × N."""
     n = min(n, len(x))
-    sim = x @ x.T
-    top = np.argpartition(-sim, n - 1, axis=1)[:, :n]
-    w = np.maximum(np.take_along_axis(sim, top, 1), 0.0) ** alpha
-    return l2_normalize(np.einsum("nk,nkd->nd", w, x[top]))
+    out = np.empty_like(x)
+    step = _rows_per_chunk(len(x) + n * x.shape[1])
+    for c in range(0, len(x), step):
+        sim = x[c : c + step] @ x.T
+        top = np.argpartition(-sim, n - 1, axis=1)[:, :n]
+        w = np.maximum(np.take_along_axis(sim, top, 1), 0.0) ** alpha
+        out[c : c + step] = np.einsum("nk,nkd->nd", w, x[top])
+    return l2_normalize(out)
 
 
 def conjugate_gradient(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray, iters: int = 20,
@@ -130,25 +199,33 @@ def conjugate_gradient(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray
 
 
 def diffusion(x: np.ndarray, s: np.ndarray, k: int, alpha: float = 0.99, gamma: float = 3.0) -> np.ndarray:
-    """Diffusion scores f [N] of the shortlist x [N, D] for query similarities s [N] (see module doc)."""
+    """Diffusion scores f [N] of the shortlist x [N, D] for query similarities s [N] (see module doc).
+    The mutual k-NN graph is kept as N·k edges (row chunks of affinities, then a sparse mat-vec by
+    ``bincount``): memory O(N·k + chunk·N), never an N × N matrix."""
     n = len(x)
     k = min(k, n - 1)
     if k < 1:
         return s.copy()
     x, s = np.asarray(x, np.float64), np.asarray(s, np.float64)  # conjugate gradient in double precision
-    a = np.maximum(x @ x.T, 0.0) ** gamma
-    np.fill_diagonal(a, 0.0)
-    nn = np.argpartition(-a, k - 1, axis=1)[:, :k]
-    mask = np.zeros_like(a, bool)
-    np.put_along_axis(mask, nn, True, axis=1)
-    w = np.where(mask & mask.T, a, 0.0)
-    d = w.sum(1)
+    rows, cols, vals = [], [], []
+    step = _rows_per_chunk(n)
+    for c in range(0, n, step):
+        a = np.maximum(x[c : c + step] @ x.T, 0.0) ** gamma
+        a[np.arange(len(a)), np.arange(c, c + len(a))] = 0.0
+        nn = np.argpartition(-a, k - 1, axis=1)[:, :k]
+        rows.append(np.repeat(np.arange(c, c + len(a)), k))
+        cols.append(nn.ravel())
+        vals.append(np.take_along_axis(a, nn, 1).ravel())
+    i, j, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    mutual = np.isin(j * n + i, i * n + j)  # (i, j) kept when j also lists i
+    i, j, v = i[mutual], j[mutual], v[mutual]
+    d = np.bincount(i, weights=v, minlength=n)
     d_is = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
-    sn = d_is[:, None] * w * d_is[None, :]
+    w = d_is[i] * v * d_is[j]
     y = np.zeros(n)
     top = np.argsort(-s)[:k]
     y[top] = np.maximum(s[top], 0.0) ** gamma
-    return conjugate_gradient(lambda v: v - alpha * (sn @ v), y)
+    return conjugate_gradient(lambda f: f - alpha * np.bincount(i, weights=w * f[j], minlength=n), y)
 
 
 def regional_scores(q: np.ndarray, x: np.ndarray, regions: np.ndarray) -> np.ndarray:

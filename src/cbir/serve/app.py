@@ -12,9 +12,16 @@ HTML, CSS and JavaScript from ``cbir/serve/ui``, nothing from elsewhere, under a
 Content-Security-Policy; every path is inserted as text), ``GET /healthz`` (503 when the batcher's worker is not running), ``GET /metrics`` (Prometheus text), and FastAPI's
 ``/openapi.json`` and ``/docs``.
 
-Limits and errors: bodies over ``max_upload_bytes`` (default 20 MB) → 413 (read in chunks, never
-whole); images over ``max_pixels`` (64 Mpx) → 413 before decoding; undecodable input → 400; a full
-batcher queue → 503 with ``Retry-After``; a request not answered within ``timeout_s`` → 504. The
+Limits and errors: every bad request gets a 4xx with a one-line ``{"error": ...}`` (never a 500):
+bodies over ``max_upload_bytes`` (default 20 MB) → 413 (read in chunks, never whole); images over
+``max_pixels`` (64 Mpx) → 413 before decoding; undecodable input → 400; a full batcher queue → 503
+with ``Retry-After``; a request not answered within ``timeout_s`` → 504. Work per search is bounded
+by the products of the re-ranking settings (``rerank.cost``): POST searches get
+``rerank.DEFAULT_BUDGET`` (256 MiB, 20 GFLOP), GET searches — which any web page can make a browser
+send — ``rerank.GET_BUDGET`` (64 MiB, 2 GFLOP); beyond it → 422 naming the settings. At most
+``max_heavy`` (default: the cores) searches costing more than ``HEAVY`` run at once; another → 503
+with ``Retry-After``. The OpenAPI schema (``/openapi.json``) declares every parameter, body and
+answer, and a Schemathesis run against it is part of the tests. The
 service never takes a path from a request, so it cannot be made to read files; it answers with the
 paths stored in the index. Preprocessing and search run in worker threads, so the event loop only
 waits. Shutdown (SIGINT/SIGTERM under uvicorn) stops accepting, lets in-flight requests finish and
@@ -35,9 +42,15 @@ from importlib import resources
 
 import numpy as np
 
+import re
+import threading
+
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as StarletteRequest
 
 from cbir.engine.batcher import BatcherClosed, QueueFull
@@ -45,8 +58,84 @@ from cbir.engine import local_features
 from cbir.engine.preprocess import ImageError
 from cbir.errors import CbirError
 from cbir.index import rerank
-from cbir.index.rerank import Rerank
+from cbir.index.rerank import DEFAULT_BUDGET, GET_BUDGET, LIMITS, PRESETS, Budget, Rerank
 from cbir.serve.metrics import Metrics
+
+HEAVY = Budget(mib=32.0, gflop=1.0)  # a search costing more than this takes one of the ``max_heavy`` slots
+MAX_ID = 2**63 - 1  # SQLite's integer range
+_ID = re.compile(r"[0-9]{1,19}")
+
+
+class Error(BaseModel):
+    error: str
+
+
+class HitOut(BaseModel):
+    id: int
+    path: str
+    score: float
+    verified: bool
+    inliers: int | None
+
+
+class SearchAnswer(BaseModel):
+    results: list[HitOut]
+    k: int
+    rerank: dict
+    timings_ms: dict
+
+
+class EmbedAnswer(BaseModel):
+    dim: int
+    vector: list[float]
+    model: str
+    timings_ms: dict
+
+
+class Item(BaseModel):
+    id: int
+    path: str
+    size: int | None
+    mtime: float | None
+    sha1: str | None
+    state: str
+    shard: int
+    error: str | None
+
+
+class Health(BaseModel):
+    status: str
+    count: int | None = None
+    model: str
+    fingerprint: str
+    queued: int
+    error: str | None = None
+
+
+def _errors(*codes: int) -> dict:
+    return {c: {"model": Error} for c in codes}
+
+
+def _query_schema() -> list[dict]:
+    """The query parameters of the search endpoints, from the same limits the code enforces."""
+    out = [{"name": "k", "in": "query", "required": False, "description": "results to return (default 10)",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+           {"name": "rerank", "in": "query", "required": False, "description": "a re-ranking preset (default: the index's)",
+            "schema": {"type": "string", "enum": list(PRESETS)}}]
+    for name, (lo, hi) in LIMITS.items():
+        kind = "number" if isinstance(lo, float) else "integer"
+        out.append({"name": name, "in": "query", "required": False, "description": f"re-ranking: {name}",
+                    "schema": {"type": kind, "minimum": lo, "maximum": hi}})
+    return out
+
+
+_IMAGE_BODY = {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["embedding"], "properties": {
+        "embedding": {"type": "array", "items": {"type": "number"}}, "k": {"type": "integer", "minimum": 1, "maximum": 1000}}}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                       "properties": {"image": {"type": "string", "format": "binary"}}}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # The page's files, by name: a fixed table, so that no name from a request becomes a path.
@@ -59,7 +148,8 @@ UI_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self';
 
 def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float = 5.0, max_queue: int = 256,
                timeout_s: float = 30.0, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int | None = None,
-               backend: str = "onnxruntime", threads: int | None = None, precision: str | None = None):
+               backend: str = "onnxruntime", threads: int | None = None, precision: str | None = None,
+               max_heavy: int | None = None):
     from cbir import __version__
     from cbir.index.gallery import Gallery
 
@@ -71,6 +161,9 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
     ui = {name: (resources.files("cbir.serve") / "ui" / name).read_bytes() for name in UI_FILES}
     metrics = Metrics()
     state: dict = {}
+    from cbir.cores import all_cores
+
+    heavy_slots = threading.BoundedSemaphore(max_heavy or all_cores())
 
     @asynccontextmanager
     async def lifespan(app):
@@ -91,6 +184,17 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
     @app.exception_handler(HTTPError)
     async def _http_error(request, exc: HTTPError):
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request, exc: StarletteHTTPException):  # e.g. 404 for an unknown path, bad multipart
+        return JSONResponse({"error": str(exc.detail).replace("\n", " ")}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "path") or "request"
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}".replace("\n", " ")}, status_code=422)
 
     @app.middleware("http")
     async def count(request, call_next):
@@ -165,17 +269,33 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
 
     rerank_fields = [f.name for f in fields(Rerank)]
 
-    def search_params(request: Request) -> tuple[int, Rerank]:
+    def search_params(request: Request, budget: Budget) -> tuple[int, Rerank]:
         """k (400 when bad) and the re-ranking: the index's, a ``rerank`` preset, per-stage overrides
-        (422 when unknown or out of range)."""
+        (422 when unknown, out of range or over ``budget``)."""
         k = int_param(request, "k", 10, 1, 1000)
         qp = request.query_params
         try:
             base = gallery.config.get("rerank")
             cfg = rerank.resolve(base, qp.get("rerank"), **{n: qp[n] for n in rerank_fields if n in qp})
-            return k, gallery.rerank_config(cfg)
+            return k, gallery.rerank_config(cfg, budget)
         except CbirError as e:
-            raise HTTPError(422, str(e)) from None
+            raise HTTPError(422, str(e).replace("\n", " ")) from None
+
+    def heavy(cfg: Rerank) -> bool:
+        mib, gflop = rerank.cost(cfg, gallery.config["dim"], gallery.num_regions)
+        return mib > HEAVY.mib or gflop > HEAVY.gflop
+
+    async def run_search(fn, cfg: Rerank, *args):
+        """Run a search in a worker thread; a heavy one only in a free slot (else 503)."""
+        if not heavy(cfg):
+            return await run_in_threadpool(fn, *args)
+        if not heavy_slots.acquire(blocking=False):
+            raise HTTPError(503, "too many heavy searches at once (large shortlist or re-ranking stages): try again "
+                                 "shortly or use smaller settings", {"Retry-After": "1"})
+        try:
+            return await run_in_threadpool(fn, *args)
+        finally:
+            heavy_slots.release()
 
     def search_latest(q: np.ndarray, k: int, cfg: Rerank, feats):
         gallery.refresh()  # a stat of index.json: a newer index.faiss from a writer is swapped in
@@ -195,23 +315,26 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             return None
         try:
             return local_features.extract(data, "uploaded image", gallery.thumbnails.max_pixels)
-        except ImageError:
-            return None  # the upload was embedded; without usable keypoints it verifies nothing
+        except Exception:  # the upload is embedded (or refused) on its own path; here it just verifies nothing
+            return None
 
-    @app.post("/search", summary="Search the index with an image or an embedding")
+    @app.post("/search", summary="Search the index with an image or an embedding", response_model=SearchAnswer,
+              responses=_errors(400, 413, 422, 503, 504),
+              openapi_extra={"parameters": _query_schema(), "requestBody": _IMAGE_BODY})
     async def search(request: Request):
-        k, cfg = search_params(request)
+        k, cfg = search_params(request, DEFAULT_BUDGET)
         body = await read_body(request)
         timing: dict = {}
         feats = None
         if request.headers.get("content-type", "").startswith("application/json"):
             try:
                 payload = json.loads(body)
-                vec = np.asarray(payload["embedding"], np.float32)
-            except (ValueError, KeyError, TypeError):
+                with np.errstate(over="ignore"):  # 1e300 becomes inf, refused below
+                    vec = np.asarray(payload["embedding"], np.float32)
+            except (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError):
                 raise HTTPError(400, "JSON body needs 'embedding': a list of numbers") from None
             if "k" in payload:
-                if not isinstance(payload["k"], int) or not 1 <= payload["k"] <= 1000:
+                if type(payload["k"]) is not int or not 1 <= payload["k"] <= 1000:
                     raise HTTPError(400, "k must be an integer between 1 and 1000")
                 k = payload["k"]
             if vec.shape != (emb.dim,) or not np.isfinite(vec).all():
@@ -220,31 +343,46 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             data = await image_bytes(request, body)
             (vec, timing), feats = await asyncio.gather(embed_image(data), run_in_threadpool(query_features, data, cfg))
         t0 = time.perf_counter()
-        hits = (await run_in_threadpool(search_latest, vec[None], k, cfg, None if feats is None else [feats]))[0]
+        hits = (await run_search(search_latest, cfg, vec[None], k, cfg, None if feats is None else [feats]))[0]
         return answer(hits, k, cfg, time.perf_counter() - t0, timing)
 
-    @app.get("/search", summary="Search the index with an indexed item (by id) as the query")
+    get_params = [{"name": "id", "in": "query", "required": True, "description": "the indexed item to search with",
+                   "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}}] + _query_schema()
+
+    @app.get("/search", summary="Search the index with an indexed item (by id) as the query", response_model=SearchAnswer,
+             responses=_errors(400, 404, 422, 503), openapi_extra={"parameters": get_params})
     async def search_by_id(request: Request):
-        k, cfg = search_params(request)
+        k, cfg = search_params(request, GET_BUDGET)
         raw = request.query_params.get("id")
         if raw is None:
             raise HTTPError(400, "GET /search needs ?id=ITEM_ID (to search with an image, POST it)")
-        if not raw.isdigit():
-            raise HTTPError(400, f"id={raw!r}: not an item id")
+        if not _ID.fullmatch(raw) or int(raw) > MAX_ID:
+            raise HTTPError(400, f"id={raw[:40]!r}: not an item id (an integer from 0 to {MAX_ID})")
         t0 = time.perf_counter()
         try:
-            hits = (await run_in_threadpool(search_item_latest, int(raw), k, cfg))[0]
+            hits = (await run_search(search_item_latest, cfg, int(raw), k, cfg))[0]
         except CbirError as e:
             raise HTTPError(404, str(e)) from None
         return answer(hits, k, cfg, time.perf_counter() - t0, {})
 
-    @app.get("/thumbs/{item_id}", summary="JPEG thumbnail of an indexed item", response_class=Response)
+    def known_id(item_id: int) -> int:
+        if not 0 <= item_id <= MAX_ID:
+            raise HTTPError(404, f"no item {item_id}")
+        return item_id
+
+    @app.get("/thumbs/{item_id}", summary="JPEG thumbnail of an indexed item", response_class=Response,
+             responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                              "description": "the thumbnail"}, 304: {"description": "not modified"},
+                        **_errors(404, 413, 422)})
     async def thumb(item_id: int, request: Request):
+        known_id(item_id)
         try:
             got = await run_in_threadpool(gallery.thumbnails.get, item_id)
         except ImageError as e:
             status = 413 if "decompression bomb" in e.reason else 404
             raise HTTPError(status, f"item {item_id}: no thumbnail: {e.reason}") from None
+        except Exception as e:  # a source that breaks the thumbnailer: this item has no thumbnail
+            raise HTTPError(404, f"item {item_id}: no thumbnail: {type(e).__name__}: {e}".replace("\n", " ")) from None
         if got is None:
             raise HTTPError(404, f"no item {item_id}")
         data, tag = got
@@ -263,27 +401,34 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             raise HTTPError(404, "not found")
         return Response(ui[name], media_type=UI_FILES[name], headers=UI_HEADERS)
 
-    @app.post("/embed", summary="Embed one image")
+    @app.post("/embed", summary="Embed one image", response_model=EmbedAnswer, responses=_errors(400, 413, 503, 504),
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  k: v for k, v in _IMAGE_BODY["content"].items() if k != "application/json"}}})
     async def embed(request: Request):
         body = await read_body(request)
         vec, timing = await embed_image(await image_bytes(request, body))
         return {"dim": int(vec.shape[0]), "vector": vec.tolist(), "model": emb.fingerprint, "timings_ms": timing}
 
-    @app.get("/items/{item_id}", summary="Metadata of an indexed item")
+    @app.get("/items/{item_id}", summary="Metadata of an indexed item", response_model=Item, responses=_errors(404, 422))
     async def item(item_id: int):
-        row = await run_in_threadpool(gallery.store.item, item_id)
+        row = await run_in_threadpool(gallery.store.item, known_id(item_id))
         if row is None or row["state"] == "removed":
             raise HTTPError(404, f"no item {item_id}")
         return row
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz():
+        """ok; ``degraded`` (200) while a newer index.faiss fails to load (the old one answers, the load
+        is retried) or a rebuild after a dead writer runs; ``error`` (503) when nothing can answer."""
         b = state.get("batcher")
-        body = {"status": "ok", "count": gallery.store.count("indexed"), "model": emb.info.arch,
-                "fingerprint": emb.fingerprint, "queued": b.queued if b else 0}
+        count = await run_in_threadpool(gallery.store.count, "indexed")  # SQLite off the event loop
+        body = {"status": "ok", "count": count, "model": emb.info.arch, "fingerprint": emb.fingerprint,
+                "queued": b.queued if b else 0}
         if b is None or not b.alive:  # a dead batcher answers nothing: say so, so that it gets restarted
             reason = (b.error if b else None) or "not running"
             return JSONResponse({**body, "status": "error", "error": f"batcher worker: {reason}"}, status_code=503)
+        if gallery.load_error:
+            return {**body, "status": "degraded", "error": gallery.load_error}
         return body
 
     @app.get("/metrics", response_class=PlainTextResponse)
