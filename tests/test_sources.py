@@ -8,6 +8,8 @@ import tarfile
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from cbir.cli import main
@@ -142,3 +144,87 @@ def test_unreachable_object_is_a_per_item_failure(corpus, lite0_onnx, tmp_path, 
                     "-o", str(tmp_path / "v.npy")], capsys)
     assert r["embedded"] == 1 and [f["path"] for f in r["failed"]] == ["memory://there/missing.jpg"]
     assert "no such file or object" in r["failed"][0]["error"]
+
+
+def write_tar(path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+def test_many_decode_threads_read_the_right_bytes(tmp_path):
+    """16 threads read members of 12 shards through a 2-entry cache (shard indexes evicted all the time)
+    and the Parquet column of 3 files: every read returns its own bytes, each column is loaded once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cbir import sources
+
+    rng = np.random.default_rng(0)
+    want: dict[str, bytes] = {}
+    for s in range(12):
+        members = {f"k{s}_{i}.jpg": rng.bytes(int(rng.integers(10, 3000))) for i in range(20)}
+        write_tar(tmp_path / f"s{s}.tar", members)
+        want.update({f"tar://{tmp_path / f's{s}.tar'}#k{s}_{i}": d for i, d in enumerate(members.values())})
+    for p in range(3):
+        cells = [rng.bytes(50 + i) for i in range(30)]
+        pq.write_table(pa.table({"img": cells}), tmp_path / f"p{p}.parquet")
+        want.update({f"parquet://{tmp_path / f'p{p}.parquet'}#{i}?column=img": c for i, c in enumerate(cells)})
+    uris = list(want) * 3
+    np.random.default_rng(1).shuffle(uris)
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(sources.Reader(cache=2).read, uris))
+    assert all(g == want[u] for u, g in zip(uris, got))
+    # 16 threads missing the same 3 Parquet columns at once: each column is read once
+    loads = []
+    real = pq.ParquetFile.read
+
+    def counting_read(self, *a, **k):
+        loads.append(1)
+        return real(self, *a, **k)
+
+    pq.ParquetFile.read = counting_read
+    try:
+        cells = [u for u in want if u.startswith("parquet://")] * 4
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(sources.Reader(cache=8).read, cells))
+    finally:
+        pq.ParquetFile.read = real
+    assert all(g == want[u] for u, g in zip(cells, got)) and len(loads) == 3
+
+
+def test_member_size_cap_and_missing_rows_are_per_item(tmp_path):
+    from cbir import sources
+    from cbir.errors import ImageError
+
+    write_tar(tmp_path / "s.tar", {"big.jpg": b"x" * 5000, "small.jpg": b"y" * 10})
+    reader = sources.Reader(max_member_bytes=1000)
+    assert reader.read(f"tar://{tmp_path / 's.tar'}#small") == b"y" * 10
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        reader.read(f"tar://{tmp_path / 's.tar'}#big")
+    pq.write_table(pa.table({"img": [b"a"]}), tmp_path / "p.parquet")
+    with pytest.raises(ImageError, match="no row 5"):
+        reader.read(f"parquet://{tmp_path / 'p.parquet'}#5?column=img")
+
+
+_key = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/.#\\"),
+               min_size=1, max_size=20)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keys=st.lists(_key, min_size=1, max_size=6, unique=True), folder=st.sampled_from(["", "a/", "deep/er/"]),
+       ext=st.sampled_from(["jpg", "JPEG", "png", "webp"]))
+def test_tar_names_round_trip(tmp_path_factory, keys, folder, ext):
+    """Any member name WebDataset allows (a key with spaces, unicode, '?' …, in sub-folders) is listed
+    once as ``tar://shard#key`` and read back as its own bytes."""
+    from cbir import sources
+
+    d = tmp_path_factory.mktemp("names")
+    members = {f"{folder}{k}.{ext}": f"data-{k}".encode() for k in keys}
+    members.update({f"{folder}{k}.json": b"{}" for k in keys})
+    write_tar(d / "s.tar", members)
+    uris = sources.tar_members(str(d / "s.tar"))
+    assert uris == [f"tar://{d / 's.tar'}#{folder}{k}" for k in keys]
+    reader = sources.Reader()
+    assert [reader.read(u) for u in uris] == [f"data-{k}".encode() for k in keys]

@@ -27,6 +27,7 @@ from cbir.errors import CbirError, ImageError
 from cbir.walk import find_images, is_image_name
 
 TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+MAX_MEMBER_BYTES = 256 * 2**20  # a tar member or Parquet cell bigger than this is refused (per item), never read
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,11 @@ def tar_members(shard: str) -> list[str]:
     shard = shard if is_uri(shard) else os.path.abspath(shard)
     try:
         with _open(shard) as f, tarfile.open(fileobj=f, mode="r:") as tf:
-            keys = []
+            keys: dict[str, None] = {}  # insertion-ordered set: linear in the members
             for m in tf:
                 key, ext = _split_member(m.name)
-                if m.isfile() and ext in TAR_IMAGE_EXTS and key not in keys:
-                    keys.append(key)
+                if m.isfile() and ext in TAR_IMAGE_EXTS:
+                    keys.setdefault(key, None)
     except (OSError, tarfile.TarError) as e:
         raise CbirError(f"{shard}: not a readable tar shard ({type(e).__name__}: {e})") from None
     return [f"tar://{shard}#{k}" for k in keys]
@@ -143,14 +144,19 @@ def _pyarrow():
 
 
 class Reader:
-    """Reads an item's bytes by URI. A tar shard's member index (offsets, from one pass over its headers)
-    and a Parquet file's image column are kept in a small LRU cache; members are then ranged reads.
-    Safe to share across threads."""
+    """Reads an item's bytes by URI. A tar shard's member index (offsets, from one pass over its
+    headers) and a Parquet file's image column are kept in a small LRU cache, each loaded once
+    however many threads miss it at the same time (the others wait for that load). Local tar
+    members are read with a descriptor of the reading call's own (open, ``pread``, close: ~10 µs,
+    nothing next to a decode), so no thread can close a descriptor another is reading from.
+    Members and cells over ``max_member_bytes`` are refused. Safe to share across threads."""
 
-    def __init__(self, cache: int = 8):
+    def __init__(self, cache: int = 8, max_member_bytes: int = MAX_MEMBER_BYTES):
         self._cache: OrderedDict = OrderedDict()
         self._size = cache
         self._lock = threading.Lock()
+        self._loading: dict = {}  # key -> Event of the load in progress
+        self.max_member_bytes = max_member_bytes
 
     def read(self, uri: str) -> bytes:
         try:
@@ -173,22 +179,28 @@ class Reader:
             raise ImageError(uri, f"cannot read ({type(e).__name__}: {e})") from None
 
     def _cached(self, key, load):
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        value = load()
-        with self._lock:
-            if key in self._cache:  # another thread loaded it meanwhile: keep theirs
-                if key[0] == "fd":
-                    os.close(value)
-                return self._cache[key]
-            self._cache[key] = value
-            while len(self._cache) > self._size:
-                (kind, *_), old = self._cache.popitem(last=False)
-                if kind == "fd":
-                    os.close(old)
-        return value
+        """The cached value of ``key``, loaded by one thread (single flight); a failed load is not kept."""
+        while True:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key]
+                event = self._loading.get(key)
+                if event is None:
+                    event = self._loading[key] = threading.Event()
+                    break
+            event.wait()  # another thread is loading it: take its result (or load again if it failed)
+        try:
+            value = load()
+            with self._lock:
+                self._cache[key] = value
+                while len(self._cache) > self._size:
+                    self._cache.popitem(last=False)
+            return value
+        finally:
+            with self._lock:
+                del self._loading[key]
+            event.set()
 
     def _tar_member(self, shard: str, key: str) -> bytes:
         def load():  # one pass over the headers: where each sample's image member lies
@@ -200,16 +212,23 @@ class Reader:
                         where[k] = (m.offset_data, m.size)
             return where
 
+        uri = f"tar://{shard}#{key}"
         where = self._cached(("tar", shard), load)
         if key not in where:
-                raise ImageError(f"tar://{shard}#{key}", "no image member with this key in the shard")
+            raise ImageError(uri, "no image member with this key in the shard")
         offset, size = where[key]
+        if size > self.max_member_bytes:
+            raise ImageError(uri, f"member of {size:,} bytes exceeds the limit of {self.max_member_bytes:,}")
         if is_uri(shard):
             with _open(shard) as f:  # a ranged read: the shard is never loaded whole
                 f.seek(offset)
                 data = f.read(size)
-        else:  # one descriptor per local shard, pread: no seek, so threads can share it
-            data = os.pread(self._cached(("fd", shard), lambda: os.open(shard, os.O_RDONLY)), size, offset)
+        else:
+            fd = os.open(shard, os.O_RDONLY)
+            try:
+                data = os.pread(fd, size, offset)
+            finally:
+                os.close(fd)
         if len(data) != size:
             raise OSError(f"member truncated: {len(data)} of {size} bytes")
         return data
@@ -219,10 +238,17 @@ class Reader:
             with _open(location) as f:
                 return _pyarrow().ParquetFile(f).read(columns=[column]).column(column).to_pylist()
 
-        value = self._cached(("parquet", location, column), load)[row]
+        uri = f"parquet://{location}#{row}"
+        values = self._cached(("parquet", location, column), load)
+        if not 0 <= row < len(values):
+            raise ImageError(uri, f"no row {row} (the file has {len(values)})")
+        value = values[row]
         if value is None:
-                raise ImageError(f"parquet://{location}#{row}", "null image bytes")
-        return value if isinstance(value, (bytes, bytearray)) else str(value).encode()
+            raise ImageError(uri, "null image bytes")
+        value = value if isinstance(value, (bytes, bytearray)) else str(value).encode()
+        if len(value) > self.max_member_bytes:
+            raise ImageError(uri, f"cell of {len(value):,} bytes exceeds the limit of {self.max_member_bytes:,}")
+        return value
 
 
 def stat(uri: str) -> tuple[int, float]:
