@@ -10,6 +10,7 @@ from cbir.cli.common import (engine_args, open_embedder, parquet_spec, print_jso
                              source_args)
 from cbir.cli.embed import read_list
 from cbir.errors import CbirError
+from cbir.index.lock import DirectoryGone
 from cbir.index.rerank import PRESETS
 
 
@@ -33,16 +34,23 @@ def cmd_index_build(a: argparse.Namespace) -> int:
     elif a.distributed is not None:
         raise CbirError(f"--distributed {a.distributed!r}: only 'ray' is supported")
     emb = open_embedder(a, a.model)
-    g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
-                       dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall,
-                       wait=a.wait, on_disk=a.on_disk, local_features=a.local_features, rerank=a.rerank)
-    if not g.created and not a.json:
-        print(f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)", file=sys.stderr)
-    with _discard_on_refusal(g):
-        report = g.build(inputs, batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty(),
-                         distributed=distributed, retry_failed=a.retry_failed, parquet=parquet_spec(a),
-                         restore=a.restore)
-    return _print_report(a, report, "indexed")
+    for attempt in range(3):  # a first build started beside one that failed and undid its folder starts afresh
+        g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
+                           dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall,
+                           wait=a.wait, on_disk=a.on_disk, local_features=a.local_features, rerank=a.rerank)
+        if not g.created and not a.json:
+            print(f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)", file=sys.stderr)
+        try:
+            with _discard_on_refusal(g):
+                report = g.build(inputs, batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty(),
+                                 distributed=distributed, retry_failed=a.retry_failed, parquet=parquet_spec(a),
+                                 restore=a.restore)
+            return _print_report(a, report, "indexed")
+        except DirectoryGone:
+            g.close()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
-from cbir.engine.preprocess import MAX_PIXELS, ImageSource, open_image
+from cbir.engine.preprocess import MAX_PIXELS, ImageSource, open_image, to_rgb
 
 MAX_KEYPOINTS = 500
 SIDE = 320
@@ -44,12 +44,8 @@ def gray(source: ImageSource, name: str, side: int = SIDE, max_pixels: int = MAX
     if img.format == "JPEG":
         img.draft("L", (side, side))  # DCT-domain downscale: most of the decode is skipped
     img = ImageOps.exif_transpose(img)
-    if img.mode not in ("L", "RGB"):
-        img = img.convert("RGBA") if "A" in img.mode or "transparency" in img.info else img
-        if img.mode == "RGBA":
-            bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(bg, img)
-    img = img.convert("L")
+    if img.mode != "L":  # the embedder's conversion (alpha on white, 16-bit and float scaled), then grey
+        img = to_rgb(img).convert("L")
     scale = side / max(img.size)
     if scale != 1.0:
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from cbir import crashpoints
 from cbir.index.shards import ShardOutput, embed_shard, read_shard, shard_path
 from cbir.sources import ParquetSpec, expand, is_uri, stat
 
@@ -78,6 +79,7 @@ def commit_shard(store, shard: int, out: ShardOutput) -> tuple[int, int]:
         store.finish_shard(
             shard, [(int(i), str(h), int(s)) for i, h, s in zip(out.ids, out.sha1, out.size)],
             [(int(i), str(r)) for i, r in zip(out.failed_ids, out.failed_reasons)])
+    crashpoints.hit("shard-committed")
     return len(out.ids), len(out.failed_ids)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbir import fsio
+from cbir import crashpoints, fsio
 from cbir.errors import CbirError
 
 TRAIN_SAMPLE = 100_000
@@ -130,6 +130,7 @@ def save(index, path: Path) -> None:
 
     with fsio.atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
+    crashpoints.hit("faiss-written")
     ivf = faiss.try_extract_index_ivf(faiss.downcast_index(index))
     current = getattr(faiss.downcast_InvertedLists(ivf.invlists), "filename", None) if ivf is not None else None
     for old in Path(path).parent.glob("ivflists-*.bin"):

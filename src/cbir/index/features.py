@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cbir import fsio
+from cbir import crashpoints, fsio
 from cbir.cores import all_cores
 from cbir.engine import local_features
 from cbir.engine.preprocess import ImageError
@@ -61,6 +61,7 @@ def extract_shard(root: Path, shard: int, items: Sequence[tuple[int, str]], work
     path = feature_path(root, shard)
     with fsio.atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, out)
+    crashpoints.hit("features-written")
     return path
 
 

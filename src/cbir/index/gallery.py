@@ -36,13 +36,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cbir import fsio
+from cbir import crashpoints, fsio
 from cbir.errors import CbirError
 from cbir.index import build as _build
 from cbir.index import config as _config
 from cbir.index import faiss_index, maintain, tuning
 from cbir.index.config import INDEX_JSON, SHARD_SIZE
-from cbir.index.lock import LOCK_NAME, WriterLock
+from cbir.index.lock import LOCK_NAME, DirectoryGone, WriterLock
 from cbir.engine import local_features
 from cbir.index import rerank as _rerank
 from cbir.index import search as _search
@@ -180,13 +180,19 @@ class Gallery:
         options["rerank"] = _rerank.resolve(preset=preset).to_dict()
         if options["rerank"]["verify"] and not options["local_features"]:
             raise CbirError(f"--rerank {rerank}: verifies, and the index would have no local features (--local-features none)")
-        try:  # every check is done: only now is anything written
-            root.mkdir(parents=True)
-            made_dir = True
-        except FileExistsError:
-            made_dir = False
         lock = WriterLock(root)
-        lock.acquire(wait)  # two first builds at once: one creates, the other opens what it made
+        for attempt in range(5):  # every check is done: only now is anything written
+            try:
+                root.mkdir(parents=True)
+                made_dir = True
+            except FileExistsError:
+                made_dir = False
+            try:  # two first builds at once: one creates, the other waits and opens what it made
+                lock.acquire(wait=True)
+                break
+            except DirectoryGone:  # the other one failed and removed the folder it had made: start afresh
+                if attempt == 4:
+                    raise
         try:
             if (root / INDEX_JSON).is_file():
                 lock.release()
@@ -236,6 +242,7 @@ class Gallery:
         if self._writer_depth == 0:
             raise RuntimeError("Gallery.save_config outside writing(): index.json is only written under the writer lock")
         _config.save(self.root, self.config)
+        crashpoints.hit("config-written")
 
     @contextmanager
     def writing(self):
@@ -259,6 +266,9 @@ class Gallery:
 
     def _reload_config(self) -> None:
         """index.json as on disk now, plus the settings this command was given (``check_options``)."""
+        if not (self.root / INDEX_JSON).is_file():
+            raise DirectoryGone(f"--index {self.root}: the index was removed while this command waited (another "
+                                f"process's failed first build undid what it had made); run the command again")
         config = _config.load(self.root)
         config.update(self._settings)
         if config.get("faiss_generation") != self.config.get("faiss_generation"):
@@ -507,6 +517,7 @@ class Gallery:
             in_sync = self.in_sync
             with self.store.transaction():
                 self.store.mark_removed(ids)
+            crashpoints.hit("removed-committed")
             self.thumbnails.forget(ids)
             if in_sync:
                 self._set_index(maintain.update(self, np.array(ids, np.int64)))

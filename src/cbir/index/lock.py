@@ -18,6 +18,10 @@ from cbir.errors import CbirError
 LOCK_NAME = ".writer.lock"
 
 
+class DirectoryGone(CbirError):
+    """The index directory vanished while we waited for its lock."""
+
+
 class WriterLock:
     def __init__(self, root: str | os.PathLike):
         self.path = Path(root) / LOCK_NAME
@@ -33,7 +37,7 @@ class WriterLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except FileNotFoundError:
-                raise CbirError(f"--index {self.path.parent}: the directory is gone (another process's failed "
+                raise DirectoryGone(f"--index {self.path.parent}: the directory is gone (another process's failed "
                                 f"first build removed what it had made); run the command again") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cbir import fsio
+from cbir import crashpoints, fsio
 
 
 @dataclass
@@ -39,6 +39,7 @@ def write_shard(root: Path, shard: int, out: ShardOutput) -> Path:
         np.savez(f, ids=np.asarray(out.ids, np.int64), vectors=np.asarray(out.vectors, np.float32),
                  sha1=np.asarray(out.sha1, str), size=np.asarray(out.size, np.int64),
                  failed_ids=np.asarray(out.failed_ids, np.int64), failed_reasons=np.asarray(out.failed_reasons, str))
+    crashpoints.hit("shard-written")
     return path
 
 

@@ -1,0 +1,253 @@
+"""Never lose a user's file, never let one input stop a job: folders that are not indexes are refused
+and left as they were, a failed first build removes only what it made (also when two start at once),
+odd-but-valid images go through build, add, search, serve and dedup, removed items stay removed, and
+a writer that waited for the lock never writes back settings another writer changed."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbir.cli import main
+from cbir.index.gallery import Gallery
+
+from conftest import make_gallery
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "cbir", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# -- 1. a command deletes only what it created -------------------------------------------------------
+
+def test_a_folder_that_is_not_an_index_is_refused_and_left_intact(lite0_onnx, gallery_dir, tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copy(lite0_onnx, proj / "m.onnx")
+    (proj / "notes.txt").write_text("mine")
+    before = tree(proj)
+    for extra in ([], ["--files-from", str(tmp_path / "missing.txt")]):
+        r = run_cli("index", "build", str(gallery_dir), "--model", str(proj / "m.onnx"), "--index", str(proj), *extra)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert tree(proj) == before
+    assert "not a cbir index" in run_cli("index", "build", str(gallery_dir), "--model", str(proj / "m.onnx"),
+                                         "--index", str(proj)).stderr
+
+
+def test_a_failed_first_build_removes_only_what_it_made(lite0_onnx, gallery_dir, tmp_path):
+    bad = tmp_path / "x.parquet"  # a Parquet input without --parquet-column: refused after the index was created
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": [1]}), bad)
+    new = tmp_path / "new" / "idx"
+    r = run_cli("index", "build", str(bad), "--model", str(lite0_onnx), "--index", str(new))
+    assert r.returncode == 2 and "parquet" in r.stderr.lower()
+    assert not new.exists() and (tmp_path / "new").is_dir()  # its parent was made too; only the index dir is undone
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("index", "build", str(bad), "--model", str(lite0_onnx), "--index", str(empty))
+    assert r.returncode == 2 and empty.is_dir() and list(empty.iterdir()) == []  # the user's folder stays
+
+
+def test_two_first_builds_at_once_lose_nothing(lite0_onnx, gallery_dir, tmp_path):
+    """A good and a failing build started together on one new folder, three times: the good one's
+    index is complete every time, whichever of them created the folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"a": [1]}), bad)
+    for i in range(3):
+        idx = tmp_path / f"idx{i}"
+        good = subprocess.Popen([sys.executable, "-m", "cbir", "index", "build", str(gallery_dir), "--model",
+                                 str(lite0_onnx), "--index", str(idx), "--wait"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        failing = subprocess.Popen([sys.executable, "-m", "cbir", "index", "build", str(bad), "--model",
+                                    str(lite0_onnx), "--index", str(idx), "--wait"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        out_good, err_good = good.communicate(timeout=600)
+        _, err_bad = failing.communicate(timeout=600)
+        assert good.returncode == 0, err_good
+        errors = [line for line in err_bad.splitlines() if "error" in line]
+        assert failing.returncode == 2 and len(errors) == 1 and "parquet" in errors[0], err_bad
+        g = Gallery(idx)
+        assert g.store.count("indexed") == 10 and g.index.ntotal == 10
+        g.close()
+
+
+# -- 2. odd-but-valid images never stop a job ---------------------------------------------------------
+
+def odd_images(root: Path, photo: Path) -> dict[str, Path]:
+    """Valid images of every awkward shape and mode (all decodable; none may fail or crash a job)."""
+    import cv2
+
+    root.mkdir(parents=True, exist_ok=True)
+    base = Image.open(photo).convert("RGB")
+    base.thumbnail((300, 300))
+    rgb = np.asarray(base)
+    out: dict[str, Path] = {}
+
+    def save(name: str, img: Image.Image, **kw) -> None:
+        out[name] = root / name
+        img.save(out[name], **kw)
+
+    save("one_pixel.png", Image.new("RGB", (1, 1), (200, 30, 30)))
+    save("strip_2000x3.png", base.resize((2000, 3)))
+    save("strip_3x2000.png", base.resize((3, 2000)))
+    save("gray16.png", Image.fromarray((np.asarray(base.convert("L")).astype(np.uint16) * 257)))
+    out["rgb48.png"] = root / "rgb48.png"
+    cv2.imwrite(str(out["rgb48.png"]), (rgb[:, :, ::-1].astype(np.uint16) * 257))
+    save("cmyk.jpg", base.convert("CMYK"), quality=90)
+    pal = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    pal.info["transparency"] = 0
+    save("palette_alpha.png", pal, transparency=0)
+    frames = [base, base.rotate(90), base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    out["animated.gif"] = root / "animated.gif"
+    frames[0].save(out["animated.gif"], save_all=True, append_images=frames[1:], duration=100, loop=0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    save("exif_rotated.jpg", base, exif=exif.tobytes())
+    save("la.png", base.convert("LA"))
+    save("bilevel.png", base.convert("1"))
+    save("gray.jpg", base.convert("L"))
+    save("progressive.jpg", base, progressive=True, quality=80)
+    save("float.tiff", Image.fromarray(np.asarray(base.convert("L")).astype(np.float32) / 255.0))
+    save("alpha.webp", base.convert("RGBA"))
+    save("plain.bmp", base)
+    save("tiny_2x2.jpg", base.resize((2, 2)))
+    return out
+
+
+def test_odd_but_valid_images_through_build_add_search_serve_and_dedup(lite0_onnx, photos, tmp_path):
+    import httpx
+
+    from cbir.serve.app import create_app
+    from test_serve import Server
+
+    odd = odd_images(tmp_path / "odd", photos[0])
+    make_gallery(tmp_path / "odd" / "photos", photos, 6)
+    idx = tmp_path / "idx"
+    r = run_cli("index", "build", str(tmp_path / "odd"), "--model", str(lite0_onnx), "--index", str(idx), "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["failed"] == [] and report["indexed"] == len(odd) + 6, report["failed"]
+    # the same files again under another folder, through `index add`
+    shutil.copytree(tmp_path / "odd", tmp_path / "again", ignore=shutil.ignore_patterns("photos"))
+    r = run_cli("index", "add", str(idx), str(tmp_path / "again"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["failed"] == [] and json.loads(r.stdout)["count"] == 2 * len(odd) + 6
+    # every odd image as a query finds itself or its copy first (plain k-NN: they are all one photo, so the
+    # class re-ranking may put another version of it first)
+    def finds_itself(name: str, results: list[dict]) -> bool:  # (some odd images share their pixels: ties)
+        return any(Path(h["path"]).name == name and h["score"] > 0.999 for h in results)
+
+    r = run_cli("search", "--index", str(idx), "-k", "10", "--rerank", "none", "--json", *map(str, odd.values()))
+    assert r.returncode == 0, r.stderr
+    for name, hit in zip(odd, json.loads(r.stdout)):
+        assert "error" not in hit and finds_itself(name, hit["results"]), (name, hit)
+    with Server(create_app(str(idx))) as url, httpx.Client(base_url=url, timeout=60) as c:
+        for name, path in odd.items():
+            resp = c.post("/search", params={"k": 10}, content=path.read_bytes())  # the index's default re-ranking
+            assert resp.status_code == 200, (name, resp.text)
+            assert any(Path(h["path"]).name == name for h in resp.json()["results"]), name
+    r = run_cli("dedup", str(idx), "--json")
+    assert r.returncode == 0, r.stderr
+    groups = json.loads(r.stdout)["groups"]
+    exact = {frozenset(Path(m).parent.name + "/" + Path(m).name for m in g["paths"]) for g in groups if g["kind"] == "exact"}
+    assert {frozenset({f"odd/{n}", f"again/{n}"}) for n in odd} <= exact
+
+
+# -- 3. removed stays removed ------------------------------------------------------------------------
+
+def test_removed_items_stay_removed_across_pending_and_adopted_shards(embedder, photos, tmp_path):
+    """An add killed with a pending shard (and, second round, with that shard's output written but not
+    committed), then a remove of paths in it, then the add again: the removed paths stay removed."""
+    from cbir.index import build
+    from cbir.index.shards import embed_shard
+
+    files = make_gallery(tmp_path / "g", photos, 8)
+    g = Gallery.create(tmp_path / "idx", embedder, shard_size=4)
+    g.build([tmp_path / "g"])
+    expected = 8
+    for adopt, folder in ((False, "more"), (True, "more2")):
+        more = make_gallery(tmp_path / folder, photos[8:] if not adopt else photos[2:], 6)
+        with g.writing():  # what a killed `add` leaves: the files registered in pending shards
+            g.scan([tmp_path / folder])
+            if adopt:  # ... and a shard's vector file written, not committed
+                shard, items = build.pending_work(g.store)[0]
+                embed_shard(g.embedder(), g.root, shard, items)
+        gone = [more[0], more[1]] if not adopt else [more[2]]
+        assert g.remove(gone)["removed"] == len(gone)
+        report = g.add([tmp_path / folder])
+        assert set(report["still_removed"]) >= set(map(str, gone))
+        expected += 6 - len(gone)
+        indexed = set(g.store.paths_for_ids(g.store.indexed_ids()).values())
+        assert not set(map(str, gone)) & indexed and len(indexed) == expected and g.index.ntotal == expected
+        assert {h["path"] for hs in g.search([str(more[0])], k=50) for h in hs["results"]}.isdisjoint(map(str, gone))
+    # brought back only on purpose
+    report = g.add([gone[0]], restore=True)
+    assert report["indexed"] == 1 and str(gone[0]) in g.store.paths_for_ids(g.store.indexed_ids()).values()
+
+
+# -- 4. settings: re-read under the lock -----------------------------------------------------------
+
+def test_a_waiting_writer_does_not_write_back_old_settings(embedder, photos, tmp_path):
+    from cbir.index.gallery import INDEX_JSON
+
+    make_gallery(tmp_path / "g", photos, 12)
+    Gallery.create(tmp_path / "idx", embedder, factory="IVF2,Flat").build([tmp_path / "g"])
+    adder, tuner, reranker = Gallery(tmp_path / "idx"), Gallery(tmp_path / "idx"), Gallery(tmp_path / "idx")
+    stale = dict(adder.config)
+    tuner.tune(1.0)  # another process changes the search parameters while `adder` waits
+    reranker_cfg = reranker.rerank_config("copy").to_dict()
+    with reranker.writing():
+        reranker.config["rerank"] = reranker_cfg
+        reranker.save_config()
+    make_gallery(tmp_path / "new", photos[12:], 3)
+    adder.add([tmp_path / "new"])
+    after = json.loads((tmp_path / "idx" / INDEX_JSON).read_text())
+    assert after["search"] == tuner.config["search"] and after["search"] != stale.get("search")
+    assert after["rerank"] == reranker_cfg and after["revision"] > stale["revision"]
+    with pytest.raises(RuntimeError, match="outside writing"):
+        adder.save_config()
+
+
+def test_serve_sees_two_writes_within_one_mtime_and_retries_a_failed_load(embedder, photos, tmp_path):
+    import os
+
+    from cbir.index.gallery import INDEX_JSON
+
+    make_gallery(tmp_path / "g", photos, 10)
+    Gallery.create(tmp_path / "idx", embedder).build([tmp_path / "g"])
+    reader, writer = Gallery(tmp_path / "idx"), Gallery(tmp_path / "idx")
+    q = reader.vectors_for(np.array([1]))
+    assert reader.search_vectors(q, k=1)[0][0].id == 1
+    cfg_path = tmp_path / "idx" / INDEX_JSON
+    stamp = cfg_path.stat().st_mtime_ns
+    writer.remove([str(next((tmp_path / "g").rglob("img00.PNG")))])  # a new index.faiss and generation
+    os.utime(cfg_path, ns=(stamp, stamp))  # as if both writes fell in one clock tick
+    assert reader.refresh() and reader.index.ntotal == 9
+    # a newer index.faiss that cannot be loaded: the old index answers, /healthz-style error, retried
+    good = (tmp_path / "idx" / "index.faiss").read_bytes()
+    writer.remove([str(next((tmp_path / "g").rglob("img01.jpg")))])
+    (tmp_path / "idx" / "index.faiss").write_bytes(b"garbage")
+    assert not reader.refresh() and "cannot load" in reader.load_error and reader.index.ntotal == 9
+    writer.rebuild_index()  # repaired: the next refresh (after the retry delay) loads it
+    reader._retry_at = 0.0
+    assert reader.refresh() and reader.load_error is None and reader.index.ntotal == 8
+    assert good  # (the first file was readable)
