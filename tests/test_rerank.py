@@ -98,7 +98,8 @@ def test_search_tail_and_plain_path(toy):
     index, _ = faiss_index.build(x, np.arange(len(x)), "Flat")
     plain_s, plain_i, plain_v = search(index, q[None], 5)
     want = np.argsort(-(x @ q))[:5]
-    np.testing.assert_array_equal(plain_i[0], want) and (plain_v == -1).all()
+    np.testing.assert_array_equal(plain_i[0], want)
+    assert (plain_v == -1).all()  # plain k-NN checks no inliers
     # k beyond the shortlist: the shortlist re-ranked, then the rest from a second search, each id once
     _, ids, _ = search(index, q[None], len(x), Rerank(shortlist=4, qe=2), lambda i: x[i])
     assert sorted(ids[0].tolist()) == list(range(len(x)))

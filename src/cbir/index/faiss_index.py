@@ -23,17 +23,20 @@ GPU_MAX_K = 2048
 
 
 def create(dim: int, factory: str = "Flat", id_map: bool = True):
-    """An empty index; wrapped in ``IndexIDMap2`` unless ``id_map`` is False (IVF keeps ids itself)."""
+    """An empty index that takes our ids: IVF indexes keep ids in their lists themselves; others are
+    wrapped in ``IndexIDMap2``. Never an IDMap around an IVF: the map addresses the inner index by
+    position, ``remove_ids`` compacts the map but not the IVF's positions, and every id after a
+    removed one then points at its neighbour's vector. ``id_map=False`` insists on an IVF (on-disk)."""
     import faiss
 
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise CbirError(f"--factory {factory!r}: FAISS cannot build it for {dim}-d vectors ({_first_line(e)})") from None
-    if not id_map:
-        if faiss.try_extract_index_ivf(index) is None:
-            raise CbirError(f"--on-disk needs an IVF factory (IVF…, OPQ…,IVF…), not {factory!r}")
+    if faiss.try_extract_index_ivf(index) is not None:
         return index
+    if not id_map:
+        raise CbirError(f"--on-disk needs an IVF factory (IVF…, OPQ…,IVF…), not {factory!r}")
     return index if factory.startswith("IDMap") else faiss.IndexIDMap2(index)
 
 
@@ -100,11 +103,14 @@ def build(vectors: np.ndarray, ids: np.ndarray, factory: str = "Flat") -> tuple[
 
 
 def remove(index, ids: np.ndarray) -> bool:
-    """Remove ids in place; False when the index type cannot (e.g. HNSW): rebuild then."""
+    """Remove ids in place; False when the index type cannot (e.g. HNSW) or must not (an IDMap around
+    an IVF, as built before 0.1: see ``create``): rebuild then."""
     import faiss
 
     if len(ids) == 0:
         return True
+    if hasattr(index, "id_map") and faiss.try_extract_index_ivf(faiss.downcast_index(index.index)) is not None:
+        return False
     try:
         index.remove_ids(faiss.IDSelectorArray(np.asarray(ids, np.int64)))
         return True

@@ -136,16 +136,18 @@ def tune(gallery, index, target: float | None = None, max_ms: float | None = Non
     q = np.ascontiguousarray(gallery.postprocess_queries(held), np.float32)
     if len(held_ids) == 0:
         result = {"params": {}, "recall": 1.0, "ms_per_query": None, "tried": []}
-    elif tuning.knob(index) is None:  # exact search: nothing to tune
-        result = {"params": {}, "recall": 1.0, "ms_per_query": tuning.query_ms(index, q, k, 3), "tried": []}
-        if max_ms is not None and result["ms_per_query"] > max_ms:
-            raise CbirError(f"--max-ms-per-query {max_ms}: exact search takes {result['ms_per_query']:.3f} ms/query "
-                            f"here; build with an ANN factory (--factory auto) to go faster")
     else:
         kk = min(k, max(1, index.ntotal - 1))
         _, truth = exact_topk(gallery, q, kk + 1)
         truth = np.stack([row[row != o][:kk] for row, o in zip(truth, held_ids)])  # its own id does not count
-        result = tuning.tune(index, q, truth, target, max_ms, own=held_ids)
+        if tuning.knob(index) is None:  # exact search: nothing to tune; recall and speed still measured
+            recall = tuning.recall_at_k(truth, tuning.search_excluding(index, q, kk, held_ids))
+            result = {"params": {}, "recall": recall, "ms_per_query": tuning.query_ms(index, q, k, 3), "tried": []}
+            if max_ms is not None and result["ms_per_query"] > max_ms:
+                raise CbirError(f"--max-ms-per-query {max_ms}: exact search takes {result['ms_per_query']:.3f} ms/query "
+                                f"here; build with an ANN factory (--factory auto) to go faster")
+        else:
+            result = tuning.tune(index, q, truth, target, max_ms, own=held_ids)
     cfg["search"] = result["params"]
     cfg["tuning"] = {"target_recall": target, "recall_at_10": round(result["recall"], 4),
                      "ms_per_query": result["ms_per_query"], "held_out_queries": int(len(held_ids)),
