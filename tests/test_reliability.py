@@ -251,3 +251,46 @@ def test_serve_sees_two_writes_within_one_mtime_and_retries_a_failed_load(embedd
     reader._retry_at = 0.0
     assert reader.refresh() and reader.load_error is None and reader.index.ntotal == 8
     assert good  # (the first file was readable)
+
+
+# -- 9. check and repair -------------------------------------------------------------------------------
+
+def test_check_finds_damage_and_repair_recovers_or_reports_it(lite0_onnx, photos, tmp_path):
+    make_gallery(tmp_path / "g", photos, 12)
+    idx = tmp_path / "idx"
+    assert run_cli("index", "build", str(tmp_path / "g"), "--model", str(lite0_onnx), "--index", str(idx),
+                   "--shard-size", "4").returncode == 0
+    r = run_cli("index", "check", str(idx), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout
+    before = {h["path"] for h in json.loads(run_cli("search", "--index", str(idx), "-k", "12", "--rerank", "none",
+                                                    "--json", str(photos[0])).stdout)[0]["results"]}
+    shards = sorted((idx / "shards").glob("shard-*.npz"))
+    shards[1].write_bytes(shards[1].read_bytes()[:100])  # a torn vector file
+    (idx / "shards" / shards[2].name.replace(".npz", ".orb.npy")).write_bytes(b"junk")  # damaged local features
+    (idx / "index.faiss").write_bytes(b"not an index")
+    r = run_cli("search", "--index", str(idx), str(photos[0]))
+    assert r.returncode == 2 and "cbir index repair" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("index", "check", str(idx), "--json")
+    assert r.returncode == 1, r.stdout
+    parts = {(p["part"], p["shard"]) for p in json.loads(r.stdout)["problems"]}
+    assert {("shard", 2), ("features", 3), ("index.faiss", None)} <= parts, parts
+    r = run_cli("index", "repair", str(idx), "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["ok"] and rep["recovered"] == 4 and rep["lost"] == [] and rep["problems_left"] == []
+    assert run_cli("index", "check", str(idx)).returncode == 0
+    after = {h["path"] for h in json.loads(run_cli("search", "--index", str(idx), "-k", "12", "--rerank", "none",
+                                                   "--json", str(photos[0])).stdout)[0]["results"]}
+    assert after == before
+    # an index built from vectors cannot embed a lost shard again: its items are reported lost, not dropped
+    x = np.random.default_rng(0).normal(size=(30, 320)).astype(np.float32)
+    np.save(tmp_path / "v.npy", x)
+    (tmp_path / "p.txt").write_text("".join(f"/v/{i}\n" for i in range(30)))
+    vidx = tmp_path / "vidx"
+    assert main(["index", "build", "--from-vectors", str(tmp_path / "v.npy"), "--paths", str(tmp_path / "p.txt"),
+                 "--index", str(vidx), "--shard-size", "10"]) == 0
+    sorted((vidx / "shards").glob("shard-*.npz"))[0].unlink()
+    rep = json.loads(run_cli("index", "repair", str(vidx), "--json").stdout)
+    assert rep["ok"] and len(rep["lost"]) == 10 and rep["lost"][0]["path"] == "/v/0"
+    g = Gallery(vidx)
+    assert g.store.count("indexed") == 20 and g.store.count("failed") == 10 and g.index.ntotal == 20

@@ -182,6 +182,43 @@ def cmd_index_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index_check(a: argparse.Namespace) -> int:
+    """Exit 0 when the index is whole, 1 when something is damaged (listed), 2 on a usage error."""
+    from cbir.index.check import check
+    from cbir.index.gallery import Gallery
+
+    r = check(Gallery(a.index))
+    if a.json:
+        print_json(r)
+    else:
+        for p in r["problems"]:
+            print(f"{p['part']}" + (f" (shard {p['shard']})" if p["shard"] is not None else "") + f": {p['problem']}")
+        c = r["checked"]
+        print(f"{a.index}: {'ok' if r['ok'] else 'DAMAGED'}: {c['shards']} shards, {c['indexed']} indexed items"
+              + ("" if r["ok"] else f"; `cbir index repair {a.index}` fixes what is derived and lists what is lost"))
+    return 0 if r["ok"] else 1
+
+
+def cmd_index_repair(a: argparse.Namespace) -> int:
+    from cbir.index.check import repair
+    from cbir.index.gallery import Gallery
+
+    g = Gallery(a.index, wait=a.wait)
+    if g.config["model_path"] is not None:
+        g.embedder(backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision)
+    r = repair(g, progress=not a.json and sys.stderr.isatty())
+    if a.json:
+        print_json(r)
+    else:
+        for line in r["done"]:
+            print(line)
+        for f in r["lost"]:
+            print(f"lost: {f['path']}: {f['error']}", file=sys.stderr)
+        print(f"{a.index}: {'ok' if r['ok'] else 'still damaged'}; {r['recovered']} items embedded again, "
+              f"{len(r['lost'])} lost")
+    return 0 if r["ok"] else 1
+
+
 RESTORE_HELP = ("index again items removed earlier (`cbir index remove`) that are among the inputs; "
                 "without it they stay removed and are listed as such")
 
@@ -259,6 +296,17 @@ def register(sub) -> None:
     rr.add_argument("--json", action="store_true")
     rr.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
     rr.set_defaults(fn=cmd_index_rerank)
+    ck = ix.add_parser("check", help="verify shard files, features, regions and index.faiss against SQLite "
+                                     "(exit 1 on damage)")
+    ck.add_argument("index")
+    ck.add_argument("--json", action="store_true")
+    ck.set_defaults(fn=cmd_index_check)
+    rp = ix.add_parser("repair", help="rebuild what is derived from the shards, embed lost shards again, report what is lost")
+    rp.add_argument("index")
+    engine_args(rp)
+    rp.add_argument("--json", action="store_true")
+    rp.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
+    rp.set_defaults(fn=cmd_index_repair)
     inf = ix.add_parser("info", help="what an index holds")
     inf.add_argument("index")
     inf.add_argument("--json", action="store_true")

@@ -145,9 +145,14 @@ def save(index, path: Path) -> None:
 
 
 def load(path: Path):
+    """Read an index file; a damaged one is a ``CbirError`` naming it and the way out."""
     import faiss
 
-    return faiss.read_index(str(path))
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise CbirError(f"{path}: damaged FAISS index ({_first_line(e)}); `cbir index repair {Path(path).parent}` "
+                        f"rebuilds it from the shards") from None
 
 
 def gpu_available() -> bool:

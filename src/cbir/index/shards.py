@@ -6,6 +6,7 @@ process, or a Ray worker (``index.distributed``). Torch-free.
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -13,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cbir import crashpoints, fsio
+from cbir.errors import CbirError
 
 
 @dataclass
@@ -44,8 +46,14 @@ def write_shard(root: Path, shard: int, out: ShardOutput) -> Path:
 
 
 def read_shard(root: Path, shard: int) -> ShardOutput:
-    with np.load(shard_path(root, shard), allow_pickle=False) as z:
-        return ShardOutput(z["ids"], z["vectors"], z["sha1"], z["size"], z["failed_ids"], z["failed_reasons"])
+    """A shard's output file; a missing or damaged one is a ``CbirError`` naming it and the way out."""
+    path = shard_path(root, shard)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return ShardOutput(z["ids"], z["vectors"], z["sha1"], z["size"], z["failed_ids"], z["failed_reasons"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise CbirError(f"{path}: missing or damaged shard file ({type(e).__name__}: {e}); `cbir index check "
+                        f"{Path(root)}` says what is affected, `cbir index repair {Path(root)}` recovers") from None
 
 
 def embed_shard(embedder, root: Path, shard: int, items: Sequence[tuple[int, str]], batch_size: int | None = None,

@@ -3,7 +3,8 @@
 items(id, path, size, mtime, sha1, state, shard, error): ``id`` is the FAISS id, stable for the
 life of the index (a changed file keeps its id and is re-embedded into a new shard);
 state ∈ pending | indexed | failed | removed; ``shard`` is the shard that holds the item's
-current vector. ``removed`` is final for every job: a shard in flight commits only its ``pending``
+current vector. shards.state ∈ pending | done | retired (repair moved its items to a new shard).
+``removed`` is final for every job: a shard in flight commits only its ``pending``
 items, and a scan brings a removed item back only when asked to (``--restore``). shards(id, state, n): a shard is ``done`` once its vector file is written and its
 items are updated, in one transaction — the done-marker that makes resume skip finished work.
 settings('generation'): bumped in the same transaction as every change to the set of indexed items
@@ -162,6 +163,15 @@ class Store:
         n = self.conn.execute("SELECT COUNT(*) FROM items WHERE shard = ? AND state = 'indexed'", (shard,)).fetchone()[0]
         self.conn.execute("UPDATE shards SET state = 'done', n = ? WHERE id = ?", (n, shard))
         self._bump()
+
+    def mark_failed(self, ids: list[int], reason: str) -> None:
+        self._bump()
+        self.conn.executemany("UPDATE items SET state = 'failed', error = ? WHERE id = ?", [(reason, i) for i in ids])
+
+    def retire_shard(self, shard: int) -> None:
+        """A shard whose items moved elsewhere (``cbir index repair``): no longer read."""
+        self._bump()
+        self.conn.execute("UPDATE shards SET state = 'retired' WHERE id = ?", (shard,))
 
     def mark_removed(self, ids: list[int]) -> None:
         self._bump()
