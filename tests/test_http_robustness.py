@@ -131,7 +131,7 @@ def test_one_request_cannot_take_the_machine(big_server):
         def one():
             with httpx.Client(base_url=url, timeout=120) as cc:
                 start.wait()
-                code = cc.post("/search", params={"shortlist": 5000, "shortlist_dba": 100},
+                code = cc.post("/search", params={"shortlist": 3500, "shortlist_dba": 100},
                                json={"embedding": vec}).status_code
             with lock:
                 results.append(code)

@@ -122,6 +122,20 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_requests(a: argparse.Namespace) -> int:
+    from cbir.bench.requests import bench_requests
+
+    r = bench_requests(a.n, a.dim, a.threads, a.queries)
+    if a.json:
+        print_json(r)
+        return 0
+    print(f"{r['n']:,} × {r['dim']} vectors, {r['threads']} searches at once:")
+    for row in r["rows"]:
+        print(f"  {row['setting']:<50} estimate {row['estimate_mib']:>6.1f} MiB {row['estimate_gflop']:>6.2f} GFLOP; "
+              f"RSS {row['baseline_rss_mb']} -> {row['peak_rss_mb']} MB (+{row['request_mb']}); {row['ms_per_query']} ms/query")
+    return 0
+
+
 def cmd_bench_sweep(a: argparse.Namespace) -> int:
     from cbir.bench.sweep import sweep
 
@@ -231,3 +245,10 @@ def register(sub) -> None:
     bs_.add_argument("--on-disk", action="store_true", help="build with on-disk inverted lists (memory-mapped)")
     bs_.add_argument("--json", action="store_true")
     bs_.set_defaults(fn=cmd_bench_search)
+    br = bench.add_parser("requests", help="peak RSS and time of the heaviest searches the work budget allows")
+    br.add_argument("--n", type=int, default=100_000, help="gallery size (synthetic clustered vectors)")
+    br.add_argument("--dim", type=int, default=320)
+    br.add_argument("--threads", type=int, help="searches at once (default: half the cores, as serve's max_heavy)")
+    br.add_argument("--queries", type=int, default=4)
+    br.add_argument("--json", action="store_true")
+    br.set_defaults(fn=cmd_bench_requests)

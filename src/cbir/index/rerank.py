@@ -81,12 +81,12 @@ PRESETS = {
 @dataclass(frozen=True)
 class Budget:
     """The most one search may cost: ``mib`` of working memory and ``gflop`` of arithmetic (ORB
-    matching counted as ``VERIFY_GFLOP`` per candidate). Defaults: 256 MiB and 20 GFLOP per search
-    (about a second on two cores); ``cbir serve`` gives GET requests, which any web page can make a
+    matching counted as ``VERIFY_GFLOP`` per candidate). Defaults: 256 MiB and 10 GFLOP per search
+    (about 1.5 s on one core of the development machines); ``cbir serve`` gives GET requests, which any web page can make a
     browser send, ``GET_BUDGET``."""
 
     mib: float = 256.0
-    gflop: float = 20.0
+    gflop: float = 10.0
 
 
 DEFAULT_BUDGET = Budget()
@@ -109,7 +109,8 @@ def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
         f += 2.0 * n * n * dim + 2.0 * n * m * dim
     if cfg.diffusion:
         e = n * min(cfg.diffusion, n)
-        b += 8.0 * CHUNK_FLOATS + 8.0 * n * dim + 48.0 * e  # affinity chunk, float64 copy, edges (i, j, v, keys, w)
+        # affinity chunk and its sort, float64 copy, neighbour lists, edge keys and matches, mutual edges
+        b += 16.0 * CHUNK_FLOATS + 8.0 * n * dim + 64.0 * e
         f += 2.0 * n * n * dim + 20 * 4.0 * e  # affinities, then ≤ 20 sparse mat-vecs
     if cfg.regional and regions:
         r = min(cfg.regional, n)
@@ -207,18 +208,23 @@ def diffusion(x: np.ndarray, s: np.ndarray, k: int, alpha: float = 0.99, gamma: 
     if k < 1:
         return s.copy()
     x, s = np.asarray(x, np.float64), np.asarray(s, np.float64)  # conjugate gradient in double precision
-    rows, cols, vals = [], [], []
+    nn = np.empty((n, k), np.int32)  # each row's k nearest, sorted by index, and their affinities
+    av = np.empty((n, k), np.float64)
     step = _rows_per_chunk(n)
     for c in range(0, n, step):
         a = np.maximum(x[c : c + step] @ x.T, 0.0) ** gamma
         a[np.arange(len(a)), np.arange(c, c + len(a))] = 0.0
-        nn = np.argpartition(-a, k - 1, axis=1)[:, :k]
-        rows.append(np.repeat(np.arange(c, c + len(a)), k))
-        cols.append(nn.ravel())
-        vals.append(np.take_along_axis(a, nn, 1).ravel())
-    i, j, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
-    mutual = np.isin(j * n + i, i * n + j)  # (i, j) kept when j also lists i
-    i, j, v = i[mutual], j[mutual], v[mutual]
+        top = np.sort(np.argpartition(-a, k - 1, axis=1)[:, :k], axis=1)
+        nn[c : c + len(a)], av[c : c + len(a)] = top, np.take_along_axis(a, top, 1)
+    del a
+    keys = (np.arange(n, dtype=np.int64)[:, None] * n + nn).ravel()  # edge (i, j) as i·n + j: sorted already
+    back = nn.ravel().astype(np.int64) * n + np.repeat(np.arange(n, dtype=np.int64), k)  # (j, i)
+    pos = np.minimum(np.searchsorted(keys, back), len(keys) - 1)
+    mutual = keys[pos] == back  # (i, j) kept when j also lists i
+    del keys, back, pos
+    i = np.repeat(np.arange(n, dtype=np.int32), k)[mutual]
+    j, v = nn.ravel()[mutual], av.ravel()[mutual]
+    del nn, av
     d = np.bincount(i, weights=v, minlength=n)
     d_is = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
     w = d_is[i] * v * d_is[j]

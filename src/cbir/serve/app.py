@@ -17,9 +17,10 @@ bodies over ``max_upload_bytes`` (default 20 MB) → 413 (read in chunks, never 
 ``max_pixels`` (64 Mpx) → 413 before decoding; undecodable input → 400; a full batcher queue → 503
 with ``Retry-After``; a request not answered within ``timeout_s`` → 504. Work per search is bounded
 by the products of the re-ranking settings (``rerank.cost``): POST searches get
-``rerank.DEFAULT_BUDGET`` (256 MiB, 20 GFLOP), GET searches — which any web page can make a browser
+``rerank.DEFAULT_BUDGET`` (256 MiB, 10 GFLOP), GET searches — which any web page can make a browser
 send — ``rerank.GET_BUDGET`` (64 MiB, 2 GFLOP); beyond it → 422 naming the settings. At most
-``max_heavy`` (default: the cores) searches costing more than ``HEAVY`` run at once; another → 503
+``max_heavy`` (default: half the cores, at least 1 — the rest stay for light traffic) searches
+costing more than ``HEAVY`` run at once; another → 503
 with ``Retry-After``. The OpenAPI schema (``/openapi.json``) declares every parameter, body and
 answer, and a Schemathesis run against it is part of the tests. The
 service never takes a path from a request, so it cannot be made to read files; it answers with the
@@ -163,7 +164,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
     state: dict = {}
     from cbir.cores import all_cores
 
-    heavy_slots = threading.BoundedSemaphore(max_heavy or all_cores())
+    heavy_slots = threading.BoundedSemaphore(max_heavy or max(1, all_cores() // 2))
 
     @asynccontextmanager
     async def lifespan(app):
