@@ -170,3 +170,21 @@ def test_service_picks_up_a_new_generation(built, lite0_onnx, tmp_path):
         assert top(N + 10) == "/data/part6/img012010.jpg"  # the new index.faiss, no restart
         assert c.get("/healthz").json()["count"] == N + 3000
         assert json.loads((idx / "index.json").read_text())["faiss_generation"] == Gallery(idx).store.generation
+
+
+def test_a_reader_rebuilds_what_a_dead_writer_left_behind(built, tmp_path):
+    """`cbir serve`'s gallery: a remove killed between its SQLite commit and index.faiss leaves the
+    index behind; the next refresh rebuilds it in the background (no writer holds the lock)."""
+    idx = tmp_path / "idx"
+    shutil.copytree(built / "idx", idx)
+    reader = Gallery(idx)
+    assert reader.index.ntotal == N
+    r = cli("index", "remove", str(idx), "/data/part0", crash="removed-committed:1")
+    assert r.returncode == -9
+    assert reader.store.generation != reader.config["faiss_generation"]
+    hits = reader.search_vectors(np.load(built / "v.npy")[:5], k=3)  # meanwhile: removed items are never shown
+    assert all(not h.path.startswith("/data/part0/") for row in hits for h in row)
+    reader.refresh()
+    reader._reconciler.join(120)
+    assert reader.in_sync and reader.index.ntotal == N - PART and reader.load_error is None
+    assert check_consistent(idx, "after the reader's rebuild") == N - PART

@@ -294,3 +294,46 @@ def test_check_finds_damage_and_repair_recovers_or_reports_it(lite0_onnx, photos
     assert rep["ok"] and len(rep["lost"]) == 10 and rep["lost"][0]["path"] == "/v/0"
     g = Gallery(vidx)
     assert g.store.count("indexed") == 20 and g.store.count("failed") == 10 and g.index.ntotal == 20
+
+
+# -- 8. the per-item pipeline on any image Hypothesis can make -------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+MODES = ["1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I", "F", "CMYK"]
+FORMATS = {"PNG": ("1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I"), "JPEG": ("L", "RGB", "CMYK"),
+           "WEBP": ("RGB", "RGBA"), "BMP": ("1", "L", "P", "RGB"), "TIFF": ("1", "L", "P", "RGB", "RGBA", "I;16", "I", "F", "CMYK"),
+           "GIF": ("L", "P")}
+
+
+@st.composite
+def odd_image(draw) -> bytes:
+    w, h = draw(st.integers(1, 400)), draw(st.integers(1, 400))
+    fmt = draw(st.sampled_from(sorted(FORMATS)))
+    mode = draw(st.sampled_from(FORMATS[fmt]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if mode in ("I;16", "I"):
+        img = Image.fromarray(rng.integers(0, 65535, (h, w)).astype(np.uint16)).convert(mode) if mode == "I" else \
+            Image.fromarray(rng.integers(0, 65535, (h, w)).astype(np.uint16))
+    elif mode == "F":
+        img = Image.fromarray(rng.random((h, w)).astype(np.float32) * draw(st.sampled_from([1.0, 255.0, 70000.0])))
+    else:
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=odd_image())
+def test_every_per_item_step_takes_any_valid_image(embedder, data):
+    """Decode + resize, the model, and local features: a unit vector and a feature record for every
+    valid image of any size, mode and format (never an exception)."""
+    from cbir.engine import local_features
+
+    res = embedder.embed_files([data])
+    assert not res.errors, res.errors
+    assert res.vectors.shape == (1, embedder.dim) and abs(float(np.linalg.norm(res.vectors[0])) - 1) < 1e-4
+    rec = local_features.extract(data)
+    assert 0 <= int(rec["n"]) <= local_features.MAX_KEYPOINTS
