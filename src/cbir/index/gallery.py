@@ -112,6 +112,8 @@ class Gallery:
         self._index = None
         self._index_generation = None  # the faiss_generation of the loaded index
         self._retry_at = 0.0  # refresh: when a failed load may be retried
+        self._config_sig: tuple = ()  # refresh: (inode, mtime, size) of index.json when last read
+        self._config_read_at = 0.0
         self._reconciler: threading.Thread | None = None
         self.load_error: str | None = None  # the last failed load of a newer index.faiss (refresh)
         self._gpu_index = self._gpu_source = None
@@ -377,14 +379,22 @@ class Gallery:
     def refresh(self, reconcile_in_background: bool = True) -> bool:
         """Pick up what another process wrote (``cbir serve`` calls this before each search); True if
         a new index was swapped in. Changes are seen by index.json's ``revision`` (not its mtime) and
-        SQLite's generation. A newer index.faiss that fails to load is reported in ``load_error``
-        and retried (at most once a second) while the old one keeps answering; an index.faiss left
-        behind by a writer that died is rebuilt in a background thread (``reconcile``)."""
+        SQLite's generation. index.json is read again when its (inode, mtime, size) changed, and at
+        least once a second whatever they say (two writes in one clock tick, an inode reused): a
+        check costs a stat and one SQLite read (~12 µs) instead of a JSON parse (~45 µs). A newer
+        index.faiss that fails to load is reported in ``load_error`` and retried (at most once a
+        second) while the old one keeps answering; an index.faiss left behind by a writer that died
+        is rebuilt in a background thread (``reconcile``)."""
         swapped = False
-        if time.monotonic() >= self._retry_at:
-            config = _config.load(self.root)
-            if config.get("revision") != self.config.get("revision"):
-                swapped = self._adopt_config(config)
+        now = time.monotonic()
+        if now >= self._retry_at:
+            st = (self.root / INDEX_JSON).stat()
+            sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if sig != self._config_sig or now - self._config_read_at >= 1.0:
+                config = _config.load(self.root)
+                self._config_sig, self._config_read_at = sig, now
+                if config.get("revision") != self.config.get("revision"):
+                    swapped = self._adopt_config(config)
         if reconcile_in_background and self.store.generation != self.config.get("faiss_generation"):
             self._reconcile_in_background()
         return swapped
@@ -397,6 +407,7 @@ class Gallery:
             except Exception as e:  # keep answering from the index we have; try again shortly
                 self.load_error = f"{self.root / 'index.faiss'}: cannot load ({type(e).__name__}: {e})"
                 self._retry_at = time.monotonic() + 1.0
+                self._config_sig = ()  # read index.json again on the retry
                 return False
             tuning.set_search_params(index, config.get("search"))
             with self._lock:
