@@ -17,7 +17,7 @@ import pytest
 
 from cbir.errors import CbirError
 from cbir.index.gallery import Gallery
-from cbir.index.store import Store
+from cbir.index.storage.store import Store
 
 from conftest import make_broken_files, make_gallery
 
@@ -255,7 +255,7 @@ def test_failed_files_are_reported_as_failed_and_retried_on_request(lite0_onnx, 
 
 
 def test_hnsw_stays_on_cpu_and_says_so_once(capsys):
-    from cbir.index import faiss_index
+    from cbir.index.ann import faiss_index
 
     x = np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32)
     hnsw, _ = faiss_index.build(x, np.arange(200), "HNSW16")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -115,7 +114,7 @@ def test_kill_9_at_named_points_then_a_takedown_never_resurrects(built, lite0_on
 
 HOLDER = """
 import sys, time
-from cbir.index.lock import WriterLock
+from cbir.index.storage.lock import WriterLock
 lock = WriterLock(sys.argv[1]); lock.acquire()
 print("locked", flush=True); time.sleep(float(sys.argv[2]))
 """

@@ -83,6 +83,54 @@ def test_imports_point_one_way():
     assert not problems, "\n".join(problems)
 
 
+# Inside ``cbir.index`` the parts point one way too: storage < ann < query < build < check, dedup, gallery.
+INDEX_PARTS = {"cbir.index.storage": 0, "cbir.index.ann": 1, "cbir.index.query": 2, "cbir.index.build": 3,
+               "cbir.index.check": 4, "cbir.index.dedup": 4, "cbir.index.gallery": 5, "cbir.index": 5}
+
+
+def index_part(module: str) -> int:
+    return INDEX_PARTS[max((p for p in INDEX_PARTS if module == p or module.startswith(p + ".")), key=len)]
+
+
+def test_index_parts_point_one_way_and_nothing_imports_in_a_circle():
+    problems, graph = [], {}
+    for path in sorted(SRC.rglob("*.py")):
+        mod = module_name(path)
+        targets = {t for t, _ in imports(ast.parse(path.read_text()), mod) if t.startswith("cbir.")}
+        graph[mod] = targets
+        if mod.startswith("cbir.index."):
+            for t in targets:
+                if t.startswith("cbir.index.") and index_part(t) > index_part(mod):
+                    problems.append(f"{mod} imports {t}")
+    assert not problems, "\n".join(problems)
+    modules = set(graph)
+
+    def resolve(target: str) -> str | None:  # "cbir.index.storage.shards.read_shard" -> the module
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    edges = {m: {r for t in ts if (r := resolve(t)) and r != m and not m.startswith(r + ".")} for m, ts in graph.items()}
+    seen, stack, cycles = set(), [], []
+
+    def visit(m: str) -> None:
+        if m in stack:
+            cycles.append(stack[stack.index(m):] + [m])
+            return
+        if m in seen:
+            return
+        seen.add(m)
+        stack.append(m)
+        for n in edges.get(m, ()):
+            visit(n)
+        stack.pop()
+
+    for m in sorted(edges):
+        visit(m)
+    cycles = [c for c in cycles if not any(x in ("cbir", "cbir.cli") for x in c)]  # package re-exports
+    assert not cycles, cycles
+
+
 def test_inference_path_runs_without_torch(lite0_onnx, gallery_dir, tmp_path):
     """Embed, build, search in a fresh interpreter where importing torch would raise."""
     code = f"""

@@ -14,7 +14,7 @@ from PIL import Image
 
 from cbir.errors import CbirError
 from cbir.index.gallery import Gallery
-from cbir.index.rerank import Rerank, regional_scores, rerank
+from cbir.index.query.rerank import Rerank, regional_scores, rerank
 from cbir.models import functional as F
 
 from conftest import make_gallery
@@ -115,7 +115,7 @@ def test_regions_output_is_window_gap_of_the_trunk(lite0_regions_onnx, lite0_onn
 
 def test_regional_search_through_an_index(lite0_regions_onnx, embedder, photos, tmp_path, capsys):
     from cbir.cli import main
-    from cbir.index.regions import regions_path
+    from cbir.index.storage.regions import regions_path
 
     files = make_gallery(tmp_path / "g", photos, 10)
     g = Gallery.create(tmp_path / "idx", __import__("cbir").Embedder(lite0_regions_onnx), local_features="none")

@@ -177,10 +177,9 @@ def test_odd_but_valid_images_through_build_add_search_serve_and_dedup(lite0_onn
 def test_removed_items_stay_removed_across_pending_and_adopted_shards(embedder, photos, tmp_path):
     """An add killed with a pending shard (and, second round, with that shard's output written but not
     committed), then a remove of paths in it, then the add again: the removed paths stay removed."""
-    from cbir.index import build
-    from cbir.index.shards import embed_shard
+    from cbir.index.build import pipeline as build
 
-    files = make_gallery(tmp_path / "g", photos, 8)
+    make_gallery(tmp_path / "g", photos, 8)
     g = Gallery.create(tmp_path / "idx", embedder, shard_size=4)
     g.build([tmp_path / "g"])
     expected = 8
@@ -190,7 +189,7 @@ def test_removed_items_stay_removed_across_pending_and_adopted_shards(embedder, 
             g.scan([tmp_path / folder])
             if adopt:  # ... and a shard's vector file written, not committed
                 shard, items = build.pending_work(g.store)[0]
-                embed_shard(g.embedder(), g.root, shard, items)
+                build.embed_shard(g.embedder(), g.root, shard, items)
         gone = [more[0], more[1]] if not adopt else [more[2]]
         assert g.remove(gone)["removed"] == len(gone)
         report = g.add([tmp_path / folder])

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from cbir.errors import CbirError
-from cbir.index import faiss_index
+from cbir.index.ann import faiss_index
 from cbir.index.gallery import Gallery
-from cbir.index.rerank import Rerank, conjugate_gradient, diffusion, rerank, resolve, shortlist_dba
-from cbir.index.search import search
+from cbir.index.query.rerank import Rerank, conjugate_gradient, diffusion, rerank, resolve, shortlist_dba
+from cbir.index.query.search import search
 
 from conftest import make_gallery
 
@@ -158,7 +158,7 @@ def verified_index(tmp_path, embedder, photos):
 
 
 def test_copy_is_verified_first_and_features_are_resumable(verified_index, tmp_path):
-    from cbir.index.features import feature_path
+    from cbir.index.storage.features import feature_path
 
     g, files = verified_index
     assert g.config["local_features"] == "orb" and g.config["rerank"]["verify"] == 10

@@ -9,7 +9,7 @@ import pytest
 
 from cbir.cli import main
 from cbir.errors import CbirError
-from cbir.index import tuning
+from cbir.index.ann import tuning
 
 
 def clustered(n: int, dim: int, seed: int = 0, noise: float = 0.5, draw_seed: int | None = None) -> np.ndarray:
@@ -116,7 +116,7 @@ def test_bad_vector_inputs_are_refused_and_write_nothing(lite0_onnx, vectors_30k
 
 def test_unreachable_recall_target_is_refused():
     """PQ codes this short cannot reach 0.999 recall@10 at any nprobe: tune says so in one line."""
-    from cbir.index import faiss_index
+    from cbir.index.ann import faiss_index
 
     x = clustered(3000, 32)
     index, _ = faiss_index.build(x, np.arange(3000), "IVF16,PQ4x4")

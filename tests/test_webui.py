@@ -127,11 +127,13 @@ def test_search_html_contact_sheet(web_index, lite0_onnx, tmp_path, capsys):
 
 
 def test_contact_sheet_stops_inlining_at_its_budget(web_index):
-    from cbir.index import contact_sheet
+    from cbir.cli import contact_sheet
 
     g = Gallery(web_index / "idx")
     results = g.search([str(plain_query(web_index))], k=5)
-    doc = contact_sheet.render(results, lambda h: g.thumbnails.get(h["id"])[0], max_bytes=1)
+    from cbir.serve.thumbs import Thumbnails
+
+    doc = contact_sheet.render(results, lambda h: Thumbnails(g.root, g.store).get(h["id"])[0], max_bytes=1)
     assert doc.count("<img") == 1 and "thumbnails left out" in doc
 
 
@@ -222,7 +224,7 @@ def test_search_page_in_a_real_browser(browser, web_server, web_index, tmp_path)
 
 def test_thumbnails_limits_eviction_and_changed_files(tmp_path, embedder, photos):
     from cbir.engine.preprocess import ImageError
-    from cbir.index.thumbs import Thumbnails
+    from cbir.serve.thumbs import Thumbnails
 
     files = make_gallery(tmp_path / "g", photos, 4)
     g = Gallery.create(tmp_path / "idx", embedder)
@@ -235,9 +237,13 @@ def test_thumbnails_limits_eviction_and_changed_files(tmp_path, embedder, photos
     for i in ids.values():
         assert small.get(i) is not None
     assert len(list((tmp_path / "idx" / "thumbs").glob("*.jpg"))) <= 1
-    data, tag = g.thumbnails.get(first)
+    data, tag = Thumbnails(g.root, g.store).get(first)
     Image.open(files[2]).save(files[1])  # the file changes: re-added under the same id, new thumbnail
     g.add([files[1]])
-    data2, tag2 = Gallery(tmp_path / "idx").thumbnails.get(first)
+    fresh = Gallery(tmp_path / "idx")
+    data2, tag2 = Thumbnails(fresh.root, fresh.store).get(first)
     assert tag2 != tag and data2 != data
     assert [p.name for p in (tmp_path / "idx" / "thumbs").glob(f"{first}-*")] == [f"{tag2}.jpg"]
+    g.remove([files[1]])  # removed: no thumbnail, and its cached file goes on the next request
+    assert Thumbnails(fresh.root, fresh.store).get(first) is None
+    assert not list((tmp_path / "idx" / "thumbs").glob(f"{first}-*"))

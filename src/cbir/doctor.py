@@ -122,7 +122,7 @@ def check_faiss_gpu() -> str:
         raise CbirError("faiss-cpu is installed (no GPU support); install faiss-gpu instead of faiss-cpu")
     if faiss.get_num_gpus() == 0:
         raise CbirError("faiss-gpu sees no GPU (faiss.get_num_gpus() == 0)")
-    from cbir.index.faiss_index import to_gpu
+    from cbir.index.ann.faiss_index import to_gpu
 
     x = _RNG.normal(size=(200, 16)).astype(np.float32)
     cpu = faiss.IndexIDMap2(faiss.IndexFlatIP(16))

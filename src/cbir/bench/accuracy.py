@@ -4,7 +4,7 @@ Every image is embedded once; the gallery is the whole set in a FAISS Flat inner
 (the same search path as ``cbir search``); queries are the test split of each seed (``protocol``)
 or every 10th image (``--queries every10``). A fine-tuned model (its metadata names the split seed it
 was trained with) is evaluated on that seed's test split only; ``--queries all`` uses every image as
-a query once. The full ranking is used for mAP. ``rerank`` (``cbir.index.rerank.Rerank``) re-ranks
+a query once. The full ranking is used for mAP. ``rerank`` (``cbir.index.query.rerank.Rerank``) re-ranks
 exactly as ``cbir search`` does; with verification, local features of every image are extracted first.
 The query itself stays in its ranking unless ``exclude_self`` (both are reported by the sweep).
 
@@ -24,8 +24,8 @@ import numpy as np
 from cbir.bench.protocol import load_dataset, stratified_split
 from cbir.bench.ranking import evaluate, rank
 from cbir.errors import CbirError
-from cbir.index import faiss_index
-from cbir.index.rerank import PRESETS, Rerank
+from cbir.index.ann import faiss_index
+from cbir.index.query.rerank import PRESETS, Rerank
 from cbir.vectors import l2_normalize
 
 

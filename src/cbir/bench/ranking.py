@@ -1,4 +1,4 @@
-"""Rank a labelled set against itself with the index's own search path (``cbir.index.search``,
+"""Rank a labelled set against itself with the index's own search path (``cbir.index.query.search``,
 re-ranking included) and score the rankings (``metrics``). Used by ``cbir bench accuracy`` and by the
 fidelity gate's ΔmAP (``cbir.validate``)."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 from cbir.bench import metrics
 from cbir.cores import all_cores
 from cbir.engine import local_features
-from cbir.index import faiss_index
-from cbir.index.rerank import Rerank
-from cbir.index.search import Verifier, search
+from cbir.index.ann import faiss_index
+from cbir.index.query.rerank import Rerank
+from cbir.index.query.search import Verifier, search
 from cbir.vectors import l2_normalize
 
 KS = (10, 20, 100)

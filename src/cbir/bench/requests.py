@@ -39,7 +39,7 @@ def child(root: str, overrides: dict, threads: int, queries: int) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     from cbir.bench.scale import peak_rss_mb
-    from cbir.index import rerank
+    from cbir.index.query import rerank
     from cbir.index.gallery import Gallery
 
     g = Gallery(Path(root) / "idx")
@@ -61,7 +61,7 @@ def bench_requests(n: int = 100_000, dim: int = 320, threads: int | None = None,
     from cbir.bench.scale import Synthetic, write_synthetic
     from cbir.cores import all_cores
     from cbir.index.gallery import Gallery
-    from cbir.index.ingest import VectorSource, ingest, read_paths
+    from cbir.index.build.vectors import VectorSource, ingest, read_paths
 
     threads = threads or max(1, all_cores() // 2)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cbir-bench-requests-"))

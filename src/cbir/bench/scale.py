@@ -70,9 +70,9 @@ def peak_rss_mb() -> float:
 def measure(root: Path, n: int, dim: int, memory_budget: str, target_recall: float, queries: int, k: int,
             shard_size: int, seed: int = 0, on_disk: bool = False) -> dict:
     """The child's work: build, then measure (see module doc)."""
-    from cbir.index import maintain, tuning
+    from cbir.index.ann import maintain, tuning
     from cbir.index.gallery import Gallery
-    from cbir.index.ingest import VectorSource, ingest, read_paths
+    from cbir.index.build.vectors import VectorSource, ingest, read_paths
 
     t0 = time.perf_counter()
     source = VectorSource(root / "vectors")

@@ -47,8 +47,8 @@ def engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def rerank_args(p: argparse.ArgumentParser) -> None:
-    """Re-ranking options (``cbir.index.rerank``): a preset, then per-stage overrides."""
-    from cbir.index.rerank import PRESETS, Rerank
+    """Re-ranking options (``cbir.index.query.rerank``): a preset, then per-stage overrides."""
+    from cbir.index.query.rerank import PRESETS, Rerank
 
     d = Rerank()
     g = p.add_argument_group("re-ranking (default: the index's stored setting)")
@@ -70,12 +70,12 @@ def rerank_args(p: argparse.ArgumentParser) -> None:
 def rerank_overrides(a: argparse.Namespace) -> dict:
     from dataclasses import fields
 
-    from cbir.index.rerank import Rerank
+    from cbir.index.query.rerank import Rerank
 
     return {f.name: getattr(a, f.name) for f in fields(Rerank) if getattr(a, f.name, None) is not None}
 
 
 def rerank_from_args(a: argparse.Namespace, base: dict | None = None):
-    from cbir.index.rerank import resolve
+    from cbir.index.query.rerank import resolve
 
     return resolve(base, a.rerank, **rerank_overrides(a))

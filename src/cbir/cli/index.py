@@ -10,8 +10,8 @@ from cbir.cli.common import (engine_args, open_embedder, parquet_spec, print_jso
                              source_args)
 from cbir.cli.embed import read_list
 from cbir.errors import CbirError
-from cbir.index.lock import DirectoryGone
-from cbir.index.rerank import PRESETS
+from cbir.index.storage.lock import DirectoryGone
+from cbir.index.query.rerank import PRESETS
 
 
 def cmd_index_build(a: argparse.Namespace) -> int:
@@ -66,9 +66,9 @@ def _discard_on_refusal(g):
 
 def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
     """Every input is checked before anything is written: vectors, paths, dimension, memory budget."""
-    from cbir.index import tuning
+    from cbir.index.ann import tuning
     from cbir.index.gallery import INDEX_JSON, Gallery
-    from cbir.index.ingest import VectorSource, check_dim, ingest, read_paths
+    from cbir.index.build.vectors import VectorSource, check_dim, ingest, read_paths
 
     if a.paths is None:
         raise CbirError("--from-vectors needs --paths P.txt (one path or URI per row)")

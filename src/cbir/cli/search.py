@@ -33,10 +33,13 @@ def cmd_search(a: argparse.Namespace) -> int:
 def write_html(g, results: list[dict], out: str) -> None:
     from cbir import fsio
     from cbir.engine.preprocess import ImageError
-    from cbir.index import contact_sheet
+    from cbir.cli import contact_sheet
+    from cbir.serve.thumbs import Thumbnails
+
+    thumbnails = Thumbnails(g.root, g.store)
 
     def thumbnail(hit: dict) -> bytes:
-        got = g.thumbnails.get(hit["id"])  # the index's cached thumbnail, shrunk for the sheet
+        got = thumbnails.get(hit["id"])  # the index's cached thumbnail, shrunk for the sheet
         if got is None:
             raise ImageError(hit["path"], "no longer in the index")
         return contact_sheet.make(got[0], hit["path"], contact_sheet.SIZE, contact_sheet.QUALITY)

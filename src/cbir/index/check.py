@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.index import faiss_index
-from cbir.index.features import feature_path
-from cbir.index.regions import regions_path
-from cbir.index.shards import read_shard, shard_path
+from cbir.index.ann import faiss_index
+from cbir.index.storage.features import feature_path
+from cbir.index.storage.regions import regions_path
+from cbir.index.storage.shards import read_shard, shard_path
 
 SAMPLE = 200  # stored vectors searched for their own id
 
@@ -38,7 +38,7 @@ def _problem(part: str, what: str, shard: int | None = None) -> dict:
 def check(gallery) -> dict:
     """``{"ok": bool, "problems": [{"part", "shard", "problem"}], "checked": {...}}``."""
     problems: list[dict] = []
-    store, root, cfg = gallery.store, Path(gallery.root), gallery.config
+    store, cfg = gallery.store, gallery.config
     try:
         verdict = store.conn.execute("PRAGMA integrity_check").fetchone()[0]
     except sqlite3.DatabaseError as e:
@@ -111,7 +111,7 @@ def _check_faiss(gallery) -> list[dict]:
         return out
     ids, vecs = _sample(gallery, SAMPLE)
     if len(ids):
-        from cbir.index import tuning
+        from cbir.index.ann import tuning
 
         tuning.set_search_params(index, gallery.config.get("search"))
         q = np.ascontiguousarray(gallery.postprocess_queries(vecs), np.float32)
@@ -126,7 +126,7 @@ def _check_faiss(gallery) -> list[dict]:
 
 
 def _sample(gallery, n: int) -> tuple[np.ndarray, np.ndarray]:
-    from cbir.index import maintain
+    from cbir.index.ann import maintain
 
     try:
         return maintain.sample_vectors(gallery.store, gallery.root, n, seed=3)
@@ -136,7 +136,7 @@ def _sample(gallery, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def repair(gallery, progress: bool = False) -> dict:
     """Fix what ``check`` finds (see the module doc); returns what was done and what is lost."""
-    from cbir.index import build
+    from cbir.index.build import pipeline as build
 
     with gallery.writing():
         before = check(gallery)

@@ -26,7 +26,7 @@ import numpy as np
 from cbir.cores import all_cores
 from cbir.engine import local_features
 from cbir.errors import CbirError
-from cbir.index import faiss_index
+from cbir.index.ann import faiss_index
 
 K = 10
 THRESHOLD = 0.5

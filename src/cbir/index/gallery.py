@@ -7,10 +7,12 @@ Layout of INDEX_DIR:
                   (``features``) and regional descriptors (``regions``, when the model has them)
 - ``index.faiss`` the FAISS index, derived from the shards (``maintain``)
 - ``report.json`` what the last build/add did
-- ``thumbs/``     cached JPEG thumbnails by item id (``thumbs``), made on first use
+- ``thumbs/``     cached JPEG thumbnails by item id (``cbir.serve.thumbs``, made on first use by ``cbir serve``)
 
-The pieces live in their own modules: ``config`` (index.json), ``build`` (scan → embed → commit),
-``maintain`` (FAISS from shards), ``search`` (k-NN + query expansion), ``lock`` (one writer).
+The pieces live in sub-packages: ``storage`` (index.json, SQLite, shard/feature/region files, the
+writer lock), ``build`` (scan → embed → commit; vectors in; Ray), ``ann`` (FAISS from the shards and
+its tuning), ``query`` (k-NN + re-ranking); ``check`` verifies and repairs, ``dedup`` groups copies.
+Thumbnails and contact sheets live with their users (``cbir.serve.thumbs``, ``cbir.cli.contact_sheet``).
 ``Gallery`` ties them together and is safe to search from many threads (``cbir serve``): the lazily
 loaded FAISS index, its GPU copy and its reconstruction map are created under a lock.
 
@@ -38,20 +40,19 @@ import numpy as np
 
 from cbir import crashpoints, fsio
 from cbir.errors import CbirError
-from cbir.index import build as _build
-from cbir.index import config as _config
-from cbir.index import faiss_index, maintain, tuning
-from cbir.index.config import INDEX_JSON, SHARD_SIZE
-from cbir.index.lock import LOCK_NAME, DirectoryGone, WriterLock
+from cbir.index.build import pipeline as _build
+from cbir.index.storage import config as _config
+from cbir.index.ann import faiss_index, maintain, tuning
+from cbir.index.storage.config import INDEX_JSON, SHARD_SIZE
+from cbir.index.storage.lock import LOCK_NAME, DirectoryGone, WriterLock
 from cbir.engine import local_features
-from cbir.index import rerank as _rerank
-from cbir.index import search as _search
-from cbir.index import features as _features
-from cbir.index.features import FeatureStore
-from cbir.index.regions import RegionStore
-from cbir.index.rerank import DEFAULT_BUDGET, Budget, Rerank
-from cbir.index.store import Store
-from cbir.index.thumbs import Thumbnails
+from cbir.index.query import rerank as _rerank
+from cbir.index.query import search as _search
+from cbir.index.storage import features as _features
+from cbir.index.storage.features import FeatureStore
+from cbir.index.storage.regions import RegionStore
+from cbir.index.query.rerank import DEFAULT_BUDGET, Budget, Rerank
+from cbir.index.storage.store import Store
 
 __all__ = ["Gallery", "Hit", "INDEX_JSON", "SHARD_SIZE"]
 
@@ -119,19 +120,11 @@ class Gallery:
         self._gpu_index = self._gpu_source = None
         self._reconstructable = None
         self._whitening = None
-        self._thumbnails = None
         self._features = None
         self._regions = None
         self._lock = threading.RLock()
         if embedder is not None:
             self.check_model(embedder)
-
-    @property
-    def thumbnails(self) -> Thumbnails:
-        """The thumbnail cache (INDEX_DIR/thumbs), made on first use."""
-        if self._thumbnails is None:
-            self._thumbnails = Thumbnails(self.root, self.store)
-        return self._thumbnails
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
@@ -335,7 +328,12 @@ class Gallery:
         return _build.pending_work(self.store)
 
     def process_pending(self, batch_size: int | None = None, progress: bool = False, distributed: dict | None = None) -> dict:
-        return _build.process_pending(self, batch_size, progress, distributed)
+        if distributed is not None:
+            from cbir.index.build.ray import process_with_ray
+
+            _build.adopt_outputs(self.store, self.root)
+            return process_with_ray(self, batch_size=batch_size, progress=progress, **distributed)
+        return _build.process_pending(self, batch_size, progress)
 
     def load_vectors(self, shards: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, raw vectors) of the indexed items whose current vectors are in ``shards`` (default all)."""
@@ -529,7 +527,6 @@ class Gallery:
             with self.store.transaction():
                 self.store.mark_removed(ids)
             crashpoints.hit("removed-committed")
-            self.thumbnails.forget(ids)
             if in_sync:
                 self._set_index(maintain.update(self, np.array(ids, np.int64)))
             else:  # index.faiss was already behind (an earlier crash): rebuild, do not patch

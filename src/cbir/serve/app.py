@@ -2,7 +2,7 @@
 
 Endpoints: ``POST /search`` (an image as multipart field ``image`` or as the raw body, or JSON
 ``{"embedding": [...]}``; query ``k``, and the re-ranking: ``rerank`` (a preset) and any
-``cbir.index.rerank.Rerank`` field — ``qe``, ``qe_alpha``, ``shortlist``, ``shortlist_dba``,
+``cbir.index.query.rerank.Rerank`` field — ``qe``, ``qe_alpha``, ``shortlist``, ``shortlist_dba``,
 ``diffusion``, ``regional``, ``verify``, ``min_inliers`` …; unknown or out of range → 422; default: the index's),
 ``GET /search?id=ITEM`` (an indexed
 item as the query: its stored vector, nothing re-embedded), ``POST /embed`` (an image → vector),
@@ -58,9 +58,10 @@ from cbir.engine.batcher import BatcherClosed, QueueFull
 from cbir.engine import local_features
 from cbir.engine.preprocess import ImageError
 from cbir.errors import CbirError
-from cbir.index import rerank
-from cbir.index.rerank import DEFAULT_BUDGET, GET_BUDGET, LIMITS, PRESETS, Budget, Rerank
+from cbir.index.query import rerank
+from cbir.index.query.rerank import DEFAULT_BUDGET, GET_BUDGET, LIMITS, PRESETS, Budget, Rerank
 from cbir.serve.metrics import Metrics
+from cbir.serve.thumbs import Thumbnails
 
 HEAVY = Budget(mib=32.0, gflop=1.0)  # a search costing more than this takes one of the ``max_heavy`` slots
 MAX_ID = 2**63 - 1  # SQLite's integer range
@@ -157,8 +158,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
     gallery = Gallery(index_dir)
     emb = gallery.embedder(backend=backend, threads=threads, precision=precision,
                            **({"max_pixels": max_pixels} if max_pixels else {}))
-    if max_pixels:
-        gallery.thumbnails.max_pixels = max_pixels
+    thumbnails = Thumbnails(gallery.root, gallery.store, **({"max_pixels": max_pixels} if max_pixels else {}))
     ui = {name: (resources.files("cbir.serve") / "ui" / name).read_bytes() for name in UI_FILES}
     metrics = Metrics()
     state: dict = {}
@@ -315,7 +315,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         if not cfg.verify:
             return None
         try:
-            return local_features.extract(data, "uploaded image", gallery.thumbnails.max_pixels)
+            return local_features.extract(data, "uploaded image", thumbnails.max_pixels)
         except Exception:  # the upload is embedded (or refused) on its own path; here it just verifies nothing
             return None
 
@@ -378,7 +378,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
     async def thumb(item_id: int, request: Request):
         known_id(item_id)
         try:
-            got = await run_in_threadpool(gallery.thumbnails.get, item_id)
+            got = await run_in_threadpool(thumbnails.get, item_id)
         except ImageError as e:
             status = 413 if "decompression bomb" in e.reason else 404
             raise HTTPError(status, f"item {item_id}: no thumbnail: {e.reason}") from None

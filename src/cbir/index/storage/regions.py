@@ -2,7 +2,7 @@
 ``shards/shard-NNNNNN.regions.npy`` per shard, float16 [n, R, D] (the model's ``regions`` output,
 ``cbir export --regions``), rows in the order of the shard file's ``ids``.
 
-Written by ``shards.embed_shard`` in the same pass as the vectors and *before* the shard file, so a
+Written by ``build.pipeline.embed_shard`` in the same pass as the vectors and *before* the shard file, so a
 shard whose file exists has its regions (a killed build redoes the shard, both files). float16
 halves the storage (13 × 320 × 2 B ≈ 8.3 KB per image for Lite0 Block 7); cosines move by < 1e-3.
 Items ingested from vectors (``--from-vectors``) have none and are simply not re-scored. Files are
@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from cbir import fsio
-from cbir.index.shard_rows import ShardRows
-from cbir.index.shards import shard_path
+from cbir.index.storage.shard_rows import ShardRows
+from cbir.index.storage.shards import shard_path
 
 
 def regions_path(root: Path, shard: int) -> Path:

@@ -5,8 +5,8 @@ from typing import Callable
 
 import numpy as np
 
-from cbir.index import faiss_index
-from cbir.index.rerank import Rerank, rerank
+from cbir.index.ann import faiss_index
+from cbir.index.query.rerank import Rerank, rerank
 
 # verify(query row, candidate ids [n]) -> inliers [n]
 Verifier = Callable[[int, np.ndarray], np.ndarray]

@@ -12,7 +12,7 @@ import html
 from typing import Callable, Sequence
 
 from cbir.engine.preprocess import ImageError
-from cbir.index.thumbs import make
+from cbir.serve.thumbs import make
 
 SIZE = 160
 QUALITY = 70

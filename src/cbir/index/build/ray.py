@@ -4,7 +4,7 @@ The same shard unit and done-markers as a local build: the coordinator (this pro
 folder and assigns files to shards in SQLite as usual; each pending shard becomes one row of a Ray
 dataset; ``map_batches`` runs ``ShardWorker`` in a fixed-size actor pool (``ActorPoolStrategy``),
 each actor holding one loaded model and decoding in its own process; a worker embeds a whole shard
-with ``shards.embed_shard`` — the code a local build runs — and writes the shard's output file
+with ``pipeline.embed_shard`` — the code a local build runs — and writes the shard's output file
 (vectors + metadata rows) into the index directory. The coordinator commits every shard as its
 result streams back, so an interrupted run resumes like a local one (finished-but-uncommitted
 outputs are adopted, unfinished shards are redone), then builds the FAISS index from the shards.
@@ -48,7 +48,7 @@ class ShardWorker:
         from pathlib import Path
 
         from cbir.engine.bulk import Timings
-        from cbir.index.shards import embed_shard
+        from cbir.index.build.pipeline import embed_shard
 
         shards, indexed, failed, seconds = [], [], [], []
         for shard, ids, paths in zip(batch["shard"], batch["ids"], batch["paths"]):
@@ -67,7 +67,7 @@ def process_with_ray(gallery, batch_size: int | None = None, progress: bool = Fa
                      num_workers: int = 2, cpus_per_worker: int = 1, gpus_per_worker: float = 0,
                      backend: str = "onnxruntime") -> dict:
     ray = import_ray()
-    from cbir.index.shards import read_shard
+    from cbir.index.storage.shards import read_shard
 
     work = gallery.pending_work()
     total = sum(len(items) for _, items in work)

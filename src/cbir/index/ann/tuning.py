@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.index import faiss_index
+from cbir.index.ann import faiss_index
 
 FLAT_MAX_N = 20_000
 ID_BYTES = 16  # IDMap2: the id array and the reverse map

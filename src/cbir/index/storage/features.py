@@ -23,7 +23,7 @@ from cbir import crashpoints, fsio
 from cbir.cores import all_cores
 from cbir.engine import local_features
 from cbir.engine.preprocess import ImageError
-from cbir.index.shard_rows import ShardRows
+from cbir.index.storage.shard_rows import ShardRows
 
 KIND = "orb"
 DTYPE = np.dtype([("id", "<i8")] + [(n, local_features.DTYPE.fields[n][0]) for n in local_features.DTYPE.names])

@@ -18,8 +18,8 @@ import numpy as np
 
 from cbir import vectors as vmath
 from cbir.errors import CbirError
-from cbir.index.build import Scan, commit_shard, progress_bar
-from cbir.index.shards import ShardOutput, write_shard
+from cbir.index.build.pipeline import Scan, commit_shard, progress_bar
+from cbir.index.storage.shards import ShardOutput, write_shard
 
 
 class VectorSource:

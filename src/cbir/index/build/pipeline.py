@@ -13,10 +13,14 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
 
 from cbir import crashpoints
-from cbir.index.shards import ShardOutput, embed_shard, read_shard, shard_path
+from cbir.index.storage import regions
+from cbir.index.storage.shards import ShardOutput, read_shard, shard_path, write_shard
 from cbir.sources import ParquetSpec, expand, is_uri, stat
 
 
@@ -106,14 +110,10 @@ def pending_work(store) -> list[tuple[int, list[tuple[int, str]]]]:
     return [(s, store.shard_items(s, "pending")) for s in store.pending_shards()]
 
 
-def process_pending(gallery, batch_size: int | None = None, progress: bool = False, distributed: dict | None = None) -> dict:
-    """Embed every pending shard (here, or on Ray with ``distributed``) and commit each as it
-    finishes; returns counts and stage timings."""
+def process_pending(gallery, batch_size: int | None = None, progress: bool = False) -> dict:
+    """Embed every pending shard here and commit each as it finishes; returns counts and stage
+    timings (``build.ray.process_with_ray`` is the same on Ray workers)."""
     adopt_outputs(gallery.store, gallery.root)
-    if distributed is not None:
-        from cbir.index.distributed import process_with_ray
-
-        return process_with_ray(gallery, batch_size=batch_size, progress=progress, **distributed)
     from cbir.engine.bulk import Timings
 
     emb = gallery.embedder()
@@ -129,3 +129,35 @@ def process_pending(gallery, batch_size: int | None = None, progress: bool = Fal
     if bar is not None:
         bar.close()
     return {"indexed": indexed, "failed_now": failed, "timings": timings.as_dict()}
+
+
+def embed_shard(embedder, root: Path, shard: int, items: Sequence[tuple[int, str]], batch_size: int | None = None,
+                timings=None, on_batch: Callable[[int], None] | None = None) -> ShardOutput:
+    """Embed one shard's files and write its output file (the worker side of a build). A model with
+    regional descriptors (``cbir export --regions``) also gets its regions file, written first."""
+    ids = np.array([i for i, _ in items], np.int64)
+    with_regions = embedder.num_regions > 0
+    vec_parts, reg_parts, ok, sha1, size, bad, reasons = [], [], [], [], [], [], []
+    for b in embedder.iter_batches([p for _, p in items], batch_size, hash_files=True, timings=timings,
+                                   regions=with_regions):
+        if b.indices:
+            vec_parts.append(b.vectors)
+            if with_regions:
+                reg_parts.append(b.regions)
+            for pos in b.indices:
+                ok.append(ids[pos])
+                sha1.append(b.facts[pos].sha1)
+                size.append(b.facts[pos].size)
+        for pos, _, reason in b.errors:
+            bad.append(ids[pos])
+            reasons.append(reason)
+        if on_batch is not None:
+            on_batch(len(b.indices) + len(b.errors))
+    vectors = np.concatenate(vec_parts) if vec_parts else np.empty((0, embedder.dim), np.float32)
+    out = ShardOutput(np.array(ok, np.int64), vectors, np.array(sha1, str), np.array(size, np.int64),
+                      np.array(bad, np.int64), np.array(reasons, str))
+    if with_regions:
+        regions.write(root, shard, np.concatenate(reg_parts) if reg_parts
+                      else np.empty((0, embedder.num_regions, embedder.dim), np.float16))
+    write_shard(root, shard, out)
+    return out

@@ -56,10 +56,12 @@ class Thumbnails:
         return f"{row['id']}-{key[:16]}-{self.size}"
 
     def get(self, item_id: int) -> tuple[bytes, str] | None:
-        """(JPEG, ETag) of an indexed item; None when no such item is indexed. Raises ``ImageError``
-        when its source can no longer be read."""
+        """(JPEG, ETag) of an indexed item; None when no such item is indexed (a removed item's cached
+        thumbnails are deleted then). Raises ``ImageError`` when its source can no longer be read."""
         row = self.store.item(item_id)
         if row is None or row["state"] != "indexed":
+            if row is not None:
+                self.forget([item_id])
             return None
         tag = self.etag(row)
         path = self.dir / f"{tag}.jpg"
@@ -73,11 +75,9 @@ class Thumbnails:
 
     def forget(self, ids) -> None:
         """Delete the cached thumbnails of these ids (removed items)."""
-        wanted = {str(int(i)) for i in ids}
-        if self.dir.is_dir():
-            for e in os.scandir(self.dir):
-                if e.name.split("-", 1)[0] in wanted:
-                    Path(e.path).unlink(missing_ok=True)
+        for i in ids:
+            for old in self.dir.glob(f"{int(i)}-*.jpg"):
+                old.unlink(missing_ok=True)
 
     def _store(self, item_id: int, path: Path, data: bytes) -> None:
         with self._lock:  # one writer per process: atomic_path's temporary name is per process

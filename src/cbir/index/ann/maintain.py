@@ -25,8 +25,8 @@ import numpy as np
 
 from cbir import vectors
 from cbir.errors import CbirError
-from cbir.index import faiss_index, tuning
-from cbir.index.shards import read_shard
+from cbir.index.ann import faiss_index, tuning
+from cbir.index.storage.shards import read_shard
 
 HELD_OUT = 500  # queries for tuning
 
