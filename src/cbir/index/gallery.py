@@ -115,6 +115,7 @@ class Gallery:
         self._retry_at = 0.0  # refresh: when a failed load may be retried
         self._config_sig: tuple = ()  # refresh: (inode, mtime, size) of index.json when last read
         self._config_read_at = 0.0
+        self._disk_generation = None  # refresh: faiss_generation in index.json when last read
         self._reconciler: threading.Thread | None = None
         self.load_error: str | None = None  # the last failed load of a newer index.faiss (refresh)
         self._gpu_index = self._gpu_source = None
@@ -391,9 +392,11 @@ class Gallery:
             if sig != self._config_sig or now - self._config_read_at >= 1.0:
                 config = _config.load(self.root)
                 self._config_sig, self._config_read_at = sig, now
+                self._disk_generation = config.get("faiss_generation")
                 if config.get("revision") != self.config.get("revision"):
                     swapped = self._adopt_config(config)
-        if reconcile_in_background and self.store.generation != self.config.get("faiss_generation"):
+        disk = self._disk_generation if self._disk_generation is not None else self.config.get("faiss_generation")
+        if reconcile_in_background and self.store.generation != disk:  # index.faiss on disk is behind SQLite
             self._reconcile_in_background()
         return swapped
 
