@@ -108,8 +108,19 @@ def cmd_bench_latency(a: argparse.Namespace) -> int:
 
 
 def cmd_bench_search(a: argparse.Namespace) -> int:
-    from cbir.bench.scale import bench_search
+    from cbir.bench.scale import bench_search, bench_shift
 
+    if a.shift:
+        out = [bench_shift(int(n), a.dim, a.memory_budget, a.target_recall, eval_queries=a.queries) for n in a.sizes.split(",")]
+        if a.json:
+            print_json(out)
+            return 0
+        for r in out:
+            print(f"n={r['n']:,} (auto {r['auto_choice']}), queries between clusters, {r['eval_queries']} evaluated:")
+            for row in r["rows"]:
+                print(f"  tuned on {row['basis']:<8} ({row['tuned_on']}): {row['params']}, estimate {row['estimate']} "
+                      f"(95 % {row['ci95'][0]}–{row['ci95'][1]}), true recall@10 {row['true_recall']}, {row['ms_per_query']} ms/query")
+        return 0
     rows = bench_search([int(x) for x in a.sizes.split(",")], a.dim, a.memory_budget, a.target_recall, a.queries,
                         shard_size=a.shard_size, workdir=a.workdir, keep=a.keep, on_disk=a.on_disk)
     if a.json:
@@ -243,6 +254,8 @@ def register(sub) -> None:
     bs_.add_argument("--workdir", help="where vectors and indexes go (default: a temporary folder, removed after)")
     bs_.add_argument("--keep", action="store_true", help="keep the vectors and indexes")
     bs_.add_argument("--on-disk", action="store_true", help="build with on-disk inverted lists (memory-mapped)")
+    bs_.add_argument("--shift", action="store_true", help="query-shift scenario: queries unlike the gallery; the "
+                     "gallery-basis estimate vs the query-basis estimate (100 tuning queries) vs the truth")
     bs_.add_argument("--json", action="store_true")
     bs_.set_defaults(fn=cmd_bench_search)
     br = bench.add_parser("requests", help="peak RSS and time of the heaviest searches the work budget allows")

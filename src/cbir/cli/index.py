@@ -42,6 +42,8 @@ def cmd_index_build(a: argparse.Namespace) -> int:
             print(f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)", file=sys.stderr)
         try:
             with _discard_on_refusal(g):
+                if a.tune_queries:
+                    g.set_tune_queries(g.query_vectors(a.tune_queries))
                 report = g.build(inputs, batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty(),
                                  distributed=distributed, retry_failed=a.retry_failed, parquet=parquet_spec(a),
                                  restore=a.restore)
@@ -84,6 +86,8 @@ def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
                        wait=a.wait, dim=source.dim, on_disk=a.on_disk, local_features=a.local_features or "none",
                        rerank=a.rerank or "none")
     with _discard_on_refusal(g):
+        if a.tune_queries:
+            g.set_tune_queries(g.query_vectors(a.tune_queries))
         report = ingest(g, source, paths, progress=not a.json and sys.stderr.isatty(), restore=a.restore)
     return _print_report(a, report, "indexed")
 
@@ -154,14 +158,24 @@ def cmd_index_remove(a: argparse.Namespace) -> int:
 def cmd_index_tune(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
+    from cbir.index.ann.maintain import GALLERY_BASIS_NOTE
+    from cbir.serve.audit import audited_queries
+
     g = Gallery(a.index, wait=a.wait)
-    t = g.tune(a.target_recall, a.max_ms_per_query)
+    if a.queries and a.from_audit:
+        raise CbirError("index tune: give --queries or --from-audit, not both")
+    queries = g.query_vectors(a.queries) if a.queries else audited_queries(g) if a.from_audit else None
+    t = g.tune(a.target_recall, a.max_ms_per_query, queries=queries)
     if a.json:
         print_json(t)
     else:
-        ms = f"{t['ms_per_query']:.3f} ms/query (batch {t['held_out_queries']})" if t["ms_per_query"] is not None else "empty index"
-        print(f"{a.index}: {g.config['search'] or 'exact search'}; recall@10 {t['recall_at_10']} on "
-              f"{t['held_out_queries']} held-out vectors, {ms}")
+        ms = f"{t['ms_per_query']:.3f} ms/query (batch {t['queries']})" if t["ms_per_query"] is not None else "empty index"
+        what = "real queries" if t["basis"] == "queries" else "held-out gallery vectors"
+        lo, hi = t["recall_ci95"]
+        print(f"{a.index}: {g.config['search'] or 'exact search'}; recall@10 {t['recall_at_10']} (95 % {lo}–{hi}) on "
+              f"{t['queries']} {what}, {ms}")
+    if t["basis"] == "gallery":
+        print("note: " + GALLERY_BASIS_NOTE.format(root=a.index), file=sys.stderr)
     return 0
 
 
@@ -175,10 +189,15 @@ def cmd_index_info(a: argparse.Namespace) -> int:
         m = info["model"]
         t = info["tuning"]
         print(f"{info['path']}: {info['count']} images, d={info['dim']}, factory {info['index_factory']}"
-              + (f", search {info['search']}, recall@10 {t['recall_at_10']}, {t['ms_per_query']:.3f} ms/query"
+              + (f", search {info['search']}, recall@10 {t['recall_at_10']} on {t.get('queries', t.get('held_out_queries'))} "
+                 f"{'real queries' if t.get('basis') == 'queries' else 'held-out gallery vectors'}, {t['ms_per_query']:.3f} ms/query"
                  if t and t.get("ms_per_query") is not None else "") + f", {info['index_bytes'] or 0:,} bytes, "
               f"model {m['arch']} Block {m['block']} {m['pooling']} ({m['fingerprint']}), "
               f"{info['failed']} failed, {info['removed']} removed, {info['pending_shards']} shards pending")
+        if t and t.get("basis", "gallery") == "gallery" and t.get("ms_per_query") is not None:
+            from cbir.index.ann.maintain import GALLERY_BASIS_NOTE
+
+            print("note: " + GALLERY_BASIS_NOTE.format(root=a.index))
     return 0
 
 
@@ -239,6 +258,8 @@ def register(sub) -> None:
                                      'chosen from the gallery size and --memory-budget, tuned to --target-recall')
     b.add_argument("--memory-budget", help="index memory budget for --factory auto, e.g. 4GB (default 4GB)")
     b.add_argument("--target-recall", type=float, help="recall@10 vs exact search for --factory auto (default 0.95)")
+    b.add_argument("--tune-queries", nargs="+", metavar="Q", help="tune --factory auto on these real queries (images, "
+                   "folders, URIs or one .npy of vectors) instead of held-out gallery vectors; kept for later rebuilds")
     b.add_argument("--shard-size", type=int, help="images per resumable shard (default 1024)")
     b.add_argument("--whitening", help="whitening file applied to stored and query vectors")
     b.add_argument("--dba", type=int, help="database-side augmentation over N neighbours (default off)")
@@ -282,6 +303,10 @@ def register(sub) -> None:
     tu.add_argument("index")
     tu.add_argument("--target-recall", type=float, required=True, help="recall@10 vs exact search, e.g. 0.95")
     tu.add_argument("--max-ms-per-query", type=float, help="refuse a setting slower than this")
+    tu.add_argument("--queries", nargs="+", metavar="Q", help="tune on these queries: images, folders, URIs, or one "
+                    ".npy of query vectors (kept for later rebuilds); default: the queries tuned on before, else "
+                    "held-out gallery vectors")
+    tu.add_argument("--from-audit", action="store_true", help="tune on the queries `cbir serve --audit-rate` sampled")
     tu.add_argument("--json", action="store_true")
     tu.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
     tu.set_defaults(fn=cmd_index_tune)

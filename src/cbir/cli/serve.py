@@ -16,7 +16,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     app = create_app(a.index, max_batch=a.max_batch, max_delay_ms=a.max_delay_ms, max_queue=a.max_queue,
                      timeout_s=a.timeout_s, max_upload_bytes=int(a.max_upload_mb * 1024 * 1024),
-                     backend=a.backend, threads=a.threads, precision=a.precision, max_heavy=a.max_heavy)
+                     backend=a.backend, threads=a.threads, precision=a.precision, max_heavy=a.max_heavy,
+                     audit_rate=a.audit_rate)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=a.timeout_s)
     return 0
 
@@ -33,6 +34,8 @@ def register(sub) -> None:
     sv.add_argument("--max-upload-mb", type=float, default=20.0)
     sv.add_argument("--max-heavy", type=int, help="heavy re-ranking searches at once (default: half the cores); "
                                                   "beyond it: 503 + Retry-After")
+    sv.add_argument("--audit-rate", type=float, help="share of POST /search queries re-searched exactly in the background "
+                    "to measure live recall@10 (default 0.02; 0 = off); kept in INDEX_DIR/audit for `index tune --from-audit`")
     backend_args(sv)
     sv.add_argument("--threads", type=int)
     sv.set_defaults(fn=cmd_serve)

@@ -27,6 +27,7 @@ swaps it in atomically: searches already running finish on the old one.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -447,15 +448,66 @@ class Gallery:
         return {"generation": self.store.generation, "faiss_generation": self.config.get("faiss_generation"),
                 "missing_from_faiss": sorted(want - held), "not_indexed_in_faiss": sorted(held - want)}
 
-    def tune(self, target_recall: float, max_ms: float | None = None) -> dict:
-        """Tune nprobe / efSearch of the built index to ``target_recall`` (recall@10 vs exact search on
-        held-out real vectors) and record it in index.json; returns the tuning record."""
+    def tune(self, target_recall: float, max_ms: float | None = None, queries: np.ndarray | None = None) -> dict:
+        """Tune nprobe / efSearch of the built index to ``target_recall`` (recall@10 vs exact search)
+        and record it in index.json; returns the tuning record. ``queries`` (from ``query_vectors``):
+        tune on them, and keep them (INDEX_DIR/tune-queries.npy) for every later rebuild; else the
+        queries the index was tuned on before, else held-out gallery vectors. A target these queries
+        cannot reach changes nothing."""
         with self.writing():
             index = self.index
-            maintain.tune(self, index, target_recall, max_ms)
+            saved = (dict(self.config.get("search") or {}), self.config.get("tuning"))
+            try:
+                maintain.tune(self, index, target_recall, max_ms, queries=queries)
+            except CbirError:
+                self.config["search"], self.config["tuning"] = saved
+                tuning.set_search_params(index, saved[0])
+                raise
+            if queries is not None:
+                self.set_tune_queries(queries)
             tuning.set_search_params(index, self.config["search"])
             self.save_config()
             return self.config["tuning"]
+
+    def set_tune_queries(self, queries: np.ndarray) -> None:
+        """Keep ``queries`` (from ``query_vectors``) as the ones every later tuning of this index uses
+        (INDEX_DIR/tune-queries.npy; the build's ``--factory auto`` tuning included)."""
+        with self.writing():
+            with fsio.atomic_path(self.root / maintain.TUNE_QUERIES, suffix=".npy") as tmp:
+                np.save(tmp, np.ascontiguousarray(queries, np.float32))
+
+    def query_vectors(self, specs: Sequence[str | os.PathLike], progress: bool = False) -> np.ndarray:
+        """Post-processed, L2-normalised query vectors from ``specs``: one ``.npy`` [n, D] of raw model
+        vectors, or images, folders and URIs (embedded with the index's model). Raises ``CbirError``
+        in one line for a wrong dimension, an unreadable file or no usable query."""
+        from cbir import vectors as vmath
+
+        specs = [os.fspath(s) for s in specs]
+        if not specs:
+            raise CbirError("--queries: give images, folders, URIs or one .npy of query vectors")
+        if len(specs) == 1 and specs[0].endswith(".npy"):
+            try:
+                v = np.load(specs[0], allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise CbirError(f"--queries {specs[0]}: not a readable .npy array ({e})") from None
+            want = self.config["model"]["dim"]
+            if v.ndim != 2 or v.dtype.kind != "f" or v.shape[1] != want:
+                raise CbirError(f"--queries {specs[0]}: need float vectors [n, {want}] (the index's model dimension), "
+                                f"got {v.dtype} {list(v.shape)}")
+            v = v[np.isfinite(v).all(axis=1) & (np.abs(v).sum(axis=1) > 0)].astype(np.float32)
+        else:
+            from cbir.sources import expand
+
+            items = expand(specs)
+            if not items:
+                raise CbirError(f"--queries {' '.join(specs)}: no images there")
+            res = self.embedder().embed_files(items)
+            for _, src, reason in res.errors:
+                print(f"cbir: query {src}: {reason} (left out)", file=sys.stderr)
+            v = res.vectors
+        if len(v) == 0:
+            raise CbirError(f"--queries {' '.join(specs)}: no usable query (all unreadable or empty)")
+        return self.postprocess_queries(vmath.l2_normalize(np.asarray(v, np.float32)))
 
     def rebuild_index(self) -> None:
         """(Re)build index.faiss from the shards: [whitening] → [DBA] → FAISS."""

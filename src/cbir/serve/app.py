@@ -60,7 +60,8 @@ from cbir.engine.preprocess import ImageError
 from cbir.errors import CbirError
 from cbir.index.query import rerank
 from cbir.index.query.rerank import DEFAULT_BUDGET, GET_BUDGET, LIMITS, PRESETS, Budget, Rerank
-from cbir.serve.metrics import Metrics
+from cbir.serve.audit import DEFAULT_RATE, Auditor
+from cbir.serve.metrics import CONTENT_TYPE, Metrics
 from cbir.serve.thumbs import Thumbnails
 
 HEAVY = Budget(mib=32.0, gflop=1.0)  # a search costing more than this takes one of the ``max_heavy`` slots
@@ -111,6 +112,8 @@ class Health(BaseModel):
     model: str
     fingerprint: str
     queued: int
+    recall_at_10: float | None = None  # rolling recall@10 of audited live queries (None: none audited yet)
+    audited: int = 0
     error: str | None = None
 
 
@@ -151,7 +154,7 @@ UI_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self';
 def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float = 5.0, max_queue: int = 256,
                timeout_s: float = 30.0, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int | None = None,
                backend: str = "onnxruntime", threads: int | None = None, precision: str | None = None,
-               max_heavy: int | None = None):
+               max_heavy: int | None = None, audit_rate: float | None = None):
     from cbir import __version__
     from cbir.index.gallery import Gallery
 
@@ -164,6 +167,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
     state: dict = {}
     from cbir.cores import all_cores
 
+    auditor = Auditor(gallery, DEFAULT_RATE if audit_rate is None else audit_rate)  # refuses an unwritable audit folder
     heavy_slots = threading.BoundedSemaphore(max_heavy or max(1, all_cores() // 2))
 
     @asynccontextmanager
@@ -202,9 +206,8 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         t0 = time.perf_counter()
         response = await call_next(request)
         endpoint = request.scope.get("route").path if request.scope.get("route") else "unmatched"
-        metrics.inc("cbir_requests_total", "HTTP requests by endpoint and status", endpoint=endpoint,
-                    status=response.status_code)
-        metrics.observe("cbir_request_seconds", "request latency", time.perf_counter() - t0, endpoint=endpoint)
+        metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - t0)
         return response
 
     async def read_body(request: Request) -> bytes:
@@ -251,8 +254,8 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         t = getattr(fut, "timing", None)
         timing = {}
         if t is not None:
-            metrics.observe("cbir_queue_seconds", "time waiting in the batcher queue", t.queue_ms / 1e3)
-            metrics.observe("cbir_inference_seconds", "batched model inference time", t.compute_ms / 1e3)
+            metrics.queue_seconds.observe(t.queue_ms / 1e3)
+            metrics.inference_seconds.observe(t.compute_ms / 1e3)
             timing = {"queue_ms": round(t.queue_ms, 3), "inference_ms": round(t.compute_ms, 3), "batch": t.batch}
         return vec, timing
 
@@ -307,7 +310,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         return gallery.search_items([item_id], k, cfg)
 
     def answer(hits, k: int, cfg: Rerank, search_s: float, timing: dict) -> dict:
-        metrics.observe("cbir_search_seconds", "FAISS search time (incl. re-ranking)", search_s)
+        metrics.search_seconds.observe(search_s)
         return {"results": [h.__dict__ for h in hits], "k": k, "rerank": cfg.to_dict(),
                 "timings_ms": {**timing, "search_ms": round(search_s * 1e3, 3)}}
 
@@ -345,6 +348,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             (vec, timing), feats = await asyncio.gather(embed_image(data), run_in_threadpool(query_features, data, cfg))
         t0 = time.perf_counter()
         hits = (await run_search(search_latest, cfg, vec[None], k, cfg, None if feats is None else [feats]))[0]
+        auditor.offer(vec)  # a sample of real queries is re-searched exactly, in the background
         return answer(hits, k, cfg, time.perf_counter() - t0, timing)
 
     get_params = [{"name": "id", "in": "query", "required": True, "description": "the indexed item to search with",
@@ -428,15 +432,20 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         if b is None or not b.alive:  # a dead batcher answers nothing: say so, so that it gets restarted
             reason = (b.error if b else None) or "not running"
             return JSONResponse({**body, "status": "error", "error": f"batcher worker: {reason}"}, status_code=503)
-        if gallery.load_error:
-            return {**body, "status": "degraded", "error": gallery.load_error}
+        audit = auditor.state()
+        body.update(recall_at_10=audit["recall_at_10"], audited=audit["count"])
+        problem = gallery.load_error or auditor.below_target()
+        if problem:
+            return {**body, "status": "degraded", "error": problem}
         return body
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prom():
         b = state.get("batcher")
-        text = metrics.render()
-        text += f"# HELP cbir_queue_depth requests waiting in the batcher\n# TYPE cbir_queue_depth gauge\ncbir_queue_depth {b.queued if b else 0}\n"
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        metrics.queue_depth.set(b.queued if b else 0)
+        audit = auditor.state()
+        metrics.recall.set(audit["recall_at_10"] if audit["count"] else float("nan"))
+        metrics.audited.set(audit["count"])
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app

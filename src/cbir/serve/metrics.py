@@ -1,55 +1,35 @@
-"""Minimal Prometheus text exposition: counters and fixed-bucket histograms, thread-safe."""
+"""Prometheus metrics of ``cbir serve`` through ``prometheus_client``: one registry per app with the
+request counter and latency histograms, the batcher's queue depth, the live-traffic recall audit
+(``cbir_recall_at_10`` and the count behind it) and the process metrics dashboards expect (resident
+memory, CPU seconds, open file descriptors, start time: ``ProcessCollector``; Python version:
+``PlatformCollector``)."""
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
+                               ProcessCollector, generate_latest)
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.counters: dict[tuple[str, tuple], float] = defaultdict(float)
-        self.hist: dict[tuple[str, tuple], list] = {}
-        self.help: dict[str, tuple[str, str]] = {}
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.requests = Counter("cbir_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.request_seconds = Histogram("cbir_request_seconds", "request latency", ["endpoint"], buckets=BUCKETS, registry=r)
+        self.queue_seconds = Histogram("cbir_queue_seconds", "time waiting in the batcher queue", buckets=BUCKETS, registry=r)
+        self.inference_seconds = Histogram("cbir_inference_seconds", "batched model inference time", buckets=BUCKETS,
+                                           registry=r)
+        self.search_seconds = Histogram("cbir_search_seconds", "FAISS search time (incl. re-ranking)", buckets=BUCKETS,
+                                        registry=r)
+        self.queue_depth = Gauge("cbir_queue_depth", "requests waiting in the batcher", registry=r)
+        self.recall = Gauge("cbir_recall_at_10", "rolling recall@10 of audited live queries against an exact search",
+                            registry=r)
+        self.audited = Gauge("cbir_recall_audited_queries", "audited queries behind cbir_recall_at_10", registry=r)
+        self.audit_dropped = Counter("cbir_audit_dropped", "sampled queries dropped because the audit was busy",
+                                     registry=r)
 
-    def inc(self, name: str, help_: str, value: float = 1.0, **labels) -> None:
-        with self._lock:
-            self.help.setdefault(name, ("counter", help_))
-            self.counters[(name, tuple(sorted(labels.items())))] += value
-
-    def observe(self, name: str, help_: str, seconds: float, **labels) -> None:
-        with self._lock:
-            self.help.setdefault(name, ("histogram", help_))
-            key = (name, tuple(sorted(labels.items())))
-            h = self.hist.setdefault(key, [[0] * len(BUCKETS), 0.0, 0])
-            for i, b in enumerate(BUCKETS):
-                if seconds <= b:
-                    h[0][i] += 1
-            h[1] += seconds
-            h[2] += 1
-
-    def render(self) -> str:
-        def lab(labels: tuple, extra: tuple = ()) -> str:
-            items = list(labels) + list(extra)
-            return "{" + ",".join(f'{k}="{v}"' for k, v in items) + "}" if items else ""
-
-        lines = []
-        with self._lock:
-            for name, (kind, help_) in sorted(self.help.items()):
-                lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
-                if kind == "counter":
-                    for (n, labels), v in sorted(self.counters.items()):
-                        if n == name:
-                            lines.append(f"{name}{lab(labels)} {v:g}")
-                else:
-                    for (n, labels), (counts, total, count) in sorted(self.hist.items()):
-                        if n != name:
-                            continue
-                        for b, c in zip(BUCKETS, counts):
-                            lines.append(f"{name}_bucket{lab(labels, (('le', f'{b:g}'),))} {c}")
-                        lines.append(f"{name}_bucket{lab(labels, (('le', '+Inf'),))} {count}")
-                        lines.append(f"{name}_sum{lab(labels)} {total:.6f}")
-                        lines.append(f"{name}_count{lab(labels)} {count}")
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -120,10 +120,24 @@ def search_parameters(index, params: dict | None):
     return p
 
 
+def recall_per_query(truth: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """|top-k ∩ exact top-k| / k of each query."""
+    k = truth.shape[1]
+    return np.array([len(set(t) & set(g)) / k for t, g in zip(truth.tolist(), got.tolist())], np.float64)
+
+
 def recall_at_k(truth: np.ndarray, got: np.ndarray) -> float:
     """Mean |top-k ∩ exact top-k| / k over queries."""
-    k = truth.shape[1]
-    return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth.tolist(), got.tolist())]))
+    return float(np.mean(recall_per_query(truth, got)))
+
+
+def interval95(per_query: np.ndarray) -> list[float]:
+    """95 % interval of the mean of per-query recalls (normal approximation, clipped to [0, 1])."""
+    n = len(per_query)
+    if n < 2:
+        return [float(np.mean(per_query)) if n else 1.0] * 2
+    m, half = float(np.mean(per_query)), 1.96 * float(np.std(per_query, ddof=1)) / np.sqrt(n)
+    return [round(max(0.0, m - half), 4), round(min(1.0, m + half), 4)]
 
 
 def search_excluding(index, queries: np.ndarray, k: int, own: np.ndarray | None) -> np.ndarray:
@@ -137,7 +151,8 @@ def search_excluding(index, queries: np.ndarray, k: int, own: np.ndarray | None)
 def tune(index, queries: np.ndarray, truth: np.ndarray, target: float, max_ms: float | None = None,
          own: np.ndarray | None = None, repeats: int = 3) -> dict:
     """Lowest knob value meeting ``target`` recall@k (k = truth.shape[1]); returns the chosen params and
-    the measured recall, ms/query (batch = all queries, median of ``repeats``) and the values tried."""
+    the measured recall (and ``per_query``), ms/query (batch = all queries, median of ``repeats``) and
+    the values tried. Exact indexes have no knob: their recall is measured all the same."""
     import faiss
 
     name = knob(index)
@@ -145,23 +160,31 @@ def tune(index, queries: np.ndarray, truth: np.ndarray, target: float, max_ms: f
     queries = np.ascontiguousarray(queries, np.float32)
     tried = []
     if name is None:
-        return {"params": {}, "recall": 1.0, "ms_per_query": query_ms(index, queries, k, repeats), "tried": tried}
+        per = recall_per_query(truth, search_excluding(index, queries, k, own))
+        ms = query_ms(index, queries, k, repeats)
+        if max_ms is not None and ms > max_ms:
+            raise CbirError(f"--max-ms-per-query {max_ms}: exact search takes {ms:.3f} ms/query here; build with "
+                            f"an ANN factory (--factory auto) to go faster")
+        return {"params": {}, "recall": float(per.mean()), "per_query": per, "ms_per_query": ms, "tried": tried}
     inner = faiss_index.innermost(index)
     top = getattr(faiss.try_extract_index_ivf(inner), "nlist", None) if name == "nprobe" else 4096
     value = 1
     while True:
         set_search_params(index, {name: value})
-        recall = recall_at_k(truth, search_excluding(index, queries, k, own))
+        per = recall_per_query(truth, search_excluding(index, queries, k, own))
+        recall = float(per.mean())
         ms = query_ms(index, queries, k, repeats)
         tried.append({name: value, "recall": round(recall, 4), "ms_per_query": round(ms, 4)})
         if recall >= target:
             if max_ms is not None and ms > max_ms:
                 raise CbirError(f"--target-recall {target}: reached at {name} {value} but at {ms:.3f} ms/query, over "
                                 f"--max-ms-per-query {max_ms}; lower the target or raise the limit")
-            return {"params": {name: value}, "recall": recall, "ms_per_query": ms, "tried": tried}
+            return {"params": {name: value}, "recall": recall, "per_query": per, "ms_per_query": ms, "tried": tried}
         if value >= top:
-            raise CbirError(f"--target-recall {target}: not reachable with this index (best recall@{k} {recall:.3f} "
-                            f"at {name} {value}); use a larger --memory-budget or a lower target")
+            best = max(tried, key=lambda t: t["recall"])
+            raise CbirError(f"--target-recall {target}: not reachable with this index and these queries (best "
+                            f"recall@{k} {best['recall']:.3f} at {name} {best[name]}); use a larger --memory-budget "
+                            f"or a target of at most {best['recall']:.3f}; nothing was changed")
         value = min(value * 2, top)
 
 

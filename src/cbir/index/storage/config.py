@@ -44,7 +44,7 @@ def save(root: Path, config: dict) -> None:
 
 # What cbir itself writes into an index directory; a folder holding anything else is not ours to use.
 OWN_NAMES = {INDEX_JSON, "meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm", "meta.sqlite-journal", "shards",
-             "index.faiss", "report.json", "thumbs", "whitening.npz", ".writer.lock"}
+             "index.faiss", "report.json", "thumbs", "whitening.npz", ".writer.lock", "tune-queries.npy", "audit"}
 
 
 def is_own_name(name: str) -> bool:
