@@ -5,7 +5,7 @@
    true recall@10 of all 600 at the index's current parameters.
 2. Cost: `cbir serve` on that 301k index with --audit-rate 0, the default 0.02, and 0.2, each behind a
    real uvicorn server on loopback, POST /search with a Corel JPEG at concurrency 8 (`cbir bench http`'s
-   client), 3 rounds interleaved; requests/s medians and their ratio to --audit-rate 0.
+   client), 5 rounds interleaved; requests/s medians and their ratio to --audit-rate 0.
 
     python benchmarks/audit_corel.py WORKDIR QUERY_JPEG
 """
@@ -44,7 +44,7 @@ for params in (g.config["search"], {"nprobe": 8}):
     print(f"{params}: audit {s['recall_at_10']:.3f} (95 % {s['ci95'][0]}–{s['ci95'][1]}) on {s['count']} audited; "
           f"truth on all 600: {true:.3f}; difference {s['recall_at_10'] - true:+.3f}")
 rates, rows = (0.0, 0.02, 0.2), {r: [] for r in (0.0, 0.02, 0.2)}
-for rnd in range(3):
+for rnd in range(5):
     for rate in rates:
         with Server(create_app(str(work / "idx"), audit_rate=rate, max_batch=8)) as url:
             rows[rate].append(bench_http(url, jpeg, [8], requests=300, k=10)[0]["requests_per_s"])

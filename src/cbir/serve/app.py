@@ -177,6 +177,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         _ = gallery.index  # load the FAISS index before the first request
         yield
         await run_in_threadpool(state["batcher"].close, True)  # drain what is queued
+        await run_in_threadpool(auditor.close)
         gallery.close()
 
     app = FastAPI(title="cbir", version=__version__, lifespan=lifespan,

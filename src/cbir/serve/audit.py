@@ -14,9 +14,12 @@ tunes on real traffic; serve picks the new parameters up on its next request.
 """
 from __future__ import annotations
 
+import atexit
 import queue
 import random
 import threading
+import time
+import weakref
 from collections import deque
 from pathlib import Path
 
@@ -33,6 +36,17 @@ WINDOW = 500
 KEEP = 10_000
 AUDIT_DIR = "audit"
 K = 10
+
+
+_LIVE: "weakref.WeakSet[Auditor]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Let every audit in flight finish before the interpreter goes: a daemon thread still inside
+    FAISS's OpenMP code at shutdown aborts the process."""
+    for a in list(_LIVE):
+        a.close()
 
 
 def audit_file(root) -> Path:
@@ -68,6 +82,7 @@ class Auditor:
         self._lock = threading.Lock()
         self._kept = np.empty((0, gallery.config["dim"]), np.float32)
         self._thread = None
+        self._stop = threading.Event()
         if rate > 0:
             self._check_writable()
             try:
@@ -78,6 +93,13 @@ class Auditor:
                 pass
             self._thread = threading.Thread(target=self._run, name="cbir-audit", daemon=True)
             self._thread.start()
+            _LIVE.add(self)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the audit thread after the batch in flight (queued samples are dropped)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def _check_writable(self) -> None:
         folder = Path(self.gallery.root) / AUDIT_DIR
@@ -102,16 +124,17 @@ class Auditor:
                 self.dropped += 1
 
     def _run(self) -> None:
-        import time
-
-        while True:
-            batch = [self._queue.get()]
+        while not self._stop.is_set():
+            try:
+                batch = [self._queue.get(timeout=0.2)]
+            except queue.Empty:
+                continue
             until = time.monotonic() + BATCH_WAIT_S  # one scan of the shards serves up to BATCH queries
-            while len(batch) < BATCH and (left := until - time.monotonic()) > 0:
+            while len(batch) < BATCH and not self._stop.is_set() and (left := until - time.monotonic()) > 0:
                 try:
-                    batch.append(self._queue.get(timeout=left))
+                    batch.append(self._queue.get(timeout=min(left, 0.2)))
                 except queue.Empty:
-                    break
+                    continue  # (woken to look at the stop flag)
             try:
                 self.audit(self.gallery.postprocess_queries(np.stack(batch)))
             except Exception as e:  # an audit that fails must not take the service with it
