@@ -238,6 +238,10 @@ def cmd_index_repair(a: argparse.Namespace) -> int:
     return 0 if r["ok"] else 1
 
 
+def wait_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
+
+
 RESTORE_HELP = ("index again items removed earlier (`cbir index remove`) that are among the inputs; "
                 "without it they stay removed and are listed as such")
 
@@ -281,7 +285,7 @@ def register(sub) -> None:
     b.add_argument("--gpus-per-worker", type=float, default=0)
     engine_args(b)
     b.add_argument("--json", action="store_true")
-    b.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
+    wait_arg(b)
     b.set_defaults(fn=cmd_index_build)
     ad = ix.add_parser("add", help="add new or changed files or folders")
     ad.add_argument("index")
@@ -291,13 +295,13 @@ def register(sub) -> None:
     ad.add_argument("--restore", action="store_true", help=RESTORE_HELP)
     engine_args(ad)
     ad.add_argument("--json", action="store_true")
-    ad.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
+    wait_arg(ad)
     ad.set_defaults(fn=cmd_index_add)
     rm = ix.add_parser("remove", help="remove files or folders from the index")
     rm.add_argument("index")
     rm.add_argument("paths", nargs="+")
     rm.add_argument("--json", action="store_true")
-    rm.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
+    wait_arg(rm)
     rm.set_defaults(fn=cmd_index_remove)
     tu = ix.add_parser("tune", help="tune nprobe / efSearch to a recall target on held-out vectors")
     tu.add_argument("index")
@@ -308,18 +312,18 @@ def register(sub) -> None:
                     "held-out gallery vectors")
     tu.add_argument("--from-audit", action="store_true", help="tune on the queries `cbir serve --audit-rate` sampled")
     tu.add_argument("--json", action="store_true")
-    tu.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
+    wait_arg(tu)
     tu.set_defaults(fn=cmd_index_tune)
     fe = ix.add_parser("features", help="add local features (spatial verification) to an index built without them")
     fe.add_argument("index")
     fe.add_argument("--json", action="store_true")
-    fe.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
+    wait_arg(fe)
     fe.set_defaults(fn=cmd_index_features)
     rr = ix.add_parser("rerank", help="set the re-ranking searches use by default (stored in index.json)")
     rr.add_argument("index")
     rerank_args(rr)
     rr.add_argument("--json", action="store_true")
-    rr.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
+    wait_arg(rr)
     rr.set_defaults(fn=cmd_index_rerank)
     ck = ix.add_parser("check", help="verify shard files, features, regions and index.faiss against SQLite "
                                      "(exit 1 on damage)")
@@ -330,7 +334,7 @@ def register(sub) -> None:
     rp.add_argument("index")
     engine_args(rp)
     rp.add_argument("--json", action="store_true")
-    rp.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
+    wait_arg(rp)
     rp.set_defaults(fn=cmd_index_repair)
     inf = ix.add_parser("info", help="what an index holds")
     inf.add_argument("index")
