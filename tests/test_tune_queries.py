@@ -181,3 +181,21 @@ def test_serve_audits_live_traffic_and_picks_up_a_retune(shifted, lite0_onnx, tm
             assert c.post("/search", json={"embedding": v.tolist()}).status_code == 200
         g = Gallery(idx)
         assert true_recall(g, pad(q[200:]), g.config["search"]["nprobe"]) >= 0.95
+
+
+def test_the_reranking_shortlist_is_tuned_too(shifted, tmp_path):
+    """With a stored re-ranking (shortlist 400), the knob must also give the shortlist the target recall:
+    what re-ranking sees is the top 400, not the top 10."""
+    d, x, q = shifted
+    idx = tmp_path / "idx"
+    assert main(["index", "build", "--from-vectors", str(d / "x.npy"), "--paths", str(d / "p.txt"), "--index", str(idx),
+                 "--factory", "IVF64,Flat", "--rerank", "class"]) == 0
+    r = cli("index", "tune", str(idx), "--target-recall", "0.95", "--queries", str(d / "q_tune.npy"), "--json")
+    assert r.returncode == 0, r.stderr
+    t = json.loads(r.stdout)
+    assert t["shortlist"]["depth"] == 400 and t["shortlist"]["reached"] and t["shortlist"]["recall"] >= 0.95
+    with_rerank = Gallery(idx).config["search"]["nprobe"]
+    assert main(["index", "rerank", str(idx), "--rerank", "none"]) == 0  # the same queries without re-ranking
+    r = cli("index", "tune", str(idx), "--target-recall", "0.95", "--json")  # (the kept tune-queries.npy)
+    assert r.returncode == 0 and json.loads(r.stdout)["shortlist"] is None and json.loads(r.stdout)["basis"] == "queries"
+    assert Gallery(idx).config["search"]["nprobe"] <= with_rerank

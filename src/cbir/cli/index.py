@@ -47,12 +47,21 @@ def cmd_index_build(a: argparse.Namespace) -> int:
                 report = g.build(inputs, batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty(),
                                  distributed=distributed, retry_failed=a.retry_failed, parquet=parquet_spec(a),
                                  restore=a.restore)
+            _note_gallery_basis(g, a.index)
             return _print_report(a, report, "indexed")
         except DirectoryGone:
             g.close()
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def _note_gallery_basis(g, where: str) -> None:
+    """One plain line when an ``auto`` index was tuned on held-out gallery vectors (not real queries)."""
+    from cbir.index.ann.maintain import GALLERY_BASIS_NOTE
+
+    if g.config.get("factory") == "auto" and (g.config.get("tuning") or {}).get("basis") == "gallery":
+        print("note: " + GALLERY_BASIS_NOTE.format(root=where), file=sys.stderr)
 
 
 @contextmanager
@@ -89,6 +98,7 @@ def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
         if a.tune_queries:
             g.set_tune_queries(g.query_vectors(a.tune_queries))
         report = ingest(g, source, paths, progress=not a.json and sys.stderr.isatty(), restore=a.restore)
+    _note_gallery_basis(g, a.index)
     return _print_report(a, report, "indexed")
 
 

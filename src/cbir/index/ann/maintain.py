@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from cbir import vectors
+from cbir.errors import CbirError
 from cbir.index.ann import faiss_index, tuning
 from cbir.index.storage.shards import read_shard
 
@@ -150,20 +151,57 @@ def tune(gallery, index, target: float | None = None, max_ms: float | None = Non
     else:
         own, held = sample_vectors(gallery.store, gallery.root, HELD_OUT, seed=1)
         q, basis = np.ascontiguousarray(gallery.postprocess_queries(held), np.float32), "gallery"
+    shortlist = None
     if len(q) == 0 or index.ntotal == 0:
         result = {"params": {}, "recall": 1.0, "per_query": np.ones(0), "ms_per_query": None, "tried": []}
     else:
-        kk = min(k, max(1, index.ntotal - (own is not None)))
-        _, truth = exact_topk(gallery, q, kk + (own is not None))
-        if own is not None:
-            truth = np.stack([row[row != o][:kk] for row, o in zip(truth, own)])  # its own id does not count
+        truth = _truth(gallery, index, q, own, k)
         result = tuning.tune(index, q, truth, target, max_ms, own=own)
+        shortlist = _tune_shortlist(gallery, index, q, own, result, target, max_ms, k)
     cfg["search"] = result["params"]
-    cfg["tuning"] = {"target_recall": target, "recall_at_10": round(result["recall"], 4),
+    cfg["tuning"] = {"target_recall": target, "recall_at_10": round(result["recall"], 4), "shortlist": shortlist,
                      "recall_ci95": tuning.interval95(result["per_query"]), "basis": basis, "queries": int(len(q)),
                      "held_out_queries": int(len(q)), "ms_per_query": result["ms_per_query"],
                      "tried": result["tried"], "index_factory": cfg.get("index_factory", cfg["factory"])}
     return result
+
+
+def _truth(gallery, index, q: np.ndarray, own, k: int) -> np.ndarray:
+    """Exact top-k ids of ``q`` (each query's own id left out when ``own`` is given)."""
+    kk = min(k, max(1, index.ntotal - (own is not None)))
+    _, truth = exact_topk(gallery, q, kk + (own is not None))
+    if own is not None:
+        truth = np.stack([row[row != o][:kk] for row, o in zip(truth, own)])  # its own id does not count
+    return truth
+
+
+def _tune_shortlist(gallery, index, q: np.ndarray, own, result: dict, target: float, max_ms, k: int) -> dict | None:
+    """When the index's stored re-ranking reads a shortlist deeper than k, what comes back depends on
+    the shortlist's recall too: measure recall@shortlist at the chosen knob and raise the knob until
+    it also meets the target (``result`` is updated in place). None without re-ranking or a knob."""
+    try:
+        rr = gallery.rerank_config()
+    except CbirError:
+        return None
+    name = tuning.knob(index)
+    depth = min(rr.shortlist, index.ntotal - (own is not None)) if rr.active else 0
+    if name is None or depth <= k:
+        return None
+    deep = _truth(gallery, index, q, own, depth)
+    tuning.set_search_params(index, result["params"])
+    recall = tuning.recall_at_k(deep, tuning.search_excluding(index, q, deep.shape[1], own))
+    if recall < target:
+        try:
+            deeper = tuning.tune(index, q, deep, target, max_ms, own=own)
+        except CbirError:  # the shortlist cannot reach it: keep the recall@k choice, say what it gets
+            tuning.set_search_params(index, result["params"])
+            return {"depth": depth, "recall": round(recall, 4), "reached": False}
+        recall = deeper["recall"]
+        result["params"] = {name: max(result["params"].get(name, 1), deeper["params"][name])}
+        tuning.set_search_params(index, result["params"])
+        per = tuning.recall_per_query(deep[:, :k], tuning.search_excluding(index, q, k, own))  # exact order: top k first
+        result.update(recall=float(per.mean()), per_query=per, ms_per_query=tuning.query_ms(index, q, k, 3))
+    return {"depth": depth, "recall": round(recall, 4), "reached": True}
 
 
 GALLERY_BASIS_NOTE = ("recall measured on held-out gallery vectors: it holds for queries that look like the gallery; "
