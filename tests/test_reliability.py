@@ -297,11 +297,10 @@ def test_check_finds_damage_and_repair_recovers_or_reports_it(lite0_onnx, photos
 
 # -- 8. the per-item pipeline on any image Hypothesis can make -------------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-MODES = ["1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I", "F", "CMYK"]
-FORMATS = {"PNG": ("1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I"), "JPEG": ("L", "RGB", "CMYK"),
+FORMATS = {"PNG": ("1", "L", "P", "RGB", "RGBA", "LA", "I;16"), "JPEG": ("L", "RGB", "CMYK"),
            "WEBP": ("RGB", "RGBA"), "BMP": ("1", "L", "P", "RGB"), "TIFF": ("1", "L", "P", "RGB", "RGBA", "I;16", "I", "F", "CMYK"),
            "GIF": ("L", "P")}
 
@@ -320,7 +319,10 @@ def odd_image(draw) -> bytes:
     else:
         img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).convert(mode)
     buf = io.BytesIO()
-    img.save(buf, fmt)
+    try:
+        img.save(buf, fmt)
+    except (OSError, ValueError, KeyError):  # a mode this Pillow cannot write in this format: not a valid image
+        assume(False)
     return buf.getvalue()
 
 
