@@ -46,6 +46,15 @@ def test_a_folder_that_is_not_an_index_is_refused_and_left_intact(lite0_onnx, ga
         assert tree(proj) == before
     assert "not a cbir index" in run_cli("index", "build", str(gallery_dir), "--model", str(proj / "m.onnx"),
                                          "--index", str(proj)).stderr
+    from cbir.index.storage.config import foreign_entries, is_own_name
+
+    hidden = tmp_path / "hidden"  # names that look like cbir's temporary files but are not
+    hidden.mkdir()
+    for name in (".settings.json", ".notes.tmp", ".index.json.backup", "ivflists-mine.bin"):
+        (hidden / name).write_text("mine")
+    assert foreign_entries(hidden) == sorted(p.name for p in hidden.iterdir())
+    assert all(is_own_name(n) for n in (".index.json.1234.tmp", "ivflists-0123456789ab.bin", ".blocks-0123abcd",
+                                        ".tune-queries.npy.77.npy", "meta.sqlite-wal"))
 
 
 def test_a_failed_first_build_removes_only_what_it_made(lite0_onnx, gallery_dir, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -47,12 +48,16 @@ OWN_NAMES = {INDEX_JSON, "meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm", "m
              "index.faiss", "report.json", "thumbs", "whitening.npz", ".writer.lock", "tune-queries.npy", "audit"}
 
 
+_TEMPORARY = re.compile(r"^\.(index\.json|report\.json|index\.faiss|whitening\.npz|tune-queries\.npy)\.\d+\.(tmp|npy)$")
+_IVF_LISTS = re.compile(r"^ivflists-[0-9a-f]{12}\.bin$")
+_BLOCKS = re.compile(r"^\.blocks-[0-9a-f]{8}$")
+
+
 def is_own_name(name: str) -> bool:
-    """A name cbir may have made in INDEX_DIR: ``OWN_NAMES``, IVF list files, temporary files of
-    atomic writes (``.NAME.PID.tmp``) and on-disk build blocks."""
-    return (name in OWN_NAMES or (name.startswith("ivflists-") and name.endswith(".bin"))
-            or (name.startswith(".") and name.rsplit(".", 1)[-1] in ("tmp", "npy", "npz", "json", "bin"))
-            or name.startswith(".blocks-"))
+    """A name cbir makes in INDEX_DIR: ``OWN_NAMES``, IVF list files (``ivflists-<12 hex>.bin``), the
+    temporary file of an atomic write of one of them (``.index.json.<pid>.tmp``) and on-disk build
+    blocks (``.blocks-<8 hex>``) — exact patterns, so that no file of the user's is ever taken for ours."""
+    return name in OWN_NAMES or bool(_TEMPORARY.match(name) or _IVF_LISTS.match(name) or _BLOCKS.match(name))
 
 
 def foreign_entries(root: Path) -> list[str]:
