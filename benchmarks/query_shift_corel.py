@@ -6,7 +6,6 @@ queries, then what each basis chose and the truth on the 600.
 
     python benchmarks/query_shift_corel.py MODEL.onnx CORel_DIR COPIES_DIR WORKDIR
 """
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -1,5 +1,5 @@
 """Cost of Gallery.refresh() (what cbir serve does before every search) on an unchanged index."""
-import sys, tempfile, timeit
+import tempfile, timeit
 from pathlib import Path
 import numpy as np
 from cbir.index.gallery import Gallery
