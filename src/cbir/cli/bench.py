@@ -50,6 +50,15 @@ def cmd_bench_dedup(a: argparse.Namespace) -> int:
     groups = dedup.find(Gallery(a.index), k=a.k, threshold=a.threshold, verify=not a.no_verify)
     r = {**score_dedup(groups, a.data, a.copies), "seconds": round(time.perf_counter() - t0, 2),
          "k": a.k, "threshold": a.threshold, "verify": not a.no_verify}
+    if a.peers is not None:
+        from cbir.bench.dedup_peers import PEERS, run_peers
+        from cbir.errors import CbirError
+
+        names = a.peers.split(",") if a.peers else list(PEERS)
+        for n in names:
+            if n not in PEERS:
+                raise CbirError(f"--peers {n}: unknown; choose from {', '.join(PEERS)}")
+        r = {"cbir": r, **run_peers([a.data, a.copies], a.data, a.copies, names)}
     print_json(r)
     return 0
 
@@ -58,12 +67,43 @@ def cmd_bench_copies(a: argparse.Namespace) -> int:
     from cbir.bench.copies import EDITS, make
     from cbir.errors import CbirError
 
+    if a.suite == "augly":
+        from cbir.bench.augly_suite import make_suite
+
+        n = make_suite(a.src, a.out, a.n, a.seed, a.edits.split(",") if a.edits else None, a.negatives)
+        print(f"wrote {n['copies']} copies under {a.out}/copies and {n['negatives']} edited negatives under {a.out}/negatives")
+        return 0
+    if a.suite == "templates":
+        from cbir.bench.augly_suite import make_templates
+
+        print(f"wrote {make_templates(a.src, a.out, a.n, a.seed)} template copies under {a.out}")
+        return 0
     edits = a.edits.split(",") if a.edits else list(EDITS)
     for e in edits:
         if e not in EDITS:
             raise CbirError(f"--edits {e}: unknown; choose from {', '.join(EDITS)}")
     written = make(a.src, a.out, a.n, a.seed, edits)
     print(f"wrote {len(written)} copies of {len(written) // len(edits)} images ({', '.join(edits)}) under {a.out}")
+    return 0
+
+
+def cmd_bench_copy_search(a: argparse.Namespace) -> int:
+    from cbir.bench.augly_suite import AUGS
+    from cbir.bench.copy_search import copy_search
+    from cbir.index.gallery import Gallery
+
+    g = Gallery(a.index)
+    r = copy_search(g, a.data, a.suite, rerank=rerank_from_args(a, g.config.get("rerank")), per_aug=a.per_aug,
+                    keeps={n: v[1] for n, v in AUGS.items()})
+    if a.json:
+        print_json(r)
+        return 0
+    for kind in ("per_aug", "per_aug_negatives"):
+        for name, row in r[kind].items():
+            extra = f"rank-1 {row['rank1']:.3f}  top-10 {row['in_top10']:.3f}  " if "rank1" in row else ""
+            print(f"{'copies' if kind == 'per_aug' else 'negatives':9s} {name:22s} n={row['n']:<4d} {extra}first verified {row['first_verified']:.3f}")
+    print(f"rank-1 {r.get('rank1')}, top-10 {r.get('in_top10')}, worst keeping ≥25 %: {r.get('min_rank1_keeping')}; "
+          f"verified false positives {r.get('verified_false_positives')}/{r.get('negatives')}; ms/query {r['ms_per_query']}")
     return 0
 
 
@@ -202,8 +242,23 @@ def register(sub) -> None:
     bc.add_argument("out", help="output folder: OUT/<edit>/<path relative to SRC>")
     bc.add_argument("-n", type=int, default=100, help="images to copy, spread over SRC's folders (default 100)")
     bc.add_argument("--seed", type=int, default=0)
-    bc.add_argument("--edits", help="comma-separated subset of the edits (default all)")
+    bc.add_argument("--edits", help="comma-separated subset of the edits (default all; with --suite augly its augmentations)")
+    bc.add_argument("--suite", choices=["own", "augly", "templates"], default="own",
+                    help="own: the 7 edits above (default); augly: AugLy's augmentations, chains and templates, with "
+                         "edited negatives (OUT/copies, OUT/negatives; needs `pip install augly`); templates: every "
+                         "AugLy template applied to N different images (dedup's precision set)")
+    bc.add_argument("--negatives", help="--suite augly: folder of photos that are not in the gallery "
+                                        "(default: scikit-image's and scikit-learn's bundled photos)")
     bc.set_defaults(fn=cmd_bench_copies)
+    bs = bench.add_parser("copy-search", help="find the original of every copy of a suite through an index, "
+                                              "one query at a time as a user searches: rank-1 per edit, verified false positives")
+    bs.add_argument("--index", required=True, help="an index holding --data")
+    bs.add_argument("--data", required=True, help="the originals (as indexed)")
+    bs.add_argument("--suite", required=True, help="folder written by `cbir bench copies --suite augly` (copies/, negatives/)")
+    bs.add_argument("--per-aug", type=int, help="at most N queries per edit (default all)")
+    rerank_args(bs)
+    bs.add_argument("--json", action="store_true")
+    bs.set_defaults(fn=cmd_bench_copy_search)
     bd = bench.add_parser("dedup", help="recall and purity of `cbir dedup` on an index holding DATA and planted COPIES")
     bd.add_argument("--index", required=True)
     bd.add_argument("--data", required=True, help="the original images (as indexed)")
@@ -211,6 +266,8 @@ def register(sub) -> None:
     bd.add_argument("-k", type=int, default=10)
     bd.add_argument("--threshold", type=float, default=0.5)
     bd.add_argument("--no-verify", action="store_true")
+    bd.add_argument("--peers", nargs="?", const="", help="also run peers on DATA + COPIES: comma-separated subset of "
+                                                         "imagededup-phash,fastdup (default both; each an optional install)")
     bd.set_defaults(fn=cmd_bench_dedup)
     bl = bench.add_parser("latency", help="throughput and latency of a model")
     bl.add_argument("--model", required=True)

@@ -1,14 +1,22 @@
 """Local features for spatial verification: ORB keypoints of a downscaled grayscale image, matched
-with Lowe's ratio test and checked with a RANSAC affine model (OpenCV). Torch-free.
+with Lowe's ratio test and checked with a RANSAC affine model (OpenCV; the Hamming k-NN on FAISS's
+binary kernels). Torch-free.
 
 An image whose shorter side is under ``MIN_SIDE`` (63 px) at that scale has no features.
 ``extract(source)`` → one record of ``DTYPE`` (fixed size, so that a shard's features are one
 memory-mappable ``.npy``): ``n`` keypoints (≤ ``MAX_KEYPOINTS``, default 500) of the image scaled
 to ``SIDE`` pixels on its longer side (default 320), their ``xy`` (float16, pixels) and 32-byte ORB
 ``desc``. ``inliers(a, b)`` → the number of RANSAC inliers of a 6-dof affine map from ``a``'s
-matched keypoints to ``b``'s: crops, rescaling, rotation, recompression, colour shifts, borders and
-captions keep many; different scenes keep almost none. An image with too few keypoints (flat, tiny)
-verifies nothing — it has 0 inliers with everything.
+matched keypoints to ``b``'s, counted only when the map is ``plausible`` (orientation kept, scale
+≤ 8×, stretch ≤ 4, inliers spanning ≥ 1 % of the keypoints' area): crops, rescaling, rotation,
+recompression, colour shifts, borders and captions keep many; different scenes keep almost none,
+and the chance matches they do keep collapse onto a line, which the check refuses. An image with
+too few keypoints (flat, tiny) verifies nothing — it has 0 inliers with everything.
+
+Queries: ``extract_query`` gives the image's record and its left-right mirror's (ORB descriptors
+are not mirror-invariant; the mirror turned by 180° is the upside-down copy), ``inliers`` takes the
+best; ``windows`` gives the 3 × 3 half-size windows of a query with their own features, for a photo
+pasted into another.
 
 ORB over SIFT: binary descriptors are 4× smaller than SIFT's 128 floats (32 B vs 512 B per
 keypoint) and Hamming matching is several times faster; on the edited-copy benchmark both verify the
@@ -26,6 +34,9 @@ SIDE = 320
 RATIO = 0.8  # Lowe's ratio test on Hamming distances
 REPROJ_PX = 6.0  # RANSAC reprojection threshold, pixels at SIDE
 MIN_MATCHES = 8
+MAX_SCALE = 8.0  # the most a copy is shrunk or enlarged relative to its original (at SIDE on both)
+MAX_STRETCH = 4.0  # aspect changes, skew and perspective stay well below this ratio of singular values
+MIN_SPREAD = 0.01  # inliers span ≥ 1 % of the keypoints' area on one side at least
 # ORB ignores a 31-pixel border (its patch size): a shorter side holds no keypoint, and its 8-level
 # pyramid would shrink such a strip (e.g. 2000×3 → 320×0 at the top level) until OpenCV asserts.
 MIN_SIDE = 2 * 31 + 1
@@ -54,15 +65,13 @@ def gray(source: ImageSource, name: str, side: int = SIDE, max_pixels: int = MAX
     return np.asarray(img)
 
 
-def extract(source: ImageSource, name: str = "<image>", max_pixels: int = MAX_PIXELS) -> np.void:
-    """One ``DTYPE`` record of ``source``'s ORB features. Raises ``ImageError`` naming ``name``."""
-    cv2 = _cv2()
-    img = gray(source, name, max_pixels=max_pixels)
+def detect(img: np.ndarray) -> np.void:
+    """One ``DTYPE`` record of the ORB features of a grayscale image (as ``gray`` returns it)."""
     rec = np.zeros((), DTYPE)
     if min(img.shape) < MIN_SIDE:  # a thin strip or a tiny image: nothing to detect (verifies nothing)
         return rec
     # ORB objects are not documented thread-safe: one per call costs ~20 µs, nothing next to detection
-    kps, desc = cv2.ORB_create(nfeatures=MAX_KEYPOINTS, fastThreshold=10).detectAndCompute(img, None)
+    kps, desc = _cv2().ORB_create(nfeatures=MAX_KEYPOINTS, fastThreshold=10).detectAndCompute(img, None)
     if desc is None or not kps:
         return rec
     n = min(len(kps), MAX_KEYPOINTS)
@@ -72,29 +81,99 @@ def extract(source: ImageSource, name: str = "<image>", max_pixels: int = MAX_PI
     return rec
 
 
+def extract(source: ImageSource, name: str = "<image>", max_pixels: int = MAX_PIXELS) -> np.void:
+    """One ``DTYPE`` record of ``source``'s ORB features. Raises ``ImageError`` naming ``name``."""
+    return detect(gray(source, name, max_pixels=max_pixels))
+
+
+def extract_query(source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PIXELS,
+                  mirrored: bool = True) -> tuple[np.void, ...]:
+    """A query's feature variants: the image's record and, with ``mirrored`` (default), its left-right
+    mirror's. ORB descriptors are not mirror-invariant, so a flipped copy matches only the mirror's
+    features; the mirror turned by 180° is the vertically flipped image, which the affine model
+    covers. ``inliers`` takes the best variant."""
+    img = gray(source, name, max_pixels=max_pixels)
+    return (detect(img), detect(np.ascontiguousarray(img[:, ::-1]))) if mirrored else (detect(img),)
+
+
+# Windows of a query searched on their own when nothing verified (a photo inside another photo, a
+# screenshot, a collage): the 3 × 3 grid of half-size windows at quarter steps; (x0, y0, x1, y1) as
+# fractions. An inset of 35–55 % of the width has its centre within 1/8 of some window's centre.
+WINDOWS = tuple((x, y, x + 0.5, y + 0.5) for y in (0.0, 0.25, 0.5) for x in (0.0, 0.25, 0.5))
+
+
+def windows(source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PIXELS,
+            boxes: tuple = WINDOWS) -> tuple[list[Image.Image], list[np.void]]:
+    """The query's ``boxes`` as RGB crops (to embed) and their own ORB records (detected in the crop
+    scaled to ``SIDE``, so that an inset gets a full set of keypoints)."""
+    img = to_rgb(ImageOps.exif_transpose(open_image(source, name, max_pixels)))
+    crops = [img.crop((round(x0 * img.width), round(y0 * img.height), round(x1 * img.width), round(y1 * img.height)))
+             for x0, y0, x1, y1 in boxes]
+    return crops, [extract(c, name, max_pixels) for c in crops]
+
+
 def empty() -> np.void:
     """The record of an image with no features (verifies nothing)."""
     return np.zeros((), DTYPE)
 
 
+def _knn2(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two nearest b descriptors (Hamming) of every a descriptor: FAISS's popcount kernels, about
+    4× OpenCV's brute-force matcher on 500 × 500 ORB descriptors."""
+    import faiss
+
+    index = faiss.IndexBinaryFlat(256)
+    index.add(np.ascontiguousarray(b))
+    return index.search(np.ascontiguousarray(a), 2)
+
+
+def _hull_area(xy: np.ndarray) -> float:
+    return float(_cv2().contourArea(_cv2().convexHull(np.ascontiguousarray(xy, np.float32)))) if len(xy) >= 3 else 0.0
+
+
+def plausible(model: np.ndarray, src: np.ndarray, dst: np.ndarray, a_xy: np.ndarray, b_xy: np.ndarray) -> bool:
+    """Whether an affine map found by RANSAC is a copy's geometry, not a coincidence: it keeps the
+    orientation (mirrors are matched by mirrored features), its scale is within ``MAX_SCALE`` and its
+    stretch (ratio of singular values) within ``MAX_STRETCH``, and its inliers (``src`` in a, ``dst`` in
+    b) span at least ``MIN_SPREAD`` of the area the image's keypoints span, on one side at least
+    (a crop's inliers cover the crop, not the original). Chance matches between different photos
+    collapse onto a line or a point (singular values like 3.3 and 0.007)."""
+    m = model[:, :2]
+    det = float(np.linalg.det(m))
+    if det <= 0:
+        return False
+    sv = np.linalg.svd(m, compute_uv=False)
+    if sv[0] > MAX_STRETCH * sv[1] or not 1 / MAX_SCALE <= np.sqrt(det) <= MAX_SCALE:
+        return False
+    spread = max(_hull_area(src) / max(_hull_area(a_xy), 1.0), _hull_area(dst) / max(_hull_area(b_xy), 1.0))
+    return spread >= MIN_SPREAD
+
+
 def match(a: np.void, b: np.void) -> tuple[int, np.ndarray | None]:
     """(RANSAC inliers, 2×3 affine map of a's pixels onto b's) — (0, None) when fewer than
-    ``MIN_MATCHES`` matches pass the ratio test or no model is found."""
+    ``MIN_MATCHES`` matches pass the ratio test, no model is found or the model is not ``plausible``."""
     na, nb = int(a["n"]), int(b["n"])
     if na < MIN_MATCHES or nb < MIN_MATCHES:
         return 0, None
-    cv2 = _cv2()
-    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a["desc"][:na], b["desc"][:nb], k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    dist, nn = _knn2(a["desc"][:na], b["desc"][:nb])
+    good = np.flatnonzero(dist[:, 0] < RATIO * dist[:, 1])
     if len(good) < MIN_MATCHES:
         return 0, None
-    src = a["xy"][[m.queryIdx for m in good]].astype(np.float32)
-    dst = b["xy"][[m.trainIdx for m in good]].astype(np.float32)
-    model, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJ_PX,
-                                       maxIters=2000, confidence=0.99)
-    return (0, None) if mask is None else (int(mask.sum()), model)
+    src = a["xy"][good].astype(np.float32)
+    dst = b["xy"][nn[good, 0]].astype(np.float32)
+    model, mask = _cv2().estimateAffine2D(src, dst, method=_cv2().RANSAC, ransacReprojThreshold=REPROJ_PX,
+                                          maxIters=2000, confidence=0.99)
+    if mask is None or model is None:
+        return 0, None
+    keep = mask.ravel().astype(bool)
+    if not plausible(model, src[keep], dst[keep], a["xy"][:na].astype(np.float32), b["xy"][:nb].astype(np.float32)):
+        return 0, None
+    return int(keep.sum()), model
 
 
-def inliers(a: np.void, b: np.void) -> int:
-    """RANSAC inliers of the affine map a → b (see ``match``)."""
+def inliers(a, b: np.void) -> int:
+    """RANSAC inliers of the affine map a → b (see ``match``); ``a`` may be a tuple of a query's
+    variants (``extract_query``): the best one counts."""
+    if isinstance(a, (tuple, list)):
+        return max((match(v, b)[0] for v in a), default=0)
     return match(a, b)[0]

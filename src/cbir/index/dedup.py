@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 import numpy as np
 
@@ -110,17 +111,33 @@ def star_groups(pairs: list[tuple[int, int, int]]) -> list[list[int]]:
 
 
 def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, progress: bool) -> list[tuple[int, int, int]]:
+    """(a, b, inliers) of the pairs that verify: with the stored features, else with a's mirrored
+    features (a flipped copy; ORB descriptors are not mirror-invariant, so they are extracted from
+    a's file, once per item; a file that cannot be read is not tried mirrored)."""
     items = sorted({i for p in pairs for i in p})
     feats = dict(zip(items, gallery.features.get(items)))
+    paths = gallery.store.paths_for_ids(items)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(pairs), unit="pair", desc="verify", file=sys.stderr)
 
+    @lru_cache(maxsize=4096)
+    def mirror(i: int):
+        try:
+            return local_features.extract_query(paths[i], paths[i])[1]
+        except Exception:  # moved, unreadable: the pair keeps what its stored features say
+            return None
+
     def check(p):
-        fa, fb = feats[p[0]], feats[p[1]]
-        n = local_features.inliers(fa, fb) if fa is not None and fb is not None else 0
+        a, b = p
+        fa, fb = feats[a], feats[b]
+        n = 0
+        if fa is not None and fb is not None:
+            n = local_features.inliers(fa, fb)
+            if n < min_inliers and mirror(a) is not None:
+                n = local_features.inliers(mirror(a), fb)
         if bar is not None:
             bar.update(1)
         return n

@@ -90,9 +90,10 @@ def _verify_pool() -> ThreadPoolExecutor:
 
 
 def _query_features(source):
-    """A query's local features; None when it has none to give (verifies nothing)."""
+    """A query's local-feature variants (``extract_query``: itself and its mirror); None when it
+    has none to give (verifies nothing)."""
     try:
-        return local_features.extract(source, str(source) if isinstance(source, (str, os.PathLike)) else "<query>")
+        return local_features.extract_query(source, str(source) if isinstance(source, (str, os.PathLike)) else "<query>")
     except Exception:  # the query was embedded; an image ORB cannot use just verifies nothing
         return None
 
@@ -761,12 +762,52 @@ class Gallery:
         if cfg.verify and len(res.indices):
             feats = list(_verify_pool().map(lambda i: _query_features(images[i]), res.indices))
         hits = self.search_vectors(res.vectors, k, cfg, nprobe, ef_search, feats) if len(res.vectors) else []
+        if cfg.verify and cfg.partial:
+            for j, pos in enumerate(res.indices):
+                if not any(h.verified for h in hits[j]):
+                    hits[j] = self.search_windows(images[pos], hits[j], k, cfg)
         out: list[dict] = [{} for _ in images]
         for pos, h in zip(res.indices, hits):
             out[pos] = {"query": str(images[pos]), "results": [h_.__dict__ for h_ in h]}
         for pos, src, reason in res.errors:
             out[pos] = {"query": str(images[pos]), "error": reason, "results": []}
         return out
+
+    def search_windows(self, source, hits: list[Hit], k: int, cfg: Rerank) -> list[Hit]:
+        """``rerank.partial`` for one query image whose ``hits`` hold nothing verified: its windows
+        searched and verified on their own (see ``cbir.index.query.rerank``); verified ones first,
+        then ``hits`` without them. ``hits`` as they are when the pass is off or finds nothing."""
+        if not (cfg.verify and cfg.partial) or any(h.verified for h in hits):
+            return hits
+        name = str(source) if isinstance(source, (str, os.PathLike)) else "<query>"
+        try:
+            crops, feats = local_features.windows(source, name)
+        except Exception:  # the query was embedded; windows it cannot give just find nothing more
+            return hits
+        res = self.embedder().embed_files(crops)
+        if not len(res.indices):
+            return hits
+        cpu, index = self._snapshot()
+        sims, ids = faiss_index.search(cpu, self.postprocess_queries(res.vectors), min(cfg.partial, cpu.ntotal))
+        best: dict[int, float] = {}
+        pairs = []  # (window, candidate)
+        for w, srow, irow in zip(res.indices, sims, ids):
+            for s_, i in zip(srow, irow):
+                if i >= 0:
+                    pairs.append((int(w), int(i)))
+                    best[int(i)] = max(best.get(int(i), -np.inf), float(s_))
+        recs = dict(zip(best, self.features.get(np.array(list(best), np.int64))))
+        inl = list(_verify_pool().map(
+            lambda p: local_features.inliers(feats[p[0]], recs[p[1]]) if recs[p[1]] is not None else 0, pairs))
+        found: dict[int, int] = {}
+        for (w, i), n in zip(pairs, inl):
+            if n >= cfg.min_inliers:
+                found[i] = max(found.get(i, 0), n)
+        if not found:
+            return hits
+        paths = self.store.paths_for_ids(list(found))
+        first = [Hit(i, paths[i], best[i], True, n) for i, n in sorted(found.items(), key=lambda t: -t[1]) if i in paths]
+        return (first + [h for h in hits if h.id not in found])[:k]
 
     def close(self) -> None:
         self.store.close()

@@ -319,7 +319,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         if not cfg.verify:
             return None
         try:
-            return local_features.extract(data, "uploaded image", thumbnails.max_pixels)
+            return local_features.extract_query(data, "uploaded image", thumbnails.max_pixels)
         except Exception:  # the upload is embedded (or refused) on its own path; here it just verifies nothing
             return None
 
@@ -349,6 +349,9 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             (vec, timing), feats = await asyncio.gather(embed_image(data), run_in_threadpool(query_features, data, cfg))
         t0 = time.perf_counter()
         hits = (await run_search(search_latest, cfg, vec[None], k, cfg, None if feats is None else [feats]))[0]
+        if feats is not None and cfg.partial and not any(h.verified for h in hits):
+            # nothing verified: the upload's windows (a photo inside a screenshot, a collage)
+            hits = await run_search(gallery.search_windows, cfg, data, hits, k, cfg)
         auditor.offer(vec)  # a sample of real queries is re-searched exactly, in the background
         return answer(hits, k, cfg, time.perf_counter() - t0, timing)
 

@@ -19,6 +19,11 @@ Formulas (x_i the shortlist's L2-normalised vectors, q the query, s_i = q·x_i, 
   shortlist, S = D^-½ A D^-½; solve (I − αS) f = y, y_i = max(s_i, 0)^γ for the query's top k, by
   conjugate gradient (Iscen et al., CVPR 2017, truncated to the shortlist: never an n×n matrix);
   the score is f.
+- ``partial`` (n): when a query image has nothing verified after (4), each of its ``WINDOWS``
+  (3 × 3 half-size windows, ``cbir.engine.local_features``) is embedded and searched on its own, and
+  the first n k-NN of every window are verified against that window's own local features; verified
+  ones come first (a photo pasted into another, a screenshot, a collage). Only ``Gallery.search``
+  (an image query) runs it; a vector or an item as query has no windows.
 - ``regional`` (n): the first n by the score so far are re-scored as r_i = max(q·x_i, max_w q·g_iw)
   — q the final query, x_i the stored vector (before shortlist DBA), g_iw the item's regional
   descriptors (``cbir export --regions``) — and re-ordered by r ahead of the rest (class-agnostic
@@ -40,6 +45,7 @@ from typing import Callable
 
 import numpy as np
 
+from cbir.engine.local_features import WINDOWS
 from cbir.errors import CbirError
 from cbir.vectors import expand, l2_normalize
 
@@ -58,6 +64,7 @@ class Rerank:
     regional: int = 0
     verify: int = 0
     min_inliers: int = 15
+    partial: int = 0
 
     @property
     def active(self) -> bool:
@@ -68,13 +75,15 @@ class Rerank:
 
 
 LIMITS = {"shortlist": (1, 10_000), "shortlist_dba": (0, 1000), "shortlist_dba_alpha": (0.0, 20.0), "qe": (0, 1000), "qe_alpha": (0.0, 20.0),
-          "diffusion": (0, 1000), "diffusion_alpha": (0.0, 0.9999), "regional": (0, 10_000), "verify": (0, 100), "min_inliers": (4, 10_000)}
+          "diffusion": (0, 1000), "diffusion_alpha": (0.0, 0.9999), "regional": (0, 10_000), "verify": (0, 100), "min_inliers": (4, 10_000),
+          "partial": (0, 20)}
 
 PRESETS = {
     "none": Rerank(),
     "class": Rerank(shortlist_dba=20, qe=30),            # "images like this": class-level mAP
-    "copy": Rerank(verify=10),                 # "find this photo": the original first
-    "default": Rerank(shortlist_dba=20, qe=30, verify=10),  # both: verified copies first, the class re-ranking orders the rest
+    "copy": Rerank(verify=10, partial=3),                 # "find this photo": the original first
+    # both: verified copies first, the class re-ranking orders the rest
+    "default": Rerank(shortlist_dba=20, qe=30, verify=10, partial=3),
 }
 
 
@@ -116,7 +125,7 @@ def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
         r = min(cfg.regional, n)
         b += 2 * r * regions * dim * 4.0
         f += 2.0 * r * regions * dim
-    f += cfg.verify * VERIFY_GFLOP * 1e9
+    f += (cfg.verify + len(WINDOWS) * cfg.partial) * VERIFY_GFLOP * 1e9
     return b / 2**20, f / 1e9
 
 

@@ -1,0 +1,87 @@
+"""``cbir bench copy-search``: find the original of every copy through a real index, the way a user
+searches (``Gallery.search``: the index's stored re-ranking, query embedding and local features
+included), one query at a time.
+
+Input: a suite folder as ``cbir bench copies --suite augly`` writes it — ``copies/<aug>/<path of the
+original relative to data>`` and, optionally, ``negatives/<aug>/<name>`` (photos that are not in the
+gallery). Per augmentation: rank-1 (the original is the first hit), in the top 10, and how often the
+first hit is *verified*; for negatives, the verified false-positive rate (a first hit marked verified
+although the photo is not in the gallery). ``ms_per_query``: median and mean wall time of one
+``Gallery.search`` call (decode, embedding, local features, k-NN, verification, re-ranking).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cbir.errors import CbirError
+from cbir.walk import find_images
+
+
+def _stats(ms: list[float]) -> dict:
+    return {"median": round(float(np.median(ms)), 2), "mean": round(float(np.mean(ms)), 2)} if ms else {}
+
+
+def copy_search(gallery, data: str, suite: str, k: int = 10, rerank=None, per_aug: int | None = None,
+                keeps: dict[str, bool] | None = None) -> dict:
+    """Score the suite under ``suite`` against ``gallery`` (a ``Gallery`` holding ``data``).
+    ``per_aug``: at most this many queries per augmentation (the first in path order).
+    ``keeps``: augmentation → keeps ≥ 25 % of the original's pixels (``augly_suite.AUGS``), for the
+    ``min_rank1_keeping`` figure."""
+    data_root, root = Path(data).resolve(), Path(suite)
+    key_of = {}
+    for i, p in gallery.store.paths_for_ids(gallery.store.indexed_ids().tolist()).items():
+        try:
+            key_of[str(Path(p).resolve().relative_to(data_root).with_suffix(""))] = i
+        except ValueError:
+            continue
+    if not key_of:
+        raise CbirError(f"--data {data}: no indexed image lies under it")
+    out: dict = {"copies": {}, "negatives": {}}
+    ms: dict[str, list[float]] = {"copies": [], "negatives": []}
+    for kind in ("copies", "negatives"):
+        base = root / kind
+        if not base.is_dir():
+            continue
+        for aug in sorted(d.name for d in base.iterdir() if d.is_dir()):
+            files = sorted(find_images([base / aug]))[:per_aug]
+            rank1 = top = verified = 0
+            for f in files:
+                t0 = time.perf_counter()
+                r = gallery.search([str(f)], k=k, rerank=rerank)[0]
+                ms[kind].append((time.perf_counter() - t0) * 1e3)
+                hits = r.get("results", [])
+                first_verified = bool(hits and hits[0]["verified"])
+                verified += first_verified
+                if kind == "copies":
+                    want = key_of.get(str(Path(f).relative_to(base / aug).with_suffix("")))
+                    if want is None:
+                        raise CbirError(f"--suite {suite}: {f} has no original under --data {data}")
+                    ids = [h["id"] for h in hits]
+                    rank1 += bool(ids and ids[0] == want)
+                    top += want in ids
+            n = max(len(files), 1)
+            row = {"n": len(files), "first_verified": round(verified / n, 4)}
+            if kind == "copies":
+                row.update(rank1=round(rank1 / n, 4), in_top10=round(top / n, 4))
+            out[kind][aug] = row
+    c, ng = out["copies"], out["negatives"]
+    summary: dict = {"ms_per_query": {kind: _stats(v) for kind, v in ms.items()}}
+    if c:
+        total = sum(r["n"] for r in c.values())
+        summary["rank1"] = round(sum(r["rank1"] * r["n"] for r in c.values()) / total, 4)
+        summary["in_top10"] = round(sum(r["in_top10"] * r["n"] for r in c.values()) / total, 4)
+        kept = [a for a in c if (keeps or {}).get(a, True)]
+        if kept:
+            worst = min(kept, key=lambda a: c[a]["rank1"])
+            summary["min_rank1_keeping"] = {"aug": worst, "rank1": c[worst]["rank1"]}
+    if ng:
+        total = sum(r["n"] for r in ng.values())
+        fp = sum(round(r["first_verified"] * r["n"]) for r in ng.values())
+        summary["negatives"] = total
+        summary["verified_false_positives"] = fp
+        summary["verified_fp_rate"] = round(fp / total, 4)
+    return {**summary, "per_aug": c, "per_aug_negatives": ng}
+

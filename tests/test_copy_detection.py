@@ -1,0 +1,139 @@
+"""Copy detection beyond the project's own edits (issue 26): mirrored copies, a photo pasted into
+another (the query's windows), chance matches refused by the geometry check, the AugLy suite and
+`cbir bench copy-search` on real photos and a real index."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFont
+
+from cbir.engine import local_features as lf
+from cbir.index.gallery import Gallery
+from conftest import make_gallery
+
+
+def test_flipped_copies_verify_only_through_the_mirrored_features(photos):
+    img = Image.open(photos[2]).convert("RGB")  # chelsea: no symmetry to match by chance
+    original = lf.extract(img)
+    for flip in (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM):
+        copy = img.transpose(flip)
+        assert lf.inliers(lf.extract_query(copy), original) >= 50
+        assert lf.inliers(lf.extract_query(copy, mirrored=False), original) < 15
+    assert len(lf.extract_query(img)) == 2 and lf.inliers(lf.extract_query(img), original) >= 100
+
+
+def test_geometry_check_refuses_collapsed_mirrored_and_extreme_maps():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 320, (40, 2)).astype(np.float32)
+    ident = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    assert lf.plausible(ident, a, a, a, a)
+    collapsed = np.array([[3.3, 0.1, 0], [0.07, 0.002, 0]])  # what chance matches between photos give
+    assert not lf.plausible(collapsed, a, a @ collapsed[:, :2].T, a, a)
+    assert not lf.plausible(np.array([[-1.0, 0, 320], [0, 1.0, 0]]), a, a, a, a)  # a mirror: det < 0
+    assert not lf.plausible(np.array([[20.0, 0, 0], [0, 20.0, 0]]), a, a, a, a)  # scale beyond MAX_SCALE
+    assert not lf.plausible(np.array([[5.0, 0, 0], [0, 1.0, 0]]), a, a, a, a)  # stretch 5 > MAX_STRETCH
+    clump = a[:3] * 0.01  # the inliers span a speck of the keypoints' area on both sides
+    assert not lf.plausible(ident, clump, clump, a, a)
+
+
+@pytest.fixture
+def index_of_photos(tmp_path, embedder, photos):
+    files = make_gallery(tmp_path / "g", photos, 12)
+    g = Gallery.create(tmp_path / "idx", embedder)
+    g.build([tmp_path / "g"])
+    return g, files
+
+
+def _pip(original, dst, width=0.4, at=(0.08, 0.3)):
+    """``original`` pasted at ``width`` of the width into scikit-learn's china.jpg (not in the gallery)."""
+    from sklearn.datasets import load_sample_image
+
+    bg = Image.fromarray(load_sample_image("china.jpg"))
+    inset = Image.open(original).convert("RGB")
+    w = int(bg.width * width)
+    inset = inset.resize((w, int(inset.height * w / inset.width)))
+    bg.paste(inset, (int(at[0] * bg.width), int(at[1] * bg.height)))
+    bg.save(dst, quality=90)
+
+
+def test_a_photo_pasted_into_another_is_found_through_the_windows(index_of_photos, tmp_path):
+    g, files = index_of_photos
+    assert g.config["rerank"]["partial"] == 3  # a new index stores it with the default search
+    q = tmp_path / "pip.jpg"
+    _pip(files[2], q)
+    want = os.path.abspath(files[2])
+    # verifying only the global top 1 (the background dominates the query's vector) finds nothing
+    without = g.search([str(q)], k=5, rerank={"verify": 1, "partial": 0})[0]["results"]
+    assert not (without[0]["path"] == want and without[0]["verified"])
+    hits = g.search([str(q)], k=5, rerank={"verify": 1})[0]["results"]
+    assert hits[0]["path"] == want and hits[0]["verified"] and hits[0]["inliers"] >= 15
+    assert not any(h["verified"] for h in hits[1:])
+    # a photo that is not in the gallery, pasted the same way, verifies nothing
+    from sklearn.datasets import load_sample_image
+
+    flower = tmp_path / "flower.png"
+    Image.fromarray(load_sample_image("flower.jpg")).save(flower)
+    _pip(flower, tmp_path / "neg.jpg")
+    assert not any(h["verified"] for h in g.search([str(tmp_path / "neg.jpg")], k=5)[0]["results"])
+
+
+def test_bench_copy_search_scores_rank1_and_verified_false_positives(index_of_photos, tmp_path, capsys):
+    from cbir.cli import main
+
+    g, files = index_of_photos
+    root = tmp_path / "g"
+    suite = tmp_path / "suite"
+    for f in files[:6]:
+        rel = f.relative_to(root).with_suffix(".jpg")
+        for name, flip in (("hflip", Image.Transpose.FLIP_LEFT_RIGHT), ("vflip", Image.Transpose.FLIP_TOP_BOTTOM)):
+            (suite / "copies" / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.open(f).convert("RGB").transpose(flip).save(suite / "copies" / name / rel, quality=90)
+    from sklearn.datasets import load_sample_image
+
+    (suite / "negatives" / "hflip").mkdir(parents=True)
+    for n in ("china.jpg", "flower.jpg"):
+        Image.fromarray(load_sample_image(n)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(suite / "negatives" / "hflip" / n)
+    assert main(["bench", "copy-search", "--index", str(g.root), "--data", str(root), "--suite", str(suite), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["per_aug"]["hflip"] == {"n": 6, "first_verified": 1.0, "rank1": 1.0, "in_top10": 1.0}
+    assert r["per_aug"]["vflip"]["rank1"] == 1.0 and r["rank1"] == 1.0
+    assert r["negatives"] == 2 and r["verified_false_positives"] == 0
+    assert r["ms_per_query"]["copies"]["median"] > 0
+    # the same suite without the mirrored features' help: plain k-NN finds the originals unverified
+    assert main(["bench", "copy-search", "--index", str(g.root), "--data", str(root), "--suite", str(suite),
+                 "--rerank", "none", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["per_aug"]["hflip"]["first_verified"] == 0.0
+
+
+def test_augly_suite_writes_every_augmentation_with_its_compat_fixes(tmp_path, photos):
+    pytest.importorskip("augly.image")
+    from cbir.bench import augly_suite
+
+    src = tmp_path / "src"
+    make_gallery(src, photos, 4)
+    neg = tmp_path / "neg"
+    neg.mkdir()
+    for p in photos[5:8]:
+        Image.open(p).convert("RGB").save(neg / (p.stem + ".jpg"))
+    augs = ["hflip", "pip", "meme_format", "perspective_transform", "screenshot", "chain3"]
+    n = augly_suite.make_suite(src, tmp_path / "out", n=4, augs=augs, negatives=neg)
+    assert n == {"copies": 4 * len(augs), "negatives": 3 * len(augs)}
+    for a in augs:
+        got = sorted((tmp_path / "out" / "copies" / a).rglob("*.jpg"))
+        assert len(got) == 4 and all(Image.open(f).size[0] > 16 for f in got)
+    # the fixes are undone after each call: nothing of them leaks into the process
+    assert not hasattr(np, "float") and not hasattr(ImageFont.FreeTypeFont, "getsize_multiline")
+    assert augly_suite.make_templates(src, tmp_path / "t", n=2) == 2 * len(augly_suite.TEMPLATES)
+    with pytest.raises(Exception, match="--augs bogus"):
+        augly_suite.make_suite(src, tmp_path / "x", n=2, augs=["bogus"], negatives=neg)
+
+
+def test_dedup_peer_groups_are_connected_components():
+    from cbir.bench.dedup_peers import _components
+
+    groups = _components([("a", "b"), ("c", "b"), ("d", "e")])
+    assert sorted(tuple(g["paths"]) for g in groups) == [("a", "b", "c"), ("d", "e")]
