@@ -81,6 +81,52 @@ def test_a_photo_pasted_into_another_is_found_through_the_windows(index_of_photo
     assert not any(h["verified"] for h in g.search([str(tmp_path / "neg.jpg")], k=5)[0]["results"])
 
 
+def test_http_search_goes_through_the_windows_and_the_mirror(index_of_photos, tmp_path):
+    import httpx
+
+    from cbir.serve.app import create_app
+    from test_serve import Server
+
+    g, files = index_of_photos
+    q = tmp_path / "pip.jpg"
+    _pip(files[2], q)
+    flipped = tmp_path / "flip.jpg"
+    Image.open(files[4]).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped, quality=90)
+    with Server(create_app(str(g.root), max_delay_ms=1)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/search", params={"k": 3, "verify": 1}, content=q.read_bytes()).json()
+        assert r["results"][0]["path"] == os.path.abspath(files[2]) and r["results"][0]["verified"]
+        assert r["rerank"]["partial"] == 3
+        off = c.post("/search", params={"k": 3, "verify": 1, "partial": 0}, content=q.read_bytes()).json()
+        assert not (off["results"][0]["path"] == os.path.abspath(files[2]) and off["results"][0]["verified"])
+        r = c.post("/search", params={"k": 3}, content=flipped.read_bytes()).json()
+        assert r["results"][0]["path"] == os.path.abspath(files[4]) and r["results"][0]["verified"]
+
+
+def test_keep_first_holds_the_knn_first_above_its_cosine():
+    from cbir.index.query.rerank import Rerank, rerank
+
+    rng = np.random.default_rng(0)
+    q = np.zeros(8, np.float32)
+    q[0] = 1
+    x = rng.normal(size=(40, 8)).astype(np.float32) * 0.5
+    x[0] = 0
+    x[0, :2] = 0.9, 0.436  # the copy: the k-NN's first, cos 0.9
+    x[1:21] = 0
+    x[1:21, [0, 2]] = 0.85, 0.527  # a tight class at cos 0.85, which the class re-ranking pulls toward
+    x[1:21] += 0.02 * rng.normal(size=(20, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.argsort(-(x @ q))
+    assert ids[0] == 0
+    moved = rerank(q, ids, x[ids], Rerank(shortlist_dba=10, qe=10))[0]
+    assert moved[0] != 0
+    assert rerank(q, ids, x[ids], Rerank(shortlist_dba=10, qe=10, keep_first=0.89))[0][0] == 0
+    assert list(rerank(q, ids, x[ids], Rerank(shortlist_dba=10, qe=10, keep_first=0.91))[0]) == list(moved)
+    inl = np.full(len(ids), -1)
+    inl[3] = 40  # a verified candidate still comes first
+    got = rerank(q, ids, x[ids], Rerank(shortlist_dba=10, qe=10, verify=10, keep_first=0.5), inl)[0]
+    assert list(got[:2]) == [ids[3], 0]
+
+
 def test_bench_copy_search_scores_rank1_and_verified_false_positives(index_of_photos, tmp_path, capsys):
     from cbir.cli import main
 

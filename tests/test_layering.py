@@ -17,7 +17,7 @@ SRC = Path(cbir.__file__).parent
 # Longest prefix wins. Lower number = lower layer.
 LAYERS = {
     "cbir.errors": 0, "cbir.modelinfo": 0, "cbir.vectors": 0, "cbir.fsio": 0, "cbir.cores": 0,
-    "cbir.walk": 0, "cbir.samples": 0, "cbir.sources": 0, "cbir.crashpoints": 0,
+    "cbir.walk": 0, "cbir.samples": 0, "cbir.sources": 0, "cbir.crashpoints": 0, "cbir.install": 0,
     "cbir.engine": 1, "cbir.models": 1,
     "cbir.index": 2, "cbir.bench.metrics": 2, "cbir.bench.protocol": 2,
     "cbir.bench.ranking": 3,

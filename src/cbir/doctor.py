@@ -77,7 +77,9 @@ def check_onnxruntime(provider: str, model: Path) -> str:
     if wanted not in ort.get_available_providers():
         raise CbirError(f"{wanted} is not in this onnxruntime build (install onnxruntime-gpu instead of onnxruntime)")
     runner = OrtRunner(load_session(model, provider=provider, **({"trt_options": {}} if provider == "tensorrt" else {})))
-    return _agree(runner.run(TINY_INPUT), tiny_reference())
+    cuda = getattr(getattr(ort.capi, "build_and_package_info", None), "cuda_version", None)
+    built = f"; onnxruntime {ort.__version__}" + (f" built for CUDA {cuda}" if cuda and provider != "cpu" else "")
+    return _agree(runner.run(TINY_INPUT), tiny_reference()) + built
 
 
 def check_tensorrt(model: Path) -> str:

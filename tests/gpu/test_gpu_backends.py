@@ -19,12 +19,17 @@ def _import_or_skip(name: str):
 
 
 def _cuda_devices() -> int:
-    """Visible CUDA devices, from cuda-python if installed, else torch; 0 when neither can tell."""
+    """Visible CUDA devices, from cuda-python if installed, else torch; 0 when neither can tell.
+    Only "no device" counts as none: any other error of the device query (a driver too old, a broken
+    install) fails the test, since it is exactly what these tests are for."""
     try:
         from cuda.bindings import runtime as cudart
 
         err, n = cudart.cudaGetDeviceCount()
-        return n if err == cudart.cudaError_t.cudaSuccess else 0
+        if err == cudart.cudaError_t.cudaErrorNoDevice:
+            return 0
+        assert err == cudart.cudaError_t.cudaSuccess, f"cudaGetDeviceCount failed: {err}"
+        return n
     except ImportError:
         pass
     try:
@@ -49,6 +54,7 @@ def _need_ort_provider(provider: str) -> None:
 
 @pytest.fixture(scope="module")
 def fp16_model(tmp_path_factory, photos):
+    _need_device()  # before the export: on a CPU machine these tests skip without paying for it
     from cbir.export.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("gpu") / "lite0_gem_fp16.onnx"

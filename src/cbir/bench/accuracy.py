@@ -29,8 +29,10 @@ from cbir.index.query.rerank import PRESETS, Rerank
 from cbir.vectors import l2_normalize
 
 
-def extract_features(paths: list, progress: bool = False) -> np.ndarray:
-    """Local-feature records of images (an unreadable one verifies nothing), on all cores."""
+def extract_features(paths: list, progress: bool = False, query: bool = False):
+    """Local-feature records of images [n] on all cores (an unreadable one verifies nothing); with
+    ``query``, a list of each image's variants as ``cbir search`` extracts them (the image and its
+    mirror, ``local_features.extract_query``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from cbir.cores import all_cores
@@ -39,13 +41,13 @@ def extract_features(paths: list, progress: bool = False) -> np.ndarray:
 
     def one(p):
         try:
-            return local_features.extract(str(p), str(p))
+            return (local_features.extract_query if query else local_features.extract)(str(p), str(p))
         except ImageError:
-            return local_features.empty()
+            return (local_features.empty(),) if query else local_features.empty()
 
     with ThreadPoolExecutor(all_cores()) as pool:
-        return np.stack(list(pool.map(one, paths)))
-
+        got = list(pool.map(one, paths))
+    return got if query else np.stack(got)
 
 
 def mean_std(runs: list[dict]) -> dict:
@@ -213,7 +215,7 @@ def copy_set(emb, ds, data: str, copies: str, with_features: bool) -> dict:
     if res.errors:
         raise CbirError(f"--copies {copies}: {res.errors[0][1]}: {res.errors[0][2]}")
     return {"vectors": res.vectors, "originals": np.asarray(originals), "edits": np.asarray(edits),
-            "features": extract_features(files) if with_features else None}
+            "features": extract_features(files, query=True) if with_features else None}
 
 
 def copy_detection(cq: dict, vectors: np.ndarray, index, rerank: Rerank, features: np.ndarray | None,

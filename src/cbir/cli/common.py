@@ -65,8 +65,10 @@ def rerank_args(p: argparse.ArgumentParser) -> None:
                    "(needs a model exported with --regions; 0 = off)")
     g.add_argument("--verify", type=int, help="spatially verify the top N (0 = off)")
     g.add_argument("--min-inliers", type=int, help=f"RANSAC inliers that make a match verified (default {d.min_inliers})")
-    g.add_argument("--partial", type=int, help="when nothing verified, search the query's 9 half-size windows and verify "
+    g.add_argument("--partial", type=int, help="when nothing verified, search the query's 5 half-size windows and verify "
                    "their top N each: finds a photo pasted into another, a screenshot (0 = off)")
+    g.add_argument("--keep-first", type=float, help="the k-NN's first result stays first (after verified ones) when its "
+                   "cosine is at least this (0 = off)")
 
 
 def rerank_overrides(a: argparse.Namespace) -> dict:

@@ -30,8 +30,11 @@ def load_session(model: str | os.PathLike, provider: str = "cpu", threads: int |
     path = Path(model)
     if not path.is_file():
         raise CbirError(f"--model {path}: no such file")
+    if provider != "cpu" and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # the CUDA/cuDNN libraries of onnxruntime-gpu[cuda,cudnn]'s wheels (ORT ≥ 1.21)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or all_cores()
+    # a GPU session's CPU threads only feed the device: one is enough, more just spin beside the decoders
+    opts.intra_op_num_threads = threads or (all_cores() if provider == "cpu" else 1)
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

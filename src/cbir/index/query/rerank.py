@@ -20,10 +20,15 @@ Formulas (x_i the shortlist's L2-normalised vectors, q the query, s_i = q·x_i, 
   conjugate gradient (Iscen et al., CVPR 2017, truncated to the shortlist: never an n×n matrix);
   the score is f.
 - ``partial`` (n): when a query image has nothing verified after (4), each of its ``WINDOWS``
-  (3 × 3 half-size windows, ``cbir.engine.local_features``) is embedded and searched on its own, and
+  (five half-size windows, ``cbir.engine.local_features``) is embedded and searched on its own, and
   the first n k-NN of every window are verified against that window's own local features; verified
   ones come first (a photo pasted into another, a screenshot, a collage). Only ``Gallery.search``
   (an image query) runs it; a vector or an item as query has no windows.
+- ``keep_first`` (c): the k-NN's first candidate stays first after the verified ones when its cosine
+  to the query is ≥ c (0 = off): a copy too degraded to verify (a chain of edits, a perspective
+  warp) is often the plain k-NN's first, and the class re-ranking would otherwise move a look-alike
+  ahead of it. The default's 0.8 lies above every top-1 cosine of 630 edited photos that are not in
+  the Corel gallery (at most 0.68).
 - ``regional`` (n): the first n by the score so far are re-scored as r_i = max(q·x_i, max_w q·g_iw)
   — q the final query, x_i the stored vector (before shortlist DBA), g_iw the item's regional
   descriptors (``cbir export --regions``) — and re-ordered by r ahead of the rest (class-agnostic
@@ -65,6 +70,7 @@ class Rerank:
     verify: int = 0
     min_inliers: int = 15
     partial: int = 0
+    keep_first: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -76,14 +82,14 @@ class Rerank:
 
 LIMITS = {"shortlist": (1, 10_000), "shortlist_dba": (0, 1000), "shortlist_dba_alpha": (0.0, 20.0), "qe": (0, 1000), "qe_alpha": (0.0, 20.0),
           "diffusion": (0, 1000), "diffusion_alpha": (0.0, 0.9999), "regional": (0, 10_000), "verify": (0, 100), "min_inliers": (4, 10_000),
-          "partial": (0, 20)}
+          "partial": (0, 20), "keep_first": (0.0, 1.0)}
 
 PRESETS = {
     "none": Rerank(),
     "class": Rerank(shortlist_dba=20, qe=30),            # "images like this": class-level mAP
     "copy": Rerank(verify=10, partial=3),                 # "find this photo": the original first
     # both: verified copies first, the class re-ranking orders the rest
-    "default": Rerank(shortlist_dba=20, qe=30, verify=10, partial=3),
+    "default": Rerank(shortlist_dba=20, qe=30, verify=10, partial=3, keep_first=0.8),
 }
 
 
@@ -259,7 +265,7 @@ def rerank(q: np.ndarray, ids: np.ndarray, vecs: np.ndarray, cfg: Rerank, inlier
     None, for ``regional``: only the re-scored candidates are looked up).
     Returns (ids, scores, inliers, final query) in the new order."""
     x = raw = l2_normalize(np.asarray(vecs, np.float32))  # float32: half the time of float64 for N = 400
-    q = l2_normalize(np.asarray(q, np.float32)[None])[0]
+    q = q0 = l2_normalize(np.asarray(q, np.float32)[None])[0]
     inl = np.full(len(ids), -1, np.int64) if inliers is None else np.asarray(inliers, np.int64)
     verified = inl >= cfg.min_inliers
     if cfg.shortlist_dba:
@@ -284,6 +290,10 @@ def rerank(q: np.ndarray, ids: np.ndarray, vecs: np.ndarray, cfg: Rerank, inlier
         score[top] = r
         group[:] = 1
         group[top] = 0
-    # verified first, most inliers first; then the regionally re-scored, then by score (stable: ties keep k-NN order)
-    order = np.lexsort((-score, group, -np.where(verified, inl, -1), ~verified))
+    first = np.zeros(len(ids), np.int8)
+    if cfg.keep_first and float(raw[0] @ q0) >= cfg.keep_first:
+        first[0] = 1
+    # verified first, most inliers first; then a kept k-NN first; then the regionally re-scored, then
+    # by score (stable: ties keep k-NN order)
+    order = np.lexsort((-score, group, -first, -np.where(verified, inl, -1), ~verified))
     return ids[order], score[order].astype(np.float32), inl[order], q.astype(np.float32)
