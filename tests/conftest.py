@@ -18,11 +18,12 @@ def photos() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def lite0_onnx(tmp_path_factory) -> Path:
-    """Lite0 Block 7 GAP with the offline ImageNet weights (exported once per session)."""
+    """Lite0 Block 7 GAP with the offline ImageNet weights (exported once per session, with its
+    torch checkpoint for ``--backend torch``)."""
     from cbir.export.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("models") / "lite0_b7_gap.onnx"
-    export_onnx("tf_efficientnet_lite0", out, block=7, pooling="gap", pretrained=True)
+    export_onnx("tf_efficientnet_lite0", out, block=7, pooling="gap", pretrained=True, torch_checkpoint=True)
     return out
 
 

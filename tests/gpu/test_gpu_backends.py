@@ -20,8 +20,13 @@ def _import_or_skip(name: str):
 
 def _cuda_devices() -> int:
     """Visible CUDA devices, from cuda-python if installed, else torch; 0 when neither can tell.
-    Only "no device" counts as none: any other error of the device query (a driver too old, a broken
-    install) fails the test, since it is exactly what these tests are for."""
+    Only "no device" (or no NVIDIA driver loaded at all: no /proc/driver/nvidia) counts as none: any
+    other error of the device query (a driver too old, a broken install) fails the test, since it is
+    exactly what these tests are for."""
+    import os
+
+    if not os.path.exists("/proc/driver/nvidia/version"):
+        return 0
     try:
         from cuda.bindings import runtime as cudart
 
@@ -43,6 +48,10 @@ def _cuda_devices() -> int:
 def _need_device() -> None:
     if _cuda_devices() == 0:
         pytest.skip("no CUDA device visible")
+
+
+if _cuda_devices() == 0:  # before any fixture: on a CPU machine the module costs nothing
+    pytest.skip("no CUDA device visible", allow_module_level=True)
 
 
 def _need_ort_provider(provider: str) -> None:
@@ -141,3 +150,19 @@ def test_gallery_searches_on_gpu(embedder, gallery_dir, tmp_path):
     h.build([gallery_dir])
     assert h.search_index is h.index  # no GPU HNSW: the CPU index answers
     assert h.search([str(q)], k=3)[0]["results"][0]["score"] > 0.999
+
+
+def test_torch_backend_on_cuda_matches_ort_fp32(lite0_onnx, embedder, photos):
+    torch = _import_or_skip("torch")
+    from cbir.engine.embedder import Embedder
+
+    srcs = [str(p) for p in photos]
+    ref = embedder.embed(srcs)  # ONNX Runtime FP32 on the CPU
+    fp16 = Embedder(lite0_onnx, backend="torch", device="cuda")
+    assert fp16.runner.providers == ["torch-cuda-fp16"]
+    assert float(np.sum(fp16.embed(srcs) * ref, axis=1).min()) >= 0.999
+    fp32 = Embedder(lite0_onnx, backend="torch", device="cuda", precision="fp32")
+    assert float(np.sum(fp32.embed(srcs) * ref, axis=1).min()) >= 0.9999
+    batch = np.stack([fp16.preprocess(p) for p in photos[:8]])
+    out = fp16.runner.run_torch(torch.from_numpy(batch).cuda())
+    assert out.is_cuda and out.shape == (8, fp16.info.dim)

@@ -15,7 +15,7 @@ def cmd_bench_accuracy(a: argparse.Namespace) -> int:
     axis = {n: axis_config(n) for n in a.rerank_axis.split(",")} if a.rerank_axis else None
     r = bench_accuracy(a.model, a.data, seeds=a.seeds, rerank=rerank_from_args(a), queries=a.queries,
                        exclude_self=a.exclude_self, embedder=Embedder(a.model, resampling=a.resampling, backend=a.backend,
-                                                                    precision=a.precision),
+                                                                    precision=a.precision, device=a.device),
                        whiten_dim=a.whiten_dim, whiten_force=a.whiten_force, copies=a.copies, axis=axis,
                        pad_to=a.pad_to,
                        progress=not a.json and sys.stderr.isatty())

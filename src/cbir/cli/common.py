@@ -14,7 +14,7 @@ def print_json(obj) -> None:
 def open_embedder(a: argparse.Namespace, model: str):
     from cbir.engine.embedder import Embedder
 
-    return Embedder(model, backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision)
+    return Embedder(model, backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision, device=a.device)
 
 
 def source_args(p: argparse.ArgumentParser) -> None:
@@ -33,9 +33,12 @@ def parquet_spec(a: argparse.Namespace):
 
 def backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="onnxruntime",
-                   help="onnxruntime (default), openvino, onnxruntime-cuda, onnxruntime-trt, tensorrt (a plan from `cbir compile`)")
-    p.add_argument("--precision", choices=["fp32", "bf16"],
-                   help="--backend openvino: run precision (default fp32; bf16 where the CPU has it)")
+                   help="onnxruntime (default), openvino, onnxruntime-cuda, onnxruntime-trt, tensorrt (a plan from "
+                        "`cbir compile`), torch (the model rebuilt in PyTorch: export with --torch-checkpoint)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="--backend openvino: fp32 (default) or bf16 where the CPU has it; --backend torch: fp16 "
+                        "(default on cuda) or fp32")
+    p.add_argument("--device", choices=["cuda", "cpu"], help="--backend torch: where it runs (default cuda when visible)")
 
 
 def engine_args(p: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ def cmd_export(a: argparse.Namespace) -> int:
                     image_size=a.image_size, whitening=a.whitening, resize=a.resize, resampling=a.resampling,
                     parity_images=a.images or None, precision=a.precision, gem_p=a.gem_p, calib=a.calib,
                     scales=parse_scales(a.scales), regions=a.regions,
-                    fidelity_data=a.fidelity_data)
+                    fidelity_data=a.fidelity_data, torch_checkpoint=a.torch_checkpoint)
     if a.json:
         print_json(s)
     else:
@@ -88,6 +88,8 @@ def register(sub) -> None:
     e.add_argument("--regions", action="store_true",
                    help="also output regional descriptors (R-MAC windows, same pooling) for regional re-ranking; "
                         "an index built with this model stores them (~8 KB per image for d = 320)")
+    e.add_argument("--torch-checkpoint", action="store_true",
+                   help="also write OUTPUT's .torch.pt (weights + spec, tied to the ONNX fingerprint) for --backend torch")
     e.add_argument("--calib", type=int, default=32, help="images for the FP16 gate, spread over --images (default 32)")
     e.add_argument("--fidelity-data", help="labelled folder: the FP16 gate also checks ΔmAP (torch half() estimate)")
     e.add_argument("-o", "--output", required=True)

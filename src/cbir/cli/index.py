@@ -152,7 +152,7 @@ def cmd_index_add(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
     g = Gallery(a.index, wait=a.wait)
-    g.embedder(backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision)
+    g.embedder(backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision, device=a.device)
     return _print_report(a, g.add(list(a.paths) + read_list(a.files_from), batch_size=a.batch_size,
                                   retry_failed=a.retry_failed, parquet=parquet_spec(a), restore=a.restore), "added")
 
@@ -234,7 +234,7 @@ def cmd_index_repair(a: argparse.Namespace) -> int:
 
     g = Gallery(a.index, wait=a.wait)
     if g.config["model_path"] is not None:
-        g.embedder(backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision)
+        g.embedder(backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision, device=a.device)
     r = repair(g, progress=not a.json and sys.stderr.isatty())
     if a.json:
         print_json(r)

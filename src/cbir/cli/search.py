@@ -11,7 +11,7 @@ def cmd_search(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
     g = Gallery(a.index)
-    g.embedder(a.model, backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision)
+    g.embedder(a.model, backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision, device=a.device)
     rerank = rerank_from_args(a, g.config.get("rerank"))
     results = g.search(a.queries, k=a.k, rerank=rerank, nprobe=a.nprobe, ef_search=a.ef_search)
     if a.html:

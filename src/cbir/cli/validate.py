@@ -28,7 +28,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
     if a.backend == "onnxruntime" and a.precision in (None, "fp32"):
         raise CbirError("cbir validate: choose the run to check, e.g. --backend openvino --precision bf16")
-    r = gate(Embedder(a.model), Embedder(a.model, backend=a.backend, precision=a.precision),
+    r = gate(Embedder(a.model), Embedder(a.model, backend=a.backend, precision=a.precision, device=a.device),
              calibration_images(a.images or None, a.calib), a.fidelity_data)
     if a.json:
         print_json(r)

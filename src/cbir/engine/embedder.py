@@ -65,9 +65,12 @@ class Embedder:
 
     def __init__(self, model: str | os.PathLike, backend: str = "onnxruntime", threads: int | None = None,
                  workers: int | None = None, batch_size: int | None = None, max_pixels: int | None = None,
-                 resampling: str | None = None, precision: str | None = None, **backend_options):
+                 resampling: str | None = None, precision: str | None = None, device: str | None = None,
+                 **backend_options):
         if threads is not None:
             backend_options["threads"] = threads
+        if device is not None:  # backends that run on a chosen device (torch)
+            backend_options["device"] = device
         if precision is not None:  # backends that pick a precision at load (openvino)
             backend_options["precision"] = precision
         self.model_path = os.fspath(model)

@@ -88,12 +88,15 @@ def export_onnx(
     fidelity_data: str | None = None,
     scales: tuple[float, ...] = (1.0,),
     regions: bool = False,
+    torch_checkpoint: bool = False,
 ) -> dict:
     """Export and gate; returns the summary printed by ``cbir export --json``.
 
     ``precision="fp16"``: trunk in FP16, head FP32 (``fp16_head=True`` halves the head too, which the
     FP16 fidelity gate is expected to reject when it overflows); gated by ``fidelity.fp16_gate``
-    on ``calib`` images from ``parity_images`` and, with ``fidelity_data``, ΔmAP."""
+    on ``calib`` images from ``parity_images`` and, with ``fidelity_data``, ΔmAP. ``torch_checkpoint``:
+    also write ``<output stem>.torch.pt`` (the FP32 module's weights and spec, tied to the ONNX
+    fingerprint) for ``--backend torch``."""
     import copy
     import onnx
     import torch
@@ -109,6 +112,8 @@ def export_onnx(
         raise CbirError(f"--resampling {resampling!r}: must be one of {', '.join(RESAMPLING_POLICIES)}")
     if precision not in ("fp32", "fp16"):
         raise CbirError(f"--precision {precision!r}: must be fp32 or fp16")
+    if torch_checkpoint and (whitening or regions):
+        raise CbirError("--torch-checkpoint: models with --whitening or --regions are not supported by --backend torch yet")
     if regions and precision != "fp32":
         raise CbirError("--regions: regional descriptors are exported in FP32 only; drop --precision fp16")
     t0 = time.perf_counter()
@@ -178,6 +183,11 @@ def export_onnx(
         tmp.replace(output)
     finally:
         tmp.unlink(missing_ok=True)
+    checkpoint = None
+    if torch_checkpoint:
+        from cbir.engine.backends.torch import write_checkpoint
+
+        checkpoint = str(write_checkpoint(reference, info, info.arch, block, pooling, output))
     data = output.read_bytes()
     return {
         "output": str(output), "arch": info.arch, "block": block, "pooling": pooling, "dim": info.dim,
@@ -189,4 +199,5 @@ def export_onnx(
         "min_cosine": fidelity["min_cosine"], "mean_cosine": fidelity["mean_cosine"], "parity_images": fidelity["n"],
         "fp16_gate": fidelity.get("fp16_gate"), "tensorrt_lint": lint,
         "export_seconds": round(export_s, 2), "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+        "torch_checkpoint": checkpoint,
     }

@@ -7,6 +7,7 @@
 | onnxruntime-trt  | ORT TensorRT EP, then CUDA (same check)              | onnxruntime-gpu, TensorRT  |
 | tensorrt         | native TensorRT plan from `cbir compile`             | tensorrt, cuda-python      |
 | openvino         | OpenVINO CPU, ``precision`` fp32 or bf16, all cores  | openvino (extra cpu-fast)  |
+| torch            | the model rebuilt in PyTorch, ``device`` cuda / cpu  | torch, timm (extra export) |
 
 Every runner implements ``base.Runner``: ``info``, ``input_name``/``input_shape``/``input_dtype``,
 ``run`` (uint8 [N, H, W, 3] NumPy -> float32 [N, D] L2-normalised), ``run_torch`` (CUDA tensors, GPU
@@ -41,24 +42,37 @@ def _tensorrt(model: str, **options) -> Runner:
     return TrtRunner(model, **{k: v for k, v in options.items() if k == "device"})
 
 
+def _torch(model: str, device: str | None = None, precision: str | None = None, threads: int | None = None,
+           **options) -> Runner:
+    from cbir.engine.backends.torch import TorchRunner
+
+    return TorchRunner(model, device=device, precision=precision, threads=threads)
+
+
 BACKENDS: dict[str, Callable[..., Runner]] = {
     "onnxruntime": _onnxruntime("cpu"),
     "onnxruntime-cuda": _onnxruntime("cuda"),
     "onnxruntime-trt": _onnxruntime("tensorrt"),
     "tensorrt": _tensorrt,
     "openvino": _openvino,
+    "torch": _torch,
 }
-RUN_PRECISION = {"openvino"}  # backends that choose a precision at load (others: the file's precision)
+RUN_PRECISION = {"openvino", "torch"}  # backends that choose a precision at load (others: the file's precision)
+DEVICE = {"torch", "tensorrt"}  # backends that take ``device``
 
 
 def load_backend(model: str, backend: str = "onnxruntime", **options) -> Runner:
     """Load ``model`` with the backend registered under ``backend`` (default: ONNX Runtime CPU)."""
     if backend not in BACKENDS:
         raise CbirError(f"--backend {backend!r}: unknown backend; choose one of {', '.join(BACKENDS)}")
+    if options.get("device") is not None and backend not in DEVICE:
+        raise CbirError(f"--device applies to --backend {' or '.join(sorted(DEVICE))}, not {backend}")
+    if options.get("device") is None:
+        options.pop("device", None)
     precision = options.pop("precision", None)
     if backend in RUN_PRECISION:
         options["precision"] = precision
     elif precision not in (None, "fp32"):
-        raise CbirError(f"--precision {precision}: only --backend openvino runs a reduced precision at load "
+        raise CbirError(f"--precision {precision}: only --backend openvino or torch runs a reduced precision at load "
                         f"(for TensorRT, export with --precision fp16)")
     return BACKENDS[backend](model, **options)

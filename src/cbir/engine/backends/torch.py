@@ -1,0 +1,123 @@
+"""PyTorch loader + runner: the exported model rebuilt in PyTorch (timm trunk + cbir head) from the
+checkpoint ``cbir export --torch-checkpoint`` writes beside the ONNX file (``<model>.torch.pt``),
+checked against the ONNX file's fingerprint. Optional and lazily imported: torch and timm come with
+the ``export`` extra; the inference path never needs them.
+
+Same contract as every runner: uint8 [N, H, W, 3] in (the model's own preprocessing, folded into
+the module as into the ONNX graph), L2-normalised float32 [N, D] out. ``device``: ``cuda`` (default
+when a CUDA device is visible) or ``cpu``. On CUDA the trunk runs in FP16 with the head in FP32, as
+in ``cbir export --precision fp16`` (``precision="fp32"`` keeps it all FP32), in channels-last
+memory (the uint8 NHWC input already is), optionally through ``torch.compile`` (``compile=True``).
+On the CPU it runs FP32: it exists so that CI checks the backend's plumbing and its parity with
+ONNX Runtime. Not done yet: CUDA graphs per batch-size bucket.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cbir.engine.backends.base import RunnerBase
+from cbir.errors import CbirError
+from cbir.modelinfo import read_onnx
+
+CHECKPOINT_FORMAT = "cbir-torch-1"
+
+
+def checkpoint_path(model: str | os.PathLike) -> Path:
+    """Where the torch checkpoint of an exported model lives: ``m.onnx`` → ``m.torch.pt``."""
+    return Path(model).with_suffix(".torch.pt")
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise CbirError("--backend torch needs PyTorch and timm: pip install 'cbir[export]'") from None
+    return torch
+
+
+class TorchRunner(RunnerBase):
+    """Runs uint8 NHWC batches through the rebuilt ``RetrievalModel`` on ``device``."""
+
+    name = "torch"
+    input_name = "images"
+
+    def __init__(self, model: str | os.PathLike, device: str | None = None, precision: str | None = None,
+                 threads: int | None = None, compile: bool = False):
+        torch = _import_torch()
+        from cbir.models.retrieval import RetrievalModel
+        from cbir.models.trunk import build_trunk
+
+        self.info, _, _ = read_onnx(model)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device not in ("cpu", "cuda"):
+            raise CbirError(f"--device {device!r}: choose cuda or cpu")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise CbirError(f"--device cuda: torch {torch.__version__} sees no CUDA device")
+        precision = precision or ("fp16" if device == "cuda" else "fp32")
+        if precision not in ("fp32", "fp16") or (precision == "fp16" and device == "cpu"):
+            raise CbirError(f"--precision {precision}: --backend torch runs fp32, or fp16 on --device cuda")
+        path = checkpoint_path(model)
+        if not path.is_file():
+            raise CbirError(f"--model {model}: no torch checkpoint {path.name} beside it; export with "
+                            f"`cbir export ... --torch-checkpoint` to run it with --backend torch")
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if ck.get("format") != CHECKPOINT_FORMAT or ck.get("fingerprint") != self.info.fingerprint:
+            raise CbirError(f"--model {model}: {path.name} was written for another export (fingerprint "
+                            f"{str(ck.get('fingerprint'))[:12]}, the model's {str(self.info.fingerprint)[:12]}); export again")
+        if threads and device == "cpu":
+            torch.set_num_threads(threads)
+        trunk = build_trunk(ck["arch"], ck["block"], pretrained=False)
+        net = RetrievalModel(trunk, ck["pooling"], ck["image_size"], None, tuple(ck["scales"]), False)
+        net.load_state_dict(ck["state_dict"], strict=True)
+        net.eval().to(device)
+        if precision == "fp16":
+            net.to_fp16(head=False)
+        if device == "cuda":
+            net.to(memory_format=torch.channels_last)
+        self._net = torch.compile(net) if compile else net
+        self._torch, self.device, self.precision = torch, device, precision
+        self.providers = [f"torch-{device}-{precision}"]
+
+    def _forward(self, x):
+        with self._torch.inference_mode():
+            return self._net(x).float()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = self._torch.from_numpy(np.ascontiguousarray(batch, np.uint8))
+        if self.device == "cuda":
+            x = x.pin_memory().to("cuda", non_blocking=True)
+        return self.check_output(self._forward(x).cpu().numpy(), len(batch))
+
+    def run_torch(self, images):
+        """uint8 [N, H, W, 3] tensor on this runner's device → float32 [N, D] tensor (stays there)."""
+        if images.device.type != self.device:
+            raise CbirError(f"run_torch: the images are on {images.device}, the model on {self.device}")
+        out = self._forward(images)
+        self.check_output(out, len(images))
+        return out
+
+    def check_output(self, out, n: int):
+        if out.ndim != 2 or out.shape[0] != n or out.shape[1] != self.info.dim:
+            raise CbirError(f"{self.name}: returned {tuple(out.shape)} for {n} images, expected ({n}, {self.info.dim})")
+        return out
+
+    def close(self) -> None:
+        self._net = None
+
+
+def write_checkpoint(model, info, arch: str, block: int, pooling: str, output: str | os.PathLike) -> Path:
+    """Save what ``TorchRunner`` needs to rebuild ``model`` (an FP32 ``RetrievalModel``) beside the
+    ONNX file ``output``; refused for whitened or regional models (not supported by the runner yet)."""
+    torch = _import_torch()
+    if model.whitening is not None or model.with_regions:
+        raise CbirError("--torch-checkpoint: models with --whitening or --regions are not supported by --backend torch yet")
+    path = checkpoint_path(output)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": info.fingerprint, "arch": arch, "block": block,
+                "pooling": pooling, "image_size": model.image_size, "scales": list(model.scales),
+                "state_dict": model.state_dict()}, tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,50 @@
+"""`--backend torch` (issue 27): the exported model rebuilt in PyTorch from its checkpoint, the same
+contract as ONNX Runtime; on the CPU here (CI checks its plumbing and parity), CUDA in tests/gpu."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cbir.engine.embedder import Embedder
+from cbir.errors import CbirError
+
+
+def test_torch_backend_matches_onnxruntime_on_cpu(lite0_onnx, embedder, photos):
+    t = Embedder(lite0_onnx, backend="torch", device="cpu")
+    assert t.runner.providers == ["torch-cpu-fp32"] and t.info.fingerprint == embedder.info.fingerprint
+    srcs = [str(p) for p in photos]
+    a, b = embedder.embed(srcs), t.embed(srcs)
+    assert b.shape == a.shape and b.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert float(np.sum(a * b, axis=1).min()) >= 0.9999
+    with t.batcher(max_batch=4) as bt:  # the batcher's worker thread runs it too
+        np.testing.assert_allclose(bt.embed(srcs[1]), b[1], atol=1e-5)
+
+
+def test_torch_backend_refusals(lite0_onnx, tmp_path):
+    with pytest.raises(CbirError, match="fp16 on --device cuda"):
+        Embedder(lite0_onnx, backend="torch", device="cpu", precision="fp16")
+    with pytest.raises(CbirError, match="--device applies to --backend tensorrt or torch"):
+        Embedder(lite0_onnx, device="cpu")
+    alone = tmp_path / "m.onnx"
+    shutil.copy(lite0_onnx, alone)
+    with pytest.raises(CbirError, match="--torch-checkpoint"):
+        Embedder(alone, backend="torch", device="cpu")
+    import torch
+
+    ck = torch.load(lite0_onnx.with_suffix(".torch.pt"), weights_only=True)
+    ck["fingerprint"] = "0" * 64
+    torch.save(ck, alone.with_suffix(".torch.pt"))
+    with pytest.raises(CbirError, match="written for another export"):
+        Embedder(alone, backend="torch", device="cpu")
+
+
+def test_validate_gates_the_torch_backend(lite0_onnx, capsys):
+    from cbir.cli import main
+
+    assert main(["validate", str(lite0_onnx), "--backend", "torch", "--device", "cpu", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["passed"] and r["min_cosine"] >= 0.9999
