@@ -10,7 +10,7 @@ from cbir.cli.common import engine_args, print_json, rerank_args, rerank_from_ar
 def cmd_search(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
-    g = Gallery(a.index)
+    g = Gallery(a.index, search_device=a.search_device)
     g.embedder(a.model, backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision, device=a.device)
     rerank = rerank_from_args(a, g.config.get("rerank"))
     results = g.search(a.queries, k=a.k, rerank=rerank, nprobe=a.nprobe, ef_search=a.ef_search)
@@ -58,6 +58,8 @@ def register(sub) -> None:
     s.add_argument("--model", help="model file (default: the one recorded in the index; must match it)")
     rerank_args(s)
     engine_args(s)
+    s.add_argument("--search-device", choices=["cuda", "cpu"],
+                   help="exact search of a Flat index in PyTorch on this device (FP16 on cuda), where faiss-gpu is absent")
     s.add_argument("--json", action="store_true")
     s.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML contact sheet of the results")
     s.set_defaults(fn=cmd_search)

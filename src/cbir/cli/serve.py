@@ -17,7 +17,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     app = create_app(a.index, max_batch=a.max_batch, max_delay_ms=a.max_delay_ms, max_queue=a.max_queue,
                      timeout_s=a.timeout_s, max_upload_bytes=int(a.max_upload_mb * 1024 * 1024),
                      backend=a.backend, threads=a.threads, precision=a.precision, max_heavy=a.max_heavy,
-                     audit_rate=a.audit_rate)
+                     audit_rate=a.audit_rate, device=a.device, search_device=a.search_device)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=a.timeout_s)
     return 0
 
@@ -32,6 +32,8 @@ def register(sub) -> None:
     sv.add_argument("--max-queue", type=int, default=256, help="batcher queue bound; beyond it: 503 + Retry-After")
     sv.add_argument("--timeout-s", type=float, default=30.0)
     sv.add_argument("--max-upload-mb", type=float, default=20.0)
+    sv.add_argument("--search-device", choices=["cuda", "cpu"],
+                    help="exact search of a Flat index in PyTorch on this device (FP16 on cuda), where faiss-gpu is absent")
     sv.add_argument("--max-heavy", type=int, help="heavy re-ranking searches at once (default: half the cores); "
                                                   "beyond it: 503 + Retry-After")
     sv.add_argument("--audit-rate", type=float, help="share of POST /search queries re-searched exactly in the background "

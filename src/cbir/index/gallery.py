@@ -101,7 +101,7 @@ def _query_features(source):
 class Gallery:
     """An index directory. Open an existing one with ``Gallery(dir)``; create with ``Gallery.create``."""
 
-    def __init__(self, root: str | os.PathLike, embedder=None, wait: bool = False):
+    def __init__(self, root: str | os.PathLike, embedder=None, wait: bool = False, search_device: str | None = None):
         self.root = Path(root)
         self.config = _config.load(self.root)
         self.created = False  # True when ``create`` made this index in this process (``discard`` may undo it)
@@ -121,6 +121,9 @@ class Gallery:
         self._reconciler: threading.Thread | None = None
         self.load_error: str | None = None  # the last failed load of a newer index.faiss (refresh)
         self._gpu_index = self._gpu_source = None
+        if search_device not in (None, "cuda", "cpu"):
+            raise CbirError(f"--search-device {search_device!r}: choose cuda or cpu")
+        self.search_device = search_device  # exact search in PyTorch on this device (Flat indexes), else FAISS
         self._reconstructable = None
         self._whitening = None
         self._features = None
@@ -635,7 +638,12 @@ class Gallery:
         index = self.index
         with self._lock:
             if self._gpu_index is None or self._gpu_source is not index:
-                self._gpu_index = faiss_index.to_gpu(index) if faiss_index.gpu_available() else index
+                if self.search_device:
+                    from cbir.index.ann.torch_flat import TorchFlat
+
+                    self._gpu_index = TorchFlat(index, self.search_device)
+                else:
+                    self._gpu_index = faiss_index.to_gpu(index) if faiss_index.gpu_available() else index
                 self._gpu_source = index
             return index, self._gpu_index
 

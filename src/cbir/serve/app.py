@@ -154,12 +154,13 @@ UI_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self';
 def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float = 5.0, max_queue: int = 256,
                timeout_s: float = 30.0, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int | None = None,
                backend: str = "onnxruntime", threads: int | None = None, precision: str | None = None,
-               max_heavy: int | None = None, audit_rate: float | None = None):
+               max_heavy: int | None = None, audit_rate: float | None = None, device: str | None = None,
+               search_device: str | None = None):
     from cbir import __version__
     from cbir.index.gallery import Gallery
 
-    gallery = Gallery(index_dir)
-    emb = gallery.embedder(backend=backend, threads=threads, precision=precision,
+    gallery = Gallery(index_dir, search_device=search_device)
+    emb = gallery.embedder(backend=backend, threads=threads, precision=precision, device=device,
                            **({"max_pixels": max_pixels} if max_pixels else {}))
     thumbnails = Thumbnails(gallery.root, gallery.store, **({"max_pixels": max_pixels} if max_pixels else {}))
     ui = {name: (resources.files("cbir.serve") / "ui" / name).read_bytes() for name in UI_FILES}

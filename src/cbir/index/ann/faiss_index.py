@@ -11,6 +11,7 @@ type on stderr.
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -194,9 +195,11 @@ def to_gpu(index):
     if kind in GPU_TYPES:
         try:
             res = faiss.StandardGpuResources()
-            gpu = faiss.index_cpu_to_gpu(res, 0, index)
+            opts = faiss.GpuClonerOptions()
+            opts.useFloat16LookupTables = True  # IVF-PQ over 48 bytes per code needs them (shared memory)
+            gpu = faiss.index_cpu_to_gpu(res, 0, index, opts)
             gpu.cbir_resources = res  # keep the resources alive as long as the index
-            return gpu
+            return Serialized(gpu)
         except RuntimeError as e:
             reason = _first_line(e)
     else:
@@ -205,6 +208,22 @@ def to_gpu(index):
         _said_cpu.add(kind)
         print(f"cbir: {kind} index stays on the CPU ({reason})", file=sys.stderr)
     return index
+
+
+class Serialized:
+    """A GPU index searched by one thread at a time: FAISS GPU indexes are not thread-safe, not even
+    for search (their temporary memory is shared), and ``cbir serve`` searches from a thread pool."""
+
+    def __init__(self, index):
+        self.index = index
+        self._lock = threading.Lock()
+
+    def search(self, *args, **kwargs):
+        with self._lock:
+            return self.index.search(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.index, name)
 
 
 def search(index, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:

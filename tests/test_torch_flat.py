@@ -1,0 +1,49 @@
+"""Exact search in PyTorch (issue 27): the same answers as FAISS's Flat index, through the gallery too
+(on the CPU here; FP16 on CUDA in tests/gpu)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cbir.errors import CbirError
+from cbir.index.ann import faiss_index, torch_flat
+from cbir.vectors import l2_normalize
+
+
+def test_torch_flat_answers_like_faiss_flat(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = l2_normalize(rng.normal(size=(5000, 64)).astype(np.float32))
+    ids = rng.permutation(100_000)[:5000].astype(np.int64)  # ids that are not row numbers
+    index, _ = faiss_index.build(x, ids, "Flat")
+    q = l2_normalize(rng.normal(size=(37, 64)).astype(np.float32))
+    want_s, want_i = faiss_index.search(index, q, 10)
+    monkeypatch.setattr(torch_flat, "CHUNK_ROWS", 1024)  # five chunks merged by top-k
+    t = torch_flat.TorchFlat(index, "cpu")
+    assert (t.ntotal, t.d) == (5000, 64)
+    got_s, got_i = faiss_index.search(t, q, 10)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_s, want_s, atol=1e-5)
+    assert faiss_index.search(t, q[:1], 50_000)[1].shape == (1, 5000)  # k capped at the gallery size
+    with pytest.raises(CbirError, match="no search parameters"):
+        t.search(q, 5, params=object())
+    ivf, _ = faiss_index.build(x, ids, "IVF16,Flat")
+    with pytest.raises(CbirError, match="needs a Flat index, not IndexIVFFlat"):
+        torch_flat.TorchFlat(ivf, "cpu")
+
+
+def test_gallery_searches_through_torch_exactly(tmp_path, embedder, photos):
+    from cbir.index.gallery import Gallery
+    from conftest import make_gallery
+
+    make_gallery(tmp_path / "g", photos, 10)
+    g = Gallery.create(tmp_path / "idx", embedder)
+    g.build([tmp_path / "g"])
+    q = [str(p) for p in sorted((tmp_path / "g").rglob("*.jpg"))[:3]]
+    want = g.search(q, k=5, rerank="none")
+    t = Gallery(tmp_path / "idx", search_device="cpu")
+    assert isinstance(t.search_index, torch_flat.TorchFlat)
+    got = t.search(q, k=5, rerank="none")
+    assert [[h["id"] for h in r["results"]] for r in got] == [[h["id"] for h in r["results"]] for r in want]
+    assert [h["verified"] for h in t.search(q[:1], k=3)[0]["results"]][0]  # the default search on top of it
+    with pytest.raises(CbirError, match="--search-device 'tpu'"):
+        Gallery(tmp_path / "idx", search_device="tpu")
