@@ -107,6 +107,19 @@ def cmd_bench_copy_search(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_exact(a: argparse.Namespace) -> int:
+    from cbir.bench.exact import bench_exact
+
+    r = bench_exact(a.n, a.dim, a.device, a.queries, a.batch, a.k, a.repeats)
+    if a.json:
+        print_json(r)
+    else:
+        print(f"exact k={r['k']} over {r['n']:,} × {r['dim']}: torch on {r['device']} ({r['dtype']}) "
+              f"{r['queries_per_s']['torch']:.0f} q/s, FAISS CPU Flat ({r['threads_faiss']} threads) "
+              f"{r['queries_per_s']['faiss_cpu']:.0f} q/s = {r['ratio_torch_to_faiss_cpu']}×; recall@k vs FAISS {r['recall_at_k_vs_faiss']}")
+    return 0
+
+
 def cmd_bench_latency(a: argparse.Namespace) -> int:
     from cbir.bench.latency import bench_latency
 
@@ -269,6 +282,16 @@ def register(sub) -> None:
     bd.add_argument("--peers", nargs="?", const="", help="also run peers on DATA + COPIES: comma-separated subset of "
                                                          "imagededup-phash,fastdup (default both; each an optional install)")
     bd.set_defaults(fn=cmd_bench_dedup)
+    be = bench.add_parser("exact", help="exact k-NN in PyTorch (FP16 on cuda) beside FAISS's CPU Flat, same vectors")
+    be.add_argument("--n", type=int, default=1_000_000)
+    be.add_argument("--dim", type=int, default=320)
+    be.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    be.add_argument("--queries", type=int, default=1000)
+    be.add_argument("--batch", type=int, default=100, help="queries per search call")
+    be.add_argument("-k", type=int, default=10)
+    be.add_argument("--repeats", type=int, default=3)
+    be.add_argument("--json", action="store_true")
+    be.set_defaults(fn=cmd_bench_exact)
     bl = bench.add_parser("latency", help="throughput and latency of a model")
     bl.add_argument("--model", required=True)
     backend_args(bl)
