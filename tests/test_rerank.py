@@ -117,6 +117,8 @@ def test_resolve_refuses_bad_names_and_values():
         resolve(shortlist=2.5)
     with pytest.raises(CbirError, match="'colour': unknown"):
         resolve(colour=1)
+    # a stored setting from a newer cbir (an index.json this version did not write) is ignored
+    assert resolve({"qe": 5, "some_future_stage": 3}).qe == 5
 
 
 # -- local features ------------------------------------------------------------------------------

@@ -147,8 +147,10 @@ def check_budget(cfg: Rerank, dim: int, regions: int = 0, budget: Budget = DEFAU
 
 
 def resolve(base: dict | None = None, preset: str | None = None, **overrides) -> Rerank:
-    """``base`` (an index's stored settings) ← ``preset`` ← ``overrides`` (None = unchanged)."""
-    cfg = Rerank(**(base or {}))
+    """``base`` (an index's stored settings) ← ``preset`` ← ``overrides`` (None = unchanged). A stored
+    setting this version does not know (written by a newer cbir) is ignored, not fatal."""
+    known = {f.name for f in fields(Rerank)}
+    cfg = Rerank(**{k: v for k, v in (base or {}).items() if k in known})
     if preset is not None:
         if preset not in PRESETS:
             raise CbirError(f"--rerank {preset}: unknown; choose one of {', '.join(PRESETS)}")
