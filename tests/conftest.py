@@ -83,3 +83,14 @@ def gallery_dir(tmp_path, photos) -> Path:
     root = tmp_path / "gallery"
     make_gallery(root, photos, 10)
     return root
+
+
+@pytest.fixture
+def verified_index(tmp_path, embedder, photos):
+    """A new default index (local features, the default re-ranking) of 12 real photos: (gallery, files)."""
+    from cbir.index.gallery import Gallery
+
+    files = make_gallery(tmp_path / "g", photos, 12)
+    g = Gallery.create(tmp_path / "idx", embedder)
+    g.build([tmp_path / "g"])
+    return g, files

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
 from cbir.engine import local_features as lf
-from cbir.index.gallery import Gallery
 from conftest import make_gallery
 
 
@@ -40,14 +38,6 @@ def test_geometry_check_refuses_collapsed_mirrored_and_extreme_maps():
     assert not lf.plausible(ident, clump, clump, a, a)
 
 
-@pytest.fixture
-def index_of_photos(tmp_path, embedder, photos):
-    files = make_gallery(tmp_path / "g", photos, 12)
-    g = Gallery.create(tmp_path / "idx", embedder)
-    g.build([tmp_path / "g"])
-    return g, files
-
-
 def _pip(original, dst, width=0.4, at=(0.08, 0.3)):
     """``original`` pasted at ``width`` of the width into scikit-learn's china.jpg (not in the gallery)."""
     from sklearn.datasets import load_sample_image
@@ -60,8 +50,8 @@ def _pip(original, dst, width=0.4, at=(0.08, 0.3)):
     bg.save(dst, quality=90)
 
 
-def test_a_photo_pasted_into_another_is_found_through_the_windows(index_of_photos, tmp_path):
-    g, files = index_of_photos
+def test_a_photo_pasted_into_another_is_found_through_the_windows(verified_index, tmp_path):
+    g, files = verified_index
     assert g.config["rerank"]["partial"] == 3  # a new index stores it with the default search
     q = tmp_path / "pip.jpg"
     _pip(files[2], q)
@@ -81,13 +71,13 @@ def test_a_photo_pasted_into_another_is_found_through_the_windows(index_of_photo
     assert not any(h["verified"] for h in g.search([str(tmp_path / "neg.jpg")], k=5)[0]["results"])
 
 
-def test_http_search_goes_through_the_windows_and_the_mirror(index_of_photos, tmp_path):
+def test_http_search_goes_through_the_windows_and_the_mirror(verified_index, tmp_path):
     import httpx
 
     from cbir.serve.app import create_app
     from test_serve import Server
 
-    g, files = index_of_photos
+    g, files = verified_index
     q = tmp_path / "pip.jpg"
     _pip(files[2], q)
     flipped = tmp_path / "flip.jpg"
@@ -127,10 +117,10 @@ def test_keep_first_holds_the_knn_first_above_its_cosine():
     assert list(got[:2]) == [ids[3], 0]
 
 
-def test_bench_copy_search_scores_rank1_and_verified_false_positives(index_of_photos, tmp_path, capsys):
+def test_bench_copy_search_scores_rank1_and_verified_false_positives(verified_index, tmp_path, capsys):
     from cbir.cli import main
 
-    g, files = index_of_photos
+    g, files = verified_index
     root = tmp_path / "g"
     suite = tmp_path / "suite"
     for f in files[:6]:

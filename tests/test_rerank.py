@@ -151,14 +151,6 @@ def edited_copy(src, dst):
     img.crop((int(w * 0.2), int(h * 0.15), int(w * 0.85), int(h * 0.8))).rotate(8, expand=True, fillcolor=(255, 255, 255)).save(dst, quality=60)
 
 
-@pytest.fixture
-def verified_index(tmp_path, embedder, photos):
-    files = make_gallery(tmp_path / "g", photos, 12)
-    g = Gallery.create(tmp_path / "idx", embedder)
-    g.build([tmp_path / "g"])
-    return g, files
-
-
 def test_copy_is_verified_first_and_features_are_resumable(verified_index, tmp_path):
     from cbir.index.storage.features import feature_path
 
