@@ -131,6 +131,9 @@ def test_ort_tensorrt_provider(fp16_model, photos):
     e = Embedder(fp16_model, backend="onnxruntime-trt")
     assert e.runner.providers[0] == "TensorrtExecutionProvider"
     assert np.isfinite(e.embed([str(p) for p in photos[:4]])).all()
+    # proof that the graph ran in TensorRT, not in a CUDA fallback: the EP wrote its engine cache
+    cache = fp16_model.parent / (fp16_model.stem + ".trt_cache")
+    assert cache.is_dir() and any(f.suffix == ".engine" for f in cache.iterdir()), sorted(cache.iterdir())
 
 
 def test_gallery_searches_on_gpu(embedder, gallery_dir, tmp_path):
