@@ -164,7 +164,7 @@ def test_augly_suite_writes_every_augmentation_with_its_compat_fixes(tmp_path, p
     # the fixes are undone after each call: nothing of them leaks into the process
     assert not hasattr(np, "float") and not hasattr(ImageFont.FreeTypeFont, "getsize_multiline")
     assert augly_suite.make_templates(src, tmp_path / "t", n=2) == 2 * len(augly_suite.TEMPLATES)
-    with pytest.raises(Exception, match="--augs bogus"):
+    with pytest.raises(Exception, match="--edits bogus: unknown augmentation"):
         augly_suite.make_suite(src, tmp_path / "x", n=2, augs=["bogus"], negatives=neg)
 
 

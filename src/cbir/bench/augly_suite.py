@@ -185,7 +185,7 @@ def make_suite(src: str | os.PathLike, out: str | os.PathLike, n: int = 100, see
     names = augs or list(AUGS)
     for a in names:
         if a not in AUGS:
-            raise CbirError(f"--augs {a}: unknown; choose from {', '.join(AUGS)}")
+            raise CbirError(f"--edits {a}: unknown augmentation; choose from {', '.join(AUGS)}")
     src, out = Path(src), Path(out)
     originals = pick(src, n, seed)
     negs = bundled_photos() if negatives is None else [Path(p) for p in sorted(find_images([negatives]))]
