@@ -93,7 +93,12 @@ def extract_query(source: ImageSource, name: str = "<query>", max_pixels: int = 
     features; the mirror turned by 180° is the vertically flipped image, which the affine model
     covers. ``inliers`` takes the best variant."""
     img = gray(source, name, max_pixels=max_pixels)
-    return (detect(img), detect(np.ascontiguousarray(img[:, ::-1]))) if mirrored else (detect(img),)
+    return (detect(img), detect(mirror(img))) if mirrored else (detect(img),)
+
+
+def mirror(img: np.ndarray) -> np.ndarray:
+    """The left-right mirror of a grayscale image, contiguous (as ORB wants it)."""
+    return np.ascontiguousarray(img[:, ::-1])
 
 
 # Windows of a query searched on their own when nothing verified (a photo inside another photo, a

@@ -126,7 +126,7 @@ def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, progress:
     @lru_cache(maxsize=4096)
     def mirror(i: int):
         try:
-            return local_features.extract_query(paths[i], paths[i])[1]
+            return local_features.detect(local_features.mirror(local_features.gray(paths[i], paths[i])))
         except Exception:  # moved, unreadable: the pair keeps what its stored features say
             return None
 

@@ -770,10 +770,8 @@ class Gallery:
         if cfg.verify and len(res.indices):
             feats = list(_verify_pool().map(lambda i: _query_features(images[i]), res.indices))
         hits = self.search_vectors(res.vectors, k, cfg, nprobe, ef_search, feats) if len(res.vectors) else []
-        if cfg.verify and cfg.partial:
-            for j, pos in enumerate(res.indices):
-                if not any(h.verified for h in hits[j]):
-                    hits[j] = self.search_windows(images[pos], hits[j], k, cfg)
+        for j, pos in enumerate(res.indices):  # a no-op unless the pass is on and nothing verified
+            hits[j] = self.search_windows(images[pos], hits[j], k, cfg)
         out: list[dict] = [{} for _ in images]
         for pos, h in zip(res.indices, hits):
             out[pos] = {"query": str(images[pos]), "results": [h_.__dict__ for h_ in h]}
@@ -795,7 +793,7 @@ class Gallery:
         res = self.embedder().embed_files(crops)
         if not len(res.indices):
             return hits
-        cpu, index = self._snapshot()
+        cpu, _ = self._snapshot()
         sims, ids = faiss_index.search(cpu, self.postprocess_queries(res.vectors), min(cfg.partial, cpu.ntotal))
         best: dict[int, float] = {}
         pairs = []  # (window, candidate)

@@ -350,7 +350,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             (vec, timing), feats = await asyncio.gather(embed_image(data), run_in_threadpool(query_features, data, cfg))
         t0 = time.perf_counter()
         hits = (await run_search(search_latest, cfg, vec[None], k, cfg, None if feats is None else [feats]))[0]
-        if feats is not None and cfg.partial and not any(h.verified for h in hits):
+        if feats is not None and cfg.partial and not any(h.verified for h in hits):  # else no thread hop
             # nothing verified: the upload's windows (a photo inside a screenshot, a collage)
             hits = await run_search(gallery.search_windows, cfg, data, hits, k, cfg)
         auditor.offer(vec)  # a sample of real queries is re-searched exactly, in the background

@@ -95,14 +95,7 @@ class TorchRunner(RunnerBase):
         """uint8 [N, H, W, 3] tensor on this runner's device → float32 [N, D] tensor (stays there)."""
         if images.device.type != self.device:
             raise CbirError(f"run_torch: the images are on {images.device}, the model on {self.device}")
-        out = self._forward(images)
-        self.check_output(out, len(images))
-        return out
-
-    def check_output(self, out, n: int):
-        if out.ndim != 2 or out.shape[0] != n or out.shape[1] != self.info.dim:
-            raise CbirError(f"{self.name}: returned {tuple(out.shape)} for {n} images, expected ({n}, {self.info.dim})")
-        return out
+        return self.check_output(self._forward(images), len(images))  # RunnerBase's check reads tensors too
 
     def close(self) -> None:
         self._net = None
