@@ -72,14 +72,43 @@ def make_fakes(calls: Calls, out_dtype: str = "FLOAT", accept_shapes: bool = Tru
 
     def memcpy_async(dst, src, n, kind, stream):
         record("cudaMemcpyAsync", kind, n)
-        streams[int(stream)].append(lambda: ctypes.memmove(dst, src, n))  # happens at synchronise
+        streams[int(stream)].append(lambda: ctypes.memmove(dst, src, n))  # happens when the stream is flushed
+        return (ok,)
+
+    def flush(stream: int, until=None) -> None:
+        """Run a stream's queued work in order, up to the op ``until`` (all of it when None)."""
+        q = streams[stream]
+        while q and (until is None or until in q):
+            q.pop(0)()
+
+    class Event:
+        def __init__(self):
+            self.stream = self.marker = None
+
+    def event_create(flags):
+        record("cudaEventCreateWithFlags", flags)
+        return ok, Event()
+
+    def event_record(ev, stream):
+        record("cudaEventRecord", int(stream))
+        ev.stream, ev.marker = int(stream), (lambda: None)
+        streams[int(stream)].append(ev.marker)
+        return (ok,)
+
+    def wait_event(stream, ev, flags):
+        record("cudaStreamWaitEvent", int(stream))
+        src, marker = ev.stream, ev.marker  # the event's state when the wait was enqueued
+        streams[int(stream)].append(lambda: flush(src, marker))
+        return (ok,)
+
+    def event_synchronize(ev):
+        record("cudaEventSynchronize")
+        flush(ev.stream, ev.marker)
         return (ok,)
 
     def synchronize(stream):
         record("cudaStreamSynchronize")
-        for op in streams[int(stream)]:
-            op()
-        streams[int(stream)].clear()
+        flush(int(stream))
         return (ok,)
 
     def free(ptr):
@@ -93,6 +122,8 @@ def make_fakes(calls: Calls, out_dtype: str = "FLOAT", accept_shapes: bool = Tru
     rt.cudaSetDevice, rt.cudaStreamCreate, rt.cudaMalloc, rt.cudaMallocHost = set_device, stream_create, malloc, malloc_host
     rt.cudaMemcpyAsync, rt.cudaStreamSynchronize, rt.cudaGetDeviceProperties = memcpy_async, synchronize, props
     rt.cudaFree = rt.cudaFreeHost = free
+    rt.cudaEventCreateWithFlags, rt.cudaEventRecord, rt.cudaStreamWaitEvent = event_create, event_record, wait_event
+    rt.cudaEventSynchronize, rt.cudaEventDestroy = event_synchronize, lambda ev: record("cudaEventDestroy") or (ok,)
     rt.cudaStreamDestroy = lambda s: record("cudaStreamDestroy") or (ok,)
 
     # -- tensorrt --------------------------------------------------------------------------------
@@ -257,18 +288,30 @@ def test_runner_call_sequence_and_numbers(fake_gpu, tmp_path):
     calls, memory = fake_gpu()
     build(tmp_path)
     runner = TrtRunner(tmp_path / "tiny.plan")
+    assert runner.slots == 2 and runner.batch_candidates == (1, 4)
     allocated = len(memory)
     batch = np.concatenate([TINY_INPUT] * 5)  # 10 rows > max batch 4: split into 4 + 4 + 2
     calls.clear()
     got = runner.run(batch)
     np.testing.assert_allclose(got, tiny_reference(batch), atol=1e-5)
-    shapes = [c[2][1] for c in calls if c[0] == "set_input_shape"]
-    assert shapes == [(4, 8, 8, 3), (4, 8, 8, 3), (2, 8, 8, 3)]
-    per_run = calls.names()[: len(calls) // 3]
-    assert per_run == ["cudaSetDevice", "cudaMemcpyAsync", "set_input_shape", "set_tensor_address",
-                       "set_tensor_address", "execute_async_v3", "cudaMemcpyAsync", "cudaStreamSynchronize"]
-    kinds = [c[2][0] for c in calls if c[0] == "cudaMemcpyAsync"][:2]
-    assert kinds == ["H2D", "D2H"]
+    names = calls.names()
+    # the shape is set when the batch size changes, not per batch
+    assert [c[2][1] for c in calls if c[0] == "set_input_shape"] == [(4, 8, 8, 3), (2, 8, 8, 3)]
+    first = names[: names.index("cudaEventSynchronize")]
+    assert first[:5] == ["cudaSetDevice", "cudaMemcpyAsync", "cudaEventRecord", "cudaStreamWaitEvent", "set_input_shape"]
+    # overlap: batch 2 is copied in and enqueued before batch 1's answer is waited for
+    h2d = [i for i, c in enumerate(calls) if c[0] == "cudaMemcpyAsync" and c[2][0] == "H2D"]
+    execs = [i for i, c in enumerate(calls) if c[0] == "execute_async_v3"]
+    waits = [i for i, c in enumerate(calls) if c[0] == "cudaEventSynchronize"]
+    assert len(h2d) == len(execs) == len(waits) == 3
+    assert h2d[1] < execs[1] < waits[0]
+    # copies run on the slots' streams, execution on the one compute stream
+    exec_streams = {c[2][0] for c in calls if c[0] == "execute_async_v3"}
+    copy_streams = {c[2][0] for c in calls if c[0] == "cudaEventRecord"} - exec_streams
+    assert len(exec_streams) == 1 and len(copy_streams) == 2
+    calls.clear()
+    np.testing.assert_allclose(runner.run(batch[:2]), tiny_reference(batch[:2]), atol=1e-5)
+    assert "set_input_shape" not in calls.names()  # still 2 rows since the last batch
 
     # another thread (the batcher's worker) makes the device current in that thread before running
     from cbir.engine.batcher import DynamicBatcher
@@ -283,10 +326,43 @@ def test_runner_call_sequence_and_numbers(fake_gpu, tmp_path):
     assert ("cudaSetDevice", worker) in [(c[0], c[1]) for c in calls]
 
     runner.close()
-    assert len(memory) == allocated - 4 and "cudaStreamDestroy" in calls.names()
+    assert len(memory) == allocated - 8 and calls.names().count("cudaStreamDestroy") == 3
     runner.close()  # idempotent
     with pytest.raises(CbirError, match="closed"):
         runner.run(TINY_INPUT)
+
+
+def test_bulk_pipeline_keeps_two_batches_in_flight(fake_gpu, tmp_path):
+    """iter_batches submits batch i + 1 before it collects batch i; answers stay in input order,
+    and four threads sharing the runner's two slots get their own answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cbir.engine.backends.tensorrt import TrtRunner
+    from cbir.engine.bulk import iter_batches
+    from cbir.engine.preprocess import Preprocess
+
+    calls, _ = fake_gpu()
+    build(tmp_path)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(11)]
+    with TrtRunner(tmp_path / "tiny.plan") as runner:
+        calls.clear()
+        batches = list(iter_batches(images, runner.run, Preprocess((8, 8)), batch_size=3, workers=2,
+                                    submit=runner.submit, in_flight=runner.slots))
+        got = np.concatenate([b.vectors for b in batches])
+        assert [i for b in batches for i in b.indices] == list(range(11))
+        np.testing.assert_allclose(got, tiny_reference(np.stack(images)), atol=1e-5)
+        names = calls.names()
+        assert names.count("execute_async_v3") == 4
+        second_exec = [i for i, n in enumerate(names) if n == "execute_async_v3"][1]
+        assert second_exec < names.index("cudaEventSynchronize")
+
+        def job(seed):
+            x = np.random.default_rng(seed).integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
+            return np.allclose(runner.run(x), tiny_reference(x), atol=1e-5)
+
+        with ThreadPoolExecutor(4) as pool:
+            assert all(pool.map(job, range(12)))
 
 
 def test_runner_refuses_rejected_shapes_and_wrong_dtypes(fake_gpu, tmp_path):

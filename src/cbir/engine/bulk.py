@@ -114,17 +114,25 @@ def iter_batches(
     prefetch: int = PREFETCH,
     hash_files: bool = False,
     timings: Timings | None = None,
+    submit: Callable[[np.ndarray], Callable[[], np.ndarray]] | None = None,
+    in_flight: int = 1,
 ) -> Iterator[Batch]:
     """Yield ``Batch``es in input order; decoding of the next batches overlaps ``run`` of this one.
-    ``run`` returns vectors, or (vectors, regional descriptors) (``OrtRunner.run_regions``)."""
+    ``run`` returns vectors, or (vectors, regional descriptors) (``OrtRunner.run_regions``).
+    ``submit`` (a runner's, default: ``run`` called at once) enqueues a batch and returns a handle
+    that gives its answer; up to ``in_flight`` batches (the runner's ``slots``) are submitted before
+    the oldest is collected, so a GPU runner copies the next batch while it executes this one."""
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: must be ≥ 1")
+    if submit is None:
+        submit, in_flight = (lambda x: (lambda out=run(x): out)), 1
     timings = timings if timings is not None else Timings()
     h, w = pp.size
     workers = workers or all_cores()
     free: list[np.ndarray] = [np.empty((batch_size, h, w, 3), np.uint8) for _ in range(prefetch + 1)]
     it = iter(enumerate(sources))
-    pending: deque = deque()
+    pending: deque = deque()  # decoding
+    running: deque = deque()  # submitted to the runner: (handle, Batch without vectors)
     last = time.perf_counter()
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbir-decode") as pool:
@@ -136,6 +144,22 @@ def iter_batches(
             buf = free.pop()
             futs = [pool.submit(_load, src, pp, buf[slot], hash_files, timings) for slot, (_, src) in enumerate(chunk)]
             pending.append((chunk, buf, futs))
+
+        def collect() -> Batch:
+            nonlocal last
+            handle, batch = running.popleft()
+            t0 = time.perf_counter()
+            vectors = handle() if handle is not None else np.empty((0, 0), np.float32)
+            if isinstance(vectors, tuple):
+                vectors, batch.regions = vectors
+            batch.vectors = vectors
+            now = time.perf_counter()
+            timings.infer += now - t0
+            timings.images += len(batch.indices)
+            timings.failed += len(batch.errors)
+            timings.wall += now - last  # accumulates across calls sharing one Timings
+            last = now
+            return batch
 
         try:
             for _ in range(prefetch + 1):
@@ -154,24 +178,24 @@ def iter_batches(
                         errors.append((pos, describe(src), f"{type(e).__name__}: {e}"))
                 t1 = time.perf_counter()
                 timings.wait += t1 - t0
+                handle = None
                 if ok:
-                    x = buf[: len(ok)] if len(ok) == len(chunk) else buf[ok]
-                    vectors = run(x)
-                else:
-                    vectors = np.empty((0, 0), np.float32)
-                regions = None
-                if isinstance(vectors, tuple):
-                    vectors, regions = vectors
+                    handle = submit(buf[: len(ok)] if len(ok) == len(chunk) else buf[ok])
                 timings.infer += time.perf_counter() - t1
-                free.append(buf)
+                free.append(buf)  # submit has copied the rows (or run has used them)
                 submit_next()
-                timings.images += len(ok)
-                timings.failed += len(errors)
-                now = time.perf_counter()
-                timings.wall += now - last  # accumulates across calls sharing one Timings
-                last = now
-                yield Batch([chunk[s][0] for s in ok], vectors, errors, facts, regions)
+                running.append((handle, Batch([chunk[s][0] for s in ok], None, errors, facts)))
+                if len(running) >= in_flight:
+                    yield collect()
+            while running:
+                yield collect()
         finally:
             for _, _, futs in pending:
                 for f in futs:
                     f.cancel()
+            for handle, _ in running:  # answers nobody will read: free the runner's slots
+                if handle is not None:
+                    try:
+                        handle()
+                    except Exception:
+                        pass

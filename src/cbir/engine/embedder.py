@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from cbir.engine.backends import load_backend
+from cbir.engine.backends.base import AUTO_BATCH_CANDIDATES
 from cbir.engine.batcher import DynamicBatcher
 from cbir.engine.bulk import Batch, Timings, iter_batches
 from cbir.engine.preprocess import ImageError, ImageSource, Preprocess
@@ -33,7 +34,6 @@ class EmbedResult:
     regions: np.ndarray | None = None  # [N, R, D] with ``regions=True``
 
 
-AUTO_BATCH_CANDIDATES = (1, 4, 8, 16, 32)
 _auto_batch: dict[tuple, int] = {}
 
 
@@ -60,8 +60,10 @@ def measure_batch_size(run, shape: tuple[int, int], candidates=AUTO_BATCH_CANDID
 class Embedder:
     """Embeds images with an exported cbir model. Defaults: ONNX Runtime CPU, threads and decode
     workers = all cores, the model's own resize policy, filter and resampling, and batch size
-    ``auto``: the fastest of 1, 4, 8, 16, 32 images per call, measured once per process and model
-    (about a second; on these 2-core CPUs 1–8 beat 32 per image), unless ``batch_size`` is given."""
+    ``auto``: the fastest of the runner's ``batch_candidates`` (1, 4, 8, 16, 32 on the CPU; up to
+    the engine profile's maximum on TensorRT, 256 for torch on CUDA) images per call, measured
+    once per process and model (about a second; on these 2-core CPUs 1–8 beat 32 per image),
+    unless ``batch_size`` is given."""
 
     def __init__(self, model: str | os.PathLike, backend: str = "onnxruntime", threads: int | None = None,
                  workers: int | None = None, batch_size: int | None = None, max_pixels: int | None = None,
@@ -88,7 +90,7 @@ class Embedder:
         """The measured fastest batch size for this model, backend and thread count (cached per process)."""
         key = (os.path.abspath(self.model_path), self.runner.name, self.runner.providers[0] if self.runner.providers else "")
         if key not in _auto_batch:
-            rates = measure_batch_size(self.runner.run, tuple(self.info.input_size))
+            rates = measure_batch_size(self.runner.run, tuple(self.info.input_size), self.runner.batch_candidates)
             _auto_batch[key] = max(rates, key=rates.get)
         return _auto_batch[key]
 
@@ -148,8 +150,10 @@ class Embedder:
                      hash_files: bool = False, timings: Timings | None = None, regions: bool = False) -> Iterator[Batch]:
         """Lower-level bulk iterator (see ``cbir.engine.bulk.iter_batches``); ``regions``: batches
         also carry the regional descriptors."""
+        submit = None if regions else self.runner.submit  # regions come from run_regions, one batch at a time
         return iter_batches(sources, self._run_for(regions), self.preprocess, self.resolve_batch_size(batch_size),
-                            self.workers, hash_files=hash_files, timings=timings)
+                            self.workers, hash_files=hash_files, timings=timings, submit=submit,
+                            in_flight=1 if regions else self.runner.slots)
 
     def embed_files(self, sources: Sequence[ImageSource], batch_size: int | None = None,
                     progress: bool = False, regions: bool = False) -> EmbedResult:

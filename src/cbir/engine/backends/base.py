@@ -1,18 +1,23 @@
 """The backend interface every runner implements, and the checks they share."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
 from cbir.errors import CbirError
 from cbir.modelinfo import ModelInfo
 
+AUTO_BATCH_CANDIDATES = (1, 4, 8, 16, 32)  # what ``auto`` batch size measures on a CPU runner
+
 
 class Runner(Protocol):
     """A loaded model: its facts, its input, and uint8 [N, H, W, 3] -> float32 [N, D].
 
     ``run_torch`` takes a device-resident uint8 CUDA tensor (GPU backends; CPU runners raise).
+    ``submit`` enqueues a batch and returns a handle whose call gives its answer; ``slots`` batches
+    may be in flight at once (1 unless the runner overlaps copies with execution: TensorRT).
+    ``batch_candidates``: the batch sizes ``auto`` measures (up to an engine profile's maximum).
     ``close`` frees what the runner holds (sessions, device memory); runners are context managers."""
 
     info: ModelInfo
@@ -22,7 +27,12 @@ class Runner(Protocol):
     input_shape: tuple  # (None, H, W, 3): None = dynamic batch
     input_dtype: str  # "uint8"
 
+    slots: int
+    batch_candidates: tuple[int, ...]
+
     def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def submit(self, batch: np.ndarray) -> Callable[[], np.ndarray]: ...
 
     def run_torch(self, images): ...
 
@@ -38,6 +48,13 @@ class RunnerBase:
 
     info: ModelInfo
     input_dtype = "uint8"
+    slots = 1
+    batch_candidates: tuple[int, ...] = AUTO_BATCH_CANDIDATES
+
+    def submit(self, batch: np.ndarray) -> Callable[[], np.ndarray]:
+        """Synchronous by default: runs now, the handle returns the answer."""
+        out = self.run(batch)
+        return lambda: out
 
     @property
     def input_shape(self) -> tuple:
