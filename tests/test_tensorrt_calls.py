@@ -72,14 +72,18 @@ def make_fakes(calls: Calls, out_dtype: str = "FLOAT", accept_shapes: bool = Tru
 
     def memcpy_async(dst, src, n, kind, stream):
         record("cudaMemcpyAsync", kind, n)
-        streams[int(stream)].append(lambda: ctypes.memmove(dst, src, n))  # happens when the stream is flushed
+        with device:
+            streams[int(stream)].append(lambda: ctypes.memmove(dst, src, n))  # happens when the stream is flushed
         return (ok,)
+
+    device = threading.RLock()  # the "GPU" runs one op at a time, whichever thread waits on it
 
     def flush(stream: int, until=None) -> None:
         """Run a stream's queued work in order, up to the op ``until`` (all of it when None)."""
         q = streams[stream]
-        while q and (until is None or until in q):
-            q.pop(0)()
+        with device:
+            while q and (until is None or until in q):
+                q.pop(0)()
 
     class Event:
         def __init__(self):
@@ -91,14 +95,16 @@ def make_fakes(calls: Calls, out_dtype: str = "FLOAT", accept_shapes: bool = Tru
 
     def event_record(ev, stream):
         record("cudaEventRecord", int(stream))
-        ev.stream, ev.marker = int(stream), (lambda: None)
-        streams[int(stream)].append(ev.marker)
+        with device:
+            ev.stream, ev.marker = int(stream), (lambda: None)
+            streams[int(stream)].append(ev.marker)
         return (ok,)
 
     def wait_event(stream, ev, flags):
         record("cudaStreamWaitEvent", int(stream))
-        src, marker = ev.stream, ev.marker  # the event's state when the wait was enqueued
-        streams[int(stream)].append(lambda: flush(src, marker))
+        with device:
+            src, marker = ev.stream, ev.marker  # the event's state when the wait was enqueued
+            streams[int(stream)].append(lambda: flush(src, marker))
         return (ok,)
 
     def event_synchronize(ev):
@@ -376,3 +382,29 @@ def test_runner_refuses_rejected_shapes_and_wrong_dtypes(fake_gpu, tmp_path):
     fake_gpu(out_dtype="HALF")
     with pytest.raises(CbirError, match="tensor 'embeddings' is HALF"):
         TrtRunner(tmp_path / "tiny.plan")
+
+
+def test_ort_host_binding_matches_plain_run(tmp_path):
+    """The IO-binding path ORT-GPU runners use, exercised on a real CPU session: bound host buffers,
+    answers written in place, capacity grown for a bigger batch, answers not aliased to the buffer."""
+    import onnxruntime as ort
+
+    from cbir.engine.backends.onnxruntime import HostBinding
+
+    sess = ort.InferenceSession(str(tiny_model(tmp_path / "tiny.onnx")), providers=["CPUExecutionProvider"])
+    allocs = []
+
+    def alloc(shape, dtype):
+        allocs.append(shape)
+        return np.empty(shape, dtype), lambda: allocs.append("free")
+
+    b = HostBinding(sess, sess.get_inputs()[0].name, sess.get_outputs()[0].name, (8, 8, 3), 4, capacity=2, alloc=alloc)
+    x = np.random.default_rng(5).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    first = b.run(x[:2])
+    np.testing.assert_allclose(first, tiny_reference(x[:2]), atol=1e-5)
+    got = b.run(x)  # 5 rows > capacity 2: the buffers grow
+    np.testing.assert_allclose(got, tiny_reference(x), atol=1e-5)
+    np.testing.assert_allclose(first, tiny_reference(x[:2]), atol=1e-5)  # an earlier answer is a copy
+    assert allocs == [(2, 8, 8, 3), (2, 4), "free", "free", (5, 8, 8, 3), (5, 4)] and b.capacity == 5
+    b.close()
+    assert allocs[-2:] == ["free", "free"]

@@ -2,11 +2,20 @@
 
 A GPU provider that silently fell back to CPU (ORT does this when CUDA/cuDNN/TensorRT libraries
 are missing, GPU_NOTES.md §Q3) is an error: the session's actual providers are checked.
+
+On a GPU provider, ``run`` goes through IO binding (``HostBinding``) to host buffers that stay
+bound between calls: page-locked (``cudaMallocHost``, cuda-python from the ``gpu`` extra) so the
+CUDA EP's copies are DMA without a staging copy, and the output written in place instead of a new
+array per call. Without cuda-python the buffers are ordinary memory (said once in the log). GPU
+sessions use one intra-op thread: their CPU threads only feed the device.
 """
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -14,6 +23,8 @@ from cbir.cores import all_cores
 from cbir.engine.backends.base import RunnerBase
 from cbir.errors import CbirError
 from cbir.modelinfo import METADATA_KEY, ModelInfo, read_onnx
+
+log = logging.getLogger(__name__)
 
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -81,8 +92,61 @@ def read_info(sess, source: str = "model") -> ModelInfo:
     return ModelInfo.from_json(meta[METADATA_KEY], source)
 
 
+def _pinned_or_plain(shape: tuple[int, ...], dtype) -> tuple[np.ndarray, Callable[[], None]]:
+    """Page-locked host memory when cuda-python is there, else ordinary memory (logged once)."""
+    try:
+        from cbir.engine.backends.cudart import pinned_empty
+
+        arr, _, free = pinned_empty(shape, dtype)
+        return arr, free
+    except CbirError as e:
+        if not getattr(_pinned_or_plain, "said", False):
+            log.warning("ORT GPU IO binding uses pageable host buffers: %s", e)
+            _pinned_or_plain.said = True
+        return np.empty(shape, dtype), lambda: None
+
+
+class HostBinding:
+    """An IO binding of ``sess`` to host buffers of ``capacity`` rows that stay bound: ``run``
+    copies the batch in, lets ORT copy to and from the device, and copies the answer out.
+    ``alloc(shape, dtype) -> (array, free)`` makes the buffers (default: pinned when possible);
+    capacity grows to the largest batch seen. One run at a time (a lock)."""
+
+    def __init__(self, sess, input_name: str, output_name: str, row_shape: tuple[int, ...], dim: int,
+                 capacity: int = 32, alloc: Callable = _pinned_or_plain):
+        self.sess, self.input_name, self.output_name = sess, input_name, output_name
+        self.row_shape, self.dim, self.alloc = tuple(row_shape), dim, alloc
+        self._lock = threading.Lock()
+        self._frees: list[Callable[[], None]] = []
+        self.capacity = 0
+        self._grow(capacity)
+
+    def _grow(self, rows: int) -> None:
+        self.close()
+        self.h_in, free_in = self.alloc((rows, *self.row_shape), np.uint8)
+        self.h_out, free_out = self.alloc((rows, self.dim), np.float32)
+        self._frees, self.capacity = [free_in, free_out], rows
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        with self._lock:
+            if n > self.capacity:
+                self._grow(n)
+            self.h_in[:n] = batch
+            b = self.sess.io_binding()
+            b.bind_input(self.input_name, "cpu", 0, np.uint8, (n, *self.row_shape), self.h_in.ctypes.data)
+            b.bind_output(self.output_name, "cpu", 0, np.float32, (n, self.dim), self.h_out.ctypes.data)
+            self.sess.run_with_iobinding(b)
+            return self.h_out[:n].copy()
+
+    def close(self) -> None:
+        for free in self._frees:
+            free()
+        self._frees = []
+
+
 class OrtRunner(RunnerBase):
-    """Runs uint8 NHWC batches through an ORT session."""
+    """Runs uint8 NHWC batches through an ORT session (GPU providers: through ``HostBinding``)."""
 
     def __init__(self, sess, source: str = "model"):
         self.sess = sess
@@ -96,8 +160,14 @@ class OrtRunner(RunnerBase):
         h, w = self.info.input_size
         if inp.type != "tensor(uint8)" or list(inp.shape[1:]) != [h, w, 3]:
             raise CbirError(f"{source}: input is {inp.type} {inp.shape}, expected uint8 [batch, {h}, {w}, 3]")
+        self.binding = None
+        if self.providers[0] != "CPUExecutionProvider":
+            self.binding = HostBinding(sess, self.input_name, self.output_name, (h, w, 3), self.info.dim)
+            self.batch_candidates = (1, 4, 8, 16, 32, 64, 128)  # the TensorRT EP's profile maximum
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if self.binding is not None:
+            return self.binding.run(batch)
         return self.sess.run([self.output_name], {self.input_name: batch})[0]
 
     def run_regions(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,6 +178,9 @@ class OrtRunner(RunnerBase):
         return vectors, regions
 
     def close(self) -> None:
+        if self.binding is not None:
+            self.binding.close()
+            self.binding = None
         self.sess = None  # ORT frees the session (and its device memory) with the last reference
 
     def run_torch(self, images) -> np.ndarray:

@@ -24,7 +24,6 @@ that loaded the plan). ``close()`` (or ``with TrtRunner(...)``) frees the device
 """
 from __future__ import annotations
 
-import ctypes
 import queue
 import threading
 from collections import deque
@@ -35,39 +34,13 @@ from typing import Callable
 import numpy as np
 
 from cbir.engine.backends.base import RunnerBase
+from cbir.engine.backends.cudart import check as _check, handle as _handle, pinned_empty, runtime as _cudart
 from cbir.engine.backends.tensorrt_plan import Profile, cache_key, gpu_facts, import_tensorrt, read_manifest, sha256_file
 from cbir.errors import CbirError
 from cbir.modelinfo import ModelInfo
 
 SLOTS = 2
 EVENT_DISABLE_TIMING = 0x02  # cudaEventDisableTiming: events that only order work are cheaper without timing
-
-
-def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        raise CbirError("cuda-python is not installed (pip install 'cbir[gpu]')") from None
-    return cudart
-
-
-def _check(result):
-    """cuda-python calls return (err, *values); raise on error, return the values."""
-    cudart = _cudart()
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise CbirError(f"CUDA error: {cudart.cudaGetErrorString(err)[1]}")
-    return values[0] if len(values) == 1 else (values or None)
-
-
-def _handle(obj) -> int:
-    """Native handle of a cuda-python object (int(obj) is deprecated in cuda-bindings 13)."""
-    try:
-        from cuda.bindings.utils import get_cuda_native_handle
-
-        return int(get_cuda_native_handle(obj))
-    except (ImportError, TypeError):
-        return int(obj)
 
 
 @dataclass
@@ -81,10 +54,11 @@ class _Slot:
     landed: object  # D2H done: the answer is in h_out
     d_in: int
     d_out: int
+    h_in: np.ndarray  # pinned
+    h_out: np.ndarray  # pinned
     h_in_ptr: int
     h_out_ptr: int
-    h_in: np.ndarray
-    h_out: np.ndarray
+    free_host: list
 
 
 class TrtRunner(RunnerBase):
@@ -142,14 +116,11 @@ class TrtRunner(RunnerBase):
     def _new_slot(self, index: int) -> _Slot:
         cudart = self._cudart
         h, w = self.info.input_size
-        in_bytes, out_bytes = self.max_batch * h * w * 3, self.max_batch * self.info.dim * 4
-        h_in_ptr = _check(cudart.cudaMallocHost(in_bytes))
-        h_out_ptr = _check(cudart.cudaMallocHost(out_bytes))
+        h_in, h_in_ptr, free_in = pinned_empty((self.max_batch, h, w, 3), np.uint8)
+        h_out, h_out_ptr, free_out = pinned_empty((self.max_batch, self.info.dim), np.float32)
         events = [_check(cudart.cudaEventCreateWithFlags(EVENT_DISABLE_TIMING)) for _ in range(3)]
-        return _Slot(index, _check(cudart.cudaStreamCreate()), *events,
-                     _check(cudart.cudaMalloc(in_bytes)), _check(cudart.cudaMalloc(out_bytes)), h_in_ptr, h_out_ptr,
-                     np.ctypeslib.as_array((ctypes.c_uint8 * in_bytes).from_address(h_in_ptr)).reshape(self.max_batch, h, w, 3),
-                     np.ctypeslib.as_array((ctypes.c_float * (out_bytes // 4)).from_address(h_out_ptr)).reshape(self.max_batch, self.info.dim))
+        return _Slot(index, _check(cudart.cudaStreamCreate()), *events, _check(cudart.cudaMalloc(h_in.nbytes)),
+                     _check(cudart.cudaMalloc(h_out.nbytes)), h_in, h_out, h_in_ptr, h_out_ptr, [free_in, free_out])
 
     def _check_io(self, trt, plan: Path) -> tuple[str, str]:
         """The engine's one uint8 [-1, H, W, 3] input and one float32 [-1, D] output, or a refusal."""
@@ -281,8 +252,8 @@ class TrtRunner(RunnerBase):
             cudart.cudaStreamSynchronize(slot.stream)
             for ptr in (slot.d_in, slot.d_out):
                 cudart.cudaFree(ptr)
-            for ptr in (slot.h_in_ptr, slot.h_out_ptr):
-                cudart.cudaFreeHost(ptr)
+            for free in slot.free_host:
+                free()
             for ev in (slot.copied, slot.ran, slot.landed):
                 cudart.cudaEventDestroy(ev)
             cudart.cudaStreamDestroy(slot.stream)
