@@ -31,6 +31,60 @@ def test_torch_flat_answers_like_faiss_flat(monkeypatch):
         torch_flat.TorchFlat(ivf, "cpu")
 
 
+def test_concurrent_searches_are_combined_into_one_matmul():
+    """Requests queued while the device is busy are answered by one combined search, each caller
+    getting its own rows and its own k; a failure reaches every caller of that batch."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(1)
+    x = l2_normalize(rng.normal(size=(3000, 32)).astype(np.float32))
+    index, _ = faiss_index.build(x, np.arange(3000, dtype=np.int64) * 7, "Flat")
+    t = torch_flat.TorchFlat(index, "cpu")
+    qs = [l2_normalize(rng.normal(size=(1 + i % 3, 32)).astype(np.float32)) for i in range(8)]
+    ks = [1 + i for i in range(8)]
+    got: dict[int, tuple] = {}
+
+    def ask(i):
+        got[i] = t.search(qs[i], ks[i])
+
+    with t._run_lock:  # the device is busy: all eight queue up
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+        for th in threads:
+            th.start()
+        while len(t._queue) < 8:
+            time.sleep(0.01)
+    for th in threads:
+        th.join()
+    assert (t.batches, t.requests) == (1, 8)
+    for i in range(8):
+        want_s, want_i = faiss_index.search(index, qs[i], ks[i])
+        np.testing.assert_array_equal(got[i][1], want_i)
+        np.testing.assert_allclose(got[i][0], want_s, atol=1e-5)
+
+    def boom(q, k):
+        raise RuntimeError("device lost")
+
+    t._search = boom
+    errors = []
+
+    def ask_fail():
+        try:
+            t.search(qs[0], 3)
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    with t._run_lock:
+        threads = [threading.Thread(target=ask_fail) for _ in range(3)]
+        for th in threads:
+            th.start()
+        while len(t._queue) < 3:
+            time.sleep(0.01)
+    for th in threads:
+        th.join()
+    assert errors == ["device lost"] * 3 and not t._queue
+
+
 def test_gallery_searches_through_torch_exactly(tmp_path, embedder, photos):
     from cbir.index.gallery import Gallery
     from conftest import make_gallery
@@ -47,3 +101,12 @@ def test_gallery_searches_through_torch_exactly(tmp_path, embedder, photos):
     assert [h["verified"] for h in t.search(q[:1], k=3)[0]["results"]][0]  # the default search on top of it
     with pytest.raises(CbirError, match="--search-device 'tpu'"):
         Gallery(tmp_path / "idx", search_device="tpu")
+
+
+def test_bench_exact_reports_both_and_the_combined_singles():
+    from cbir.bench.exact import bench_exact
+
+    r = bench_exact(n=3000, dim=16, device="cpu", queries=40, batch=10, repeats=1, clients=4)
+    assert r["recall_at_k_vs_faiss"] == 1.0  # FP32 on the CPU: the same neighbours as FAISS
+    assert set(r["queries_per_s"]) == set(r["single_query_per_s"]) == {"faiss_cpu", "torch"}
+    assert r["mean_combined"] >= 1.0

@@ -110,13 +110,17 @@ def cmd_bench_copy_search(a: argparse.Namespace) -> int:
 def cmd_bench_exact(a: argparse.Namespace) -> int:
     from cbir.bench.exact import bench_exact
 
-    r = bench_exact(a.n, a.dim, a.device, a.queries, a.batch, a.k, a.repeats)
+    r = bench_exact(a.n, a.dim, a.device, a.queries, a.batch, a.k, a.repeats, clients=a.clients)
     if a.json:
         print_json(r)
     else:
         print(f"exact k={r['k']} over {r['n']:,} × {r['dim']}: torch on {r['device']} ({r['dtype']}) "
               f"{r['queries_per_s']['torch']:.0f} q/s, FAISS CPU Flat ({r['threads_faiss']} threads) "
               f"{r['queries_per_s']['faiss_cpu']:.0f} q/s = {r['ratio_torch_to_faiss_cpu']}×; recall@k vs FAISS {r['recall_at_k_vs_faiss']}")
+        if r["single_query_per_s"]:
+            sq = r["single_query_per_s"]
+            print(f"single-query requests from {r['clients']} threads: torch {sq['torch']:.0f} q/s "
+                  f"({r['mean_combined']} requests per matmul), FAISS CPU {sq['faiss_cpu']:.0f} q/s")
     return 0
 
 
@@ -290,6 +294,7 @@ def register(sub) -> None:
     be.add_argument("--batch", type=int, default=100, help="queries per search call")
     be.add_argument("-k", type=int, default=10)
     be.add_argument("--repeats", type=int, default=3)
+    be.add_argument("--clients", type=int, default=16, help="threads sending single-query searches (0: skip)")
     be.add_argument("--json", action="store_true")
     be.set_defaults(fn=cmd_bench_exact)
     bl = bench.add_parser("latency", help="throughput and latency of a model")

@@ -6,19 +6,26 @@ to ``device`` once, in FP16 on CUDA (FP32 on the CPU, where it exists to be test
 ``search(queries, k)`` like a FAISS index: (similarities [q, k] float32, ids [q, k] int64). Scores
 are a matmul in row chunks of the gallery (``CHUNK_ROWS``) merged by top-k, so one search needs
 O(q × (chunk + k)) extra memory; the FP16 scores are re-computed in FP32 for the k winners of each
-chunk, so the returned similarities are exact for the vectors as stored in FP16. Searches from
-concurrent threads are serialised by a lock (one stream). Optional and lazily imported: it needs
-torch, which the inference path otherwise never imports.
+chunk, so the returned similarities are exact for the vectors as stored in FP16.
+
+Concurrent searches are batched (flat combining, no extra thread): each caller queues its queries
+and waits for the device; whoever gets it runs every queued request as one matmul (at most
+``MAX_COMBINED`` query rows, with the largest k asked) and hands each caller its rows. Under
+``cbir serve`` many single-query requests thus become one GEMM instead of many GEMVs; ``batches``
+and ``requests`` count what happened. Optional and lazily imported: it needs torch, which the
+inference path otherwise never imports.
 """
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 
 import numpy as np
 
 from cbir.errors import CbirError
 
 CHUNK_ROWS = 1 << 20
+MAX_COMBINED = 4096  # query rows per combined matmul
 
 
 def _flat_vectors(index) -> tuple[np.ndarray, np.ndarray]:
@@ -54,15 +61,53 @@ class TorchFlat:
         self.ntotal, self.d = int(vectors.shape[0]), int(vectors.shape[1])
         self._x = torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).to(device=device, dtype=self.dtype)
         self._ids = np.arange(self.ntotal, dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
-        self._lock = threading.Lock()
+        self._run_lock = threading.Lock()  # the device: one combined search at a time
+        self._queue_lock = threading.Lock()
+        self._queue: list[tuple[np.ndarray, int, Future]] = []
+        self.batches = self.requests = 0
 
     def search(self, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
         if params is not None:
             raise CbirError("exact GPU search takes no search parameters (nprobe/efSearch are for approximate indexes)")
-        torch = self._torch
-        q = torch.from_numpy(np.ascontiguousarray(queries, np.float32)).to(self.device)
+        q = np.ascontiguousarray(queries, np.float32).reshape(-1, self.d)
         k = max(1, min(int(k), self.ntotal))
-        with self._lock, torch.inference_mode():
+        fut: Future = Future()
+        with self._queue_lock:
+            self._queue.append((q, k, fut))
+        with self._run_lock:
+            if not fut.done():  # nobody served it while this caller waited: serve everything queued
+                self._serve()
+        sims, rows = fut.result()
+        return sims, self._ids[rows]
+
+    def _serve(self) -> None:
+        while True:
+            with self._queue_lock:
+                take, rows = [], 0
+                while self._queue and (not take or rows + len(self._queue[0][0]) <= MAX_COMBINED):
+                    take.append(self._queue.pop(0))
+                    rows += len(take[-1][0])
+            if not take:
+                return
+            try:
+                k = max(t[1] for t in take)
+                sims, rows_ = self._search(np.concatenate([t[0] for t in take]), k)
+                self.batches += 1
+                self.requests += len(take)
+                at = 0
+                for q, kq, fut in take:
+                    fut.set_result((sims[at : at + len(q), :kq], rows_[at : at + len(q), :kq]))
+                    at += len(q)
+            except BaseException as e:  # every waiting caller hears of it
+                for _, _, fut in take:
+                    if not fut.done():
+                        fut.set_exception(e)
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities [q, k], row numbers [q, k]) for float32 ``queries``, best first."""
+        torch = self._torch
+        q = torch.from_numpy(queries).to(self.device)
+        with torch.inference_mode():
             best_s = torch.full((len(q), 0), float("-inf"), device=self.device)
             best_i = torch.zeros((len(q), 0), dtype=torch.int64, device=self.device)
             qh = q.to(self.dtype)
@@ -78,4 +123,4 @@ class TorchFlat:
             order = torch.argsort(best_s, dim=1, descending=True)
             sims = best_s.gather(1, order).cpu().numpy().astype(np.float32)
             rows = best_i.gather(1, order).cpu().numpy()
-        return sims, self._ids[rows]
+        return sims, rows
