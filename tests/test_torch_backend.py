@@ -48,3 +48,21 @@ def test_validate_gates_the_torch_backend(lite0_onnx, capsys):
     assert main(["validate", str(lite0_onnx), "--backend", "torch", "--device", "cpu", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["passed"] and r["min_cosine"] >= 0.9999
+
+
+def test_graph_buckets_and_spec_options(lite0_onnx):
+    """CUDA-graph buckets (the graphs themselves run in tests/gpu) and the bench's spec options."""
+    from cbir.bench.latency import parse_spec
+    from cbir.engine.backends.torch import BUCKETS, bucket
+
+    assert [bucket(n) for n in (1, 2, 3, 5, 33, 200, 256)] == [1, 2, 4, 8, 64, 256, 256] and BUCKETS[-1] == 256
+    assert parse_spec("torch:fp16+eager", "m.onnx") == ("torch", "fp16", "m.onnx", {"cuda_graphs": False})
+    assert parse_spec("openvino@x.xml", "m.onnx") == ("openvino", None, "x.xml", {})
+    with pytest.raises(CbirError, match="unknown option 'fast'"):
+        parse_spec("torch+fast", "m.onnx")
+    with pytest.raises(CbirError, match="cuda_graphs: options of --backend torch, not onnxruntime"):
+        Embedder(lite0_onnx, cuda_graphs=False)
+    with pytest.raises(CbirError, match="CUDA graphs need --device cuda"):
+        Embedder(lite0_onnx, backend="torch", device="cpu", cuda_graphs=True)
+    t = Embedder(lite0_onnx, backend="torch", device="cpu")
+    assert not t.runner.cuda_graphs and t.runner.captured == [] and t.runner.batch_candidates == (1, 4, 8, 16, 32)

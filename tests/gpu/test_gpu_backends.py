@@ -162,10 +162,26 @@ def test_torch_backend_on_cuda_matches_ort_fp32(lite0_onnx, embedder, photos):
     srcs = [str(p) for p in photos]
     ref = embedder.embed(srcs)  # ONNX Runtime FP32 on the CPU
     fp16 = Embedder(lite0_onnx, backend="torch", device="cuda")
-    assert fp16.runner.providers == ["torch-cuda-fp16"]
+    assert fp16.runner.providers == ["torch-cuda-fp16-graphs"]
     assert float(np.sum(fp16.embed(srcs) * ref, axis=1).min()) >= 0.999
     fp32 = Embedder(lite0_onnx, backend="torch", device="cuda", precision="fp32")
     assert float(np.sum(fp32.embed(srcs) * ref, axis=1).min()) >= 0.9999
     batch = np.stack([fp16.preprocess(p) for p in photos[:8]])
     out = fp16.runner.run_torch(torch.from_numpy(batch).cuda())
     assert out.is_cuda and out.shape == (8, fp16.info.dim)
+
+
+def test_torch_cuda_graphs_match_eager(lite0_onnx):
+    """Graph replays (buckets 4, 8, 64 and 256 for batches of 3, 8 and 300 rows) give the eager answers."""
+    _import_or_skip("torch")
+    from cbir.engine.embedder import Embedder
+
+    graphs = Embedder(lite0_onnx, backend="torch", device="cuda")
+    eager = Embedder(lite0_onnx, backend="torch", device="cuda", cuda_graphs=False)
+    h, w = graphs.info.input_size
+    x = np.random.default_rng(0).integers(0, 256, (300, h, w, 3), dtype=np.uint8)
+    for n in (3, 8, 300, 3):
+        a, b = graphs.run(x[:n]), eager.run(x[:n])
+        assert a.shape == (n, graphs.info.dim)
+        assert float(np.sum(a * b, axis=1).min()) >= 0.9999
+    assert graphs.runner.captured == [4, 8, 64, 256]

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from cbir.errors import CbirError
+
 
 def _stats(xs: list[float]) -> dict:
     a = np.asarray(xs)
@@ -148,11 +150,24 @@ def bench_latency(model: str, backend: str = "onnxruntime", batch_sizes=(1, 8, 3
     return report
 
 
-def parse_spec(spec: str, model: str) -> tuple[str, str | None, str]:
-    """"openvino:bf16" -> ("openvino", "bf16", model); "openvino@m_int8.xml" -> ("openvino", None, "m_int8.xml")."""
+SPEC_OPTIONS = {"eager": {"cuda_graphs": False}, "compile": {"compile": True}, "cpu": {"device": "cpu"},
+                "cuda": {"device": "cuda"}}
+
+
+def parse_spec(spec: str, model: str) -> tuple[str, str | None, str, dict]:
+    """``backend[:precision][+option...][@file]`` -> (backend, precision, file, Embedder options):
+    "openvino:bf16" -> ("openvino", "bf16", model, {}); "openvino@m_int8.xml" -> ("openvino", None,
+    "m_int8.xml", {}); "torch:fp16+eager" -> ("torch", "fp16", model, {"cuda_graphs": False}).
+    Options: ``SPEC_OPTIONS`` (eager, compile, cpu, cuda)."""
     spec, _, other = spec.partition("@")
+    spec, *opts = spec.split("+")
     backend, _, precision = spec.partition(":")
-    return backend, precision or None, other or model
+    options: dict = {}
+    for o in opts:
+        if o not in SPEC_OPTIONS:
+            raise CbirError(f"--compare {spec}+{o}: unknown option {o!r}; choose from {', '.join(SPEC_OPTIONS)}")
+        options.update(SPEC_OPTIONS[o])
+    return backend, precision or None, other or model, options
 
 
 def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data: str | None = None,
@@ -164,8 +179,8 @@ def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data:
 
     embs = {}
     for s in specs:
-        backend, precision, path = parse_spec(s, model)
-        embs[s] = Embedder(path, backend=backend, precision=precision, threads=threads)
+        backend, precision, path, options = parse_spec(s, model)
+        embs[s] = Embedder(path, backend=backend, precision=precision, threads=threads, **options)
     h, w = next(iter(embs.values())).info.input_size
     big = np.random.default_rng(0).integers(0, 256, (max(batch_sizes), h, w, 3), dtype=np.uint8)
     files = None
@@ -185,7 +200,7 @@ def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data:
            "files": len(files) if files else 0, "e2e_batch": e2e_batch, "backends": {}}
     for s in specs:
         mo = {b: _stats(v) for b, v in runs[s]["model_only"].items()}
-        row = {"name": embs[s].runner.name, "auto_batch_size": embs[s].auto_batch_size, "model_only_images_per_s": mo,
+        row = {"name": embs[s].runner.name, "providers": embs[s].runner.providers, "auto_batch_size": embs[s].auto_batch_size, "model_only_images_per_s": mo,
                "model_only_ratio": {b: mo[b]["median"] / _stats(runs[base]["model_only"][b])["median"] for b in mo}}
         if files:
             e2e = _stats(runs[s]["end_to_end"])

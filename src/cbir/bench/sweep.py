@@ -76,8 +76,8 @@ def run_cell(short: str, block: int, pooling: str, data: str | None, work: Path,
     for spec in backends:
         from cbir.bench.latency import parse_spec
 
-        backend, precision, _ = parse_spec(spec, str(path))
-        other = Embedder(path, backend=backend, precision=precision)
+        backend, precision, _, options = parse_spec(spec, str(path))
+        other = Embedder(path, backend=backend, precision=precision, **options)
         base8, theirs8 = throughput(emb.run, batch[:8], repeats, 1), throughput(other.run, batch[:8], repeats, 1)
         row = {"img_s_bs8": theirs8["median"], "ratio_vs_onnxruntime_bs8": theirs8["median"] / base8["median"]}
         if pretrained and data:

@@ -300,8 +300,9 @@ def register(sub) -> None:
     bl = bench.add_parser("latency", help="throughput and latency of a model")
     bl.add_argument("--model", required=True)
     backend_args(bl)
-    bl.add_argument("--compare", help="backend[:precision] list measured side by side in one run, ratios to the first, "
-                                      "e.g. onnxruntime,openvino:fp32,openvino:bf16,openvino@model_int8.xml")
+    bl.add_argument("--compare", help="backend[:precision][+option][@file] list measured side by side in one run, ratios "
+                                      "to the first, e.g. onnxruntime,openvino:bf16,openvino@model_int8.xml,torch:fp16,"
+                                      "torch:fp16+eager (options: eager = no CUDA graphs, compile, cpu, cuda)")
     bl.add_argument("--batch-sizes", default="1,8,32,64")
     bl.add_argument("--concurrency", default="1,8,32")
     bl.add_argument("--data", help="image folder for the end-to-end figure")

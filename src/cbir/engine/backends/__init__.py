@@ -7,7 +7,8 @@
 | onnxruntime-trt  | ORT TensorRT EP, then CUDA (same check)              | onnxruntime-gpu, TensorRT  |
 | tensorrt         | native TensorRT plan from `cbir compile`             | tensorrt, cuda-python      |
 | openvino         | OpenVINO CPU, ``precision`` fp32 or bf16, all cores  | openvino (extra cpu-fast)  |
-| torch            | the model rebuilt in PyTorch, ``device`` cuda / cpu  | torch, timm (extra export) |
+| torch            | the model rebuilt in PyTorch, ``device`` cuda / cpu, | torch, timm (extra export) |
+|                  | CUDA graphs per batch bucket (``cuda_graphs``)       |                            |
 
 Every runner implements ``base.Runner``: ``info``, ``input_name``/``input_shape``/``input_dtype``,
 ``run`` (uint8 [N, H, W, 3] NumPy -> float32 [N, D] L2-normalised), ``run_torch`` (CUDA tensors, GPU
@@ -43,10 +44,11 @@ def _tensorrt(model: str, **options) -> Runner:
 
 
 def _torch(model: str, device: str | None = None, precision: str | None = None, threads: int | None = None,
-           **options) -> Runner:
+           cuda_graphs: bool | None = None, compile: bool = False, **options) -> Runner:
     from cbir.engine.backends.torch import TorchRunner
 
-    return TorchRunner(model, device=device, precision=precision, threads=threads)
+    return TorchRunner(model, device=device, precision=precision, threads=threads, compile=compile,
+                       cuda_graphs=cuda_graphs)
 
 
 BACKENDS: dict[str, Callable[..., Runner]] = {
@@ -69,6 +71,9 @@ def load_backend(model: str, backend: str = "onnxruntime", **options) -> Runner:
         raise CbirError(f"--device applies to --backend {' or '.join(sorted(DEVICE))}, not {backend}")
     if options.get("device") is None:
         options.pop("device", None)
+    torch_only = sorted(k for k in ("cuda_graphs", "compile") if k in options)
+    if torch_only and backend != "torch":
+        raise CbirError(f"{', '.join(torch_only)}: options of --backend torch, not {backend}")
     precision = options.pop("precision", None)
     if backend in RUN_PRECISION:
         options["precision"] = precision

@@ -9,11 +9,21 @@ when a CUDA device is visible) or ``cpu``. On CUDA the trunk runs in FP16 with t
 in ``cbir export --precision fp16`` (``precision="fp32"`` keeps it all FP32), in channels-last
 memory (the uint8 NHWC input already is), optionally through ``torch.compile`` (``compile=True``).
 On the CPU it runs FP32: it exists so that CI checks the backend's plumbing and its parity with
-ONNX Runtime. Not done yet: CUDA graphs per batch-size bucket.
+ONNX Runtime.
+
+CUDA graphs (default on CUDA unless ``compile``; ``cuda_graphs=False`` runs eagerly): a batch of n
+rows runs in the graph of the smallest bucket ≥ n (``BUCKETS``: powers of two to 256; bigger
+batches are split), captured on first use into one shared memory pool, after warm-up passes on a
+side stream. The rows past n in a bucket are stale input whose outputs are dropped: every layer
+works per image in eval mode, so they cannot change the n answers. Replays are serialised by a
+lock (the static buffers are shared). Launch overhead is what graphs remove, so they matter most
+for small batches on a fast GPU.
 """
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +32,15 @@ from cbir.engine.backends.base import RunnerBase
 from cbir.errors import CbirError
 from cbir.modelinfo import read_onnx
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_FORMAT = "cbir-torch-1"
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def bucket(n: int) -> int:
+    """The smallest CUDA-graph bucket that holds ``n`` rows (1 ≤ n ≤ ``BUCKETS[-1]``)."""
+    return next(b for b in BUCKETS if b >= n)
 
 
 def checkpoint_path(model: str | os.PathLike) -> Path:
@@ -45,7 +63,7 @@ class TorchRunner(RunnerBase):
     input_name = "images"
 
     def __init__(self, model: str | os.PathLike, device: str | None = None, precision: str | None = None,
-                 threads: int | None = None, compile: bool = False):
+                 threads: int | None = None, compile: bool = False, cuda_graphs: bool | None = None):
         torch = _import_torch()
         from cbir.models.retrieval import RetrievalModel
         from cbir.models.trunk import build_trunk
@@ -77,13 +95,63 @@ class TorchRunner(RunnerBase):
             net.to_fp16(head=False)
         if device == "cuda":
             net.to(memory_format=torch.channels_last)
+        if cuda_graphs and device != "cuda":
+            raise CbirError("CUDA graphs need --device cuda")
         self._net = torch.compile(net) if compile else net
         self._torch, self.device, self.precision = torch, device, precision
-        self.providers = [f"torch-{device}-{precision}"]
+        self.cuda_graphs = device == "cuda" and not compile if cuda_graphs is None else cuda_graphs
+        self._graphs: dict[int, tuple] = {}  # bucket -> (graph, static input, static output)
+        self._pool = None
+        self._lock = threading.Lock()
+        self.providers = [f"torch-{device}-{precision}" + ("-graphs" if self.cuda_graphs else "")]
+        if device == "cuda":
+            self.batch_candidates = (1, 4, 8, 16, 32, 64, 128, 256)
 
     def _forward(self, x):
-        with self._torch.inference_mode():
-            return self._net(x).float()
+        torch = self._torch
+        if not self.cuda_graphs:
+            with torch.inference_mode():
+                return self._net(x).float()
+        if len(x) > BUCKETS[-1]:
+            return torch.cat([self._forward(x[i : i + BUCKETS[-1]]) for i in range(0, len(x), BUCKETS[-1])])
+        n = len(x)
+        with self._lock, torch.inference_mode():
+            entry = self._graphs.get(bucket(n))
+            if entry is None:
+                try:
+                    entry = self._capture(bucket(n))
+                except Exception as e:  # a layer that cannot be captured: say so once, run eagerly
+                    log.warning("torch backend: CUDA graph capture failed (%s: %s); running eagerly", type(e).__name__, e)
+                    self.cuda_graphs, self.providers = False, [self.providers[0].removesuffix("-graphs")]
+                    return self._net(x).float()
+            graph, static_in, static_out = entry
+            static_in[:n].copy_(x)
+            graph.replay()
+            return static_out[:n].clone()
+
+    def _capture(self, b: int) -> tuple:
+        """Warm up on a side stream, then capture the model for a batch of ``b`` rows."""
+        torch = self._torch
+        h, w = self.info.input_size
+        static_in = torch.zeros((b, h, w, 3), dtype=torch.uint8, device="cuda")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._net(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            static_out = self._net(static_in).float()
+        self._graphs[b] = (graph, static_in, static_out)
+        return self._graphs[b]
+
+    @property
+    def captured(self) -> list[int]:
+        """Buckets with a captured CUDA graph."""
+        return sorted(self._graphs)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = self._torch.from_numpy(np.ascontiguousarray(batch, np.uint8))
@@ -98,7 +166,7 @@ class TorchRunner(RunnerBase):
         return self.check_output(self._forward(images), len(images))  # RunnerBase's check reads tensors too
 
     def close(self) -> None:
-        self._net = None
+        self._net, self._graphs = None, {}
 
 
 def write_checkpoint(model, info, arch: str, block: int, pooling: str, output: str | os.PathLike) -> Path:
