@@ -14,7 +14,8 @@ def print_json(obj) -> None:
 def open_embedder(a: argparse.Namespace, model: str):
     from cbir.engine.embedder import Embedder
 
-    return Embedder(model, backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision, device=a.device)
+    return Embedder(model, backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision, device=a.device,
+                    decode=getattr(a, "decode", None) or "cpu")
 
 
 def source_args(p: argparse.ArgumentParser) -> None:
@@ -46,6 +47,9 @@ def engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="images per inference call (default: auto, measured at load)")
     p.add_argument("--threads", type=int, help="inference threads (default: all cores)")
     p.add_argument("--workers", type=int, help="decode threads (default: all cores)")
+    p.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
+                   help="bulk decode: cpu (default) or gpu (nvImageCodec on the device, with a GPU --backend; "
+                        "what it cannot decode falls back to the CPU per image)")
 
 
 

@@ -76,23 +76,27 @@ class Batch:
     regions: np.ndarray | None = None
 
 
+def read_source(source: str | os.PathLike, hash_files: bool = False) -> tuple[bytes, FileFacts]:
+    """A path's or URI's bytes and facts; ``ImageError`` naming it when it cannot be read."""
+    name = os.fspath(source)
+    try:
+        data = DEFAULT_READER.read(name) if is_uri(name) else open(name, "rb").read()
+    except FileNotFoundError:
+        kind = " (dangling symlink)" if os.path.islink(name) else ""
+        raise ImageError(name, "no such file" + kind) from None
+    except IsADirectoryError:
+        raise ImageError(name, "is a directory") from None
+    except OSError as e:
+        raise ImageError(name, f"cannot read ({e.strerror or e})") from None
+    return data, FileFacts(len(data), hashlib.sha1(data).hexdigest() if hash_files else None)
+
+
 def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool, timings: Timings) -> FileFacts:
     facts = FileFacts()
     t0 = time.perf_counter()
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
-        try:
-            data = DEFAULT_READER.read(name) if is_uri(name) else open(name, "rb").read()
-        except FileNotFoundError:
-            kind = " (dangling symlink)" if os.path.islink(name) else ""
-            raise ImageError(name, "no such file" + kind) from None
-        except IsADirectoryError:
-            raise ImageError(name, "is a directory") from None
-        except OSError as e:
-            raise ImageError(name, f"cannot read ({e.strerror or e})") from None
-        facts.size = len(data)
-        if hash_files:
-            facts.sha1 = hashlib.sha1(data).hexdigest()
+        data, facts = read_source(name, hash_files)
         t1 = time.perf_counter()
         try:
             pp(data, out)

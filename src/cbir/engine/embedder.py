@@ -63,12 +63,13 @@ class Embedder:
     ``auto``: the fastest of the runner's ``batch_candidates`` (1, 4, 8, 16, 32 on the CPU; up to
     the engine profile's maximum on TensorRT, 256 for torch on CUDA) images per call, measured
     once per process and model (about a second; on these 2-core CPUs 1–8 beat 32 per image),
-    unless ``batch_size`` is given."""
+    unless ``batch_size`` is given. ``decode``: ``cpu`` (default) or ``gpu`` (bulk mode only:
+    nvImageCodec on the device, ``cbir.engine.gpu_decode``; GPU backends)."""
 
     def __init__(self, model: str | os.PathLike, backend: str = "onnxruntime", threads: int | None = None,
                  workers: int | None = None, batch_size: int | None = None, max_pixels: int | None = None,
                  resampling: str | None = None, precision: str | None = None, device: str | None = None,
-                 **backend_options):
+                 decode: str | object = "cpu", **backend_options):
         if threads is not None:
             backend_options["threads"] = threads
         if device is not None:  # backends that run on a chosen device (torch)
@@ -84,6 +85,25 @@ class Embedder:
         self.preprocess = Preprocess.for_model(self.info, **kw)
         self.workers = workers
         self.batch_size = batch_size
+        self.decoder = self._open_decoder(decode)
+
+    def _open_decoder(self, decode: str | object):
+        """None for CPU decode; for ``gpu``, nvImageCodec on the runner's device (a decoder object
+        with ``device`` and ``decode`` is taken as it is)."""
+        if decode == "cpu":
+            return None
+        gpu_runner = self.runner.name == "tensorrt" or self.runner.name.startswith("onnxruntime[") or (
+            self.runner.name == "torch" and getattr(self.runner, "device", "") == "cuda")
+        if decode == "gpu":
+            if not gpu_runner:
+                raise CbirError(f"--decode gpu: --backend {self.runner.name} runs on the CPU; use torch (cuda), "
+                                f"tensorrt or onnxruntime-cuda/-trt")
+            from cbir.engine.gpu_decode import NvDecoder
+
+            return NvDecoder(int(getattr(self.runner, "device", 0) or 0) if self.runner.name == "tensorrt" else 0)
+        if isinstance(decode, str):
+            raise CbirError(f"--decode {decode!r}: choose cpu or gpu")
+        return decode
 
     @property
     def auto_batch_size(self) -> int:
@@ -150,6 +170,11 @@ class Embedder:
                      hash_files: bool = False, timings: Timings | None = None, regions: bool = False) -> Iterator[Batch]:
         """Lower-level bulk iterator (see ``cbir.engine.bulk.iter_batches``); ``regions``: batches
         also carry the regional descriptors."""
+        if self.decoder is not None and not regions:
+            from cbir.engine.gpu_decode import iter_batches_device
+
+            return iter_batches_device(sources, self.runner, self.preprocess, self.decoder,
+                                       self.resolve_batch_size(batch_size), self.workers, hash_files, timings)
         submit = None if regions else self.runner.submit  # regions come from run_regions, one batch at a time
         return iter_batches(sources, self._run_for(regions), self.preprocess, self.resolve_batch_size(batch_size),
                             self.workers, hash_files=hash_files, timings=timings, submit=submit,
