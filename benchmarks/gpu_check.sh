@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The GPU path, measured on the lent GPU machine in one call (≤ 8 minutes): GPU tests, model-only and
-# end-to-end throughput of ONNX Runtime (CPU, all cores) vs --backend torch (FP32, FP16) for Lite0 and
-# B4 at batch 1/32/128/256, and exact search over 1M × 320 in PyTorch vs FAISS CPU Flat. Results:
-# one JSON per step plus summary.json / summary.md under $OUT.
+# end-to-end throughput of ONNX Runtime (CPU, all cores) vs --backend torch (FP32, FP16 with CUDA
+# graphs, FP16 eager, FP16 with --decode gpu) for Lite0 and B4 at batch 1/32/128/256, each spec's
+# cosine to ORT FP32 on the carried photos, and exact search over 1M × 320 in PyTorch vs FAISS CPU
+# Flat (plus 16 clients of single queries). Results: one JSON per step plus summary.json /
+# summary.md under $OUT.
 #   device:  bash benchmarks/gpu_check.sh                (carry: benchmarks/gpu_carry from gpu_prepare.sh)
 #   here:    bash benchmarks/gpu_check.sh --cpu-dry-run  (every step on the CPU at tiny sizes, ≤ 3 min)
 # Random weights for both models (speed does not depend on them; the torch-vs-ORT cosine is checked
-# by tests/gpu and by the latency step's own parity line). Not in it yet: GPU JPEG decode (nvImageCodec).
+# by tests/gpu and by the latency step's agreement figures).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0; [ "${1:-}" = "--cpu-dry-run" ] && DRY=1
@@ -17,12 +19,15 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d benchmarks/gpu_carry/wheels ] && ! $PY -c "import faiss, onnxscript" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --target "$WORK/site" benchmarks/gpu_carry/wheels/*.whl
   export PYTHONPATH="$PYTHONPATH:$WORK/site"
+  for lib in "$WORK"/site/nvidia/*/lib "$WORK"/site/nvidia/*/*/lib; do  # nvJPEG for nvImageCodec
+    [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  done
 fi
 IMAGES=benchmarks/gpu_carry/images; [ -d "$IMAGES" ] || IMAGES=""
 if [ $DRY = 1 ]; then
   BS=1,8; SPECS=onnxruntime,torch:fp32; N=20000; DIM=64; Q=200; QB=50; SIZE="--image-size 64"; REP=1
 else
-  BS=1,32,128,256; SPECS=onnxruntime,torch:fp32,torch:fp16; N=1000000; DIM=320; Q=2000; QB=100; SIZE=""; REP=3
+  BS=1,32,128,256; SPECS=onnxruntime,torch:fp32,torch:fp16,torch:fp16+eager,torch:fp16+gpudecode; N=1000000; DIM=320; Q=2000; QB=100; SIZE=""; REP=3
 fi
 CBIR="$PY -m cbir"
 step() {  # step NAME TIMEOUT COMMAND...: stdout → $OUT/NAME.json, stderr → $OUT/NAME.err, status → steps.tsv
@@ -41,7 +46,7 @@ step tests_gpu 150 $PY -m pytest -q -rs tests/gpu -p no:cacheprovider
 for arch in lite0 b4; do
   name=tf_efficientnet_lite0; [ $arch = b4 ] && name=efficientnet_b4
   step export_$arch 120 $CBIR export --arch $name --block 7 --pooling gap $SIZE --torch-checkpoint -o "$WORK/$arch.onnx" --json
-  step latency_$arch 150 $CBIR bench latency --model "$WORK/$arch.onnx" --compare $SPECS --batch-sizes $BS \
+  step latency_$arch $([ $arch = b4 ] && echo 240 || echo 150) $CBIR bench latency --model "$WORK/$arch.onnx" --compare $SPECS --batch-sizes $BS \
        --repeats $REP ${IMAGES:+--data $IMAGES} --json
 done
 step exact 150 $CBIR bench exact --n $N --dim $DIM --queries $Q --batch $QB --repeats $REP \
@@ -63,15 +68,17 @@ for arch in ("lite0", "b4"):
     if not r:
         continue
     res[f"latency_{arch}"] = r
-    md += ["", f"**{arch}** model-only img/s (ratio to the first)", "", "| backend | " + " | ".join(f"bs {b}" for b in r["batch_sizes"]) + " | end-to-end |", "|---" * (len(r["batch_sizes"]) + 2) + "|"]
+    md += ["", f"**{arch}** model-only img/s (ratio to the first)", "", "| backend | " + " | ".join(f"bs {b}" for b in r["batch_sizes"]) + " | end-to-end | min cos to first |", "|---" * (len(r["batch_sizes"]) + 3) + "|"]
     for spec, row in r["backends"].items():
         cells = [f"{row['model_only_images_per_s'][str(b)]['median']:.0f} ({row['model_only_ratio'][str(b)]:.2f}×)" for b in r["batch_sizes"]]
         e2e = f"{row['end_to_end_images_per_s']['median']:.0f}" if "end_to_end_images_per_s" in row else "-"
-        md.append(f"| {spec} | " + " | ".join(cells) + f" | {e2e} |")
+        agree = row.get("agreement_with_first", {}).get("min_cos", "-")
+        md.append(f"| {spec} | " + " | ".join(cells) + f" | {e2e} | {agree} |")
 e = load("exact")
 if e:
     res["exact"] = e
-    md += ["", f"exact k={e['k']} over {e['n']:,} × {e['dim']}: torch {e['queries_per_s']['torch']} q/s vs FAISS CPU {e['queries_per_s']['faiss_cpu']} q/s = {e['ratio_torch_to_faiss_cpu']}×, recall {e['recall_at_k_vs_faiss']}"]
+    md += ["", f"exact k={e['k']} over {e['n']:,} × {e['dim']}: torch {e['queries_per_s']['torch']} q/s vs FAISS CPU {e['queries_per_s']['faiss_cpu']} q/s = {e['ratio_torch_to_faiss_cpu']}×, recall {e['recall_at_k_vs_faiss']}",
+           f"single queries from {e.get('clients')} threads: {e.get('single_query_per_s')} ({e.get('mean_combined')} per matmul)"]
 t = (out / "tests_gpu.json").read_text().strip().splitlines() if (out / "tests_gpu.json").exists() else []
 md += ["", "tests/gpu: " + (t[-1] if t else "no output")]
 (out / "summary.json").write_text(json.dumps(res, indent=1))

@@ -66,3 +66,16 @@ def test_graph_buckets_and_spec_options(lite0_onnx):
         Embedder(lite0_onnx, backend="torch", device="cpu", cuda_graphs=True)
     t = Embedder(lite0_onnx, backend="torch", device="cpu")
     assert not t.runner.cuda_graphs and t.runner.captured == [] and t.runner.batch_candidates == (1, 4, 8, 16, 32)
+
+
+def test_compare_backends_reports_agreement(lite0_onnx, photos, tmp_path):
+    from cbir.bench.latency import compare_backends
+    from conftest import make_gallery
+
+    make_gallery(tmp_path / "g", photos, 4)
+    r = compare_backends(str(lite0_onnx), ["onnxruntime", "torch:fp32+cpu"], batch_sizes=(1, 2),
+                         data=str(tmp_path / "g"), repeats=1, e2e_batch=2)
+    ort, tor = r["backends"]["onnxruntime"], r["backends"]["torch:fp32+cpu"]
+    assert ort["agreement_with_first"]["min_cos"] >= 0.99999 and ort["agreement_with_first"]["images"] == 4
+    assert tor["agreement_with_first"]["min_cos"] >= 0.9999 and tor["providers"] == ["torch-cpu-fp32"]
+    assert tor["end_to_end_images_per_s"]["median"] > 0

@@ -151,14 +151,17 @@ def bench_latency(model: str, backend: str = "onnxruntime", batch_sizes=(1, 8, 3
 
 
 SPEC_OPTIONS = {"eager": {"cuda_graphs": False}, "compile": {"compile": True}, "cpu": {"device": "cpu"},
-                "cuda": {"device": "cuda"}}
+                "cuda": {"device": "cuda"}, "gpudecode": {"decode": "gpu"}}
+
+
+AGREEMENT_FILES = 64
 
 
 def parse_spec(spec: str, model: str) -> tuple[str, str | None, str, dict]:
     """``backend[:precision][+option...][@file]`` -> (backend, precision, file, Embedder options):
     "openvino:bf16" -> ("openvino", "bf16", model, {}); "openvino@m_int8.xml" -> ("openvino", None,
     "m_int8.xml", {}); "torch:fp16+eager" -> ("torch", "fp16", model, {"cuda_graphs": False}).
-    Options: ``SPEC_OPTIONS`` (eager, compile, cpu, cuda)."""
+    Options: ``SPEC_OPTIONS`` (eager, compile, cpu, cuda, gpudecode)."""
     spec, _, other = spec.partition("@")
     spec, *opts = spec.split("+")
     backend, _, precision = spec.partition(":")
@@ -174,7 +177,9 @@ def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data:
                      repeats: int = 5, e2e_batch: int | None = None, threads: int | None = None) -> dict:
     """Backend × precision (× model file: ``backend[:precision][@file]``) in one process run: model-only img/s per batch size and end-to-end img/s
     from image files, repeats interleaved round-robin (drift hits every backend alike), medians, and
-    each spec's ratio to the first one. End-to-end runs use ``e2e_batch`` (default: each one's auto batch size)."""
+    each spec's ratio to the first one. End-to-end runs use ``e2e_batch`` (default: each one's auto batch size).
+    With files, each spec also embeds the first ``AGREEMENT_FILES`` of them end to end and reports
+    its cosine to the first spec's vectors (min and median): a faster spec must say what it costs."""
     from cbir.engine.embedder import Embedder
 
     embs = {}
@@ -195,6 +200,17 @@ def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data:
                 runs[s]["model_only"][str(b)].append(throughput(emb.run, big[:b], 1, 1)["median"])
             if files:
                 runs[s]["end_to_end"].append(emb.embed_files(files, batch_size=e2e_batch).timings.as_dict()["images_per_s"])
+    agreement = {}
+    if files:
+        sample = files[:AGREEMENT_FILES]
+        ref = embs[specs[0]].embed_files(sample)
+        for s, emb in embs.items():
+            got = emb.embed_files(sample)
+            common, ia, ib = np.intersect1d(ref.indices, got.indices, return_indices=True)
+            a, b = ref.vectors[ia], got.vectors[ib]  # cosines proper: l2n's eps leaves tiny raw vectors short of 1
+            cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+            agreement[s] = {"images": len(common), "min_cos": round(float(cos.min()), 6) if len(cos) else None,
+                            "median_cos": round(float(np.median(cos)), 6) if len(cos) else None}
     base = specs[0]
     out = {"model": next(iter(embs.values())).info.public(), "batch_sizes": list(batch_sizes), "repeats": repeats,
            "files": len(files) if files else 0, "e2e_batch": e2e_batch, "backends": {}}
@@ -206,5 +222,6 @@ def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data:
             e2e = _stats(runs[s]["end_to_end"])
             row["end_to_end_images_per_s"] = e2e
             row["end_to_end_ratio"] = e2e["median"] / _stats(runs[base]["end_to_end"])["median"]
+            row["agreement_with_first"] = agreement[s]
         out["backends"][s] = row
     return out
