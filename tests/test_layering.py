@@ -31,7 +31,7 @@ TORCH_FREE = ("cbir.sources", "cbir.engine", "cbir.index", "cbir.vectors", "cbir
 # run_torch paths take torch tensors from the caller: torch is already there when they run
 TORCH_OK_FUNCTIONS = {"run_torch"}
 # the optional torch backend (lazily imported by the registry, never on the default path)
-TORCH_OK_MODULES = ("cbir.engine.backends.torch", "cbir.index.ann.torch_flat")
+TORCH_OK_MODULES = ("cbir.engine.backends.torch", "cbir.index.ann.torch_flat", "cbir.engine.gpu_decode")  # opt-in, lazily imported
 
 
 def layer(module: str) -> tuple[str, int]:

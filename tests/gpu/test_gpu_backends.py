@@ -185,3 +185,21 @@ def test_torch_cuda_graphs_match_eager(lite0_onnx):
         assert a.shape == (n, graphs.info.dim)
         assert float(np.sum(a * b, axis=1).min()) >= 0.9999
     assert graphs.runner.captured == [4, 8, 64, 256]
+
+
+def test_gpu_decode_matches_cpu_decode(lite0_onnx, photos, tmp_path):
+    """--decode gpu (nvImageCodec + device resize) against CPU decode, same torch FP32 model: every
+    file accounted for in the same order (the PNGs through the per-image CPU fallback), cos ≥ 0.99."""
+    _import_or_skip("torch")
+    _import_or_skip("nvidia.nvimgcodec")
+    from cbir.engine.embedder import Embedder
+    from conftest import make_gallery
+
+    files = [str(p) for p in make_gallery(tmp_path / "g", photos)]
+    (tmp_path / "broken.jpg").write_bytes(open(files[1], "rb").read()[:300])
+    files.append(str(tmp_path / "broken.jpg"))
+    gpu = Embedder(lite0_onnx, backend="torch", device="cuda", precision="fp32", decode="gpu")
+    cpu = Embedder(lite0_onnx, backend="torch", device="cuda", precision="fp32")
+    a, b = gpu.embed_files(files, batch_size=8), cpu.embed_files(files, batch_size=8)
+    assert list(a.indices) == list(b.indices) and [e[1] for e in a.errors] == [e[1] for e in b.errors] == [files[-1]]
+    assert float(np.sum(a.vectors * b.vectors, axis=1).min()) >= 0.99
