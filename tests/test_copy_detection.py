@@ -71,6 +71,34 @@ def test_a_photo_pasted_into_another_is_found_through_the_windows(verified_index
     assert not any(h["verified"] for h in g.search([str(tmp_path / "neg.jpg")], k=5)[0]["results"])
 
 
+def test_a_pixel_shuffled_copy_is_found_by_its_mean_colour(verified_index, tmp_path, photos):
+    """A shuffle keeps only the colours: such a query is recognised (no spatial structure) and
+    answered by mean colour, unverified; photos keep their structure and their normal search."""
+    from cbir.engine.colour import row_stats, scrambled
+    from cbir.engine.preprocess import Preprocess
+
+    g, files = verified_index
+    pp = Preprocess((224, 224))
+    rng = np.random.default_rng(0)
+    for i in (1, 4):
+        a = np.asarray(Image.open(files[i]).convert("RGB"))
+        shuffled = rng.permutation(a.reshape(-1, 3)).reshape(a.shape)
+        q = tmp_path / f"shuffled{i}.jpg"
+        Image.fromarray(shuffled).save(q, quality=85)
+        assert scrambled(row_stats(pp(str(q)))) and not scrambled(row_stats(pp(str(files[i]))))
+        hits = g.search([str(q)], k=3)[0]["results"]
+        assert hits[0]["path"] == os.path.abspath(files[i]) and not any(h["verified"] for h in hits)
+    from fastapi.testclient import TestClient
+
+    from cbir.serve.app import create_app
+
+    with TestClient(create_app(str(g.root))) as c:  # the HTTP search answers the same way
+        r = c.post("/search", params={"k": 3}, content=q.read_bytes())
+        assert r.status_code == 200 and r.json()["results"][0]["path"] == os.path.abspath(files[4])
+    assert not any(scrambled(row_stats(pp(str(p)))) for p in photos)
+    assert scrambled(row_stats(np.full((224, 224, 3), 7, np.uint8))) is False  # flat is not noise
+
+
 def test_http_search_goes_through_the_windows_and_the_mirror(verified_index, tmp_path):
     import httpx
 

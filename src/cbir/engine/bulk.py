@@ -20,6 +20,7 @@ import numpy as np
 
 from cbir.cores import all_cores
 from cbir.sources import DEFAULT_READER, is_uri
+from cbir.engine.colour import row_stats
 from cbir.engine.preprocess import ImageError, ImageSource, Preprocess, describe
 
 PREFETCH = 2
@@ -62,6 +63,7 @@ class FileFacts:
 
     size: int | None = None
     sha1: str | None = None
+    stats: np.ndarray | None = None  # ``colour.row_stats`` of the decoded row
 
 
 @dataclass
@@ -91,7 +93,8 @@ def read_source(source: str | os.PathLike, hash_files: bool = False) -> tuple[by
     return data, FileFacts(len(data), hashlib.sha1(data).hexdigest() if hash_files else None)
 
 
-def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool, timings: Timings) -> FileFacts:
+def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool, timings: Timings,
+          structure: bool = False) -> FileFacts:
     facts = FileFacts()
     t0 = time.perf_counter()
     if isinstance(source, (str, os.PathLike)):
@@ -105,6 +108,7 @@ def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool
     else:
         t1 = time.perf_counter()
         pp(source, out)
+    facts.stats = row_stats(out, structure)
     timings.add(t1 - t0, time.perf_counter() - t1)
     return facts
 
@@ -120,12 +124,15 @@ def iter_batches(
     timings: Timings | None = None,
     submit: Callable[[np.ndarray], Callable[[], np.ndarray]] | None = None,
     in_flight: int = 1,
+    structure: bool = False,
 ) -> Iterator[Batch]:
     """Yield ``Batch``es in input order; decoding of the next batches overlaps ``run`` of this one.
     ``run`` returns vectors, or (vectors, regional descriptors) (``OrtRunner.run_regions``).
     ``submit`` (a runner's, default: ``run`` called at once) enqueues a batch and returns a handle
     that gives its answer; up to ``in_flight`` batches (the runner's ``slots``) are submitted before
-    the oldest is collected, so a GPU runner copies the next batch while it executes this one."""
+    the oldest is collected, so a GPU runner copies the next batch while it executes this one.
+    Every input's ``facts.stats`` holds its row's mean colour (``colour.row_stats``), and with
+    ``structure`` its structure too (queries: is it pixel-shuffled?)."""
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: must be ≥ 1")
     if submit is None:
@@ -146,7 +153,8 @@ def iter_batches(
             if not chunk:
                 return
             buf = free.pop()
-            futs = [pool.submit(_load, src, pp, buf[slot], hash_files, timings) for slot, (_, src) in enumerate(chunk)]
+            futs = [pool.submit(_load, src, pp, buf[slot], hash_files, timings, structure)
+                    for slot, (_, src) in enumerate(chunk)]
             pending.append((chunk, buf, futs))
 
         def collect() -> Batch:

@@ -46,11 +46,12 @@ from cbir.index.storage import config as _config
 from cbir.index.ann import faiss_index, maintain, tuning
 from cbir.index.storage.config import INDEX_JSON, SHARD_SIZE
 from cbir.index.storage.lock import LOCK_NAME, DirectoryGone, WriterLock
-from cbir.engine import local_features
+from cbir.engine import colour, local_features
 from cbir.index.query import rerank as _rerank
 from cbir.index.query import search as _search
 from cbir.index.storage import features as _features
 from cbir.index.storage.features import FeatureStore
+from cbir.index.storage.colours import ColourStore
 from cbir.index.storage.regions import RegionStore
 from cbir.index.query.rerank import DEFAULT_BUDGET, Budget, Rerank
 from cbir.index.storage.store import Store
@@ -128,6 +129,7 @@ class Gallery:
         self._whitening = None
         self._features = None
         self._regions = None
+        self._colours = None
         self._lock = threading.RLock()
         if embedder is not None:
             self.check_model(embedder)
@@ -765,19 +767,42 @@ class Gallery:
         With verification on, the queries' local features are extracted too."""
         cfg = self.rerank_config(rerank)
         emb = self.embedder()
-        res = emb.embed_files(list(images))
+        res = emb.embed_files(list(images), structure=True)  # structure: pixel-shuffled queries
         feats = None
         if cfg.verify and len(res.indices):
             feats = list(_verify_pool().map(lambda i: _query_features(images[i]), res.indices))
         hits = self.search_vectors(res.vectors, k, cfg, nprobe, ef_search, feats) if len(res.vectors) else []
         for j, pos in enumerate(res.indices):  # a no-op unless the pass is on and nothing verified
-            hits[j] = self.search_windows(images[pos], hits[j], k, cfg)
+            hits[j] = self.search_scrambled(res.stats[j], res.vectors[j], self.search_windows(images[pos], hits[j], k, cfg), k)
         out: list[dict] = [{} for _ in images]
         for pos, h in zip(res.indices, hits):
             out[pos] = {"query": str(images[pos]), "results": [h_.__dict__ for h_ in h]}
         for pos, src, reason in res.errors:
             out[pos] = {"query": str(images[pos]), "error": reason, "results": []}
         return out
+
+    def search_scrambled(self, stats: np.ndarray, vector: np.ndarray, hits: list[Hit], k: int) -> list[Hit]:
+        """``hits``, or for a query whose pixels were shuffled (``colour.scrambled(stats)``, the query
+        row's ``colour.row_stats`` with its structure) and nothing verified: ``search_colour``."""
+        if not colour.scrambled(stats) or any(h.verified for h in hits):
+            return hits
+        return self.search_colour(stats[:3], vector, k) or hits
+
+    def search_colour(self, mean: np.ndarray, vector: np.ndarray, k: int) -> list[Hit] | None:
+        """A query whose pixels were shuffled (``engine.colour.scrambled``): its k nearest items by
+        mean colour (RGB distance), the only thing a shuffle keeps; scores are the usual cosines,
+        nothing is verified. None when no indexed item has a stored colour (older builds)."""
+        if self._colours is None:
+            self._colours = ColourStore(self.store, self.root)
+        ids, cols = self._colours.all()
+        if not len(ids):
+            return None
+        order = np.argsort(np.linalg.norm(cols - np.asarray(mean, np.float32), axis=1), kind="stable")[:k]
+        top = ids[order]
+        cpu, _ = self._snapshot()
+        scores = self.vectors_for(top, cpu) @ self.postprocess_queries(np.asarray(vector, np.float32)[None])[0]
+        paths = self.store.paths_for_ids(top)
+        return [Hit(int(i), paths[int(i)], float(s), False, None) for i, s in zip(top, scores) if int(i) in paths]
 
     def search_windows(self, source, hits: list[Hit], k: int, cfg: Rerank) -> list[Hit]:
         """``rerank.partial`` for one query image whose ``hits`` hold nothing verified: its windows

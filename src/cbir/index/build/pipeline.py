@@ -137,7 +137,7 @@ def embed_shard(embedder, root: Path, shard: int, items: Sequence[tuple[int, str
     regional descriptors (``cbir export --regions``) also gets its regions file, written first."""
     ids = np.array([i for i, _ in items], np.int64)
     with_regions = embedder.num_regions > 0
-    vec_parts, reg_parts, ok, sha1, size, bad, reasons = [], [], [], [], [], [], []
+    vec_parts, reg_parts, ok, sha1, size, bad, reasons, colours = [], [], [], [], [], [], [], []
     for b in embedder.iter_batches([p for _, p in items], batch_size, hash_files=True, timings=timings,
                                    regions=with_regions):
         if b.indices:
@@ -148,6 +148,8 @@ def embed_shard(embedder, root: Path, shard: int, items: Sequence[tuple[int, str
                 ok.append(ids[pos])
                 sha1.append(b.facts[pos].sha1)
                 size.append(b.facts[pos].size)
+                st = b.facts[pos].stats
+                colours.append(st[:3] if st is not None else np.full(3, np.nan, np.float32))
         for pos, _, reason in b.errors:
             bad.append(ids[pos])
             reasons.append(reason)
@@ -155,7 +157,7 @@ def embed_shard(embedder, root: Path, shard: int, items: Sequence[tuple[int, str
             on_batch(len(b.indices) + len(b.errors))
     vectors = np.concatenate(vec_parts) if vec_parts else np.empty((0, embedder.dim), np.float32)
     out = ShardOutput(np.array(ok, np.int64), vectors, np.array(sha1, str), np.array(size, np.int64),
-                      np.array(bad, np.int64), np.array(reasons, str))
+                      np.array(bad, np.int64), np.array(reasons, str), np.array(colours, np.float32).reshape(-1, 3))
     if with_regions:
         regions.write(root, shard, np.concatenate(reg_parts) if reg_parts
                       else np.empty((0, embedder.num_regions, embedder.dim), np.float16))
