@@ -201,3 +201,20 @@ def test_dedup_peer_groups_are_connected_components():
 
     groups = _components([("a", "b"), ("c", "b"), ("d", "e")])
     assert sorted(tuple(g["paths"]) for g in groups) == [("a", "b", "c"), ("d", "e")]
+
+
+def test_score_dedup_counts_recall_per_edit_and_template_groups(tmp_path):
+    """Pure scoring: two originals, a meme copy of each and a blur of the first; one group joins the
+    two memes (different photos through one template), one the blur with its original."""
+    from cbir.bench.copies import score_dedup
+
+    data, copies = tmp_path / "data", tmp_path / "copies"
+    for p in ("data/a/1.jpg", "data/b/2.jpg", "copies/meme_format/a/1.jpg", "copies/meme_format/b/2.jpg",
+              "copies/blur/a/1.jpg"):
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / p)
+    groups = [{"paths": [str(copies / "meme_format/a/1.jpg"), str(copies / "meme_format/b/2.jpg")]},
+              {"paths": [str(data / "a/1.jpg"), str(copies / "blur/a/1.jpg")]}]
+    r = score_dedup(groups, data, copies)
+    assert r["recall_per_edit"] == {"blur": 1.0, "meme_format": 0.0} and r["recall"] == round(1 / 3, 4)
+    assert r["groups_mixing_same_edit"] == 1 and r["cross_class_groups"] == 1 and r["pair_precision"] == 0.5

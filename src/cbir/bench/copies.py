@@ -18,6 +18,7 @@ relative path in ``src`` (``original_of``). Deterministic for a seed.
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
@@ -128,7 +129,9 @@ def score_dedup(groups: list[dict], data: str | os.PathLike, copies: str | os.Pa
     ``copies`` (``make``'s layout, anywhere under the indexed folders). Recall: copies grouped with
     their original. Pair precision: pairs inside groups that share an original (Corel's own
     same-scene shots count as misses here, so it is a lower bound). Cross-class groups: groups whose
-    originals lie in different top-level folders of ``data``."""
+    originals lie in different top-level folders of ``data``. ``recall_per_edit``: the same per edit
+    folder. ``groups_mixing_same_edit``: groups holding copies of different originals made by one
+    edit — different photos in one template (meme, screenshot frame) grouped through the template."""
     data, copies = Path(data).resolve(), Path(copies).resolve()
 
     def original(p: str) -> str | None:
@@ -142,9 +145,14 @@ def score_dedup(groups: list[dict], data: str | os.PathLike, copies: str | os.Pa
         return None
 
     group_of: dict[str, int] = {}
-    cross = mixed = pairs = good_pairs = 0
+    cross = mixed = same_edit = pairs = good_pairs = 0
     for n, g in enumerate(groups):
         keys = [original(p) for p in g["paths"]]
+        by_edit: dict[str, set] = defaultdict(set)
+        for k, p in zip(keys, g["paths"]):
+            if k is not None and Path(p).resolve().is_relative_to(copies):
+                by_edit[Path(p).resolve().relative_to(copies).parts[0]].add(k)
+        same_edit += any(len(v) > 1 for v in by_edit.values())
         for k, p in zip(keys, g["paths"]):
             if k is not None and Path(p).resolve().is_relative_to(copies):
                 group_of[f"copy:{p}"] = n
@@ -158,7 +166,11 @@ def score_dedup(groups: list[dict], data: str | os.PathLike, copies: str | os.Pa
                 pairs += 1
                 good_pairs += known[i] == known[j]
     planted = sorted(find_images([copies]))
-    found = sum(1 for c in planted if group_of.get(f"copy:{c}", -1) == group_of.get(f"orig:{original(c)}", -2))
-    return {"groups": len(groups), "planted_copies": len(planted), "recall": round(found / max(len(planted), 1), 4),
+    hit = {c: group_of.get(f"copy:{c}", -1) == group_of.get(f"orig:{original(c)}", -2) for c in planted}
+    per_edit: dict[str, list[bool]] = defaultdict(list)
+    for c, ok in hit.items():
+        per_edit[Path(c).resolve().relative_to(copies).parts[0]].append(ok)
+    return {"groups": len(groups), "planted_copies": len(planted), "recall": round(sum(hit.values()) / max(len(planted), 1), 4),
             "pair_precision": round(good_pairs / max(pairs, 1), 4), "cross_class_groups": cross,
-            "groups_mixing_originals": mixed}
+            "groups_mixing_originals": mixed, "groups_mixing_same_edit": same_edit,
+            "recall_per_edit": {e: round(sum(v) / len(v), 3) for e, v in sorted(per_edit.items())}}
