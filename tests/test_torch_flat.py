@@ -48,14 +48,18 @@ def test_concurrent_searches_are_combined_into_one_matmul():
     def ask(i):
         got[i] = t.search(qs[i], ks[i])
 
-    with t._run_lock:  # the device is busy: all eight queue up
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    def while_busy(calls):
+        """Start ``calls`` in threads while the device is held, so that all of them queue up."""
+        with t._run_lock:
+            threads = [threading.Thread(target=c) for c in calls]
+            for th in threads:
+                th.start()
+            while len(t._queue) < len(calls):
+                time.sleep(0.01)
         for th in threads:
-            th.start()
-        while len(t._queue) < 8:
-            time.sleep(0.01)
-    for th in threads:
-        th.join()
+            th.join()
+
+    while_busy([lambda i=i: ask(i) for i in range(8)])
     assert (t.batches, t.requests) == (1, 8)
     for i in range(8):
         want_s, want_i = faiss_index.search(index, qs[i], ks[i])
@@ -74,14 +78,7 @@ def test_concurrent_searches_are_combined_into_one_matmul():
         except RuntimeError as e:
             errors.append(str(e))
 
-    with t._run_lock:
-        threads = [threading.Thread(target=ask_fail) for _ in range(3)]
-        for th in threads:
-            th.start()
-        while len(t._queue) < 3:
-            time.sleep(0.01)
-    for th in threads:
-        th.join()
+    while_busy([ask_fail] * 3)
     assert errors == ["device lost"] * 3 and not t._queue
 
 
