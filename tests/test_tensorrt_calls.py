@@ -408,3 +408,42 @@ def test_ort_host_binding_matches_plain_run(tmp_path):
     assert allocs == [(2, 8, 8, 3), (2, 4), "free", "free", (5, 8, 8, 3), (5, 4)] and b.capacity == 5
     b.close()
     assert allocs[-2:] == ["free", "free"]
+
+
+def test_ort_runner_slots_keep_two_batches_in_flight(tmp_path):
+    """The ORT-GPU runner's slots, on a real CPU session: two submitted batches hold both bindings
+    until collected, answers match plain runs in order, threads sharing the slots get their own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnxruntime as ort
+
+    from cbir.engine.backends.onnxruntime import OrtRunner
+    from cbir.engine.bulk import iter_batches
+    from cbir.engine.preprocess import Preprocess
+
+    sess = ort.InferenceSession(str(tiny_model(tmp_path / "tiny.onnx")), providers=["CPUExecutionProvider"])
+    runner = OrtRunner(sess, "tiny", slots=2)
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    want = tiny_reference(x.copy())
+    a, b = runner.submit(x[:2]), runner.submit(x[2:6])
+    assert runner._free.empty()  # both bindings in flight
+    x[:] = 0  # the rows were copied at submit: the caller may reuse its buffer at once
+    np.testing.assert_allclose(b(), want[2:6], atol=1e-5)
+    np.testing.assert_allclose(a(), want[:2], atol=1e-5)
+    a()  # a second call neither fails nor frees the binding twice
+    assert runner._free.qsize() == 2
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(7)]
+    got = list(iter_batches(images, runner.run, Preprocess((8, 8)), batch_size=3, workers=2,
+                            submit=runner.submit, in_flight=runner.slots))
+    assert [i for bt in got for i in bt.indices] == list(range(7))
+    np.testing.assert_allclose(np.concatenate([bt.vectors for bt in got]), tiny_reference(np.stack(images)), atol=1e-5)
+
+    def job(seed):
+        y = np.random.default_rng(seed).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+        return np.allclose(runner.run(y), tiny_reference(y), atol=1e-5)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(job, range(12)))
+    runner.close()
+    assert runner._executor is None

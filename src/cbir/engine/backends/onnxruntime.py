@@ -3,17 +3,22 @@
 A GPU provider that silently fell back to CPU (ORT does this when CUDA/cuDNN/TensorRT libraries
 are missing, GPU_NOTES.md §Q3) is an error: the session's actual providers are checked.
 
-On a GPU provider, ``run`` goes through IO binding (``HostBinding``) to host buffers that stay
+On a GPU provider, batches go through IO binding (``HostBinding``) to host buffers that stay
 bound between calls: page-locked (``cudaMallocHost``, cuda-python from the ``gpu`` extra) so the
 CUDA EP's copies are DMA without a staging copy, and the output written in place instead of a new
-array per call. Without cuda-python the buffers are ordinary memory (said once in the log). GPU
-sessions use one intra-op thread: their CPU threads only feed the device.
+array per call. Without cuda-python the buffers are ordinary memory (said once in the log). There
+are ``slots`` such bindings (default 2 on a GPU provider): ``submit`` copies a batch into a free
+one and runs it on a worker thread, so the bulk pipeline hands over batch i + 1 while ORT copies
+and executes batch i (ORT's ``Run`` is thread-safe). GPU sessions use one intra-op thread: their
+CPU threads only feed the device.
 """
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -127,17 +132,26 @@ class HostBinding:
         self.h_out, free_out = self.alloc((rows, self.dim), np.float32)
         self._frees, self.capacity = [free_in, free_out], rows
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def load(self, batch: np.ndarray) -> int:
+        """Copy ``batch`` into the bound input buffer (grown if needed); returns its rows."""
         n = len(batch)
         with self._lock:
             if n > self.capacity:
                 self._grow(n)
             self.h_in[:n] = batch
+        return n
+
+    def execute(self, n: int) -> np.ndarray:
+        """Run the session on the first ``n`` loaded rows; the answer is a copy."""
+        with self._lock:
             b = self.sess.io_binding()
             b.bind_input(self.input_name, "cpu", 0, np.uint8, (n, *self.row_shape), self.h_in.ctypes.data)
             b.bind_output(self.output_name, "cpu", 0, np.float32, (n, self.dim), self.h_out.ctypes.data)
             self.sess.run_with_iobinding(b)
             return self.h_out[:n].copy()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.execute(self.load(batch))
 
     def close(self) -> None:
         for free in self._frees:
@@ -146,9 +160,9 @@ class HostBinding:
 
 
 class OrtRunner(RunnerBase):
-    """Runs uint8 NHWC batches through an ORT session (GPU providers: through ``HostBinding``)."""
+    """Runs uint8 NHWC batches through an ORT session (GPU providers: ``slots`` ``HostBinding``s)."""
 
-    def __init__(self, sess, source: str = "model"):
+    def __init__(self, sess, source: str = "model", slots: int | None = None):
         self.sess = sess
         self.info = read_info(sess, source)
         self.providers = sess.get_providers()
@@ -160,15 +174,50 @@ class OrtRunner(RunnerBase):
         h, w = self.info.input_size
         if inp.type != "tensor(uint8)" or list(inp.shape[1:]) != [h, w, 3]:
             raise CbirError(f"{source}: input is {inp.type} {inp.shape}, expected uint8 [batch, {h}, {w}, 3]")
-        self.binding = None
-        if self.providers[0] != "CPUExecutionProvider":
-            self.binding = HostBinding(sess, self.input_name, self.output_name, (h, w, 3), self.info.dim)
+        gpu = self.providers[0] != "CPUExecutionProvider"
+        slots = slots if slots is not None else (2 if gpu else 1)
+        if slots < 1:
+            raise CbirError(f"slots {slots}: need at least 1")
+        self._executor = None
+        self._bindings: list[HostBinding] = []
+        if gpu or slots > 1:
+            self._bindings = [HostBinding(sess, self.input_name, self.output_name, (h, w, 3), self.info.dim)
+                              for _ in range(slots)]
+            self._free: queue.SimpleQueue[HostBinding] = queue.SimpleQueue()
+            for b in self._bindings:
+                self._free.put(b)
+            self._executor = ThreadPoolExecutor(slots, thread_name_prefix="cbir-ort")
+            self.slots = slots
+        if gpu:
             self.batch_candidates = (1, 4, 8, 16, 32, 64, 128)  # the TensorRT EP's profile maximum
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        if self.binding is not None:
-            return self.binding.run(batch)
+        if self._executor is not None:
+            return self.submit(batch)()
         return self.sess.run([self.output_name], {self.input_name: batch})[0]
+
+    def submit(self, batch: np.ndarray):
+        """Copy ``batch`` into a free binding (waiting for one) and run it on a worker thread; the
+        handle's call waits for the answer and frees the binding."""
+        if self._executor is None:
+            return super().submit(batch)
+        binding = self._free.get()
+        try:
+            fut = self._executor.submit(binding.execute, binding.load(batch))
+        except BaseException:
+            self._free.put(binding)
+            raise
+        done = []
+
+        def handle() -> np.ndarray:
+            try:
+                return fut.result()
+            finally:
+                if not done:
+                    done.append(True)
+                    self._free.put(binding)
+
+        return handle
 
     def run_regions(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings [N, D], regional descriptors [N, R, D]) of a model exported with ``--regions``."""
@@ -178,9 +227,12 @@ class OrtRunner(RunnerBase):
         return vectors, regions
 
     def close(self) -> None:
-        if self.binding is not None:
-            self.binding.close()
-            self.binding = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        for b in self._bindings:
+            b.close()
+        self._bindings = []
         self.sess = None  # ORT frees the session (and its device memory) with the last reference
 
     def run_torch(self, images) -> np.ndarray:
