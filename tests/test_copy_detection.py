@@ -88,6 +88,8 @@ def test_a_pixel_shuffled_copy_is_found_by_its_mean_colour(verified_index, tmp_p
         assert scrambled(row_stats(pp(str(q)))) and not scrambled(row_stats(pp(str(files[i]))))
         hits = g.search([str(q)], k=3)[0]["results"]
         assert hits[0]["path"] == os.path.abspath(files[i]) and not any(h["verified"] for h in hits)
+        assert {h["by"] for h in hits} == {"colour"}
+    assert {h["by"] for h in g.search([str(files[4])], k=3)[0]["results"]} == {"vector"}
     from fastapi.testclient import TestClient
 
     from cbir.serve.app import create_app
@@ -95,6 +97,7 @@ def test_a_pixel_shuffled_copy_is_found_by_its_mean_colour(verified_index, tmp_p
     with TestClient(create_app(str(g.root))) as c:  # the HTTP search answers the same way
         r = c.post("/search", params={"k": 3}, content=q.read_bytes())
         assert r.status_code == 200 and r.json()["results"][0]["path"] == os.path.abspath(files[4])
+        assert r.json()["results"][0]["by"] == "colour"
     assert not any(scrambled(row_stats(pp(str(p)))) for p in photos)
     assert scrambled(row_stats(np.full((224, 224, 3), 7, np.uint8))) is False  # flat is not noise
 

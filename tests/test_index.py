@@ -192,7 +192,7 @@ def test_cli_round_trip_json(lite0_onnx, gallery_dir, tmp_path):
     q = sorted(gallery_dir.rglob("*.jpg"))[0]
     out = json.loads(cli("search", "--index", idx, "-k", "3", "--json", q).stdout)
     assert out[0]["query"] == str(q) and len(out[0]["results"]) == 3
-    assert set(out[0]["results"][0]) == {"path", "score", "id", "verified", "inliers"} and out[0]["results"][0]["path"] == os.path.abspath(q)
+    assert set(out[0]["results"][0]) == {"path", "score", "id", "verified", "inliers", "by"} and out[0]["results"][0]["path"] == os.path.abspath(q)
     out_qe = json.loads(cli("search", "--index", idx, "-k", "3", "--qe", "2", "--json", q).stdout)
     assert out_qe[0]["results"][0]["path"] == os.path.abspath(q)
     r = cli("search", "--index", tmp_path / "nope", q)

@@ -26,6 +26,7 @@ def cmd_search(a: argparse.Namespace) -> int:
         print(r["query"])
         for rank, h in enumerate(r["results"], 1):
             mark = f"  verified, {h['inliers']} inliers" if h["verified"] else ""
+            mark += "  by mean colour: the query's pixels are shuffled" if h.get("by") == "colour" else ""
             print(f"  {rank:3d}. {h['score']:.4f}  {h['path']}  (id {h['id']}{mark})")
     return 0
 

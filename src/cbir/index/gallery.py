@@ -72,6 +72,7 @@ class Hit:
     score: float
     verified: bool = False  # spatially verified: RANSAC inliers ≥ min_inliers (such hits come first)
     inliers: int | None = None  # None: not checked
+    by: str = "vector"  # "colour": the mean-colour answer to a pixel-shuffled query (``search_colour``)
 
 
 def _refuse_foreign(root: Path) -> None:
@@ -802,7 +803,7 @@ class Gallery:
         cpu, _ = self._snapshot()
         scores = self.vectors_for(top, cpu) @ self.postprocess_queries(np.asarray(vector, np.float32)[None])[0]
         paths = self.store.paths_for_ids(top)
-        return [Hit(int(i), paths[int(i)], float(s), False, None) for i, s in zip(top, scores) if int(i) in paths]
+        return [Hit(int(i), paths[int(i)], float(s), False, None, "colour") for i, s in zip(top, scores) if int(i) in paths]
 
     def search_windows(self, source, hits: list[Hit], k: int, cfg: Rerank) -> list[Hit]:
         """``rerank.partial`` for one query image whose ``hits`` hold nothing verified: its windows

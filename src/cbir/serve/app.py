@@ -79,6 +79,7 @@ class HitOut(BaseModel):
     score: float
     verified: bool
     inliers: int | None
+    by: str = "vector"  # "colour": a pixel-shuffled query answered by mean colour
 
 
 class SearchAnswer(BaseModel):
