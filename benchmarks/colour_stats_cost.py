@@ -1,7 +1,7 @@
 """What the colour statistics (``engine.colour.row_stats``, computed in the decode workers for every
-image) cost bulk embedding: `Embedder.embed_files` over a folder without them, with the mean colour
-(what a build computes) and with the structure too (what a search computes for its queries),
-interleaved runs, medians (one process, same model and files).
+image) cost bulk embedding: `Embedder.embed_files` over a folder without them and with the mean colour
+(what a build computes; the structure is computed only for queries that verify nothing), interleaved
+runs, medians (one process, same model and files).
 
     .venv/bin/python benchmarks/colour_stats_cost.py ../shared/datasets/corel1k /tmp/c26/lite0.onnx
 """
@@ -22,11 +22,11 @@ def main() -> int:
     files = [str(p) for p in find_images([data])]
     emb = Embedder(model, batch_size=8)
     real = bulk.row_stats
-    rates: dict[str, list[float]] = {"none": [], "mean": [], "mean+structure": []}
+    rates: dict[str, list[float]] = {"none": [], "mean": []}
     for _ in range(3):
         for mode in rates:
             bulk.row_stats = real if mode != "none" else (lambda row, structure=False: None)
-            res = emb.embed_files(files, structure=mode == "mean+structure")
+            res = emb.embed_files(files)
             rates[mode].append(res.timings.as_dict()["images_per_s"])
     bulk.row_stats = real
     med = {k: float(np.median(v)) for k, v in rates.items()}

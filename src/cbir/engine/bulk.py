@@ -93,8 +93,7 @@ def read_source(source: str | os.PathLike, hash_files: bool = False) -> tuple[by
     return data, FileFacts(len(data), hashlib.sha1(data).hexdigest() if hash_files else None)
 
 
-def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool, timings: Timings,
-          structure: bool = False) -> FileFacts:
+def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool, timings: Timings) -> FileFacts:
     facts = FileFacts()
     t0 = time.perf_counter()
     if isinstance(source, (str, os.PathLike)):
@@ -108,7 +107,7 @@ def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool
     else:
         t1 = time.perf_counter()
         pp(source, out)
-    facts.stats = row_stats(out, structure)
+    facts.stats = row_stats(out, structure=False)
     timings.add(t1 - t0, time.perf_counter() - t1)
     return facts
 
@@ -124,15 +123,14 @@ def iter_batches(
     timings: Timings | None = None,
     submit: Callable[[np.ndarray], Callable[[], np.ndarray]] | None = None,
     in_flight: int = 1,
-    structure: bool = False,
 ) -> Iterator[Batch]:
     """Yield ``Batch``es in input order; decoding of the next batches overlaps ``run`` of this one.
     ``run`` returns vectors, or (vectors, regional descriptors) (``OrtRunner.run_regions``).
     ``submit`` (a runner's, default: ``run`` called at once) enqueues a batch and returns a handle
     that gives its answer; up to ``in_flight`` batches (the runner's ``slots``) are submitted before
     the oldest is collected, so a GPU runner copies the next batch while it executes this one.
-    Every input's ``facts.stats`` holds its row's mean colour (``colour.row_stats``), and with
-    ``structure`` its structure too (queries: is it pixel-shuffled?)."""
+    Every input's ``facts.stats`` holds its row's mean colour (``colour.row_stats`` without the
+    structure: an index stores it for pixel-shuffled queries)."""
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: must be ≥ 1")
     if submit is None:
@@ -153,8 +151,7 @@ def iter_batches(
             if not chunk:
                 return
             buf = free.pop()
-            futs = [pool.submit(_load, src, pp, buf[slot], hash_files, timings, structure)
-                    for slot, (_, src) in enumerate(chunk)]
+            futs = [pool.submit(_load, src, pp, buf[slot], hash_files, timings) for slot, (_, src) in enumerate(chunk)]
             pending.append((chunk, buf, futs))
 
         def collect() -> Batch:

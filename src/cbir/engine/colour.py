@@ -6,12 +6,17 @@ larger |correlation| of grey levels 3 pixels apart, across and down. Natural pho
 after JPEG: ≤ 0.018; the lowest other edit of the AugLy suite, a filtered negative: 0.038) — at lag
 3, not lag 1, because the resize's area averaging correlates neighbouring pixels of any image. A
 shuffle keeps exactly one thing of the photo: its colours, so ``SCRAMBLED_MAX`` (0.025) marks queries that are
-answered by mean colour (``Gallery.search``). Area resizing keeps the mean (full-resolution vs
+answered by mean colour (``Gallery.search_scrambled``, for queries that verify nothing). Area resizing keeps the mean (full-resolution vs
 224×224 rows: within 0.006 of 255 on Corel-1K).
 """
 from __future__ import annotations
 
 import numpy as np
+
+try:
+    import cv2 as _cv2
+except ImportError:  # pragma: no cover
+    _cv2 = None
 
 SCRAMBLED_MAX = 0.025
 LAG = 3
@@ -27,11 +32,9 @@ def row_stats(row: np.ndarray, structure: bool = True) -> np.ndarray:
     """[mean R, mean G, mean B, structure] of a uint8 [H, W, 3] row (see the module docstring);
     ``structure=False`` leaves the 4th NaN (the mean costs ~0.05 ms, the structure ~0.9 ms: a build
     needs only the gallery's means, a search the query's structure too)."""
-    try:
-        import cv2
-
-        mean = cv2.mean(np.ascontiguousarray(row))[:3]
-    except ImportError:  # pragma: no cover
+    if _cv2 is not None:
+        mean = _cv2.mean(np.ascontiguousarray(row))[:3]
+    else:  # pragma: no cover
         mean = row.reshape(-1, 3).mean(axis=0, dtype=np.float64)
     s = np.nan
     if structure:

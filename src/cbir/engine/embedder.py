@@ -32,7 +32,6 @@ class EmbedResult:
     errors: list[tuple[int, str, str]] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
     regions: np.ndarray | None = None  # [N, R, D] with ``regions=True``
-    stats: np.ndarray | None = None  # [N, 4] ``colour.row_stats`` per vector (NaN where unknown: GPU decode)
 
 
 _auto_batch: dict[tuple, int] = {}
@@ -56,11 +55,6 @@ def measure_batch_size(run, shape: tuple[int, int], candidates=AUTO_BATCH_CANDID
                 n += b
             rates[b] = max(rates[b], n / dt)
     return rates
-
-
-def _stats_of(facts) -> np.ndarray:
-    s = getattr(facts, "stats", None)
-    return s if s is not None else np.full(4, np.nan, np.float32)
 
 
 class Embedder:
@@ -173,10 +167,9 @@ class Embedder:
         return res.vectors
 
     def iter_batches(self, sources: Iterable[ImageSource], batch_size: int | None = None,
-                     hash_files: bool = False, timings: Timings | None = None, regions: bool = False,
-                     structure: bool = False) -> Iterator[Batch]:
+                     hash_files: bool = False, timings: Timings | None = None, regions: bool = False) -> Iterator[Batch]:
         """Lower-level bulk iterator (see ``cbir.engine.bulk.iter_batches``); ``regions``: batches
-        also carry the regional descriptors; ``structure``: the colour stats carry the structure."""
+        also carry the regional descriptors."""
         if self.decoder is not None and not regions:
             from cbir.engine.gpu_decode import iter_batches_device
 
@@ -185,26 +178,24 @@ class Embedder:
         submit = None if regions else self.runner.submit  # regions come from run_regions, one batch at a time
         return iter_batches(sources, self._run_for(regions), self.preprocess, self.resolve_batch_size(batch_size),
                             self.workers, hash_files=hash_files, timings=timings, submit=submit,
-                            in_flight=1 if regions else self.runner.slots, structure=structure)
+                            in_flight=1 if regions else self.runner.slots)
 
     def embed_files(self, sources: Sequence[ImageSource], batch_size: int | None = None,
-                    progress: bool = False, regions: bool = False, structure: bool = False) -> EmbedResult:
-        """Bulk mode: every input ends up in ``indices`` (with a vector) or in ``errors``;
-        ``stats`` holds each one's mean colour (and with ``structure`` its structure)."""
+                    progress: bool = False, regions: bool = False) -> EmbedResult:
+        """Bulk mode: every input ends up in ``indices`` (with a vector) or in ``errors``."""
         timings = Timings()
-        vecs, idx, errors, regs, stats = [], [], [], [], []
+        vecs, idx, errors, regs = [], [], [], []
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(sources), unit="img", file=sys.stderr, dynamic_ncols=True)
-        for b in self.iter_batches(sources, batch_size, timings=timings, regions=regions, structure=structure):
+        for b in self.iter_batches(sources, batch_size, timings=timings, regions=regions):
             if len(b.indices):
                 vecs.append(b.vectors)
                 if regions:
                     regs.append(b.regions)
                 idx.extend(b.indices)
-                stats.extend(_stats_of(b.facts.get(pos)) for pos in b.indices)
             errors.extend(b.errors)
             if bar is not None:
                 bar.update(len(b.indices) + len(b.errors))
@@ -214,8 +205,7 @@ class Embedder:
         reg = None
         if regions:
             reg = np.concatenate(regs) if regs else np.empty((0, self.num_regions, self.dim), np.float32)
-        return EmbedResult(vectors, np.asarray(idx, np.int64), errors, timings, reg,
-                           np.array(stats, np.float32).reshape(-1, 4))
+        return EmbedResult(vectors, np.asarray(idx, np.int64), errors, timings, reg)
 
     def batcher(self, max_batch: int | None = None, max_delay_ms: float = 5.0, max_queue: int = 1024,
                 timeout_s: float | None = None) -> DynamicBatcher:

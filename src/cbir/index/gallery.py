@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cbir import crashpoints, fsio
-from cbir.errors import CbirError
+from cbir.errors import CbirError, ImageError
 from cbir.index.build import pipeline as _build
 from cbir.index.storage import config as _config
 from cbir.index.ann import faiss_index, maintain, tuning
@@ -768,13 +768,14 @@ class Gallery:
         With verification on, the queries' local features are extracted too."""
         cfg = self.rerank_config(rerank)
         emb = self.embedder()
-        res = emb.embed_files(list(images), structure=True)  # structure: pixel-shuffled queries
+        res = emb.embed_files(list(images))
         feats = None
         if cfg.verify and len(res.indices):
             feats = list(_verify_pool().map(lambda i: _query_features(images[i]), res.indices))
         hits = self.search_vectors(res.vectors, k, cfg, nprobe, ef_search, feats) if len(res.vectors) else []
         for j, pos in enumerate(res.indices):  # a no-op unless the pass is on and nothing verified
-            hits[j] = self.search_scrambled(res.stats[j], res.vectors[j], self.search_windows(images[pos], hits[j], k, cfg), k)
+            hits[j] = self.search_windows(images[pos], hits[j], k, cfg)
+            hits[j] = self.search_scrambled(images[pos], res.vectors[j], hits[j], k)
         out: list[dict] = [{} for _ in images]
         for pos, h in zip(res.indices, hits):
             out[pos] = {"query": str(images[pos]), "results": [h_.__dict__ for h_ in h]}
@@ -782,10 +783,18 @@ class Gallery:
             out[pos] = {"query": str(images[pos]), "error": reason, "results": []}
         return out
 
-    def search_scrambled(self, stats: np.ndarray, vector: np.ndarray, hits: list[Hit], k: int) -> list[Hit]:
-        """``hits``, or for a query whose pixels were shuffled (``colour.scrambled(stats)``, the query
-        row's ``colour.row_stats`` with its structure) and nothing verified: ``search_colour``."""
-        if not colour.scrambled(stats) or any(h.verified for h in hits):
+    def search_scrambled(self, source, vector: np.ndarray, hits: list[Hit], k: int) -> list[Hit]:
+        """``hits``, or — when nothing in them verified and the query image ``source`` has no spatial
+        structure left (``colour.scrambled``: its pixels were shuffled) — ``search_colour``. Only such
+        queries pay for decoding ``source`` again (~1 ms for the structure, beside the windows' five
+        embeddings that an unverified query pays anyway)."""
+        if any(h.verified for h in hits):
+            return hits
+        try:
+            stats = colour.row_stats(self.embedder().preprocess(source))
+        except ImageError:  # it was embedded, so it decodes; if not, the hits stand
+            return hits
+        if not colour.scrambled(stats):
             return hits
         return self.search_colour(stats[:3], vector, k) or hits
 

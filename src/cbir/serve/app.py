@@ -55,7 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as StarletteRequest
 
 from cbir.engine.batcher import BatcherClosed, QueueFull
-from cbir.engine import colour, local_features
+from cbir.engine import local_features
 from cbir.engine.preprocess import ImageError
 from cbir.errors import CbirError
 from cbir.index.query import rerank
@@ -317,13 +317,6 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         return {"results": [h.__dict__ for h in hits], "k": k, "rerank": cfg.to_dict(),
                 "timings_ms": {**timing, "search_ms": round(search_s * 1e3, 3)}}
 
-    def scrambled_or(data: bytes, vec: np.ndarray, hits, k: int):
-        try:
-            stats = colour.row_stats(emb.preprocess(data))
-        except ImageError:  # embedded already, so it decodes; if not, the hits stand
-            return hits
-        return gallery.search_scrambled(stats, vec, hits, k)
-
     def query_features(data: bytes, cfg: Rerank):
         if not cfg.verify:
             return None
@@ -362,7 +355,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             # nothing verified: the upload's windows (a photo inside a screenshot, a collage)
             hits = await run_search(gallery.search_windows, cfg, data, hits, k, cfg)
         if data is not None and not any(h.verified for h in hits):  # a pixel-shuffled upload: by mean colour
-            hits = await run_in_threadpool(scrambled_or, data, vec, hits, k)
+            hits = await run_in_threadpool(gallery.search_scrambled, data, vec, hits, k)
         auditor.offer(vec)  # a sample of real queries is re-searched exactly, in the background
         return answer(hits, k, cfg, time.perf_counter() - t0, timing)
 
