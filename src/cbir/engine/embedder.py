@@ -92,15 +92,13 @@ class Embedder:
         with ``device`` and ``decode`` is taken as it is)."""
         if decode == "cpu":
             return None
-        gpu_runner = self.runner.name == "tensorrt" or self.runner.name.startswith("onnxruntime[") or (
-            self.runner.name == "torch" and getattr(self.runner, "device", "") == "cuda")
         if decode == "gpu":
-            if not gpu_runner:
+            if not self.runner.on_gpu:
                 raise CbirError(f"--decode gpu: --backend {self.runner.name} runs on the CPU; use torch (cuda), "
                                 f"tensorrt or onnxruntime-cuda/-trt")
             from cbir.engine.gpu_decode import NvDecoder
 
-            return NvDecoder(int(getattr(self.runner, "device", 0) or 0) if self.runner.name == "tensorrt" else 0)
+            return NvDecoder(self.runner.gpu_index)
         if isinstance(decode, str):
             raise CbirError(f"--decode {decode!r}: choose cpu or gpu")
         return decode

@@ -29,6 +29,8 @@ class Runner(Protocol):
 
     slots: int
     batch_candidates: tuple[int, ...]
+    on_gpu: bool  # runs on CUDA device ``gpu_index`` (``--decode gpu`` hands it device tensors)
+    gpu_index: int
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -49,6 +51,8 @@ class RunnerBase:
     info: ModelInfo
     input_dtype = "uint8"
     slots = 1
+    on_gpu = False  # runs on a CUDA device: takes ``run_torch`` input there (``--decode gpu``)
+    gpu_index = 0  # that device
     batch_candidates: tuple[int, ...] = AUTO_BATCH_CANDIDATES
 
     def submit(self, batch: np.ndarray) -> Callable[[], np.ndarray]:

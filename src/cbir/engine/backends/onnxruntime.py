@@ -174,7 +174,7 @@ class OrtRunner(RunnerBase):
         h, w = self.info.input_size
         if inp.type != "tensor(uint8)" or list(inp.shape[1:]) != [h, w, 3]:
             raise CbirError(f"{source}: input is {inp.type} {inp.shape}, expected uint8 [batch, {h}, {w}, 3]")
-        gpu = self.providers[0] != "CPUExecutionProvider"
+        gpu = self.on_gpu = self.providers[0] != "CPUExecutionProvider"
         slots = slots if slots is not None else (2 if gpu else 1)
         if slots < 1:
             raise CbirError(f"slots {slots}: need at least 1")

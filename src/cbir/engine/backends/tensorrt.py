@@ -84,7 +84,8 @@ class TrtRunner(RunnerBase):
                                  "mean": tuple(manifest["model"]["mean"]), "std": tuple(manifest["model"]["std"])})
         self.providers = [f"TensorRT {trt.__version__}"]
         self.max_batch = manifest["profile"]["max_batch"]
-        self.device = device
+        self.device = self.gpu_index = device
+        self.on_gpu = True
         self._cudart = _cudart()
         self._lock = threading.Lock()  # one execution context: one enqueue at a time
         self._closed = False

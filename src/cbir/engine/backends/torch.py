@@ -99,6 +99,7 @@ class TorchRunner(RunnerBase):
             raise CbirError("CUDA graphs need --device cuda")
         self._net = torch.compile(net) if compile else net
         self._torch, self.device, self.precision = torch, device, precision
+        self.on_gpu = device == "cuda"
         self.cuda_graphs = device == "cuda" and not compile if cuda_graphs is None else cuda_graphs
         self._graphs: dict[int, tuple] = {}  # bucket -> (graph, static input, static output)
         self._pool = None
