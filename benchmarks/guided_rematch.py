@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cbir.bench.copy_search import original_ids
 from cbir.engine import local_features as lf
 from cbir.index.gallery import Gallery
 
@@ -76,9 +77,7 @@ def match(a, b):
 
 def main(index, data, suite, augs, nneg=0):
     g = Gallery(index)
-    data = Path(data).resolve()
-    key = {str(Path(p).resolve().relative_to(data).with_suffix("")): i
-           for i, p in g.store.paths_for_ids(g.store.indexed_ids().tolist()).items()}
+    key = original_ids(g, data)
 
     def search(f):  # the guided pass only for a query that verified nothing (then with the windows)
         lf.match = _orig

@@ -7,6 +7,7 @@ hardest edits, how many of their originals verify at each threshold. Index: a de
 import json
 from pathlib import Path
 from collections import Counter
+from cbir.bench.copy_search import original_ids
 from cbir.index.gallery import Gallery
 g = Gallery("/tmp/c26/idx4")
 cfg = {"min_inliers": 4, "partial": 0}
@@ -15,10 +16,7 @@ for f in sorted(Path("/tmp/c26/suite/negatives").rglob("*.jpg")):
     h = g.search([str(f)], k=10, rerank=cfg)[0]["results"]
     neg.append(max([x["inliers"] or 0 for x in h if x["verified"]], default=0))
 print("negatives: max plausible inliers in top-10, counts >= t:", {t: sum(v >= t for v in neg) for t in (8, 10, 11, 12, 13, 14, 15)}, "max", max(neg))
-data = Path("../shared/datasets/corel1k").resolve()
-key = {}
-for i, p in g.store.paths_for_ids(g.store.indexed_ids().tolist()).items():
-    key[str(Path(p).resolve().relative_to(data).with_suffix(""))] = i
+key = original_ids(g, "../shared/datasets/corel1k")
 gain = Counter()
 for aug in ["perspective_transform", "chain2", "chain3", "crop", "pip", "screenshot", "overlay_stripes", "pixelization"]:
     base = Path("/tmp/c26/suite/copies") / aug

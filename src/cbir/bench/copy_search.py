@@ -24,19 +24,26 @@ def _stats(ms: list[float]) -> dict:
     return {"median": round(float(np.median(ms)), 2), "mean": round(float(np.mean(ms)), 2)} if ms else {}
 
 
+def original_ids(gallery, data: str) -> dict[str, int]:
+    """Indexed items under ``data`` by their path relative to it, without suffix — the key a suite's
+    copy has under ``copies/<aug>/``."""
+    data_root, out = Path(data).resolve(), {}
+    for i, p in gallery.store.paths_for_ids(gallery.store.indexed_ids().tolist()).items():
+        try:
+            out[str(Path(p).resolve().relative_to(data_root).with_suffix(""))] = i
+        except ValueError:
+            continue
+    return out
+
+
 def copy_search(gallery, data: str, suite: str, k: int = 10, rerank=None, per_aug: int | None = None,
                 keeps: dict[str, bool] | None = None) -> dict:
     """Score the suite under ``suite`` against ``gallery`` (a ``Gallery`` holding ``data``).
     ``per_aug``: at most this many queries per augmentation (the first in path order).
     ``keeps``: augmentation → keeps ≥ 25 % of the original's pixels (``augly_suite.AUGS``), for the
     ``min_rank1_keeping`` figure."""
-    data_root, root = Path(data).resolve(), Path(suite)
-    key_of = {}
-    for i, p in gallery.store.paths_for_ids(gallery.store.indexed_ids().tolist()).items():
-        try:
-            key_of[str(Path(p).resolve().relative_to(data_root).with_suffix(""))] = i
-        except ValueError:
-            continue
+    root = Path(suite)
+    key_of = original_ids(gallery, data)
     if not key_of:
         raise CbirError(f"--data {data}: no indexed image lies under it")
     out: dict = {"copies": {}, "negatives": {}}
