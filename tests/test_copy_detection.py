@@ -24,6 +24,41 @@ def test_flipped_copies_verify_only_through_the_mirrored_features(photos):
     assert len(lf.extract_query(img)) == 2 and lf.inliers(lf.extract_query(img), original) >= 100
 
 
+def _warped_blurred(img: Image.Image) -> Image.Image:
+    """A perspective warp (corners moved by up to 35 %) with a heavy blur: the ratio test keeps few
+    of its true ORB matches."""
+    import cv2
+    from PIL import ImageFilter
+
+    a = np.asarray(img.convert("RGB"))
+    h, w = a.shape[:2]
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    dst = np.float32([[0.35 * w, 0.02 * h], [0.895 * w, 0.35 * h], [w, 0.825 * h], [0.05 * w, h]])
+    out = cv2.warpPerspective(a, cv2.getPerspectiveTransform(src, dst), (w, h))
+    return Image.fromarray(out).filter(ImageFilter.GaussianBlur(3.5))
+
+
+def test_guided_rematching_verifies_a_warped_blurred_copy_and_no_other_photo(photos, tmp_path):
+    files = make_gallery(tmp_path, photos, 12)
+    recs = [lf.extract(f) for f in files]
+    copy = lf.extract_query(_warped_blurred(Image.open(files[0])))  # astronaut
+    plain = lf.inliers(copy, recs[0])
+    assert lf.GUIDE_MIN <= plain < 15  # near: a plausible fit, under the bar
+    assert lf.verify([(copy, recs[0])], 15)[0] >= 15  # re-matched under that fit
+    assert lf.verify([(copy, r) for r in recs[1:]], 15).max() < 15  # the other photos stay unverified
+    # only when nothing verified: beside a pair that verifies, the near one keeps its first count
+    assert lf.verify([(lf.extract_query(files[0]), recs[0]), (copy, recs[0])], 15)[1] == plain
+
+
+def test_a_warped_blurred_copy_is_verified_by_the_default_search(verified_index, tmp_path):
+    g, files = verified_index
+    q = tmp_path / "warped.jpg"
+    _warped_blurred(Image.open(files[0])).save(q, quality=90)
+    hits = g.search([str(q)], k=5)[0]["results"]
+    assert hits[0]["path"] == os.path.abspath(files[0]) and hits[0]["verified"] and hits[0]["inliers"] >= 15
+    assert not any(h["verified"] for h in hits[1:])
+
+
 def test_geometry_check_refuses_collapsed_mirrored_and_extreme_maps():
     rng = np.random.default_rng(0)
     a = rng.uniform(0, 320, (40, 2)).astype(np.float32)
@@ -169,6 +204,9 @@ def test_bench_copy_search_scores_rank1_and_verified_false_positives(verified_in
     assert r["per_aug"]["hflip"] == {"n": 6, "first_verified": 1.0, "rank1": 1.0, "in_top10": 1.0}
     assert r["per_aug"]["vflip"]["rank1"] == 1.0 and r["rank1"] == 1.0
     assert r["negatives"] == 2 and r["verified_false_positives"] == 0
+    assert r["negatives_max_inliers"] < 15 and r["negatives_inliers_at_least"]["15"] == 0
+    reach = list(r["negatives_inliers_at_least"].values())
+    assert reach == sorted(reach, reverse=True) and max(reach) <= 2
     assert r["ms_per_query"]["copies"]["median"] > 0
     # the same suite without the mirrored features' help: plain k-NN finds the originals unverified
     assert main(["bench", "copy-search", "--index", str(g.root), "--data", str(root), "--suite", str(suite),

@@ -6,7 +6,9 @@ Input: a suite folder as ``cbir bench copies --suite augly`` writes it — ``cop
 original relative to data>`` and, optionally, ``negatives/<aug>/<name>`` (photos that are not in the
 gallery). Per augmentation: rank-1 (the original is the first hit), in the top 10, and how often the
 first hit is *verified*; for negatives, the verified false-positive rate (a first hit marked verified
-although the photo is not in the gallery). ``ms_per_query``: median and mean wall time of one
+although the photo is not in the gallery) and the margin under the verified bar: how many negatives
+reach 10, 12, 13, 14, 15 inliers on any checked hit (``negatives_inliers_at_least``) and the most any
+reaches (``negatives_max_inliers``). ``ms_per_query``: median and mean wall time of one
 ``Gallery.search`` call (decode, embedding, local features, k-NN, verification, re-ranking).
 """
 from __future__ import annotations
@@ -18,6 +20,9 @@ import numpy as np
 
 from cbir.errors import CbirError
 from cbir.walk import find_images
+
+
+MARGIN = (10, 12, 13, 14, 15)  # inlier counts whose reach by negatives is reported (the default bar: 15)
 
 
 def _stats(ms: list[float]) -> dict:
@@ -48,6 +53,7 @@ def copy_search(gallery, data: str, suite: str, k: int = 10, rerank=None, per_au
         raise CbirError(f"--data {data}: no indexed image lies under it")
     out: dict = {"copies": {}, "negatives": {}}
     ms: dict[str, list[float]] = {"copies": [], "negatives": []}
+    most: list[int] = []  # per negative: the most inliers of any checked hit
     for kind in ("copies", "negatives"):
         base = root / kind
         if not base.is_dir():
@@ -69,6 +75,8 @@ def copy_search(gallery, data: str, suite: str, k: int = 10, rerank=None, per_au
                     ids = [h["id"] for h in hits]
                     rank1 += bool(ids and ids[0] == want)
                     top += want in ids
+                else:
+                    most.append(max((h["inliers"] or 0 for h in hits), default=0))
             n = max(len(files), 1)
             row = {"n": len(files), "first_verified": round(verified / n, 4)}
             if kind == "copies":
@@ -90,5 +98,7 @@ def copy_search(gallery, data: str, suite: str, k: int = 10, rerank=None, per_au
         summary["negatives"] = total
         summary["verified_false_positives"] = fp
         summary["verified_fp_rate"] = round(fp / total, 4)
+        summary["negatives_inliers_at_least"] = {t: sum(m >= t for m in most) for t in MARGIN}
+        summary["negatives_max_inliers"] = max(most, default=0)
     return {**summary, "per_aug": c, "per_aug_negatives": ng}
 

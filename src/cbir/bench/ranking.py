@@ -18,11 +18,12 @@ from cbir.vectors import l2_normalize
 KS = (10, 20, 100)
 
 
-def verifier(query_features: np.ndarray, gallery_features: np.ndarray, pool: ThreadPoolExecutor) -> Verifier:
-    """verify(query row, gallery positions) -> inliers, from local-feature record arrays."""
+def verifier(query_features: np.ndarray, gallery_features: np.ndarray, min_inliers: int, pool: ThreadPoolExecutor) -> Verifier:
+    """verify(query row, gallery positions) -> inliers, from local-feature record arrays
+    (``local_features.verify``, as the index's search does)."""
     def verify(row: int, ids: np.ndarray) -> np.ndarray:
         qf = query_features[row]
-        return np.fromiter(pool.map(lambda j: local_features.inliers(qf, gallery_features[j]), ids), np.int64, len(ids))
+        return local_features.verify([(qf, gallery_features[j]) for j in ids], min_inliers, pool.map)
     return verify
 
 
@@ -39,7 +40,7 @@ def rank(index, gallery: np.ndarray, queries: np.ndarray, k: int, cfg: Rerank | 
     """Rankings [q, k] of gallery positions (ids are gallery positions), re-ranked with ``cfg``;
     verification needs both feature arrays, regional re-ranking ``gallery_regions`` [n, R, D]."""
     with ThreadPoolExecutor(all_cores()) as pool:
-        verify = (verifier(query_features, gallery_features, pool)
+        verify = (verifier(query_features, gallery_features, cfg.min_inliers, pool)
                   if cfg is not None and cfg.verify and query_features is not None else None)
         regions_of = regions_lookup(gallery_regions) if gallery_regions is not None else None
         _, ranking, _ = search(index, queries, k, cfg, lambda ids: gallery[ids], verify, regions_of=regions_of)

@@ -103,7 +103,8 @@ def cmd_bench_copy_search(a: argparse.Namespace) -> int:
             extra = f"rank-1 {row['rank1']:.3f}  top-10 {row['in_top10']:.3f}  " if "rank1" in row else ""
             print(f"{'copies' if kind == 'per_aug' else 'negatives':9s} {name:22s} n={row['n']:<4d} {extra}first verified {row['first_verified']:.3f}")
     print(f"rank-1 {r.get('rank1')}, top-10 {r.get('in_top10')}, worst keeping ≥25 %: {r.get('min_rank1_keeping')}; "
-          f"verified false positives {r.get('verified_false_positives')}/{r.get('negatives')}; ms/query {r['ms_per_query']}")
+          f"verified false positives {r.get('verified_false_positives')}/{r.get('negatives')} "
+          f"(negatives reaching n inliers: {r.get('negatives_inliers_at_least')}); ms/query {r['ms_per_query']}")
     return 0
 
 

@@ -13,6 +13,15 @@ recompression, colour shifts, borders and captions keep many; different scenes k
 and the chance matches they do keep collapse onto a line, which the check refuses. An image with
 too few keypoints (flat, tiny) verifies nothing — it has 0 inliers with everything.
 
+Guided re-matching (``verify``): when none of a query's candidates verifies, a candidate whose
+plausible fit had ``GUIDE_MIN`` (6) or more inliers but fewer than the verified bar is matched again
+under that fit (``rematch``): each query keypoint is projected, paired with the stored keypoint within
+``GUIDE_PX`` (16 px) of the smallest Hamming distance (≤ ``GUIDE_BITS``, 64), one to one, and the map
+is re-fitted (``GUIDE_ROUNDS``, 2) under the same ``plausible`` check. The ratio test throws away the
+true matches of a blurred, warped or re-edited copy whose descriptors moved; the first fit's geometry
+finds them again. Only then: applied to every near candidate, a near-duplicate shot of the same scene
+overtook a cropped copy's original (AugLy suite, BENCHMARKS.md, issue 26).
+
 Queries: ``extract_query`` gives the image's record and its left-right mirror's (ORB descriptors
 are not mirror-invariant; the mirror turned by 180° is the upside-down copy), ``inliers`` takes the
 best; ``windows`` gives five half-size windows of a query with their own features, for a photo
@@ -23,6 +32,8 @@ keypoint) and Hamming matching is several times faster; on the edited-copy bench
 copies (BENCHMARKS.md, "Re-ranking and copy detection").
 """
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -37,6 +48,10 @@ MIN_MATCHES = 8
 MAX_SCALE = 8.0  # the most a copy is shrunk or enlarged relative to its original (at SIDE on both)
 MAX_STRETCH = 4.0  # aspect changes, skew and perspective stay well below this ratio of singular values
 MIN_SPREAD = 0.01  # inliers span ≥ 1 % of the keypoints' area on one side at least
+GUIDE_MIN = 6  # a plausible fit with this many inliers (but under the verified bar) is re-matched
+GUIDE_PX = 16.0  # guided re-matching: a stored keypoint within this radius of the projected query one
+GUIDE_BITS = 64  # … whose descriptor is at most this Hamming distance away
+GUIDE_ROUNDS = 2
 # ORB ignores a 31-pixel border (its patch size): a shorter side holds no keypoint, and its 8-level
 # pyramid would shrink such a strip (e.g. 2000×3 → 320×0 at the top level) until OpenCV asserts.
 MIN_SIDE = 2 * 31 + 1
@@ -177,6 +192,74 @@ def match(a: np.void, b: np.void) -> tuple[int, np.ndarray | None]:
     if not plausible(model, src[keep], dst[keep], a["xy"][:na].astype(np.float32), b["xy"][:nb].astype(np.float32)):
         return 0, None
     return int(keep.sum()), model
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def _one_to_one(ii: np.ndarray, jj: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (ii, jj) thinned to each a keypoint's closest b one (Hamming ``bits``), then each b
+    keypoint's closest a one."""
+    for by_a in (True, False):
+        side = ii if by_a else jj
+        order = np.lexsort((bits, side))
+        first = np.r_[True, side[order][1:] != side[order][:-1]]
+        ii, jj, bits = ii[order][first], jj[order][first], bits[order][first]
+    return ii, jj
+
+
+def rematch(a: np.void, b: np.void, model: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """``match`` guided by a first fit ``model`` of a onto b (see the module docstring): (inliers,
+    map) of the last plausible re-fit, (0, None) when a round finds too few pairs or no plausible map."""
+    na, nb = int(a["n"]), int(b["n"])
+    axy, bxy = a["xy"][:na].astype(np.float32), b["xy"][:nb].astype(np.float32)
+    n = 0
+    for _ in range(GUIDE_ROUNDS):
+        p = axy @ model[:, :2].T + model[:, 2]
+        ii, jj = np.nonzero(((p[:, None, :] - bxy[None, :, :]) ** 2).sum(-1) < GUIDE_PX ** 2)
+        bits = _POPCOUNT[np.bitwise_xor(a["desc"][ii], b["desc"][jj])].sum(1, dtype=np.int32)
+        ok = bits <= GUIDE_BITS
+        ii, jj = _one_to_one(ii[ok], jj[ok], bits[ok])
+        if len(ii) < MIN_MATCHES:
+            return 0, None
+        src, dst = axy[ii], bxy[jj]
+        refit, mask = _cv2().estimateAffine2D(src, dst, method=_cv2().RANSAC, ransacReprojThreshold=REPROJ_PX,
+                                              maxIters=2000, confidence=0.99)
+        if refit is None or mask is None:
+            return 0, None
+        keep = mask.ravel().astype(bool)
+        if not plausible(refit, src[keep], dst[keep], axy, bxy):
+            return 0, None
+        model, n = refit, int(keep.sum())
+    return n, model
+
+
+def _variants(a) -> tuple:
+    return tuple(a) if isinstance(a, (tuple, list)) else (a,)
+
+
+def verify(pairs: Sequence[tuple], min_inliers: int, map_: Callable = map) -> np.ndarray:
+    """RANSAC inliers of each (query, record) pair (a query may be a tuple of variants, the best
+    counts; a record of None has 0). When no pair reaches ``min_inliers``, pairs whose plausible fit
+    had ``GUIDE_MIN`` … ``min_inliers`` - 1 inliers are re-matched under that fit (``rematch``).
+    ``map_``: e.g. a thread pool's ``map`` (OpenCV and FAISS release the GIL)."""
+    def fits(p):
+        q, r = p
+        return [match(v, r) for v in _variants(q)] if r is not None else []
+
+    got = list(map_(fits, pairs))
+    best = np.array([max((n for n, _ in f), default=0) for f in got], np.int64)
+    if not len(best) or best.max() >= min_inliers:
+        return best
+
+    def guided(i):
+        (q, r), f = pairs[i], got[i]
+        return max([n for n, _ in f] + [rematch(v, r, m)[0] for v, (n, m) in zip(_variants(q), f)
+                                        if m is not None and GUIDE_MIN <= n < min_inliers])
+
+    near = [i for i, f in enumerate(got) if any(m is not None and GUIDE_MIN <= n < min_inliers for n, m in f)]
+    best[near] = list(map_(guided, near))
+    return best
 
 
 def inliers(a, b: np.void) -> int:

@@ -708,15 +708,14 @@ class Gallery:
             self._features = FeatureStore(self.store, self.root)
         return self._features
 
-    def verifier(self, query_features: Sequence) -> Callable[[int, np.ndarray], np.ndarray]:
-        """verify(query row, candidate ids) -> RANSAC inliers, from the stored local features."""
+    def verifier(self, query_features: Sequence, min_inliers: int) -> Callable[[int, np.ndarray], np.ndarray]:
+        """verify(query row, candidate ids) -> RANSAC inliers, from the stored local features
+        (``local_features.verify``: guided re-matching when none reaches ``min_inliers``)."""
         def verify(row: int, ids: np.ndarray) -> np.ndarray:
             qf = query_features[row]
             if qf is None:
                 return np.full(len(ids), -1, np.int64)
-            recs = self.features.get(ids)
-            return np.array(list(_verify_pool().map(
-                lambda r: local_features.inliers(qf, r) if r is not None else 0, recs)), np.int64)
+            return local_features.verify([(qf, r) for r in self.features.get(ids)], min_inliers, _verify_pool().map)
         return verify
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, rerank=None, nprobe: int | None = None,
@@ -754,7 +753,7 @@ class Gallery:
         params = tuning.search_parameters(cpu, {"nprobe": nprobe, "efSearch": ef_search})
         if params is not None and index is not cpu:
             index = cpu  # per-call parameters: the CPU index (GPU copies take their own)
-        verify = self.verifier(query_features) if cfg.verify and query_features is not None else None
+        verify = self.verifier(query_features, cfg.min_inliers) if cfg.verify and query_features is not None else None
         sims, ids, inl = _search.search(index, q, k, cfg, lambda i: self.vectors_for(i, cpu), verify, params,
                                         self.regions_of)
         paths = self.store.paths_for_ids(np.unique(ids))
@@ -838,8 +837,7 @@ class Gallery:
                     pairs.append((int(w), int(i)))
                     best[int(i)] = max(best.get(int(i), -np.inf), float(s_))
         recs = dict(zip(best, self.features.get(np.array(list(best), np.int64))))
-        inl = list(_verify_pool().map(
-            lambda p: local_features.inliers(feats[p[0]], recs[p[1]]) if recs[p[1]] is not None else 0, pairs))
+        inl = local_features.verify([(feats[w], recs[i]) for w, i in pairs], cfg.min_inliers, _verify_pool().map)
         found: dict[int, int] = {}
         for (w, i), n in zip(pairs, inl):
             if n >= cfg.min_inliers:
