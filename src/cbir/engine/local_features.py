@@ -14,7 +14,8 @@ and the chance matches they do keep collapse onto a line, which the check refuse
 too few keypoints (flat, tiny) verifies nothing — it has 0 inliers with everything.
 
 Guided re-matching (``verify``): when none of a query's candidates verifies, a candidate whose
-plausible fit had ``GUIDE_MIN`` (6) or more inliers but fewer than the verified bar is matched again
+plausible fit had ``GUIDE_MIN`` (6) or more inliers but fewer than the verified bar (the ``GUIDE_MAX``,
+2, with the most) is matched again
 under that fit (``rematch``): each query keypoint is projected, paired with the stored keypoint within
 ``GUIDE_PX`` (16 px) of the smallest Hamming distance (≤ ``GUIDE_BITS``, 64), one to one, and the map
 is re-fitted (``GUIDE_ROUNDS``, 2) under the same ``plausible`` check. The ratio test throws away the
@@ -52,6 +53,7 @@ GUIDE_MIN = 6  # a plausible fit with this many inliers (but under the verified 
 GUIDE_PX = 16.0  # guided re-matching: a stored keypoint within this radius of the projected query one
 GUIDE_BITS = 64  # … whose descriptor is at most this Hamming distance away
 GUIDE_ROUNDS = 2
+GUIDE_MAX = 2  # re-matched per ``verify`` call at most: the near pairs with the most first-fit inliers
 # ORB ignores a 31-pixel border (its patch size): a shorter side holds no keypoint, and its 8-level
 # pyramid would shrink such a strip (e.g. 2000×3 → 320×0 at the top level) until OpenCV asserts.
 MIN_SIDE = 2 * 31 + 1
@@ -215,8 +217,9 @@ def rematch(a: np.void, b: np.void, model: np.ndarray) -> tuple[int, np.ndarray 
     axy, bxy = a["xy"][:na].astype(np.float32), b["xy"][:nb].astype(np.float32)
     n = 0
     for _ in range(GUIDE_ROUNDS):
-        p = axy @ model[:, :2].T + model[:, 2]
-        ii, jj = np.nonzero(((p[:, None, :] - bxy[None, :, :]) ** 2).sum(-1) < GUIDE_PX ** 2)
+        p = axy @ model[:, :2].T.astype(np.float32) + model[:, 2].astype(np.float32)
+        dx, dy = p[:, :1] - bxy[:, 0], p[:, 1:] - bxy[:, 1]  # per axis: a reduction over a length-2 axis is slow
+        ii, jj = np.nonzero(dx * dx + dy * dy < GUIDE_PX ** 2)
         bits = _POPCOUNT[np.bitwise_xor(a["desc"][ii], b["desc"][jj])].sum(1, dtype=np.int32)
         ok = bits <= GUIDE_BITS
         ii, jj = _one_to_one(ii[ok], jj[ok], bits[ok])
@@ -240,8 +243,9 @@ def _variants(a) -> tuple:
 
 def verify(pairs: Sequence[tuple], min_inliers: int, map_: Callable = map) -> np.ndarray:
     """RANSAC inliers of each (query, record) pair (a query may be a tuple of variants, the best
-    counts; a record of None has 0). When no pair reaches ``min_inliers``, pairs whose plausible fit
-    had ``GUIDE_MIN`` … ``min_inliers`` - 1 inliers are re-matched under that fit (``rematch``).
+    counts; a record of None has 0). When no pair reaches ``min_inliers``, the ``GUIDE_MAX`` (2) pairs
+    whose plausible fit had the most inliers from ``GUIDE_MIN`` to ``min_inliers`` - 1 are re-matched
+    under that fit (``rematch``).
     ``map_``: e.g. a thread pool's ``map`` (OpenCV and FAISS release the GIL)."""
     def fits(p):
         q, r = p
@@ -252,13 +256,18 @@ def verify(pairs: Sequence[tuple], min_inliers: int, map_: Callable = map) -> np
     if not len(best) or best.max() >= min_inliers:
         return best
 
+    def near(f) -> tuple[int, int]:  # (first-fit inliers, variant) of a pair's best near fit, else (0, -1)
+        return max(((n, v) for v, (n, m) in enumerate(f) if m is not None and GUIDE_MIN <= n < min_inliers),
+                   default=(0, -1))
+
     def guided(i):
         (q, r), f = pairs[i], got[i]
-        return max([n for n, _ in f] + [rematch(v, r, m)[0] for v, (n, m) in zip(_variants(q), f)
-                                        if m is not None and GUIDE_MIN <= n < min_inliers])
+        v = near(f)[1]
+        return max(int(best[i]), rematch(_variants(q)[v], r, f[v][1])[0])
 
-    near = [i for i, f in enumerate(got) if any(m is not None and GUIDE_MIN <= n < min_inliers for n, m in f)]
-    best[near] = list(map_(guided, near))
+    near_n = np.array([near(f)[0] for f in got])
+    chosen = [i for i in np.argsort(-near_n, kind="stable")[:GUIDE_MAX] if near_n[i]]  # ties: earlier pairs
+    best[chosen] = list(map_(guided, chosen))
     return best
 
 

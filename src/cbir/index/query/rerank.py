@@ -50,7 +50,7 @@ from typing import Callable
 
 import numpy as np
 
-from cbir.engine.local_features import WINDOWS
+from cbir.engine.local_features import GUIDE_MAX, WINDOWS
 from cbir.errors import CbirError
 from cbir.vectors import expand, l2_normalize
 
@@ -109,6 +109,9 @@ GET_BUDGET = Budget(mib=64.0, gflop=2.0)
 # ORB matching of one candidate, as budget "GFLOP": 0.05 stood for ~5 ms of OpenCV brute-force
 # matching; FAISS's Hamming k-NN takes ~1.2 ms, twice with the mirrored query (BENCHMARKS.md, issue 26)
 VERIFY_GFLOP = 0.025
+# one guided re-match (local_features.rematch, ~5.4 ms); each verification pass (the top candidates,
+# the windows) re-matches at most GUIDE_MAX near pairs, only when nothing verified
+REMATCH_GFLOP = 0.055
 
 
 def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
@@ -134,6 +137,7 @@ def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
         b += 2 * r * regions * dim * 4.0
         f += 2.0 * r * regions * dim
     f += (cfg.verify + len(WINDOWS) * cfg.partial) * VERIFY_GFLOP * 1e9
+    f += (bool(cfg.verify) + bool(cfg.partial)) * GUIDE_MAX * REMATCH_GFLOP * 1e9
     return b / 2**20, f / 1e9
 
 
