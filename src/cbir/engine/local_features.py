@@ -13,15 +13,15 @@ recompression, colour shifts, borders and captions keep many; different scenes k
 and the chance matches they do keep collapse onto a line, which the check refuses. An image with
 too few keypoints (flat, tiny) verifies nothing — it has 0 inliers with everything.
 
-Guided re-matching (``verify``): when none of a query's candidates verifies, a candidate whose
-plausible fit had ``GUIDE_MIN`` (6) or more inliers but fewer than the verified bar (the ``GUIDE_MAX``,
-2, with the most) is matched again
-under that fit (``rematch``): each query keypoint is projected, paired with the stored keypoint within
-``GUIDE_PX`` (16 px) of the smallest Hamming distance (≤ ``GUIDE_BITS``, 64), one to one, and the map
-is re-fitted (``GUIDE_ROUNDS``, 2) under the same ``plausible`` check. The ratio test throws away the
-true matches of a blurred, warped or re-edited copy whose descriptors moved; the first fit's geometry
-finds them again. Only then: applied to every near candidate, a near-duplicate shot of the same scene
-overtook a cropped copy's original (AugLy suite, BENCHMARKS.md, issue 26).
+Guided re-matching (``verify``): when none of a query's candidates verifies, the ``GUIDE_MAX`` (2)
+candidates whose plausible fit had the most inliers from ``GUIDE_MIN`` (6) up to the verified bar
+are matched again under that fit (``rematch``): each query keypoint is projected, paired with the
+stored keypoint within ``GUIDE_PX`` (16 px) of the smallest Hamming distance (≤ ``GUIDE_BITS``, 64),
+one to one, and the map is re-fitted (``GUIDE_ROUNDS``, 2) under the same ``plausible`` check. The
+ratio test throws away the true matches of a blurred, warped or re-edited copy whose descriptors
+moved; the first fit's geometry finds them again. Only then: applied to every near candidate, a
+near-duplicate shot of the same scene overtook a cropped copy's original (AugLy suite,
+BENCHMARKS.md, issue 26).
 
 Queries: ``extract_query`` gives the image's record and its left-right mirror's (ORB descriptors
 are not mirror-invariant; the mirror turned by 180° is the upside-down copy), ``inliers`` takes the
@@ -273,7 +273,5 @@ def verify(pairs: Sequence[tuple], min_inliers: int, map_: Callable = map) -> np
 
 def inliers(a, b: np.void) -> int:
     """RANSAC inliers of the affine map a → b (see ``match``); ``a`` may be a tuple of a query's
-    variants (``extract_query``): the best one counts."""
-    if isinstance(a, (tuple, list)):
-        return max((match(v, b)[0] for v in a), default=0)
-    return match(a, b)[0]
+    variants (``extract_query``): the best one counts. No guided re-matching (``verify`` does it)."""
+    return max((match(v, b)[0] for v in _variants(a)), default=0)
