@@ -97,6 +97,12 @@ def test_a_photo_pasted_into_another_is_found_through_the_windows(verified_index
     hits = g.search([str(q)], k=5, rerank={"verify": 1})[0]["results"]
     assert hits[0]["path"] == want and hits[0]["verified"] and hits[0]["inliers"] >= 15
     assert not any(h["verified"] for h in hits[1:])
+    # the same photo flipped before it was pasted: the windows are matched mirrored too
+    flipped = tmp_path / "flipped.png"
+    Image.open(files[2]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped)
+    _pip(flipped, tmp_path / "pip_flipped.jpg")
+    hits = g.search([str(tmp_path / "pip_flipped.jpg")], k=5, rerank={"verify": 1})[0]["results"]
+    assert hits[0]["path"] == want and hits[0]["verified"] and hits[0]["inliers"] >= 15
     # a photo that is not in the gallery, pasted the same way, verifies nothing
     from sklearn.datasets import load_sample_image
 

@@ -25,8 +25,8 @@ BENCHMARKS.md, issue 26).
 
 Queries: ``extract_query`` gives the image's record and its left-right mirror's (ORB descriptors
 are not mirror-invariant; the mirror turned by 180° is the upside-down copy), ``inliers`` takes the
-best; ``windows`` gives five half-size windows of a query with their own features, for a photo
-pasted into another.
+best; ``windows`` gives five half-size windows of a query with their own features (as is and
+mirrored), for a photo pasted into another, flipped or not.
 
 ORB over SIFT: binary descriptors are 4× smaller than SIFT's 128 floats (32 B vs 512 B per
 keypoint) and Hamming matching is several times faster; on the edited-copy benchmark both verify the
@@ -128,13 +128,14 @@ WINDOWS = ((0.25, 0.0, 0.75, 0.5), (0.0, 0.25, 0.5, 0.75), (0.25, 0.25, 0.75, 0.
 
 
 def windows(source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PIXELS,
-            boxes: tuple = WINDOWS) -> tuple[list[Image.Image], list[np.void]]:
-    """The query's ``boxes`` as RGB crops (to embed) and their own ORB records (detected in the crop
-    scaled to ``SIDE``, so that an inset gets a full set of keypoints)."""
+            boxes: tuple = WINDOWS) -> tuple[list[Image.Image], list[tuple[np.void, ...]]]:
+    """The query's ``boxes`` as RGB crops (to embed) and their own feature variants (``extract_query``:
+    as is and mirrored, detected in the crop scaled to ``SIDE``, so that an inset gets a full set of
+    keypoints)."""
     img = to_rgb(ImageOps.exif_transpose(open_image(source, name, max_pixels)))
     crops = [img.crop((round(x0 * img.width), round(y0 * img.height), round(x1 * img.width), round(y1 * img.height)))
              for x0, y0, x1, y1 in boxes]
-    return crops, [extract(c, name, max_pixels) for c in crops]
+    return crops, [extract_query(c, name, max_pixels) for c in crops]
 
 
 def empty() -> np.void:
