@@ -187,12 +187,18 @@ def match(a: np.void, b: np.void) -> tuple[int, np.ndarray | None]:
         return 0, None
     src = a["xy"][good].astype(np.float32)
     dst = b["xy"][nn[good, 0]].astype(np.float32)
+    return _fit(src, dst, a["xy"][:na].astype(np.float32), b["xy"][:nb].astype(np.float32))
+
+
+def _fit(src: np.ndarray, dst: np.ndarray, a_xy: np.ndarray, b_xy: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """(RANSAC inliers, affine map) of matched points ``src`` → ``dst``; (0, None) when no map is found
+    or it is not ``plausible`` (``a_xy`` / ``b_xy``: all keypoints of each side)."""
     model, mask = _cv2().estimateAffine2D(src, dst, method=_cv2().RANSAC, ransacReprojThreshold=REPROJ_PX,
                                           maxIters=2000, confidence=0.99)
     if mask is None or model is None:
         return 0, None
     keep = mask.ravel().astype(bool)
-    if not plausible(model, src[keep], dst[keep], a["xy"][:na].astype(np.float32), b["xy"][:nb].astype(np.float32)):
+    if not plausible(model, src[keep], dst[keep], a_xy, b_xy):
         return 0, None
     return int(keep.sum()), model
 
@@ -226,15 +232,9 @@ def rematch(a: np.void, b: np.void, model: np.ndarray) -> tuple[int, np.ndarray 
         ii, jj = _one_to_one(ii[ok], jj[ok], bits[ok])
         if len(ii) < MIN_MATCHES:
             return 0, None
-        src, dst = axy[ii], bxy[jj]
-        refit, mask = _cv2().estimateAffine2D(src, dst, method=_cv2().RANSAC, ransacReprojThreshold=REPROJ_PX,
-                                              maxIters=2000, confidence=0.99)
-        if refit is None or mask is None:
+        n, model = _fit(axy[ii], bxy[jj], axy, bxy)
+        if model is None:
             return 0, None
-        keep = mask.ravel().astype(bool)
-        if not plausible(refit, src[keep], dst[keep], axy, bxy):
-            return 0, None
-        model, n = refit, int(keep.sum())
     return n, model
 
 
@@ -261,12 +261,13 @@ def verify(pairs: Sequence[tuple], min_inliers: int, map_: Callable = map) -> np
         return max(((n, v) for v, (n, m) in enumerate(f) if m is not None and GUIDE_MIN <= n < min_inliers),
                    default=(0, -1))
 
-    def guided(i):
-        (q, r), f = pairs[i], got[i]
-        v = near(f)[1]
-        return max(int(best[i]), rematch(_variants(q)[v], r, f[v][1])[0])
+    nearest = [near(f) for f in got]
 
-    near_n = np.array([near(f)[0] for f in got])
+    def guided(i):
+        (q, r), v = pairs[i], nearest[i][1]
+        return max(int(best[i]), rematch(_variants(q)[v], r, got[i][v][1])[0])
+
+    near_n = np.array([n for n, _ in nearest])
     chosen = [i for i in np.argsort(-near_n, kind="stable")[:GUIDE_MAX] if near_n[i]]  # ties: earlier pairs
     best[chosen] = list(map_(guided, chosen))
     return best
