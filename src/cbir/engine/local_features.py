@@ -128,14 +128,31 @@ WINDOWS = ((0.25, 0.0, 0.75, 0.5), (0.0, 0.25, 0.5, 0.75), (0.25, 0.25, 0.75, 0.
 
 
 def windows(source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PIXELS,
-            boxes: tuple = WINDOWS) -> tuple[list[Image.Image], list[tuple[np.void, ...]]]:
-    """The query's ``boxes`` as RGB crops (to embed) and their own feature variants (``extract_query``:
+            boxes: tuple = WINDOWS) -> tuple[list[Image.Image], list[tuple[np.void, ...]], tuple[int, int]]:
+    """The query's ``boxes`` as RGB crops (to embed), their own feature variants (``extract_query``:
     as is and mirrored, detected in the crop scaled to ``SIDE``, so that an inset gets a full set of
-    keypoints)."""
+    keypoints) and the image's (w, h)."""
     img = to_rgb(ImageOps.exif_transpose(open_image(source, name, max_pixels)))
     crops = [img.crop((round(x0 * img.width), round(y0 * img.height), round(x1 * img.width), round(y1 * img.height)))
              for x0, y0, x1, y1 in boxes]
-    return crops, [extract_query(c, name, max_pixels) for c in crops]
+    return crops, [extract_query(c, name, max_pixels) for c in crops], img.size
+
+
+def from_window(xy: np.ndarray, box: tuple, crop_size: tuple[int, int], size: tuple[int, int],
+                mirrored: bool = False) -> np.ndarray:
+    """Points of a window's features (detected in the crop scaled to ``SIDE``; ``mirrored``: in its
+    mirror, ``extract_query``'s second variant) in the whole image's feature pixels. ``box``: the
+    window as fractions (``WINDOWS``); ``crop_size``, ``size``: the crop's and the image's (w, h)."""
+    (cw, ch), (w, h) = at_side(crop_size), at_side(size)
+    x = cw - 1 - xy[:, 0] if mirrored else xy[:, 0]
+    x0, y0, x1, y1 = box
+    return np.stack([(x0 + (x1 - x0) * x / cw) * w, (y0 + (y1 - y0) * xy[:, 1] / ch) * h], 1).astype(np.float32)
+
+
+def at_side(size: tuple[int, int]) -> tuple[int, int]:
+    """(w, h) of an image of ``size`` as ``gray`` scales it (longer side ``SIDE``)."""
+    s = SIDE / max(size)
+    return max(1, round(size[0] * s)), max(1, round(size[1] * s))
 
 
 def empty() -> np.void:
@@ -178,29 +195,42 @@ def plausible(model: np.ndarray, src: np.ndarray, dst: np.ndarray, a_xy: np.ndar
 def match(a: np.void, b: np.void) -> tuple[int, np.ndarray | None]:
     """(RANSAC inliers, 2×3 affine map of a's pixels onto b's) — (0, None) when fewer than
     ``MIN_MATCHES`` matches pass the ratio test, no model is found or the model is not ``plausible``."""
+    n, model, _ = _match(a, b)
+    return n, model
+
+
+def matched(a: np.void, b: np.void) -> tuple[np.ndarray, np.ndarray]:
+    """``match``'s inliers as points: (a's [n, 2], b's [n, 2]), float32 pixels at ``SIDE``; empty
+    ([0, 2] each) when the pair has no plausible map."""
+    n, model, pts = _match(a, b)
+    return pts if model is not None else (np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
+
+
+def _match(a: np.void, b: np.void) -> tuple[int, np.ndarray | None, tuple | None]:
     na, nb = int(a["n"]), int(b["n"])
     if na < MIN_MATCHES or nb < MIN_MATCHES:
-        return 0, None
+        return 0, None, None
     dist, nn = _knn2(a["desc"][:na], b["desc"][:nb])
     good = np.flatnonzero(dist[:, 0] < RATIO * dist[:, 1])
     if len(good) < MIN_MATCHES:
-        return 0, None
+        return 0, None, None
     src = a["xy"][good].astype(np.float32)
     dst = b["xy"][nn[good, 0]].astype(np.float32)
     return _fit(src, dst, a["xy"][:na].astype(np.float32), b["xy"][:nb].astype(np.float32))
 
 
-def _fit(src: np.ndarray, dst: np.ndarray, a_xy: np.ndarray, b_xy: np.ndarray) -> tuple[int, np.ndarray | None]:
-    """(RANSAC inliers, affine map) of matched points ``src`` → ``dst``; (0, None) when no map is found
-    or it is not ``plausible`` (``a_xy`` / ``b_xy``: all keypoints of each side)."""
+def _fit(src: np.ndarray, dst: np.ndarray, a_xy: np.ndarray, b_xy: np.ndarray) -> tuple[int, np.ndarray | None, tuple | None]:
+    """(RANSAC inliers, affine map, (inlier src, inlier dst)) of matched points ``src`` → ``dst``;
+    (0, None, None) when no map is found or it is not ``plausible`` (``a_xy`` / ``b_xy``: all
+    keypoints of each side)."""
     model, mask = _cv2().estimateAffine2D(src, dst, method=_cv2().RANSAC, ransacReprojThreshold=REPROJ_PX,
                                           maxIters=2000, confidence=0.99)
     if mask is None or model is None:
-        return 0, None
+        return 0, None, None
     keep = mask.ravel().astype(bool)
     if not plausible(model, src[keep], dst[keep], a_xy, b_xy):
-        return 0, None
-    return int(keep.sum()), model
+        return 0, None, None
+    return int(keep.sum()), model, (src[keep], dst[keep])
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
@@ -232,7 +262,7 @@ def rematch(a: np.void, b: np.void, model: np.ndarray) -> tuple[int, np.ndarray 
         ii, jj = _one_to_one(ii[ok], jj[ok], bits[ok])
         if len(ii) < MIN_MATCHES:
             return 0, None
-        n, model = _fit(axy[ii], bxy[jj], axy, bxy)
+        n, model, _ = _fit(axy[ii], bxy[jj], axy, bxy)
         if model is None:
             return 0, None
     return n, model

@@ -18,6 +18,7 @@ per item (~1 ms each on one core; all cores are used).
 from __future__ import annotations
 
 import sys
+import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -28,10 +29,15 @@ from cbir.cores import all_cores
 from cbir.engine import local_features
 from cbir.errors import CbirError
 from cbir.index.ann import faiss_index
+from cbir.index.match_regions import template_pairs, unexplained
 
 K = 10
 THRESHOLD = 0.5
 BATCH = 1024
+PARTIAL = 3  # nearest items per window (as search's default)
+MAX_PARTIAL = 20
+WINDOW_BATCH = 64  # items whose windows are embedded together
+FRAME_MATCHES = 3  # an item matched by this many others through one part is a frame around the rest
 
 
 def exact_groups(store) -> list[list[int]]:
@@ -41,12 +47,16 @@ def exact_groups(store) -> list[list[int]]:
     return [sorted(v) for v in by_hash.values() if len(v) > 1]
 
 
-def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True, progress: bool = False) -> list[dict]:
-    """``[{"kind": "exact"|"near", "ids": [...], "paths": [...]}, ...]``, largest groups first."""
+def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True, partial: int = PARTIAL,
+         progress: bool = False) -> list[dict]:
+    """``[{"kind": "exact"|"near", "ids": [...], "paths": [...]}, ...]``, largest groups first; a near
+    group holding byte-identical files also has ``"identical": [[ids], ...]``."""
     if not 1 <= k <= 1000:
         raise CbirError(f"-k {k}: must be between 1 and 1000")
     if not -1.0 <= threshold <= 1.0:
         raise CbirError(f"--threshold {threshold}: a cosine, between -1 and 1")
+    if not 0 <= partial <= MAX_PARTIAL:
+        raise CbirError(f"--partial {partial}: neighbours per window, between 0 (whole images only) and {MAX_PARTIAL}")
     cfg = gallery.rerank_config()
     if verify and not gallery.config.get("local_features"):
         raise CbirError(f"--index {gallery.root}: built without local features, so near-duplicates cannot be verified; "
@@ -56,11 +66,7 @@ def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True,
     ids = np.array([i for i in gallery.store.paths_for_ids(_all_ids(gallery.store)) if i not in dup_of_first], np.int64)
     index = gallery.index
     pairs: set[tuple[int, int]] = set()
-    bar = None
-    if progress and len(ids):
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(ids), unit="img", desc="dedup", file=sys.stderr)
+    bar = _bar(progress and len(ids), len(ids), "dedup", "img")
     keep = set(ids.tolist())
     for s in range(0, len(ids), BATCH):
         chunk = ids[s : s + BATCH]
@@ -74,14 +80,49 @@ def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True,
     if bar is not None:
         bar.close()
     pairs_list = sorted(pairs)
-    if verify and pairs_list:
-        weighted = _verified(gallery, pairs_list, cfg.min_inliers, progress)
+    if verify:
+        m, blocks = _Matches(), {}
+        _verified(gallery, pairs_list, cfg.min_inliers, m, progress)
+        if partial and len(ids):
+            sizes: dict[int, tuple[int, int]] = {}
+            whole = {int(i): local_features.WINDOWS for i in ids}
+            _window_matches(gallery, whole, keep, partial, cfg.min_inliers, m, progress, sizes)
+            blocks = _unexplained(gallery, m, sizes)
+            _window_matches(gallery, {i: (box,) for i, (box, _) in blocks.items()}, keep, partial, cfg.min_inliers, m,
+                            progress)
+        frames = {i: xy for i, (_, xy) in blocks.items() if len(m.points[i]) >= FRAME_MATCHES}
+        shared = template_pairs(m.points, m.extents(gallery), frames)
+        weighted = [(a, b, n) for (a, b), n in sorted(m.inliers.items()) if (a, b) not in shared]
     else:
         weighted = [(a, b, 1) for a, b in pairs_list]
-    groups = [("exact", g) for g in exact] + [("near", g) for g in star_groups(weighted)]
-    paths = gallery.store.paths_for_ids([i for _, g in groups for i in g])
-    out = [{"kind": kind, "ids": g, "paths": [paths[i] for i in g]} for kind, g in groups]
+    return _output(gallery, exact, star_groups(weighted))
+
+
+def _output(gallery, exact: list[list[int]], near: list[list[int]]) -> list[dict]:
+    """Exact groups whose first member (the one the near search saw) is in a near group join it, so
+    that every image is in one group at most."""
+    identical = {g[0]: g for g in exact}
+    groups: list[tuple[str, list[int], list[list[int]]]] = []
+    for g in near:
+        subsets = [identical.pop(i) for i in g if i in identical]
+        groups.append(("near", sorted(set(g).union(*subsets)), subsets))
+    groups += [("exact", g, []) for g in identical.values()]
+    paths = gallery.store.paths_for_ids([i for _, g, _ in groups for i in g])
+    out = []
+    for kind, g, subsets in groups:
+        d = {"kind": kind, "ids": g, "paths": [paths[i] for i in g]}
+        if subsets:
+            d["identical"] = [sorted(x) for x in subsets]
+        out.append(d)
     return sorted(out, key=lambda d: (-len(d["ids"]), d["kind"], d["ids"][0]))
+
+
+def _bar(on, total: int, desc: str, unit: str):
+    if not on:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr)
 
 
 def _all_ids(store) -> list[int]:
@@ -110,40 +151,153 @@ def star_groups(pairs: list[tuple[int, int, int]]) -> list[list[int]]:
     return groups
 
 
-def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, progress: bool) -> list[tuple[int, int, int]]:
-    """(a, b, inliers) of the pairs that verify: with the stored features, else with a's mirrored
+class _Matches:
+    """Verified pairs: ``inliers[(a, b)]`` (a < b, the most any match of the pair had) and
+    ``points[x][y]``: x's inliers with y (every match of the pair, feature pixels)."""
+
+    def __init__(self):
+        self.inliers: dict[tuple[int, int], int] = {}
+        self.points: dict[int, dict[int, np.ndarray]] = defaultdict(dict)
+
+    def add(self, a: int, b: int, n: int, a_xy: np.ndarray, b_xy: np.ndarray) -> None:
+        key = (min(a, b), max(a, b))
+        self.inliers[key] = max(self.inliers.get(key, 0), n)
+        for x, y, xy in ((a, b, a_xy), (b, a, b_xy)):
+            self.points[x][y] = np.vstack([self.points[x][y], xy]) if y in self.points[x] else xy
+
+    def extents(self, gallery) -> dict[int, tuple]:
+        """(x0, y0, x1, y1) of each matched item's stored keypoints."""
+        items = sorted(self.points)
+        out = {}
+        for i, rec in zip(items, gallery.features.get(items)):
+            xy = rec["xy"][: int(rec["n"])].astype(np.float32) if rec is not None and rec["n"] else np.zeros((1, 2), np.float32)
+            out[i] = (*xy.min(0), *xy.max(0))
+        return out
+
+
+def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Matches, progress: bool) -> None:
+    """Adds to ``m`` the pairs that verify: with the stored features, else with a's mirrored
     features (a flipped copy; ORB descriptors are not mirror-invariant, so they are extracted from
     a's file, once per item; a file that cannot be read is not tried mirrored)."""
+    if not pairs:
+        return
     items = sorted({i for p in pairs for i in p})
     feats = dict(zip(items, gallery.features.get(items)))
     paths = gallery.store.paths_for_ids(items)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(pairs), unit="pair", desc="verify", file=sys.stderr)
+    bar = _bar(progress, len(pairs), "verify", "pair")
 
     @lru_cache(maxsize=4096)
     def mirror(i: int):
         try:
-            return local_features.detect(local_features.mirror(local_features.gray(paths[i], paths[i])))
+            img = local_features.gray(paths[i], paths[i])
+            return local_features.detect(local_features.mirror(img)), img.shape[1]
         except Exception:  # moved, unreadable: the pair keeps what its stored features say
             return None
 
     def check(p):
         a, b = p
         fa, fb = feats[a], feats[b]
-        n = 0
+        got = (np.zeros((0, 2), np.float32),) * 2
         if fa is not None and fb is not None:
-            n = local_features.inliers(fa, fb)
-            if n < min_inliers and mirror(a) is not None:
-                n = local_features.inliers(mirror(a), fb)
+            got = local_features.matched(fa, fb)
+            if len(got[0]) < min_inliers and mirror(a) is not None:
+                rec, width = mirror(a)
+                a_xy, b_xy = local_features.matched(rec, fb)
+                if len(a_xy) > len(got[0]):
+                    got = np.stack([width - 1 - a_xy[:, 0], a_xy[:, 1]], 1), b_xy
         if bar is not None:
             bar.update(1)
-        return n
+        return got
 
     with ThreadPoolExecutor(all_cores()) as pool:
-        counts = list(pool.map(check, pairs))
+        for (a, b), (a_xy, b_xy) in zip(pairs, pool.map(check, pairs)):
+            if len(a_xy) >= min_inliers:
+                m.add(a, b, len(a_xy), a_xy, b_xy)
     if bar is not None:
         bar.close()
-    return [(a, b, n) for (a, b), n in zip(pairs, counts) if n >= min_inliers]
+
+
+def _unexplained(gallery, m: _Matches, sizes: dict[int, tuple[int, int]]) -> dict[int, tuple]:
+    """{item: (box, keypoints in it)}: the part of each matched item that most of its matches leave
+    out (``match_regions.unexplained``), the box as fractions of the image."""
+    items = sorted(i for i in m.points if i in sizes)
+    extents = m.extents(gallery)
+    out = {}
+    for i, rec in zip(items, gallery.features.get(items)):
+        if rec is None or not rec["n"]:
+            continue
+        box = unexplained(rec["xy"][: int(rec["n"])].astype(np.float32), list(m.points[i].values()), extents[i])
+        if box is None:
+            continue
+        (x0, y0, x1, y1), (w, h) = extents[i], local_features.at_side(sizes[i])
+        px = (np.clip(x0 + box[0] * (x1 - x0), 0, w), np.clip(y0 + box[1] * (y1 - y0), 0, h),
+              np.clip(x0 + box[2] * (x1 - x0), 0, w), np.clip(y0 + box[3] * (y1 - y0), 0, h))
+        if px[2] - px[0] >= 0.1 * w and px[3] - px[1] >= 0.1 * h:
+            xy = rec["xy"][: int(rec["n"])].astype(np.float32)
+            inside = (xy[:, 0] >= px[0]) & (xy[:, 0] <= px[2]) & (xy[:, 1] >= px[1]) & (xy[:, 1] <= px[3])
+            out[i] = ((float(px[0] / w), float(px[1] / h), float(px[2] / w), float(px[3] / h)), xy[inside])
+    return out
+
+
+def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: int, min_inliers: int, m: _Matches,
+                    progress: bool, sizes: dict[int, tuple[int, int]] | None = None) -> None:
+    """Adds to ``m`` the matches of each item's windows ``boxes[item]`` (fractions of the image;
+    ``local_features.windows``: crops with their own features, as is and mirrored) with their
+    ``partial`` nearest items — a photo pasted into another, a screenshot holding a photo: what
+    whole-image k-NN does not shortlist. ``sizes``: filled with each image's (w, h). Files that
+    cannot be read again are skipped with a warning."""
+    if not boxes:
+        return
+    try:
+        embedder = gallery.embedder()
+    except CbirError as e:
+        raise CbirError(f"{e}\n(dedup's windows pass embeds parts of each image with the index's model; "
+                        f"--partial 0 compares whole images only)") from None
+    ids = sorted(boxes)
+    paths = gallery.store.paths_for_ids(ids)
+    bar = _bar(progress, len(ids), "windows", "img")
+    unreadable: list[str] = []
+
+    def windows(i: int):
+        try:
+            return local_features.windows(paths[i], paths[i], boxes=boxes[i])
+        except Exception as e:  # moved or unreadable since it was indexed
+            unreadable.append(f"{paths[i]}: {e}")
+            return None
+
+    with ThreadPoolExecutor(all_cores()) as pool:
+        for s in range(0, len(ids), WINDOW_BATCH):
+            chunk = ids[s : s + WINDOW_BATCH]
+            got = {i: w for i, w in zip(chunk, pool.map(windows, chunk)) if w is not None}
+            if sizes is not None:
+                sizes.update((i, w[2]) for i, w in got.items())
+            crops = [(i, n, c) for i, (cs, _, _) in got.items() for n, c in enumerate(cs)]
+            res = embedder.embed_files([c for _, _, c in crops])
+            if len(res.indices):
+                _, nn = faiss_index.search(gallery.index, gallery.postprocess_queries(res.vectors),
+                                           min(partial + 1, gallery.index.ntotal))
+                tasks = [(crops[r][0], crops[r][1], int(c)) for r, row in zip(res.indices, nn)
+                         for c in row if c >= 0 and c != crops[r][0] and int(c) in keep]
+                targets = sorted({c for _, _, c in tasks})
+                recs = dict(zip(targets, gallery.features.get(targets)))
+
+                def check(t):
+                    i, n, c = t
+                    cs, feats, size = got[i]
+                    best = (np.zeros((0, 2), np.float32),) * 2
+                    for v, rec in enumerate(feats[n] if recs[c] is not None else ()):
+                        i_xy, c_xy = local_features.matched(rec, recs[c])
+                        if len(i_xy) > len(best[0]):
+                            best = local_features.from_window(i_xy, boxes[i][n], cs[n].size, size, v == 1), c_xy
+                    return best
+
+                for (i, _, c), (i_xy, c_xy) in zip(tasks, pool.map(check, tasks)):
+                    if len(i_xy) >= min_inliers:
+                        m.add(i, c, len(i_xy), i_xy, c_xy)
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    if unreadable:
+        warnings.warn(f"dedup: {len(unreadable)} indexed images could not be read for the windows pass "
+                      f"(compared as whole images only), e.g. {unreadable[0]}", stacklevel=2)

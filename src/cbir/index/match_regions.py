@@ -1,0 +1,112 @@
+"""Where on an item its verified matches lie (grid cells of its keypoints' extent): which pairs
+share only a template, and which part of an item no match explains.
+
+Template pairs: the same web-page frame, meme band or watermark around *different* photos, told
+apart from copies by what the rest of the gallery matches in them.
+
+``template_pairs(points, extent)`` → the verified pairs (a, b) for which **each** side holds a part
+that the other lacks and that a third item matches: some c verified with a, not verified with b,
+has more than ``OUTSIDE`` (half) of its inliers on a in grid cells (``GRID`` × ``GRID``, default 8,
+over a's keypoints' extent) where a holds no inlier with b — and the same from b's side with some d.
+A screenshot of photo P and one of photo Q in one frame verify through the frame, but P matches
+the first screenshot where the second one shows Q, and Q the second where the first shows P: both
+are composites of the frame and something else, so the pair is a template, not a copy. A captioned,
+bordered or overlaid copy keeps its pair: its original's other copies match it where the original
+does (the photo), so one side at least has no such third item. The rule needs the other part to be
+in the gallery (the photos whose screenshots they are, found by dedup's windows pass) — or the
+part of an item that most of its matches leave out (``unexplained``) stands for it: the photo in a
+screenshot whose frame matched other screenshots, when the gallery does not hold that photo.
+
+``unexplained(own, matched, extent)`` → the box (fractions of the keypoints' extent, widened by half a
+cell, to the image's edge where it reaches the extent's) of the largest 4-connected block of cells
+holding ≥ ``BLOCK_CELL_KP`` (2) of the item's keypoints where fewer than half of its matches have an
+inlier, when it holds ≥
+``BLOCK_KP`` (20) keypoints: the photo inside a screenshot whose frame matched other screenshots
+— too small a part of the frame for the fixed windows to shortlist its original.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+GRID = 8
+OUTSIDE = 0.5
+BLOCK_CELL_KP = 2
+BLOCK_KP = 20
+
+# points[x][y]: x's inliers (float32 [n, 2], feature pixels) in its verified match with y
+Points = Mapping[int, Mapping[int, np.ndarray]]
+
+
+def cells(xy: np.ndarray, extent: tuple[float, float, float, float], grid: int = GRID) -> np.ndarray:
+    """Grid cell (row * grid + column) of each point within ``extent`` (x0, y0, x1, y1); points
+    outside it fall in the border cells."""
+    x0, y0, x1, y1 = extent
+    cx = np.clip(((xy[:, 0] - x0) / max(x1 - x0, 1e-6) * grid).astype(np.int64), 0, grid - 1)
+    cy = np.clip(((xy[:, 1] - y0) / max(y1 - y0, 1e-6) * grid).astype(np.int64), 0, grid - 1)
+    return cy * grid + cx
+
+
+def holds_more(points: Points, extent: Mapping[int, tuple], a: int, b: int, block: np.ndarray | None = None,
+               grid: int = GRID, outside: float = OUTSIDE) -> bool:
+    """Whether some third item verified with ``a`` and not with ``b`` — or ``a``'s ``block`` (its
+    keypoints in the part no match explains, ``unexplained``) — lies mostly where ``a`` holds no
+    inlier with ``b``."""
+    shared = np.zeros(grid * grid, bool)
+    shared[cells(points[a][b], extent[a], grid)] = True
+    others = [xy for c, xy in points[a].items() if c != b and b not in points.get(c, {})]
+    return any(len(xy) and np.mean(~shared[cells(xy, extent[a], grid)]) > outside
+               for xy in others + ([block] if block is not None else []))
+
+
+def template_pairs(points: Points, extent: Mapping[int, tuple], blocks: Mapping[int, np.ndarray] | None = None,
+                   grid: int = GRID, outside: float = OUTSIDE) -> set[tuple[int, int]]:
+    """The pairs (a < b) of ``points`` where each side ``holds_more`` than the other (see the module
+    docstring). ``extent[x]``: (x0, y0, x1, y1) of x's keypoints; ``blocks[x]``: x's keypoints in
+    its unexplained part, standing for the photo a screenshot holds when the gallery does not
+    (dedup passes those of items with ≥ 3 matches: a frame several images share, not two views of
+    one scene that each show more than the other)."""
+    blocks = blocks or {}
+    out = set()
+    for a, partners in points.items():
+        for b in partners:
+            if a < b and holds_more(points, extent, a, b, blocks.get(a), grid, outside) \
+                    and holds_more(points, extent, b, a, blocks.get(b), grid, outside):
+                out.add((a, b))
+    return out
+
+
+def unexplained(own: np.ndarray, matched: list[np.ndarray], extent: tuple[float, float, float, float],
+                grid: int = GRID) -> tuple[float, float, float, float] | None:
+    """(x0, y0, x1, y1) in fractions of ``extent`` (widened by half a cell; -inf / inf where the
+    block reaches the extent's edge: to the image's) of the largest block of ``own`` keypoints
+    that fewer than half of the ``matched`` point sets (one per match) cover; None without one (see the module docstring)."""
+    count = np.bincount(cells(own, extent, grid), minlength=grid * grid).reshape(grid, grid)
+    votes = np.zeros(grid * grid, np.int64)
+    for xy in matched:
+        votes[np.unique(cells(xy, extent, grid))] += 1
+    free = (count >= BLOCK_CELL_KP) & (2 * votes < len(matched)).reshape(grid, grid)
+    seen = np.zeros_like(free)
+    best, best_kp = None, 0
+    for r0, c0 in zip(*np.nonzero(free)):
+        if seen[r0, c0]:
+            continue
+        stack, block = [(r0, c0)], []
+        seen[r0, c0] = True
+        while stack:
+            r, c = stack.pop()
+            block.append((r, c))
+            for rr, cc in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+                if 0 <= rr < grid and 0 <= cc < grid and free[rr, cc] and not seen[rr, cc]:
+                    seen[rr, cc] = True
+                    stack.append((rr, cc))
+        kp = sum(int(count[r, c]) for r, c in block)
+        if kp > best_kp:
+            best, best_kp = block, kp
+    if best is None or best_kp < BLOCK_KP:
+        return None
+    rows, cols = [r for r, _ in best], [c for _, c in best]
+    lo = lambda v: -np.inf if v == 0 else (v - 0.5) / grid  # noqa: E731
+    hi = lambda v: np.inf if v == grid - 1 else (v + 1.5) / grid  # noqa: E731
+    return lo(min(cols)), lo(min(rows)), hi(max(cols)), hi(max(rows))
