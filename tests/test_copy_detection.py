@@ -265,3 +265,76 @@ def test_score_dedup_counts_recall_per_edit_and_template_groups(tmp_path):
     r = score_dedup(groups, data, copies)
     assert r["recall_per_edit"] == {"blur": 1.0, "meme_format": 0.0} and r["recall"] == round(1 / 3, 4)
     assert r["groups_mixing_same_edit"] == 1 and r["cross_class_groups"] == 1 and r["pair_precision"] == 0.5
+
+
+def _box(x0, y0, x1, y1, n=30, seed=0) -> np.ndarray:
+    """``n`` points spread over a box (pixels)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.uniform(x0, x1, n), rng.uniform(y0, y1, n)], 1).astype(np.float32)
+
+
+def test_template_pairs_need_each_side_to_hold_what_a_third_item_matches():
+    """Pure: screenshots T1, T2 of photos P1, P2 in one frame (left half: frame, right half: photo);
+    captioned copies C1, C2 of photos A1, A2 (one caption band, bottom fifth); a stereo pair L, R
+    (overlapping halves, nothing else). Only the frame pair and the caption pair are templates."""
+    from cbir.index.match_regions import template_pairs
+
+    ext = (0.0, 0.0, 100.0, 100.0)
+    left, right, whole = _box(0, 0, 50, 100), _box(50, 0, 100, 100), _box(0, 0, 100, 100)
+    band, photo = _box(0, 80, 100, 100), _box(0, 0, 100, 80)
+    T1, T2, P1, P2, C1, C2, A1, A2, L, R, T3 = range(11)
+    pts = {T1: {T2: left, P1: right}, T2: {T1: left, P2: right}, P1: {T1: whole}, P2: {T2: whole},
+           C1: {C2: band, A1: photo}, C2: {C1: band, A2: photo}, A1: {C1: whole}, A2: {C2: whole},
+           L: {R: right}, R: {L: left}}
+    extent = {i: ext for i in pts}
+    assert template_pairs(pts, extent) == {(T1, T2), (C1, C2)}
+    # a third screenshot whose photo is not in the gallery: its unexplained part stands for the photo
+    pts[T3] = {T1: left}
+    pts[T1][T3] = left
+    assert (T1, T3) not in template_pairs(pts, {i: ext for i in pts})
+    assert (T1, T3) in template_pairs(pts, {i: ext for i in pts}, {T3: right})
+
+
+def test_unexplained_is_the_block_most_matches_leave_out():
+    from cbir.index.match_regions import unexplained
+
+    ext = (0.0, 0.0, 160.0, 160.0)
+    own = np.vstack([_box(0, 0, 160, 160, 300), _box(100, 100, 140, 140, 60, 1)])
+    frame = own[~((own[:, 0] > 95) & (own[:, 0] < 145) & (own[:, 1] > 95) & (own[:, 1] < 145))]
+    box = unexplained(own, [frame, frame[::2], whole := own], ext)  # two of three leave the block out
+    assert box is not None
+    x0, y0, x1, y1 = box
+    assert 0.5 <= x0 <= 0.6 and 0.5 <= y0 <= 0.6 and 0.85 <= x1 <= 1.0 and 0.85 <= y1 <= 1.0
+    assert unexplained(own, [whole, whole, frame], ext) is None  # most matches cover it
+    assert unexplained(own, [], ext) is None  # nothing matched: the fixed windows cover such an item
+    assert unexplained(own[:10], [frame], ext) is None  # too few keypoints left out
+
+
+def test_dedup_groups_screenshots_with_their_photos_not_with_each_other(tmp_path, embedder, photos, capsys):
+    """Three different photos pasted into one frame (scikit-learn's china.jpg, 84 % of the pixels,
+    not in the gallery) and a photo pasted into the frame mirrored: the default dedup groups each
+    with its photo and never two of them; whole images only (``--partial 0``) groups the frames."""
+    from cbir.cli import main
+    from cbir.index.gallery import Gallery
+
+    files = make_gallery(tmp_path / "g", photos, 12)
+    shots = tmp_path / "g" / "shots"
+    shots.mkdir()
+    for k in (0, 2, 3):
+        _pip(files[k], shots / f"shot{k}.jpg")
+    flipped = tmp_path / "flipped.png"
+    Image.open(files[7]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped)
+    _pip(flipped, shots / "shot7_flipped.jpg")
+    Gallery.create(tmp_path / "idx", embedder).build([tmp_path / "g"])
+
+    def groups(*extra):
+        assert main(["dedup", str(tmp_path / "idx"), "--json", *extra]) == 0
+        return [set(os.path.basename(p) for p in g["paths"]) for g in json.loads(capsys.readouterr().out)["groups"]]
+
+    got = groups()
+    for k in (0, 2, 3):
+        assert any({f"shot{k}.jpg", os.path.basename(files[k])} <= g for g in got), (k, got)
+    assert any({"shot7_flipped.jpg", os.path.basename(files[7])} <= g for g in got), got
+    assert not any(len({n for n in g if n.startswith("shot")}) > 1 for g in got), got
+    whole = groups("--partial", "0")
+    assert any(len({n for n in g if n.startswith("shot")}) > 1 for g in whole), whole

@@ -177,7 +177,9 @@ def test_odd_but_valid_images_through_build_add_search_serve_and_dedup(lite0_onn
     r = run_cli("dedup", str(idx), "--json")
     assert r.returncode == 0, r.stderr
     groups = json.loads(r.stdout)["groups"]
-    exact = {frozenset(Path(m).parent.name + "/" + Path(m).name for m in g["paths"]) for g in groups if g["kind"] == "exact"}
+    # byte-identical files: an exact group, or a set inside the near group of their photo
+    sets = [g["paths"] for g in groups if g["kind"] == "exact"] + [s for g in groups for s in g.get("identical", [])]
+    exact = {frozenset(Path(m).parent.name + "/" + Path(m).name for m in s) for s in sets}
     assert {frozenset({f"odd/{n}", f"again/{n}"}) for n in odd} <= exact
 
 

@@ -47,9 +47,9 @@ def cmd_bench_dedup(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
     t0 = time.perf_counter()
-    groups = dedup.find(Gallery(a.index), k=a.k, threshold=a.threshold, verify=not a.no_verify)
+    groups = dedup.find(Gallery(a.index), k=a.k, threshold=a.threshold, verify=not a.no_verify, partial=a.partial)
     r = {**score_dedup(groups, a.data, a.copies), "seconds": round(time.perf_counter() - t0, 2),
-         "k": a.k, "threshold": a.threshold, "verify": not a.no_verify}
+         "k": a.k, "threshold": a.threshold, "verify": not a.no_verify, "partial": a.partial}
     if a.peers is not None:
         from cbir.bench.dedup_peers import PEERS, run_peers
         from cbir.errors import CbirError
@@ -284,6 +284,7 @@ def register(sub) -> None:
     bd.add_argument("-k", type=int, default=10)
     bd.add_argument("--threshold", type=float, default=0.5)
     bd.add_argument("--no-verify", action="store_true")
+    bd.add_argument("--partial", type=int, default=3, help="as `cbir dedup --partial` (default 3; 0: whole images only)")
     bd.add_argument("--peers", nargs="?", const="", help="also run peers on DATA + COPIES: comma-separated subset of "
                                                          "imagededup-phash,fastdup (default both; each an optional install)")
     bd.set_defaults(fn=cmd_bench_dedup)
