@@ -266,3 +266,14 @@ def test_star_groups_do_not_chain_through_a_shared_overlay():
     pairs = [(A, cA, 300), (cA, cB, 40), (B, cB, 300), (A, bA, 200)]
     assert sorted(star_groups(pairs)) == [[A, cA, bA], [B, cB]]
     assert star_groups([]) == [] and star_groups([(7, 9, 20)]) == [[7, 9]]
+
+
+def test_star_groups_attach_a_copy_left_out_only_through_two_of_its_neighbours():
+    from cbir.index.dedup import star_groups
+
+    # A with copies c1, c2 (both verify with A); p matches c1 and c2 but not A (a pip of a copy);
+    # q matches only c1 (one shared caption): p joins A's group, q stays out
+    A, c1, c2, p, q = 1, 2, 3, 4, 5
+    pairs = [(A, c1, 300), (A, c2, 300), (p, c1, 30), (p, c2, 30), (q, c1, 20)]
+    assert star_groups(pairs) == [[A, c1, c2, p]]
+    assert star_groups(pairs, attach=3) == [[A, c1, c2]]
