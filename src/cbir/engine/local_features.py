@@ -34,11 +34,12 @@ copies (BENCHMARKS.md, "Re-ranking and copy detection").
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from cbir.engine.layout import content_box
 from cbir.engine.preprocess import MAX_PIXELS, ImageSource, open_image, to_rgb
 
 MAX_KEYPOINTS = 500
@@ -127,15 +128,25 @@ WINDOWS = ((0.25, 0.0, 0.75, 0.5), (0.0, 0.25, 0.5, 0.75), (0.25, 0.25, 0.75, 0.
            (0.25, 0.5, 0.75, 1.0))
 
 
+class Windows(NamedTuple):
+    crops: list  # RGB crops (to embed)
+    features: list  # each crop's ``extract_query`` variants
+    size: tuple[int, int]  # the image's (w, h)
+    boxes: tuple  # each crop's box, fractions (x0, y0, x1, y1)
+
+
 def windows(source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PIXELS,
-            boxes: tuple = WINDOWS) -> tuple[list[Image.Image], list[tuple[np.void, ...]], tuple[int, int]]:
-    """The query's ``boxes`` as RGB crops (to embed), their own feature variants (``extract_query``:
-    as is and mirrored, detected in the crop scaled to ``SIDE``, so that an inset gets a full set of
-    keypoints) and the image's (w, h)."""
+            boxes: tuple = WINDOWS, content: bool = False) -> Windows:
+    """The query's ``boxes`` as RGB crops with their own feature variants (``extract_query``: as is
+    and mirrored, detected in the crop scaled to ``SIDE``, so that an inset gets a full set of
+    keypoints); with ``content``, also the photo inside the image's layout (``layout.content_box``)
+    when it has one."""
     img = to_rgb(ImageOps.exif_transpose(open_image(source, name, max_pixels)))
+    if content and (box := content_box(img)) is not None:
+        boxes = tuple(boxes) + (box,)
     crops = [img.crop((round(x0 * img.width), round(y0 * img.height), round(x1 * img.width), round(y1 * img.height)))
              for x0, y0, x1, y1 in boxes]
-    return crops, [extract_query(c, name, max_pixels) for c in crops], img.size
+    return Windows(crops, [extract_query(c, name, max_pixels) for c in crops], img.size, tuple(boxes))
 
 
 def from_window(xy: np.ndarray, box: tuple, crop_size: tuple[int, int], size: tuple[int, int],

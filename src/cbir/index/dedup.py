@@ -99,7 +99,7 @@ def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True,
         if partial and len(ids):
             sizes: dict[int, tuple[int, int]] = {}
             whole = {int(i): local_features.WINDOWS for i in ids}
-            _window_matches(gallery, whole, keep, partial, cfg.min_inliers, m, progress, sizes)
+            _window_matches(gallery, whole, keep, partial, cfg.min_inliers, m, progress, sizes, content=True)
             blocks = _unexplained(gallery, m, sizes)
             _window_matches(gallery, {i: (box,) for i, (box, _) in blocks.items()}, keep, partial, cfg.min_inliers, m,
                             progress)
@@ -267,12 +267,13 @@ def _unexplained(gallery, m: _Matches, sizes: dict[int, tuple[int, int]]) -> dic
 
 
 def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: int, min_inliers: int, m: _Matches,
-                    progress: bool, sizes: dict[int, tuple[int, int]] | None = None) -> None:
+                    progress: bool, sizes: dict[int, tuple[int, int]] | None = None, content: bool = False) -> None:
     """Adds to ``m`` the matches of each item's windows ``boxes[item]`` (fractions of the image;
     ``local_features.windows``: crops with their own features, as is and mirrored) with their
     ``partial`` nearest items — a photo pasted into another, a screenshot holding a photo: what
-    whole-image k-NN does not shortlist. ``sizes``: filled with each image's (w, h). Files that
-    cannot be read again are skipped with a warning."""
+    whole-image k-NN does not shortlist. ``content``: each image's layout box too
+    (``layout.content_box``). ``sizes``: filled with each image's (w, h). Files that cannot be read
+    again are skipped with a warning."""
     if not boxes:
         return
     try:
@@ -287,7 +288,7 @@ def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: i
 
     def windows(i: int):
         try:
-            return local_features.windows(paths[i], paths[i], boxes=boxes[i])
+            return local_features.windows(paths[i], paths[i], boxes=boxes[i], content=content)
         except Exception as e:  # moved or unreadable since it was indexed
             unreadable.append(f"{paths[i]}: {e}")
             return None
@@ -297,8 +298,8 @@ def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: i
             chunk = ids[s : s + WINDOW_BATCH]
             got = {i: w for i, w in zip(chunk, pool.map(windows, chunk)) if w is not None}
             if sizes is not None:
-                sizes.update((i, w[2]) for i, w in got.items())
-            crops = [(i, n, c) for i, (cs, _, _) in got.items() for n, c in enumerate(cs)]
+                sizes.update((i, w.size) for i, w in got.items())
+            crops = [(i, n, c) for i, w in got.items() for n, c in enumerate(w.crops)]
             res = embedder.embed_files([c for _, _, c in crops])
             if len(res.indices):
                 _, nn = faiss_index.search(gallery.index, gallery.postprocess_queries(res.vectors),
@@ -310,12 +311,12 @@ def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: i
 
                 def check(t):
                     i, n, c = t
-                    cs, feats, size = got[i]
+                    w = got[i]
                     best = (_EMPTY, _EMPTY)
-                    for v, rec in enumerate(feats[n] if recs[c] is not None else ()):
+                    for v, rec in enumerate(w.features[n] if recs[c] is not None else ()):
                         i_xy, c_xy = local_features.matched(rec, recs[c])
                         if len(i_xy) > len(best[0]):
-                            best = local_features.from_window(i_xy, boxes[i][n], cs[n].size, size, v == 1), c_xy
+                            best = local_features.from_window(i_xy, w.boxes[n], w.crops[n].size, w.size, v == 1), c_xy
                     return best
 
                 for (i, _, c), (i_xy, c_xy) in zip(tasks, pool.map(check, tasks)):
