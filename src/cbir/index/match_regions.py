@@ -1,13 +1,15 @@
-"""Where on an item its verified matches lie (grid cells of its keypoints' extent): which pairs
-share only a template, and which part of an item no match explains.
+"""Where on an item its verified matches lie (over its keypoints' extent): which pairs share only a
+template, and which part of an item no match explains.
 
 Template pairs: the same web-page frame, meme band or watermark around *different* photos, told
 apart from copies by what the rest of the gallery matches in them.
 
 ``template_pairs(points, extent)`` → the verified pairs (a, b) for which **each** side holds a part
 that the other lacks and that a third item matches: some c verified with a, not verified with b,
-has more than ``OUTSIDE`` (half) of its inliers on a in grid cells (``GRID`` × ``GRID``, default 8,
-over a's keypoints' extent) where a holds no inlier with b — and the same from b's side with some d.
+has more than ``OUTSIDE`` (half) of its inliers on a where a's inliers with b do not reach
+(``covered``: each inlier reaches ``REACH`` (1.5) × their mean spacing, so that a few inliers spread
+over a photo cover it while a dense frame leaves the hole it surrounds) — and the same from b's
+side with some d.
 A screenshot of photo P and one of photo Q in one frame verify through the frame, but P matches
 the first screenshot where the second one shows Q, and Q the second where the first shows P: both
 are composites of the frame and something else, so the pair is a template, not a copy. A captioned,
@@ -32,6 +34,8 @@ import numpy as np
 
 GRID = 8
 OUTSIDE = 0.5
+RASTER = 64
+REACH = 1.5
 BLOCK_CELL_KP = 2
 BLOCK_KP = 20
 
@@ -48,20 +52,49 @@ def cells(xy: np.ndarray, extent: tuple[float, float, float, float], grid: int =
     return cy * grid + cx
 
 
+def covered(shared: np.ndarray, extent: tuple[float, float, float, float], raster: int = RASTER,
+            reach: float = REACH) -> np.ndarray:
+    """[raster, raster] mask over ``extent`` of what the ``shared`` points cover: each reaches
+    ``reach`` × their mean spacing (√(extent area / n)), so that a few inliers spread over a photo
+    cover it and a dense frame leaves the hole it surrounds."""
+    import cv2
+
+    x0, y0, x1, y1 = extent
+    w, h = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
+    r = reach * np.sqrt(w * h / max(len(shared), 1))
+    mask = np.zeros((raster, raster), np.uint8)
+    if len(shared):
+        cx = np.clip(((shared[:, 0] - x0) / w * raster).astype(np.int64), 0, raster - 1)
+        cy = np.clip(((shared[:, 1] - y0) / h * raster).astype(np.int64), 0, raster - 1)
+        mask[cy, cx] = 1
+    kx, ky = max(1, int(np.ceil(r / w * raster))), max(1, int(np.ceil(r / h * raster)))
+    return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * kx + 1, 2 * ky + 1))).astype(bool)
+
+
+def _inside(mask: np.ndarray, xy: np.ndarray, extent: tuple[float, float, float, float]) -> np.ndarray:
+    x0, y0, x1, y1 = extent
+    raster = mask.shape[0]
+    cx = np.clip(((xy[:, 0] - x0) / max(x1 - x0, 1.0) * raster).astype(np.int64), 0, raster - 1)
+    cy = np.clip(((xy[:, 1] - y0) / max(y1 - y0, 1.0) * raster).astype(np.int64), 0, raster - 1)
+    return mask[cy, cx]
+
+
 def holds_more(points: Points, extent: Mapping[int, tuple], a: int, b: int, block: np.ndarray | None = None,
-               grid: int = GRID, outside: float = OUTSIDE) -> bool:
+               outside: float = OUTSIDE) -> bool:
     """Whether some third item verified with ``a`` and not with ``b`` — or ``a``'s ``block`` (its
-    keypoints in the part no match explains, ``unexplained``) — lies mostly where ``a`` holds no
-    inlier with ``b``."""
-    shared = np.zeros(grid * grid, bool)
-    shared[cells(points[a][b], extent[a], grid)] = True
-    others = [xy for c, xy in points[a].items() if c != b and b not in points.get(c, {})]
-    return any(len(xy) and np.mean(~shared[cells(xy, extent[a], grid)]) > outside
-               for xy in others + ([block] if block is not None else []))
+    keypoints in the part no match explains, ``unexplained``) — lies mostly where ``a``'s inliers
+    with ``b`` do not reach (``covered``)."""
+    others = [xy for c, xy in points[a].items() if c != b and b not in points.get(c, {}) and len(xy)]
+    if block is not None and len(block):
+        others.append(block)
+    if not others:
+        return False
+    mask = covered(points[a][b], extent[a])
+    return any(np.mean(~_inside(mask, xy, extent[a])) > outside for xy in others)
 
 
 def template_pairs(points: Points, extent: Mapping[int, tuple], blocks: Mapping[int, np.ndarray] | None = None,
-                   grid: int = GRID, outside: float = OUTSIDE) -> set[tuple[int, int]]:
+                   outside: float = OUTSIDE) -> set[tuple[int, int]]:
     """The pairs (a < b) of ``points`` where each side ``holds_more`` than the other (see the module
     docstring). ``extent[x]``: (x0, y0, x1, y1) of x's keypoints; ``blocks[x]``: x's keypoints in
     its unexplained part, standing for the photo a screenshot holds when the gallery does not
@@ -71,8 +104,8 @@ def template_pairs(points: Points, extent: Mapping[int, tuple], blocks: Mapping[
     out = set()
     for a, partners in points.items():
         for b in partners:
-            if a < b and holds_more(points, extent, a, b, blocks.get(a), grid, outside) \
-                    and holds_more(points, extent, b, a, blocks.get(b), grid, outside):
+            if a < b and holds_more(points, extent, a, b, blocks.get(a), outside) \
+                    and holds_more(points, extent, b, a, blocks.get(b), outside):
                 out.add((a, b))
     return out
 
