@@ -338,3 +338,48 @@ def test_dedup_groups_screenshots_with_their_photos_not_with_each_other(tmp_path
     assert not any(len({n for n in g if n.startswith("shot")}) > 1 for g in got), got
     whole = groups("--partial", "0")
     assert any(len({n for n in g if n.startswith("shot")}) > 1 for g in whole), whole
+
+
+def test_content_box_finds_the_photo_inside_a_page_a_meme_band_and_black_bars(photos):
+    from PIL import ImageDraw
+
+    from cbir.engine.layout import content_box
+
+    photo = Image.open(photos[2]).convert("RGB")  # chelsea, 451 × 300
+    page = Image.new("RGB", (1200, 740), "white")  # a page: text rows above, the photo lower down
+    d = ImageDraw.Draw(page)
+    for y in range(30, 300, 40):
+        d.text((60, y), "Timeline  Messages  Watch  Shop  Stories  See all  " * 3, fill="black")
+    page.paste(photo.resize((360, 240)), (420, 380))
+    x0, y0, x1, y1 = content_box(page)
+    assert abs(x0 - 420 / 1200) < 0.02 and abs(x1 - 780 / 1200) < 0.02 and abs(y0 - 380 / 740) < 0.02 and abs(y1 - 620 / 740) < 0.02
+    meme = Image.new("RGB", (451, 450), "white")  # a caption band on top
+    ImageDraw.Draw(meme).text((150, 60), "LOL " * 5, fill="black", font_size=40)
+    meme.paste(photo, (0, 150))
+    assert content_box(meme) == pytest.approx((0.0, 150 / 450, 1.0, 1.0), abs=0.02)
+    bars = Image.new("RGB", (900, 300), "black")  # letterboxed
+    bars.paste(photo, (225, 0))
+    assert content_box(bars) == pytest.approx((0.25, 0.0, 0.75, 1.0), abs=0.02)
+    assert content_box(photo) is None  # a photo is its own content
+    assert content_box(Image.new("RGB", (64, 64), "grey")) is None  # nothing busy at all
+
+
+def test_peers_print_nothing_on_stdout(tmp_path, capfd):
+    """A peer's own prints (fastdup's banner and progress bars) go to stderr, not into the JSON."""
+    from cbir.bench import dedup_peers
+
+    def noisy(files):
+        os.write(1, b"progress [#####]\n")
+        print("banner")
+        return [{"kind": "near", "paths": files[:2]}]
+
+    for p in ("data/a/1.jpg", "copies/blur/a/1.jpg"):
+        (tmp_path / p).parent.mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / p)
+    dedup_peers.PEERS["noisy"] = noisy
+    try:
+        r = dedup_peers.run_peers([str(tmp_path)], str(tmp_path / "data"), str(tmp_path / "copies"), ["noisy"])
+    finally:
+        del dedup_peers.PEERS["noisy"]
+    out, err = capfd.readouterr()
+    assert out == "" and "progress" in err and "banner" in err and "recall" in r["noisy"]

@@ -7,7 +7,9 @@ silently.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +60,21 @@ def fastdup_groups(files: list[str], threshold: float = 0.9) -> list[dict]:
     return _components(pairs)
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """``sys.stdout`` and file descriptor 1 (a native library's prints) pointed at stderr, then restored."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 PEERS = {"imagededup-phash": imagededup_phash, "fastdup": fastdup_groups}
 
 
@@ -70,7 +87,8 @@ def run_peers(folders: list[str], data: str, copies: str, names: list[str] | Non
     for name in names or list(PEERS):
         t0 = time.perf_counter()
         try:
-            groups = PEERS[name](files)
+            with _stdout_to_stderr():  # fastdup prints banners and progress bars on stdout, into the JSON
+                groups = PEERS[name](files)
         except ImportError as e:
             out[name] = {"error": f"not installed ({e})"}
             continue

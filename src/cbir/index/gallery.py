@@ -821,7 +821,7 @@ class Gallery:
             return hits
         name = str(source) if isinstance(source, (str, os.PathLike)) else "<query>"
         try:
-            crops, feats, _, _ = local_features.windows(source, name)
+            crops, feats, _, _ = local_features.windows(source, name, content=True)
         except Exception:  # the query was embedded; windows it cannot give just find nothing more
             return hits
         res = self.embedder().embed_files(crops)
