@@ -832,7 +832,8 @@ class Gallery:
         best: dict[int, float] = {}
         pairs = []  # (window, candidate)
         for w, srow, irow in zip(res.indices, sims, ids):
-            for s_, i in zip(srow, irow):
+            top = 1 if w >= len(local_features.WINDOWS) else len(irow)  # the layout box: its nearest only
+            for s_, i in zip(srow[:top], irow[:top]):
                 if i >= 0:
                     pairs.append((int(w), int(i)))
                     best[int(i)] = max(best.get(int(i), -np.inf), float(s_))

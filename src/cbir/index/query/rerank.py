@@ -22,7 +22,9 @@ Formulas (x_i the shortlist's L2-normalised vectors, q the query, s_i = q·x_i, 
 - ``partial`` (n): when a query image has nothing verified after (4), each of its ``WINDOWS``
   (five half-size windows, ``cbir.engine.local_features``) is embedded and searched on its own, and
   the first n k-NN of every window are verified against that window's own local features; verified
-  ones come first (a photo pasted into another, a screenshot, a collage). Only ``Gallery.search``
+  ones come first (a photo pasted into another, a screenshot, a collage). A query with a layout (a
+  block bounded by bands of one colour, ``cbir.engine.layout``) has that block as a sixth window,
+  whose first k-NN only is verified. Only ``Gallery.search``
   (an image query) runs it; a vector or an item as query has no windows.
 - ``keep_first`` (c): the k-NN's first candidate stays first after the verified ones when its cosine
   to the query is ≥ c (0 = off): a copy too degraded to verify (a chain of edits, a perspective
@@ -136,7 +138,7 @@ def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
         r = min(cfg.regional, n)
         b += 2 * r * regions * dim * 4.0
         f += 2.0 * r * regions * dim
-    f += (cfg.verify + len(WINDOWS) * cfg.partial) * VERIFY_GFLOP * 1e9
+    f += (cfg.verify + len(WINDOWS) * cfg.partial + bool(cfg.partial)) * VERIFY_GFLOP * 1e9  # + the layout box's top 1
     f += (bool(cfg.verify) + bool(cfg.partial)) * GUIDE_MAX * REMATCH_GFLOP * 1e9
     return b / 2**20, f / 1e9
 
