@@ -86,8 +86,9 @@ def test_imports_point_one_way():
     assert not problems, "\n".join(problems)
 
 
-# Inside ``cbir.index`` the parts point one way too: storage < ann < query < build < check, dedup, gallery.
+# Inside ``cbir.index`` the parts point one way too: storage < ann < query < build, match_regions < check, dedup, gallery.
 INDEX_PARTS = {"cbir.index.storage": 0, "cbir.index.ann": 1, "cbir.index.query": 2, "cbir.index.build": 3,
+               "cbir.index.match_regions": 3,
                "cbir.index.check": 4, "cbir.index.dedup": 4, "cbir.index.gallery": 5, "cbir.index": 5}
 
 
