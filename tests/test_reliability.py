@@ -349,3 +349,24 @@ def test_every_per_item_step_takes_any_valid_image(embedder, data):
     assert res.vectors.shape == (1, embedder.dim) and abs(float(np.linalg.norm(res.vectors[0])) - 1) < 1e-4
     rec = local_features.extract(data)
     assert 0 <= int(rec["n"]) <= local_features.MAX_KEYPOINTS
+
+
+def test_dedup_windows_pass_reports_a_vanished_file_and_names_a_missing_model(lite0_onnx, photos, tmp_path):
+    """An indexed file deleted since the build: dedup still answers, naming it (compared whole only).
+    The index's model deleted: the windows pass cannot embed, and the error says how to go on."""
+    model = tmp_path / "model.onnx"
+    shutil.copy(lite0_onnx, model)
+    files = make_gallery(tmp_path / "g", photos, 6)
+    shutil.copy(files[1], tmp_path / "g" / "copy.jpg")
+    idx = tmp_path / "idx"
+    assert run_cli("index", "build", str(tmp_path / "g"), "--model", str(model), "--index", str(idx)).returncode == 0
+    files[3].unlink()
+    r = run_cli("dedup", str(idx), "--json")
+    assert r.returncode == 0, r.stderr
+    assert "windows pass" in r.stderr and files[3].name in r.stderr
+    assert any(len(g["paths"]) == 2 for g in json.loads(r.stdout)["groups"])
+    model.unlink()
+    r = run_cli("dedup", str(idx))
+    assert r.returncode == 2 and "--partial 0" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("dedup", str(idx), "--partial", "0", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["groups"], r.stderr
