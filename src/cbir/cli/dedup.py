@@ -47,7 +47,7 @@ def register(sub) -> None:
     d.add_argument("--partial", type=int, default=3, metavar="N",
                    help="windows pass: each image's five half-size windows, its layout box and the part its matches "
                         "leave out are embedded, searched (N nearest each) and verified, for a photo inside another "
-                        "image; then pairs that share only a template are dropped "
+                        "image "
                         "(default 3; 0: whole images only, no re-embedding, ~7x faster)")
     d.add_argument("--csv", metavar="FILE", help="also write one row per (group, image)")
     d.add_argument("--json", action="store_true", help='print {"groups": [{"kind": "exact"|"near", "ids": [...], "paths": [...], '
