@@ -19,12 +19,12 @@ in the gallery (the photos whose screenshots they are, found by dedup's windows 
 part of an item that most of its matches leave out (``unexplained``) stands for it: the photo in a
 screenshot whose frame matched other screenshots, when the gallery does not hold that photo.
 
-``unexplained(own, matched, extent)`` → the box (fractions of the keypoints' extent, widened by half a
-cell, to the image's edge where it reaches the extent's) of the largest 4-connected block of cells
-holding ≥ ``BLOCK_CELL_KP`` (2) of the item's keypoints where fewer than half of its matches have an
-inlier, when it holds ≥
-``BLOCK_KP`` (20) keypoints: the photo inside a screenshot whose frame matched other screenshots
-— too small a part of the frame for the fixed windows to shortlist its original.
+``unexplained(own, matched, extent)`` → the box (fractions of the keypoints' extent, widened by half
+a cell, to the image's edge where it reaches the extent's) of the largest 4-connected block of
+``GRID`` × ``GRID`` cells holding ≥ ``BLOCK_CELL_KP`` (2) of the item's keypoints where fewer than
+half of its matches have an inlier, when the block holds ≥ ``BLOCK_KP`` (20) keypoints: the photo
+inside a screenshot whose frame matched other screenshots — too small a part of the frame for the
+fixed windows to shortlist its original.
 """
 from __future__ import annotations
 
@@ -114,7 +114,8 @@ def unexplained(own: np.ndarray, matched: list[np.ndarray], extent: tuple[float,
                 grid: int = GRID) -> tuple[float, float, float, float] | None:
     """(x0, y0, x1, y1) in fractions of ``extent`` (widened by half a cell; -inf / inf where the
     block reaches the extent's edge: to the image's) of the largest block of ``own`` keypoints
-    that fewer than half of the ``matched`` point sets (one per match) cover; None without one (see the module docstring)."""
+    that fewer than half of the ``matched`` point sets (one per match) cover; None without one (see
+    the module docstring)."""
     count = np.bincount(cells(own, extent, grid), minlength=grid * grid).reshape(grid, grid)
     votes = np.zeros(grid * grid, np.int64)
     for xy in matched:
