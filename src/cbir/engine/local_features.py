@@ -77,8 +77,7 @@ def gray(source: ImageSource, name: str, side: int = SIDE, max_pixels: int = MAX
         img = to_rgb(img).convert("L")
     scale = side / max(img.size)
     if scale != 1.0:
-        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        img = img.resize(size, Image.Resampling.BILINEAR if scale < 1 else Image.Resampling.BICUBIC,
+        img = img.resize(at_side(img.size, side), Image.Resampling.BILINEAR if scale < 1 else Image.Resampling.BICUBIC,
                          reducing_gap=2.0 if scale < 1 else None)
     return np.asarray(img)
 
@@ -155,14 +154,19 @@ def from_window(xy: np.ndarray, box: tuple, crop_size: tuple[int, int], size: tu
     mirror, ``extract_query``'s second variant) in the whole image's feature pixels. ``box``: the
     window as fractions (``WINDOWS``); ``crop_size``, ``size``: the crop's and the image's (w, h)."""
     (cw, ch), (w, h) = at_side(crop_size), at_side(size)
-    x = cw - 1 - xy[:, 0] if mirrored else xy[:, 0]
+    x, y = (unmirror(xy, cw) if mirrored else xy).T
     x0, y0, x1, y1 = box
-    return np.stack([(x0 + (x1 - x0) * x / cw) * w, (y0 + (y1 - y0) * xy[:, 1] / ch) * h], 1).astype(np.float32)
+    return np.stack([(x0 + (x1 - x0) * x / cw) * w, (y0 + (y1 - y0) * y / ch) * h], 1).astype(np.float32)
 
 
-def at_side(size: tuple[int, int]) -> tuple[int, int]:
-    """(w, h) of an image of ``size`` as ``gray`` scales it (longer side ``SIDE``)."""
-    s = SIDE / max(size)
+def unmirror(xy: np.ndarray, width: int) -> np.ndarray:
+    """Points found in ``mirror`` of an image ``width`` pixels wide, in the image itself."""
+    return np.stack([width - 1 - xy[:, 0], xy[:, 1]], 1)
+
+
+def at_side(size: tuple[int, int], side: int = SIDE) -> tuple[int, int]:
+    """(w, h) of an image of ``size`` as ``gray`` scales it (longer side ``side``)."""
+    s = side / max(size)
     return max(1, round(size[0] * s)), max(1, round(size[1] * s))
 
 

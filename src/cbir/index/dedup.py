@@ -8,11 +8,12 @@
   downscaling, rotation), while the verification is what rejects same-class look-alikes.
   ``verify=False`` keeps every pair over the threshold (use a high one, e.g. 0.9).
 - Windows pass (``partial``, default 3; 0 turns it off): every item's five half-size windows
-  (``local_features.WINDOWS``) are embedded with the index's model, searched (``partial`` nearest
-  each) and verified, and then, for each matched item, the part most of its matches leave out
+  (``local_features.WINDOWS``) and its layout box (``layout.content_box``) are embedded with the
+  index's model, searched (``partial`` nearest each) and verified, and then, for each matched
+  item, the part most of its matches leave out
   (``match_regions.unexplained``: the photo inside a screenshot whose frame matched other
   screenshots) — a photo pasted into another, a screenshot or meme of a photo. It re-embeds ~6
-  crops per image: on 2 cores, 1,484 images take ~115 s against ~16 s without it.
+  crops per image: on 2 cores, 1,484 images take ~125 s against ~16 s without it.
 - Template pairs (``match_regions.template_pairs``) are dropped: two screenshots or memes of
   *different* photos that verify only through their shared frame or band.
 
@@ -49,8 +50,8 @@ PARTIAL = 3  # nearest items per window (as search's default)
 MAX_PARTIAL = 20
 WINDOW_BATCH = 64  # items whose windows are embedded together
 ATTACH = 2  # an image no seed took joins the group holding this many of its verified neighbours
-_EMPTY = np.zeros((0, 2), np.float32)
 FRAME_MATCHES = 3  # an item matched by this many others through one part is a frame around the rest
+_EMPTY = np.zeros((0, 2), np.float32)
 
 
 def exact_groups(store) -> list[list[int]]:
@@ -182,6 +183,7 @@ class _Matches:
     def __init__(self):
         self.inliers: dict[tuple[int, int], int] = {}
         self.points: dict[int, dict[int, np.ndarray]] = defaultdict(dict)
+        self._extents: dict[int, tuple] = {}
 
     def add(self, a: int, b: int, n: int, a_xy: np.ndarray, b_xy: np.ndarray) -> None:
         key = (min(a, b), max(a, b))
@@ -190,13 +192,12 @@ class _Matches:
             self.points[x][y] = np.vstack([self.points[x][y], xy]) if y in self.points[x] else xy
 
     def extents(self, gallery) -> dict[int, tuple]:
-        """(x0, y0, x1, y1) of each matched item's stored keypoints."""
-        items = sorted(self.points)
-        out = {}
-        for i, rec in zip(items, gallery.features.get(items)):
+        """(x0, y0, x1, y1) of each matched item's stored keypoints (read once per item)."""
+        items = sorted(set(self.points) - set(self._extents))
+        for i, rec in zip(items, gallery.features.get(items) if items else []):
             xy = rec["xy"][: int(rec["n"])].astype(np.float32) if rec is not None and rec["n"] else np.zeros((1, 2), np.float32)
-            out[i] = (*xy.min(0), *xy.max(0))
-        return out
+            self._extents[i] = (*xy.min(0), *xy.max(0))
+        return self._extents
 
 
 def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Matches, progress: bool) -> None:
@@ -231,7 +232,7 @@ def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Match
                 rec, width = mirror(a)
                 a_xy, b_xy = local_features.matched(rec, fb)
                 if len(a_xy) > len(got[0]):
-                    got = np.stack([width - 1 - a_xy[:, 0], a_xy[:, 1]], 1), b_xy
+                    got = local_features.unmirror(a_xy, width), b_xy
         if bar is not None:
             bar.update(1)
         return got
@@ -253,14 +254,14 @@ def _unexplained(gallery, m: _Matches, sizes: dict[int, tuple[int, int]]) -> dic
     for i, rec in zip(items, gallery.features.get(items)):
         if rec is None or not rec["n"]:
             continue
-        box = unexplained(rec["xy"][: int(rec["n"])].astype(np.float32), list(m.points[i].values()), extents[i])
+        xy = rec["xy"][: int(rec["n"])].astype(np.float32)
+        box = unexplained(xy, list(m.points[i].values()), extents[i])
         if box is None:
             continue
         (x0, y0, x1, y1), (w, h) = extents[i], local_features.at_side(sizes[i])
         px = (np.clip(x0 + box[0] * (x1 - x0), 0, w), np.clip(y0 + box[1] * (y1 - y0), 0, h),
               np.clip(x0 + box[2] * (x1 - x0), 0, w), np.clip(y0 + box[3] * (y1 - y0), 0, h))
         if px[2] - px[0] >= 0.1 * w and px[3] - px[1] >= 0.1 * h:
-            xy = rec["xy"][: int(rec["n"])].astype(np.float32)
             inside = (xy[:, 0] >= px[0]) & (xy[:, 0] <= px[2]) & (xy[:, 1] >= px[1]) & (xy[:, 1] <= px[3])
             out[i] = ((float(px[0] / w), float(px[1] / h), float(px[2] / w), float(px[3] / h)), xy[inside])
     return out
