@@ -27,6 +27,7 @@ swaps it in atomically: searches already running finish on the old one.
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -157,7 +158,12 @@ class Gallery:
                  "memory_budget": memory_budget, "target_recall": target_recall, "on_disk": on_disk}
         wt = Whitening.load(whitening) if whitening else None
         if (root / INDEX_JSON).is_file():
-            return cls._open_existing(root, embedder, wait, {**given, "whitening": wt.fingerprint if wt else None})
+            try:
+                return cls._open_existing(root, embedder, wait, {**given, "whitening": wt.fingerprint if wt else None})
+            except (sqlite3.Error, CbirError):
+                if (root / INDEX_JSON).is_file():
+                    raise
+                # a failing first build discarded the index while this one opened it: create it afresh below
         if root.exists() and not root.is_dir():
             raise CbirError(f"--index {root}: exists and is not a directory")
         _refuse_foreign(root)
@@ -198,8 +204,7 @@ class Gallery:
                 if attempt == 4:
                     raise
         try:
-            if (root / INDEX_JSON).is_file():
-                lock.release()
+            if (root / INDEX_JSON).is_file():  # opened under the lock: its maker cannot discard it meanwhile
                 return cls._open_existing(root, embedder, wait, {**given, "whitening": wt.fingerprint if wt else None})
             _refuse_foreign(root)
             if wt is not None:
