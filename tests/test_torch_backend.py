@@ -73,9 +73,13 @@ def test_compare_backends_reports_agreement(lite0_onnx, photos, tmp_path):
     from conftest import make_gallery
 
     make_gallery(tmp_path / "g", photos, 4)
-    r = compare_backends(str(lite0_onnx), ["onnxruntime", "torch:fp32+cpu"], batch_sizes=(1, 2),
+    # torch:fp16+cpu cannot start (FP16 needs CUDA): listed as unavailable, the others still measured
+    r = compare_backends(str(lite0_onnx), ["onnxruntime", "torch:fp16+cpu", "torch:fp32+cpu"], batch_sizes=(1, 2),
                          data=str(tmp_path / "g"), repeats=1, e2e_batch=2)
+    assert list(r["backends"]) == ["onnxruntime", "torch:fp32+cpu"] and "fp16" in r["unavailable"]["torch:fp16+cpu"]
     ort, tor = r["backends"]["onnxruntime"], r["backends"]["torch:fp32+cpu"]
     assert ort["agreement_with_first"]["min_cos"] >= 0.99999 and ort["agreement_with_first"]["images"] == 4
     assert tor["agreement_with_first"]["min_cos"] >= 0.9999 and tor["providers"] == ["torch-cpu-fp32"]
     assert tor["end_to_end_images_per_s"]["median"] > 0
+    with pytest.raises(CbirError, match="fp16"):  # the baseline must start
+        compare_backends(str(lite0_onnx), ["torch:fp16+cpu", "onnxruntime"], batch_sizes=(1,), repeats=1)

@@ -177,15 +177,22 @@ def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data:
                      repeats: int = 5, e2e_batch: int | None = None, threads: int | None = None) -> dict:
     """Backend × precision (× model file: ``backend[:precision][@file]``) in one process run: model-only img/s per batch size and end-to-end img/s
     from image files, repeats interleaved round-robin (drift hits every backend alike), medians, and
-    each spec's ratio to the first one. End-to-end runs use ``e2e_batch`` (default: each one's auto batch size).
+    each spec's ratio to the first one (the end-to-end repeats after one untimed pass); a spec other than the first that cannot start on this host
+    is listed under "unavailable" with its error. End-to-end runs use ``e2e_batch`` (default: each one's auto batch size).
     With files, each spec also embeds the first ``AGREEMENT_FILES`` of them end to end and reports
     its cosine to the first spec's vectors (min and median): a faster spec must say what it costs."""
     from cbir.engine.embedder import Embedder
 
-    embs = {}
+    embs, unavailable = {}, {}
     for s in specs:
         backend, precision, path, options = parse_spec(s, model)
-        embs[s] = Embedder(path, backend=backend, precision=precision, threads=threads, **options)
+        try:
+            embs[s] = Embedder(path, backend=backend, precision=precision, threads=threads, **options)
+        except CbirError as e:  # a spec this host cannot start is reported; the baseline (first) must start
+            if s == specs[0]:
+                raise
+            unavailable[s] = str(e)
+    specs = [s for s in specs if s in embs]
     h, w = next(iter(embs.values())).info.input_size
     big = np.random.default_rng(0).integers(0, 256, (max(batch_sizes), h, w, 3), dtype=np.uint8)
     files = None
@@ -194,6 +201,9 @@ def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data:
 
         files = [str(p) for p in find_images([data])]
     runs: dict = {s: {"model_only": {str(b): [] for b in batch_sizes}, "end_to_end": []} for s in specs}
+    if files:  # untimed first pass: CUDA graphs, decoder state and first-shape kernels are built here
+        for emb in embs.values():
+            emb.embed_files(files, batch_size=e2e_batch)
     for _ in range(repeats):
         for s, emb in embs.items():
             for b in batch_sizes:
@@ -213,7 +223,7 @@ def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data:
                             "median_cos": round(float(np.median(cos)), 6) if len(cos) else None}
     base = specs[0]
     out = {"model": next(iter(embs.values())).info.public(), "batch_sizes": list(batch_sizes), "repeats": repeats,
-           "files": len(files) if files else 0, "e2e_batch": e2e_batch, "backends": {}}
+           "files": len(files) if files else 0, "e2e_batch": e2e_batch, "backends": {}, "unavailable": unavailable}
     for s in specs:
         mo = {b: _stats(v) for b, v in runs[s]["model_only"].items()}
         row = {"name": embs[s].runner.name, "providers": embs[s].runner.providers, "auto_batch_size": embs[s].auto_batch_size, "model_only_images_per_s": mo,

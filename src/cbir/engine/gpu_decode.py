@@ -52,7 +52,10 @@ class NvDecoder:
             raise CbirError(f"--decode gpu: torch {torch.__version__} sees no CUDA device")
         try:
             self._decoder = nvimgcodec.Decoder(device_id=device_id)
-            self._params = nvimgcodec.DecodeParams(apply_exif_orientation=True, color_spec=nvimgcodec.ColorSpec.RGB)
+            # nvImageCodec ≥ 0.6 names it SRGB and takes the channel layout apart (I_RGB: interleaved)
+            rgb = getattr(nvimgcodec.ColorSpec, "RGB", None) or nvimgcodec.ColorSpec.SRGB
+            layout = {"sample_format": nvimgcodec.SampleFormat.I_RGB} if hasattr(nvimgcodec, "SampleFormat") else {}
+            self._params = nvimgcodec.DecodeParams(apply_exif_orientation=True, color_spec=rgb, **layout)
         except Exception as e:
             raise CbirError(f"--decode gpu: nvImageCodec cannot start ({type(e).__name__}: {e})") from None
         self._nv, self._torch, self.device = nvimgcodec, torch, f"cuda:{device_id}"
