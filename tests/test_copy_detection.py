@@ -364,6 +364,45 @@ def test_content_box_finds_the_photo_inside_a_page_a_meme_band_and_black_bars(ph
     assert content_box(Image.new("RGB", (64, 64), "grey")) is None  # nothing busy at all
 
 
+def test_inset_box_finds_a_pasted_photo_and_layout_box_takes_the_innermost(photos):
+    from PIL import ImageDraw
+    from sklearn.datasets import load_sample_image
+
+    from cbir.engine.layout import content_box, inset_box, layout_box
+
+    photo = Image.open(photos[2]).convert("RGB")
+    china = Image.fromarray(load_sample_image("china.jpg"))  # a photo with straight lines of its own
+
+    def pip(at, bg=china, width=0.4):
+        bg = bg.copy()
+        w = int(bg.width * width)
+        inset = photo.resize((w, int(photo.height * w / photo.width)))
+        bg.paste(inset, (int(at[0] * bg.width), int(at[1] * bg.height)))
+        return bg, (at[0], at[1], at[0] + w / bg.width, at[1] + inset.height / bg.height)
+
+    for at in ((0.08, 0.3), (0.0, 0.3), (0.5, 0.5)):  # (0.0, …): the image's border is the inset's left side
+        img, truth = pip(at)
+        assert inset_box(img) == pytest.approx(truth, abs=0.01), at
+        assert content_box(img) is None and layout_box(img) == pytest.approx(truth, abs=0.01)
+    assert inset_box(photo) is None
+    # letterboxed: the bands bound the background photo, the edges the inset inside it -> the inset
+    img, truth = pip((0.3, 0.2))
+    bars = Image.new("RGB", (1000, 427), "black")
+    bars.paste(img, (180, 0))
+    inner = ((180 + truth[0] * 640) / 1000, truth[1], (180 + truth[2] * 640) / 1000, truth[3])
+    assert content_box(bars) == pytest.approx((0.18, 0.0, 0.82, 1.0), abs=0.01)
+    assert layout_box(bars) == pytest.approx(inner, abs=0.015)  # a 256-px pixel is 0.009 of its height
+    # a page: a card's frame is an edged box around the photo, the white gaps bound the photo -> the photo
+    page = Image.new("RGB", (1200, 740), "white")
+    d = ImageDraw.Draw(page)
+    for y in range(30, 300, 40):
+        d.text((60, y), "Timeline  Messages  Watch  Shop  Stories  See all  " * 3, fill="black")
+    d.rectangle((300, 340, 900, 700), outline=(120, 120, 120), width=3)
+    page.paste(photo.resize((360, 240)), (420, 380))
+    assert inset_box(page) == pytest.approx((0.25, 0.46, 0.75, 0.95), abs=0.01)
+    assert layout_box(page) == pytest.approx((420 / 1200, 380 / 740, 780 / 1200, 620 / 740), abs=0.01)
+
+
 def test_peers_print_nothing_on_stdout(tmp_path, capfd):
     """A peer's own prints (fastdup's banner and progress bars) go to stderr, not into the JSON."""
     from cbir.bench import dedup_peers

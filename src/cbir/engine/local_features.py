@@ -39,7 +39,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from cbir.engine.layout import content_box
+from cbir.engine.layout import layout_box
 from cbir.engine.preprocess import MAX_PIXELS, ImageSource, open_image, to_rgb
 
 MAX_KEYPOINTS = 500
@@ -138,10 +138,10 @@ def windows(source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PI
             boxes: tuple = WINDOWS, content: bool = False) -> Windows:
     """The query's ``boxes`` as RGB crops with their own feature variants (``extract_query``: as is
     and mirrored, detected in the crop scaled to ``SIDE``, so that an inset gets a full set of
-    keypoints); with ``content``, also the photo inside the image's layout (``layout.content_box``)
+    keypoints); with ``content``, also the photo inside the image's layout (``layout.layout_box``)
     when it has one."""
     img = to_rgb(ImageOps.exif_transpose(open_image(source, name, max_pixels)))
-    if content and (box := content_box(img)) is not None:
+    if content and (box := layout_box(img)) is not None:
         boxes = tuple(boxes) + (box,)
     crops = [img.crop((round(x0 * img.width), round(y0 * img.height), round(x1 * img.width), round(y1 * img.height)))
              for x0, y0, x1, y1 in boxes]

@@ -8,7 +8,7 @@
   downscaling, rotation), while the verification is what rejects same-class look-alikes.
   ``verify=False`` keeps every pair over the threshold (use a high one, e.g. 0.9).
 - Windows pass (``partial``, default 3; 0 turns it off): every item's five half-size windows
-  (``local_features.WINDOWS``) and its layout box (``layout.content_box``) are embedded with the
+  (``local_features.WINDOWS``) and its layout box (``layout.layout_box``) are embedded with the
   index's model, searched (``partial`` nearest each) and verified, and then, for each matched
   item, the part most of its matches leave out
   (``match_regions.unexplained``: the photo inside a screenshot whose frame matched other
@@ -273,7 +273,7 @@ def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: i
     ``local_features.windows``: crops with their own features, as is and mirrored) with their
     ``partial`` nearest items — a photo pasted into another, a screenshot holding a photo: what
     whole-image k-NN does not shortlist. ``content``: each image's layout box too
-    (``layout.content_box``). ``sizes``: filled with each image's (w, h). Files that cannot be read
+    (``layout.layout_box``). ``sizes``: filled with each image's (w, h). Files that cannot be read
     again are skipped with a warning."""
     if not boxes:
         return
