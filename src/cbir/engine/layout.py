@@ -82,8 +82,10 @@ def _lines(e: np.ndarray) -> list[int]:
     where their edge count is the largest within ±2 lines."""
     n = e.shape[1]
     count = e.sum(axis=1)
-    return [int(i) for i in np.flatnonzero(count >= LINE * n)
-            if count[i] >= count[max(0, i - 2):i + 3].max() and max((b - a for a, b in _runs(e[i])), default=0) >= LINE * n]
+    c = np.cumsum(e, axis=1, dtype=np.int32)
+    longest = (c - np.maximum.accumulate(np.where(e, 0, c), axis=1)).max(axis=1)  # each line's longest run
+    peak = count >= np.lib.stride_tricks.sliding_window_view(np.pad(count, 2), 5).max(axis=1)
+    return np.flatnonzero((longest >= LINE * n) & peak).tolist()
 
 
 def _support(c: np.ndarray, idx: list[int], ends: list[int]) -> np.ndarray:
@@ -110,8 +112,9 @@ def inset_box(img: Image.Image) -> tuple[float, float, float, float] | None:
     a = _scaled(img, "RGB")
     h, w, _ = a.shape
     ev, eh = np.zeros((h, w), bool), np.zeros((h, w), bool)
-    ev[:, 1:-1] = np.abs(a[:, 2:] - a[:, :-2]).max(axis=2) > EDGE
-    eh[1:-1] = np.abs(a[2:] - a[:-2]).max(axis=2) > EDGE
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]  # channel by channel: numpy's max over a last axis of 3 is slow
+    ev[:, 1:-1] = np.maximum(np.maximum(np.abs(r[:, 2:] - r[:, :-2]), np.abs(g[:, 2:] - g[:, :-2])), np.abs(b[:, 2:] - b[:, :-2])) > EDGE
+    eh[1:-1] = np.maximum(np.maximum(np.abs(r[2:] - r[:-2]), np.abs(g[2:] - g[:-2])), np.abs(b[2:] - b[:-2])) > EDGE
     xs = [x for x in _lines(ev.T) if 2 <= x <= w - 3]
     ys = [y for y in _lines(eh) if 2 <= y <= h - 3]
     if not xs and not ys:
@@ -120,18 +123,22 @@ def inset_box(img: Image.Image) -> tuple[float, float, float, float] | None:
     V = _support(np.r_[np.zeros((1, w)), np.cumsum(ev, axis=0)], X, Y)  # column X[i], rows Y[a]..Y[b]
     H = _support(np.r_[np.zeros((1, h)), np.cumsum(eh.T, axis=0)], Y, X)  # row Y[j], columns X[a]..X[b]
     V[[0, -1]], H[[0, -1]] = np.nan, np.nan  # the image's border: no edge needed
-    i0, i1, j0, j1 = np.meshgrid(np.arange(len(X)), np.arange(len(X)), np.arange(len(Y)), np.arange(len(Y)), indexing="ij")
-    sides = np.stack([V[i0, j0, j1], V[i1, j0, j1], H[j0, i0, i1], H[j1, i0, i1]])
-    edges = (~np.isnan(sides)).sum(axis=0)
     Xa, Ya = np.asarray(X, float), np.asarray(Y, float)
-    bw, bh = (Xa[i1] - Xa[i0]) / w, (Ya[j1] - Ya[j0]) / h
-    ok = ((np.nan_to_num(sides, nan=1.0).min(axis=0) >= SUPPORT) & (edges >= 2)
-          & (bw >= MIN_SIDE) & (bh >= MIN_SIDE) & (bw * bh <= INSET_AREA))
+    i0, i1 = np.triu_indices(len(X), 1)  # column pairs, left < right, wide enough
+    keep = (Xa[i1] - Xa[i0]) / w >= MIN_SIDE
+    i0, i1 = i0[keep, None], i1[keep, None]
+    j0, j1 = np.triu_indices(len(Y), 1)
+    keep = (Ya[j1] - Ya[j0]) / h >= MIN_SIDE
+    j0, j1 = j0[None, keep], j1[None, keep]
+    sides = np.stack([V[i0, j0, j1], V[i1, j0, j1], H[j0, i0, i1], H[j1, i0, i1]])  # [4, column pairs, row pairs]
+    edges = (~np.isnan(sides)).sum(axis=0)
+    area = (Xa[i1] - Xa[i0]) / w * (Ya[j1] - Ya[j0]) / h
+    least = np.where(np.isnan(sides), 1.0, sides).min(axis=0)  # the weakest edge side
+    ok = (least >= SUPPORT) & (edges >= 2) & (area <= INSET_AREA)
     if not ok.any():
         return None
-    least = np.nanmin(np.where(np.isnan(sides), np.inf, sides), axis=0)  # the weakest edge side
-    k = np.unravel_index(np.argmax(np.where(ok, edges * 10 + 2 * least + bw * bh, -1.0)), ok.shape)
-    return Xa[k[0]] / w, Ya[k[2]] / h, Xa[k[1]] / w, Ya[k[3]] / h
+    p, q = np.unravel_index(np.argmax(np.where(ok, edges * 10 + 2 * least + area, -1.0)), ok.shape)
+    return Xa[i0[p, 0]] / w, Ya[j0[0, q]] / h, Xa[i1[p, 0]] / w, Ya[j1[0, q]] / h
 
 
 def layout_box(img: Image.Image) -> tuple[float, float, float, float] | None:
