@@ -295,6 +295,21 @@ def test_template_pairs_need_each_side_to_hold_what_a_third_item_matches():
     assert (T1, T3) in template_pairs(pts, {i: ext for i in pts}, {T3: right})
 
 
+def test_frame_pairs_match_outside_both_photos():
+    """Pure: cards K1, K2 of different photos (frame: top fifth; photo box below) match on the frame
+    alone -> a frame pair with no third item in the gallery; a card and a meme of one photo match
+    inside both photo boxes; a card and a plain photo (no layout box) are never paired away; a
+    match half on the frame stays."""
+    from cbir.index.match_regions import frame_pairs
+
+    frame, photo = _box(0, 0, 100, 18), _box(5, 25, 95, 95)
+    K1, K2, M, P, H = range(5)
+    layouts = {K1: (0, 20, 100, 100), K2: (0, 20, 100, 100), M: (0, 20, 100, 100), H: (0, 20, 100, 100)}
+    half = np.vstack([_box(0, 0, 100, 18, 15), _box(5, 25, 95, 95, 15)])
+    pts = {K1: {K2: frame, M: photo, P: frame, H: half}, K2: {K1: frame}, M: {K1: photo}, P: {K1: frame}, H: {K1: half}}
+    assert frame_pairs(pts, layouts) == {(K1, K2)}
+
+
 def test_unexplained_is_the_block_most_matches_leave_out():
     from cbir.index.match_regions import unexplained
 
@@ -338,6 +353,46 @@ def test_dedup_groups_screenshots_with_their_photos_not_with_each_other(tmp_path
     assert not any(len({n for n in g if n.startswith("shot")}) > 1 for g in got), got
     whole = groups("--partial", "0")
     assert any(len({n for n in g if n.startswith("shot")}) > 1 for g in whole), whole
+
+
+def _card(photo, dst) -> None:
+    """``photo`` in a dark social-media card (name, handle, two text lines above, a footer below)."""
+    from PIL import ImageDraw
+
+    img = Image.open(photo).convert("RGB")
+    c = Image.new("RGB", (720, 900), (21, 32, 43))
+    d = ImageDraw.Draw(c)
+    d.ellipse((30, 30, 90, 90), fill=(29, 155, 240))
+    d.text((105, 38), "Daily Pictures", fill="white", font_size=22)
+    d.text((105, 66), "@dailypics", fill=(136, 153, 166), font_size=16)
+    d.text((30, 110), "You will not believe where this was taken. Thread below", fill="white", font_size=20)
+    d.text((30, 140), "Share if you have been there too!", fill="white", font_size=20)
+    p = img.resize((660, round(img.height * 660 / img.width)))
+    c.paste(p, (30, 190))
+    y = 190 + p.height + 20
+    d.text((30, y), "12:04 PM · Dec 5, 2026 · 48.2K Views", fill=(136, 153, 166), font_size=16)
+    d.text((30, y + 48), "1,204 Reposts   356 Quotes   9,870 Likes", fill="white", font_size=16)
+    c.save(dst, quality=90)
+
+
+def test_dedup_keeps_cards_of_photos_it_does_not_hold_apart(tmp_path, embedder, photos, capsys):
+    """Three different photos, none in the gallery, in one card layout: they verify through the card
+    alone and no third image tells them apart — their matches lie outside both photos (the layout
+    boxes), so the default dedup groups none of them; a card of a gallery photo joins that photo."""
+    from cbir.cli import main
+    from cbir.index.gallery import Gallery
+
+    files = make_gallery(tmp_path / "g", photos, 8)
+    cards = tmp_path / "g" / "cards"
+    cards.mkdir()
+    for k, p in enumerate(photos[8:11]):  # make_gallery took the first 8
+        _card(p, cards / f"card{k}.jpg")
+    _card(files[2], cards / "card_of_gallery.jpg")
+    Gallery.create(tmp_path / "idx", embedder).build([tmp_path / "g"])
+    assert main(["dedup", str(tmp_path / "idx"), "--json"]) == 0
+    got = [set(os.path.basename(p) for p in g["paths"]) for g in json.loads(capsys.readouterr().out)["groups"]]
+    assert not any(len({n for n in g if n.startswith("card")}) > 1 for g in got), got
+    assert any({"card_of_gallery.jpg", os.path.basename(files[2])} <= g for g in got), got
 
 
 def test_content_box_finds_the_photo_inside_a_page_a_meme_band_and_black_bars(photos):

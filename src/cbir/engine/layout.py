@@ -141,12 +141,20 @@ def inset_box(img: Image.Image) -> tuple[float, float, float, float] | None:
     return Xa[i0[p, 0]] / w, Ya[j0[0, q]] / h, Xa[i1[p, 0]] / w, Ya[j1[0, q]] / h
 
 
+def layout_boxes(img: Image.Image) -> tuple[tuple | None, tuple | None]:
+    """(``content_box``, ``inset_box``) of ``img``."""
+    return content_box(img), inset_box(img)
+
+
+def innermost(*boxes: tuple | None) -> tuple[float, float, float, float] | None:
+    """The smallest of ``boxes`` that exist, as floats; None when none does."""
+    found = [b for b in boxes if b is not None]
+    return tuple(float(v) for v in min(found, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))) if found else None
+
+
 def layout_box(img: Image.Image) -> tuple[float, float, float, float] | None:
     """The photo inside ``img``'s layout: the smaller of ``content_box`` (between uniform bands) and
     ``inset_box`` (between straight edges) when both find one — the photo is the innermost block (a
     page's frame around a screenshot's photo is an edged box too; a picture-in-picture's background
     often has a uniform sky around the inset) — else whichever finds one; None when neither does."""
-    boxes = [b for b in (content_box(img), inset_box(img)) if b is not None]
-    if not boxes:
-        return None
-    return tuple(float(v) for v in min(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])))
+    return innermost(*layout_boxes(img))

@@ -39,7 +39,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from cbir.engine.layout import layout_box
+from cbir.engine.layout import innermost, layout_boxes
 from cbir.engine.preprocess import MAX_PIXELS, ImageSource, open_image, to_rgb
 
 MAX_KEYPOINTS = 500
@@ -132,6 +132,7 @@ class Windows(NamedTuple):
     features: list  # each crop's ``extract_query`` variants
     size: tuple[int, int]  # the image's (w, h)
     boxes: tuple  # each crop's box, fractions (x0, y0, x1, y1)
+    bands: tuple | None = None  # with ``content``: the image's ``layout.content_box``
 
 
 def windows(source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PIXELS,
@@ -139,13 +140,16 @@ def windows(source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PI
     """The query's ``boxes`` as RGB crops with their own feature variants (``extract_query``: as is
     and mirrored, detected in the crop scaled to ``SIDE``, so that an inset gets a full set of
     keypoints); with ``content``, also the photo inside the image's layout (``layout.layout_box``)
-    when it has one."""
+    when it has one, and its box between uniform bands (``content_box``) as ``bands``."""
     img = to_rgb(ImageOps.exif_transpose(open_image(source, name, max_pixels)))
-    if content and (box := layout_box(img)) is not None:
-        boxes = tuple(boxes) + (box,)
+    bands = None
+    if content:
+        bands, inset = layout_boxes(img)
+        if (box := innermost(bands, inset)) is not None:
+            boxes = tuple(boxes) + (box,)
     crops = [img.crop((round(x0 * img.width), round(y0 * img.height), round(x1 * img.width), round(y1 * img.height)))
              for x0, y0, x1, y1 in boxes]
-    return Windows(crops, [extract_query(c, name, max_pixels) for c in crops], img.size, tuple(boxes))
+    return Windows(crops, [extract_query(c, name, max_pixels) for c in crops], img.size, tuple(boxes), bands)
 
 
 def from_window(xy: np.ndarray, box: tuple, crop_size: tuple[int, int], size: tuple[int, int],

@@ -41,7 +41,7 @@ from cbir.cores import all_cores
 from cbir.engine import local_features
 from cbir.errors import CbirError
 from cbir.index.ann import faiss_index
-from cbir.index.match_regions import template_pairs, unexplained
+from cbir.index.match_regions import frame_pairs, template_pairs, unexplained
 
 K = 10
 THRESHOLD = 0.5
@@ -95,17 +95,17 @@ def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True,
         bar.close()
     pairs_list = sorted(pairs)
     if verify:
-        m, blocks = _Matches(), {}
+        m, blocks, layouts = _Matches(), {}, {}
         _verified(gallery, pairs_list, cfg.min_inliers, m, progress)
         if partial and len(ids):
             sizes: dict[int, tuple[int, int]] = {}
             whole = {int(i): local_features.WINDOWS for i in ids}
-            _window_matches(gallery, whole, keep, partial, cfg.min_inliers, m, progress, sizes, content=True)
+            _window_matches(gallery, whole, keep, partial, cfg.min_inliers, m, progress, sizes, layouts)
             blocks = _unexplained(gallery, m, sizes)
             _window_matches(gallery, {i: (box,) for i, (box, _) in blocks.items()}, keep, partial, cfg.min_inliers, m,
                             progress)
         frames = {i: xy for i, (_, xy) in blocks.items() if len(m.points[i]) >= FRAME_MATCHES}
-        shared = template_pairs(m.points, m.extents(gallery), frames)
+        shared = template_pairs(m.points, m.extents(gallery), frames) | frame_pairs(m.points, layouts)
         weighted = [(a, b, n) for (a, b), n in sorted(m.inliers.items()) if (a, b) not in shared]
     else:
         weighted = [(a, b, 1) for a, b in pairs_list]
@@ -268,13 +268,15 @@ def _unexplained(gallery, m: _Matches, sizes: dict[int, tuple[int, int]]) -> dic
 
 
 def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: int, min_inliers: int, m: _Matches,
-                    progress: bool, sizes: dict[int, tuple[int, int]] | None = None, content: bool = False) -> None:
+                    progress: bool, sizes: dict[int, tuple[int, int]] | None = None,
+                    layouts: dict[int, tuple] | None = None) -> None:
     """Adds to ``m`` the matches of each item's windows ``boxes[item]`` (fractions of the image;
     ``local_features.windows``: crops with their own features, as is and mirrored) with their
     ``partial`` nearest items — a photo pasted into another, a screenshot holding a photo: what
-    whole-image k-NN does not shortlist. ``content``: each image's layout box too
-    (``layout.layout_box``). ``sizes``: filled with each image's (w, h). Files that cannot be read
-    again are skipped with a warning."""
+    whole-image k-NN does not shortlist. ``layouts`` (when given): each image's layout box
+    (``layout.layout_box``) is a window too, and ``layouts`` is filled with its block between uniform
+    bands (``layout.content_box``: a page's, a card's or a meme's photo) in feature pixels. ``sizes``:
+    filled with each image's (w, h). Files that cannot be read again are skipped with a warning."""
     if not boxes:
         return
     try:
@@ -289,7 +291,7 @@ def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: i
 
     def windows(i: int):
         try:
-            return local_features.windows(paths[i], paths[i], boxes=boxes[i], content=content)
+            return local_features.windows(paths[i], paths[i], boxes=boxes[i], content=layouts is not None)
         except Exception as e:  # moved or unreadable since it was indexed
             unreadable.append(f"{paths[i]}: {e}")
             return None
@@ -300,6 +302,11 @@ def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: i
             got = {i: w for i, w in zip(chunk, pool.map(windows, chunk)) if w is not None}
             if sizes is not None:
                 sizes.update((i, w.size) for i, w in got.items())
+            if layouts is not None:
+                for i, w in got.items():
+                    if w.bands is not None:
+                        (fw, fh), (x0, y0, x1, y1) = local_features.at_side(w.size), w.bands
+                        layouts[i] = (x0 * fw, y0 * fh, x1 * fw, y1 * fh)
             crops = [(i, n, c) for i, w in got.items() for n, c in enumerate(w.crops)]
             res = embedder.embed_files([c for _, _, c in crops])
             if len(res.indices):

@@ -826,10 +826,10 @@ class Gallery:
             return hits
         name = str(source) if isinstance(source, (str, os.PathLike)) else "<query>"
         try:
-            crops, feats, _, _ = local_features.windows(source, name, content=True)
-        except Exception:  # the query was embedded; windows it cannot give just find nothing more
+            win = local_features.windows(source, name, content=True)
+        except (ImageError, OSError):  # the query was embedded; windows it cannot give just find nothing more
             return hits
-        res = self.embedder().embed_files(crops)
+        res = self.embedder().embed_files(win.crops)
         if not len(res.indices):
             return hits
         cpu, _ = self._snapshot()
@@ -843,7 +843,7 @@ class Gallery:
                     pairs.append((int(w), int(i)))
                     best[int(i)] = max(best.get(int(i), -np.inf), float(s_))
         recs = dict(zip(best, self.features.get(np.array(list(best), np.int64))))
-        inl = local_features.verify([(feats[w], recs[i]) for w, i in pairs], cfg.min_inliers, _verify_pool().map)
+        inl = local_features.verify([(win.features[w], recs[i]) for w, i in pairs], cfg.min_inliers, _verify_pool().map)
         found: dict[int, int] = {}
         for (w, i), n in zip(pairs, inl):
             if n >= cfg.min_inliers:

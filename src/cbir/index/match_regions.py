@@ -19,6 +19,13 @@ in the gallery (the photos whose screenshots they are, found by dedup's windows 
 part of an item that most of its matches leave out (``unexplained``) stands for it: the photo in a
 screenshot whose frame matched other screenshots, when the gallery does not hold that photo.
 
+``frame_pairs(points, layouts)`` → the verified pairs whose inliers lie mostly (more than ``FRAME_OUT``,
+0.8) outside **both** items' layout boxes (dedup passes ``layout.content_box``, the block between
+uniform bands: the photo inside a page, a card or a meme — not the inset box, which also finds
+rectangles inside plain photos): two different photos in one frame match only through the frame. It needs no third item,
+so it holds for a layout the gallery has no other copies of; a copy of a photo inside a frame
+matches inside the photo, and a plain photo without a layout box is never paired away by it.
+
 ``unexplained(own, matched, extent)`` → the box (fractions of the keypoints' extent, widened by half
 a cell, to the image's edge where it reaches the extent's) of the largest 4-connected block of
 ``GRID`` × ``GRID`` cells holding ≥ ``BLOCK_CELL_KP`` (2) of the item's keypoints where fewer than
@@ -38,6 +45,7 @@ RASTER = 64
 REACH = 1.5
 BLOCK_CELL_KP = 2
 BLOCK_KP = 20
+FRAME_OUT = 0.8
 
 # points[x][y]: x's inliers (float32 [n, 2], feature pixels) in its verified match with y
 Points = Mapping[int, Mapping[int, np.ndarray]]
@@ -108,6 +116,18 @@ def template_pairs(points: Points, extent: Mapping[int, tuple], blocks: Mapping[
                     and holds_more(points, extent, b, a, blocks.get(b), outside):
                 out.add((a, b))
     return out
+
+
+def frame_pairs(points: Points, layouts: Mapping[int, tuple], outside: float = FRAME_OUT) -> set[tuple[int, int]]:
+    """The pairs (a < b) of ``points`` where more than ``outside`` of each side's inliers lie outside
+    its layout box (``layouts[x]``: (x0, y0, x1, y1) in x's feature pixels; see the module docstring)."""
+    def out(x: int, y: int) -> bool:
+        x0, y0, x1, y1 = layouts[x]
+        xy = points[x][y]
+        return len(xy) > 0 and float(np.mean((xy[:, 0] < x0) | (xy[:, 0] > x1) | (xy[:, 1] < y0) | (xy[:, 1] > y1))) > outside
+
+    return {(a, b) for a, partners in points.items() for b in partners
+            if a < b and a in layouts and b in layouts and out(a, b) and out(b, a)}
 
 
 def unexplained(own: np.ndarray, matched: list[np.ndarray], extent: tuple[float, float, float, float],
