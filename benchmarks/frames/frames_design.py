@@ -1,4 +1,6 @@
-"""Two layouts the dedup rules never saw: a light photo post and a dark text-and-photo card."""
+"""Two layouts the dedup rules never saw: a light photo post and a dark text-and-photo card.
+usage: python benchmarks/frames/frames_design.py CORELDIR OUT/copies — 20 different Corel images per layout, then
+cbir index build OUT (with OUT/corel a copy of CORELDIR) and cbir bench dedup (BENCHMARKS.md, issue 26)."""
 import sys
 from pathlib import Path
 from PIL import Image, ImageDraw

@@ -1,4 +1,6 @@
-"""Two more layouts, made after frame_pairs was written (held out): a news article and a phone viewer."""
+"""Two more layouts, made after frame_pairs was written (held out): a news article and a phone viewer.
+usage: python benchmarks/frames/frames_heldout.py CORELDIR OUT/copies — 20 different Corel images per layout, then
+cbir index build OUT (with OUT/corel a copy of CORELDIR) and cbir bench dedup (BENCHMARKS.md, issue 26)."""
 import sys
 from pathlib import Path
 from PIL import Image, ImageDraw

@@ -15,7 +15,10 @@
   screenshots) — a photo pasted into another, a screenshot or meme of a photo. It re-embeds ~6
   crops per image: on 2 cores, 1,484 images take ~125 s against ~16 s without it.
 - Template pairs (``match_regions.template_pairs``) are dropped: two screenshots or memes of
-  *different* photos that verify only through their shared frame or band.
+  *different* photos that verify only through their shared frame or band — told apart by what a
+  third image matches in them, or (``match_regions.frame_pairs``) because their match lies outside
+  both images' photos (each one's block between uniform bands, ``layout.content_box``), which needs
+  no third image: a frame the gallery holds no other copies of.
 
 Groups are stars, not connected components: the image with the most inliers summed over its
 verified pairs becomes a group's seed and takes its unassigned verified neighbours, then the next,
