@@ -4,7 +4,7 @@
 import numpy as np
 from pathlib import Path
 from PIL import Image, ImageOps
-from cbir.index.gallery import Gallery, faiss_index, _query_features
+from cbir.index.gallery import Gallery, faiss_index
 from cbir.bench.copy_search import original_ids
 from cbir.engine import local_features as lf
 g = Gallery("/tmp/c26/idx4"); key = original_ids(g, "/work/shared/datasets/corel1k")
