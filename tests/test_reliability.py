@@ -351,6 +351,33 @@ def test_every_per_item_step_takes_any_valid_image(embedder, data):
     assert 0 <= int(rec["n"]) <= local_features.MAX_KEYPOINTS
 
 
+@settings(max_examples=150, deadline=None)
+@given(data=odd_image())
+def test_windows_and_layout_boxes_take_any_valid_image(data):
+    """Search's and dedup's windows with the layout box: every box inside the image with positive
+    sides, the layout box (innermost of the band and the inset box) between ``MIN_SIDE`` per side and
+    the larger of the two area caps — or, for an image too small to cut into half windows, an
+    ``ImageError`` naming it (never another exception)."""
+    from cbir.engine import layout, local_features
+    from cbir.errors import ImageError
+
+    try:
+        w = local_features.windows(data, "odd", content=True)
+    except ImageError as e:
+        assert "odd" in str(e) and min(Image.open(io.BytesIO(data)).size) < 8, e
+        return
+    assert len(w.crops) == len(w.features) == len(w.boxes) in (len(local_features.WINDOWS), len(local_features.WINDOWS) + 1)
+    for x0, y0, x1, y1 in w.boxes:
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    if len(w.boxes) > len(local_features.WINDOWS):
+        x0, y0, x1, y1 = w.boxes[-1]
+        assert min(x1 - x0, y1 - y0) >= layout.MIN_SIDE - 1e-9
+        assert (x1 - x0) * (y1 - y0) < max(layout.MAX_AREA, layout.INSET_AREA) + 1e-9
+    if w.bands is not None:  # a band box makes a layout window (the innermost box exists)
+        x0, y0, x1, y1 = w.bands
+        assert len(w.boxes) > len(local_features.WINDOWS) and 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+
+
 def test_dedup_windows_pass_reports_a_vanished_file_and_names_a_missing_model(lite0_onnx, photos, tmp_path):
     """An indexed file deleted since the build: dedup still answers, naming it (compared whole only).
     The index's model deleted: the windows pass cannot embed, and the error says how to go on."""
