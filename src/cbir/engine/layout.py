@@ -103,7 +103,7 @@ def _support(c: np.ndarray, idx: list[int], ends: list[int]) -> np.ndarray:
 
 
 def inset_box(img: Image.Image) -> tuple[float, float, float, float] | None:
-    """The largest rectangle of ``img`` whose sides are straight edges or the image's border, at least
+    """The best rectangle of ``img`` whose sides are straight edges or the image's border, at least
     two of them edges (a photo pasted into another photo); None when there is none between
     ``MIN_SIDE`` per side and ``INSET_AREA`` of the image. On the image scaled to ``SIDE``: edge pixels
     differ from the pixels two away by more than ``EDGE``; candidate lines hold a run of them ≥ ``LINE``
