@@ -175,10 +175,11 @@ def parse_spec(spec: str, model: str) -> tuple[str, str | None, str, dict]:
 
 def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data: str | None = None,
                      repeats: int = 5, e2e_batch: int | None = None, threads: int | None = None) -> dict:
-    """Backend × precision (× model file: ``backend[:precision][@file]``) in one process run: model-only img/s per batch size and end-to-end img/s
-    from image files, repeats interleaved round-robin (drift hits every backend alike), medians, and
-    each spec's ratio to the first one (the end-to-end repeats after one untimed pass); a spec other than the first that cannot start on this host
-    is listed under "unavailable" with its error. End-to-end runs use ``e2e_batch`` (default: each one's auto batch size).
+    """Backend × precision (× model file: ``backend[:precision][@file]``) in one process run: model-only
+    img/s per batch size and end-to-end img/s from image files (after one untimed pass), repeats
+    interleaved round-robin (drift hits every backend alike), medians, and each spec's ratio to the
+    first one. A spec other than the first that cannot start on this host is listed under
+    "unavailable" with its error. End-to-end runs use ``e2e_batch`` (default: each one's auto batch size).
     With files, each spec also embeds the first ``AGREEMENT_FILES`` of them end to end and reports
     its cosine to the first spec's vectors (min and median): a faster spec must say what it costs."""
     from cbir.engine.embedder import Embedder

@@ -1,7 +1,7 @@
 """The photo inside a layout, as fractions (x0, y0, x1, y1) of the image, or None:
 ``content_box`` — the largest block bounded by uniform bands; ``inset_box`` — the best rectangle
-bounded by straight edges (a photo pasted into another); ``layout_box`` — the smaller of the two, the
-one search and dedup use (a sixth window beside the five half-size ones).
+bounded by straight edges (a photo pasted into another); ``layout_box`` — the ``innermost`` of the
+two, the sixth window of search and dedup beside the five half-size ones.
 
 A screenshot, a meme or a letterboxed frame puts a photo between bands of one colour (a page's
 white gaps, a meme's caption band, black bars). Rows are *busy* when more than ``BUSY`` (10 %) of
@@ -141,11 +141,6 @@ def inset_box(img: Image.Image) -> tuple[float, float, float, float] | None:
     return Xa[i0[p, 0]] / w, Ya[j0[0, q]] / h, Xa[i1[p, 0]] / w, Ya[j1[0, q]] / h
 
 
-def layout_boxes(img: Image.Image) -> tuple[tuple | None, tuple | None]:
-    """(``content_box``, ``inset_box``) of ``img``."""
-    return content_box(img), inset_box(img)
-
-
 def innermost(*boxes: tuple | None) -> tuple[float, float, float, float] | None:
     """The smallest of ``boxes`` that exist, as floats; None when none does."""
     found = [b for b in boxes if b is not None]
@@ -157,4 +152,4 @@ def layout_box(img: Image.Image) -> tuple[float, float, float, float] | None:
     ``inset_box`` (between straight edges) when both find one — the photo is the innermost block (a
     page's frame around a screenshot's photo is an edged box too; a picture-in-picture's background
     often has a uniform sky around the inset) — else whichever finds one; None when neither does."""
-    return innermost(*layout_boxes(img))
+    return innermost(content_box(img), inset_box(img))

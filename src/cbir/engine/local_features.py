@@ -39,7 +39,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from cbir.engine.layout import innermost, layout_boxes
+from cbir.engine.layout import content_box, innermost, inset_box
 from cbir.engine.preprocess import MAX_PIXELS, ImageSource, open_image, to_rgb
 
 MAX_KEYPOINTS = 500
@@ -144,8 +144,8 @@ def windows(source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PI
     img = to_rgb(ImageOps.exif_transpose(open_image(source, name, max_pixels)))
     bands = None
     if content:
-        bands, inset = layout_boxes(img)
-        if (box := innermost(bands, inset)) is not None:
+        bands = content_box(img)
+        if (box := innermost(bands, inset_box(img))) is not None:  # = layout.layout_box
             boxes = tuple(boxes) + (box,)
     crops = [img.crop((round(x0 * img.width), round(y0 * img.height), round(x1 * img.width), round(y1 * img.height)))
              for x0, y0, x1, y1 in boxes]

@@ -19,12 +19,13 @@ in the gallery (the photos whose screenshots they are, found by dedup's windows 
 part of an item that most of its matches leave out (``unexplained``) stands for it: the photo in a
 screenshot whose frame matched other screenshots, when the gallery does not hold that photo.
 
-``frame_pairs(points, layouts)`` → the verified pairs whose inliers lie mostly (more than ``FRAME_OUT``,
-0.8) outside **both** items' layout boxes (dedup passes ``layout.content_box``, the block between
-uniform bands: the photo inside a page, a card or a meme — not the inset box, which also finds
-rectangles inside plain photos): two different photos in one frame match only through the frame. It needs no third item,
-so it holds for a layout the gallery has no other copies of; a copy of a photo inside a frame
-matches inside the photo, and a plain photo without a layout box is never paired away by it.
+``frame_pairs(points, layouts)`` → the verified pairs whose inliers lie mostly (more than
+``FRAME_OUT``, 0.8) outside **both** items' layout boxes (dedup passes ``layout.content_box``, the
+block between uniform bands: the photo inside a page, a card or a meme — not the inset box, which
+also finds rectangles inside plain photos): two different photos in one frame match only through
+the frame. It needs no third item, so it holds for a layout the gallery has no other copies of; a
+copy of a photo inside a frame matches inside the photo, and a plain photo without a layout box is
+never paired away by it.
 
 ``unexplained(own, matched, extent)`` → the box (fractions of the keypoints' extent, widened by half
 a cell, to the image's edge where it reaches the extent's) of the largest 4-connected block of
