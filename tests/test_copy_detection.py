@@ -112,6 +112,66 @@ def test_a_photo_pasted_into_another_is_found_through_the_windows(verified_index
     assert not any(h["verified"] for h in g.search([str(tmp_path / "neg.jpg")], k=5)[0]["results"])
 
 
+def _tinted(path) -> Image.Image:
+    """A false-colour version of a photo (its grey levels mapped from dark blue to yellow): ORB,
+    which works on grey levels, still matches it; the CNN sees mostly the palette."""
+    from PIL import ImageOps
+
+    return ImageOps.colorize(ImageOps.grayscale(Image.open(path).convert("RGB")), "#200060", "#ffe070")
+
+
+def test_descriptor_votes_rank_the_original_of_a_flipped_shrunk_copy_first(photos, tmp_path):
+    from cbir.index.query import votes
+
+    files = make_gallery(tmp_path, photos, 12)
+    recs = [lf.extract(f) for f in files]
+    index = votes.build(np.concatenate([r["desc"][: int(r["n"])] for r in recs]),
+                        np.concatenate([np.full(int(r["n"]), 100 + i) for i, r in enumerate(recs)]))
+    for i in (1, 8):
+        copy = _tinted(files[i]).transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        copy.thumbnail((110, 110))
+        got = votes.counts(index, lf.extract_query(copy))
+        first = votes.vote(index, lf.extract_query(copy), 3)
+        assert first[0] == 100 + i and got[100 + i] >= 5 * max(c for j, c in got.items() if j != 100 + i)
+    assert votes.vote(None, lf.extract_query(files[0]), 2) == [] and votes.build(np.zeros((0, 32), np.uint8), []) is None
+    # the memory cap: every descriptor of a small gallery, evenly spaced ones of a large one
+    assert votes.per_item(1000) == lf.MAX_KEYPOINTS and votes.per_item(100_000) == 33
+    assert votes.spaced(500, 33)[[0, -1]].tolist() == [0, 499] and len(votes.spaced(20, 33)) == 20
+
+
+def test_the_original_outside_the_cnn_shortlist_is_found_by_descriptor_votes(tmp_path, embedder, photos, monkeypatch):
+    """Tinted versions of the other photos are the CNN's nearest to a tinted, flipped, shrunk copy
+    (so are its windows'); the items sharing the most ORB matches with it hold its original."""
+    from cbir.index.gallery import Gallery
+    from cbir.index.query import rerank, votes
+
+    files = make_gallery(tmp_path / "g", photos, 12)
+    (tmp_path / "g" / "tinted").mkdir()
+    for i, f in enumerate(files):
+        if i != 8:
+            _tinted(f).save(tmp_path / "g" / "tinted" / f"t{i}.jpg")
+    g = Gallery.create(tmp_path / "idx", embedder)
+    g.build([tmp_path / "g"])
+    q = tmp_path / "q.jpg"
+    copy = _tinted(files[8]).transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    copy.thumbnail((110, 110))
+    copy.save(q, quality=80)
+    want, light = os.path.abspath(files[8]), {"verify": 1, "partial": 1}
+    with monkeypatch.context() as m:
+        m.setattr(rerank, "VOTES", 0)
+        hits = g.search([str(q)], k=3, rerank=light)[0]["results"]
+        assert hits[0]["path"] != want and not any(h["verified"] for h in hits)
+    hits = g.search([str(q)], k=3, rerank=light)[0]["results"]
+    assert hits[0]["path"] == want and hits[0]["verified"] and type(hits[0]["inliers"]) is int and hits[0]["inliers"] >= 50
+    assert not any(h["verified"] for h in hits[1:])
+    # removed, the original is never voted for again (the vote index follows the indexed set)
+    gone = hits[0]["id"]
+    assert votes.vote(g.vote_index(), lf.extract_query(q), 1) == [gone]
+    g.remove([files[8]])
+    assert gone not in votes.counts(g.vote_index(), lf.extract_query(q))
+    assert not any(h["path"] == want for h in g.search([str(q)], k=3, rerank=light)[0]["results"])
+
+
 def test_a_pixel_shuffled_copy_is_found_by_its_mean_colour(verified_index, tmp_path, photos):
     """A shuffle keeps only the colours: such a query is recognised (no spatial structure) and
     answered by mean colour, unverified; photos keep their structure and their normal search."""

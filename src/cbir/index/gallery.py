@@ -50,6 +50,7 @@ from cbir.index.storage.lock import LOCK_NAME, DirectoryGone, WriterLock
 from cbir.engine import colour, local_features
 from cbir.index.query import rerank as _rerank
 from cbir.index.query import search as _search
+from cbir.index.query import votes as _votes
 from cbir.index.storage import features as _features
 from cbir.index.storage.features import FeatureStore
 from cbir.index.storage.colours import ColourStore
@@ -132,6 +133,8 @@ class Gallery:
         self._features = None
         self._regions = None
         self._colours = None
+        self._votes: tuple = (None, None)  # (store generation, descriptor-vote index) — see ``vote_index``
+        self._votes_lock = threading.Lock()
         self._lock = threading.RLock()
         if embedder is not None:
             self.check_model(embedder)
@@ -778,7 +781,7 @@ class Gallery:
             feats = list(_verify_pool().map(lambda i: _query_features(images[i]), res.indices))
         hits = self.search_vectors(res.vectors, k, cfg, nprobe, ef_search, feats) if len(res.vectors) else []
         for j, pos in enumerate(res.indices):  # a no-op unless the pass is on and nothing verified
-            hits[j] = self.search_windows(images[pos], hits[j], k, cfg)
+            hits[j] = self.search_windows(images[pos], hits[j], k, cfg, feats[j] if feats else None)
             hits[j] = self.search_scrambled(images[pos], res.vectors[j], hits[j], k)
         out: list[dict] = [{} for _ in images]
         for pos, h in zip(res.indices, hits):
@@ -818,10 +821,24 @@ class Gallery:
         paths = self.store.paths_for_ids(top)
         return [Hit(int(i), paths[int(i)], float(s), False, None, "colour") for i, s in zip(top, scores) if int(i) in paths]
 
-    def search_windows(self, source, hits: list[Hit], k: int, cfg: Rerank) -> list[Hit]:
+    def vote_index(self):
+        """The descriptor-vote index (``cbir.index.query.votes``) of the indexed items' stored ORB
+        features, built on first use (~1 s per 1,000 items) and again after the indexed set changed;
+        None when no item has features."""
+        with self._votes_lock:
+            generation = self.store.generation
+            if self._votes[0] != generation:
+                keep = _votes.per_item(self.store.count("indexed"))
+                descs, owners = _features.descriptors(self.store, self.root, lambda n: _votes.spaced(n, keep))
+                self._votes = (generation, _votes.build(descs, owners))
+            return self._votes[1]
+
+    def search_windows(self, source, hits: list[Hit], k: int, cfg: Rerank, features=None) -> list[Hit]:
         """``rerank.partial`` for one query image whose ``hits`` hold nothing verified: its windows
-        searched and verified on their own (see ``cbir.index.query.rerank``); verified ones first,
-        then ``hits`` without them. ``hits`` as they are when the pass is off or finds nothing."""
+        searched and verified on their own (see ``cbir.index.query.rerank``), and the query's own
+        ``features`` (``extract_query`` variants, when given) verified against the ``VOTES`` items
+        sharing the most ORB matches with it (``vote_index``); verified ones first, then ``hits``
+        without them. ``hits`` as they are when the pass is off or finds nothing."""
         if not (cfg.verify and cfg.partial) or any(h.verified for h in hits):
             return hits
         name = str(source) if isinstance(source, (str, os.PathLike)) else "<query>"
@@ -833,21 +850,32 @@ class Gallery:
         if not len(res.indices):
             return hits
         cpu, _ = self._snapshot()
-        sims, ids = faiss_index.search(cpu, self.postprocess_queries(res.vectors), min(cfg.partial, cpu.ntotal))
+        wvec = self.postprocess_queries(res.vectors)
+        sims, ids = faiss_index.search(cpu, wvec, min(cfg.partial, cpu.ntotal))
         best: dict[int, float] = {}
-        pairs = []  # (window, candidate)
+        pairs = []  # (query features, candidate)
         for w, srow, irow in zip(res.indices, sims, ids):
             top = 1 if w >= len(local_features.WINDOWS) else len(irow)  # the layout box: its nearest only
             for s_, i in zip(srow[:top], irow[:top]):
                 if i >= 0:
-                    pairs.append((int(w), int(i)))
+                    pairs.append((win.features[w], int(i)))
                     best[int(i)] = max(best.get(int(i), -np.inf), float(s_))
+        voted = _votes.vote(self.vote_index(), features, _rerank.VOTES) if features is not None else []
+        voted = [i for i in voted if i in self.store.paths_for_ids(voted)]
+        if voted:  # their score: the best window's cosine, like the windows' own candidates
+            cos = (self.vectors_for(np.array(voted, np.int64), cpu) @ wvec.T).max(1)
+            for i, c in zip(voted, cos):
+                best[i] = max(best.get(i, -np.inf), float(c))
         recs = dict(zip(best, self.features.get(np.array(list(best), np.int64))))
-        inl = local_features.verify([(win.features[w], recs[i]) for w, i in pairs], cfg.min_inliers, _verify_pool().map)
+        inl = list(local_features.verify([(q, recs[i]) for q, i in pairs], cfg.min_inliers, _verify_pool().map))
+        # the voted items on the first fit only: guided re-matching rests on the CNN calling a
+        # candidate near, and re-matched chance votes verified 3 of 630 AugLy negatives (issue 26)
+        inl += list(_verify_pool().map(lambda i: local_features.inliers(features, recs[i]) if recs[i] is not None else 0, voted))
+        pairs += [(features, i) for i in voted]
         found: dict[int, int] = {}
-        for (w, i), n in zip(pairs, inl):
+        for (_, i), n in zip(pairs, inl):
             if n >= cfg.min_inliers:
-                found[i] = max(found.get(i, 0), n)
+                found[i] = max(found.get(i, 0), int(n))
         if not found:
             return hits
         paths = self.store.paths_for_ids(list(found))

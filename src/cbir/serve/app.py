@@ -64,7 +64,9 @@ from cbir.serve.audit import DEFAULT_RATE, Auditor
 from cbir.serve.metrics import CONTENT_TYPE, Metrics
 from cbir.serve.thumbs import Thumbnails
 
-HEAVY = Budget(mib=32.0, gflop=1.0)  # a search costing more than this takes one of the ``max_heavy`` slots
+# a search costing more than this takes one of the ``max_heavy`` slots; the default search (1.05 GFLOP
+# with the descriptor votes, ``rerank.cost``) stays light
+HEAVY = Budget(mib=32.0, gflop=1.25)
 MAX_ID = 2**63 - 1  # SQLite's integer range
 _ID = re.compile(r"[0-9]{1,19}")
 
@@ -353,7 +355,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         hits = (await run_search(search_latest, cfg, vec[None], k, cfg, None if feats is None else [feats]))[0]
         if feats is not None and cfg.partial and not any(h.verified for h in hits):  # else no thread hop
             # nothing verified: the upload's windows (a photo inside a screenshot, a collage)
-            hits = await run_search(gallery.search_windows, cfg, data, hits, k, cfg)
+            hits = await run_search(gallery.search_windows, cfg, data, hits, k, cfg, feats)
         if data is not None and not any(h.verified for h in hits):  # a pixel-shuffled upload: by mean colour
             hits = await run_in_threadpool(gallery.search_scrambled, data, vec, hits, k)
         auditor.offer(vec)  # a sample of real queries is re-searched exactly, in the background

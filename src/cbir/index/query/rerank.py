@@ -24,7 +24,9 @@ Formulas (x_i the shortlist's L2-normalised vectors, q the query, s_i = q·x_i, 
   the first n k-NN of every window are verified against that window's own local features; verified
   ones come first (a photo pasted into another, a screenshot, a collage). A query with a layout (a
   block bounded by bands of one colour, ``cbir.engine.layout``) has that block as a sixth window,
-  whose first k-NN only is verified. Only ``Gallery.search``
+  whose first k-NN only is verified; and the whole query is verified against the ``VOTES`` (2)
+  items that share the most ORB descriptor matches with it (``cbir.index.query.votes``: a shortlist
+  that needs no CNN vector, for copies too degraded or flipped for it). Only ``Gallery.search``
   (an image query) runs it; a vector or an item as query has no windows.
 - ``keep_first`` (c): the k-NN's first candidate stays first after the verified ones when its cosine
   to the query is ≥ c (0 = off): a copy too degraded to verify (a chain of edits, a perspective
@@ -114,6 +116,7 @@ VERIFY_GFLOP = 0.025
 # one guided re-match (local_features.rematch, ~5.4 ms); each verification pass (the top candidates,
 # the windows) re-matches at most GUIDE_MAX near pairs, only when nothing verified
 REMATCH_GFLOP = 0.055
+VOTES = 2  # the ``partial`` pass also verifies the query against this many items by descriptor votes
 
 
 def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
@@ -138,7 +141,8 @@ def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
         r = min(cfg.regional, n)
         b += 2 * r * regions * dim * 4.0
         f += 2.0 * r * regions * dim
-    f += (cfg.verify + len(WINDOWS) * cfg.partial + bool(cfg.partial)) * VERIFY_GFLOP * 1e9  # + the layout box's top 1
+    # + the layout box's top 1 and the descriptor votes (their IVF search, ~5 ms, counted as one more)
+    f += (cfg.verify + len(WINDOWS) * cfg.partial + bool(cfg.partial) * (2 + VOTES)) * VERIFY_GFLOP * 1e9
     f += (bool(cfg.verify) + bool(cfg.partial)) * GUIDE_MAX * REMATCH_GFLOP * 1e9
     return b / 2**20, f / 1e9
 

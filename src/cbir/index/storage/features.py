@@ -98,3 +98,23 @@ class FeatureStore:
     def get(self, ids: Sequence[int]) -> list[np.void | None]:
         """Records for ``ids`` (None where an item has no feature file, e.g. a shard not yet done)."""
         return [None if loc is None else np.array(loc[0][loc[1]]) for loc in self._rows.locate(ids)]
+
+
+def descriptors(store, root: Path, keep: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(ORB descriptors [n, 32] uint8, their items' ids [n]) of every indexed item with features,
+    shard by shard; ``keep(count)`` picks which of an item's ``count`` descriptors go in (row numbers)."""
+    indexed = store.indexed_ids()
+    descs, owners = [], []
+    for shard in store.done_shards():
+        path = feature_path(root, shard)
+        if not path.is_file():
+            continue
+        arr = np.load(path, mmap_mode="r")
+        for row in np.flatnonzero(np.isin(arr["id"], indexed)):
+            rec = arr[row]
+            rows = keep(int(rec["n"]))
+            descs.append(rec["desc"][rows])
+            owners.append(np.full(len(rows), int(rec["id"]), np.int64))
+    if not descs:
+        return np.zeros((0, 32), np.uint8), np.zeros(0, np.int64)
+    return np.concatenate(descs), np.concatenate(owners)
