@@ -170,6 +170,37 @@ def test_the_original_outside_the_cnn_shortlist_is_found_by_descriptor_votes(tmp
     g.remove([files[8]])
     assert gone not in votes.counts(g.vote_index(), lf.extract_query(q))
     assert not any(h["path"] == want for h in g.search([str(q)], k=3, rerank=light)[0]["results"])
+    # a gallery over ``SYNC_ITEMS`` builds it aside: none at first, the searches go on without it
+    monkeypatch.setattr(votes, "SYNC_ITEMS", 0)
+    fresh = Gallery(tmp_path / "idx")
+    assert fresh.vote_index() is None and not any(h["verified"] for h in fresh.search([str(q)], k=3, rerank=light)[0]["results"])
+    fresh._votes_builder.join(60)
+    assert fresh.vote_index() is not None and fresh.vote_index().ntotal == g.vote_index().ntotal
+
+
+def test_a_squeezed_copy_verifies_once_stretched_back_to_the_gallerys_shapes(verified_index, tmp_path, monkeypatch, photos):
+    """ORB's square patches do not survive a 3× squeeze; the second look stretches the query back to
+    the gallery's common shapes (here 1:1 and 3:2) and votes and verifies with that."""
+    from cbir.index.query import votes
+
+    g, files = verified_index
+    assert g._vote_state()[2] == pytest.approx([1.0, 1.5], abs=0.02)
+    q = tmp_path / "squeezed.jpg"
+    img = Image.open(files[2]).convert("RGB")  # chelsea, 3:2
+    img.resize((img.width // 3, img.height)).save(q, quality=90)
+    want = os.path.abspath(files[2])
+    assert lf.inliers(lf.extract_query(q), g.features.get([g.store.ids_under(want)[0]])[0]) < 15
+    with monkeypatch.context() as m:
+        m.setattr(lf, "STRETCH", 100.0)  # never stretched back
+        assert not any(h["verified"] for h in g.search([str(q)], k=3)[0]["results"])
+    hits = g.search([str(q)], k=3)[0]["results"]
+    assert hits[0]["path"] == want and hits[0]["verified"] and hits[0]["inliers"] >= 30
+    assert not any(h["verified"] for h in hits[1:])
+    # records written before ``wh`` existed have no aspect, and are left out of the gallery's shapes
+    old = np.zeros((), np.dtype([(n, lf.DTYPE.fields[n][0]) for n in ("n", "xy", "desc")]))
+    assert lf.aspect(old) is None and lf.aspect(lf.extract(files[2])) == pytest.approx(1.5, abs=0.01)
+    assert votes.common_aspects(np.array([np.nan] * 5 + [0.75] * 3 + [1.33] * 6 + [1.0])) == pytest.approx([1.33, 0.75])
+    assert votes.common_aspects(np.array([np.nan])) == []
 
 
 def test_a_pixel_shuffled_copy_is_found_by_its_mean_colour(verified_index, tmp_path, photos):

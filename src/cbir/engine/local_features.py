@@ -58,7 +58,10 @@ GUIDE_MAX = 2  # re-matched per ``verify`` call at most: the near pairs with the
 # ORB ignores a 31-pixel border (its patch size): a shorter side holds no keypoint, and its 8-level
 # pyramid would shrink such a strip (e.g. 2000×3 → 320×0 at the top level) until OpenCV asserts.
 MIN_SIDE = 2 * 31 + 1
-DTYPE = np.dtype([("n", "<u2"), ("xy", "<f2", (MAX_KEYPOINTS, 2)), ("desc", "u1", (MAX_KEYPOINTS, 32))])
+# ``wh``: the grey image's (w, h) at ``SIDE`` — the frame the keypoints lie in (feature files written
+# before it existed lack the field: ``aspect`` is None for their records)
+DTYPE = np.dtype([("n", "<u2"), ("xy", "<f2", (MAX_KEYPOINTS, 2)), ("desc", "u1", (MAX_KEYPOINTS, 32)), ("wh", "<u2", (2,))])
+STRETCH = 1.5  # ORB still matches a copy stretched this much (AugLy change_aspect_ratio 0.5–2 verifies)
 
 def _cv2():
     import cv2
@@ -85,6 +88,7 @@ def gray(source: ImageSource, name: str, side: int = SIDE, max_pixels: int = MAX
 def detect(img: np.ndarray) -> np.void:
     """One ``DTYPE`` record of the ORB features of a grayscale image (as ``gray`` returns it)."""
     rec = np.zeros((), DTYPE)
+    rec["wh"] = img.shape[1], img.shape[0]
     if min(img.shape) < MIN_SIDE:  # a thin strip or a tiny image: nothing to detect (verifies nothing)
         return rec
     # ORB objects are not documented thread-safe: one per call costs ~20 µs, nothing next to detection
@@ -111,6 +115,23 @@ def extract_query(source: ImageSource, name: str = "<query>", max_pixels: int = 
     covers. ``inliers`` takes the best variant."""
     img = gray(source, name, max_pixels=max_pixels)
     return (detect(img), detect(mirror(img))) if mirrored else (detect(img),)
+
+
+def aspect(rec: np.void) -> float | None:
+    """Width / height of the image a record was detected in; None for records without ``wh``."""
+    if "wh" not in (rec.dtype.names or ()) or not rec["wh"][1]:
+        return None
+    return float(rec["wh"][0]) / float(rec["wh"][1])
+
+
+def restretched(img: np.ndarray, to: float) -> tuple[np.void, np.void]:
+    """``extract_query``'s variants of a grayscale image (as ``gray`` gives it) resampled to the aspect
+    ratio ``to`` (w / h; longer side ``SIDE``): a copy squeezed or stretched beyond ``STRETCH`` keeps
+    its keypoints but not their descriptors (ORB's patch is square), so it matches an original of
+    that aspect only when stretched back."""
+    size = (SIDE, max(1, round(SIDE / to))) if to >= 1 else (max(1, round(SIDE * to)), SIDE)
+    out = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BICUBIC))
+    return detect(out), detect(mirror(out))
 
 
 def mirror(img: np.ndarray) -> np.ndarray:

@@ -133,8 +133,9 @@ class Gallery:
         self._features = None
         self._regions = None
         self._colours = None
-        self._votes: tuple = (None, None)  # (store generation, descriptor-vote index) — see ``vote_index``
+        self._votes: tuple = (None, None, [])  # (store generation, vote index, common aspects): ``_vote_state``
         self._votes_lock = threading.Lock()
+        self._votes_builder: threading.Thread | None = None
         self._lock = threading.RLock()
         if embedder is not None:
             self.check_model(embedder)
@@ -823,22 +824,61 @@ class Gallery:
 
     def vote_index(self):
         """The descriptor-vote index (``cbir.index.query.votes``) of the indexed items' stored ORB
-        features, built on first use (~1 s per 1,000 items) and again after the indexed set changed;
-        None when no item has features."""
+        features, rebuilt when the indexed set changed (see ``_vote_state``); None when no item has
+        features or the first one is still being built."""
+        return self._vote_state()[1]
+
+    def _vote_state(self) -> tuple:
+        """(store generation, vote index, the gallery's ``votes.common_aspects``). A gallery of up to
+        ``votes.SYNC_ITEMS`` items builds it on the spot (~1 s per 1,000 items); a larger one in a
+        background thread (a 100k gallery: ~15 s), and its searches use the last one meanwhile
+        (none at first; a removed item it still holds is never shown, an added one is not voted for)."""
         with self._votes_lock:
             generation = self.store.generation
-            if self._votes[0] != generation:
-                keep = _votes.per_item(self.store.count("indexed"))
-                descs, owners = _features.descriptors(self.store, self.root, lambda n: _votes.spaced(n, keep))
-                self._votes = (generation, _votes.build(descs, owners))
-            return self._votes[1]
+            if self._votes[0] == generation:
+                return self._votes
+            items = self.store.count("indexed")
+            if items <= _votes.SYNC_ITEMS:
+                self._votes = self._build_votes(generation, items)
+            elif self._votes_builder is None or not self._votes_builder.is_alive():
+                def build():
+                    state = self._build_votes(generation, items)
+                    with self._votes_lock:
+                        self._votes = state
+
+                self._votes_builder = threading.Thread(target=build, name="cbir-votes", daemon=True)
+                self._votes_builder.start()
+            return self._votes
+
+    def _build_votes(self, generation: int, items: int) -> tuple:
+        keep = _votes.per_item(items)
+        descs, owners, aspects = _features.descriptors(self.store, self.root, lambda n: _votes.spaced(n, keep))
+        return generation, _votes.build(descs, owners), _votes.common_aspects(aspects)
+
+    def _voted(self, source, name: str, features) -> list[tuple]:
+        """(query variants, item id) pairs to verify by descriptor votes: the ``VOTES`` items with the
+        most matches to the query's ``features``, and — when the query's shape is more than
+        ``STRETCH`` away from one of the gallery's common shapes — to the query stretched to it."""
+        _, index, aspects = self._vote_state()
+        variants = [features]
+        qa = local_features.aspect(features[0] if isinstance(features, (tuple, list)) else features)
+        targets = [a for a in aspects if qa is not None and max(qa / a, a / qa) > local_features.STRETCH]
+        if targets:
+            try:
+                img = local_features.gray(source, name)
+            except (ImageError, OSError):
+                img = None
+            variants += [local_features.restretched(img, a) for a in targets] if img is not None else []
+        pairs = [(v, i) for v in variants for i in _votes.vote(index, v, _rerank.VOTES)]
+        known = self.store.paths_for_ids([i for _, i in pairs])
+        return [(v, i) for v, i in pairs if i in known]
 
     def search_windows(self, source, hits: list[Hit], k: int, cfg: Rerank, features=None) -> list[Hit]:
         """``rerank.partial`` for one query image whose ``hits`` hold nothing verified: its windows
         searched and verified on their own (see ``cbir.index.query.rerank``), and the query's own
-        ``features`` (``extract_query`` variants, when given) verified against the ``VOTES`` items
-        sharing the most ORB matches with it (``vote_index``); verified ones first, then ``hits``
-        without them. ``hits`` as they are when the pass is off or finds nothing."""
+        ``features`` (``extract_query`` variants, when given) verified against the items sharing the
+        most ORB matches with it (``_voted``: as it is and stretched back to the gallery's common
+        shapes); verified ones first, then ``hits`` without them. ``hits`` as they are when the pass is off or finds nothing."""
         if not (cfg.verify and cfg.partial) or any(h.verified for h in hits):
             return hits
         name = str(source) if isinstance(source, (str, os.PathLike)) else "<query>"
@@ -860,18 +900,17 @@ class Gallery:
                 if i >= 0:
                     pairs.append((win.features[w], int(i)))
                     best[int(i)] = max(best.get(int(i), -np.inf), float(s_))
-        voted = _votes.vote(self.vote_index(), features, _rerank.VOTES) if features is not None else []
-        voted = [i for i in voted if i in self.store.paths_for_ids(voted)]
+        voted = self._voted(source, name, features) if features is not None else []
         if voted:  # their score: the best window's cosine, like the windows' own candidates
-            cos = (self.vectors_for(np.array(voted, np.int64), cpu) @ wvec.T).max(1)
-            for i, c in zip(voted, cos):
+            ids_ = np.array([i for _, i in voted], np.int64)
+            for i, c in zip(ids_.tolist(), (self.vectors_for(ids_, cpu) @ wvec.T).max(1)):
                 best[i] = max(best.get(i, -np.inf), float(c))
         recs = dict(zip(best, self.features.get(np.array(list(best), np.int64))))
         inl = list(local_features.verify([(q, recs[i]) for q, i in pairs], cfg.min_inliers, _verify_pool().map))
         # the voted items on the first fit only: guided re-matching rests on the CNN calling a
         # candidate near, and re-matched chance votes verified 3 of 630 AugLy negatives (issue 26)
-        inl += list(_verify_pool().map(lambda i: local_features.inliers(features, recs[i]) if recs[i] is not None else 0, voted))
-        pairs += [(features, i) for i in voted]
+        inl += list(_verify_pool().map(lambda p: local_features.inliers(p[0], recs[p[1]]) if recs[p[1]] is not None else 0, voted))
+        pairs += voted
         found: dict[int, int] = {}
         for (_, i), n in zip(pairs, inl):
             if n >= cfg.min_inliers:

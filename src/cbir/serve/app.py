@@ -64,9 +64,9 @@ from cbir.serve.audit import DEFAULT_RATE, Auditor
 from cbir.serve.metrics import CONTENT_TYPE, Metrics
 from cbir.serve.thumbs import Thumbnails
 
-# a search costing more than this takes one of the ``max_heavy`` slots; the default search (1.05 GFLOP
+# a search costing more than this takes one of the ``max_heavy`` slots; the default search (1.44 GFLOP
 # with the descriptor votes, ``rerank.cost``) stays light
-HEAVY = Budget(mib=32.0, gflop=1.25)
+HEAVY = Budget(mib=32.0, gflop=1.5)
 MAX_ID = 2**63 - 1  # SQLite's integer range
 _ID = re.compile(r"[0-9]{1,19}")
 

@@ -26,7 +26,8 @@ Formulas (x_i the shortlist's L2-normalised vectors, q the query, s_i = q·x_i, 
   block bounded by bands of one colour, ``cbir.engine.layout``) has that block as a sixth window,
   whose first k-NN only is verified; and the whole query is verified against the ``VOTES`` (2)
   items that share the most ORB descriptor matches with it (``cbir.index.query.votes``: a shortlist
-  that needs no CNN vector, for copies too degraded or flipped for it). Only ``Gallery.search``
+  that needs no CNN vector, for copies too degraded or flipped for it), also with the query
+  stretched back to each of the gallery's common shapes when it is more than 1.5× off one. Only ``Gallery.search``
   (an image query) runs it; a vector or an item as query has no windows.
 - ``keep_first`` (c): the k-NN's first candidate stays first after the verified ones when its cosine
   to the query is ≥ c (0 = off): a copy too degraded to verify (a chain of edits, a perspective
@@ -55,6 +56,7 @@ from typing import Callable
 import numpy as np
 
 from cbir.engine.local_features import GUIDE_MAX, WINDOWS
+from cbir.index.query.votes import ASPECTS
 from cbir.errors import CbirError
 from cbir.vectors import expand, l2_normalize
 
@@ -117,6 +119,11 @@ VERIFY_GFLOP = 0.025
 # the windows) re-matches at most GUIDE_MAX near pairs, only when nothing verified
 REMATCH_GFLOP = 0.055
 VOTES = 2  # the ``partial`` pass also verifies the query against this many items by descriptor votes
+# … found by one IVF search of the query's ≤ 1,000 ORB descriptors (~5 ms at 1k items, 13 ms at 100k)
+VOTE_GFLOP = 0.05
+# … and, per common gallery shape it is re-stretched to (``votes.ASPECTS`` at most), two more ORB
+# detections (~7.6 ms with the decode) before its own vote
+RESTRETCH_GFLOP = 0.08
 
 
 def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
@@ -141,8 +148,9 @@ def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
         r = min(cfg.regional, n)
         b += 2 * r * regions * dim * 4.0
         f += 2.0 * r * regions * dim
-    # + the layout box's top 1 and the descriptor votes (their IVF search, ~5 ms, counted as one more)
-    f += (cfg.verify + len(WINDOWS) * cfg.partial + bool(cfg.partial) * (2 + VOTES)) * VERIFY_GFLOP * 1e9
+    f += (cfg.verify + len(WINDOWS) * cfg.partial + bool(cfg.partial)) * VERIFY_GFLOP * 1e9  # + the layout box's top 1
+    if cfg.partial:  # the descriptor votes: as it is and re-stretched to each common shape
+        f += ((1 + ASPECTS) * (VOTE_GFLOP + VOTES * VERIFY_GFLOP) + ASPECTS * RESTRETCH_GFLOP) * 1e9
     f += (bool(cfg.verify) + bool(cfg.partial)) * GUIDE_MAX * REMATCH_GFLOP * 1e9
     return b / 2**20, f / 1e9
 

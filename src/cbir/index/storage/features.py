@@ -100,11 +100,12 @@ class FeatureStore:
         return [None if loc is None else np.array(loc[0][loc[1]]) for loc in self._rows.locate(ids)]
 
 
-def descriptors(store, root: Path, keep: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(ORB descriptors [n, 32] uint8, their items' ids [n]) of every indexed item with features,
-    shard by shard; ``keep(count)`` picks which of an item's ``count`` descriptors go in (row numbers)."""
+def descriptors(store, root: Path, keep: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ORB descriptors [n, 32] uint8, their items' ids [n], every item's aspect ratio [m] — NaN
+    where its record predates ``wh``) of the indexed items with features, shard by shard;
+    ``keep(count)`` picks which of an item's ``count`` descriptors go in (row numbers)."""
     indexed = store.indexed_ids()
-    descs, owners = [], []
+    descs, owners, aspects = [], [], []
     for shard in store.done_shards():
         path = feature_path(root, shard)
         if not path.is_file():
@@ -115,6 +116,8 @@ def descriptors(store, root: Path, keep: Callable[[int], np.ndarray]) -> tuple[n
             rows = keep(int(rec["n"]))
             descs.append(rec["desc"][rows])
             owners.append(np.full(len(rows), int(rec["id"]), np.int64))
+            a = local_features.aspect(rec)
+            aspects.append(np.nan if a is None else a)
     if not descs:
-        return np.zeros((0, 32), np.uint8), np.zeros(0, np.int64)
-    return np.concatenate(descs), np.concatenate(owners)
+        return np.zeros((0, 32), np.uint8), np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(descs), np.concatenate(owners), np.array(aspects)
