@@ -203,6 +203,25 @@ def test_a_squeezed_copy_verifies_once_stretched_back_to_the_gallerys_shapes(ver
     assert votes.common_aspects(np.array([np.nan])) == []
 
 
+def test_index_features_brings_an_older_indexs_records_up_to_date(verified_index):
+    """Feature files written before records kept their frame size still verify; the gallery then
+    knows no shapes to stretch a query back to, until ``cbir index features`` writes them again
+    (a build or an add does not: that would re-read every image unasked)."""
+    from cbir.cli import main
+    from cbir.index.gallery import Gallery
+    from cbir.index.storage import features
+
+    g, files = verified_index
+    path = features.feature_path(g.root, g.store.done_shards()[0])
+    arr = np.load(path)
+    np.save(path, arr[[n for n in arr.dtype.names if n != "wh"]].copy())
+    old = Gallery(g.root)
+    assert features.outdated(path) and old._vote_state()[2] == [] and old.vote_index().ntotal > 0
+    assert features.ensure(old.store, old.root) == 0 and features.outdated(path)
+    assert main(["index", "features", str(g.root)]) == 0 and not features.outdated(path)
+    assert Gallery(g.root)._vote_state()[2] == pytest.approx([1.0, 1.5], abs=0.02)
+
+
 def test_a_pixel_shuffled_copy_is_found_by_its_mean_colour(verified_index, tmp_path, photos):
     """A shuffle keeps only the colours: such a query is recognised (no spatial structure) and
     answered by mean colour, unverified; photos keep their structure and their normal search."""
@@ -253,6 +272,12 @@ def test_http_search_goes_through_the_windows_and_the_mirror(verified_index, tmp
         assert not (off["results"][0]["path"] == os.path.abspath(files[2]) and off["results"][0]["verified"])
         r = c.post("/search", params={"k": 3}, content=flipped.read_bytes()).json()
         assert r["results"][0]["path"] == os.path.abspath(files[4]) and r["results"][0]["verified"]
+        # the descriptor votes, with the upload stretched back (see the squeezed-copy test)
+        img = Image.open(files[2]).convert("RGB")
+        squeezed = tmp_path / "squeezed.jpg"
+        img.resize((img.width // 3, img.height)).save(squeezed, quality=90)
+        r = c.post("/search", params={"k": 3}, content=squeezed.read_bytes()).json()
+        assert r["results"][0]["path"] == os.path.abspath(files[2]) and r["results"][0]["verified"]
 
 
 def test_keep_first_holds_the_knn_first_above_its_cosine():

@@ -324,7 +324,9 @@ def register(sub) -> None:
     tu.add_argument("--json", action="store_true")
     wait_arg(tu)
     tu.set_defaults(fn=cmd_index_tune)
-    fe = ix.add_parser("features", help="add local features (spatial verification) to an index built without them")
+    fe = ix.add_parser("features", help="add local features (spatial verification) to an index built without them, "
+                       "or write again those of an older cbir that lack the image's frame size (used to stretch "
+                       "a squeezed copy back)")
     fe.add_argument("index")
     fe.add_argument("--json", action="store_true")
     wait_arg(fe)

@@ -575,7 +575,8 @@ class Gallery:
     def extract_features(self, progress: bool = False, enable: bool = False,
                          on_problem: Callable[[str, str], None] | None = None) -> int:
         """Local features for every done shard lacking them (resumable per shard); ``enable`` turns
-        them on for an index built without (``cbir index features``). Returns shards written.
+        them on for an index built without, and writes again those of an older version that lack
+        the frame size (``cbir index features``). Returns shards written.
         ``on_problem(path, reason)``: an image that gave no features because of an error (it stays
         indexed and verifies nothing)."""
         with self.writing():
@@ -586,7 +587,7 @@ class Gallery:
                 self.save_config()
             if not self.config.get("local_features"):
                 return 0
-            return _features.ensure(self.store, self.root, progress, on_problem)
+            return _features.ensure(self.store, self.root, progress, on_problem, upgrade=enable)
 
     def remove(self, paths: Sequence[str | os.PathLike]) -> dict:
         """Remove files (or everything under folders) from the index by path; files need not exist."""

@@ -65,9 +65,20 @@ def extract_shard(root: Path, shard: int, items: Sequence[tuple[int, str]], work
     return path
 
 
-def ensure(store, root: Path, progress: bool = False, on_problem: Callable[[str, str], None] | None = None) -> int:
-    """Write the feature file of every done shard that lacks one; returns how many were written."""
-    todo = [s for s in store.done_shards() if not feature_path(root, s).is_file()]
+def outdated(path: Path) -> bool:
+    """Whether a feature file predates the records' frame size (``wh``; or cannot be read)."""
+    try:
+        return "wh" not in np.load(path, mmap_mode="r").dtype.names
+    except Exception:
+        return True
+
+
+def ensure(store, root: Path, progress: bool = False, on_problem: Callable[[str, str], None] | None = None,
+           upgrade: bool = False) -> int:
+    """Write the feature file of every done shard that lacks one — with ``upgrade``, also of every
+    shard whose file is ``outdated`` (``cbir index features``); returns how many were written."""
+    todo = [s for s in store.done_shards() if not feature_path(root, s).is_file()
+            or (upgrade and outdated(feature_path(root, s)))]
     work = [(s, store.shard_items(s, "indexed")) for s in todo]
     bar = None
     if progress and work:
