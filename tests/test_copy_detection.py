@@ -222,6 +222,32 @@ def test_index_features_brings_an_older_indexs_records_up_to_date(verified_index
     assert Gallery(g.root)._vote_state()[2] == pytest.approx([1.0, 1.5], abs=0.02)
 
 
+def test_dedup_votes_pair_each_upside_down_thumbnail_with_its_photo(tmp_path, embedder, photos):
+    """Dedup's vote pass (as search's second look) pairs every image with the items sharing the
+    most ORB matches with it or its mirror: an upside-down 110-pixel tinted copy of each photo is
+    paired with that photo, and verified from either side's mirror (the rocket's copy: 0 inliers of
+    the photo's mirror with it, 15 of its own mirror with the photo)."""
+    from cbir.index import dedup
+    from cbir.index.gallery import Gallery
+
+    files = make_gallery(tmp_path / "g", photos, 12)
+    (tmp_path / "g" / "flipped").mkdir()
+    for i, f in enumerate(files):
+        copy = _tinted(f).transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        copy.thumbnail((110, 110))
+        copy.save(tmp_path / "g" / "flipped" / f"f{i:02d}.jpg", quality=80)
+    g = Gallery.create(tmp_path / "idx", embedder)
+    g.build([tmp_path / "g"])
+    ids = np.array(sorted(g.store.indexed_ids().tolist()), np.int64)
+    name = {i: os.path.basename(p) for i, p in g.store.paths_for_ids(ids.tolist()).items()}
+    pairs = {tuple(sorted((name[a], name[b]))) for a, b in dedup._voted_pairs(g, ids, set(ids.tolist()), False)}
+    for i, f in enumerate(files):
+        assert (f"f{i:02d}.jpg", f.name) in pairs
+    groups = [{os.path.basename(p) for p in x["paths"]} for x in dedup.find(g)]
+    for i, f in enumerate(files):
+        assert any({f"f{i:02d}.jpg", f.name} <= grp for grp in groups), (i, groups)
+
+
 def test_a_pixel_shuffled_copy_is_found_by_its_mean_colour(verified_index, tmp_path, photos):
     """A shuffle keeps only the colours: such a query is recognised (no spatial structure) and
     answered by mean colour, unverified; photos keep their structure and their normal search."""

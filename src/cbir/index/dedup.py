@@ -96,6 +96,8 @@ def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True,
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
+    if verify and partial and len(ids):
+        pairs |= _voted_pairs(gallery, ids, keep, progress)
     pairs_list = sorted(pairs)
     if verify:
         m, blocks, layouts = _Matches(), {}, {}
@@ -205,8 +207,10 @@ class _Matches:
 
 def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Matches, progress: bool) -> None:
     """Adds to ``m`` the pairs that verify: with the stored features, else with a's mirrored
-    features (a flipped copy; ORB descriptors are not mirror-invariant, so they are extracted from
-    a's file, once per item; a file that cannot be read is not tried mirrored). No guided
+    features against b's, else b's mirrored against a's (a flipped copy; ORB descriptors are not
+    mirror-invariant, so they are extracted from the file, once per item; a file that cannot be
+    read is not tried mirrored; the ratio test is not symmetric: a 110-pixel upside-down copy
+    matched the photo's mirror with 0 inliers, its own mirror matched the photo with 15). No guided
     re-matching here (search's ``local_features.verify`` does it): applied to each image left
     without a verified pair, it pushed 132 Corel-1K pairs over the bar, 129 of them different
     photos of one class (BENCHMARKS.md, issue 26)."""
@@ -236,6 +240,11 @@ def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Match
                 a_xy, b_xy = local_features.matched(rec, fb)
                 if len(a_xy) > len(got[0]):
                     got = local_features.unmirror(a_xy, width), b_xy
+            if len(got[0]) < min_inliers and mirror(b) is not None:  # the ratio test is not symmetric
+                rec, width = mirror(b)
+                b_xy, a_xy = local_features.matched(rec, fa)
+                if len(b_xy) > len(got[0]):
+                    got = a_xy, local_features.unmirror(b_xy, width)
         if bar is not None:
             bar.update(1)
         return got
@@ -246,6 +255,44 @@ def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Match
                 m.add(a, b, len(a_xy), a_xy, b_xy)
     if bar is not None:
         bar.close()
+
+
+def _voted_pairs(gallery, ids: np.ndarray, keep: set[int], progress: bool) -> set[tuple[int, int]]:
+    """Pairs of each item with the ``rerank.VOTES`` others that share the most ORB matches with its
+    stored features or its mirror's (``cbir.index.query.votes``, as search's second look): copies
+    the CNN vector does not put near each other (a vertical flip, heavy pixelization). Verified
+    like the k-NN pairs (first fit, mirrored when it fails)."""
+    from cbir.index.query import votes
+    from cbir.index.query.rerank import VOTES
+
+    index = gallery.vote_index()
+    if index is None:
+        return set()
+    recs = dict(zip(ids.tolist(), gallery.features.get(ids)))
+    paths = gallery.store.paths_for_ids(ids.tolist())
+    bar = _bar(progress, len(ids), "votes", "img")
+
+    def one(i: int) -> list[int]:
+        rec = recs[i]
+        if rec is None or not rec["n"]:
+            return []
+        variants = [rec]
+        try:
+            variants.append(local_features.detect(local_features.mirror(local_features.gray(paths[i], paths[i]))))
+        except Exception:  # moved, unreadable: its stored features vote alone
+            pass
+        got = votes.vote(index, variants, VOTES + 1)
+        if bar is not None:
+            bar.update(1)
+        return [j for j in got if j != i and j in keep][:VOTES]
+
+    out: set[tuple[int, int]] = set()
+    with ThreadPoolExecutor(all_cores()) as pool:
+        for i, js in zip(ids.tolist(), pool.map(one, ids.tolist())):
+            out.update((min(i, j), max(i, j)) for j in js)
+    if bar is not None:
+        bar.close()
+    return out
 
 
 def _unexplained(gallery, m: _Matches, sizes: dict[int, tuple[int, int]]) -> dict[int, tuple]:
