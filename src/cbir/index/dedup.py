@@ -14,6 +14,11 @@
   (``match_regions.unexplained``: the photo inside a screenshot whose frame matched other
   screenshots) — a photo pasted into another, a screenshot or meme of a photo. It re-embeds ~6
   crops per image: on 2 cores, 1,484 images take ~125 s against ~16 s without it.
+- Vote pass (with ``partial``): every item is also paired with the 2 items that share the most ORB
+  descriptor matches with its stored features or its mirror's (``cbir.index.query.votes``, as
+  search's second look) — an upside-down or heavily pixelated copy the CNN vector does not put near
+  its photo — and those pairs are verified like the k-NN's (held-out planted set: vflip recall
+  0.85 → 1.00, +15 % time).
 - Template pairs (``match_regions.template_pairs``) are dropped: two screenshots or memes of
   *different* photos that verify only through their shared frame or band — told apart by what a
   third image matches in them, or (``match_regions.frame_pairs``) because their match lies outside
@@ -37,6 +42,7 @@ import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 
@@ -96,12 +102,13 @@ def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True,
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
+    mirror = _mirrors(gallery.store.paths_for_ids(ids.tolist()))
     if verify and partial and len(ids):
-        pairs |= _voted_pairs(gallery, ids, keep, progress)
+        pairs |= _voted_pairs(gallery, ids, keep, progress, mirror)
     pairs_list = sorted(pairs)
     if verify:
         m, blocks, layouts = _Matches(), {}, {}
-        _verified(gallery, pairs_list, cfg.min_inliers, m, progress)
+        _verified(gallery, pairs_list, cfg.min_inliers, m, progress, mirror)
         if partial and len(ids):
             sizes: dict[int, tuple[int, int]] = {}
             whole = {int(i): local_features.WINDOWS for i in ids}
@@ -205,12 +212,28 @@ class _Matches:
         return self._extents
 
 
-def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Matches, progress: bool) -> None:
+def _mirrors(paths: dict[int, str]) -> Callable[[int], tuple | None]:
+    """item id → (ORB record of the mirror of its image at ``paths[id]``, the image's width at
+    ``SIDE``), or None when the file cannot be read (moved, unreadable: it keeps what its stored
+    features say); the last 4,096 kept, shared by the vote pass and verification."""
+    @lru_cache(maxsize=4096)
+    def mirror(i: int):
+        path = paths.get(i)
+        try:
+            img = local_features.gray(path, path)
+            return local_features.detect(local_features.mirror(img)), img.shape[1]
+        except Exception:
+            return None
+    return mirror
+
+
+def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Matches, progress: bool,
+              mirror: Callable[[int], tuple | None] | None = None) -> None:
     """Adds to ``m`` the pairs that verify: with the stored features, else with a's mirrored
-    features against b's, else b's mirrored against a's (a flipped copy; ORB descriptors are not
-    mirror-invariant, so they are extracted from the file, once per item; a file that cannot be
-    read is not tried mirrored; the ratio test is not symmetric: a 110-pixel upside-down copy
-    matched the photo's mirror with 0 inliers, its own mirror matched the photo with 15). No guided
+    features (a flipped copy; ORB descriptors are not mirror-invariant, so they are extracted from
+    a's file, once per item; a file that cannot be read is not tried mirrored). Not b's mirror as
+    well: on a held-out frame set it verified two different photos in one phone-viewer layout
+    (BENCHMARKS.md, issue 26, session 10). No guided
     re-matching here (search's ``local_features.verify`` does it): applied to each image left
     without a verified pair, it pushed 132 Corel-1K pairs over the bar, 129 of them different
     photos of one class (BENCHMARKS.md, issue 26)."""
@@ -218,16 +241,8 @@ def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Match
         return
     items = sorted({i for p in pairs for i in p})
     feats = dict(zip(items, gallery.features.get(items)))
-    paths = gallery.store.paths_for_ids(items)
+    mirror = mirror or _mirrors(gallery.store.paths_for_ids(items))
     bar = _bar(progress, len(pairs), "verify", "pair")
-
-    @lru_cache(maxsize=4096)
-    def mirror(i: int):
-        try:
-            img = local_features.gray(paths[i], paths[i])
-            return local_features.detect(local_features.mirror(img)), img.shape[1]
-        except Exception:  # moved, unreadable: the pair keeps what its stored features say
-            return None
 
     def check(p):
         a, b = p
@@ -240,11 +255,6 @@ def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Match
                 a_xy, b_xy = local_features.matched(rec, fb)
                 if len(a_xy) > len(got[0]):
                     got = local_features.unmirror(a_xy, width), b_xy
-            if len(got[0]) < min_inliers and mirror(b) is not None:  # the ratio test is not symmetric
-                rec, width = mirror(b)
-                b_xy, a_xy = local_features.matched(rec, fa)
-                if len(b_xy) > len(got[0]):
-                    got = a_xy, local_features.unmirror(b_xy, width)
         if bar is not None:
             bar.update(1)
         return got
@@ -257,7 +267,8 @@ def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Match
         bar.close()
 
 
-def _voted_pairs(gallery, ids: np.ndarray, keep: set[int], progress: bool) -> set[tuple[int, int]]:
+def _voted_pairs(gallery, ids: np.ndarray, keep: set[int], progress: bool,
+                 mirror: Callable[[int], tuple | None] | None = None) -> set[tuple[int, int]]:
     """Pairs of each item with the ``rerank.VOTES`` others that share the most ORB matches with its
     stored features or its mirror's (``cbir.index.query.votes``, as search's second look): copies
     the CNN vector does not put near each other (a vertical flip, heavy pixelization). Verified
@@ -269,19 +280,15 @@ def _voted_pairs(gallery, ids: np.ndarray, keep: set[int], progress: bool) -> se
     if index is None:
         return set()
     recs = dict(zip(ids.tolist(), gallery.features.get(ids)))
-    paths = gallery.store.paths_for_ids(ids.tolist())
+    mirror = mirror or _mirrors(gallery.store.paths_for_ids(ids.tolist()))
     bar = _bar(progress, len(ids), "votes", "img")
 
     def one(i: int) -> list[int]:
         rec = recs[i]
         if rec is None or not rec["n"]:
             return []
-        variants = [rec]
-        try:
-            variants.append(local_features.detect(local_features.mirror(local_features.gray(paths[i], paths[i]))))
-        except Exception:  # moved, unreadable: its stored features vote alone
-            pass
-        got = votes.vote(index, variants, VOTES + 1)
+        flipped = mirror(i)  # None: its stored features vote alone
+        got = votes.vote(index, [rec] if flipped is None else [rec, flipped[0]], VOTES + 1)
         if bar is not None:
             bar.update(1)
         return [j for j in got if j != i and j in keep][:VOTES]
