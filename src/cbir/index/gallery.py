@@ -879,7 +879,8 @@ class Gallery:
         searched and verified on their own (see ``cbir.index.query.rerank``), and the query's own
         ``features`` (``extract_query`` variants, when given) verified against the items sharing the
         most ORB matches with it (``_voted``: as it is and stretched back to the gallery's common
-        shapes); verified ones first, then ``hits`` without them. ``hits`` as they are when the pass is off or finds nothing."""
+        shapes); verified ones first, then ``hits`` without them. ``hits`` as they are when the
+        pass is off or finds nothing."""
         if not (cfg.verify and cfg.partial) or any(h.verified for h in hits):
             return hits
         name = str(source) if isinstance(source, (str, os.PathLike)) else "<query>"

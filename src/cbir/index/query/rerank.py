@@ -27,8 +27,8 @@ Formulas (x_i the shortlist's L2-normalised vectors, q the query, s_i = q·x_i, 
   whose first k-NN only is verified; and the whole query is verified against the ``VOTES`` (2)
   items that share the most ORB descriptor matches with it (``cbir.index.query.votes``: a shortlist
   that needs no CNN vector, for copies too degraded or flipped for it), also with the query
-  stretched back to each of the gallery's common shapes when it is more than 1.5× off one. Only ``Gallery.search``
-  (an image query) runs it; a vector or an item as query has no windows.
+  stretched back to each of the gallery's common shapes when it is more than 1.5× off one. Only
+  ``Gallery.search`` (an image query) runs it; a vector or an item as query has no windows.
 - ``keep_first`` (c): the k-NN's first candidate stays first after the verified ones when its cosine
   to the query is ≥ c (0 = off): a copy too degraded to verify (a chain of edits, a perspective
   warp) is often the plain k-NN's first, and the class re-ranking would otherwise move a look-alike
