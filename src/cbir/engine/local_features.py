@@ -114,7 +114,12 @@ def extract_query(source: ImageSource, name: str = "<query>", max_pixels: int = 
     features; the mirror turned by 180° is the vertically flipped image, which the affine model
     covers. ``inliers`` takes the best variant."""
     img = gray(source, name, max_pixels=max_pixels)
-    return (detect(img), detect(mirror(img))) if mirrored else (detect(img),)
+    return as_and_mirrored(img) if mirrored else (detect(img),)
+
+
+def as_and_mirrored(img: np.ndarray) -> tuple[np.void, np.void]:
+    """The records of a grayscale image and of its left-right mirror (a query's two variants)."""
+    return detect(img), detect(mirror(img))
 
 
 def aspect(rec: np.void) -> float | None:
@@ -130,8 +135,7 @@ def restretched(img: np.ndarray, to: float) -> tuple[np.void, np.void]:
     its keypoints but not their descriptors (ORB's patch is square), so it matches an original of
     that aspect only when stretched back."""
     size = (SIDE, max(1, round(SIDE / to))) if to >= 1 else (max(1, round(SIDE * to)), SIDE)
-    out = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BICUBIC))
-    return detect(out), detect(mirror(out))
+    return as_and_mirrored(np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BICUBIC)))
 
 
 def mirror(img: np.ndarray) -> np.ndarray:

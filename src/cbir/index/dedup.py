@@ -102,11 +102,11 @@ def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True,
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    mirror = _mirrors(gallery.store.paths_for_ids(ids.tolist()))
-    if verify and partial and len(ids):
-        pairs |= _voted_pairs(gallery, ids, keep, progress, mirror)
     pairs_list = sorted(pairs)
     if verify:
+        mirror = _mirrors(gallery.store.paths_for_ids(ids.tolist()))
+        if partial and len(ids):
+            pairs_list = sorted(pairs | _voted_pairs(gallery, ids, keep, progress, mirror))
         m, blocks, layouts = _Matches(), {}, {}
         _verified(gallery, pairs_list, cfg.min_inliers, m, progress, mirror)
         if partial and len(ids):
