@@ -174,7 +174,7 @@ def test_the_original_outside_the_cnn_shortlist_is_found_by_descriptor_votes(tmp
     monkeypatch.setattr(votes, "SYNC_ITEMS", 0)
     fresh = Gallery(tmp_path / "idx")
     assert fresh.vote_index() is None and not any(h["verified"] for h in fresh.search([str(q)], k=3, rerank=light)[0]["results"])
-    fresh._votes_builder.join(60)
+    fresh.votes.wait(60)
     assert fresh.vote_index() is not None and fresh.vote_index().ntotal == g.vote_index().ntotal
 
 
@@ -184,7 +184,7 @@ def test_a_squeezed_copy_verifies_once_stretched_back_to_the_gallerys_shapes(ver
     from cbir.index.query import votes
 
     g, files = verified_index
-    assert g._vote_state()[2] == pytest.approx([1.0, 1.5], abs=0.02)
+    assert g.vote_index().common == pytest.approx([1.0, 1.5], abs=0.02)
     q = tmp_path / "squeezed.jpg"
     img = Image.open(files[2]).convert("RGB")  # chelsea, 3:2
     img.resize((img.width // 3, img.height)).save(q, quality=90)
@@ -216,10 +216,10 @@ def test_index_features_brings_an_older_indexs_records_up_to_date(verified_index
     arr = np.load(path)
     np.save(path, arr[[n for n in arr.dtype.names if n != "wh"]].copy())
     old = Gallery(g.root)
-    assert features.outdated(path) and old._vote_state()[2] == [] and old.vote_index().ntotal > 0
+    assert features.outdated(path) and old.vote_index().common == [] and old.vote_index().ntotal > 0
     assert features.ensure(old.store, old.root) == 0 and features.outdated(path)
     assert main(["index", "features", str(g.root)]) == 0 and not features.outdated(path)
-    assert Gallery(g.root)._vote_state()[2] == pytest.approx([1.0, 1.5], abs=0.02)
+    assert Gallery(g.root).vote_index().common == pytest.approx([1.0, 1.5], abs=0.02)
 
 
 def test_dedup_votes_pair_each_upside_down_thumbnail_with_its_photo(tmp_path, embedder, photos):

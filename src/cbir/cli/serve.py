@@ -30,7 +30,9 @@ def register(sub) -> None:
     sv.add_argument("--max-batch", type=int, help="dynamic batcher's largest batch (default: auto, measured at load)")
     sv.add_argument("--max-delay-ms", type=float, default=5.0)
     sv.add_argument("--max-queue", type=int, default=256, help="batcher queue bound; beyond it: 503 + Retry-After")
-    sv.add_argument("--timeout-s", type=float, default=30.0)
+    sv.add_argument("--timeout", "--timeout-s", dest="timeout_s", type=float, default=5.0,
+                    help="each request's deadline in seconds, queue to answer (default 5): a search stage not started "
+                         "by then is skipped (the answer says partial), an answer not ready by then is a 504")
     sv.add_argument("--max-upload-mb", type=float, default=20.0)
     sv.add_argument("--search-device", choices=["cuda", "cpu"],
                     help="exact search of a Flat index in PyTorch on this device (FP16 on cuda), where faiss-gpu is absent")

@@ -282,7 +282,9 @@ _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 def _one_to_one(ii: np.ndarray, jj: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (ii, jj) thinned to each a keypoint's closest b one (Hamming ``bits``), then each b
-    keypoint's closest a one."""
+    keypoint's closest a one. No pairs in, none out."""
+    if not len(ii):
+        return ii, jj
     for by_a in (True, False):
         side = ii if by_a else jj
         order = np.lexsort((bits, side))

@@ -41,6 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cbir import crashpoints, fsio
+from cbir.deadline import NEVER, Deadline
 from cbir.errors import CbirError, ImageError
 from cbir.index.build import pipeline as _build
 from cbir.index.storage import config as _config
@@ -51,6 +52,9 @@ from cbir.engine import colour, local_features
 from cbir.index.query import rerank as _rerank
 from cbir.index.query import search as _search
 from cbir.index.query import votes as _votes
+from cbir.index.query.cascade import Notes, guarded, second_look
+from cbir.index.query.vote_cache import VoteCache
+from cbir.index.snapshot import Snapshot
 from cbir.index.storage import features as _features
 from cbir.index.storage.features import FeatureStore
 from cbir.index.storage.colours import ColourStore
@@ -105,7 +109,8 @@ def _query_features(source):
 class Gallery:
     """An index directory. Open an existing one with ``Gallery(dir)``; create with ``Gallery.create``."""
 
-    def __init__(self, root: str | os.PathLike, embedder=None, wait: bool = False, search_device: str | None = None):
+    def __init__(self, root: str | os.PathLike, embedder=None, wait: bool = False, search_device: str | None = None,
+                 live: bool = False):
         self.root = Path(root)
         self.config = _config.load(self.root)
         self.created = False  # True when ``create`` made this index in this process (``discard`` may undo it)
@@ -124,7 +129,6 @@ class Gallery:
         self._disk_generation = None  # refresh: faiss_generation in index.json when last read
         self._reconciler: threading.Thread | None = None
         self.load_error: str | None = None  # the last failed load of a newer index.faiss (refresh)
-        self._gpu_index = self._gpu_source = None
         if search_device not in (None, "cuda", "cpu"):
             raise CbirError(f"--search-device {search_device!r}: choose cuda or cpu")
         self.search_device = search_device  # exact search in PyTorch on this device (Flat indexes), else FAISS
@@ -133,9 +137,8 @@ class Gallery:
         self._features = None
         self._regions = None
         self._colours = None
-        self._votes: tuple = (None, None, [])  # (store generation, vote index, common aspects): ``_vote_state``
-        self._votes_lock = threading.Lock()
-        self._votes_builder: threading.Thread | None = None
+        self.votes = VoteCache(self.store, self.root, background=live)  # live (``cbir serve``): updated aside
+        self._snap: Snapshot | None = None
         self._lock = threading.RLock()
         if embedder is not None:
             self.check_model(embedder)
@@ -412,6 +415,8 @@ class Gallery:
                 self._disk_generation = config.get("faiss_generation")
                 if config.get("revision") != self.config.get("revision"):
                     swapped = self._adopt_config(config)
+        if self.votes.background:
+            self.votes.current()  # a change of the indexed set starts the vote index's update aside
         disk = self._disk_generation if self._disk_generation is not None else self.config.get("faiss_generation")
         if reconcile_in_background and self.store.generation != disk:  # index.faiss on disk is behind SQLite
             self._reconcile_in_background()
@@ -643,37 +648,39 @@ class Gallery:
     @property
     def search_index(self):
         """The index searches run on: a GPU copy when faiss-gpu sees a GPU (k ≤ 2048), else the CPU index."""
-        return self._snapshot()[1]
+        return self.snapshot().index
 
-    def _snapshot(self) -> tuple:
-        """(CPU index, index to search: its GPU copy or itself) taken together: a search uses one
-        snapshot from start to end, whatever a concurrent ``refresh`` swaps in."""
+    def snapshot(self) -> Snapshot:
+        """The published generation a search reads from start to end (``cbir.index.snapshot``),
+        whatever a concurrent ``refresh`` swaps in: the CPU index, the index to search (its GPU copy
+        or itself) and the ids it holds."""
         index = self.index
         with self._lock:
-            if self._gpu_index is None or self._gpu_source is not index:
+            if self._snap is None or self._snap.cpu is not index:
                 if self.search_device:
                     from cbir.index.ann.torch_flat import TorchFlat
 
-                    self._gpu_index = TorchFlat(index, self.search_device)
+                    searched = TorchFlat(index, self.search_device)
                 else:
-                    self._gpu_index = faiss_index.to_gpu(index) if faiss_index.gpu_available() else index
-                self._gpu_source = index
-            return index, self._gpu_index
+                    searched = faiss_index.to_gpu(index) if faiss_index.gpu_available() else index
+                self._snap = Snapshot(index, searched, self._index_generation)
+            return self._snap
 
-    def vectors_for(self, ids: np.ndarray, index=None) -> np.ndarray:
-        """Stored (post-processed) vectors for ids [q, n] -> [q, n, D], from the FAISS index (default:
-        the current one; a search passes its snapshot)."""
-        flat = ids.reshape(-1)
+    def vectors_for(self, ids: np.ndarray, snap: Snapshot | None = None) -> np.ndarray:
+        """Stored (post-processed) vectors for ids [q, n] -> [q, n, D], from the snapshot's FAISS index
+        (default: the current one; a search passes its own); zeros for -1 and for ids it does not hold."""
+        snap = snap or self.snapshot()
+        flat = np.asarray(ids, np.int64).reshape(-1)
         out = np.zeros((len(flat), self.config["dim"]), np.float32)
-        valid = flat >= 0
+        valid = (flat >= 0) & snap.holds(flat)
         if valid.any():
-            index = self.index if index is None else index
+            index = snap.cpu
             with self._lock:
                 if self._reconstructable is not index:
                     faiss_index.enable_reconstruct(index)
                     self._reconstructable = index
             out[valid] = index.reconstruct_batch(flat[valid])
-        return out.reshape(*ids.shape, -1)
+        return out.reshape(*np.shape(ids), -1)
 
     def rerank_config(self, rerank: "Rerank | str | dict | None" = None, budget: Budget = DEFAULT_BUDGET) -> Rerank:
         """The re-ranking of a search: the index's stored settings (index.json ``rerank``; none for an
@@ -718,81 +725,99 @@ class Gallery:
             self._features = FeatureStore(self.store, self.root)
         return self._features
 
-    def verifier(self, query_features: Sequence, min_inliers: int) -> Callable[[int, np.ndarray], np.ndarray]:
+    def verifier(self, query_features: Sequence, min_inliers: int, deadline: Deadline = NEVER,
+                 notes: Sequence[Notes] | None = None) -> Callable[[int, np.ndarray], np.ndarray]:
         """verify(query row, candidate ids) -> RANSAC inliers, from the stored local features
-        (``local_features.verify``: guided re-matching when none reaches ``min_inliers``)."""
+        (``local_features.verify``: guided re-matching when none reaches ``min_inliers``); -1 (not
+        checked) past ``deadline`` or when it fails on that query (``cascade.guarded``)."""
         def verify(row: int, ids: np.ndarray) -> np.ndarray:
             qf = query_features[row]
+            unchecked = np.full(len(ids), -1, np.int64)
             if qf is None:
-                return np.full(len(ids), -1, np.int64)
-            return local_features.verify([(qf, r) for r in self.features.get(ids)], min_inliers, _verify_pool().map)
+                return unchecked
+            return guarded("verify", notes[row] if notes else None, deadline, lambda: local_features.verify(
+                [(qf, r) for r in self.features.get(ids)], min_inliers, _verify_pool().map), unchecked)
         return verify
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, rerank=None, nprobe: int | None = None,
-                       ef_search: int | None = None, query_features: Sequence | None = None) -> list[list[Hit]]:
-        """Search with already-embedded query vectors (raw model output). Only indexed items are
-        returned: an id whose item is not ``indexed`` in SQLite is dropped, never shown.
-        ``rerank``: see ``rerank_config`` (default: the index's). ``query_features``: local-feature
-        records per query for verification (None: those queries verify nothing).
-        ``nprobe`` / ``ef_search`` override the recorded search parameters for this call."""
+                       ef_search: int | None = None, query_features: Sequence | None = None,
+                       snap: Snapshot | None = None, deadline: Deadline = NEVER,
+                       notes: Sequence[Notes] | None = None) -> list[list[Hit]]:
+        """Search with already-embedded query vectors (raw model output): the cascade's ``knn`` stage.
+        Only items the snapshot holds and SQLite still calls indexed are returned, min(k, their
+        number) of them. ``rerank``: see ``rerank_config`` (default: the index's).
+        ``query_features``: local-feature records per query for verification (None: those queries
+        verify nothing). ``nprobe`` / ``ef_search`` override the recorded search parameters for this
+        call; ``snap``: the snapshot to read (default: the current one); ``notes``: one per query,
+        told of verification skipped past ``deadline`` or failed."""
         return self._search(self.postprocess_queries(np.asarray(queries, np.float32)), k, rerank, nprobe,
-                            ef_search, query_features)
+                            ef_search, query_features, snap, deadline, notes)
 
     def search_items(self, ids: Sequence[int], k: int = 10, rerank=None, nprobe: int | None = None,
                      ef_search: int | None = None) -> list[list[Hit]]:
         """Search with indexed items as queries (their stored vectors and local features: nothing is
-        re-embedded). Raises ``CbirError`` naming an id that is not indexed."""
+        re-embedded). Raises ``CbirError`` naming an id that is not indexed (or not yet searchable)."""
         ids = np.asarray(ids, np.int64)
-        known = self.store.paths_for_ids(ids)
-        missing = [int(i) for i in ids if int(i) not in known]
-        if missing:
-            raise CbirError(f"item {missing[0]}: not in the index")
+        snap = self.snapshot()
+        live = snap.live(self.store, ids)
+        if not live.all():
+            raise CbirError(f"item {int(ids[~live][0])}: not in the index")
         cfg = self.rerank_config(rerank)
         feats = self.features.get(ids) if cfg.verify else None
-        snapshot = self._snapshot()
-        return self._search(self.vectors_for(ids, snapshot[0]), k, cfg, nprobe, ef_search, feats, snapshot)
+        return self._search(self.vectors_for(ids, snap), k, cfg, nprobe, ef_search, feats, snap)
 
     def _search(self, q: np.ndarray, k: int, rerank, nprobe: int | None, ef_search: int | None,
-                query_features: Sequence | None, snapshot: tuple | None = None) -> list[list[Hit]]:
+                query_features: Sequence | None, snap: Snapshot | None = None, deadline: Deadline = NEVER,
+                notes: Sequence[Notes] | None = None) -> list[list[Hit]]:
         if k < 1:
             raise CbirError(f"-k {k}: must be ≥ 1")
         cfg = self.rerank_config(rerank)
-        cpu, index = snapshot or self._snapshot()
-        if index is not cpu and max(k, cfg.shortlist if cfg.active else 0) > faiss_index.GPU_MAX_K:
+        snap = snap or self.snapshot()
+        cpu, index, stale = snap.cpu, snap.index, snap.stale(self.store)
+        if index is not cpu and (max(k, cfg.shortlist if cfg.active else 0) + len(stale) > faiss_index.GPU_MAX_K):
             index = cpu  # GPU k-selection is limited to 2048
         params = tuning.search_parameters(cpu, {"nprobe": nprobe, "efSearch": ef_search})
         if params is not None and index is not cpu:
             index = cpu  # per-call parameters: the CPU index (GPU copies take their own)
-        verify = self.verifier(query_features, cfg.min_inliers) if cfg.verify and query_features is not None else None
-        sims, ids, inl = _search.search(index, q, k, cfg, lambda i: self.vectors_for(i, cpu), verify, params,
-                                        self.regions_of)
-        paths = self.store.paths_for_ids(np.unique(ids))
+        verify = None
+        if cfg.verify and query_features is not None:
+            verify = self.verifier(query_features, cfg.min_inliers, deadline, notes)
+        sims, ids, inl = _search.search(index, q, k, cfg, lambda i: self.vectors_for(i, snap), verify, params,
+                                        self.regions_of, stale)
+        paths = self.store.paths_of(np.unique(ids))
         return [[Hit(int(i), paths[int(i)], float(s), bool(v >= cfg.min_inliers), int(v) if v >= 0 else None)
                  for s, i, v in zip(srow, irow, vrow) if int(i) in paths]
                 for srow, irow, vrow in zip(sims, ids, inl)]
 
     def search(self, images: Sequence, k: int = 10, rerank=None, nprobe: int | None = None,
-               ef_search: int | None = None) -> list[dict]:
-        """Embed query images and search; bad query images get an ``error`` entry instead of results.
-        With verification on, the queries' local features are extracted too."""
+               ef_search: int | None = None, deadline: Deadline = NEVER) -> list[dict]:
+        """Embed query images and search them through the cascade (``cascade``); bad query images
+        get an ``error`` entry instead of results. With verification on, the queries' local features
+        are extracted too. An answer whose stages failed or were skipped past ``deadline`` says so
+        (``failed``, ``partial``)."""
         cfg = self.rerank_config(rerank)
         emb = self.embedder()
         res = emb.embed_files(list(images))
         feats = None
         if cfg.verify and len(res.indices):
             feats = list(_verify_pool().map(lambda i: _query_features(images[i]), res.indices))
-        hits = self.search_vectors(res.vectors, k, cfg, nprobe, ef_search, feats) if len(res.vectors) else []
-        for j, pos in enumerate(res.indices):  # a no-op unless the pass is on and nothing verified
-            hits[j] = self.search_windows(images[pos], hits[j], k, cfg, feats[j] if feats else None)
-            hits[j] = self.search_scrambled(images[pos], res.vectors[j], hits[j], k)
+        snap = self.snapshot()
+        notes = [Notes() for _ in res.indices]
+        hits = self.search_vectors(res.vectors, k, cfg, nprobe, ef_search, feats, snap, deadline, notes) \
+            if len(res.vectors) else []
         out: list[dict] = [{} for _ in images]
-        for pos, h in zip(res.indices, hits):
+        for j, pos in enumerate(res.indices):
+            h = second_look(self, images[pos], res.vectors[j], hits[j], k, cfg, feats[j] if feats else None, snap,
+                            deadline, notes[j])
             out[pos] = {"query": str(images[pos]), "results": [h_.__dict__ for h_ in h]}
+            if notes[j].partial or notes[j].failed:
+                out[pos].update(partial=notes[j].partial, skipped=notes[j].skipped, failed=notes[j].failed)
         for pos, src, reason in res.errors:
             out[pos] = {"query": str(images[pos]), "error": reason, "results": []}
         return out
 
-    def search_scrambled(self, source, vector: np.ndarray, hits: list[Hit], k: int) -> list[Hit]:
+    def search_scrambled(self, source, vector: np.ndarray, hits: list[Hit], k: int,
+                         snap: Snapshot | None = None) -> list[Hit]:
         """``hits``, or — when nothing in them verified and the query image ``source`` has no spatial
         structure left (``colour.scrambled``: its pixels were shuffled) — ``search_colour``. Only such
         queries pay for decoding ``source`` again (~1 ms for the structure, beside the windows' five
@@ -805,62 +830,38 @@ class Gallery:
             return hits
         if not colour.scrambled(stats):
             return hits
-        return self.search_colour(stats[:3], vector, k) or hits
+        return self.search_colour(stats[:3], vector, k, snap) or hits
 
-    def search_colour(self, mean: np.ndarray, vector: np.ndarray, k: int) -> list[Hit] | None:
+    def search_colour(self, mean: np.ndarray, vector: np.ndarray, k: int, snap: Snapshot | None = None) -> list[Hit] | None:
         """A query whose pixels were shuffled (``engine.colour.scrambled``): its k nearest items by
         mean colour (RGB distance), the only thing a shuffle keeps; scores are the usual cosines,
         nothing is verified. None when no indexed item has a stored colour (older builds)."""
         if self._colours is None:
             self._colours = ColourStore(self.store, self.root)
+        snap = snap or self.snapshot()
         ids, cols = self._colours.all()
+        live = snap.live(self.store, ids)
+        ids, cols = ids[live], cols[live]
         if not len(ids):
             return None
         order = np.argsort(np.linalg.norm(cols - np.asarray(mean, np.float32), axis=1), kind="stable")[:k]
         top = ids[order]
-        cpu, _ = self._snapshot()
-        scores = self.vectors_for(top, cpu) @ self.postprocess_queries(np.asarray(vector, np.float32)[None])[0]
-        paths = self.store.paths_for_ids(top)
+        scores = self.vectors_for(top, snap) @ self.postprocess_queries(np.asarray(vector, np.float32)[None])[0]
+        paths = self.store.paths_of(top)
         return [Hit(int(i), paths[int(i)], float(s), False, None, "colour") for i, s in zip(top, scores) if int(i) in paths]
 
     def vote_index(self):
-        """The descriptor-vote index (``cbir.index.query.votes``) of the indexed items' stored ORB
-        features, rebuilt when the indexed set changed (see ``_vote_state``); None when no item has
-        features or the first one is still being built."""
-        return self._vote_state()[1]
+        """The descriptor-vote state (``votes.VoteState``) of the indexed items' stored ORB features,
+        kept in step with the indexed set by ``votes`` (a ``VoteCache``); None when none exists yet."""
+        return self.votes.current()
 
-    def _vote_state(self) -> tuple:
-        """(store generation, vote index, the gallery's ``votes.common_aspects``). A gallery of up to
-        ``votes.SYNC_ITEMS`` items builds it on the spot (~1 s per 1,000 items); a larger one in a
-        background thread (a 100k gallery: ~15 s), and its searches use the last one meanwhile
-        (none at first; a removed item it still holds is never shown, an added one is not voted for)."""
-        with self._votes_lock:
-            generation = self.store.generation
-            if self._votes[0] == generation:
-                return self._votes
-            items = self.store.count("indexed")
-            if items <= _votes.SYNC_ITEMS:
-                self._votes = self._build_votes(generation, items)
-            elif self._votes_builder is None or not self._votes_builder.is_alive():
-                def build():
-                    state = self._build_votes(generation, items)
-                    with self._votes_lock:
-                        self._votes = state
-
-                self._votes_builder = threading.Thread(target=build, name="cbir-votes", daemon=True)
-                self._votes_builder.start()
-            return self._votes
-
-    def _build_votes(self, generation: int, items: int) -> tuple:
-        keep = _votes.per_item(items)
-        descs, owners, aspects = _features.descriptors(self.store, self.root, lambda n: _votes.spaced(n, keep))
-        return generation, _votes.build(descs, owners), _votes.common_aspects(aspects)
-
-    def _voted(self, source, name: str, features) -> list[tuple]:
+    def _voted(self, source, name: str, features, snap: Snapshot) -> list[tuple]:
         """(query variants, item id) pairs to verify by descriptor votes: the ``VOTES`` items with the
         most matches to the query's ``features``, and — when the query's shape is more than
-        ``STRETCH`` away from one of the gallery's common shapes — to the query stretched to it."""
-        _, index, aspects = self._vote_state()
+        ``STRETCH`` away from one of the gallery's common shapes — to the query stretched to it.
+        Only items ``snap`` holds and SQLite still calls indexed."""
+        state = self.vote_index()
+        aspects = state.common if state is not None else []
         variants = [features]
         qa = local_features.aspect(features[0] if isinstance(features, (tuple, list)) else features)
         targets = [a for a in aspects if qa is not None and max(qa / a, a / qa) > local_features.STRETCH]
@@ -870,11 +871,12 @@ class Gallery:
             except (ImageError, OSError):
                 img = None
             variants += [local_features.restretched(img, a) for a in targets] if img is not None else []
-        pairs = [(v, i) for v in variants for i in _votes.vote(index, v, _rerank.VOTES)]
-        known = self.store.paths_for_ids([i for _, i in pairs])
-        return [(v, i) for v, i in pairs if i in known]
+        pairs = [(v, i) for v in variants for i in _votes.vote(state, v, _rerank.VOTES)]
+        live = snap.live(self.store, [i for _, i in pairs]) if pairs else []
+        return [p for p, ok in zip(pairs, live) if ok]
 
-    def search_windows(self, source, hits: list[Hit], k: int, cfg: Rerank, features=None) -> list[Hit]:
+    def search_windows(self, source, hits: list[Hit], k: int, cfg: Rerank, features=None,
+                       snap: Snapshot | None = None, deadline: Deadline = NEVER) -> list[Hit]:
         """``rerank.partial`` for one query image whose ``hits`` hold nothing verified: its windows
         searched and verified on their own (see ``cbir.index.query.rerank``), and the query's own
         ``features`` (``extract_query`` variants, when given) verified against the items sharing the
@@ -889,11 +891,11 @@ class Gallery:
         except (ImageError, OSError):  # the query was embedded; windows it cannot give just find nothing more
             return hits
         res = self.embedder().embed_files(win.crops)
-        if not len(res.indices):
+        if not len(res.indices) or deadline.expired:
             return hits
-        cpu, _ = self._snapshot()
+        snap = snap or self.snapshot()
         wvec = self.postprocess_queries(res.vectors)
-        sims, ids = faiss_index.search(cpu, wvec, min(cfg.partial, cpu.ntotal))
+        sims, ids = _search.knn(snap.cpu, wvec, min(cfg.partial, snap.cpu.ntotal), None, snap.stale(self.store))
         best: dict[int, float] = {}
         pairs = []  # (query features, candidate)
         for w, srow, irow in zip(res.indices, sims, ids):
@@ -902,15 +904,15 @@ class Gallery:
                 if i >= 0:
                     pairs.append((win.features[w], int(i)))
                     best[int(i)] = max(best.get(int(i), -np.inf), float(s_))
-        voted = self._voted(source, name, features) if features is not None else []
+        voted = self._voted(source, name, features, snap) if features is not None else []
         if voted:  # their score: the best window's cosine, like the windows' own candidates
             ids_ = np.array([i for _, i in voted], np.int64)
-            for i, c in zip(ids_.tolist(), (self.vectors_for(ids_, cpu) @ wvec.T).max(1)):
+            for i, c in zip(ids_.tolist(), (self.vectors_for(ids_, snap) @ wvec.T).max(1)):
                 best[i] = max(best.get(i, -np.inf), float(c))
         recs = dict(zip(best, self.features.get(np.array(list(best), np.int64))))
         inl = list(local_features.verify([(q, recs[i]) for q, i in pairs], cfg.min_inliers, _verify_pool().map))
         # the voted items on the first fit only: guided re-matching rests on the CNN calling a
-        # candidate near, and re-matched chance votes verified 3 of 630 AugLy negatives (issue 26)
+        # candidate near, and re-matched chance votes verified AugLy negatives (BENCHMARKS.md)
         inl += list(_verify_pool().map(lambda p: local_features.inliers(p[0], recs[p[1]]) if recs[p[1]] is not None else 0, voted))
         pairs += voted
         found: dict[int, int] = {}
@@ -919,7 +921,7 @@ class Gallery:
                 found[i] = max(found.get(i, 0), int(n))
         if not found:
             return hits
-        paths = self.store.paths_for_ids(list(found))
+        paths = self.store.paths_of(list(found))
         first = [Hit(i, paths[i], best[i], True, n) for i, n in sorted(found.items(), key=lambda t: -t[1]) if i in paths]
         return (first + [h for h in hits if h.id not in found])[:k]
 

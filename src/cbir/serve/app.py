@@ -57,7 +57,9 @@ from starlette.requests import Request as StarletteRequest
 from cbir.engine.batcher import BatcherClosed, QueueFull
 from cbir.engine import local_features
 from cbir.engine.preprocess import ImageError
+from cbir.deadline import Deadline
 from cbir.errors import CbirError
+from cbir.index.query.cascade import ERRORS, STAGES, Notes, second_look
 from cbir.index.query import rerank
 from cbir.index.query.rerank import DEFAULT_BUDGET, GET_BUDGET, LIMITS, PRESETS, Budget, Rerank
 from cbir.serve.audit import DEFAULT_RATE, Auditor
@@ -68,6 +70,8 @@ from cbir.serve.thumbs import Thumbnails
 # with the descriptor votes, ``rerank.cost``) stays light
 HEAVY = Budget(mib=32.0, gflop=1.5)
 MAX_ID = 2**63 - 1  # SQLite's integer range
+TIMEOUT_S = 5.0  # a request's deadline unless --timeout says otherwise
+MAX_DEADLINE_MS = 600_000
 _ID = re.compile(r"[0-9]{1,19}")
 
 
@@ -89,6 +93,9 @@ class SearchAnswer(BaseModel):
     k: int
     rerank: dict
     timings_ms: dict
+    partial: bool = False  # a stage was not started: the request's deadline had passed (named in ``skipped``)
+    skipped: list[str] = []
+    failed: list[str] = []  # stages that failed on this query (its answer is what the stage before gave)
 
 
 class EmbedAnswer(BaseModel):
@@ -129,7 +136,10 @@ def _query_schema() -> list[dict]:
     out = [{"name": "k", "in": "query", "required": False, "description": "results to return (default 10)",
             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
            {"name": "rerank", "in": "query", "required": False, "description": "a re-ranking preset (default: the index's)",
-            "schema": {"type": "string", "enum": list(PRESETS)}}]
+            "schema": {"type": "string", "enum": list(PRESETS)}},
+           {"name": "deadline_ms", "in": "query", "required": False,
+            "description": "answer within this many ms (default and most: the server's --timeout)",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DEADLINE_MS}}]
     for name, (lo, hi) in LIMITS.items():
         kind = "number" if isinstance(lo, float) else "integer"
         out.append({"name": name, "in": "query", "required": False, "description": f"re-ranking: {name}",
@@ -155,14 +165,14 @@ UI_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self';
 
 
 def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float = 5.0, max_queue: int = 256,
-               timeout_s: float = 30.0, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int | None = None,
+               timeout_s: float = TIMEOUT_S, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int | None = None,
                backend: str = "onnxruntime", threads: int | None = None, precision: str | None = None,
                max_heavy: int | None = None, audit_rate: float | None = None, device: str | None = None,
                search_device: str | None = None):
     from cbir import __version__
     from cbir.index.gallery import Gallery
 
-    gallery = Gallery(index_dir, search_device=search_device)
+    gallery = Gallery(index_dir, search_device=search_device, live=True)
     emb = gallery.embedder(backend=backend, threads=threads, precision=precision, device=device,
                            **({"max_pixels": max_pixels} if max_pixels else {}))
     thumbnails = Thumbnails(gallery.root, gallery.store, **({"max_pixels": max_pixels} if max_pixels else {}))
@@ -179,6 +189,8 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         state["batcher"] = app.state.batcher = emb.batcher(max_batch=max_batch, max_delay_ms=max_delay_ms,
                                                            max_queue=max_queue, timeout_s=timeout_s)
         _ = gallery.index  # load the FAISS index before the first request
+        if gallery.config.get("local_features"):
+            await run_in_threadpool(gallery.vote_index)  # the first vote index (aside beyond votes.SYNC_ITEMS)
         yield
         await run_in_threadpool(state["batcher"].close, True)  # drain what is queued
         await run_in_threadpool(auditor.close)
@@ -242,7 +254,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             raise HTTPError(400, "empty body: send an image (raw bytes or multipart field 'image') or JSON with 'embedding'")
         return body
 
-    async def embed_image(data: bytes) -> tuple[np.ndarray, dict]:
+    async def embed_image(data: bytes, deadline: Deadline | None = None) -> tuple[np.ndarray, dict]:
         try:
             fut = await run_in_threadpool(state["batcher"].submit, data)
         except ImageError as e:
@@ -252,10 +264,11 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             raise HTTPError(503, str(e), {"Retry-After": "1"}) from None
         except BatcherClosed:
             raise HTTPError(503, "shutting down", {"Retry-After": "5"}) from None
+        deadline = deadline or Deadline(timeout_s)
         try:
-            vec = await asyncio.wait_for(asyncio.wrap_future(fut), timeout_s)
+            vec = await asyncio.wait_for(asyncio.wrap_future(fut), deadline.left())
         except (asyncio.TimeoutError, TimeoutError):
-            raise HTTPError(504, f"no answer within {timeout_s} s") from None
+            raise HTTPError(504, f"no answer within {deadline.seconds} s", {"Retry-After": "1"}) from None
         t = getattr(fut, "timing", None)
         timing = {}
         if t is not None:
@@ -278,15 +291,18 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
 
     rerank_fields = [f.name for f in fields(Rerank)]
 
-    def search_params(request: Request, budget: Budget) -> tuple[int, Rerank]:
-        """k (400 when bad) and the re-ranking: the index's, a ``rerank`` preset, per-stage overrides
-        (422 when unknown, out of range or over ``budget``)."""
+    def search_params(request: Request, budget: Budget) -> tuple[int, Rerank, Deadline]:
+        """k (400 when bad), the re-ranking: the index's, a ``rerank`` preset, per-stage overrides
+        (422 when unknown, out of range or over ``budget``), and the deadline (``deadline_ms``, at
+        most the server's ``timeout_s``)."""
         k = int_param(request, "k", 10, 1, 1000)
+        ms = int_param(request, "deadline_ms", MAX_DEADLINE_MS, 1, MAX_DEADLINE_MS)
+        deadline = Deadline(min(timeout_s, ms / 1e3))
         qp = request.query_params
         try:
             base = gallery.config.get("rerank")
             cfg = rerank.resolve(base, qp.get("rerank"), **{n: qp[n] for n in rerank_fields if n in qp})
-            return k, gallery.rerank_config(cfg, budget)
+            return k, gallery.rerank_config(cfg, budget), deadline
         except CbirError as e:
             raise HTTPError(422, str(e).replace("\n", " ")) from None
 
@@ -294,30 +310,45 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         mib, gflop = rerank.cost(cfg, gallery.config["dim"], gallery.num_regions)
         return mib > HEAVY.mib or gflop > HEAVY.gflop
 
-    async def run_search(fn, cfg: Rerank, *args):
-        """Run a search in a worker thread; a heavy one only in a free slot (else 503)."""
-        if not heavy(cfg):
-            return await run_in_threadpool(fn, *args)
-        if not heavy_slots.acquire(blocking=False):
+    async def run_search(fn, cfg: Rerank, deadline: Deadline, *args):
+        """Run a search in a worker thread, answered by ``deadline`` (else 504); a heavy one only in
+        a free slot (else 503). The thread's stages check the deadline too, so it ends soon after."""
+        if heavy(cfg) and not heavy_slots.acquire(blocking=False):
             raise HTTPError(503, "too many heavy searches at once (large shortlist or re-ranking stages): try again "
                                  "shortly or use smaller settings", {"Retry-After": "1"})
+        task = asyncio.ensure_future(run_in_threadpool(fn, *args))
+        if heavy(cfg):
+            task.add_done_callback(lambda _: heavy_slots.release())
         try:
-            return await run_in_threadpool(fn, *args)
-        finally:
-            heavy_slots.release()
+            return await asyncio.wait_for(asyncio.shield(task), deadline.left())
+        except (asyncio.TimeoutError, TimeoutError):
+            metrics.deadline_exceeded.inc()
+            raise HTTPError(504, f"no answer within {deadline.seconds} s", {"Retry-After": "1"}) from None
 
-    def search_latest(q: np.ndarray, k: int, cfg: Rerank, feats):
-        gallery.refresh()  # a stat of index.json: a newer index.faiss from a writer is swapped in
-        return gallery.search_vectors(q, k, cfg, query_features=feats)
-
-    def search_item_latest(item_id: int, k: int, cfg: Rerank):
+    def search_image(vec: np.ndarray, data: bytes | None, feats, k: int, cfg: Rerank, deadline: Deadline) -> tuple:
+        """The whole cascade for one query on one snapshot: a newer index.faiss from a writer is
+        swapped in first (a stat of index.json), then every stage reads that snapshot."""
         gallery.refresh()
-        return gallery.search_items([item_id], k, cfg)
+        snap = gallery.snapshot()
+        notes = Notes()
+        hits = gallery.search_vectors(vec[None], k, cfg, query_features=None if feats is None else [feats],
+                                      snap=snap, deadline=deadline, notes=[notes])[0]
+        if data is not None:
+            hits = second_look(gallery, data, vec, hits, k, cfg, feats, snap, deadline, notes)
+        return hits, notes
 
-    def answer(hits, k: int, cfg: Rerank, search_s: float, timing: dict) -> dict:
+    def search_item(item_id: int, k: int, cfg: Rerank) -> tuple:
+        gallery.refresh()
+        return gallery.search_items([item_id], k, cfg)[0], Notes()
+
+    def answer(found: tuple, k: int, cfg: Rerank, search_s: float, timing: dict) -> dict:
+        hits, notes = found
         metrics.search_seconds.observe(search_s)
+        if notes.partial:
+            metrics.partial_answers.inc()
         return {"results": [h.__dict__ for h in hits], "k": k, "rerank": cfg.to_dict(),
-                "timings_ms": {**timing, "search_ms": round(search_s * 1e3, 3)}}
+                "timings_ms": {**timing, "search_ms": round(search_s * 1e3, 3)},
+                "partial": notes.partial, "skipped": notes.skipped, "failed": notes.failed}
 
     def query_features(data: bytes, cfg: Rerank):
         if not cfg.verify:
@@ -331,7 +362,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
               responses=_errors(400, 413, 422, 503, 504),
               openapi_extra={"parameters": _query_schema(), "requestBody": _IMAGE_BODY})
     async def search(request: Request):
-        k, cfg = search_params(request, DEFAULT_BUDGET)
+        k, cfg, deadline = search_params(request, DEFAULT_BUDGET)
         body = await read_body(request)
         timing: dict = {}
         feats = data = None
@@ -350,24 +381,20 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
                 raise HTTPError(400, f"embedding must be {emb.dim} finite numbers, got shape {list(vec.shape)}")
         else:
             data = await image_bytes(request, body)
-            (vec, timing), feats = await asyncio.gather(embed_image(data), run_in_threadpool(query_features, data, cfg))
+            (vec, timing), feats = await asyncio.gather(embed_image(data, deadline),
+                                                        run_in_threadpool(query_features, data, cfg))
         t0 = time.perf_counter()
-        hits = (await run_search(search_latest, cfg, vec[None], k, cfg, None if feats is None else [feats]))[0]
-        if feats is not None and cfg.partial and not any(h.verified for h in hits):  # else no thread hop
-            # nothing verified: the upload's windows (a photo inside a screenshot, a collage)
-            hits = await run_search(gallery.search_windows, cfg, data, hits, k, cfg, feats)
-        if data is not None and not any(h.verified for h in hits):  # a pixel-shuffled upload: by mean colour
-            hits = await run_in_threadpool(gallery.search_scrambled, data, vec, hits, k)
+        found = await run_search(search_image, cfg, deadline, vec, data, feats, k, cfg, deadline)
         auditor.offer(vec)  # a sample of real queries is re-searched exactly, in the background
-        return answer(hits, k, cfg, time.perf_counter() - t0, timing)
+        return answer(found, k, cfg, time.perf_counter() - t0, timing)
 
     get_params = [{"name": "id", "in": "query", "required": True, "description": "the indexed item to search with",
                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}}] + _query_schema()
 
     @app.get("/search", summary="Search the index with an indexed item (by id) as the query", response_model=SearchAnswer,
-             responses=_errors(400, 404, 422, 503), openapi_extra={"parameters": get_params})
+             responses=_errors(400, 404, 422, 503, 504), openapi_extra={"parameters": get_params})
     async def search_by_id(request: Request):
-        k, cfg = search_params(request, GET_BUDGET)
+        k, cfg, deadline = search_params(request, GET_BUDGET)
         raw = request.query_params.get("id")
         if raw is None:
             raise HTTPError(400, "GET /search needs ?id=ITEM_ID (to search with an image, POST it)")
@@ -375,10 +402,10 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             raise HTTPError(400, f"id={raw[:40]!r}: not an item id (an integer from 0 to {MAX_ID})")
         t0 = time.perf_counter()
         try:
-            hits = (await run_search(search_item_latest, cfg, int(raw), k, cfg))[0]
+            found = await run_search(search_item, cfg, deadline, int(raw), k, cfg)
         except CbirError as e:
             raise HTTPError(404, str(e)) from None
-        return answer(hits, k, cfg, time.perf_counter() - t0, {})
+        return answer(found, k, cfg, time.perf_counter() - t0, {})
 
     def known_id(item_id: int) -> int:
         if not 0 <= item_id <= MAX_ID:
@@ -444,7 +471,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             return JSONResponse({**body, "status": "error", "error": f"batcher worker: {reason}"}, status_code=503)
         audit = auditor.state()
         body.update(recall_at_10=audit["recall_at_10"], audited=audit["count"])
-        problem = gallery.load_error or auditor.below_target()
+        problem = gallery.load_error or gallery.votes.error or auditor.below_target()
         if problem:
             return {**body, "status": "degraded", "error": problem}
         return body
@@ -456,6 +483,10 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         audit = auditor.state()
         metrics.recall.set(audit["recall_at_10"] if audit["count"] else float("nan"))
         metrics.audited.set(audit["count"])
+        for stage in STAGES:
+            metrics.stage_errors.labels(stage=stage).set(ERRORS[stage])
+        metrics.vote_updates.labels(kind="build").set(gallery.votes.builds)
+        metrics.vote_updates.labels(kind="update").set(gallery.votes.updates)
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app

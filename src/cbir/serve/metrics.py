@@ -31,5 +31,14 @@ class Metrics:
         self.audit_dropped = Counter("cbir_audit_dropped", "sampled queries dropped because the audit was busy",
                                      registry=r)
 
+        self.deadline_exceeded = Counter("cbir_deadline_exceeded", "searches answered 504: their deadline passed",
+                                         registry=r)
+        self.partial_answers = Counter("cbir_partial_answers", "searches answered with a stage skipped past the deadline",
+                                       registry=r)
+        self.stage_errors = Gauge("cbir_search_stage_errors", "queries a search stage failed on (answered without it)",
+                                  ["stage"], registry=r)
+        self.vote_updates = Gauge("cbir_vote_index_changes", "vote index full builds and incremental updates", ["kind"],
+                                  registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -27,12 +27,15 @@ Memory: 40 bytes per indexed descriptor (32-byte code, 8-byte id). ``per_item`` 
 ``max_mib`` (default ``MAX_MIB``, 128 MiB) in all: every descriptor of a gallery up to ~6,700
 items of 500 keypoints, then evenly spaced ones of each item (a 100k gallery keeps 33 per item and
 votes with less power). Build time: ~1 s per 1,000 items of 500 keypoints, ~15 s for 3.3M
-descriptors (100k items at the cap): ``Gallery`` builds it within the search up to ``SYNC_ITEMS``
-items, in a background thread beyond.
+descriptors (100k items at the cap). ``updated`` follows a change of the indexed set without a
+rebuild (a copy of the index, the removed items' descriptors taken out, the added ones' put in);
+``cbir.index.query.vote_cache`` decides when and where (in the caller, or aside for ``cbir serve``).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from dataclasses import dataclass, field
 
 from cbir.engine.local_features import MAX_KEYPOINTS, RATIO
 
@@ -76,8 +79,53 @@ def build(descriptors: np.ndarray, owners: np.ndarray, seed: int = 0):
     return index
 
 
+@dataclass(frozen=True)
+class VoteState:
+    """A vote index and what it was made of (immutable: a change makes a new one, ``updated``).
+    ``generation``: the SQLite generation it follows; ``ids``: the items it holds (sorted);
+    ``keep``: descriptors per item; ``aspects``: each held item's w / h (NaN: unknown), by ``ids``;
+    ``churn``: items added or removed since its cells were drawn (``build``)."""
+
+    generation: int | None
+    index: object | None
+    ids: np.ndarray
+    keep: int
+    aspects: np.ndarray
+    churn: int = 0
+    common: list = field(default_factory=list)  # ``common_aspects(aspects)``
+
+    @property
+    def ntotal(self) -> int:
+        return 0 if self.index is None else int(self.index.ntotal)
+
+
+def updated(state: VoteState, generation: int, gone: np.ndarray, descriptors: np.ndarray, owners: np.ndarray,
+            added: np.ndarray, aspects: np.ndarray) -> VoteState:
+    """``state`` without the items ``gone`` and with ``added`` (their ``descriptors`` labelled
+    ``owners``, one aspect each): a copy of its index is changed, never the index itself, so that
+    searches still voting on it are unaffected."""
+    import faiss
+
+    index = state.index
+    if index is not None and (len(gone) or len(descriptors)):
+        index = faiss.clone_binary_index(index)
+        if len(gone):
+            index.remove_ids(faiss.IDSelectorBatch(np.asarray(gone, np.int64)))
+        if len(descriptors):
+            index.add_with_ids(np.ascontiguousarray(descriptors, np.uint8), np.ascontiguousarray(owners, np.int64))
+        index.nprobe = NPROBE
+    keep = ~np.isin(state.ids, gone)
+    ids = np.concatenate([state.ids[keep], np.asarray(added, np.int64)])
+    asp = np.concatenate([state.aspects[keep], np.asarray(aspects, np.float64)])
+    order = np.argsort(ids, kind="stable")
+    return VoteState(generation, index, ids[order], state.keep, asp[order], state.churn + len(gone) + len(added),
+                     common_aspects(asp))
+
+
 def counts(index, variants) -> dict[int, int]:
-    """item id → ratio-test matches with the best of the query's feature ``variants``."""
+    """item id → ratio-test matches with the best of the query's feature ``variants``; ``index``:
+    a ``VoteState`` or a bare vote index."""
+    index = index.index if isinstance(index, VoteState) else index
     best: dict[int, int] = {}
     for v in variants:
         n = int(v["n"])
@@ -93,6 +141,7 @@ def counts(index, variants) -> dict[int, int]:
 
 def vote(index, variants, top: int) -> list[int]:
     """The ``top`` item ids with the most matches (≥ ``MIN_VOTES``), most first; [] without an index."""
+    index = index.index if isinstance(index, VoteState) else index
     if index is None or top < 1:
         return []
     got = counts(index, variants)

@@ -111,24 +111,29 @@ class FeatureStore:
         return [None if loc is None else np.array(loc[0][loc[1]]) for loc in self._rows.locate(ids)]
 
 
-def descriptors(store, root: Path, keep: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ORB descriptors [n, 32] uint8, their items' ids [n], every item's aspect ratio [m] — NaN
-    where its record predates ``wh``) of the indexed items with features, shard by shard;
-    ``keep(count)`` picks which of an item's ``count`` descriptors go in (row numbers)."""
-    indexed = store.indexed_ids()
-    descs, owners, aspects = [], [], []
-    for shard in store.done_shards():
+def descriptors(store, root: Path, keep: Callable[[int], np.ndarray],
+                ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ORB descriptors [n, 32] uint8, their items' ids [n], the items read [m], each one's aspect
+    ratio [m] — NaN where its record predates ``wh``) of ``ids`` (default: every indexed item) that
+    have features, each read from the shard that holds its current vector; ``keep(count)`` picks
+    which of an item's ``count`` descriptors go in (row numbers)."""
+    by_shard: dict[int, list[int]] = {}
+    for i, shard in store.shards_for_ids(store.indexed_ids() if ids is None else ids).items():
+        by_shard.setdefault(shard, []).append(i)
+    descs, owners, items, aspects = [], [], [], []
+    for shard in sorted(by_shard):
         path = feature_path(root, shard)
         if not path.is_file():
             continue
         arr = np.load(path, mmap_mode="r")
-        for row in np.flatnonzero(np.isin(arr["id"], indexed)):
+        for row in np.flatnonzero(np.isin(arr["id"], by_shard[shard])):
             rec = arr[row]
             rows = keep(int(rec["n"]))
             descs.append(rec["desc"][rows])
             owners.append(np.full(len(rows), int(rec["id"]), np.int64))
+            items.append(int(rec["id"]))
             a = local_features.aspect(rec)
             aspects.append(np.nan if a is None else a)
     if not descs:
-        return np.zeros((0, 32), np.uint8), np.zeros(0, np.int64), np.zeros(0)
-    return np.concatenate(descs), np.concatenate(owners), np.array(aspects)
+        return np.zeros((0, 32), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(descs), np.concatenate(owners), np.array(items, np.int64), np.array(aspects)

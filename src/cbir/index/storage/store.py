@@ -85,6 +85,16 @@ class Store:
         """id -> path of the given ids that are ``indexed`` (removed, failed and pending ones are left out)."""
         return self._indexed_column(ids, "path")
 
+    def paths_of(self, ids: Iterable[int]) -> dict[int, str]:
+        """id -> path of the given ids whatever their state (a search's snapshot decides what it shows)."""
+        ids = [int(i) for i in ids if i >= 0]
+        out: dict = {}
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            out.update(self.conn.execute(f"SELECT id, path FROM items WHERE id IN ({','.join('?' * len(chunk))})",
+                                         chunk).fetchall())
+        return out
+
     def shards_for_ids(self, ids: Iterable[int]) -> dict[int, int]:
         """id -> shard of the given ids that are ``indexed``."""
         return self._indexed_column(ids, "shard")
