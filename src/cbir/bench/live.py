@@ -220,10 +220,14 @@ def build_index(cfg: LiveConfig, logf) -> Path:
     index = cfg.work / "idx"
     if index.exists():
         raise CbirError(f"--work {cfg.work}: holds an index from an earlier run (idx/); give a new folder")
-    r = subprocess.run(cli("index", "build", *map(str, cfg.base + cfg.churn), "--model", str(cfg.model),
-                           "--index", str(index)), stdout=logf, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        raise CbirError(f"building the soak's index failed (exit {r.returncode}); see {cfg.work / 'live.log'}")
+    folders = [str(f) for f in cfg.base + cfg.churn]
+    steps = [("index", "build", folders[0], "--model", str(cfg.model), "--index", str(index))]
+    steps += [("index", "add", str(index), f) for f in folders[1:]]
+    for step in steps:
+        r = subprocess.run(cli(*step), stdout=logf, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise CbirError(f"building the soak's index failed ({' '.join(step[:2])}: exit {r.returncode}); "
+                            f"see {cfg.work / 'live.log'}")
     return index
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from cbir.cli.common import backend_args, print_json, rerank_args, rerank_from_args
+from cbir.errors import CbirError
 
 
 def cmd_bench_accuracy(a: argparse.Namespace) -> int:
@@ -233,6 +234,33 @@ def cmd_bench_http(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_live(a: argparse.Namespace) -> int:
+    from cbir.bench.live import LiveConfig, main_live
+    from cbir.sources import expand
+
+    queries = expand(a.queries)
+    if not queries:
+        raise CbirError(f"--queries {' '.join(a.queries)}: no images there")
+    cfg = LiveConfig(Path(a.model), [Path(p).resolve() for p in a.base], [Path(p).resolve() for p in a.churn],
+                     [Path(q) for q in queries], Path(a.work), a.idle, a.writing, a.after, a.readers, a.k,
+                     a.kill_every, timeout_s=a.timeout, seed=a.seed)
+    r = main_live(cfg, Path(a.out) if a.out else None, Path(a.plot) if a.plot else None)
+    if a.json:
+        print_json({k: v for k, v in r.items() if k not in ("rss_curve", "writer")} | {
+            "writer": {k: v for k, v in r["writer"].items() if k != "log"}})
+        return 0
+    for name, p in {**r["phases"], "fresh server": r["fresh"]}.items():
+        if p["requests"]:
+            print(f"{name:>12}: {p['requests']} requests, p50/p95/p99/max {p['p50_ms']:.0f}/{p['p95_ms']:.0f}/"
+                  f"{p['p99_ms']:.0f}/{p['max_ms']:.0f} ms, status {p['status']}, non-JSON {p['non_json']}, "
+                  f"short {p['short']}, partial {p['partial']}, past deadline {p['past_deadline']}")
+    w, m = r["writer"], r["rss_mb"]
+    print(f"resurrected {r['resurrected']}; writer: {w['ops']} ops ({w['adds']} adds, {w['removes']} removes, "
+          f"{w['killed']} killed, {w['failed']} failed); RSS MB start {m['start']:.0f}, peak {m['peak']:.0f}, after "
+          f"writes {m['after_writes']:.0f}, fresh server {m['fresh_same_index']:.0f} ({m['after_vs_fresh']:.2f}x)")
+    return 0
+
+
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     ba = bench.add_parser("accuracy", help="retrieval metrics on a labelled folder (Corel protocol)")
@@ -332,6 +360,25 @@ def register(sub) -> None:
     bh.add_argument("-k", type=int, default=10)
     bh.add_argument("--json", action="store_true")
     bh.set_defaults(fn=cmd_bench_http)
+    lv = bench.add_parser("live", help="soak `cbir serve` while writers add, remove and die: latency, errors, "
+                                       "short or resurrected answers, RSS")
+    lv.add_argument("--model", required=True)
+    lv.add_argument("--base", nargs="+", required=True, help="folders indexed and never touched (≥ k images)")
+    lv.add_argument("--churn", nargs="+", required=True, help="folders the writer removes and adds back in turn")
+    lv.add_argument("--queries", nargs="+", required=True, help="query images (files or folders)")
+    lv.add_argument("--work", required=True, help="a new folder: the index, logs and samples.json")
+    lv.add_argument("--idle", type=float, default=60.0, help="seconds of reads before the writer starts (default 60)")
+    lv.add_argument("--writing", type=float, default=600.0, help="seconds of reads with the writer (default 600)")
+    lv.add_argument("--after", type=float, default=60.0, help="seconds after it, and for the fresh server (default 60)")
+    lv.add_argument("--readers", type=int, default=3)
+    lv.add_argument("-k", type=int, default=10)
+    lv.add_argument("--kill-every", type=int, default=3, help="SIGKILL every Nth add after 1-8 s (0: never)")
+    lv.add_argument("--timeout", type=float, default=5.0, help="the server's request deadline (default 5 s)")
+    lv.add_argument("--seed", type=int, default=0)
+    lv.add_argument("--out", help="the whole report as JSON")
+    lv.add_argument("--plot", help="latency over time and RSS, PNG (matplotlib)")
+    lv.add_argument("--json", action="store_true")
+    lv.set_defaults(fn=cmd_bench_live)
     bs_ = bench.add_parser("search", help="the index at scale: auto choice, build time, peak RSS, bytes, recall, ms/query")
     bs_.add_argument("--sizes", default="1000000", help="gallery sizes (synthetic clustered vectors), e.g. 1000000,10000000")
     bs_.add_argument("--dim", type=int, default=320)

@@ -268,6 +268,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         try:
             vec = await asyncio.wait_for(asyncio.wrap_future(fut), deadline.left())
         except (asyncio.TimeoutError, TimeoutError):
+            metrics.deadline_exceeded.inc()
             raise HTTPError(504, f"no answer within {deadline.seconds} s", {"Retry-After": "1"}) from None
         t = getattr(fut, "timing", None)
         timing = {}
