@@ -72,6 +72,7 @@ HEAVY = Budget(mib=32.0, gflop=1.5)
 MAX_ID = 2**63 - 1  # SQLite's integer range
 TIMEOUT_S = 5.0  # a request's deadline unless --timeout says otherwise
 MAX_DEADLINE_MS = 600_000
+TRIM_EVERY_S, TRIM_FOR_S = 10.0, 60.0  # give freed memory back every 10 s for a minute after each write
 _ID = re.compile(r"[0-9]{1,19}")
 
 
@@ -169,8 +170,10 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
                backend: str = "onnxruntime", threads: int | None = None, precision: str | None = None,
                max_heavy: int | None = None, audit_rate: float | None = None, device: str | None = None,
                search_device: str | None = None):
-    from cbir import __version__
+    from cbir import __version__, memory
     from cbir.index.gallery import Gallery
+
+    memory.limit_arenas()  # before the model's and the search's threads start
 
     gallery = Gallery(index_dir, search_device=search_device, live=True)
     emb = gallery.embedder(backend=backend, threads=threads, precision=precision, device=device,
@@ -184,6 +187,18 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
     auditor = Auditor(gallery, DEFAULT_RATE if audit_rate is None else audit_rate)  # refuses an unwritable audit folder
     heavy_slots = threading.BoundedSemaphore(max_heavy or max(1, all_cores() // 2))
 
+    async def trim_after_writes():
+        """Every ``TRIM_EVERY_S`` while the indexed set changed within ``TRIM_FOR_S``: freed
+        generations' memory back to the system (``cbir.memory.trim``)."""
+        seen, changed_at = None, -float("inf")
+        while True:
+            await asyncio.sleep(TRIM_EVERY_S)
+            generation = await run_in_threadpool(lambda: gallery.store.generation)
+            if generation != seen:
+                seen, changed_at = generation, time.monotonic()
+            if time.monotonic() - changed_at <= TRIM_FOR_S:
+                await run_in_threadpool(memory.trim)
+
     @asynccontextmanager
     async def lifespan(app):
         state["batcher"] = app.state.batcher = emb.batcher(max_batch=max_batch, max_delay_ms=max_delay_ms,
@@ -191,7 +206,9 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         _ = gallery.index  # load the FAISS index before the first request
         if gallery.config.get("local_features"):
             await run_in_threadpool(gallery.vote_index)  # the first vote index (aside beyond votes.SYNC_ITEMS)
+        trimmer = asyncio.ensure_future(trim_after_writes())
         yield
+        trimmer.cancel()
         await run_in_threadpool(state["batcher"].close, True)  # drain what is queued
         await run_in_threadpool(auditor.close)
         gallery.close()

@@ -17,6 +17,19 @@ class ShardRows:
         self.store, self.open_shard = store, open_shard
         self._shards: dict[int, tuple[np.ndarray, dict[int, int]] | None] = {}
         self._lock = threading.Lock()
+        self._generation: int | None = None
+
+    def _prune(self) -> None:
+        """Forget (unmap) shards that no longer hold an indexed item, once per SQLite generation: a
+        server living through adds and removes would otherwise keep every shard it ever read mapped."""
+        generation = self.store.generation
+        if generation == self._generation:
+            return
+        live = self.store.live_shards()
+        with self._lock:
+            for shard in [s for s in self._shards if s not in live]:
+                del self._shards[shard]
+            self._generation = generation
 
     def _shard(self, shard: int):
         with self._lock:
@@ -29,6 +42,7 @@ class ShardRows:
 
     def locate(self, ids: Sequence[int]) -> list[tuple[np.ndarray, int] | None]:
         """(array, row) of each id's row; None where its shard has no file or the file lacks it."""
+        self._prune()
         shards = self.store.shards_for_ids(ids)
         out: list[tuple[np.ndarray, int] | None] = []
         for i in ids:

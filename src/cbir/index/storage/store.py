@@ -112,6 +112,10 @@ class Store:
     def done_shards(self) -> list[int]:
         return [r[0] for r in self.conn.execute("SELECT id FROM shards WHERE state = 'done' ORDER BY id")]
 
+    def live_shards(self) -> set[int]:
+        """Shards that hold the current vector of at least one indexed item."""
+        return {r[0] for r in self.conn.execute("SELECT DISTINCT shard FROM items WHERE state = 'indexed'")}
+
     def indexed_ids_of_shard(self, shard: int) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT id FROM items WHERE shard = ? AND state = 'indexed'", (shard,))}
 
