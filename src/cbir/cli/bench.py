@@ -222,13 +222,19 @@ def cmd_bench_sweep(a: argparse.Namespace) -> int:
 def cmd_bench_http(a: argparse.Namespace) -> int:
     from cbir.bench.http import bench_http
 
-    rows = bench_http(a.url, a.image, [int(x) for x in a.concurrency.split(",")], a.requests, a.k)
+    from cbir.sources import expand
+
+    images = expand(a.image)
+    if not images:
+        raise CbirError(f"--image {' '.join(a.image)}: no images there")
+    reranks = [None] if not a.rerank else a.rerank.split(",")
+    rows = bench_http(a.url, images, [int(x) for x in a.concurrency.split(",")], a.requests, a.k, reranks, a.rounds)
     if a.json:
         print_json(rows)
         return 0
     for r in rows:
         s = r["server_p50_ms"]
-        print(f"c={r['concurrency']:>3}: {r['requests_per_s']:.1f} req/s, p50/p95/p99 {r['p50_ms']:.1f}/{r['p95_ms']:.1f}/{r['p99_ms']:.1f} ms, "
+        print(f"round {r['round']} rerank {r['rerank']:>13} c={r['concurrency']:>3}: {r['requests_per_s']:.1f} req/s, p50/p95/p99 {r['p50_ms']:.1f}/{r['p95_ms']:.1f}/{r['p99_ms']:.1f} ms, "
               f"status {r['status']}, server p50 queue {s.get('queue_ms', 0):.1f} / inference {s.get('inference_ms', 0):.1f} / "
               f"search {s.get('search_ms', 0):.2f} ms, mean batch {r['mean_batch']:.1f}")
     return 0
@@ -354,7 +360,9 @@ def register(sub) -> None:
     sw.set_defaults(fn=cmd_bench_sweep)
     bh = bench.add_parser("http", help="load-test POST /search of a running `cbir serve` on loopback")
     bh.add_argument("--url", default="http://127.0.0.1:8000")
-    bh.add_argument("--image", required=True)
+    bh.add_argument("--image", required=True, nargs="+", help="query images (files or folders), sent in turn")
+    bh.add_argument("--rerank", help="comma-separated presets compared interleaved, e.g. none,default (default: the index's)")
+    bh.add_argument("--rounds", type=int, default=1, help="interleaved rounds (default 1)")
     bh.add_argument("--concurrency", default="1,8,32")
     bh.add_argument("--requests", type=int, default=200)
     bh.add_argument("-k", type=int, default=10)

@@ -34,6 +34,8 @@ copies (BENCHMARKS.md, "Re-ranking and copy detection").
 """
 from __future__ import annotations
 
+import threading
+from collections import abc
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -114,7 +116,29 @@ def extract_query(source: ImageSource, name: str = "<query>", max_pixels: int = 
     features; the mirror turned by 180° is the vertically flipped image, which the affine model
     covers. ``inliers`` takes the best variant."""
     img = gray(source, name, max_pixels=max_pixels)
-    return as_and_mirrored(img) if mirrored else (detect(img),)
+    return Variants(img) if mirrored else (detect(img),)
+
+
+class Variants(abc.Sequence):
+    """``extract_query``'s two variants of a grayscale image: its record, and its mirror's — detected
+    only when first asked for (a search whose first candidate verifies as it is never asks)."""
+
+    def __init__(self, img: np.ndarray):
+        self._img, self._recs = img, [detect(img), None]
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(2))]
+        i = i + 2 if i < 0 else i
+        if i == 1 and self._recs[1] is None:
+            with self._lock:
+                if self._recs[1] is None:
+                    self._recs[1] = detect(mirror(self._img))
+        return self._recs[i]
 
 
 def as_and_mirrored(img: np.ndarray) -> tuple[np.void, np.void]:
@@ -315,20 +339,45 @@ def rematch(a: np.void, b: np.void, model: np.ndarray) -> tuple[int, np.ndarray 
 
 
 def _variants(a) -> tuple:
-    return tuple(a) if isinstance(a, (tuple, list)) else (a,)
+    return a if isinstance(a, Variants) else tuple(a) if isinstance(a, (tuple, list)) else (a,)
 
 
-def verify(pairs: Sequence[tuple], min_inliers: int, map_: Callable = map) -> np.ndarray:
+def primary(a) -> np.void:
+    """A query's own record: the first of its variants (``a`` may be one record)."""
+    return _variants(a)[0]
+
+
+def _fits(pair: tuple, stop_at: float = np.inf) -> list:
+    """``match`` of each of the query's variants with the record, in order, until one reaches
+    ``stop_at`` inliers ([] for a record of None)."""
+    q, r = pair
+    out: list = []
+    if r is None:
+        return out
+    for v in _variants(q):
+        out.append(match(v, r))
+        if out[-1][0] >= stop_at:
+            break
+    return out
+
+
+def verify(pairs: Sequence[tuple], min_inliers: int, map_: Callable = map, stop_at: int | None = None) -> np.ndarray:
     """RANSAC inliers of each (query, record) pair (a query may be a tuple of variants, the best
     counts; a record of None has 0). When no pair reaches ``min_inliers``, the ``GUIDE_MAX`` (2) pairs
     whose plausible fit had the most inliers from ``GUIDE_MIN`` to ``min_inliers`` - 1 are re-matched
-    under that fit (``rematch``).
+    under that fit (``rematch``). ``stop_at``: the first pair is matched alone first, and when one of
+    its variants reaches that many inliers the others are not checked (-1): a search whose nearest
+    candidate is surely a copy of the query skips the rest (default None: every pair).
     ``map_``: e.g. a thread pool's ``map`` (OpenCV and FAISS release the GIL)."""
-    def fits(p):
-        q, r = p
-        return [match(v, r) for v in _variants(q)] if r is not None else []
-
-    got = list(map_(fits, pairs))
+    head: list = []
+    if stop_at is not None and len(pairs):
+        head = [_fits(pairs[0], stop_at)]
+        first = max((n for n, _ in head[0]), default=0)
+        if first >= stop_at:
+            out = np.full(len(pairs), -1, np.int64)
+            out[0] = first
+            return out
+    got = head + list(map_(_fits, pairs[len(head):]))
     best = np.array([max((n for n, _ in f), default=0) for f in got], np.int64)
     if not len(best) or best.max() >= min_inliers:
         return best

@@ -91,10 +91,11 @@ def _refuse_foreign(root: Path) -> None:
 
 @lru_cache(maxsize=1)
 def _verify_pool() -> ThreadPoolExecutor:
-    """Threads for local-feature matching (OpenCV releases the GIL): one per core, shared."""
+    """Threads for local-feature matching (OpenCV and FAISS release the GIL): one per core, shared;
+    each runs FAISS single-threaded (``faiss_index.single_threaded``: the pool is the parallelism)."""
     from cbir.cores import all_cores
 
-    return ThreadPoolExecutor(all_cores(), thread_name_prefix="cbir-verify")
+    return ThreadPoolExecutor(all_cores(), thread_name_prefix="cbir-verify", initializer=faiss_index.single_threaded)
 
 
 def _query_features(source):
@@ -728,15 +729,17 @@ class Gallery:
     def verifier(self, query_features: Sequence, min_inliers: int, deadline: Deadline = NEVER,
                  notes: Sequence[Notes] | None = None) -> Callable[[int, np.ndarray], np.ndarray]:
         """verify(query row, candidate ids) -> RANSAC inliers, from the stored local features
-        (``local_features.verify``: guided re-matching when none reaches ``min_inliers``); -1 (not
-        checked) past ``deadline`` or when it fails on that query (``cascade.guarded``)."""
+        (``local_features.verify``: guided re-matching when none reaches ``min_inliers``, none past the
+        first when its inliers reach ``rerank.SURE`` of the query's keypoints); -1 (not checked) past
+        ``deadline`` or when it fails on that query (``cascade.guarded``)."""
         def verify(row: int, ids: np.ndarray) -> np.ndarray:
             qf = query_features[row]
             unchecked = np.full(len(ids), -1, np.int64)
             if qf is None:
                 return unchecked
+            sure = max(min_inliers, int(np.ceil(_rerank.SURE * int(local_features.primary(qf)["n"]))))
             return guarded("verify", notes[row] if notes else None, deadline, lambda: local_features.verify(
-                [(qf, r) for r in self.features.get(ids)], min_inliers, _verify_pool().map), unchecked)
+                [(qf, r) for r in self.features.get(ids)], min_inliers, _verify_pool().map, sure), unchecked)
         return verify
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, rerank=None, nprobe: int | None = None,
@@ -863,7 +866,7 @@ class Gallery:
         state = self.vote_index()
         aspects = state.common if state is not None else []
         variants = [features]
-        qa = local_features.aspect(features[0] if isinstance(features, (tuple, list)) else features)
+        qa = local_features.aspect(local_features.primary(features))
         targets = [a for a in aspects if qa is not None and max(qa / a, a / qa) > local_features.STRETCH]
         if targets:
             try:

@@ -60,6 +60,7 @@ from cbir.engine.preprocess import ImageError
 from cbir.deadline import Deadline
 from cbir.errors import CbirError
 from cbir.index.query.cascade import ERRORS, STAGES, Notes, second_look
+from cbir.index.ann import faiss_index
 from cbir.index.query import rerank
 from cbir.index.query.rerank import DEFAULT_BUDGET, GET_BUDGET, LIMITS, PRESETS, Budget, Rerank
 from cbir.serve.audit import DEFAULT_RATE, Auditor
@@ -345,7 +346,9 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
 
     def search_image(vec: np.ndarray, data: bytes | None, feats, k: int, cfg: Rerank, deadline: Deadline) -> tuple:
         """The whole cascade for one query on one snapshot: a newer index.faiss from a writer is
-        swapped in first (a stat of index.json), then every stage reads that snapshot."""
+        swapped in first (a stat of index.json), then every stage reads that snapshot. FAISS runs
+        single-threaded here: concurrent requests are the parallelism."""
+        faiss_index.single_threaded()
         gallery.refresh()
         snap = gallery.snapshot()
         notes = Notes()
@@ -356,6 +359,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         return hits, notes
 
     def search_item(item_id: int, k: int, cfg: Rerank) -> tuple:
+        faiss_index.single_threaded()
         gallery.refresh()
         return gallery.search_items([item_id], k, cfg)[0], Notes()
 

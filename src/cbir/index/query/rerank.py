@@ -4,7 +4,9 @@ spatial verification.
 A search with re-ranking: (1) the k-NN search returns a shortlist of ``shortlist`` candidates
 (default 400) and their stored vectors; (2) ``verify``: the first ``verify`` candidates (k-NN order)
 are matched against the query's local features, and those with ≥ ``min_inliers`` RANSAC inliers are
-*verified*; (3) the ``STAGES`` run in order on the shortlist; (4) the answer is the verified
+*verified* — except that when the k-NN's first candidate alone has inliers for ``SURE`` (half) of
+the query's keypoints (the very photo, or a copy barely changed: a near-duplicate shot or an edited
+copy keeps far fewer), the others are not matched (their inliers say "not checked"); (3) the ``STAGES`` run in order on the shortlist; (4) the answer is the verified
 candidates first (most inliers first), then the rest of the shortlist by the final score, then —
 only when k exceeds the shortlist — a second k-NN search with the final query fills the tail.
 
@@ -118,6 +120,7 @@ VERIFY_GFLOP = 0.025
 # one guided re-match (local_features.rematch, ~5.4 ms); each verification pass (the top candidates,
 # the windows) re-matches at most GUIDE_MAX near pairs, only when nothing verified
 REMATCH_GFLOP = 0.055
+SURE = 0.5  # a first candidate with inliers for this share of the query's keypoints ends verification (step 2)
 VOTES = 2  # the ``partial`` pass also verifies the query against this many items by descriptor votes
 # … found by one IVF search of the query's ≤ 1,000 ORB descriptors (~5 ms at 1k items, 13 ms at 100k)
 VOTE_GFLOP = 0.05
