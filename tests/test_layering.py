@@ -18,6 +18,7 @@ SRC = Path(cbir.__file__).parent
 LAYERS = {
     "cbir.errors": 0, "cbir.modelinfo": 0, "cbir.vectors": 0, "cbir.fsio": 0, "cbir.cores": 0,
     "cbir.walk": 0, "cbir.samples": 0, "cbir.sources": 0, "cbir.crashpoints": 0, "cbir.install": 0,
+    "cbir.deadline": 0, "cbir.memory": 0,
     "cbir.models": 1,
     "cbir.engine": 2,
     "cbir.index": 3, "cbir.bench.metrics": 3, "cbir.bench.protocol": 3,
@@ -27,6 +28,7 @@ LAYERS = {
     "cbir.bench": 7, "cbir.serve": 7, "cbir.doctor": 7, "cbir.cli": 8, "cbir.__main__": 9,
 }
 TORCH_FREE = ("cbir.sources", "cbir.engine", "cbir.index", "cbir.vectors", "cbir.modelinfo", "cbir.fsio", "cbir.walk",
+              "cbir.deadline", "cbir.memory",
               "cbir.bench.metrics", "cbir.bench.protocol", "cbir.serve")
 # run_torch paths take torch tensors from the caller: torch is already there when they run
 TORCH_OK_FUNCTIONS = {"run_torch"}
@@ -86,9 +88,9 @@ def test_imports_point_one_way():
     assert not problems, "\n".join(problems)
 
 
-# Inside ``cbir.index`` the parts point one way too: storage < ann < query < build, match_regions < check, dedup, gallery.
+# Inside ``cbir.index`` the parts point one way too: storage < ann < query, snapshot < build, match_regions < check, dedup, gallery.
 INDEX_PARTS = {"cbir.index.storage": 0, "cbir.index.ann": 1, "cbir.index.query": 2, "cbir.index.build": 3,
-               "cbir.index.match_regions": 3,
+               "cbir.index.snapshot": 2, "cbir.index.match_regions": 3,
                "cbir.index.check": 4, "cbir.index.dedup": 4, "cbir.index.gallery": 5, "cbir.index": 5}
 
 

@@ -14,7 +14,9 @@ writer lock), ``build`` (scan → embed → commit; vectors in; Ray), ``ann`` (F
 its tuning), ``query`` (k-NN + re-ranking); ``check`` verifies and repairs, ``dedup`` groups copies.
 Thumbnails and contact sheets live with their users (``cbir.serve.thumbs``, ``cbir.cli.contact_sheet``).
 ``Gallery`` ties them together and is safe to search from many threads (``cbir serve``): the lazily
-loaded FAISS index, its GPU copy and its reconstruction map are created under a lock.
+loaded FAISS index, its GPU copy and its reconstruction map are created under a lock. A search reads
+one ``Snapshot`` (``cbir.index.snapshot``) from start to end; its stages and their order are in
+``cbir.index.query.cascade``; the vote index is a ``VoteCache`` (updated aside with ``live=True``).
 
 Integrity: SQLite's generation (``store``) moves with every change to the indexed set; index.json's
 ``faiss_generation`` says which generation index.faiss holds, written after index.faiss. Opening the
