@@ -291,3 +291,18 @@ def test_bench_live_short_soak(lite0_onnx, photos, tmp_path):
         assert p["5xx"] == 0 and p["non_json"] == 0 and p["short"] == 0 and p["past_deadline"] == 0, (name, p)
         assert set(p["status"]) == {"200"}, (name, p)
     assert r["resurrected"] == 0, r["resurrected_examples"]
+
+
+def test_shards_without_an_indexed_item_are_unmapped(embedder, photos, tmp_path):
+    """A server living through adds and removes keeps only the shards that still hold indexed items
+    mapped (every shard it ever read stayed mapped, and counted in its RSS)."""
+    files = make_gallery(tmp_path / "g", photos, 12)
+    g = Gallery.create(tmp_path / "idx", embedder, shard_size=4)
+    g.build([tmp_path / "g"])
+    ids = g.store.indexed_ids()
+    assert all(r is not None for r in g.features.get(ids)) and len(g.features._rows._shards) == 3
+    shard = g.store.shards_for_ids(ids[:1])[int(ids[0])]
+    g.remove([p for i, p in g.store.shard_items(shard)])
+    assert all(r is not None for r in g.features.get(g.store.indexed_ids()))
+    assert shard not in g.features._rows._shards and len(g.features._rows._shards) == 2
+    assert len(files) == 12
