@@ -11,7 +11,7 @@ from cbir.bench import metrics
 from cbir.cores import all_cores
 from cbir.engine import local_features
 from cbir.index.ann import faiss_index
-from cbir.index.query.rerank import Rerank
+from cbir.index.query.rerank import Rerank, sure_inliers
 from cbir.index.query.search import Verifier, search
 from cbir.vectors import l2_normalize
 
@@ -23,7 +23,8 @@ def verifier(query_features: np.ndarray, gallery_features: np.ndarray, min_inlie
     (``local_features.verify``, as the index's search does)."""
     def verify(row: int, ids: np.ndarray) -> np.ndarray:
         qf = query_features[row]
-        return local_features.verify([(qf, gallery_features[j]) for j in ids], min_inliers, pool.map)
+        return local_features.verify([(qf, gallery_features[j]) for j in ids], min_inliers, pool.map,
+                                     sure_inliers(qf, min_inliers))
     return verify
 
 

@@ -739,9 +739,9 @@ class Gallery:
             unchecked = np.full(len(ids), -1, np.int64)
             if qf is None:
                 return unchecked
-            sure = max(min_inliers, int(np.ceil(_rerank.SURE * int(local_features.primary(qf)["n"]))))
             return guarded("verify", notes[row] if notes else None, deadline, lambda: local_features.verify(
-                [(qf, r) for r in self.features.get(ids)], min_inliers, _verify_pool().map, sure), unchecked)
+                [(qf, r) for r in self.features.get(ids)], min_inliers, _verify_pool().map,
+                _rerank.sure_inliers(qf, min_inliers)), unchecked)
         return verify
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, rerank=None, nprobe: int | None = None,

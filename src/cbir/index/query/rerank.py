@@ -129,6 +129,14 @@ VOTE_GFLOP = 0.05
 RESTRETCH_GFLOP = 0.08
 
 
+def sure_inliers(query_features, min_inliers: int) -> int:
+    """Inliers with which the k-NN's first candidate ends verification (``SURE`` of the query's own
+    keypoints, at least ``min_inliers``): ``local_features.verify``'s ``stop_at``."""
+    from cbir.engine.local_features import primary
+
+    return max(min_inliers, int(np.ceil(SURE * int(primary(query_features)["n"]))))
+
+
 def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
     """(MiB, GFLOP) one query's re-ranking needs at most, at dimension ``dim`` with ``regions``
     regional descriptors per item — the products that matter (shortlist × DBA neighbours × d,
