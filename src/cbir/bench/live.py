@@ -1,17 +1,16 @@
 """``cbir bench live``: a soak of ``cbir serve`` while its index is being written.
 
-The index is built afresh from ``base`` folders (never touched again) and ``churn`` folders; then a
-real ``cbir serve`` process answers ``readers`` closed-loop clients (POST /search of images drawn
-from ``queries``) through three phases: ``idle`` (no writer), ``writing`` (a writer loop of real
-``cbir index add --restore`` / ``cbir index remove`` processes over the churn folders, every
-``kill_every``-th add killed with SIGKILL after 1–8 s — the next add of that folder finishes it) and
-``after`` (writer stopped). The server's RSS is sampled every ``rss_every_s``; finally a fresh
+The index is built afresh from ``base`` folders (never touched again); then a real ``cbir serve``
+process answers ``readers`` closed-loop clients (POST /search of images drawn from ``queries``)
+through three phases: ``idle`` (no writer), ``writing`` (images arrive and are taken down: a writer
+loop of real ``cbir index add`` / ``cbir index remove`` processes on fresh copies of the ``churn``
+folders, every ``kill_every``-th add killed with SIGKILL after 1–8 s — the next add of that copy
+finishes it; see ``writer``) and ``after`` (writer stopped). The server's RSS is sampled every ``rss_every_s``; finally a fresh
 server on the same final index answers the same clients for ``after_s``, for its RSS.
 
 Reported per phase: requests, latency p50/p95/p99/max (client side), statuses, answers that were not
 JSON, short answers (fewer than k results: the base holds at least k items at every moment),
-resurrected answers (a result from a folder whose remove had returned before the request was sent
-and which no add had started to bring back since), partial answers, and requests answered later
+resurrected answers (a result from a copy whose remove had returned before the request was sent), partial answers, and requests answered later
 than the deadline plus ``slack_s``; the writer's operations (duration, killed) and throughput; the
 RSS curve, the RSS after the writes and the fresh server's. ``plot`` draws latency over time and
 the RSS curve (matplotlib, the ``bench`` extra).
@@ -21,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -160,40 +160,48 @@ class Writes:
 
 
 def writer(cfg: LiveConfig, index: Path, t0: float, stop: threading.Event, log: Writes, logf) -> None:
-    """Add and remove the churn folders in turn until ``stop``; every ``kill_every``-th add is killed."""
+    """Images arrive and are taken down until ``stop``: each churn folder in turn is copied to a new
+    folder under ``work/arrivals`` and added (so it is embedded), and the next time its turn comes
+    that copy is removed and its files deleted. Every ``kill_every``-th add is killed with SIGKILL
+    after ``kill_after`` seconds; the next turn of that folder adds the same copy again (the add
+    resumes), so nothing a killed add left behind is forgotten."""
     rng = random.Random(cfg.seed + 1)
-    present = {str(f): True for f in cfg.churn}
-    adds = 0
-    step = 0
+    current: dict[Path, tuple[Path, str]] = {}  # churn folder -> (its copy, "present" | "partial")
+    adds = step = 0
     while not stop.is_set():
-        folder = str(cfg.churn[step % len(cfg.churn)])
+        src = cfg.churn[step % len(cfg.churn)]
         step += 1
-        op = "remove" if present[folder] else "add"
-        args = ["index", "add", str(index), folder, "--restore", "--wait"] if op == "add" else \
-            ["index", "remove", str(index), folder, "--wait"]
-        if op == "add":
-            adds += 1
-            for span in log.removed.get(folder, []):
-                if span[1] == float("inf"):
-                    span[1] = time.monotonic() - t0  # from now on its items may come back
+        copy, state = current.get(src, (None, "absent"))
+        if state == "absent":
+            copy = cfg.work / "arrivals" / f"{src.name}-{step:05d}"
+            shutil.copytree(src, copy)
+        op = "remove" if state == "present" else "add"
+        adds += op == "add"
         kill = op == "add" and cfg.kill_every > 0 and adds % cfg.kill_every == 0
-        start = time.monotonic()
-        proc = subprocess.Popen(cli(*args), stdout=logf, stderr=subprocess.STDOUT)
-        killed = False
-        if kill:
-            try:
-                proc.wait(rng.uniform(*cfg.kill_after))
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                killed = True
-        rc = proc.wait()
-        end = time.monotonic()
-        log.ops.append({"op": op, "folder": folder, "start": start - t0, "end": end - t0, "rc": rc, "killed": killed})
+        rc, killed, start, end = _run_op(cfg, index, op, copy, kill, rng, logf)
+        log.ops.append({"op": op, "folder": str(copy), "start": start - t0, "end": end - t0, "rc": rc, "killed": killed})
         if op == "remove" and rc == 0:
-            present[folder] = False
-            log.removed.setdefault(folder, []).append([end - t0, float("inf")])
+            log.removed[str(copy)] = [[end - t0, float("inf")]]  # a copy never comes back
+            shutil.rmtree(copy, ignore_errors=True)
+            current.pop(src)
         elif op == "add":
-            present[folder] = rc == 0  # a killed add is finished by the next add of the folder
+            current[src] = (copy, "present" if rc == 0 else "partial")
+
+
+def _run_op(cfg: LiveConfig, index: Path, op: str, folder: Path, kill: bool, rng: random.Random, logf):
+    """Run ``cbir index add|remove`` on ``folder``; (exit status, killed, start, end)."""
+    args = ["index", op, str(index), str(folder), "--wait"]
+    start = time.monotonic()
+    proc = subprocess.Popen(cli(*args), stdout=logf, stderr=subprocess.STDOUT)
+    killed = False
+    if kill:
+        try:
+            proc.wait(rng.uniform(*cfg.kill_after))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+    rc = proc.wait()
+    return rc, killed, start, time.monotonic()
 
 
 def sample_rss(server: Server, t0: float, stop: threading.Event, out: list, every_s: float) -> None:
@@ -220,7 +228,7 @@ def build_index(cfg: LiveConfig, logf) -> Path:
     index = cfg.work / "idx"
     if index.exists():
         raise CbirError(f"--work {cfg.work}: holds an index from an earlier run (idx/); give a new folder")
-    folders = [str(f) for f in cfg.base + cfg.churn]
+    folders = [str(f) for f in cfg.base]
     steps = [("index", "build", folders[0], "--model", str(cfg.model), "--index", str(index))]
     steps += [("index", "add", str(index), f) for f in folders[1:]]
     for step in steps:
@@ -233,6 +241,7 @@ def build_index(cfg: LiveConfig, logf) -> Path:
 
 def run(cfg: LiveConfig) -> dict:
     """Build, soak through the three phases, compare with a fresh server; the report (see the module doc)."""
+    cfg.work = Path(cfg.work).resolve()
     cfg.work.mkdir(parents=True, exist_ok=True)
     queries = [Path(q).read_bytes() for q in cfg.queries]
     with open(cfg.work / "live.log", "ab") as logf:

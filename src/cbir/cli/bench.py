@@ -248,7 +248,7 @@ def cmd_bench_live(a: argparse.Namespace) -> int:
     if not queries:
         raise CbirError(f"--queries {' '.join(a.queries)}: no images there")
     cfg = LiveConfig(Path(a.model), [Path(p).resolve() for p in a.base], [Path(p).resolve() for p in a.churn],
-                     [Path(q) for q in queries], Path(a.work), a.idle, a.writing, a.after, a.readers, a.k,
+                     [Path(q) for q in queries], Path(a.work).resolve(), a.idle, a.writing, a.after, a.readers, a.k,
                      a.kill_every, timeout_s=a.timeout, seed=a.seed)
     r = main_live(cfg, Path(a.out) if a.out else None, Path(a.plot) if a.plot else None)
     if a.json:
@@ -372,7 +372,8 @@ def register(sub) -> None:
                                        "short or resurrected answers, RSS")
     lv.add_argument("--model", required=True)
     lv.add_argument("--base", nargs="+", required=True, help="folders indexed and never touched (≥ k images)")
-    lv.add_argument("--churn", nargs="+", required=True, help="folders the writer removes and adds back in turn")
+    lv.add_argument("--churn", nargs="+", required=True,
+                    help="folders whose fresh copies the writer adds and later removes, in turn (images arriving and taken down)")
     lv.add_argument("--queries", nargs="+", required=True, help="query images (files or folders)")
     lv.add_argument("--work", required=True, help="a new folder: the index, logs and samples.json")
     lv.add_argument("--idle", type=float, default=60.0, help="seconds of reads before the writer starts (default 60)")
