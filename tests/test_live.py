@@ -152,17 +152,24 @@ def test_check_passes_byte_identical_files_and_still_finds_shifted_ids(lite0_onn
     whose ids point at other vectors is damage, with or without such copies; repair mends it."""
     from cbir.index.ann import faiss_index
 
+    def shift_ids(idx) -> None:
+        ids, vecs = Gallery(idx).load_vectors()
+        shifted, _ = faiss_index.build(vecs, np.roll(ids, 1))
+        faiss_index.save(shifted, idx / "index.faiss")
+
     files = make_gallery(tmp_path / "g" / "a", photos, 10)
+    single = tmp_path / "single"  # no copies: the damage the check was built for
+    assert cli("index", "build", str(tmp_path / "g" / "a"), "--model", str(lite0_onnx), "--index", str(single)).returncode == 0
+    shift_ids(single)
+    r = cli("index", "check", str(single))
+    assert r.returncode == 1 and "ids point at other vectors" in r.stdout, r.stdout
     shutil.copytree(tmp_path / "g" / "a", tmp_path / "g" / "b")
     idx = tmp_path / "idx"
     assert cli("index", "build", str(tmp_path / "g"), "--model", str(lite0_onnx), "--index", str(idx)).returncode == 0
     assert len(files) == 10 and Gallery(idx).store.count("indexed") == 20
     r = cli("index", "check", str(idx), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout
-    g = Gallery(idx)
-    ids, vecs = g.load_vectors()
-    shifted, _ = faiss_index.build(vecs, np.roll(ids, 1))
-    faiss_index.save(shifted, idx / "index.faiss")
+    shift_ids(idx)  # copies and shifted ids at once
     r = cli("index", "check", str(idx), "--json")
     assert r.returncode == 1 and "ids point at other vectors" in r.stdout, r.stdout
     assert cli("index", "repair", str(idx)).returncode == 0
