@@ -659,6 +659,7 @@ class Gallery:
         or itself) and the ids it holds."""
         index = self.index
         with self._lock:
+            current = self._index is index  # else a refresh swapped meanwhile: its generation is not this index's
             if self._snap is None or self._snap.cpu is not index:
                 if self.search_device:
                     from cbir.index.ann.torch_flat import TorchFlat
@@ -666,7 +667,7 @@ class Gallery:
                     searched = TorchFlat(index, self.search_device)
                 else:
                     searched = faiss_index.to_gpu(index) if faiss_index.gpu_available() else index
-                self._snap = Snapshot(index, searched, self._index_generation)
+                self._snap = Snapshot(index, searched, self._index_generation if current else None)
             return self._snap
 
     def vectors_for(self, ids: np.ndarray, snap: Snapshot | None = None) -> np.ndarray:

@@ -26,7 +26,8 @@ EMPTY = np.empty(0, np.int64)
 
 
 class Snapshot:
-    """(CPU index, index to search, the faiss_generation it holds) taken together, immutable."""
+    """(CPU index, index to search, the faiss_generation it holds — None when unknown: its stale set is
+    then always read from SQLite) taken together, immutable."""
 
     def __init__(self, cpu, index, generation: int | None):
         self.cpu, self.index, self.generation = cpu, index, generation
