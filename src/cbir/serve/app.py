@@ -332,11 +332,12 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
     async def run_search(fn, cfg: Rerank, deadline: Deadline, *args):
         """Run a search in a worker thread, answered by ``deadline`` (else 504); a heavy one only in
         a free slot (else 503). The thread's stages check the deadline too, so it ends soon after."""
-        if heavy(cfg) and not heavy_slots.acquire(blocking=False):
+        slot = heavy(cfg)
+        if slot and not heavy_slots.acquire(blocking=False):
             raise HTTPError(503, "too many heavy searches at once (large shortlist or re-ranking stages): try again "
                                  "shortly or use smaller settings", {"Retry-After": "1"})
         task = asyncio.ensure_future(run_in_threadpool(fn, *args))
-        if heavy(cfg):
+        if slot:
             task.add_done_callback(lambda _: heavy_slots.release())
         try:
             return await asyncio.wait_for(asyncio.shield(task), deadline.left())
