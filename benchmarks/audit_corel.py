@@ -9,6 +9,7 @@
 
     python benchmarks/audit_corel.py WORKDIR QUERY_JPEG
 """
+
 import sys
 import time
 from pathlib import Path
@@ -41,8 +42,10 @@ for params in (g.config["search"], {"nprobe": 8}):
     while a.state()["pending"]:
         time.sleep(0.2)
     s = a.state()
-    print(f"{params}: audit {s['recall_at_10']:.3f} (95 % {s['ci95'][0]}–{s['ci95'][1]}) on {s['count']} audited; "
-          f"truth on all 600: {true:.3f}; difference {s['recall_at_10'] - true:+.3f}")
+    print(
+        f"{params}: audit {s['recall_at_10']:.3f} (95 % {s['ci95'][0]}–{s['ci95'][1]}) on {s['count']} audited; "
+        f"truth on all 600: {true:.3f}; difference {s['recall_at_10'] - true:+.3f}"
+    )
 rates, rows = (0.0, 0.02, 0.2), {r: [] for r in (0.0, 0.02, 0.2)}
 for rnd in range(5):
     for rate in rates:
@@ -51,4 +54,6 @@ for rnd in range(5):
 base = float(np.median(rows[0.0]))
 for rate in rates:
     m = float(np.median(rows[rate]))
-    print(f"--audit-rate {rate}: {m:.1f} req/s (rounds {', '.join(f'{x:.1f}' for x in rows[rate])}), {m / base:.3f}× of no audit")
+    print(
+        f"--audit-rate {rate}: {m:.1f} req/s (rounds {', '.join(f'{x:.1f}' for x in rows[rate])}), {m / base:.3f}× of no audit"
+    )

@@ -5,6 +5,7 @@ runs, medians (one process, same model and files).
 
     .venv/bin/python benchmarks/colour_stats_cost.py ../shared/datasets/corel1k /tmp/c26/lite0.onnx
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,16 @@ def main() -> int:
             rates[mode].append(res.timings.as_dict()["images_per_s"])
     bulk.row_stats = real
     med = {k: float(np.median(v)) for k, v in rates.items()}
-    json.dump({"files": len(files), "images_per_s": rates, "median": med,
-               "ratio_to_none": {k: round(v / med["none"], 3) for k, v in med.items()}}, sys.stdout, indent=1)
+    json.dump(
+        {
+            "files": len(files),
+            "images_per_s": rates,
+            "median": med,
+            "ratio_to_none": {k: round(v / med["none"], 3) for k, v in med.items()},
+        },
+        sys.stdout,
+        indent=1,
+    )
     print()
     return 0
 

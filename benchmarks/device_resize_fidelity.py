@@ -5,6 +5,7 @@ and are measured by gpu_check.sh's latency step (agreement of torch:fp16+gpudeco
 
     .venv/bin/python benchmarks/device_resize_fidelity.py ../shared/datasets/corel1k [--model m.onnx]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,14 +36,25 @@ def main() -> int:
     emb = Embedder(model)
     files = [str(p) for p in find_images([a.data])][: a.limit]
     cpu_rows = np.stack([emb.preprocess(f) for f in files])
-    dev_rows = np.stack([resize_on_device(torch.from_numpy(cv2.imread(f, cv2.IMREAD_COLOR_RGB)), emb.preprocess).numpy()
-                         for f in files])
+    dev_rows = np.stack(
+        [resize_on_device(torch.from_numpy(cv2.imread(f, cv2.IMREAD_COLOR_RGB)), emb.preprocess).numpy() for f in files]
+    )
     pix = np.abs(cpu_rows.astype(int) - dev_rows.astype(int))
     cos = np.sum(emb.run(cpu_rows) * emb.run(dev_rows), axis=1)
-    json.dump({"images": len(files), "policy": emb.preprocess.policy, "pixel_abs_diff_mean": round(float(pix.mean()), 4),
-               "pixel_abs_diff_max": int(pix.max()), "pixels_off_by_more_than_1": round(float((pix > 1).mean()), 6),
-               "cos_min": round(float(cos.min()), 6), "cos_median": round(float(np.median(cos)), 6),
-               "cos_p01": round(float(np.quantile(cos, 0.01)), 6)}, sys.stdout, indent=1)
+    json.dump(
+        {
+            "images": len(files),
+            "policy": emb.preprocess.policy,
+            "pixel_abs_diff_mean": round(float(pix.mean()), 4),
+            "pixel_abs_diff_max": int(pix.max()),
+            "pixels_off_by_more_than_1": round(float((pix > 1).mean()), 6),
+            "cos_min": round(float(cos.min()), 6),
+            "cos_median": round(float(np.median(cos)), 6),
+            "cos_p01": round(float(np.quantile(cos, 0.01)), 6),
+        },
+        sys.stdout,
+        indent=1,
+    )
     print()
     return 0
 

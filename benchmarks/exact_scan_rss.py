@@ -4,6 +4,7 @@ post-processed copy at a time, so the increase does not grow with the gallery.
 
     python benchmarks/exact_scan_rss.py INDEX_DIR [N_QUERIES]
 """
+
 import sys
 import time
 
@@ -21,5 +22,7 @@ before = peak_rss_mb()
 t0 = time.perf_counter()
 maintain.exact_topk(g, q, 10)
 dt = time.perf_counter() - t0
-print(f"{g.store.count('indexed'):,} vectors in {len(g.store.done_shards())} shards, {n} queries: {dt:.1f} s, "
-      f"peak RSS {before:.0f} -> {peak_rss_mb():.0f} MB")
+print(
+    f"{g.store.count('indexed'):,} vectors in {len(g.store.done_shards())} shards, {n} queries: {dt:.1f} s, "
+    f"peak RSS {before:.0f} -> {peak_rss_mb():.0f} MB"
+)

@@ -3,6 +3,7 @@ export time and size per model, then the Lite0 Block 7 GAP vs an independent tim
 
     .venv/bin/python benchmarks/export_sweep.py ../shared/datasets/corel1k OUT_DIR
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,9 @@ def main(corel: str, out: str) -> None:
     configs += [(f"efficientnet_b{i}", b, "gap", False) for i in range(6) for b in (6, 7)]
     for arch, block, pooling, pre in configs:
         s = export_onnx(arch, out_dir / f"{arch}_b{block}_{pooling}.onnx", block=block, pooling=pooling, pretrained=pre)
-        rows.append({k: s[k] for k in ("arch", "block", "pooling", "dim", "min_cosine", "export_seconds", "size_bytes")})
+        rows.append(
+            {k: s[k] for k in ("arch", "block", "pooling", "dim", "min_cosine", "export_seconds", "size_bytes")}
+        )
         print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"timm_reference": timm_reference(out_dir / "tf_efficientnet_lite0_b7_gap.onnx", corel)}))
 
@@ -35,14 +38,19 @@ def timm_reference(model: Path, corel: str, n: int = 200) -> dict:
     from torchvision import transforms
 
     from cbir.engine.embedder import Embedder
-    from cbir.walk import find_images
     from cbir.models.weights import load_pretrained
+    from cbir.walk import find_images
 
     paths = find_images([corel])[:: max(1, 1000 // n)][:n]
     net = timm.create_model("tf_efficientnet_lite0").eval()
     load_pretrained(net, "tf_efficientnet_lite0")
-    tf = transforms.Compose([transforms.Resize((224, 224), interpolation=transforms.InterpolationMode.BICUBIC),
-                             transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    tf = transforms.Compose(
+        [
+            transforms.Resize((224, 224), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )
     with torch.no_grad():
         x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])
         ref = torch.nn.functional.normalize(net.blocks(net.bn1(net.conv_stem(x))).mean(dim=(2, 3)), dim=1).numpy()

@@ -9,6 +9,7 @@ Knobs (environment): ``G_ON=0`` switches the re-matching off (the baseline), ``G
 ``G_MIN0`` / ``G_IT`` set ``GUIDE_PX`` / ``GUIDE_BITS`` / ``GUIDE_MIN`` / ``GUIDE_ROUNDS``.
 Session 6 measured the variant "re-match every near candidate, verified or not" with this script's
 first version (commit 0149a14); the product keeps "only when nothing verified"."""
+
 import os
 import sys
 import time
@@ -38,8 +39,14 @@ def main(index: str, data: str, suite: str, augs: str, nneg: int = 0) -> None:
         t, top = time.time(), []
         for f in sorted((Path(suite) / "negatives").rglob("*.jpg"))[:nneg]:
             top.append(max([x["inliers"] or 0 for x in g.search([str(f)], k=10)[0]["results"]], default=0))
-        print("negatives, most inliers >= t:", {t_: sum(v >= t_ for v in top) for t_ in (10, 12, 13, 14, 15)},
-              "max", max(top), "s", round(time.time() - t))
+        print(
+            "negatives, most inliers >= t:",
+            {t_: sum(v >= t_ for v in top) for t_ in (10, 12, 13, 14, 15)},
+            "max",
+            max(top),
+            "s",
+            round(time.time() - t),
+        )
 
 
 if __name__ == "__main__":

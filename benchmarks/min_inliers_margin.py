@@ -4,21 +4,37 @@ hardest edits, how many of their originals verify at each threshold. Index: a de
 
     .venv/bin/python benchmarks/min_inliers_margin.py   (index /tmp/c26/idx4, suite /tmp/c26/suite)
 """
-import json
-from pathlib import Path
+
 from collections import Counter
+from pathlib import Path
+
 from cbir.bench.copy_search import original_ids
 from cbir.index.gallery import Gallery
+
 g = Gallery("/tmp/c26/idx4")
 cfg = {"min_inliers": 4, "partial": 0}
 neg = []
 for f in sorted(Path("/tmp/c26/suite/negatives").rglob("*.jpg")):
     h = g.search([str(f)], k=10, rerank=cfg)[0]["results"]
     neg.append(max([x["inliers"] or 0 for x in h if x["verified"]], default=0))
-print("negatives: max plausible inliers in top-10, counts >= t:", {t: sum(v >= t for v in neg) for t in (8, 10, 11, 12, 13, 14, 15)}, "max", max(neg))
+print(
+    "negatives: max plausible inliers in top-10, counts >= t:",
+    {t: sum(v >= t for v in neg) for t in (8, 10, 11, 12, 13, 14, 15)},
+    "max",
+    max(neg),
+)
 key = original_ids(g, "../shared/datasets/corel1k")
 gain = Counter()
-for aug in ["perspective_transform", "chain2", "chain3", "crop", "pip", "screenshot", "overlay_stripes", "pixelization"]:
+for aug in [
+    "perspective_transform",
+    "chain2",
+    "chain3",
+    "crop",
+    "pip",
+    "screenshot",
+    "overlay_stripes",
+    "pixelization",
+]:
     base = Path("/tmp/c26/suite/copies") / aug
     vals = []
     for f in sorted(base.rglob("*.jpg"))[:50]:

@@ -6,6 +6,7 @@ queries, then what each basis chose and the truth on the 600.
 
     python benchmarks/query_shift_corel.py MODEL.onnx CORel_DIR COPIES_DIR WORKDIR
 """
+
 import subprocess
 import sys
 from pathlib import Path
@@ -51,15 +52,33 @@ if idx.exists():
     import shutil
 
     shutil.rmtree(idx)
-cbir("index", "build", "--from-vectors", str(work / "gallery.npy"), "--paths", str(work / "gallery.txt"), "--model", model,
-     "--index", str(idx), "--factory", "auto", "--memory-budget", "200MB", "--target-recall", "0.95")
+cbir(
+    "index",
+    "build",
+    "--from-vectors",
+    str(work / "gallery.npy"),
+    "--paths",
+    str(work / "gallery.txt"),
+    "--model",
+    model,
+    "--index",
+    str(idx),
+    "--factory",
+    "auto",
+    "--memory-budget",
+    "200MB",
+    "--target-recall",
+    "0.95",
+)
 g = Gallery(idx)
 index = g.index
 _, truth = maintain.exact_topk(g, g.postprocess_queries(q_eval), 10)
 held_ids, held = maintain.sample_vectors(g.store, g.root, 500, seed=1)
 _, htruth = maintain.exact_topk(g, held, 11)
 htruth = np.stack([r[r != o][:10] for r, o in zip(htruth, held_ids)])
-print(f"auto: {g.config['index_factory']}, {g.config['index_bytes'] / 1e6:.0f} MB (Flat would need {len(paths) * d * 4 / 1e6:.0f} MB)")
+print(
+    f"auto: {g.config['index_factory']}, {g.config['index_bytes'] / 1e6:.0f} MB (Flat would need {len(paths) * d * 4 / 1e6:.0f} MB)"
+)
 print("| nprobe | held-out gallery vectors | real queries (600) |")
 for nprobe in (1, 2, 4, 8, 16, 32, 64):
     tuning.set_search_params(index, {"nprobe": nprobe})
@@ -74,6 +93,8 @@ for label, args in (("gallery", []), ("queries", ["--queries", str(work / "q_tun
     tuning.set_search_params(g.index, params)
     got = g.index.search(g.postprocess_queries(q_eval), 10)[1]
     ms = tuning.query_ms(g.index, g.postprocess_queries(q_eval), 10, 3)
-    print(f"tuned on {label} ({t['queries']}): {params}, estimate {t['recall_at_10']} (95 % {t['recall_ci95'][0]}–"
-          f"{t['recall_ci95'][1]}), true recall@10 on the 600 other real queries {tuning.recall_at_k(truth, got):.3f}, "
-          f"{ms:.3f} ms/query (batch 600)")
+    print(
+        f"tuned on {label} ({t['queries']}): {params}, estimate {t['recall_at_10']} (95 % {t['recall_ci95'][0]}–"
+        f"{t['recall_ci95'][1]}), true recall@10 on the 600 other real queries {tuning.recall_at_k(truth, got):.3f}, "
+        f"{ms:.3f} ms/query (batch 600)"
+    )

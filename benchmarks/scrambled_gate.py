@@ -1,11 +1,13 @@
 """The structure gate of engine.colour on the AugLy suite: min/max of row_stats structure per edit (40 each) and over Corel-1K.
 
-    .venv/bin/python benchmarks/scrambled_gate.py   (suite at /tmp/c26/suite from `cbir bench copies ... --suite augly`)
+.venv/bin/python benchmarks/scrambled_gate.py   (suite at /tmp/c26/suite from `cbir bench copies ... --suite augly`)
 """
-import numpy as np
+
 from pathlib import Path
-from cbir.engine.preprocess import Preprocess
+
 from cbir.engine.colour import row_stats
+from cbir.engine.preprocess import Preprocess
+
 pp = Preprocess((224, 224))
 root = Path("/tmp/c26/suite")
 res = {}

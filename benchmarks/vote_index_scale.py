@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/vote_index_scale.py
 """
+
 import time
 
 import numpy as np
@@ -23,5 +24,7 @@ for items in (1_000, 100_000):
         t = time.perf_counter()
         votes.counts(index, [query])
         ms.append((time.perf_counter() - t) * 1e3)
-    print(f"{items} items x {per} descriptors: build {built:.1f} s, nlist {index.nlist}, "
-          f"vote (1,000 query descriptors) median {np.median(ms):.1f} ms, {n * votes.BYTES / 2**20:.0f} MiB")
+    print(
+        f"{items} items x {per} descriptors: build {built:.1f} s, nlist {index.nlist}, "
+        f"vote (1,000 query descriptors) median {np.median(ms):.1f} ms, {n * votes.BYTES / 2**20:.0f} MiB"
+    )

@@ -5,6 +5,7 @@ re-matching too, for comparison (what the votes do not use). Index: a default bu
 
     .venv/bin/python benchmarks/vote_margin.py INDEX NEGATIVES_DIR [NEGATIVES_DIR ...]
 """
+
 import sys
 from pathlib import Path
 
@@ -20,9 +21,16 @@ for d in sys.argv[2:]:
         pairs = g._voted(str(f), str(f), lf.extract_query(str(f)))
         recs = g.features.get(np.array([i for _, i in pairs], np.int64))
         first.append(max([lf.inliers(q, r) for (q, _), r in zip(pairs, recs) if r is not None], default=0))
-        guided.append(max([int(lf.verify([(q, r)], 15)[0]) for (q, _), r in zip(pairs, recs) if r is not None], default=0))
+        guided.append(
+            max([int(lf.verify([(q, r)], 15)[0]) for (q, _), r in zip(pairs, recs) if r is not None], default=0)
+        )
         votes_.append(len(pairs))
 at = (8, 10, 12, 13, 14, 15)
 print(f"negatives {len(first)}, voted pairs per negative: mean {np.mean(votes_):.2f}, max {max(votes_)}")
-print("first fit (what verifies), negatives reaching t inliers:", {t: sum(v >= t for v in first) for t in at}, "max", max(first))
+print(
+    "first fit (what verifies), negatives reaching t inliers:",
+    {t: sum(v >= t for v in first) for t in at},
+    "max",
+    max(first),
+)
 print("with guided re-matching (not used for votes):", {t: sum(v >= t for v in guided) for t in at}, "max", max(guided))

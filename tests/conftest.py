@@ -1,4 +1,5 @@
 """Shared fixtures: real photos (scikit-image), one exported real model, broken-file galleries."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Metrics against hand-computed rankings; protocol splits; bench commands on a tiny real set."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import pytest
 from cbir.bench import metrics
 from cbir.bench.protocol import load_dataset, stratified_split
 from cbir.errors import CbirError
-
 from conftest import make_gallery
 
 
@@ -83,8 +83,26 @@ def test_bench_accuracy_and_latency_cli(lite0_onnx, photos, tmp_path, capsys):
     # top 100, at most 6 of the top 10 can be relevant, and the query itself is first (AP > 1/6)
     m = r["metrics"]
     assert m["R@100"]["mean"] == 1.0 and m["P@10"]["mean"] <= 0.6 + 1e-9 and m["mAP"]["mean"] > 1 / 6
-    assert main(["bench", "latency", "--model", str(lite0_onnx), "--batch-sizes", "1,4", "--concurrency", "1,4",
-                 "--data", str(data), "--repeats", "2", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "latency",
+                "--model",
+                str(lite0_onnx),
+                "--batch-sizes",
+                "1,4",
+                "--concurrency",
+                "1,4",
+                "--data",
+                str(data),
+                "--repeats",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     lat = json.loads(capsys.readouterr().out)
     assert set(lat["model_only_images_per_s"]) == {"1", "4"} and lat["model_only_images_per_s"]["4"]["median"] > 0
     assert lat["end_to_end"]["files"] == 12 and lat["batch1_latency_ms"]["api"]["p99"] > 0
@@ -124,8 +142,26 @@ def test_onnx_flops_counts_convs(lite0_onnx):
 def test_bench_search_reports_the_auto_choice(tmp_path, capsys):
     from cbir.cli import main
 
-    assert main(["bench", "search", "--sizes", "25000", "--queries", "50", "--target-recall", "0.9",
-                 "--shard-size", "10000", "--workdir", str(tmp_path), "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "search",
+                "--sizes",
+                "25000",
+                "--queries",
+                "50",
+                "--target-recall",
+                "0.9",
+                "--shard-size",
+                "10000",
+                "--workdir",
+                str(tmp_path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     (r,) = json.loads(capsys.readouterr().out)
     assert r["n"] == 25_000 and r["auto_choice"] == "IVF512,Flat" and r["search"]["nprobe"] >= 1
     assert r["tuning"]["recall_at_10"] >= 0.9 and r["recall_at_k"] >= 0.8  # fresh queries, not tuned on

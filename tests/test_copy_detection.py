@@ -1,6 +1,7 @@
 """Copy detection beyond the project's own edits (issue 26): mirrored copies, a photo pasted into
 another (the query's windows), chance matches refused by the geometry check, the AugLy suite and
 `cbir bench copy-search` on real photos and a real index."""
+
 from __future__ import annotations
 
 import json
@@ -125,15 +126,19 @@ def test_descriptor_votes_rank_the_original_of_a_flipped_shrunk_copy_first(photo
 
     files = make_gallery(tmp_path, photos, 12)
     recs = [lf.extract(f) for f in files]
-    index = votes.build(np.concatenate([r["desc"][: int(r["n"])] for r in recs]),
-                        np.concatenate([np.full(int(r["n"]), 100 + i) for i, r in enumerate(recs)]))
+    index = votes.build(
+        np.concatenate([r["desc"][: int(r["n"])] for r in recs]),
+        np.concatenate([np.full(int(r["n"]), 100 + i) for i, r in enumerate(recs)]),
+    )
     for i in (1, 8):
         copy = _tinted(files[i]).transpose(Image.Transpose.FLIP_TOP_BOTTOM)
         copy.thumbnail((110, 110))
         got = votes.counts(index, lf.extract_query(copy))
         first = votes.vote(index, lf.extract_query(copy), 3)
         assert first[0] == 100 + i and got[100 + i] >= 5 * max(c for j, c in got.items() if j != 100 + i)
-    assert votes.vote(None, lf.extract_query(files[0]), 2) == [] and votes.build(np.zeros((0, 32), np.uint8), []) is None
+    assert (
+        votes.vote(None, lf.extract_query(files[0]), 2) == [] and votes.build(np.zeros((0, 32), np.uint8), []) is None
+    )
     # the memory cap: every descriptor of a small gallery, evenly spaced ones of a large one
     assert votes.per_item(1000) == lf.MAX_KEYPOINTS and votes.per_item(100_000) == 33
     assert votes.spaced(500, 33)[[0, -1]].tolist() == [0, 499] and len(votes.spaced(20, 33)) == 20
@@ -162,7 +167,9 @@ def test_the_original_outside_the_cnn_shortlist_is_found_by_descriptor_votes(tmp
         hits = g.search([str(q)], k=3, rerank=light)[0]["results"]
         assert hits[0]["path"] != want and not any(h["verified"] for h in hits)
     hits = g.search([str(q)], k=3, rerank=light)[0]["results"]
-    assert hits[0]["path"] == want and hits[0]["verified"] and type(hits[0]["inliers"]) is int and hits[0]["inliers"] >= 50
+    assert (
+        hits[0]["path"] == want and hits[0]["verified"] and type(hits[0]["inliers"]) is int and hits[0]["inliers"] >= 50
+    )
     assert not any(h["verified"] for h in hits[1:])
     # removed, the original is never voted for again (the vote index follows the indexed set)
     gone = hits[0]["id"]
@@ -173,12 +180,16 @@ def test_the_original_outside_the_cnn_shortlist_is_found_by_descriptor_votes(tmp
     # a gallery over ``SYNC_ITEMS`` builds it aside: none at first, the searches go on without it
     monkeypatch.setattr(votes, "SYNC_ITEMS", 0)
     fresh = Gallery(tmp_path / "idx")
-    assert fresh.vote_index() is None and not any(h["verified"] for h in fresh.search([str(q)], k=3, rerank=light)[0]["results"])
+    assert fresh.vote_index() is None and not any(
+        h["verified"] for h in fresh.search([str(q)], k=3, rerank=light)[0]["results"]
+    )
     fresh.votes.wait(60)
     assert fresh.vote_index() is not None and fresh.vote_index().ntotal == g.vote_index().ntotal
 
 
-def test_a_squeezed_copy_verifies_once_stretched_back_to_the_gallerys_shapes(verified_index, tmp_path, monkeypatch, photos):
+def test_a_squeezed_copy_verifies_once_stretched_back_to_the_gallerys_shapes(
+    verified_index, tmp_path, monkeypatch, photos
+):
     """ORB's square patches do not survive a 3× squeeze; the second look stretches the query back to
     the gallery's common shapes (here 1:1 and 3:2) and votes and verifies with that."""
     from cbir.index.query import votes
@@ -347,8 +358,13 @@ def test_bench_copy_search_scores_rank1_and_verified_false_positives(verified_in
 
     (suite / "negatives" / "hflip").mkdir(parents=True)
     for n in ("china.jpg", "flower.jpg"):
-        Image.fromarray(load_sample_image(n)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(suite / "negatives" / "hflip" / n)
-    assert main(["bench", "copy-search", "--index", str(g.root), "--data", str(root), "--suite", str(suite), "--json"]) == 0
+        Image.fromarray(load_sample_image(n)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
+            suite / "negatives" / "hflip" / n
+        )
+    assert (
+        main(["bench", "copy-search", "--index", str(g.root), "--data", str(root), "--suite", str(suite), "--json"])
+        == 0
+    )
     r = json.loads(capsys.readouterr().out)
     assert r["per_aug"]["hflip"] == {"n": 6, "first_verified": 1.0, "rank1": 1.0, "in_top10": 1.0}
     assert r["per_aug"]["vflip"]["rank1"] == 1.0 and r["rank1"] == 1.0
@@ -358,8 +374,24 @@ def test_bench_copy_search_scores_rank1_and_verified_false_positives(verified_in
     assert reach == sorted(reach, reverse=True) and max(reach) <= 2
     assert r["ms_per_query"]["copies"]["median"] > 0
     # the same suite without the mirrored features' help: plain k-NN finds the originals unverified
-    assert main(["bench", "copy-search", "--index", str(g.root), "--data", str(root), "--suite", str(suite),
-                 "--rerank", "none", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "copy-search",
+                "--index",
+                str(g.root),
+                "--data",
+                str(root),
+                "--suite",
+                str(suite),
+                "--rerank",
+                "none",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["per_aug"]["hflip"]["first_verified"] == 0.0
 
 
@@ -399,12 +431,19 @@ def test_score_dedup_counts_recall_per_edit_and_template_groups(tmp_path):
     from cbir.bench.copies import score_dedup
 
     data, copies = tmp_path / "data", tmp_path / "copies"
-    for p in ("data/a/1.jpg", "data/b/2.jpg", "copies/meme_format/a/1.jpg", "copies/meme_format/b/2.jpg",
-              "copies/blur/a/1.jpg"):
+    for p in (
+        "data/a/1.jpg",
+        "data/b/2.jpg",
+        "copies/meme_format/a/1.jpg",
+        "copies/meme_format/b/2.jpg",
+        "copies/blur/a/1.jpg",
+    ):
         (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(tmp_path / p)
-    groups = [{"paths": [str(copies / "meme_format/a/1.jpg"), str(copies / "meme_format/b/2.jpg")]},
-              {"paths": [str(data / "a/1.jpg"), str(copies / "blur/a/1.jpg")]}]
+    groups = [
+        {"paths": [str(copies / "meme_format/a/1.jpg"), str(copies / "meme_format/b/2.jpg")]},
+        {"paths": [str(data / "a/1.jpg"), str(copies / "blur/a/1.jpg")]},
+    ]
     r = score_dedup(groups, data, copies)
     assert r["recall_per_edit"] == {"blur": 1.0, "meme_format": 0.0} and r["recall"] == round(1 / 3, 4)
     assert r["groups_mixing_same_edit"] == 1 and r["cross_class_groups"] == 1 and r["pair_precision"] == 0.5
@@ -426,9 +465,18 @@ def test_template_pairs_need_each_side_to_hold_what_a_third_item_matches():
     left, right, whole = _box(0, 0, 50, 100), _box(50, 0, 100, 100), _box(0, 0, 100, 100)
     band, photo = _box(0, 80, 100, 100), _box(0, 0, 100, 80)
     T1, T2, P1, P2, C1, C2, A1, A2, L, R, T3 = range(11)
-    pts = {T1: {T2: left, P1: right}, T2: {T1: left, P2: right}, P1: {T1: whole}, P2: {T2: whole},
-           C1: {C2: band, A1: photo}, C2: {C1: band, A2: photo}, A1: {C1: whole}, A2: {C2: whole},
-           L: {R: right}, R: {L: left}}
+    pts = {
+        T1: {T2: left, P1: right},
+        T2: {T1: left, P2: right},
+        P1: {T1: whole},
+        P2: {T2: whole},
+        C1: {C2: band, A1: photo},
+        C2: {C1: band, A2: photo},
+        A1: {C1: whole},
+        A2: {C2: whole},
+        L: {R: right},
+        R: {L: left},
+    }
     extent = {i: ext for i in pts}
     assert template_pairs(pts, extent) == {(T1, T2), (C1, C2)}
     # a third screenshot whose photo is not in the gallery: its unexplained part stands for the photo
@@ -550,7 +598,12 @@ def test_content_box_finds_the_photo_inside_a_page_a_meme_band_and_black_bars(ph
         d.text((60, y), "Timeline  Messages  Watch  Shop  Stories  See all  " * 3, fill="black")
     page.paste(photo.resize((360, 240)), (420, 380))
     x0, y0, x1, y1 = content_box(page)
-    assert abs(x0 - 420 / 1200) < 0.02 and abs(x1 - 780 / 1200) < 0.02 and abs(y0 - 380 / 740) < 0.02 and abs(y1 - 620 / 740) < 0.02
+    assert (
+        abs(x0 - 420 / 1200) < 0.02
+        and abs(x1 - 780 / 1200) < 0.02
+        and abs(y0 - 380 / 740) < 0.02
+        and abs(y1 - 620 / 740) < 0.02
+    )
     meme = Image.new("RGB", (451, 450), "white")  # a caption band on top
     ImageDraw.Draw(meme).text((150, 60), "LOL " * 5, fill="black", font_size=40)
     meme.paste(photo, (0, 150))

@@ -1,4 +1,5 @@
 """Ray Data bulk indexing on a real local Ray cluster (2 CPUs) equals the single-process build."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,6 @@ import numpy as np
 import pytest
 
 from cbir.index.gallery import Gallery
-
 from conftest import make_gallery
 
 ray = pytest.importorskip("ray")

@@ -1,4 +1,5 @@
 """Embedder, bulk mode over broken galleries, backends, the dynamic batcher — real ORT sessions."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ from cbir.engine.batcher import BatcherClosed, QueueFull
 from cbir.engine.embedder import Embedder
 from cbir.engine.preprocess import ImageError
 from cbir.errors import CbirError
-
 from conftest import make_broken_files, make_gallery
 
 
@@ -79,9 +79,12 @@ def test_non_cbir_model_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     path = tmp_path / "plain.onnx"
     onnx.save(helper.make_model(g), str(path))
     with pytest.raises(CbirError, match="not a cbir model"):
@@ -132,8 +135,9 @@ def test_batcher_queue_full_close_and_timeout(photos):
     with pytest.raises(BatcherClosed):
         b.submit(img)
 
-    t = DynamicBatcher(lambda x: (time.sleep(0.3), np.ones((len(x), 4), np.float32))[1], pp,
-                       max_batch=1, max_delay_ms=0, timeout_s=0.1)
+    t = DynamicBatcher(
+        lambda x: (time.sleep(0.3), np.ones((len(x), 4), np.float32))[1], pp, max_batch=1, max_delay_ms=0, timeout_s=0.1
+    )
     futs = [t.submit(img) for _ in range(3)]
     t.close(drain=True)
     assert futs[0].result(5).shape == (4,)

@@ -1,4 +1,5 @@
 """ONNX export: graph contract, metadata, parity with PyTorch and timm, errors."""
+
 from __future__ import annotations
 
 import json
@@ -57,10 +58,13 @@ def test_matches_independent_timm_reference(lite0_onnx, photos, resampling, min_
 
     net = timm.create_model("tf_efficientnet_lite0").eval()
     load_pretrained(net, "tf_efficientnet_lite0")
-    tf = transforms.Compose([
-        transforms.Resize((224, 224), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3),
-    ])
+    tf = transforms.Compose(
+        [
+            transforms.Resize((224, 224), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )
     x = torch.stack([tf(Image.open(p).convert("RGB")) for p in photos])
     with torch.no_grad():
         f = net.blocks(net.bn1(net.conv_stem(x))).mean(dim=(2, 3))
@@ -75,8 +79,9 @@ def test_matches_independent_timm_reference(lite0_onnx, photos, resampling, min_
 
 @pytest.mark.parametrize("pooling", ["gem", "crow", "rcrow", "mac"])
 def test_poolings_export_and_pass_parity(tmp_path, pooling):
-    s = export_onnx("tf_efficientnet_lite0", tmp_path / f"{pooling}.onnx", block=7, pooling=pooling,
-                    pretrained=True, image_size=160)
+    s = export_onnx(
+        "tf_efficientnet_lite0", tmp_path / f"{pooling}.onnx", block=7, pooling=pooling, pretrained=True, image_size=160
+    )
     assert s["min_cosine"] >= 0.99999 and s["dim"] == 320 and s["input"]["shape"][1:] == [160, 160, 3]
 
 
@@ -86,8 +91,14 @@ def test_whitening_is_folded_into_the_graph(tmp_path, photos):
     rng = np.random.default_rng(0)
     w = fit(rng.normal(size=(2000, 192)), dim=64)
     w.save(tmp_path / "w.npz")
-    s = export_onnx("tf_efficientnet_lite0", tmp_path / "w.onnx", block=6, pooling="gap", image_size=128,
-                    whitening=tmp_path / "w.npz")
+    s = export_onnx(
+        "tf_efficientnet_lite0",
+        tmp_path / "w.onnx",
+        block=6,
+        pooling="gap",
+        image_size=128,
+        whitening=tmp_path / "w.npz",
+    )
     assert s["dim"] == 64
     runner = OrtRunner(load_session(tmp_path / "w.onnx"))
     assert runner.info.whitening == w.fingerprint and runner.info.dim == 64
@@ -125,7 +136,10 @@ def test_cli_export_json(tmp_path, capsys):
     from cbir.cli import main
 
     out = tmp_path / "b0.onnx"
-    assert main(["export", "--arch", "efficientnet_b0", "--block", "6", "--image-size", "96", "-o", str(out), "--json"]) == 0
+    assert (
+        main(["export", "--arch", "efficientnet_b0", "--block", "6", "--image-size", "96", "-o", str(out), "--json"])
+        == 0
+    )
     s = json.loads(capsys.readouterr().out)
     assert s["dim"] == 192 and s["min_cosine"] >= 0.99999 and len(s["sha256"]) == 64 and out.is_file()
     assert main(["export", "--arch", "nope", "-o", str(out)]) == 2
@@ -152,7 +166,7 @@ def test_multi_scale_is_the_power_mean_of_single_scale_vectors(tmp_path, photos,
         small = torch.nn.functional.interpolate(xn, size=(168, 168), mode="bilinear", align_corners=False)
         v1 = torch.nn.functional.normalize(model.pool(model.trunk(xn)), dim=-1)
         v2 = torch.nn.functional.normalize(model.pool(model.trunk(small)), dim=-1)
-        want = torch.nn.functional.normalize(((v1 ** 3 + v2 ** 3) / 2) ** (1 / 3), dim=-1).numpy()
+        want = torch.nn.functional.normalize(((v1**3 + v2**3) / 2) ** (1 / 3), dim=-1).numpy()
     assert (np.sum(got * want, axis=1) > 0.9999).all()
     single = Embedder(lite0_onnx).embed([str(p) for p in photos[:3]])
     assert got.shape == single.shape

@@ -1,4 +1,5 @@
 """Fine-tuning a tiny real model for a step or two; the checkpoint exports and embeds; resume; bad data."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,6 @@ import torch
 
 from cbir.errors import CbirError
 from cbir.finetune.recipe import Recipe, finetune, parameter_layers
-
 from conftest import make_gallery
 
 
@@ -26,8 +26,19 @@ def test_finetune_exports_and_embeds(data, tmp_path):
     from cbir.export.onnx import export_onnx
 
     out = tmp_path / "ft.pt"
-    meta = finetune(Recipe("tf_efficientnet_lite0", str(data), str(out), head_epochs=1, ft_epochs=1, batch_size=4,
-                           image_size=64, unfreeze_top=10), progress=False)
+    meta = finetune(
+        Recipe(
+            "tf_efficientnet_lite0",
+            str(data),
+            str(out),
+            head_epochs=1,
+            ft_epochs=1,
+            batch_size=4,
+            image_size=64,
+            unfreeze_top=10,
+        ),
+        progress=False,
+    )
     assert [h["phase"] for h in meta["history"]] == ["head", "ft"] and meta["classes"] == ["a", "b", "c"]
     assert meta["unfrozen_layers"] == 10 and meta["input_size"] == 64 and meta["split_seed"] == 0
     ck = torch.load(out, weights_only=False)
@@ -47,8 +58,20 @@ def test_training_changes_only_unfrozen_layers(data, tmp_path):
     import timm
 
     out = tmp_path / "ft.pt"
-    finetune(Recipe("tf_efficientnet_lite0", str(data), str(out), head_epochs=0, ft_epochs=1, batch_size=4,
-                    image_size=64, unfreeze_top=6, ft_lr=1e-3), progress=False)
+    finetune(
+        Recipe(
+            "tf_efficientnet_lite0",
+            str(data),
+            str(out),
+            head_epochs=0,
+            ft_epochs=1,
+            batch_size=4,
+            image_size=64,
+            unfreeze_top=6,
+            ft_lr=1e-3,
+        ),
+        progress=False,
+    )
     state = torch.load(out, weights_only=False)["state_dict"]
     ref = timm.create_model("tf_efficientnet_lite0", num_classes=3)
     from cbir.models.weights import load_pretrained
@@ -72,9 +95,29 @@ def test_killed_run_resumes_from_last_epoch(data, tmp_path):
 
     out = tmp_path / "ft.pt"
     resume = tmp_path / "ft.pt.resume.pt"
-    cmd = [sys.executable, "-m", "cbir", "finetune", "--arch", "tf_efficientnet_lite0", "--data", str(data),
-           "--out", str(out), "--head-epochs", "1", "--ft-epochs", "12", "--image-size", "96", "--batch-size", "4",
-           "--unfreeze-top", "20", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cbir",
+        "finetune",
+        "--arch",
+        "tf_efficientnet_lite0",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--head-epochs",
+        "1",
+        "--ft-epochs",
+        "12",
+        "--image-size",
+        "96",
+        "--batch-size",
+        "4",
+        "--unfreeze-top",
+        "20",
+        "--json",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_before = None
     deadline = time.time() + 240
@@ -106,7 +149,9 @@ def test_bad_data(tmp_path, photos):
     for p in photos[:3]:
         (one / p.name).write_bytes(p.read_bytes())
     with pytest.raises(CbirError, match="at least 2 classes"):
-        finetune(Recipe("tf_efficientnet_lite0", str(one.parent), str(tmp_path / "x.pt"), image_size=64), progress=False)
+        finetune(
+            Recipe("tf_efficientnet_lite0", str(one.parent), str(tmp_path / "x.pt"), image_size=64), progress=False
+        )
     two = tmp_path / "two"
     make_gallery(two, photos, 6)
     (two / "empty").mkdir()

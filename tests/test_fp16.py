@@ -1,5 +1,6 @@
 """FP16 graphs (checkable on CPU): cast placement, true-FP16 fidelity gate, overflow, TensorRT lint,
 engine-cache keys and manifests, `cbir doctor`."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,17 @@ HEAD_OPS = {"Pow", "ReduceMean", "ReduceSum", "ReduceL2", "MatMul", "Log", "Div"
 @pytest.fixture(scope="module")
 def fp16_gem(tmp_path_factory, photos):
     out = tmp_path_factory.mktemp("fp16") / "gem16.onnx"
-    summary = export_onnx("tf_efficientnet_lite0", out, block=7, pooling="gem", pretrained=True, image_size=96,
-                          precision="fp16", parity_images=[str(p) for p in photos], calib=6)
+    summary = export_onnx(
+        "tf_efficientnet_lite0",
+        out,
+        block=7,
+        pooling="gem",
+        pretrained=True,
+        image_size=96,
+        precision="fp16",
+        parity_images=[str(p) for p in photos],
+        calib=6,
+    )
     return out, summary
 
 
@@ -48,7 +58,10 @@ def test_fp16_graph_trunk_half_head_float(fp16_gem):
     casts = [n for n in g.node if n.op_type == "Cast"]
     to = sorted(a.i for n in casts for a in n.attribute if a.name == "to")
     assert TensorProto.FLOAT16 in to and TensorProto.FLOAT in to
-    assert summary["precision"] == "fp16" and json.loads({p.key: p.value for p in model.metadata_props}["cbir"])["precision"] == "fp16"
+    assert (
+        summary["precision"] == "fp16"
+        and json.loads({p.key: p.value for p in model.metadata_props}["cbir"])["precision"] == "fp16"
+    )
 
 
 def test_fp16_gate_passes_with_true_fp16_arithmetic(fp16_gem):
@@ -66,12 +79,33 @@ def test_overflowing_fp16_head_fails_the_gate(tmp_path, photos):
     """GeM with p = 8 in FP16 overflows (x^8 > 65504); ORT CPU would not notice."""
     imgs = [str(p) for p in photos[:4]]
     with pytest.raises(CbirError, match="FP16 fidelity gate failed.*non-finite"):
-        export_onnx("tf_efficientnet_lite0", tmp_path / "bad.onnx", block=7, pooling="gem", pretrained=True,
-                    image_size=96, precision="fp16", gem_p=8.0, fp16_head=True, parity_images=imgs, calib=4)
+        export_onnx(
+            "tf_efficientnet_lite0",
+            tmp_path / "bad.onnx",
+            block=7,
+            pooling="gem",
+            pretrained=True,
+            image_size=96,
+            precision="fp16",
+            gem_p=8.0,
+            fp16_head=True,
+            parity_images=imgs,
+            calib=4,
+        )
     assert not (tmp_path / "bad.onnx").exists()
     # the same head kept in FP32 passes
-    s = export_onnx("tf_efficientnet_lite0", tmp_path / "ok.onnx", block=7, pooling="gem", pretrained=True,
-                    image_size=96, precision="fp16", gem_p=8.0, parity_images=imgs, calib=4)
+    s = export_onnx(
+        "tf_efficientnet_lite0",
+        tmp_path / "ok.onnx",
+        block=7,
+        pooling="gem",
+        pretrained=True,
+        image_size=96,
+        precision="fp16",
+        gem_p=8.0,
+        parity_images=imgs,
+        calib=4,
+    )
     assert s["fp16_gate"]["passed"]
 
 
@@ -80,13 +114,20 @@ def test_tensorrt_lint(fp16_gem, lite0_onnx):
 
     assert fp16_gem[1]["tensorrt_lint"]["ok"] and lint(str(lite0_onnx))["tensorrt10"]
     nodes = [helper.make_node("NonZero", ["x"], ["y"]), helper.make_node("Foo", ["y"], ["z"], domain="custom")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                          [helper.make_tensor_value_info("z", TensorProto.INT64, [1, None])])
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("z", TensorProto.INT64, [1, None])],
+    )
     r = lint(helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)]))
     assert not r["ok"] and any("NonZero" in p for p in r["problems"]) and any("plugin" in p for p in r["problems"])
-    g2 = helper.make_graph([helper.make_node("Relu", ["x"], ["z"])], "g",
-                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                           [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])])
+    g2 = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["z"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])],
+    )
     r2 = lint(helper.make_model(g2, opset_imports=[helper.make_opsetid("", 23)]))
     assert r2["tensorrt11"] and not r2["tensorrt10"]
 
@@ -96,8 +137,14 @@ def test_engine_cache_keys_and_staleness(tmp_path):
 
     base = ("a" * 64, "10.16.0", "NVIDIA H100", "9.0", Profile(), 4.0)
     key = cache_key(*base)
-    variants = [("b" * 64,) + base[1:], base[:1] + ("11.1.0",) + base[2:], base[:2] + ("NVIDIA L4",) + base[3:],
-                base[:3] + ("8.9",) + base[4:], base[:4] + (Profile(1, 16, 128),) + base[5:], base[:5] + (2.0,)]
+    variants = [
+        ("b" * 64,) + base[1:],
+        base[:1] + ("11.1.0",) + base[2:],
+        base[:2] + ("NVIDIA L4",) + base[3:],
+        base[:3] + ("8.9",) + base[4:],
+        base[:4] + (Profile(1, 16, 128),) + base[5:],
+        base[:5] + (2.0,),
+    ]
     assert len({cache_key(*v) for v in variants} | {key}) == 7
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"engine bytes")

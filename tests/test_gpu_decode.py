@@ -3,6 +3,7 @@ nvImageCodec (JPEG only, like nvJPEG, and it refuses what it cannot decode) and 
 the CPU. The real decoder runs in tests/gpu. What this shows: input order, the per-image CPU
 fallback for what the decoder refuses, every bad file reported by name, device-side resizing close
 to the CPU preprocessing."""
+
 from __future__ import annotations
 
 import cv2
@@ -41,15 +42,24 @@ def test_device_pipeline_order_fallback_errors(lite0_onnx, embedder, photos, tmp
     bad = make_broken_files(tmp_path / "bad", files[1])
     dec = CvJpegDecoder()
     gpu = Embedder(lite0_onnx, backend="torch", device="cpu", decode=dec)
-    srcs = [str(files[0]), str(bad["truncated"]), *map(str, files[1:]), str(bad["bomb"]), files[2].read_bytes(),
-            str(bad["dangling"]), np.asarray(cv2.imread(str(files[3]))[..., ::-1])]
+    srcs = [
+        str(files[0]),
+        str(bad["truncated"]),
+        *map(str, files[1:]),
+        str(bad["bomb"]),
+        files[2].read_bytes(),
+        str(bad["dangling"]),
+        np.asarray(cv2.imread(str(files[3]))[..., ::-1]),
+    ]
     res = gpu.embed_files(srcs, batch_size=4)
     ref = embedder.embed_files(srcs, batch_size=4)
     assert list(res.indices) == list(ref.indices) == [0] + list(range(2, 10)) + [11, 13]
     assert [(i, s) for i, s, _ in res.errors] == [(i, s) for i, s, _ in ref.errors]
     reasons = {s: r for _, s, r in res.errors}
     assert "decompression bomb" in reasons[str(bad["bomb"])] and "no such file" in reasons[str(bad["dangling"])]
-    assert dec.seen == 7  # the JPEG files and the JPEG bytes; PNGs, the truncated JPEG's header parse and the array did not go
+    assert (
+        dec.seen == 7
+    )  # the JPEG files and the JPEG bytes; PNGs, the truncated JPEG's header parse and the array did not go
     cos = np.sum(res.vectors * ref.vectors, axis=1)
     assert cos.min() >= 0.99, cos  # device-side resize vs OpenCV's INTER_AREA
     assert res.timings.images == 11 and res.timings.failed == 3

@@ -1,6 +1,7 @@
 """The HTTP API never answers 5xx to a bad request: Schemathesis generates requests from the app's own
 OpenAPI schema against a real uvicorn server on loopback (index with local features, so uploads are
 verified too), and the requests that used to give 500s or unbounded work are sent by hand."""
+
 from __future__ import annotations
 
 import io
@@ -15,13 +16,16 @@ from hypothesis.errors import Unsatisfiable
 from PIL import Image
 
 from cbir.index.gallery import Gallery
-
 from conftest import make_gallery
 from test_serve import Server
 
 schemathesis = pytest.importorskip("schemathesis")
-from schemathesis.checks import (content_type_conformance, not_a_server_error,  # noqa: E402
-                                 response_schema_conformance, status_code_conformance)
+from schemathesis.checks import (  # noqa: E402
+    content_type_conformance,
+    not_a_server_error,  # noqa: E402
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,9 @@ def no_server_error_but_a_missed_deadline(ctx, response, case):
     """``not_a_server_error``, except a 504 (with Retry-After) for a request that asked for a deadline
     (``deadline_ms``) shorter than its search takes: the answer the service promises for it."""
     if response.status_code == 504 and "deadline_ms" in (case.query or {}):
-        assert response.headers.get("retry-after") == ["1"] or response.headers.get("retry-after") == "1", response.headers
+        assert response.headers.get("retry-after") == ["1"] or response.headers.get("retry-after") == "1", (
+            response.headers
+        )
         assert "no answer within" in json.loads(response.content)["error"]
         return None
     return not_a_server_error(ctx, response, case)
@@ -51,11 +57,23 @@ def test_schemathesis_finds_no_server_error_and_no_schema_break(fuzz_server, mod
     (negative): no 5xx (but a 504 for a deadline shorter than the search), every status code and
     body as the schema declares."""
     schema = schemathesis.openapi.from_url(f"{fuzz_server[0]}/openapi.json")
-    checks = [no_server_error_but_a_missed_deadline, status_code_conformance, content_type_conformance, response_schema_conformance]
+    checks = [
+        no_server_error_but_a_missed_deadline,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
     operations = [r.ok() for r in schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
-        "POST /search", "GET /search", "POST /embed", "GET /items/{item_id}", "GET /thumbs/{item_id}", "GET /healthz"}
+        "POST /search",
+        "GET /search",
+        "POST /embed",
+        "GET /items/{item_id}",
+        "GET /thumbs/{item_id}",
+        "GET /healthz",
+    }
     for op in operations:
+
         @given(case=op.as_strategy(generation_mode=schemathesis.GenerationMode(mode)))
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def run(case):
@@ -79,6 +97,7 @@ def jpeg(photo, size=200, quality=90) -> bytes:
 def test_requests_that_used_to_give_500s(fuzz_server, photos):
     url, _ = fuzz_server
     with httpx.Client(base_url=url, timeout=60) as c:
+
         def check(r, want):
             assert r.status_code == want, (r.status_code, r.text)
             err = r.json()["error"]
@@ -95,10 +114,22 @@ def test_requests_that_used_to_give_500s(fuzz_server, photos):
         check(c.post("/search", content=data[: len(data) // 2]), 400)  # truncated upload, verification on
         nested = "[" * 100_000 + "]" * 100_000
         check(c.post("/search", content=nested, headers={"content-type": "application/json"}), 400)
-        check(c.post("/search", content=json.dumps({"embedding": [1e400] * 320}),
-                     headers={"content-type": "application/json"}), 400)
-        check(c.post("/search", content='{"embedding": [' + ",".join(["1" + "0" * 400] * 320) + "]}",
-                     headers={"content-type": "application/json"}), 400)
+        check(
+            c.post(
+                "/search",
+                content=json.dumps({"embedding": [1e400] * 320}),
+                headers={"content-type": "application/json"},
+            ),
+            400,
+        )
+        check(
+            c.post(
+                "/search",
+                content='{"embedding": [' + ",".join(["1" + "0" * 400] * 320) + "]}",
+                headers={"content-type": "application/json"},
+            ),
+            400,
+        )
         assert c.get("/healthz").json()["status"] == "ok"
 
 
@@ -112,8 +143,23 @@ def big_server(tmp_path_factory, lite0_onnx):
     x = np.random.default_rng(0).normal(size=(20_000, 320)).astype(np.float32)
     np.save(d / "v.npy", x)
     (d / "p.txt").write_text("".join(f"/data/img{i:06d}.jpg\n" for i in range(len(x))))
-    assert main(["index", "build", "--from-vectors", str(d / "v.npy"), "--paths", str(d / "p.txt"),
-                 "--model", str(lite0_onnx), "--index", str(d / "idx")]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--from-vectors",
+                str(d / "v.npy"),
+                "--paths",
+                str(d / "p.txt"),
+                "--model",
+                str(lite0_onnx),
+                "--index",
+                str(d / "idx"),
+            ]
+        )
+        == 0
+    )
     with Server(create_app(str(d / "idx"), max_heavy=1)) as url:
         yield url, x
 
@@ -127,13 +173,18 @@ def test_one_request_cannot_take_the_machine(big_server):
         r = c.get("/search", params={"id": 1, "shortlist": 10000, "shortlist_dba": 1000})
         assert r.status_code == 422 and "MiB" in r.json()["error"] and "shortlist=10000" in r.json()["error"]
         assert c.get("/search", params={"id": 1, "shortlist": 10000, "diffusion": 1000}).status_code == 422
-        assert c.post("/search", params={"shortlist": 10000, "shortlist_dba": 1000}, json={"embedding": vec}).status_code == 422
+        assert (
+            c.post("/search", params={"shortlist": 10000, "shortlist_dba": 1000}, json={"embedding": vec}).status_code
+            == 422
+        )
         # within the POST budget but over the GET one: refused on GET, answered on POST
         params = {"shortlist": 3000, "shortlist_dba": 50}
         assert c.get("/search", params={"id": 1, **params}).status_code == 422
         r = c.post("/search", params=params, json={"embedding": vec})
         assert r.status_code == 200 and r.json()["results"][0]["path"] == "/data/img000007.jpg"
-        assert c.get("/search", params={"id": 8}).json()["results"][0]["path"] == "/data/img000007.jpg"  # ids start at 1
+        assert (
+            c.get("/search", params={"id": 8}).json()["results"][0]["path"] == "/data/img000007.jpg"
+        )  # ids start at 1
         # heavy searches: one slot here (max_heavy=1); concurrent ones beyond it are turned away at once
         results: list[int] = []
         lock = threading.Lock()
@@ -142,8 +193,9 @@ def test_one_request_cannot_take_the_machine(big_server):
         def one():
             with httpx.Client(base_url=url, timeout=120) as cc:
                 start.wait()
-                code = cc.post("/search", params={"shortlist": 3500, "shortlist_dba": 100},
-                               json={"embedding": vec}).status_code
+                code = cc.post(
+                    "/search", params={"shortlist": 3500, "shortlist_dba": 100}, json={"embedding": vec}
+                ).status_code
             with lock:
                 results.append(code)
 

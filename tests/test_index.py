@@ -1,4 +1,5 @@
 """Gallery index round trips on real images with real FAISS and SQLite; kill -9 resume; refusals."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ import pytest
 from cbir.errors import CbirError
 from cbir.index.gallery import Gallery
 from cbir.index.storage.store import Store
-
 from conftest import make_broken_files, make_gallery
 
 
@@ -151,8 +151,26 @@ def test_kill_9_mid_shard_resumes_to_the_exact_set(lite0_onnx, photos, tmp_path)
             shutil.copy(f, dst)
     (g_dir / "broken.jpg").write_bytes(b"broken")
     idx = tmp_path / "idx"
-    cmd = [sys.executable, "-m", "cbir", "index", "build", str(g_dir), "--model", str(lite0_onnx), "--index", str(idx),
-           "--shard-size", "4", "--batch-size", "4", "--threads", "1", "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cbir",
+        "index",
+        "build",
+        str(g_dir),
+        "--model",
+        str(lite0_onnx),
+        "--index",
+        str(idx),
+        "--shard-size",
+        "4",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until at least one shard is done and the next is under way
@@ -192,7 +210,9 @@ def test_cli_round_trip_json(lite0_onnx, gallery_dir, tmp_path):
     q = sorted(gallery_dir.rglob("*.jpg"))[0]
     out = json.loads(cli("search", "--index", idx, "-k", "3", "--json", q).stdout)
     assert out[0]["query"] == str(q) and len(out[0]["results"]) == 3
-    assert set(out[0]["results"][0]) == {"path", "score", "id", "verified", "inliers", "by"} and out[0]["results"][0]["path"] == os.path.abspath(q)
+    assert set(out[0]["results"][0]) == {"path", "score", "id", "verified", "inliers", "by"} and out[0]["results"][0][
+        "path"
+    ] == os.path.abspath(q)
     out_qe = json.loads(cli("search", "--index", idx, "-k", "3", "--qe", "2", "--json", q).stdout)
     assert out_qe[0]["results"][0]["path"] == os.path.abspath(q)
     r = cli("search", "--index", tmp_path / "nope", q)
@@ -296,5 +316,7 @@ def test_concurrent_first_searches_with_qe(embedder, photos, tmp_path):
     for _ in range(3):
         g = Gallery(root)
         with ThreadPoolExecutor(8) as pool:
-            got = list(pool.map(lambda i: g.search_vectors(q[i : i + 1], k=5, rerank={"qe": 3, "qe_alpha": 0.0})[0], range(8)))
+            got = list(
+                pool.map(lambda i: g.search_vectors(q[i : i + 1], k=5, rerank={"qe": 3, "qe_alpha": 0.0})[0], range(8))
+            )
         assert [[h.id for h in r] for r in got] == [[h.id for h in r] for r in want]

@@ -1,13 +1,14 @@
 """Install flavours (issue 27): no flavour co-installs CPU and GPU wheels of one module, each GPU
 flavour sticks to one CUDA major, and `cbir doctor` names the wheels and refuses a mixed install."""
+
 from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from cbir import install
 

@@ -1,5 +1,6 @@
 """The index never drifts from its metadata: kill -9 at random points of add/remove, one writer at a
 time across processes, readers never blocked, and a running service sees new generations."""
+
 from __future__ import annotations
 
 import json
@@ -34,16 +35,37 @@ def built(lite0_onnx, tmp_path_factory):
     np.save(d / "v_more.npy", x)
     (d / "p.txt").write_text(paths_for(N))
     (d / "p_more.txt").write_text(paths_for(N + 3000))
-    assert main(["index", "build", "--from-vectors", str(d / "v.npy"), "--paths", str(d / "p.txt"),
-                 "--model", str(lite0_onnx), "--index", str(d / "idx"), "--factory", "IVF64,Flat",
-                 "--shard-size", "1000"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--from-vectors",
+                str(d / "v.npy"),
+                "--paths",
+                str(d / "p.txt"),
+                "--model",
+                str(lite0_onnx),
+                "--index",
+                str(d / "idx"),
+                "--factory",
+                "IVF64,Flat",
+                "--shard-size",
+                "1000",
+            ]
+        )
+        == 0
+    )
     return d
 
 
 def check_consistent(idx, label: str) -> int:
     g = Gallery(idx)
     c = g.consistency()  # opening the index reconciles it first
-    assert c["missing_from_faiss"] == [] and c["not_indexed_in_faiss"] == [], (label, {k: len(v) if isinstance(v, list) else v for k, v in c.items()})
+    assert c["missing_from_faiss"] == [] and c["not_indexed_in_faiss"] == [], (
+        label,
+        {k: len(v) if isinstance(v, list) else v for k, v in c.items()},
+    )
     assert c["generation"] == c["faiss_generation"], (label, c)
     removed = {r[0] for r in g.store.conn.execute("SELECT id FROM items WHERE state != 'indexed'")}
     q = np.random.default_rng(1).normal(size=(20, 320)).astype(np.float32)
@@ -66,25 +88,59 @@ def cli(*args, crash: str | None = None) -> subprocess.CompletedProcess:
 
 # (operation, crash point): the process kills itself with SIGKILL there (cbir.crashpoints) — the same
 # places on every machine, whatever its speed
-KILLS = [("add", "shard-written:1"), ("add", "shard-written:2"), ("add", "shard-committed:1"),
-         ("add", "shard-committed:3"), ("add", "faiss-written:1"), ("add", "config-written:1"),
-         ("add", "config-written:2"), ("remove", "removed-committed:1"), ("remove", "faiss-written:1"),
-         ("remove", "config-written:1"), ("tune", "config-written:1"), ("rebuild", "faiss-written:1")]
+KILLS = [
+    ("add", "shard-written:1"),
+    ("add", "shard-written:2"),
+    ("add", "shard-committed:1"),
+    ("add", "shard-committed:3"),
+    ("add", "faiss-written:1"),
+    ("add", "config-written:1"),
+    ("add", "config-written:2"),
+    ("remove", "removed-committed:1"),
+    ("remove", "faiss-written:1"),
+    ("remove", "config-written:1"),
+    ("tune", "config-written:1"),
+    ("rebuild", "faiss-written:1"),
+]
 
 
 def test_kill_9_at_named_points_then_a_takedown_never_resurrects(built, lite0_onnx, tmp_path):
     """Each operation is killed at a named point, a takedown (``index remove``) runs on what it left,
     then the operation runs again to the end: the copy opens consistent and no removed item is back."""
     ops = {
-        "add": ["index", "build", "--from-vectors", str(built / "v_more.npy"), "--paths", str(built / "p_more.txt"),
-                "--model", str(lite0_onnx), "--index", "{work}"],
+        "add": [
+            "index",
+            "build",
+            "--from-vectors",
+            str(built / "v_more.npy"),
+            "--paths",
+            str(built / "p_more.txt"),
+            "--model",
+            str(lite0_onnx),
+            "--index",
+            "{work}",
+        ],
         "remove": ["index", "remove", "{work}", "/data/part1"],
         "tune": ["index", "tune", "{work}", "--target-recall", "0.9"],
-        "rebuild": ["index", "build", "--from-vectors", str(built / "v.npy"), "--paths", str(built / "p.txt"),
-                    "--model", str(lite0_onnx), "--index", "{work}"],
+        "rebuild": [
+            "index",
+            "build",
+            "--from-vectors",
+            str(built / "v.npy"),
+            "--paths",
+            str(built / "p.txt"),
+            "--model",
+            str(lite0_onnx),
+            "--index",
+            "{work}",
+        ],
     }
-    takedown = {"add": ["/data/part6", "/data/part0/img000007.jpg"], "remove": ["/data/part2"],
-                "tune": ["/data/part3"], "rebuild": ["/data/part4"]}
+    takedown = {
+        "add": ["/data/part6", "/data/part0/img000007.jpg"],
+        "remove": ["/data/part2"],
+        "tune": ["/data/part3"],
+        "rebuild": ["/data/part4"],
+    }
     resurrected = killed = 0
     for i, (op, point) in enumerate(KILLS):
         work = tmp_path / f"{op}-{i}"
@@ -100,13 +156,18 @@ def test_kill_9_at_named_points_then_a_takedown_never_resurrects(built, lite0_on
         killed += 1
         gone = cli("index", "remove", str(work), *takedown[op])
         assert gone.returncode in (0, 2), gone.stderr  # 2: nothing of it registered yet (then nothing to take down)
-        removed_now = {row[0] for row in Gallery(work).store.conn.execute("SELECT path FROM items WHERE state = 'removed'")}
+        removed_now = {
+            row[0] for row in Gallery(work).store.conn.execute("SELECT path FROM items WHERE state = 'removed'")
+        }
         again = cli(*args)
         assert again.returncode in (0, 2), again.stderr  # remove: part1 may be gone already
         check_consistent(work, f"{op} killed at {point}")
         g = Gallery(work)
-        back = [p for p in removed_now if g.store.conn.execute(
-            "SELECT state FROM items WHERE path = ?", (p,)).fetchone()[0] != "removed"]
+        back = [
+            p
+            for p in removed_now
+            if g.store.conn.execute("SELECT state FROM items WHERE path = ?", (p,)).fetchone()[0] != "removed"
+        ]
         resurrected += len(back)
         g.close()
     assert killed == len(KILLS) >= 10 and resurrected == 0
@@ -128,8 +189,12 @@ def test_one_writer_at_a_time_and_readers_are_never_blocked(built, tmp_path):
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(CbirError, match=rf"another cbir process \(pid {holder.pid}\) is writing to it; .* --wait"):
             Gallery(idx).remove(["/data/part0"])
-        r = subprocess.run([sys.executable, "-m", "cbir", "index", "remove", str(idx), "/data/part0"],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "cbir", "index", "remove", str(idx), "/data/part0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--wait" in r.stderr
         reader = Gallery(idx)  # search works while the writer holds the lock
         assert len(reader.search_vectors(np.ones((1, 320), np.float32), k=5)[0]) == 5
@@ -155,6 +220,7 @@ def test_service_picks_up_a_new_generation(built, lite0_onnx, tmp_path):
     shutil.copytree(built / "idx", idx)
     x = np.load(built / "v_more.npy")
     with Server(create_app(str(idx))) as url, httpx.Client(base_url=url, timeout=60) as c:
+
         def top(i: int) -> str:
             r = c.post("/search", json={"embedding": x[i].tolist(), "k": 1})
             assert r.status_code == 200, r.text
@@ -162,9 +228,26 @@ def test_service_picks_up_a_new_generation(built, lite0_onnx, tmp_path):
 
         assert top(5) == "/data/part0/img000005.jpg"
         assert top(N + 10) != "/data/part6/img012010.jpg"  # not indexed yet
-        r = subprocess.run([sys.executable, "-m", "cbir", "index", "build", "--from-vectors", str(built / "v_more.npy"),
-                            "--paths", str(built / "p_more.txt"), "--model", str(lite0_onnx), "--index", str(idx)],
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cbir",
+                "index",
+                "build",
+                "--from-vectors",
+                str(built / "v_more.npy"),
+                "--paths",
+                str(built / "p_more.txt"),
+                "--model",
+                str(lite0_onnx),
+                "--index",
+                str(idx),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
         assert top(N + 10) == "/data/part6/img012010.jpg"  # the new index.faiss, no restart
         assert c.get("/healthz").json()["count"] == N + 3000

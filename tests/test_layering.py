@@ -4,6 +4,7 @@ from its own package or from a lower layer, and the inference path never imports
 Read from the source with ``ast`` (lazy imports inside functions count too), so a new upward import
 fails here before it becomes a cycle.
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,24 +17,55 @@ import cbir
 SRC = Path(cbir.__file__).parent
 # Longest prefix wins. Lower number = lower layer.
 LAYERS = {
-    "cbir.errors": 0, "cbir.modelinfo": 0, "cbir.vectors": 0, "cbir.fsio": 0, "cbir.cores": 0,
-    "cbir.walk": 0, "cbir.samples": 0, "cbir.sources": 0, "cbir.crashpoints": 0, "cbir.install": 0,
-    "cbir.deadline": 0, "cbir.memory": 0,
+    "cbir.errors": 0,
+    "cbir.modelinfo": 0,
+    "cbir.vectors": 0,
+    "cbir.fsio": 0,
+    "cbir.cores": 0,
+    "cbir.walk": 0,
+    "cbir.samples": 0,
+    "cbir.sources": 0,
+    "cbir.crashpoints": 0,
+    "cbir.install": 0,
+    "cbir.deadline": 0,
+    "cbir.memory": 0,
     "cbir.models": 1,
     "cbir.engine": 2,
-    "cbir.index": 3, "cbir.bench.metrics": 3, "cbir.bench.protocol": 3,
+    "cbir.index": 3,
+    "cbir.bench.metrics": 3,
+    "cbir.bench.protocol": 3,
     "cbir.bench.ranking": 4,
     "cbir.validate": 5,
-    "cbir.export": 6, "cbir.finetune": 6,
-    "cbir.bench": 7, "cbir.serve": 7, "cbir.doctor": 7, "cbir.cli": 8, "cbir.__main__": 9,
+    "cbir.export": 6,
+    "cbir.finetune": 6,
+    "cbir.bench": 7,
+    "cbir.serve": 7,
+    "cbir.doctor": 7,
+    "cbir.cli": 8,
+    "cbir.__main__": 9,
 }
-TORCH_FREE = ("cbir.sources", "cbir.engine", "cbir.index", "cbir.vectors", "cbir.modelinfo", "cbir.fsio", "cbir.walk",
-              "cbir.deadline", "cbir.memory",
-              "cbir.bench.metrics", "cbir.bench.protocol", "cbir.serve")
+TORCH_FREE = (
+    "cbir.sources",
+    "cbir.engine",
+    "cbir.index",
+    "cbir.vectors",
+    "cbir.modelinfo",
+    "cbir.fsio",
+    "cbir.walk",
+    "cbir.deadline",
+    "cbir.memory",
+    "cbir.bench.metrics",
+    "cbir.bench.protocol",
+    "cbir.serve",
+)
 # run_torch paths take torch tensors from the caller: torch is already there when they run
 TORCH_OK_FUNCTIONS = {"run_torch"}
 # the optional torch backend (lazily imported by the registry, never on the default path)
-TORCH_OK_MODULES = ("cbir.engine.backends.torch", "cbir.index.ann.torch_flat", "cbir.engine.gpu_decode")  # opt-in, lazily imported
+TORCH_OK_MODULES = (
+    "cbir.engine.backends.torch",
+    "cbir.index.ann.torch_flat",
+    "cbir.engine.gpu_decode",
+)  # opt-in, lazily imported
 
 
 def layer(module: str) -> tuple[str, int]:
@@ -82,16 +114,29 @@ def test_imports_point_one_way():
                 same_package = t_prefix.split(".")[:2] == own_prefix.split(".")[:2]
                 if t > own or (t == own and own > 0 and not same_package):  # layer 0: the core, one flat set
                     problems.append(f"{mod} (layer {own}) imports {target} (layer {t})")
-            if (target.split(".")[0] in ("torch", "timm", "torchvision") or target.startswith("cbir.models")) \
-                    and mod.startswith(TORCH_FREE) and func not in TORCH_OK_FUNCTIONS and mod not in TORCH_OK_MODULES:
+            if (
+                (target.split(".")[0] in ("torch", "timm", "torchvision") or target.startswith("cbir.models"))
+                and mod.startswith(TORCH_FREE)
+                and func not in TORCH_OK_FUNCTIONS
+                and mod not in TORCH_OK_MODULES
+            ):
                 problems.append(f"{mod} imports {target} in {func or 'module scope'}")
     assert not problems, "\n".join(problems)
 
 
 # Inside ``cbir.index`` the parts point one way too: storage < ann < query, snapshot < build, match_regions < check, dedup, gallery.
-INDEX_PARTS = {"cbir.index.storage": 0, "cbir.index.ann": 1, "cbir.index.query": 2, "cbir.index.build": 3,
-               "cbir.index.snapshot": 2, "cbir.index.match_regions": 3,
-               "cbir.index.check": 4, "cbir.index.dedup": 4, "cbir.index.gallery": 5, "cbir.index": 5}
+INDEX_PARTS = {
+    "cbir.index.storage": 0,
+    "cbir.index.ann": 1,
+    "cbir.index.query": 2,
+    "cbir.index.build": 3,
+    "cbir.index.snapshot": 2,
+    "cbir.index.match_regions": 3,
+    "cbir.index.check": 4,
+    "cbir.index.dedup": 4,
+    "cbir.index.gallery": 5,
+    "cbir.index": 5,
+}
 
 
 def index_part(module: str) -> int:
@@ -116,12 +161,14 @@ def test_index_parts_point_one_way_and_nothing_imports_in_a_circle():
             target = target.rpartition(".")[0]
         return target or None
 
-    edges = {m: {r for t in ts if (r := resolve(t)) and r != m and not m.startswith(r + ".")} for m, ts in graph.items()}
+    edges = {
+        m: {r for t in ts if (r := resolve(t)) and r != m and not m.startswith(r + ".")} for m, ts in graph.items()
+    }
     seen, stack, cycles = set(), [], []
 
     def visit(m: str) -> None:
         if m in stack:
-            cycles.append(stack[stack.index(m):] + [m])
+            cycles.append(stack[stack.index(m) :] + [m])
             return
         if m in seen:
             return
@@ -148,9 +195,9 @@ class Block:
 sys.meta_path.insert(0, Block())
 from cbir.index.gallery import Gallery
 from cbir.engine.embedder import Embedder
-g = Gallery.create({str(tmp_path / 'idx')!r}, Embedder({str(lite0_onnx)!r}))
+g = Gallery.create({str(tmp_path / "idx")!r}, Embedder({str(lite0_onnx)!r}))
 g.build([{str(gallery_dir)!r}])
-print(len(g.search([{str(next(gallery_dir.rglob('*.jpg')))!r}], k=3)[0]['results']))
+print(len(g.search([{str(next(gallery_dir.rglob("*.jpg")))!r}], k=3)[0]['results']))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

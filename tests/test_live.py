@@ -1,6 +1,7 @@
 """A live gallery: searches while the index is written — one snapshot per search, the vote index
 kept in step, a deadline for the whole request, an error boundary per stage, `index check` on
 galleries with byte-identical files, and a short `cbir bench live` soak."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,6 @@ from cbir.deadline import Deadline
 from cbir.engine import local_features as lf
 from cbir.index.gallery import Gallery
 from cbir.index.query import cascade, votes
-
 from conftest import make_gallery
 
 
@@ -159,7 +159,10 @@ def test_check_passes_byte_identical_files_and_still_finds_shifted_ids(lite0_onn
 
     files = make_gallery(tmp_path / "g" / "a", photos, 10)
     single = tmp_path / "single"  # no copies: the damage the check was built for
-    assert cli("index", "build", str(tmp_path / "g" / "a"), "--model", str(lite0_onnx), "--index", str(single)).returncode == 0
+    assert (
+        cli("index", "build", str(tmp_path / "g" / "a"), "--model", str(lite0_onnx), "--index", str(single)).returncode
+        == 0
+    )
     shift_ids(single)
     r = cli("index", "check", str(single))
     assert r.returncode == 1 and "ids point at other vectors" in r.stdout, r.stdout
@@ -221,16 +224,26 @@ def varied_gallery(tmp_path_factory, lite0_onnx, photos):
             cw, ch = int(w * rng.uniform(0.3, 1)), int(h * rng.uniform(0.3, 1))
             x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
             img = img.crop((x, y, x + cw, y + ch))
-            img = [img, ImageOps.mirror(img), ImageOps.flip(img), ImageOps.grayscale(img).convert("RGB"),
-                   img.filter(ImageFilter.GaussianBlur(3)), Image.blend(img, Image.new("RGB", img.size, (200, 40, 40)), 0.4),
-                   ImageOps.posterize(img, 3)][kind]
+            img = [
+                img,
+                ImageOps.mirror(img),
+                ImageOps.flip(img),
+                ImageOps.grayscale(img).convert("RGB"),
+                img.filter(ImageFilter.GaussianBlur(3)),
+                Image.blend(img, Image.new("RGB", img.size, (200, 40, 40)), 0.4),
+                ImageOps.posterize(img, 3),
+            ][kind]
         elif kind == 7:
-            img = Image.new("RGB", (int(rng.integers(48, 240)), int(rng.integers(48, 240))), tuple(rng.integers(0, 256, 3).tolist()))
+            img = Image.new(
+                "RGB", (int(rng.integers(48, 240)), int(rng.integers(48, 240))), tuple(rng.integers(0, 256, 3).tolist())
+            )
         elif kind == 8:
             a = (np.arange(160)[:, None] // int(rng.integers(2, 20)) % 2 * 255).astype(np.uint8)
             img = Image.fromarray(np.repeat(a, 160, 1)).convert("RGB")
         else:
-            img = Image.fromarray(rng.integers(0, 256, (int(rng.integers(48, 200)), int(rng.integers(48, 200)), 3), dtype=np.uint8))
+            img = Image.fromarray(
+                rng.integers(0, 256, (int(rng.integers(48, 200)), int(rng.integers(48, 200)), 3), dtype=np.uint8)
+            )
         img.thumbnail((240, 240))
         img.save(sub / f"{i:05d}.jpg", quality=85)
     g = Gallery.create(root / "idx", Embedder(lite0_onnx))
@@ -249,7 +262,9 @@ def blurred_camera() -> bytes:
     return buf.getvalue()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(data=odd_image(), treat=st.sampled_from(["as is", "blur", "flat", "tiny", "noise", "upside down"]))
 @example(data=blurred_camera(), treat="as is")
 def test_the_whole_cascade_takes_any_image_against_a_varied_gallery(varied_gallery, data, treat):
@@ -268,7 +283,13 @@ def test_the_whole_cascade_takes_any_image_against_a_varied_gallery(varied_galle
     elif treat == "tiny":
         img = img.resize((max(1, img.width // 50), max(1, img.height // 50)))
     elif treat == "noise":
-        img = Image.fromarray(np.clip(np.asarray(img, np.int16) + np.random.default_rng(0).integers(-60, 60, (img.height, img.width, 3)), 0, 255).astype(np.uint8))
+        img = Image.fromarray(
+            np.clip(
+                np.asarray(img, np.int16) + np.random.default_rng(0).integers(-60, 60, (img.height, img.width, 3)),
+                0,
+                255,
+            ).astype(np.uint8)
+        )
     elif treat == "upside down":
         img = ImageOps.flip(img)
     with tempfile.NamedTemporaryFile(suffix=".png") as f:
@@ -287,9 +308,20 @@ def test_bench_live_short_soak(lite0_onnx, photos, tmp_path):
     make_gallery(tmp_path / "data" / "base", photos[:8])
     for name, part in (("c1", photos[8:12]), ("c2", photos[12:16])):
         make_gallery(tmp_path / "data" / name, part)
-    cfg = LiveConfig(lite0_onnx, [tmp_path / "data" / "base"], [tmp_path / "data" / "c1", tmp_path / "data" / "c2"],
-                     sorted((tmp_path / "data").rglob("*.jpg")), tmp_path / "work", idle_s=8, writing_s=40, after_s=8,
-                     readers=2, k=5, kill_every=2, kill_after=(0.5, 2.0))
+    cfg = LiveConfig(
+        lite0_onnx,
+        [tmp_path / "data" / "base"],
+        [tmp_path / "data" / "c1", tmp_path / "data" / "c2"],
+        sorted((tmp_path / "data").rglob("*.jpg")),
+        tmp_path / "work",
+        idle_s=8,
+        writing_s=40,
+        after_s=8,
+        readers=2,
+        k=5,
+        kill_every=2,
+        kill_after=(0.5, 2.0),
+    )
     r = main_live(cfg, tmp_path / "live.json", None)
     w = r["writer"]
     assert w["adds"] >= 2 and w["removes"] >= 2 and w["failed"] == 0, w["log"]

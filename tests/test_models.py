@@ -1,4 +1,5 @@
 """Trunks: dims for every arch × block, weight loading, checkpoint errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,12 @@ from cbir.models.archs import ARCHS, get_arch
 from cbir.models.trunk import build_trunk
 
 EXPECTED = {  # DESIGN.md §2
-    "b0": (224, 192, 320), "b1": (240, 192, 320), "b2": (260, 208, 352),
-    "b3": (300, 232, 384), "b4": (380, 272, 448), "b5": (456, 304, 512),
+    "b0": (224, 192, 320),
+    "b1": (240, 192, 320),
+    "b2": (260, 208, 352),
+    "b3": (300, 232, 384),
+    "b4": (380, 272, 448),
+    "b5": (456, 304, 512),
 }
 
 

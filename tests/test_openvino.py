@@ -1,5 +1,6 @@
 """OpenVINO CPU backend: the same ONNX file, FP32 and BF16 runs, INT8 via `cbir quantize` under the
 reduced-precision gate, and the measured batch size."""
+
 from __future__ import annotations
 
 import json

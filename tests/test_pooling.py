@@ -1,4 +1,5 @@
 """Each pooling head against an independent NumPy implementation of its formula (DESIGN.md §3)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Decoding every format and mode to RGB, EXIF orientation, alpha, resize policies, refusals."""
+
 from __future__ import annotations
 
 import io
@@ -93,8 +94,12 @@ def test_one_policy_for_every_kind_of_input(photos, tmp_path, resampling, fmt, s
     photo(photos).resize(size).save(src, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     pp = Preprocess((64, 64), resampling=resampling)
     pil = Image.open(src)
-    rows = {"path": pp(src), "bytes": pp(src.read_bytes()), "pil": pp(pil),
-            "array": pp(np.asarray(Image.open(src).convert("RGB")))}
+    rows = {
+        "path": pp(src),
+        "bytes": pp(src.read_bytes()),
+        "pil": pp(pil),
+        "array": pp(np.asarray(Image.open(src).convert("RGB"))),
+    }
     np.testing.assert_array_equal(rows["path"], rows["bytes"])
     np.testing.assert_array_equal(rows["pil"], rows["array"])
     diff = np.abs(rows["path"].astype(int) - rows["array"].astype(int))

@@ -1,6 +1,7 @@
 """Regional descriptors and regional re-ranking: the window pooling against NumPy loops, the
 re-scoring against the formula on a hand-made gallery, and a real ``--regions`` model through
 export (ONNX Runtime vs an independent pooling of the trunk's feature map), an index and a search."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ from cbir.errors import CbirError
 from cbir.index.gallery import Gallery
 from cbir.index.query.rerank import Rerank, regional_scores, rerank
 from cbir.models import functional as F
-
 from conftest import make_gallery
 
 
@@ -161,6 +161,8 @@ def test_regional_search_through_an_index(lite0_regions_onnx, embedder, photos, 
             r = c.post("/search", params={"k": 1, "regional": 10}, content=crop.read_bytes())
             assert r.status_code == want
             if want == 200:
-                assert r.json()["rerank"]["regional"] == 10 and r.json()["results"][0]["path"] == os.path.abspath(files[4])
+                assert r.json()["rerank"]["regional"] == 10 and r.json()["results"][0]["path"] == os.path.abspath(
+                    files[4]
+                )
             else:
                 assert "--regions" in r.json()["error"] and "\n" not in r.json()["error"]

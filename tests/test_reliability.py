@@ -2,6 +2,7 @@
 and left as they were, a failed first build removes only what it made (also when two start at once),
 odd-but-valid images go through build, add, search, serve and dedup, removed items stay removed, and
 a writer that waited for the lock never writes back settings another writer changed."""
+
 from __future__ import annotations
 
 import io
@@ -17,15 +18,19 @@ from PIL import Image
 
 from cbir.cli import main
 from cbir.index.gallery import Gallery
-
 from conftest import make_gallery
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "cbir", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "cbir", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -33,6 +38,7 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 # -- 1. a command deletes only what it created -------------------------------------------------------
+
 
 def test_a_folder_that_is_not_an_index_is_refused_and_left_intact(lite0_onnx, gallery_dir, tmp_path):
     proj = tmp_path / "proj"
@@ -44,8 +50,10 @@ def test_a_folder_that_is_not_an_index_is_refused_and_left_intact(lite0_onnx, ga
         r = run_cli("index", "build", str(gallery_dir), "--model", str(proj / "m.onnx"), "--index", str(proj), *extra)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert tree(proj) == before
-    assert "not a cbir index" in run_cli("index", "build", str(gallery_dir), "--model", str(proj / "m.onnx"),
-                                         "--index", str(proj)).stderr
+    assert (
+        "not a cbir index"
+        in run_cli("index", "build", str(gallery_dir), "--model", str(proj / "m.onnx"), "--index", str(proj)).stderr
+    )
     from cbir.index.storage.config import foreign_entries, is_own_name
 
     hidden = tmp_path / "hidden"  # names that look like cbir's temporary files but are not
@@ -53,8 +61,16 @@ def test_a_folder_that_is_not_an_index_is_refused_and_left_intact(lite0_onnx, ga
     for name in (".settings.json", ".notes.tmp", ".index.json.backup", "ivflists-mine.bin"):
         (hidden / name).write_text("mine")
     assert foreign_entries(hidden) == sorted(p.name for p in hidden.iterdir())
-    assert all(is_own_name(n) for n in (".index.json.1234.tmp", "ivflists-0123456789ab.bin", ".blocks-0123abcd",
-                                        ".tune-queries.npy.77.npy", "meta.sqlite-wal"))
+    assert all(
+        is_own_name(n)
+        for n in (
+            ".index.json.1234.tmp",
+            "ivflists-0123456789ab.bin",
+            ".blocks-0123abcd",
+            ".tune-queries.npy.77.npy",
+            "meta.sqlite-wal",
+        )
+    )
 
 
 def test_a_failed_first_build_removes_only_what_it_made(lite0_onnx, gallery_dir, tmp_path):
@@ -83,12 +99,42 @@ def test_two_first_builds_at_once_lose_nothing(lite0_onnx, gallery_dir, tmp_path
     pq.write_table(pa.table({"a": [1]}), bad)
     for i in range(3):
         idx = tmp_path / f"idx{i}"
-        good = subprocess.Popen([sys.executable, "-m", "cbir", "index", "build", str(gallery_dir), "--model",
-                                 str(lite0_onnx), "--index", str(idx), "--wait"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        failing = subprocess.Popen([sys.executable, "-m", "cbir", "index", "build", str(bad), "--model",
-                                    str(lite0_onnx), "--index", str(idx), "--wait"], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+        good = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cbir",
+                "index",
+                "build",
+                str(gallery_dir),
+                "--model",
+                str(lite0_onnx),
+                "--index",
+                str(idx),
+                "--wait",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        failing = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cbir",
+                "index",
+                "build",
+                str(bad),
+                "--model",
+                str(lite0_onnx),
+                "--index",
+                str(idx),
+                "--wait",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         out_good, err_good = good.communicate(timeout=600)
         _, err_bad = failing.communicate(timeout=600)
         assert good.returncode == 0, err_good
@@ -100,6 +146,7 @@ def test_two_first_builds_at_once_lose_nothing(lite0_onnx, gallery_dir, tmp_path
 
 
 # -- 2. odd-but-valid images never stop a job ---------------------------------------------------------
+
 
 def odd_images(root: Path, photo: Path) -> dict[str, Path]:
     """Valid images of every awkward shape and mode (all decodable; none may fail or crash a job)."""
@@ -160,6 +207,7 @@ def test_odd_but_valid_images_through_build_add_search_serve_and_dedup(lite0_onn
     r = run_cli("index", "add", str(idx), str(tmp_path / "again"), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["failed"] == [] and json.loads(r.stdout)["count"] == 2 * len(odd) + 6
+
     # every odd image as a query finds itself or its copy first (plain k-NN: they are all one photo, so the
     # class re-ranking may put another version of it first)
     def finds_itself(name: str, results: list[dict]) -> bool:  # (some odd images share their pixels: ties)
@@ -184,6 +232,7 @@ def test_odd_but_valid_images_through_build_add_search_serve_and_dedup(lite0_onn
 
 
 # -- 3. removed stays removed ------------------------------------------------------------------------
+
 
 def test_removed_items_stay_removed_across_pending_and_adopted_shards(embedder, photos, tmp_path):
     """An add killed with a pending shard (and, second round, with that shard's output written but not
@@ -215,6 +264,7 @@ def test_removed_items_stay_removed_across_pending_and_adopted_shards(embedder, 
 
 
 # -- 4. settings: re-read under the lock -----------------------------------------------------------
+
 
 def test_a_waiting_writer_does_not_write_back_old_settings(embedder, photos, tmp_path):
     from cbir.index.gallery import INDEX_JSON
@@ -265,15 +315,24 @@ def test_serve_sees_two_writes_within_one_mtime_and_retries_a_failed_load(embedd
 
 # -- 9. check and repair -------------------------------------------------------------------------------
 
+
 def test_check_finds_damage_and_repair_recovers_or_reports_it(lite0_onnx, photos, tmp_path):
     make_gallery(tmp_path / "g", photos, 12)
     idx = tmp_path / "idx"
-    assert run_cli("index", "build", str(tmp_path / "g"), "--model", str(lite0_onnx), "--index", str(idx),
-                   "--shard-size", "4").returncode == 0
+    assert (
+        run_cli(
+            "index", "build", str(tmp_path / "g"), "--model", str(lite0_onnx), "--index", str(idx), "--shard-size", "4"
+        ).returncode
+        == 0
+    )
     r = run_cli("index", "check", str(idx), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout
-    before = {h["path"] for h in json.loads(run_cli("search", "--index", str(idx), "-k", "12", "--rerank", "none",
-                                                    "--json", str(photos[0])).stdout)[0]["results"]}
+    before = {
+        h["path"]
+        for h in json.loads(
+            run_cli("search", "--index", str(idx), "-k", "12", "--rerank", "none", "--json", str(photos[0])).stdout
+        )[0]["results"]
+    }
     shards = sorted((idx / "shards").glob("shard-*.npz"))
     shards[1].write_bytes(shards[1].read_bytes()[:100])  # a torn vector file
     (idx / "shards" / shards[2].name.replace(".npz", ".orb.npy")).write_bytes(b"junk")  # damaged local features
@@ -289,16 +348,35 @@ def test_check_finds_damage_and_repair_recovers_or_reports_it(lite0_onnx, photos
     rep = json.loads(r.stdout)
     assert rep["ok"] and rep["recovered"] == 4 and rep["lost"] == [] and rep["problems_left"] == []
     assert run_cli("index", "check", str(idx)).returncode == 0
-    after = {h["path"] for h in json.loads(run_cli("search", "--index", str(idx), "-k", "12", "--rerank", "none",
-                                                   "--json", str(photos[0])).stdout)[0]["results"]}
+    after = {
+        h["path"]
+        for h in json.loads(
+            run_cli("search", "--index", str(idx), "-k", "12", "--rerank", "none", "--json", str(photos[0])).stdout
+        )[0]["results"]
+    }
     assert after == before
     # an index built from vectors cannot embed a lost shard again: its items are reported lost, not dropped
     x = np.random.default_rng(0).normal(size=(30, 320)).astype(np.float32)
     np.save(tmp_path / "v.npy", x)
     (tmp_path / "p.txt").write_text("".join(f"/v/{i}\n" for i in range(30)))
     vidx = tmp_path / "vidx"
-    assert main(["index", "build", "--from-vectors", str(tmp_path / "v.npy"), "--paths", str(tmp_path / "p.txt"),
-                 "--index", str(vidx), "--shard-size", "10"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--from-vectors",
+                str(tmp_path / "v.npy"),
+                "--paths",
+                str(tmp_path / "p.txt"),
+                "--index",
+                str(vidx),
+                "--shard-size",
+                "10",
+            ]
+        )
+        == 0
+    )
     sorted((vidx / "shards").glob("shard-*.npz"))[0].unlink()
     rep = json.loads(run_cli("index", "repair", str(vidx), "--json").stdout)
     assert rep["ok"] and len(rep["lost"]) == 10 and rep["lost"][0]["path"] == "/v/0"
@@ -311,9 +389,14 @@ def test_check_finds_damage_and_repair_recovers_or_reports_it(lite0_onnx, photos
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-FORMATS = {"PNG": ("1", "L", "P", "RGB", "RGBA", "LA", "I;16"), "JPEG": ("L", "RGB", "CMYK"),
-           "WEBP": ("RGB", "RGBA"), "BMP": ("1", "L", "P", "RGB"), "TIFF": ("1", "L", "P", "RGB", "RGBA", "I;16", "I", "F", "CMYK"),
-           "GIF": ("L", "P")}
+FORMATS = {
+    "PNG": ("1", "L", "P", "RGB", "RGBA", "LA", "I;16"),
+    "JPEG": ("L", "RGB", "CMYK"),
+    "WEBP": ("RGB", "RGBA"),
+    "BMP": ("1", "L", "P", "RGB"),
+    "TIFF": ("1", "L", "P", "RGB", "RGBA", "I;16", "I", "F", "CMYK"),
+    "GIF": ("L", "P"),
+}
 
 
 @st.composite
@@ -323,8 +406,11 @@ def odd_image(draw) -> bytes:
     mode = draw(st.sampled_from(FORMATS[fmt]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     if mode in ("I;16", "I"):
-        img = Image.fromarray(rng.integers(0, 65535, (h, w)).astype(np.uint16)).convert(mode) if mode == "I" else \
-            Image.fromarray(rng.integers(0, 65535, (h, w)).astype(np.uint16))
+        img = (
+            Image.fromarray(rng.integers(0, 65535, (h, w)).astype(np.uint16)).convert(mode)
+            if mode == "I"
+            else Image.fromarray(rng.integers(0, 65535, (h, w)).astype(np.uint16))
+        )
     elif mode == "F":
         img = Image.fromarray(rng.random((h, w)).astype(np.float32) * draw(st.sampled_from([1.0, 255.0, 70000.0])))
     else:
@@ -366,7 +452,12 @@ def test_windows_and_layout_boxes_take_any_valid_image(data):
     except ImageError as e:
         assert "odd" in str(e) and min(Image.open(io.BytesIO(data)).size) < 8, e
         return
-    assert len(w.crops) == len(w.features) == len(w.boxes) in (len(local_features.WINDOWS), len(local_features.WINDOWS) + 1)
+    assert (
+        len(w.crops)
+        == len(w.features)
+        == len(w.boxes)
+        in (len(local_features.WINDOWS), len(local_features.WINDOWS) + 1)
+    )
     for x0, y0, x1, y1 in w.boxes:
         assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
     if len(w.boxes) > len(local_features.WINDOWS):

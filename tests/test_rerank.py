@@ -1,5 +1,6 @@
 """Re-ranking stages against independent NumPy formulas on small hand-made galleries; ORB + RANSAC
 verification against known OpenCV warps; verification, features and dedup through a real index."""
+
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,6 @@ from cbir.index.ann import faiss_index
 from cbir.index.gallery import Gallery
 from cbir.index.query.rerank import Rerank, conjugate_gradient, diffusion, rerank, resolve, shortlist_dba
 from cbir.index.query.search import search
-
 from conftest import make_gallery
 
 
@@ -148,7 +148,9 @@ def test_orb_ransac_recovers_a_known_warp(photos, tmp_path):
 def edited_copy(src, dst):
     img = Image.open(src).convert("RGB")
     w, h = img.size
-    img.crop((int(w * 0.2), int(h * 0.15), int(w * 0.85), int(h * 0.8))).rotate(8, expand=True, fillcolor=(255, 255, 255)).save(dst, quality=60)
+    img.crop((int(w * 0.2), int(h * 0.15), int(w * 0.85), int(h * 0.8))).rotate(
+        8, expand=True, fillcolor=(255, 255, 255)
+    ).save(dst, quality=60)
 
 
 def test_copy_is_verified_first_and_features_are_resumable(verified_index, tmp_path):
@@ -225,8 +227,14 @@ def test_dedup_finds_exact_and_near_groups(tmp_path, embedder, photos, capsys):
     assert main(["dedup", str(tmp_path / "idx"), "--json", "--csv", str(out_csv)]) == 0
     groups = json.loads(capsys.readouterr().out)["groups"]
     as_sets = {(grp["kind"], frozenset(grp["paths"])) for grp in groups}
-    assert ("exact", frozenset({os.path.abspath(files[1]), str((tmp_path / "g" / "exact_copy.jpg").resolve())})) in as_sets
-    assert ("near", frozenset({os.path.abspath(files[2]), str((tmp_path / "g" / "edited_copy.jpg").resolve())})) in as_sets
+    assert (
+        "exact",
+        frozenset({os.path.abspath(files[1]), str((tmp_path / "g" / "exact_copy.jpg").resolve())}),
+    ) in as_sets
+    assert (
+        "near",
+        frozenset({os.path.abspath(files[2]), str((tmp_path / "g" / "edited_copy.jpg").resolve())}),
+    ) in as_sets
     # and scikit-image's stereo pair, motorcycle_left/right: the same scene, rightly a near group
     assert ("near", frozenset({os.path.abspath(files[4]), os.path.abspath(files[5])})) in as_sets
     assert len(groups) == 3
@@ -245,11 +253,31 @@ def test_bench_copies_and_copy_detection(lite0_onnx, photos, tmp_path, capsys):
 
     data = tmp_path / "data"
     make_gallery(data, photos, 10)
-    assert main(["bench", "copies", str(data), str(tmp_path / "copies"), "-n", "4", "--edits", "crop,jpeg,caption"]) == 0
+    assert (
+        main(["bench", "copies", str(data), str(tmp_path / "copies"), "-n", "4", "--edits", "crop,jpeg,caption"]) == 0
+    )
     capsys.readouterr()
     assert len(list((tmp_path / "copies").rglob("*.jpg"))) == 12
-    assert main(["bench", "accuracy", "--model", str(lite0_onnx), "--data", str(data), "--queries", "all",
-                 "--copies", str(tmp_path / "copies"), "--rerank-axis", "base,aqe,verify,default", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "accuracy",
+                "--model",
+                str(lite0_onnx),
+                "--data",
+                str(data),
+                "--queries",
+                "all",
+                "--copies",
+                str(tmp_path / "copies"),
+                "--rerank-axis",
+                "base,aqe,verify,default",
+                "--json",
+            ]
+        )
+        == 0
+    )
     r = json.loads(capsys.readouterr().out)
     assert set(r["axis"]) == {"base", "aqe", "verify", "default"}
     assert r["axis"]["verify"]["copies"]["rank1"] == 1.0  # each copy's original verified first

@@ -1,5 +1,6 @@
 """Galleries beyond the photo folder: existing vectors in, the auto index choice tuned to a recall
 target, per-call search knobs, and one-line refusals that write nothing."""
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,27 @@ def test_from_vectors_auto_is_tuned_and_search_uses_it(lite0_onnx, vectors_30k, 
 
     d, x = vectors_30k
     idx = tmp_path / "idx"
-    rc = main(["index", "build", "--from-vectors", str(d), "--paths", str(d / "paths.txt"), "--model", str(lite0_onnx),
-               "--index", str(idx), "--factory", "auto", "--target-recall", "0.9", "--shard-size", "4096", "--json"])
+    rc = main(
+        [
+            "index",
+            "build",
+            "--from-vectors",
+            str(d),
+            "--paths",
+            str(d / "paths.txt"),
+            "--model",
+            str(lite0_onnx),
+            "--index",
+            str(idx),
+            "--factory",
+            "auto",
+            "--target-recall",
+            "0.9",
+            "--shard-size",
+            "4096",
+            "--json",
+        ]
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["count"] == 30_000 and report["failed"] == []
@@ -107,9 +127,13 @@ def test_bad_vector_inputs_are_refused_and_write_nothing(lite0_onnx, vectors_30k
     assert "2 paths for 30000 vectors" in run_refused(base + ["--from-vectors", str(d), "--paths", str(short)], capsys)
     np.save(tmp_path / "small.npy", x[:2, :16])
     assert "16-d vectors, the model gives 320-d" in run_refused(
-        base + ["--from-vectors", str(tmp_path / "small.npy"), "--paths", str(short)], capsys)
+        base + ["--from-vectors", str(tmp_path / "small.npy"), "--paths", str(short)], capsys
+    )
     assert "too small for any index" in run_refused(
-        base + ["--from-vectors", str(d), "--paths", str(d / "paths.txt"), "--factory", "auto", "--memory-budget", "1MB"], capsys)
+        base
+        + ["--from-vectors", str(d), "--paths", str(d / "paths.txt"), "--factory", "auto", "--memory-budget", "1MB"],
+        capsys,
+    )
     assert "give IMAGES_DIR or --from-vectors" in run_refused(base, capsys)
     assert not idx.exists()
 
@@ -122,7 +146,11 @@ def test_unreachable_recall_target_is_refused():
     index, _ = faiss_index.build(x, np.arange(3000), "IVF16,PQ4x4")
     q = clustered(3000, 32, draw_seed=3)[:100]
     truth = exact(x, q, 10)
-    with pytest.raises(CbirError, match=r"--target-recall 0.999: not reachable with this index and these queries \(best recall@10 0\.\d+ at nprobe \d+\); .*nothing was changed"):
+    with pytest.raises(
+        CbirError,
+        match=r"--target-recall 0.999: not reachable with this index and these queries "
+        r"\(best recall@10 0\.\d+ at nprobe \d+\); .*nothing was changed",
+    ):
         tuning.tune(index, q, truth, 0.999)
     ok = tuning.tune(index, q, truth, 0.1)
     assert ok["recall"] >= 0.1 and [t["nprobe"] for t in ok["tried"]] == [1, 2, 4, 8, 16][: len(ok["tried"])]
@@ -132,8 +160,27 @@ def test_unreachable_recall_target_is_refused():
 def test_tune_cli_refuses_a_speed_limit_it_cannot_meet(lite0_onnx, vectors_30k, tmp_path, capsys):
     d, _ = vectors_30k
     idx = tmp_path / "idx"
-    assert main(["index", "build", "--from-vectors", str(d), "--paths", str(d / "paths.txt"), "--model", str(lite0_onnx),
-                 "--index", str(idx), "--factory", "IVF256,Flat", "--shard-size", "8192"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--from-vectors",
+                str(d),
+                "--paths",
+                str(d / "paths.txt"),
+                "--model",
+                str(lite0_onnx),
+                "--index",
+                str(idx),
+                "--factory",
+                "IVF256,Flat",
+                "--shard-size",
+                "8192",
+            ]
+        )
+        == 0
+    )
     before = (idx / "index.json").read_text()
     err = run_refused(["index", "tune", str(idx), "--target-recall", "0.9", "--max-ms-per-query", "0.000001"], capsys)
     assert "over --max-ms-per-query 1e-06" in err and (idx / "index.json").read_text() == before
@@ -146,25 +193,68 @@ def test_vectors_only_index_answers_vectors_and_refuses_images(vectors_30k, phot
 
     d, x = vectors_30k
     idx = tmp_path / "idx"
-    assert main(["index", "build", "--from-vectors", str(d / "part-0.npy"), "--paths", str(tmp_path / "p.txt"),
-                 "--index", str(idx)]) == 2  # no paths file yet: refused
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--from-vectors",
+                str(d / "part-0.npy"),
+                "--paths",
+                str(tmp_path / "p.txt"),
+                "--index",
+                str(idx),
+            ]
+        )
+        == 2
+    )  # no paths file yet: refused
     (tmp_path / "p.txt").write_text("".join(f"/v/{i}\n" for i in range(20_000)))
-    assert main(["index", "build", "--from-vectors", str(d / "part-0.npy"), "--paths", str(tmp_path / "p.txt"),
-                 "--index", str(idx), "--json"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--from-vectors",
+                str(d / "part-0.npy"),
+                "--paths",
+                str(tmp_path / "p.txt"),
+                "--index",
+                str(idx),
+                "--json",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     g = Gallery(idx)
     assert g.config["model"]["arch"] == "vectors-only" and g.config["index_factory"] == "Flat"
     assert g.search_vectors(x[123:124], k=1)[0][0].path == "/v/123"
     t = g.tune(0.95)  # exact search: nothing to tune, recall and speed are still measured
-    assert t["recall_at_10"] == 1.0 and t["held_out_queries"] > 400 and t["ms_per_query"] > 0 and g.config["search"] == {}
+    assert (
+        t["recall_at_10"] == 1.0 and t["held_out_queries"] > 400 and t["ms_per_query"] > 0 and g.config["search"] == {}
+    )
     with pytest.raises(CbirError, match="built from vectors without a model; it answers vector queries only"):
         g.search([str(photos[0])])
 
 
 def test_image_build_with_too_small_a_budget_leaves_nothing(lite0_onnx, gallery_dir, tmp_path, capsys):
     idx = tmp_path / "idx"
-    err = run_refused(["index", "build", str(gallery_dir), "--model", str(lite0_onnx), "--index", str(idx),
-                       "--factory", "auto", "--memory-budget", "1KB"], capsys)
+    err = run_refused(
+        [
+            "index",
+            "build",
+            str(gallery_dir),
+            "--model",
+            str(lite0_onnx),
+            "--index",
+            str(idx),
+            "--factory",
+            "auto",
+            "--memory-budget",
+            "1KB",
+        ],
+        capsys,
+    )
     assert "--memory-budget 0 MiB: too small for any index of 10 × 320-d vectors" in err and not idx.exists()
 
 
@@ -173,8 +263,18 @@ def test_on_disk_lists_equal_the_in_ram_index(vectors_30k, tmp_path, capsys):
     from cbir.index.gallery import Gallery
 
     d, x = vectors_30k
-    common = ["index", "build", "--from-vectors", str(d), "--paths", str(d / "paths.txt"), "--factory", "IVF128,Flat",
-              "--shard-size", "7000"]
+    common = [
+        "index",
+        "build",
+        "--from-vectors",
+        str(d),
+        "--paths",
+        str(d / "paths.txt"),
+        "--factory",
+        "IVF128,Flat",
+        "--shard-size",
+        "7000",
+    ]
     assert main(common + ["--index", str(tmp_path / "ram")]) == 0
     assert main(common + ["--index", str(tmp_path / "disk"), "--on-disk"]) == 0
     capsys.readouterr()

@@ -1,4 +1,5 @@
 """The HTTP service on loopback with a real client; Triton repository export parsed back."""
+
 from __future__ import annotations
 
 import io
@@ -13,7 +14,6 @@ import pytest
 from PIL import Image
 
 from cbir.index.gallery import Gallery
-
 from conftest import make_gallery
 
 uvicorn = pytest.importorskip("uvicorn")
@@ -58,7 +58,9 @@ def index_dir(tmp_path_factory, embedder, photos):
 def server(index_dir):
     from cbir.serve.app import create_app
 
-    app = create_app(str(index_dir / "idx"), max_upload_bytes=2 * 1024 * 1024, max_delay_ms=10, max_batch=8)  # batching is under test: not auto
+    app = create_app(
+        str(index_dir / "idx"), max_upload_bytes=2 * 1024 * 1024, max_delay_ms=10, max_batch=8
+    )  # batching is under test: not auto
     with Server(app) as url:
         yield url
 
@@ -89,8 +91,14 @@ def test_search_embed_items_health_metrics(server, index_dir, embedder):
         assert item["path"] == want[0]["path"] and item["state"] == "indexed" and len(item["sha1"]) == 40
         assert c.get("/items/999999").status_code == 404
         text = c.get("/metrics").text
-    for name in ("cbir_requests_total", "cbir_queue_seconds_bucket", "cbir_inference_seconds_count",
-                 "cbir_search_seconds_sum", "cbir_request_seconds_bucket", "cbir_queue_depth"):
+    for name in (
+        "cbir_requests_total",
+        "cbir_queue_seconds_bucket",
+        "cbir_inference_seconds_count",
+        "cbir_search_seconds_sum",
+        "cbir_request_seconds_bucket",
+        "cbir_queue_depth",
+    ):
         assert name in text, name
     assert 'endpoint="/search",status="200"' in text
 
@@ -138,6 +146,7 @@ def test_overload_503_and_graceful_shutdown(index_dir):
     data = sorted((index_dir / "g").rglob("*.jpg"))[0].read_bytes()
     srv = Server(app)
     with srv as url:
+
         def one(_):
             with httpx.Client(base_url=url, timeout=120) as c:
                 return c.post("/embed", content=data)
@@ -165,8 +174,25 @@ def test_triton_repository_entry_parses(lite0_onnx, tmp_path):
 
     from cbir.cli import main
 
-    assert main(["export-triton", "--model", str(lite0_onnx), "--repo", str(tmp_path / "repo"), "--name", "lite0",
-                 "--max-batch", "32", "--dynamic-batching", "--max-queue-delay-us", "250"]) == 0
+    assert (
+        main(
+            [
+                "export-triton",
+                "--model",
+                str(lite0_onnx),
+                "--repo",
+                str(tmp_path / "repo"),
+                "--name",
+                "lite0",
+                "--max-batch",
+                "32",
+                "--dynamic-batching",
+                "--max-queue-delay-us",
+                "250",
+            ]
+        )
+        == 0
+    )
     cfg = text_format.Parse((tmp_path / "repo" / "lite0" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert cfg.name == "lite0" and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 32
     assert cfg.input[0].name == "images" and cfg.input[0].data_type == model_config_pb2.TYPE_UINT8
@@ -174,7 +200,9 @@ def test_triton_repository_entry_parses(lite0_onnx, tmp_path):
     assert cfg.output[0].name == "embeddings" and list(cfg.output[0].dims) == [320]
     assert cfg.output[0].data_type == model_config_pb2.TYPE_FP32
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 250
-    assert cfg.parameters["cbir_fingerprint"].string_value and (tmp_path / "repo" / "lite0" / "1" / "model.onnx").is_file()
+    assert (
+        cfg.parameters["cbir_fingerprint"].string_value and (tmp_path / "repo" / "lite0" / "1" / "model.onnx").is_file()
+    )
     assert main(["export-triton", "--model", str(lite0_onnx), "--repo", str(tmp_path / "r"), "--name", "bad/name"]) == 2
 
 
@@ -186,9 +214,15 @@ def test_bench_http_against_the_real_server(server, index_dir):
     rows = bench_http(server, str(img), [1, 4], requests=8, k=3)
     assert [r["concurrency"] for r in rows] == [1, 4]
     assert all(r["status"] == {"200": 8} and r["requests_per_s"] > 0 for r in rows)
-    for r in rows:  # the server's own parts of a request (batcher queue, inference, search) fit inside what the client saw
+    for (
+        r
+    ) in rows:  # the server's own parts of a request (batcher queue, inference, search) fit inside what the client saw
         parts = r["server_p50_ms"]
-        assert set(parts) == {"queue_ms", "inference_ms", "search_ms"} and parts["inference_ms"] > 0 and parts["search_ms"] > 0, parts
+        assert (
+            set(parts) == {"queue_ms", "inference_ms", "search_ms"}
+            and parts["inference_ms"] > 0
+            and parts["search_ms"] > 0
+        ), parts
         assert parts["inference_ms"] + parts["search_ms"] < r["p50_ms"], r
     with pytest.raises(CbirError, match="loopback"):
         check_loopback("http://10.0.0.5:8000")

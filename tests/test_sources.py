@@ -1,5 +1,6 @@
 """Inputs beyond a local folder (WebDataset tar shards, Parquet, fsspec memory://) and sharded outputs
 other tools read back (embedding-reader)."""
+
 from __future__ import annotations
 
 import io
@@ -12,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cbir.cli import main
-
 from conftest import make_gallery
 
 pa = pytest.importorskip("pyarrow")
@@ -37,8 +37,15 @@ def corpus(tmp_path_factory, photos):
         info = tarfile.TarInfo("9999.jpg")
         info.size = len(bad)
         tf.addfile(info, io.BytesIO(bad))
-    pq.write_table(pa.table({"key": [f.name for f in files] + ["null", "garbage"],
-                             "jpg": [f.read_bytes() for f in files] + [None, b"garbage"]}), root / "bytes.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "key": [f.name for f in files] + ["null", "garbage"],
+                "jpg": [f.read_bytes() for f in files] + [None, b"garbage"],
+            }
+        ),
+        root / "bytes.parquet",
+    )
     pq.write_table(pa.table({"url": [str(f) for f in files]}), root / "paths.parquet")
     return root, files, shard
 
@@ -51,28 +58,52 @@ def embed_json(args, capsys) -> dict:
 def test_tar_and_parquet_inputs_embed_like_the_files(corpus, lite0_onnx, tmp_path, capsys, embedder):
     root, files, shard = corpus
     want = embedder.embed([str(f) for f in files])
-    r = embed_json([str(shard), "--model", str(lite0_onnx), "-o", str(tmp_path / "t.npy"),
-                    "--paths-out", str(tmp_path / "t.txt")], capsys)
+    r = embed_json(
+        [str(shard), "--model", str(lite0_onnx), "-o", str(tmp_path / "t.npy"), "--paths-out", str(tmp_path / "t.txt")],
+        capsys,
+    )
     uris = (tmp_path / "t.txt").read_text().split()
     assert uris == [f"tar://{shard}#{i:04d}" for i in range(8)]
     np.testing.assert_allclose(np.load(tmp_path / "t.npy"), want, atol=1e-6)  # same bytes, same vectors
     assert [f["path"] for f in r["failed"]] == [f"tar://{shard}#9999"]
 
-    r = embed_json([str(root / "bytes.parquet"), "--parquet-column", "jpg", "--model", str(lite0_onnx),
-                    "-o", str(tmp_path / "p.npy")], capsys)
+    r = embed_json(
+        [
+            str(root / "bytes.parquet"),
+            "--parquet-column",
+            "jpg",
+            "--model",
+            str(lite0_onnx),
+            "-o",
+            str(tmp_path / "p.npy"),
+        ],
+        capsys,
+    )
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), want, atol=1e-6)
     failed = {f["path"].rsplit("#", 1)[1].split("?")[0]: f["error"] for f in r["failed"]}
     assert set(failed) == {"8", "9"} and "null image bytes" in failed["8"]
 
-    r = embed_json([str(root / "paths.parquet"), "--parquet-path-column", "url", "--model", str(lite0_onnx),
-                    "-o", str(tmp_path / "q.npy")], capsys)
+    r = embed_json(
+        [
+            str(root / "paths.parquet"),
+            "--parquet-path-column",
+            "url",
+            "--model",
+            str(lite0_onnx),
+            "-o",
+            str(tmp_path / "q.npy"),
+        ],
+        capsys,
+    )
     np.testing.assert_allclose(np.load(tmp_path / "q.npy"), want, atol=1e-6)
 
 
 def test_bad_column_and_unknown_scheme_are_one_line(corpus, lite0_onnx, tmp_path, capsys):
     root, _, _ = corpus
-    for args, msg in (([str(root / "bytes.parquet"), "--parquet-column", "image"], "--parquet-column 'image': "),
-                      (["nosuchscheme://bucket/a.jpg"], "unknown or unavailable URL scheme")):
+    for args, msg in (
+        ([str(root / "bytes.parquet"), "--parquet-column", "image"], "--parquet-column 'image': "),
+        (["nosuchscheme://bucket/a.jpg"], "unknown or unavailable URL scheme"),
+    ):
         assert main(["embed", *args, "--model", str(lite0_onnx), "-o", str(tmp_path / "x.npy")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], err
@@ -102,7 +133,9 @@ def test_memory_filesystem_in_sharded_outputs_out(corpus, lite0_onnx, tmp_path, 
     mem = fsspec.filesystem("memory")
     for f in files:
         mem.pipe(f"/gallery/{f.parent.name}/{f.name}", f.read_bytes())
-    want = {f"memory://gallery/{f.parent.name}/{f.name}": v for f, v in zip(files, embedder.embed([str(f) for f in files]))}
+    want = {
+        f"memory://gallery/{f.parent.name}/{f.name}": v for f, v in zip(files, embedder.embed([str(f) for f in files]))
+    }
     out = tmp_path / "out"
     r = embed_json(["memory://gallery", "--model", str(lite0_onnx), "--out", str(out), "--shard-rows", "3"], capsys)
     assert r["embedded"] == 8 and r["shards"] == 3 and r["failed"] == []
@@ -113,8 +146,9 @@ def test_memory_filesystem_in_sharded_outputs_out(corpus, lite0_onnx, tmp_path, 
     np.testing.assert_allclose(vecs, np.stack([want[u] for u in uris]), atol=1e-6)
 
     er = pytest.importorskip("embedding_reader")
-    reader = er.EmbeddingReader(str(out / "embeddings"), file_format="parquet_npy", metadata_folder=str(out / "metadata"),
-                                meta_columns=["uri"])
+    reader = er.EmbeddingReader(
+        str(out / "embeddings"), file_format="parquet_npy", metadata_folder=str(out / "metadata"), meta_columns=["uri"]
+    )
     got = {}
     for emb, meta in reader(batch_size=5, start=0, end=reader.count):
         got.update(zip(meta["uri"], emb))
@@ -130,17 +164,27 @@ def test_memory_filesystem_in_sharded_outputs_out(corpus, lite0_onnx, tmp_path, 
     embed_json(["memory://gallery", "--model", str(lite0_onnx), "--out", str(pout), "--format", "parquet"], capsys)
     pv, pu = read_back(pout, "parquet")
     np.testing.assert_allclose(pv, np.stack([want[u] for u in pu]), atol=1e-6)
-    reader = er.EmbeddingReader(str(pout / "embeddings"), file_format="parquet", embedding_column="embedding",
-                                meta_columns=["uri"])
-    (emb, meta), = list(reader(batch_size=100, start=0, end=reader.count))
+    reader = er.EmbeddingReader(
+        str(pout / "embeddings"), file_format="parquet", embedding_column="embedding", meta_columns=["uri"]
+    )
+    ((emb, meta),) = list(reader(batch_size=100, start=0, end=reader.count))
     np.testing.assert_allclose(emb, np.stack([want[u] for u in meta["uri"]]), atol=1e-6)
 
 
 def test_unreachable_object_is_a_per_item_failure(corpus, lite0_onnx, tmp_path, capsys):
     root, files, _ = corpus
     fsspec.filesystem("memory").pipe("/there/a.jpg", files[0].read_bytes())
-    r = embed_json(["memory://there/a.jpg", "memory://there/missing.jpg", "--model", str(lite0_onnx),
-                    "-o", str(tmp_path / "v.npy")], capsys)
+    r = embed_json(
+        [
+            "memory://there/a.jpg",
+            "memory://there/missing.jpg",
+            "--model",
+            str(lite0_onnx),
+            "-o",
+            str(tmp_path / "v.npy"),
+        ],
+        capsys,
+    )
     assert r["embedded"] == 1 and [f["path"] for f in r["failed"]] == ["memory://there/missing.jpg"]
     assert "no such file or object" in r["failed"][0]["error"]
 
@@ -207,13 +251,17 @@ def test_member_size_cap_and_missing_rows_are_per_item(tmp_path):
         reader.read(f"parquet://{tmp_path / 'p.parquet'}#5?column=img")
 
 
-_key = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/.#\\"),
-               min_size=1, max_size=20)
+_key = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/.#\\"), min_size=1, max_size=20
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(keys=st.lists(_key, min_size=1, max_size=6, unique=True), folder=st.sampled_from(["", "a/", "deep/er/"]),
-       ext=st.sampled_from(["jpg", "JPEG", "png", "webp"]))
+@given(
+    keys=st.lists(_key, min_size=1, max_size=6, unique=True),
+    folder=st.sampled_from(["", "a/", "deep/er/"]),
+    ext=st.sampled_from(["jpg", "JPEG", "png", "webp"]),
+)
 def test_tar_names_round_trip(tmp_path_factory, keys, folder, ext):
     """Any member name WebDataset allows (a key with spaces, unicode, '?' …, in sub-folders) is listed
     once as ``tar://shard#key`` and read back as its own bytes."""

@@ -7,6 +7,7 @@ by address, an async copy on a stream happens only when that stream is synchroni
 address. A runner that forgot to synchronise after the D2H copy, set no shape, or bound the wrong
 address returns wrong numbers here. What it cannot show: that the real TensorRT accepts the graph.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -125,7 +126,12 @@ def make_fakes(calls: Calls, out_dtype: str = "FLOAT", accept_shapes: bool = Tru
     def props(dev):
         return ok, types.SimpleNamespace(name=b"Fake GPU", major=9, minor=0)
 
-    rt.cudaSetDevice, rt.cudaStreamCreate, rt.cudaMalloc, rt.cudaMallocHost = set_device, stream_create, malloc, malloc_host
+    rt.cudaSetDevice, rt.cudaStreamCreate, rt.cudaMalloc, rt.cudaMallocHost = (
+        set_device,
+        stream_create,
+        malloc,
+        malloc_host,
+    )
     rt.cudaMemcpyAsync, rt.cudaStreamSynchronize, rt.cudaGetDeviceProperties = memcpy_async, synchronize, props
     rt.cudaFree = rt.cudaFreeHost = free
     rt.cudaEventCreateWithFlags, rt.cudaEventRecord, rt.cudaStreamWaitEvent = event_create, event_record, wait_event
@@ -257,7 +263,12 @@ def fake_gpu(monkeypatch):
         trt, rt, memory = make_fakes(calls, **kw)
         cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
         cuda.bindings, bindings.runtime = bindings, rt
-        for name, mod in (("tensorrt", trt), ("cuda", cuda), ("cuda.bindings", bindings), ("cuda.bindings.runtime", rt)):
+        for name, mod in (
+            ("tensorrt", trt),
+            ("cuda", cuda),
+            ("cuda.bindings", bindings),
+            ("cuda.bindings.runtime", rt),
+        ):
             monkeypatch.setitem(sys.modules, name, mod)
         monkeypatch.delitem(sys.modules, "cuda.bindings.utils", raising=False)
         return calls, memory
@@ -270,8 +281,9 @@ def build(tmp_path):
     from cbir.export.tensorrt import build_engine
 
     model = tiny_model(tmp_path / "tiny.onnx")
-    return build_engine(model, tmp_path / "tiny.plan", Profile(1, 2, 4), workspace_gb=0.25,
-                        timing_cache=tmp_path / "tc.bin")
+    return build_engine(
+        model, tmp_path / "tiny.plan", Profile(1, 2, 4), workspace_gb=0.25, timing_cache=tmp_path / "tc.bin"
+    )
 
 
 def test_build_engine_calls_and_cache(fake_gpu, tmp_path):
@@ -280,7 +292,9 @@ def test_build_engine_calls_and_cache(fake_gpu, tmp_path):
     names = calls.names()
     assert names.index("create_network") < names.index("parse") < names.index("build_serialized_network")
     assert dict((c[0], c[2]) for c in calls)["create_network"] == (1 << 1,)  # STRONGLY_TYPED, nothing else
-    assert ("add_optimization_profile", (("images", (1, 8, 8, 3), (2, 8, 8, 3), (4, 8, 8, 3)),)) in [(c[0], c[2]) for c in calls]
+    assert ("add_optimization_profile", (("images", (1, 8, 8, 3), (2, 8, 8, 3), (4, 8, 8, 3)),)) in [
+        (c[0], c[2]) for c in calls
+    ]
     assert (tmp_path / "tiny.plan").read_bytes() == b"PLAN-fake-engine"
     assert (tmp_path / "tc.bin").read_bytes() == b"TIMING"
     assert m["gpu"] == {"name": "Fake GPU", "compute_capability": "9.0"} and not m["cached"]
@@ -304,7 +318,13 @@ def test_runner_call_sequence_and_numbers(fake_gpu, tmp_path):
     # the shape is set when the batch size changes, not per batch
     assert [c[2][1] for c in calls if c[0] == "set_input_shape"] == [(4, 8, 8, 3), (2, 8, 8, 3)]
     first = names[: names.index("cudaEventSynchronize")]
-    assert first[:5] == ["cudaSetDevice", "cudaMemcpyAsync", "cudaEventRecord", "cudaStreamWaitEvent", "set_input_shape"]
+    assert first[:5] == [
+        "cudaSetDevice",
+        "cudaMemcpyAsync",
+        "cudaEventRecord",
+        "cudaStreamWaitEvent",
+        "set_input_shape",
+    ]
     # overlap: batch 2 is copied in and enqueued before batch 1's answer is waited for
     h2d = [i for i, c in enumerate(calls) if c[0] == "cudaMemcpyAsync" and c[2][0] == "H2D"]
     execs = [i for i, c in enumerate(calls) if c[0] == "execute_async_v3"]
@@ -353,8 +373,17 @@ def test_bulk_pipeline_keeps_two_batches_in_flight(fake_gpu, tmp_path):
     images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(11)]
     with TrtRunner(tmp_path / "tiny.plan") as runner:
         calls.clear()
-        batches = list(iter_batches(images, runner.run, Preprocess((8, 8)), batch_size=3, workers=2,
-                                    submit=runner.submit, in_flight=runner.slots))
+        batches = list(
+            iter_batches(
+                images,
+                runner.run,
+                Preprocess((8, 8)),
+                batch_size=3,
+                workers=2,
+                submit=runner.submit,
+                in_flight=runner.slots,
+            )
+        )
         got = np.concatenate([b.vectors for b in batches])
         assert [i for b in batches for i in b.indices] == list(range(11))
         np.testing.assert_allclose(got, tiny_reference(np.stack(images)), atol=1e-5)
@@ -434,8 +463,17 @@ def test_ort_runner_slots_keep_two_batches_in_flight(tmp_path):
     a()  # a second call neither fails nor frees the binding twice
     assert runner._free.qsize() == 2
     images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(7)]
-    got = list(iter_batches(images, runner.run, Preprocess((8, 8)), batch_size=3, workers=2,
-                            submit=runner.submit, in_flight=runner.slots))
+    got = list(
+        iter_batches(
+            images,
+            runner.run,
+            Preprocess((8, 8)),
+            batch_size=3,
+            workers=2,
+            submit=runner.submit,
+            in_flight=runner.slots,
+        )
+    )
     assert [i for bt in got for i in bt.indices] == list(range(7))
     np.testing.assert_allclose(np.concatenate([bt.vectors for bt in got]), tiny_reference(np.stack(images)), atol=1e-5)
 

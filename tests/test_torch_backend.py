@@ -1,5 +1,6 @@
 """`--backend torch` (issue 27): the exported model rebuilt in PyTorch from its checkpoint, the same
 contract as ONNX Runtime; on the CPU here (CI checks its plumbing and parity), CUDA in tests/gpu."""
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,14 @@ def test_compare_backends_reports_agreement(lite0_onnx, photos, tmp_path):
 
     make_gallery(tmp_path / "g", photos, 4)
     # torch:fp16+cpu cannot start (FP16 needs CUDA): listed as unavailable, the others still measured
-    r = compare_backends(str(lite0_onnx), ["onnxruntime", "torch:fp16+cpu", "torch:fp32+cpu"], batch_sizes=(1, 2),
-                         data=str(tmp_path / "g"), repeats=1, e2e_batch=2)
+    r = compare_backends(
+        str(lite0_onnx),
+        ["onnxruntime", "torch:fp16+cpu", "torch:fp32+cpu"],
+        batch_sizes=(1, 2),
+        data=str(tmp_path / "g"),
+        repeats=1,
+        e2e_batch=2,
+    )
     assert list(r["backends"]) == ["onnxruntime", "torch:fp32+cpu"] and "fp16" in r["unavailable"]["torch:fp16+cpu"]
     ort, tor = r["backends"]["onnxruntime"], r["backends"]["torch:fp32+cpu"]
     assert ort["agreement_with_first"]["min_cos"] >= 0.99999 and ort["agreement_with_first"]["images"] == 4

@@ -1,5 +1,6 @@
 """Exact search in PyTorch (issue 27): the same answers as FAISS's Flat index, through the gallery too
 (on the CPU here; FP16 on CUDA in tests/gpu)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """The recall an index promises is the recall its real queries get: tuning on queries (vectors or
 images), the basis and interval recorded, one-line refusals that change nothing, and the live-traffic
 audit in `cbir serve` (Prometheus gauge, /healthz, `index tune --from-audit` picked up without a restart)."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,25 @@ def shifted(tmp_path_factory):
     np.save(d / "q_tune.npy", q[:200])
     np.save(d / "q_eval.npy", q[200:])
     (d / "p.txt").write_text("".join(f"/x/{i}\n" for i in range(len(x))))
-    assert main(["index", "build", "--from-vectors", str(d / "x.npy"), "--paths", str(d / "p.txt"), "--index",
-                 str(d / "idx"), "--factory", "IVF64,Flat", "--shard-size", "5000"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--from-vectors",
+                str(d / "x.npy"),
+                "--paths",
+                str(d / "p.txt"),
+                "--index",
+                str(d / "idx"),
+                "--factory",
+                "IVF64,Flat",
+                "--shard-size",
+                "5000",
+            ]
+        )
+        == 0
+    )
     return d, x, q
 
 
@@ -86,9 +104,11 @@ def test_bad_queries_are_one_line_and_change_nothing(shifted, tmp_path):
     np.save(tmp_path / "wrong.npy", q[:10, :16])
     np.save(tmp_path / "empty.npy", np.zeros((0, D), np.float32))
     (tmp_path / "junk.npy").write_bytes(b"junk")
-    for args, want in (([str(tmp_path / "wrong.npy")], "need float vectors [n, 32]"),
-                       ([str(tmp_path / "empty.npy")], "no usable query"),
-                       ([str(tmp_path / "junk.npy")], "not a readable .npy")):
+    for args, want in (
+        ([str(tmp_path / "wrong.npy")], "need float vectors [n, 32]"),
+        ([str(tmp_path / "empty.npy")], "no usable query"),
+        ([str(tmp_path / "junk.npy")], "not a readable .npy"),
+    ):
         r = cli("index", "tune", str(idx), "--target-recall", "0.9", "--queries", *args)
         assert r.returncode == 2 and want in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (idx / "index.json").read_bytes() == before
@@ -101,11 +121,31 @@ def test_an_unreachable_target_says_the_best_and_changes_nothing(tmp_path):
     np.save(tmp_path / "q.npy", unit(rng.normal(size=(50, D))))
     (tmp_path / "p.txt").write_text("".join(f"/x/{i}\n" for i in range(len(x))))
     idx = tmp_path / "idx"
-    assert main(["index", "build", "--from-vectors", str(tmp_path / "x.npy"), "--paths", str(tmp_path / "p.txt"),
-                 "--index", str(idx), "--factory", "IVF16,PQ4"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--from-vectors",
+                str(tmp_path / "x.npy"),
+                "--paths",
+                str(tmp_path / "p.txt"),
+                "--index",
+                str(idx),
+                "--factory",
+                "IVF16,PQ4",
+            ]
+        )
+        == 0
+    )
     before = (idx / "index.json").read_bytes()
     r = cli("index", "tune", str(idx), "--target-recall", "0.99", "--queries", str(tmp_path / "q.npy"))
-    assert r.returncode == 2 and "not reachable" in r.stderr and "best recall@10" in r.stderr and "nothing was changed" in r.stderr
+    assert (
+        r.returncode == 2
+        and "not reachable" in r.stderr
+        and "best recall@10" in r.stderr
+        and "nothing was changed" in r.stderr
+    )
     assert (idx / "index.json").read_bytes() == before and not (idx / "tune-queries.npy").exists()
 
 
@@ -147,8 +187,25 @@ def test_serve_audits_live_traffic_and_picks_up_a_retune(shifted, lite0_onnx, tm
     np.save(tmp_path / "x.npy", pad(x))
     shutil.copy(d / "p.txt", tmp_path / "p.txt")
     idx = tmp_path / "idx"
-    assert main(["index", "build", "--from-vectors", str(tmp_path / "x.npy"), "--paths", str(tmp_path / "p.txt"),
-                 "--model", str(lite0_onnx), "--index", str(idx), "--factory", "IVF64,Flat"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--from-vectors",
+                str(tmp_path / "x.npy"),
+                "--paths",
+                str(tmp_path / "p.txt"),
+                "--model",
+                str(lite0_onnx),
+                "--index",
+                str(idx),
+                "--factory",
+                "IVF64,Flat",
+            ]
+        )
+        == 0
+    )
     assert main(["index", "tune", str(idx), "--target-recall", "0.9"]) == 0  # gallery basis: nprobe small
     shutil.copytree(idx, tmp_path / "bad")
     (tmp_path / "bad" / "audit").write_text("a file where the audit folder should be")
@@ -188,8 +245,25 @@ def test_the_reranking_shortlist_is_tuned_too(shifted, tmp_path):
     what re-ranking sees is the top 400, not the top 10."""
     d, x, q = shifted
     idx = tmp_path / "idx"
-    assert main(["index", "build", "--from-vectors", str(d / "x.npy"), "--paths", str(d / "p.txt"), "--index", str(idx),
-                 "--factory", "IVF64,Flat", "--rerank", "class"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--from-vectors",
+                str(d / "x.npy"),
+                "--paths",
+                str(d / "p.txt"),
+                "--index",
+                str(idx),
+                "--factory",
+                "IVF64,Flat",
+                "--rerank",
+                "class",
+            ]
+        )
+        == 0
+    )
     r = cli("index", "tune", str(idx), "--target-recall", "0.95", "--queries", str(d / "q_tune.npy"), "--json")
     assert r.returncode == 0, r.stderr
     t = json.loads(r.stdout)
@@ -197,5 +271,7 @@ def test_the_reranking_shortlist_is_tuned_too(shifted, tmp_path):
     with_rerank = Gallery(idx).config["search"]["nprobe"]
     assert main(["index", "rerank", str(idx), "--rerank", "none"]) == 0  # the same queries without re-ranking
     r = cli("index", "tune", str(idx), "--target-recall", "0.95", "--json")  # (the kept tune-queries.npy)
-    assert r.returncode == 0 and json.loads(r.stdout)["shortlist"] is None and json.loads(r.stdout)["basis"] == "queries"
+    assert (
+        r.returncode == 0 and json.loads(r.stdout)["shortlist"] is None and json.loads(r.stdout)["basis"] == "queries"
+    )
     assert Gallery(idx).config["search"]["nprobe"] <= with_rerank

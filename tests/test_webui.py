@@ -1,6 +1,7 @@
 """The search page of `cbir serve` in a real headless Chromium (Debian's `chromium` + `chromium-driver`,
 driven by Selenium), against a real server on loopback; thumbnails, search by id, escaping, and the
 HTML contact sheet of `cbir search --html`."""
+
 from __future__ import annotations
 
 import base64
@@ -14,7 +15,6 @@ import pytest
 from PIL import Image
 
 from cbir.index.gallery import Gallery
-
 from conftest import make_gallery
 from test_serve import Server
 
@@ -111,8 +111,22 @@ def test_search_html_contact_sheet(web_index, lite0_onnx, tmp_path, capsys):
 
     q = plain_query(web_index)
     out = tmp_path / "sheet.html"
-    assert main(["search", str(q), str(web_index / "g" / EVIL_DIR / EVIL_FILE), "--index", str(web_index / "idx"),
-                 "-k", "11", "--html", str(out)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(q),
+                str(web_index / "g" / EVIL_DIR / EVIL_FILE),
+                "--index",
+                str(web_index / "idx"),
+                "-k",
+                "11",
+                "--html",
+                str(out),
+            ]
+        )
+        == 0
+    )
     doc = out.read_text()
     p = Texts()
     p.feed(doc)
@@ -196,9 +210,12 @@ def test_search_page_in_a_real_browser(browser, web_server, web_index, tmp_path)
     # click the last result: a search by its id (GET /search?id=…), no upload
     target = shown[-1]["id"]
     b.find_elements(By.CSS_SELECTOR, "#results .hit")[-1].click()
+
     def answered(item_id: int):
-        done = (f"item {item_id}" in b.find_element(By.ID, "query-label").text
-                and "results in" in b.find_element(By.ID, "status").text)
+        done = (
+            f"item {item_id}" in b.find_element(By.ID, "query-label").text
+            and "results in" in b.find_element(By.ID, "status").text
+        )
         return done and (g := grid(b)) and all(h["loaded"] for h in g) and g
 
     after = wait_for(lambda: answered(target))

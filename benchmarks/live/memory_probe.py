@@ -6,6 +6,7 @@ The index is copied from INDEX_DIR first (build one of the six Corel classes wit
 
 usage: .venv/bin/python benchmarks/live/memory_probe.py LABEL INDEX_DIR MODEL [NAME=VALUE...]
 """
+
 import json
 import os
 import shutil
@@ -32,10 +33,21 @@ def smaps_mb(pid: int) -> dict:
 
 def config(work: Path, model: Path) -> live.LiveConfig:
     c = CLASSES
-    queries = ([c / "africans/0.jpg"] + sorted((c / "beaches").glob("1*.jpg"))[:20]
-               + sorted((c / "dinosaurs").glob("4*.jpg"))[:20] + sorted((c / "flowers").glob("6*.jpg"))[:20])
-    return live.LiveConfig(model, [c / n for n in ("africans", "beaches", "buildings", "buses")],
-                           [c / "dinosaurs", c / "elephants"], queries, work, readers=3, k=10)
+    queries = (
+        [c / "africans/0.jpg"]
+        + sorted((c / "beaches").glob("1*.jpg"))[:20]
+        + sorted((c / "dinosaurs").glob("4*.jpg"))[:20]
+        + sorted((c / "flowers").glob("6*.jpg"))[:20]
+    )
+    return live.LiveConfig(
+        model,
+        [c / n for n in ("africans", "beaches", "buildings", "buses")],
+        [c / "dinosaurs", c / "elephants"],
+        queries,
+        work,
+        readers=3,
+        k=10,
+    )
 
 
 def probe(label: str, index: Path, model: Path) -> dict:

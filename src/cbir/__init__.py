@@ -9,6 +9,7 @@ Three lines to embed images::
     emb = cbir.Embedder("model.onnx")
     vecs = emb.embed(["a.jpg", "b.png"])
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """How many cores this process may use. Torch-free."""
+
 from __future__ import annotations
 
 import os

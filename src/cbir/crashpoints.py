@@ -8,6 +8,7 @@ Points: ``shard-written`` (a shard's vector file is on disk, not committed), ``s
 not yet), ``config-written``, ``removed-committed`` (SQLite marks items removed, index.faiss not yet
 updated).
 """
+
 from __future__ import annotations
 
 import os

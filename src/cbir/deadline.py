@@ -1,5 +1,6 @@
 """A request's deadline: a point in time (monotonic clock) every stage of a search checks before
 it starts. ``Deadline(None)`` never expires (the CLI and the library by default)."""
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ model (uint8 [N, 8, 8, 3] → Conv → mean → L2, built with ``onnx.helper``, 
 FAISS search and compare with a NumPy or CPU result. Exit status 0 when the CPU path (ONNX Runtime
 CPU and FAISS CPU) works, 1 otherwise.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -35,13 +36,29 @@ def tiny_model(path: str | Path) -> Path:
         helper.make_node("ReduceL2", ["m", "last"], ["n"], keepdims=1),
         helper.make_node("Div", ["m", "n"], ["embeddings"]),
     ]
-    inits = [numpy_helper.from_array(_W, "w"), numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
-             numpy_helper.from_array(np.array([1], np.int64), "last")]
-    graph = helper.make_graph(nodes, "cbir_doctor", [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", 8, 8, 3])],
-                              [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 4])], inits)
+    inits = [
+        numpy_helper.from_array(_W, "w"),
+        numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+        numpy_helper.from_array(np.array([1], np.int64), "last"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cbir_doctor",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", 8, 8, 3])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    info = ModelInfo(arch="doctor", block=0, pooling="gap", dim=4, input_size=(8, 8), mean=(0, 0, 0), std=(1, 1, 1),
-                     fingerprint="doctor")
+    info = ModelInfo(
+        arch="doctor",
+        block=0,
+        pooling="gap",
+        dim=4,
+        input_size=(8, 8),
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        fingerprint="doctor",
+    )
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, info.to_json()
     onnx.save(model, str(path))
@@ -73,10 +90,14 @@ def check_onnxruntime(provider: str, model: Path) -> str:
 
     from cbir.engine.backends.onnxruntime import OrtRunner, load_session
 
-    wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[provider]
+    wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[
+        provider
+    ]
     if wanted not in ort.get_available_providers():
         raise CbirError(f"{wanted} is not in this onnxruntime build (install onnxruntime-gpu instead of onnxruntime)")
-    runner = OrtRunner(load_session(model, provider=provider, **({"trt_options": {}} if provider == "tensorrt" else {})))
+    runner = OrtRunner(
+        load_session(model, provider=provider, **({"trt_options": {}} if provider == "tensorrt" else {}))
+    )
     cuda = getattr(getattr(ort.capi, "build_and_package_info", None), "cuda_version", None)
     built = f"; onnxruntime {ort.__version__}" + (f" built for CUDA {cuda}" if cuda and provider != "cpu" else "")
     return _agree(runner.run(TINY_INPUT), tiny_reference()) + built
@@ -101,7 +122,10 @@ def check_openvino(model: Path) -> str:
     caps = cpu_capabilities()
     with OvRunner(model) as runner:
         got = runner.run(TINY_INPUT)
-    return _agree(got, tiny_reference()) + f"; CPU precisions: {', '.join(c for c in caps if c in ('FP32', 'BF16', 'FP16', 'INT8'))}"
+    return (
+        _agree(got, tiny_reference())
+        + f"; CPU precisions: {', '.join(c for c in caps if c in ('FP32', 'BF16', 'FP16', 'INT8'))}"
+    )
 
 
 def check_faiss_cpu() -> str:

@@ -1,4 +1,5 @@
 """User-facing errors: one line naming the thing (file, argument) and what is wrong with it."""
+
 from __future__ import annotations
 
 

@@ -2,6 +2,7 @@
 fsync the directory. A reader (or a process killed half-way) sees the old file or the new one, never
 a partial one. Torch-free; the one place in cbir that writes a file that must survive a crash.
 """
+
 from __future__ import annotations
 
 import json

@@ -9,6 +9,7 @@ CUDA 12 only). Two wheels of one module (onnxruntime and onnxruntime-gpu both in
 wheels the CUDA provider disappears (onnxruntime issue 26996) and which ``faiss`` wins depends on
 install order — so ``mixed()`` names such a pair and ``cbir doctor`` refuses it in one line.
 """
+
 from __future__ import annotations
 
 from importlib import metadata
@@ -41,9 +42,11 @@ def mixed(dists_of: dict[str, list[str]] | None = None) -> str | None:
     """One line naming a module installed by two wheels, with what to do; None when clean."""
     for module, dists in installed(dists_of).items():
         if len(dists) > 1:
-            return (f"`import {module}` is installed by {len(dists)} wheels ({', '.join(dists)}), which overwrite each "
-                    f"other's files: `pip uninstall -y {' '.join(dists)}`, then install one flavour "
-                    f"(pip install 'cbir[cpu]', 'cbir[gpu]' or 'cbir[gpu-cu12]')")
+            return (
+                f"`import {module}` is installed by {len(dists)} wheels ({', '.join(dists)}), which overwrite each "
+                f"other's files: `pip uninstall -y {' '.join(dists)}`, then install one flavour "
+                f"(pip install 'cbir[cpu]', 'cbir[gpu]' or 'cbir[gpu-cu12]')"
+            )
     return None
 
 

@@ -7,6 +7,7 @@ pages, one heap per thread arena, so RSS stays at its peak. ``limit_arenas`` cap
 and ``trim`` returns free pages of every arena (``malloc_trim(0)``). Both are no-ops where the C
 library is not glibc.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -4,6 +4,7 @@ Every stage after export (engine, index, bench) reads these from the model file 
 ``fingerprint`` identifies the vectors a model produces: the SHA-256 (first 16 hex digits) of the
 serialized graph and weights without the metadata, so re-saving metadata does not change it.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,5 +68,11 @@ def read_onnx(path: str | os.PathLike) -> tuple[ModelInfo, str, str]:
         raise CbirError(f"--model {path}: not a readable ONNX file ({type(e).__name__}: {e})") from None
     meta = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in meta:
-        raise CbirError(f"--model {path}: not a cbir model (no '{METADATA_KEY}' metadata; export it with `cbir export`)")
-    return ModelInfo.from_json(meta[METADATA_KEY], os.fspath(path)), model.graph.input[0].name, model.graph.output[0].name
+        raise CbirError(
+            f"--model {path}: not a cbir model (no '{METADATA_KEY}' metadata; export it with `cbir export`)"
+        )
+    return (
+        ModelInfo.from_json(meta[METADATA_KEY], os.fspath(path)),
+        model.graph.input[0].name,
+        model.graph.output[0].name,
+    )

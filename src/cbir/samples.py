@@ -3,6 +3,7 @@
 Used by the export parity gate and the fidelity checks when the user gives no images of their own.
 Located by path so that scikit-image is not imported (it is slow to import).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,9 +12,22 @@ from pathlib import Path
 from cbir.errors import CbirError
 
 PHOTOS = (
-    "astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
-    "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "camera.png", "coins.png",
-    "moon.png", "ihc.png", "color.png", "brick.png", "grass.png", "gravel.png",
+    "astronaut.png",
+    "coffee.png",
+    "chelsea.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "camera.png",
+    "coins.png",
+    "moon.png",
+    "ihc.png",
+    "color.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
 )
 
 

@@ -14,6 +14,7 @@ Bytes are read into memory, never via temporary files. Credentials are fsspec's 
 user already has). A missing or unreadable item is a per-item error (``read`` raises ``ImageError``
 naming the URI), like a broken file; a wrong column or an unknown scheme is one ``CbirError`` line.
 """
+
 from __future__ import annotations
 
 import os
@@ -126,8 +127,10 @@ def parquet_items(location: str, spec: ParquetSpec | None) -> list[str]:
     with _open(location) as f:
         pf = pq.ParquetFile(f)
         if column not in pf.schema_arrow.names:
-            raise CbirError(f"--parquet-{'column' if spec.bytes_column else 'path-column'} {column!r}: "
-                            f"{location} has columns {pf.schema_arrow.names}")
+            raise CbirError(
+                f"--parquet-{'column' if spec.bytes_column else 'path-column'} {column!r}: "
+                f"{location} has columns {pf.schema_arrow.names}"
+            )
         n = pf.metadata.num_rows
         if spec.bytes_column:
             return [f"parquet://{location}#{i}?column={column}" for i in range(n)]
@@ -161,10 +164,10 @@ class Reader:
     def read(self, uri: str) -> bytes:
         try:
             if uri.startswith("tar://"):
-                shard, _, key = uri[len("tar://"):].rpartition("#")
+                shard, _, key = uri[len("tar://") :].rpartition("#")
                 return self._tar_member(shard, key)
             if uri.startswith("parquet://"):
-                rest, _, query = uri[len("parquet://"):].partition("?column=")
+                rest, _, query = uri[len("parquet://") :].partition("?column=")
                 location, _, row = rest.rpartition("#")
                 return self._parquet_cell(location, query, int(row))
             with _open(uri) as f:

@@ -13,6 +13,7 @@ Query expansion and database-side augmentation:
 - DBA: each database vector becomes l2n(Σ_{i≤n} w_i v_i) over its own top-n neighbours (itself
   included, weight 1), weights as in α-QE.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -113,6 +114,7 @@ def fit(
     proj = (eigvec[:, :dim] / np.sqrt(reg[:dim])).T
     info = {"n": n, "in_dim": d, "out_dim": dim, "shrinkage": shrinkage, "per_dim": n / dim}
     return Whitening(mean.astype(np.float32), proj.astype(np.float32), info)
+
 
 def expand(queries: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: float = 0.0) -> np.ndarray:
     """queries [q, D]; neighbours [q, n, D] (top-n result vectors); sims [q, n] -> new queries [q, D]."""

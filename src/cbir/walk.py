@@ -5,6 +5,7 @@ directory whose name looks like an image file is not a file and is not taken; sy
 directories are not followed (no loops); symlinked files are taken (a dangling one is then
 reported as a failed image, never silently dropped). Files named explicitly are always taken.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,9 @@ from typing import Iterable
 
 from cbir.errors import CbirError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".pnm"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
 
 
 def is_image_name(name: str) -> bool:

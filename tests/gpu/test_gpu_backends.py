@@ -3,6 +3,7 @@
 A test skips only when its library cannot be imported or no CUDA device is visible (always, on CPU
 CI); anything else that goes wrong — a bug in the build, the runner, the provider set-up — fails it.
 """
+
 from __future__ import annotations
 
 import importlib

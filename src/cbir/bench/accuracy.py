@@ -15,6 +15,7 @@ original is not in the data set is an error. Both report search ms/query (re-ran
 verification included, query embedding and query feature extraction not). Regional re-ranking
 needs a model exported with ``--regions`` (the regional descriptors come from the same pass).
 """
+
 from __future__ import annotations
 
 import time
@@ -51,13 +52,20 @@ def extract_features(paths: list, progress: bool = False, query: bool = False):
 
 
 def mean_std(runs: list[dict]) -> dict:
-    return {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))} for k in runs[0]}
+    return {
+        k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))} for k in runs[0]
+    }
 
 
 # The re-ranking axis of ``--rerank-axis``: ``base``, a preset name, or stages joined by ``+``
 # (``dba+aqe+regional``), each stage with the setting below on top of plain k-NN.
-AXIS_STAGES = {"aqe": {"qe": 30}, "dba": {"shortlist_dba": 20}, "diffusion": {"diffusion": 30},
-               "regional": {"regional": 100}, "verify": {"verify": 10}}
+AXIS_STAGES = {
+    "aqe": {"qe": 30},
+    "dba": {"shortlist_dba": 20},
+    "diffusion": {"diffusion": 30},
+    "regional": {"regional": 100},
+    "verify": {"verify": 10},
+}
 
 
 def axis_config(name: str) -> Rerank:
@@ -69,16 +77,29 @@ def axis_config(name: str) -> Rerank:
     settings: dict = {}
     for part in name.split("+"):
         if part not in AXIS_STAGES:
-            raise CbirError(f"--rerank-axis {name}: unknown part {part!r}; use base, a preset "
-                            f"({', '.join(PRESETS)}) or stages joined by + ({', '.join(AXIS_STAGES)})")
+            raise CbirError(
+                f"--rerank-axis {name}: unknown part {part!r}; use base, a preset "
+                f"({', '.join(PRESETS)}) or stages joined by + ({', '.join(AXIS_STAGES)})"
+            )
         settings.update(AXIS_STAGES[part])
     return Rerank(**settings)
 
 
-def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None = None,
-                   queries: str = "split", exclude_self: bool = False, embedder=None, progress: bool = False,
-                   whiten_dim: int | None = None, whiten_force: bool = False, copies: str | None = None,
-                   axis: dict[str, Rerank] | None = None, pad_to: int | None = None) -> dict:
+def bench_accuracy(
+    model: str,
+    data: str,
+    seeds: int = 3,
+    rerank: Rerank | None = None,
+    queries: str = "split",
+    exclude_self: bool = False,
+    embedder=None,
+    progress: bool = False,
+    whiten_dim: int | None = None,
+    whiten_force: bool = False,
+    copies: str | None = None,
+    axis: dict[str, Rerank] | None = None,
+    pad_to: int | None = None,
+) -> dict:
     """``whiten_dim``: fit PCA-whitening on the searched set itself and apply it (shows why fitting on
     the gallery with few vectors per dim hurts; refused below 10 per dim unless ``whiten_force``).
     ``pad_to``: grow the gallery to this many items with ``distractors`` (never relevant, no local
@@ -147,22 +168,46 @@ def bench_accuracy(model: str, data: str, seeds: int = 3, rerank: Rerank | None 
         gallery = l2_normalize(vectors)
         t0 = time.perf_counter()
         for i in range(len(sample)):
-            rank(index, gallery, gallery[sample[i : i + 1]], 10, cfg, None if qf is None else qf[i : i + 1], features,
-                 res.regions)
+            rank(
+                index,
+                gallery,
+                gallery[sample[i : i + 1]],
+                10,
+                cfg,
+                None if qf is None else qf[i : i + 1],
+                features,
+                res.regions,
+            )
         k10_ms = (time.perf_counter() - t0) / len(sample) * 1e3
-        return {"rerank": cfg.to_dict(), "metrics": mean_std(runs), "per_class": per_class,
-                "search_ms_per_query": round(search_s / max(n_queries, 1) * 1e3, 3),
-                "k10_ms_per_query": round(k10_ms, 3),
-                "copies": copy_detection(copy_queries, vectors, index, cfg, features, res.regions) if copy_queries else None}
+        return {
+            "rerank": cfg.to_dict(),
+            "metrics": mean_std(runs),
+            "per_class": per_class,
+            "search_ms_per_query": round(search_s / max(n_queries, 1) * 1e3, 3),
+            "k10_ms_per_query": round(k10_ms, 3),
+            "copies": copy_detection(copy_queries, vectors, index, cfg, features, res.regions)
+            if copy_queries
+            else None,
+        }
 
     results = {name: run(cfg) for name, cfg in configs.items()}
     first = next(iter(results.values()))
     return {
-        "model": emb.info.public(), "data": str(data), "images": n_real, "gallery": len(vectors),
-        "ranking_depth": depth or len(vectors), "classes": len(ds.classes),
-        "queries": queries, "seeds": len(splits), "split_seed": split_seed, "queries_per_run": int(len(splits[0])),
-        "exclude_self": exclude_self, "whiten_dim": whiten_dim, **first,
-        "axis": results if axis else None, "embed_seconds": round(embed_s, 2),
+        "model": emb.info.public(),
+        "data": str(data),
+        "images": n_real,
+        "gallery": len(vectors),
+        "ranking_depth": depth or len(vectors),
+        "classes": len(ds.classes),
+        "queries": queries,
+        "seeds": len(splits),
+        "split_seed": split_seed,
+        "queries_per_run": int(len(splits[0])),
+        "exclude_self": exclude_self,
+        "whiten_dim": whiten_dim,
+        **first,
+        "axis": results if axis else None,
+        "embed_seconds": round(embed_s, 2),
         "embed_images_per_s": round(len(vectors) / embed_s, 1),
         "features_ms_per_image": round(features_s / n_real * 1e3, 3) if features is not None else None,
     }
@@ -207,27 +252,38 @@ def copy_set(emb, ds, data: str, copies: str, with_features: bool) -> dict:
         rel = Path(f).relative_to(croot)
         key = str(Path(*rel.parts[1:]).with_suffix(""))
         if len(rel.parts) < 2 or key not in where:
-            raise CbirError(f"--copies {copies}: {f} has no original {key}.* under --data {data} "
-                            f"(expected <edit>/<path of the original>)")
+            raise CbirError(
+                f"--copies {copies}: {f} has no original {key}.* under --data {data} "
+                f"(expected <edit>/<path of the original>)"
+            )
         originals.append(where[key])
         edits.append(rel.parts[0])
     res = emb.embed_files([str(f) for f in files])
     if res.errors:
         raise CbirError(f"--copies {copies}: {res.errors[0][1]}: {res.errors[0][2]}")
-    return {"vectors": res.vectors, "originals": np.asarray(originals), "edits": np.asarray(edits),
-            "features": extract_features(files, query=True) if with_features else None}
+    return {
+        "vectors": res.vectors,
+        "originals": np.asarray(originals),
+        "edits": np.asarray(edits),
+        "features": extract_features(files, query=True) if with_features else None,
+    }
 
 
-def copy_detection(cq: dict, vectors: np.ndarray, index, rerank: Rerank, features: np.ndarray | None,
-                   regions: np.ndarray | None = None) -> dict:
+def copy_detection(
+    cq: dict, vectors: np.ndarray, index, rerank: Rerank, features: np.ndarray | None, regions: np.ndarray | None = None
+) -> dict:
     """Rank-1 of the original for every copy of ``cq`` (``copy_set``) under ``rerank``."""
     t0 = time.perf_counter()
-    ranking = rank(index, l2_normalize(vectors), l2_normalize(cq["vectors"]), 10, rerank, cq["features"], features,
-                   regions)
+    ranking = rank(
+        index, l2_normalize(vectors), l2_normalize(cq["vectors"]), 10, rerank, cq["features"], features, regions
+    )
     search_s = time.perf_counter() - t0
     orig, edits = cq["originals"], cq["edits"]
     hit = ranking[:, 0] == orig
-    return {"copies": len(orig), "rank1": round(float(hit.mean()), 4),
-            "in_top10": round(float((ranking == orig[:, None]).any(1).mean()), 4),
-            "rank1_per_edit": {str(e): round(float(hit[edits == e].mean()), 4) for e in sorted(set(edits))},
-            "search_ms_per_query": round(search_s / len(orig) * 1e3, 3)}
+    return {
+        "copies": len(orig),
+        "rank1": round(float(hit.mean()), 4),
+        "in_top10": round(float((ranking == orig[:, None]).any(1).mean()), 4),
+        "rank1_per_edit": {str(e): round(float(hit[edits == e].mean()), 4) for e in sorted(set(edits))},
+        "search_ms_per_query": round(search_s / len(orig) * 1e3, 3),
+    }

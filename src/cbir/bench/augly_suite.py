@@ -21,6 +21,7 @@ AugLy 1.0.0 predates NumPy 2 and Pillow 10; ``compat()`` restores what it calls:
 ``np.float`` (``perspective_transform``, removed in NumPy 1.24) and
 ``FreeTypeFont.getsize_multiline`` (``meme_format``, removed in Pillow 10). Nothing else needed a fix.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,9 +38,24 @@ from cbir.errors import CbirError
 Aug = Callable[[Image.Image, np.random.Generator, Image.Image], Image.Image]
 
 # photographs bundled with scikit-image (data dir) and scikit-learn (datasets/images)
-SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
-                  "motorcycle_left.png", "retina.jpg", "rocket.jpg", "camera.png", "brick.png", "grass.png",
-                  "gravel.png", "moon.png", "cell.png", "coins.png", "clock_motion.png")
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "camera.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "moon.png",
+    "cell.png",
+    "coins.png",
+    "clock_motion.png",
+)
 SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
 
@@ -53,6 +69,7 @@ def compat():
         np.float = float  # type: ignore[attr-defined]
         added.append((np, "float"))
     if not hasattr(ImageFont.FreeTypeFont, "getsize_multiline"):
+
         def getsize_multiline(font, text, *args, **kw):
             from PIL import ImageDraw
 
@@ -72,8 +89,10 @@ def _F():
     try:
         import augly.image.functional as F
     except ImportError as e:
-        raise CbirError("--suite augly needs AugLy: pip install augly==1.0.0 iopath python-magic regex "
-                        f"(its image extra pins Pillow < 9; install it without extras) ({e})") from None
+        raise CbirError(
+            "--suite augly needs AugLy: pip install augly==1.0.0 iopath python-magic regex "
+            f"(its image extra pins Pillow < 9; install it without extras) ({e})"
+        ) from None
     return F
 
 
@@ -100,9 +119,12 @@ AUGS: dict[str, tuple[Aug, bool]] = {
     "brightness": (lambda im, r, o: _F().brightness(im, factor=_u(r, 0.3, 2.0)), True),
     "change_aspect_ratio": (lambda im, r, o: _F().change_aspect_ratio(im, ratio=_u(r, 0.5, 2.0)), True),
     "clip_image_size": (lambda im, r, o: _F().clip_image_size(im, max_resolution=96 * 96), True),
-    "color_jitter": (lambda im, r, o: _F().color_jitter(im, brightness_factor=_u(r, 0.5, 1.5),
-                                                        contrast_factor=_u(r, 0.5, 1.5),
-                                                        saturation_factor=_u(r, 0.0, 2.0)), True),
+    "color_jitter": (
+        lambda im, r, o: _F().color_jitter(
+            im, brightness_factor=_u(r, 0.5, 1.5), contrast_factor=_u(r, 0.5, 1.5), saturation_factor=_u(r, 0.0, 2.0)
+        ),
+        True,
+    ),
     "contrast": (lambda im, r, o: _F().contrast(im, factor=_u(r, 0.3, 2.0)), True),
     "convert_color": (lambda im, r, o: _F().convert_color(im, mode="P").convert("RGB"), True),
     "crop": (lambda im, r, o: _F().crop(im), True),  # the centre 50 % × 50 %: 25 % of the pixels
@@ -112,19 +134,31 @@ AUGS: dict[str, tuple[Aug, bool]] = {
     "vflip": (lambda im, r, o: _F().vflip(im), True),
     "opacity": (lambda im, r, o: _F().opacity(im, level=_u(r, 0.3, 0.8)), True),
     "overlay_emoji": (lambda im, r, o: _F().overlay_emoji(im, emoji_path=_emoji(r)), True),
-    "overlay_image": (lambda im, r, o: _F().overlay_image(im, overlay=o, overlay_size=_u(r, 0.2, 0.4),
-                                                          x_pos=_u(r, 0, 0.6), y_pos=_u(r, 0, 0.6)), True),
+    "overlay_image": (
+        lambda im, r, o: _F().overlay_image(
+            im, overlay=o, overlay_size=_u(r, 0.2, 0.4), x_pos=_u(r, 0, 0.6), y_pos=_u(r, 0, 0.6)
+        ),
+        True,
+    ),
     "overlay_stripes": (lambda im, r, o: _F().overlay_stripes(im), True),
     "overlay_text": (lambda im, r, o: _F().overlay_text(im), True),
     "pad": (lambda im, r, o: _F().pad(im), True),
     "pad_square": (lambda im, r, o: _F().pad_square(im), True),
     "perspective_transform": (lambda im, r, o: _F().perspective_transform(im, seed=int(r.integers(1 << 30))), True),
-    "pip": (lambda im, r, o: _F().overlay_onto_background_image(
-        im, background_image=o, overlay_size=_u(r, 0.35, 0.55), x_pos=_u(r, 0, 0.45), y_pos=_u(r, 0, 0.45)), True),
+    "pip": (
+        lambda im, r, o: _F().overlay_onto_background_image(
+            im, background_image=o, overlay_size=_u(r, 0.35, 0.55), x_pos=_u(r, 0, 0.45), y_pos=_u(r, 0, 0.45)
+        ),
+        True,
+    ),
     "pixelization": (lambda im, r, o: _F().pixelization(im, ratio=_u(r, 0.1, 0.5)), True),
     "random_noise": (lambda im, r, o: _F().random_noise(im, seed=int(r.integers(1 << 30))), True),
-    "resize": (lambda im, r, o: _F().resize(im, width=max(8, int(im.width * _u(r, 0.3, 1.5))),
-                                            height=max(8, int(im.height * _u(r, 0.3, 1.5)))), True),
+    "resize": (
+        lambda im, r, o: _F().resize(
+            im, width=max(8, int(im.width * _u(r, 0.3, 1.5))), height=max(8, int(im.height * _u(r, 0.3, 1.5)))
+        ),
+        True,
+    ),
     "rotate": (lambda im, r, o: _F().rotate(im), True),  # 15°, cropped to the rotated content
     "saturation": (lambda im, r, o: _F().saturation(im, factor=_u(r, 0.0, 3.0)), True),
     "scale": (lambda im, r, o: _F().scale(im), True),
@@ -144,6 +178,7 @@ def _chain(length: int) -> Aug:
         for name in r.choice(CHAINABLE, length, replace=False):
             im = AUGS[str(name)][0](im, r, o).convert("RGB")
         return im
+
     return apply
 
 
@@ -163,8 +198,10 @@ def bundled_photos() -> list[Path]:
         import skimage.data
         import sklearn.datasets
     except ImportError as e:
-        raise CbirError(f"--negatives: the default needs scikit-image and scikit-learn ({e}); "
-                        f"or pass a folder of photos that are not in the gallery") from None
+        raise CbirError(
+            f"--negatives: the default needs scikit-image and scikit-learn ({e}); "
+            f"or pass a folder of photos that are not in the gallery"
+        ) from None
     sk = Path(skimage.data.__file__).parent
     sl = Path(sklearn.datasets.__file__).parent / "images"
     return [p for p in [sk / f for f in SKIMAGE_PHOTOS] + [sl / f for f in SKLEARN_PHOTOS] if p.exists()]
@@ -176,8 +213,14 @@ def apply(name: str, img: Image.Image, rng: np.random.Generator, other: Image.Im
         return AUGS[name][0](img.convert("RGB"), rng, other.convert("RGB")).convert("RGB")
 
 
-def make_suite(src: str | os.PathLike, out: str | os.PathLike, n: int = 100, seed: int = 0,
-               augs: list[str] | None = None, negatives: str | os.PathLike | None = None) -> dict:
+def make_suite(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    n: int = 100,
+    seed: int = 0,
+    augs: list[str] | None = None,
+    negatives: str | os.PathLike | None = None,
+) -> dict:
     """Write the suite (see the module doc); returns counts. The photo an overlay or a
     picture-in-picture uses is one of the negatives (never a gallery photo, never the original itself)."""
     from cbir.walk import find_images
@@ -190,10 +233,14 @@ def make_suite(src: str | os.PathLike, out: str | os.PathLike, n: int = 100, see
     originals = pick(src, n, seed)
     negs = bundled_photos() if negatives is None else [Path(p) for p in sorted(find_images([negatives]))]
     if len(originals) < 2 or len(negs) < 2:
-        raise CbirError(f"the suite needs ≥ 2 originals and ≥ 2 negatives (got {len(originals)} in {src}, {len(negs)} negatives)")
+        raise CbirError(
+            f"the suite needs ≥ 2 originals and ≥ 2 negatives (got {len(originals)} in {src}, {len(negs)} negatives)"
+        )
     written = {"copies": 0, "negatives": 0}
-    for kind, photos, rel_of in (("copies", originals, lambda p: p.relative_to(src).with_suffix(".jpg")),
-                                 ("negatives", negs, lambda p: Path(p.stem + ".jpg"))):
+    for kind, photos, rel_of in (
+        ("copies", originals, lambda p: p.relative_to(src).with_suffix(".jpg")),
+        ("negatives", negs, lambda p: Path(p.stem + ".jpg")),
+    ):
         for i, path in enumerate(photos):
             img = Image.open(path).convert("RGB")
             # the other photo never comes from the gallery: a copy pasted into a gallery photo would

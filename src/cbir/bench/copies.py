@@ -15,6 +15,7 @@ to a photo on its way back to a user:
 ``out/<edit>/<path relative to src>`` for every edit; the copy's original is the image at the same
 relative path in ``src`` (``original_of``). Deterministic for a seed.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,13 @@ def _caption(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 EDITS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
-    "crop": _crop, "rotate": _rotate, "jpeg": _jpeg, "colour": _colour, "downscale": _downscale,
-    "border": _border, "caption": _caption,
+    "crop": _crop,
+    "rotate": _rotate,
+    "jpeg": _jpeg,
+    "colour": _colour,
+    "downscale": _downscale,
+    "border": _border,
+    "caption": _caption,
 }
 
 
@@ -101,8 +107,9 @@ def pick(src: Path, n: int, seed: int = 0) -> list[Path]:
     return out
 
 
-def make(src: str | os.PathLike, out: str | os.PathLike, n: int = 100, seed: int = 0,
-         edits: list[str] | None = None) -> list[Path]:
+def make(
+    src: str | os.PathLike, out: str | os.PathLike, n: int = 100, seed: int = 0, edits: list[str] | None = None
+) -> list[Path]:
     """Write edited copies of ``n`` images of ``src`` under ``out/<edit>/``; returns the copies."""
     src, out = Path(src), Path(out)
     written = []
@@ -118,7 +125,9 @@ def make(src: str | os.PathLike, out: str | os.PathLike, n: int = 100, seed: int
     return written
 
 
-def original_of(copy: str | os.PathLike, copies_root: str | os.PathLike, gallery_root: str | os.PathLike) -> tuple[str, Path]:
+def original_of(
+    copy: str | os.PathLike, copies_root: str | os.PathLike, gallery_root: str | os.PathLike
+) -> tuple[str, Path]:
     """(edit name, relative path of the original in the gallery, any extension) of a copy."""
     rel = Path(copy).relative_to(copies_root)
     return rel.parts[0], Path(*rel.parts[1:]).with_suffix("")
@@ -170,7 +179,13 @@ def score_dedup(groups: list[dict], data: str | os.PathLike, copies: str | os.Pa
     per_edit: dict[str, list[bool]] = defaultdict(list)
     for c, ok in hit.items():
         per_edit[Path(c).resolve().relative_to(copies).parts[0]].append(ok)
-    return {"groups": len(groups), "planted_copies": len(planted), "recall": round(sum(hit.values()) / max(len(planted), 1), 4),
-            "pair_precision": round(good_pairs / max(pairs, 1), 4), "cross_class_groups": cross,
-            "groups_mixing_originals": mixed, "groups_mixing_same_edit": same_edit,
-            "recall_per_edit": {e: round(sum(v) / len(v), 3) for e, v in sorted(per_edit.items())}}
+    return {
+        "groups": len(groups),
+        "planted_copies": len(planted),
+        "recall": round(sum(hit.values()) / max(len(planted), 1), 4),
+        "pair_precision": round(good_pairs / max(pairs, 1), 4),
+        "cross_class_groups": cross,
+        "groups_mixing_originals": mixed,
+        "groups_mixing_same_edit": same_edit,
+        "recall_per_edit": {e: round(sum(v) / len(v), 3) for e, v in sorted(per_edit.items())},
+    }

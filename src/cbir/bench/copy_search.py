@@ -11,6 +11,7 @@ reach 10, 12, 13, 14, 15 inliers on any checked hit (``negatives_inliers_at_leas
 reaches (``negatives_max_inliers``). ``ms_per_query``: median and mean wall time of one
 ``Gallery.search`` call (decode, embedding, local features, k-NN, verification, re-ranking).
 """
+
 from __future__ import annotations
 
 import time
@@ -20,7 +21,6 @@ import numpy as np
 
 from cbir.errors import CbirError
 from cbir.walk import find_images
-
 
 MARGIN = (10, 12, 13, 14, 15)  # inlier counts whose reach by negatives is reported (the default bar: 15)
 
@@ -41,8 +41,15 @@ def original_ids(gallery, data: str) -> dict[str, int]:
     return out
 
 
-def copy_search(gallery, data: str, suite: str, k: int = 10, rerank=None, per_aug: int | None = None,
-                keeps: dict[str, bool] | None = None) -> dict:
+def copy_search(
+    gallery,
+    data: str,
+    suite: str,
+    k: int = 10,
+    rerank=None,
+    per_aug: int | None = None,
+    keeps: dict[str, bool] | None = None,
+) -> dict:
     """Score the suite under ``suite`` against ``gallery`` (a ``Gallery`` holding ``data``).
     ``per_aug``: at most this many queries per augmentation (the first in path order).
     ``keeps``: augmentation → keeps ≥ 25 % of the original's pixels (``augly_suite.AUGS``), for the
@@ -101,4 +108,3 @@ def copy_search(gallery, data: str, suite: str, k: int = 10, rerank=None, per_au
         summary["negatives_inliers_at_least"] = {t: sum(m >= t for m in most) for t in MARGIN}
         summary["negatives_max_inliers"] = max(most, default=0)
     return {**summary, "per_aug": c, "per_aug_negatives": ng}
-

@@ -5,6 +5,7 @@ pairs turned into groups by connected components (how both present duplicates) a
 (``pip install imagededup fastdup``); a peer that does not import is reported as such, not skipped
 silently.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,8 +56,11 @@ def fastdup_groups(files: list[str], threshold: float = 0.9) -> list[dict]:
         fd = fastdup.create(work_dir=os.path.join(tmp, "work"), input_dir=str(listing))
         fd.run(threshold=threshold, ccthreshold=threshold, overwrite=True, verbose=False)
         sim = fd.similarity()
-        pairs = [(str(a), str(b)) for a, b, s in zip(sim["filename_from"], sim["filename_to"], sim["distance"])
-                 if s >= threshold]
+        pairs = [
+            (str(a), str(b))
+            for a, b, s in zip(sim["filename_from"], sim["filename_to"], sim["distance"])
+            if s >= threshold
+        ]
     return _components(pairs)
 
 

@@ -4,6 +4,7 @@ FAISS's CPU Flat index on the same random unit vectors, in one run: queries/s of
 against FAISS's (FP16 storage may swap near-ties). ``clients`` threads then send single-query
 searches, as ``cbir serve`` does: torch combines what queues up into one matmul (``mean_combined``
 requests per matmul), FAISS answers each on its own."""
+
 from __future__ import annotations
 
 import time
@@ -14,8 +15,17 @@ import numpy as np
 from cbir.vectors import l2_normalize
 
 
-def bench_exact(n: int = 1_000_000, dim: int = 320, device: str = "cuda", queries: int = 1000, batch: int = 100,
-                k: int = 10, repeats: int = 3, seed: int = 0, clients: int = 16) -> dict:
+def bench_exact(
+    n: int = 1_000_000,
+    dim: int = 320,
+    device: str = "cuda",
+    queries: int = 1000,
+    batch: int = 100,
+    k: int = 10,
+    repeats: int = 3,
+    seed: int = 0,
+    clients: int = 16,
+) -> dict:
     import faiss
 
     from cbir.cores import all_cores
@@ -47,6 +57,7 @@ def bench_exact(n: int = 1_000_000, dim: int = 320, device: str = "cuda", querie
         rates["faiss_cpu"].append(r)
         r, got = run(dev)
         rates["torch"].append(r)
+
     def concurrent(index) -> float:
         with ThreadPoolExecutor(clients) as pool:
             t0 = time.perf_counter()
@@ -59,9 +70,21 @@ def bench_exact(n: int = 1_000_000, dim: int = 320, device: str = "cuda", querie
         singles = {"faiss_cpu": concurrent(cpu), "torch": concurrent(dev)}
     recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, want)]))
     med = {name: float(np.median(v)) for name, v in rates.items()}
-    return {"n": n, "dim": dim, "device": device, "dtype": str(dev.dtype).replace("torch.", ""), "queries": queries,
-            "batch": batch, "k": k, "repeats": repeats, "threads_faiss": all_cores(), "load_s": round(load_s, 2),
-            "queries_per_s": {name: round(v, 1) for name, v in med.items()},
-            "ratio_torch_to_faiss_cpu": round(med["torch"] / med["faiss_cpu"], 2), "recall_at_k_vs_faiss": round(recall, 4),
-            "clients": clients, "single_query_per_s": {name: round(v, 1) for name, v in singles.items()},
-            "mean_combined": round(dev.requests / max(dev.batches, 1), 2)}
+    return {
+        "n": n,
+        "dim": dim,
+        "device": device,
+        "dtype": str(dev.dtype).replace("torch.", ""),
+        "queries": queries,
+        "batch": batch,
+        "k": k,
+        "repeats": repeats,
+        "threads_faiss": all_cores(),
+        "load_s": round(load_s, 2),
+        "queries_per_s": {name: round(v, 1) for name, v in med.items()},
+        "ratio_torch_to_faiss_cpu": round(med["torch"] / med["faiss_cpu"], 2),
+        "recall_at_k_vs_faiss": round(recall, 4),
+        "clients": clients,
+        "single_query_per_s": {name: round(v, 1) for name, v in singles.items()},
+        "mean_combined": round(dev.requests / max(dev.batches, 1), 2),
+    }

@@ -3,6 +3,7 @@
 Used to report model-only throughput as a fraction of what the CPU's matrix unit can do:
 ``efficiency = FLOPs/image × img/s ÷ sgemm FLOP/s``. Torch-free.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,7 +36,11 @@ def onnx_flops(path: str) -> float:
         elif node.op_type in ("MatMul", "Gemm"):
             a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
             if a and out and all(out) and all(a):
-                total += 2.0 * np.prod(out) * a[-1] if node.op_type == "MatMul" or not _trans_a(node) else 2.0 * np.prod(out) * a[0]
+                total += (
+                    2.0 * np.prod(out) * a[-1]
+                    if node.op_type == "MatMul" or not _trans_a(node)
+                    else 2.0 * np.prod(out) * a[0]
+                )
     return float(total)
 
 

@@ -7,6 +7,7 @@ p50/p95/p99 (client side), status counts, and the server's own queue/inference/s
 ``timings_ms``). Only loopback addresses are accepted: this is a benchmark, not a load-testing tool
 for other hosts.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -30,8 +31,9 @@ def check_loopback(url: str) -> None:
         raise CbirError(f"--url {url}: only loopback addresses (127.0.0.0/8, ::1, localhost) are benchmarked")
 
 
-def bench_http(url: str, images, concurrencies=(1, 8, 32), requests: int = 200, k: int = 10,
-               reranks=(None,), rounds: int = 1) -> list[dict]:
+def bench_http(
+    url: str, images, concurrencies=(1, 8, 32), requests: int = 200, k: int = 10, reranks=(None,), rounds: int = 1
+) -> list[dict]:
     """One row per (round, re-ranking, concurrency), re-rankings interleaved within each round (the
     fair comparison on a shared machine). ``images``: one path or several, sent in turn."""
     import httpx
@@ -47,7 +49,9 @@ def bench_http(url: str, images, concurrencies=(1, 8, 32), requests: int = 200, 
                 for d in data[:3]:
                     warm.post("/search", params=params, content=d)
             for c in concurrencies:
-                out.append({"round": rnd, "rerank": rr or "index default", **_closed_loop(url, data, params, c, requests)})
+                out.append(
+                    {"round": rnd, "rerank": rr or "index default", **_closed_loop(url, data, params, c, requests)}
+                )
     return out
 
 
@@ -67,8 +71,9 @@ def _closed_loop(url: str, data: list[bytes], params: dict, c: int, requests: in
                 if n is None:
                     return
                 t0 = time.perf_counter()
-                r = client.post("/search", params=params, content=data[n % len(data)],
-                                headers={"content-type": "image/jpeg"})
+                r = client.post(
+                    "/search", params=params, content=data[n % len(data)], headers={"content-type": "image/jpeg"}
+                )
                 dt = (time.perf_counter() - t0) * 1e3
                 with lock:
                     lat.append(dt)
@@ -82,9 +87,18 @@ def _closed_loop(url: str, data: list[bytes], params: dict, c: int, requests: in
             f.result()
     wall = time.perf_counter() - t0
     a = np.asarray(lat)
-    return {"concurrency": c, "requests": requests, "requests_per_s": requests / wall,
-            "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99)), "status": {str(k_): v for k_, v in codes.items()},
-            "server_p50_ms": {key: float(np.median([s[key] for s in server if key in s]))
-                              for key in ("queue_ms", "inference_ms", "search_ms") if server},
-            "mean_batch": float(np.mean([s.get("batch", 1) for s in server])) if server else 0.0}
+    return {
+        "concurrency": c,
+        "requests": requests,
+        "requests_per_s": requests / wall,
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "status": {str(k_): v for k_, v in codes.items()},
+        "server_p50_ms": {
+            key: float(np.median([s[key] for s in server if key in s]))
+            for key in ("queue_ms", "inference_ms", "search_ms")
+            if server
+        },
+        "mean_batch": float(np.mean([s.get("batch", 1) for s in server])) if server else 0.0,
+    }

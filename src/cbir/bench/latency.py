@@ -10,6 +10,7 @@ Reports (medians over ``repeats`` after ``warmup``, min/max beside them):
 - model load time and peak RSS; with ``baseline="torch"`` PyTorch eager (channels_last, inference
   mode, same trunk and head) and ``speedup_vs_torch``.
 """
+
 from __future__ import annotations
 
 import resource
@@ -56,8 +57,14 @@ def latencies(fn, n: int = 50, warmup: int = 5) -> list[float]:
     return out
 
 
-def batcher_sweep(emb, rows: list[np.ndarray], concurrencies: list[int], requests: int = 256,
-                  max_batch: int = 32, max_delay_ms: float = 5.0) -> list[dict]:
+def batcher_sweep(
+    emb,
+    rows: list[np.ndarray],
+    concurrencies: list[int],
+    requests: int = 256,
+    max_batch: int = 32,
+    max_delay_ms: float = 5.0,
+) -> list[dict]:
     out = []
     for c in concurrencies:
         with emb.batcher(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max(1024, c * 4)) as b:
@@ -76,9 +83,17 @@ def batcher_sweep(emb, rows: list[np.ndarray], concurrencies: list[int], request
                 list(pool.map(one, range(requests)))
             wall = time.perf_counter() - t0
             tim = list(b.timings)
-        out.append({"concurrency": c, "requests": requests, "images_per_s": requests / wall, **_pct(lat),
-                    "queue_ms": _pct([t.queue_ms for t in tim]), "compute_ms": _pct([t.compute_ms for t in tim]),
-                    "mean_batch": float(np.mean([t.batch for t in tim]))})
+        out.append(
+            {
+                "concurrency": c,
+                "requests": requests,
+                "images_per_s": requests / wall,
+                **_pct(lat),
+                "queue_ms": _pct([t.queue_ms for t in tim]),
+                "compute_ms": _pct([t.compute_ms for t in tim]),
+                "mean_batch": float(np.mean([t.batch for t in tim])),
+            }
+        )
     return out
 
 
@@ -102,9 +117,18 @@ def torch_baseline(info, batch: np.ndarray, repeats: int, warmup: int) -> dict:
     return throughput(run, batch, repeats, warmup)
 
 
-def bench_latency(model: str, backend: str = "onnxruntime", batch_sizes=(1, 8, 32, 64), data: str | None = None,
-                  baseline: str | None = None, concurrencies=(1, 8, 32), repeats: int = 5, warmup: int = 2,
-                  threads: int | None = None, precision: str | None = None) -> dict:
+def bench_latency(
+    model: str,
+    backend: str = "onnxruntime",
+    batch_sizes=(1, 8, 32, 64),
+    data: str | None = None,
+    baseline: str | None = None,
+    concurrencies=(1, 8, 32),
+    repeats: int = 5,
+    warmup: int = 2,
+    threads: int | None = None,
+    precision: str | None = None,
+) -> dict:
     from cbir.engine.embedder import Embedder
 
     t0 = time.perf_counter()
@@ -118,12 +142,19 @@ def bench_latency(model: str, backend: str = "onnxruntime", batch_sizes=(1, 8, 3
     api = latencies(lambda: emb.embed_one(rows[0]))
     bare = latencies(lambda: emb.runner.run(big[:1]))
     report = {
-        "model": emb.info.public(), "backend": emb.runner.name, "providers": emb.runner.providers,
-        "threads": threads, "load_seconds": round(load_s, 3), "batch_sizes": list(batch_sizes),
+        "model": emb.info.public(),
+        "backend": emb.runner.name,
+        "providers": emb.runner.providers,
+        "threads": threads,
+        "load_seconds": round(load_s, 3),
+        "batch_sizes": list(batch_sizes),
         "auto_batch_size": emb.auto_batch_size,
         "model_only_images_per_s": model_only,
-        "batch1_latency_ms": {"api": _pct(api), "bare_runner": _pct(bare),
-                               "api_over_bare_p50": float(np.median(api) / np.median(bare))},
+        "batch1_latency_ms": {
+            "api": _pct(api),
+            "bare_runner": _pct(bare),
+            "api_over_bare_p50": float(np.median(api) / np.median(bare)),
+        },
     }
     e2e_bs = next((b for b in batch_sizes if b >= 32), max(batch_sizes))
     if data:
@@ -136,22 +167,36 @@ def bench_latency(model: str, backend: str = "onnxruntime", batch_sizes=(1, 8, 3
             runs.append(res.timings.as_dict()["images_per_s"])
         e2e = _stats(runs)
         mo = throughput(emb.run, big[:e2e_bs], repeats, warmup)  # re-measured next to the e2e runs
-        report["end_to_end"] = {"batch_size": e2e_bs, "files": len(files), "images_per_s": e2e,
-                                "model_only_images_per_s": mo, "ratio": e2e["median"] / mo["median"],
-                                "stage_seconds_last_run": res.timings.as_dict()}
+        report["end_to_end"] = {
+            "batch_size": e2e_bs,
+            "files": len(files),
+            "images_per_s": e2e,
+            "model_only_images_per_s": mo,
+            "ratio": e2e["median"] / mo["median"],
+            "stage_seconds_last_run": res.timings.as_dict(),
+        }
     report["batcher"] = batcher_sweep(emb, rows, list(concurrencies))
     if baseline == "torch":
         bs = e2e_bs
         tb = torch_baseline(emb.info, big[:bs], repeats, warmup)
         ours = throughput(emb.run, big[:bs], repeats, warmup)
-        report["torch_eager"] = {"batch_size": bs, "images_per_s": tb, "ours_images_per_s": ours,
-                                 "speedup_vs_torch": ours["median"] / tb["median"]}
+        report["torch_eager"] = {
+            "batch_size": bs,
+            "images_per_s": tb,
+            "ours_images_per_s": ours,
+            "speedup_vs_torch": ours["median"] / tb["median"],
+        }
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
 
 
-SPEC_OPTIONS = {"eager": {"cuda_graphs": False}, "compile": {"compile": True}, "cpu": {"device": "cpu"},
-                "cuda": {"device": "cuda"}, "gpudecode": {"decode": "gpu"}}
+SPEC_OPTIONS = {
+    "eager": {"cuda_graphs": False},
+    "compile": {"compile": True},
+    "cpu": {"device": "cpu"},
+    "cuda": {"device": "cuda"},
+    "gpudecode": {"decode": "gpu"},
+}
 
 
 AGREEMENT_FILES = 64
@@ -173,8 +218,15 @@ def parse_spec(spec: str, model: str) -> tuple[str, str | None, str, dict]:
     return backend, precision or None, other or model, options
 
 
-def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data: str | None = None,
-                     repeats: int = 5, e2e_batch: int | None = None, threads: int | None = None) -> dict:
+def compare_backends(
+    model: str,
+    specs: list[str],
+    batch_sizes=(1, 8, 32),
+    data: str | None = None,
+    repeats: int = 5,
+    e2e_batch: int | None = None,
+    threads: int | None = None,
+) -> dict:
     """Backend × precision (× model file: ``backend[:precision][@file]``) in one process run: model-only
     img/s per batch size and end-to-end img/s from image files (after one untimed pass), repeats
     interleaved round-robin (drift hits every backend alike), medians, and each spec's ratio to the
@@ -210,7 +262,9 @@ def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data:
             for b in batch_sizes:
                 runs[s]["model_only"][str(b)].append(throughput(emb.run, big[:b], 1, 1)["median"])
             if files:
-                runs[s]["end_to_end"].append(emb.embed_files(files, batch_size=e2e_batch).timings.as_dict()["images_per_s"])
+                runs[s]["end_to_end"].append(
+                    emb.embed_files(files, batch_size=e2e_batch).timings.as_dict()["images_per_s"]
+                )
     agreement = {}
     if files:
         sample = files[:AGREEMENT_FILES]
@@ -220,15 +274,30 @@ def compare_backends(model: str, specs: list[str], batch_sizes=(1, 8, 32), data:
             common, ia, ib = np.intersect1d(ref.indices, got.indices, return_indices=True)
             a, b = ref.vectors[ia], got.vectors[ib]  # cosines proper: l2n's eps leaves tiny raw vectors short of 1
             cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-            agreement[s] = {"images": len(common), "min_cos": round(float(cos.min()), 6) if len(cos) else None,
-                            "median_cos": round(float(np.median(cos)), 6) if len(cos) else None}
+            agreement[s] = {
+                "images": len(common),
+                "min_cos": round(float(cos.min()), 6) if len(cos) else None,
+                "median_cos": round(float(np.median(cos)), 6) if len(cos) else None,
+            }
     base = specs[0]
-    out = {"model": next(iter(embs.values())).info.public(), "batch_sizes": list(batch_sizes), "repeats": repeats,
-           "files": len(files) if files else 0, "e2e_batch": e2e_batch, "backends": {}, "unavailable": unavailable}
+    out = {
+        "model": next(iter(embs.values())).info.public(),
+        "batch_sizes": list(batch_sizes),
+        "repeats": repeats,
+        "files": len(files) if files else 0,
+        "e2e_batch": e2e_batch,
+        "backends": {},
+        "unavailable": unavailable,
+    }
     for s in specs:
         mo = {b: _stats(v) for b, v in runs[s]["model_only"].items()}
-        row = {"name": embs[s].runner.name, "providers": embs[s].runner.providers, "auto_batch_size": embs[s].auto_batch_size, "model_only_images_per_s": mo,
-               "model_only_ratio": {b: mo[b]["median"] / _stats(runs[base]["model_only"][b])["median"] for b in mo}}
+        row = {
+            "name": embs[s].runner.name,
+            "providers": embs[s].runner.providers,
+            "auto_batch_size": embs[s].auto_batch_size,
+            "model_only_images_per_s": mo,
+            "model_only_ratio": {b: mo[b]["median"] / _stats(runs[base]["model_only"][b])["median"] for b in mo},
+        }
         if files:
             e2e = _stats(runs[s]["end_to_end"])
             row["end_to_end_images_per_s"] = e2e

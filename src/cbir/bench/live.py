@@ -10,11 +10,13 @@ server on the same final index answers the same clients for ``after_s``, for its
 
 Reported per phase: requests, latency p50/p95/p99/max (client side), statuses, answers that were not
 JSON, short answers (fewer than k results: the base holds at least k items at every moment),
-resurrected answers (a result from a copy whose remove had returned before the request was sent), partial answers, and requests answered later
+resurrected answers (a result from a copy whose remove had returned before the request was sent), partial answers,
+and requests answered later
 than the deadline plus ``slack_s``; the writer's operations (duration, killed) and throughput; the
 RSS curve, the RSS after the writes and the fresh server's. ``plot`` draws latency over time and
 the RSS curve (matplotlib, the ``bench`` extra).
 """
+
 from __future__ import annotations
 
 import json
@@ -85,8 +87,11 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "ab")
-        self.proc = subprocess.Popen(cli("serve", "--index", str(index), "--port", str(self.port), "--timeout",
-                                         str(timeout_s)), stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cli("serve", "--index", str(index), "--port", str(self.port), "--timeout", str(timeout_s)),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self._wait_ready()
 
     def _wait_ready(self, limit_s: float = 300.0) -> None:
@@ -95,7 +100,9 @@ class Server:
         end = time.monotonic() + limit_s
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise CbirError(f"cbir serve exited with {self.proc.returncode} before it was ready (log: {self.log.name})")
+                raise CbirError(
+                    f"cbir serve exited with {self.proc.returncode} before it was ready (log: {self.log.name})"
+                )
             try:
                 if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
                     return
@@ -125,8 +132,9 @@ class Server:
         self.log.close()
 
 
-def reader(url: str, queries: list[bytes], k: int, t0: float, stop: threading.Event, out: list, seed: int,
-           timeout_s: float) -> None:
+def reader(
+    url: str, queries: list[bytes], k: int, t0: float, stop: threading.Event, out: list, seed: int, timeout_s: float
+) -> None:
     """One closed-loop client: POST /search of a random query image, again and again, until ``stop``."""
     import httpx
 
@@ -147,8 +155,17 @@ def reader(url: str, queries: list[bytes], k: int, t0: float, stop: threading.Ev
                 out.append(Sample(t - t0, ms, r.status_code, False))
                 continue
             res = body.get("results", []) if r.status_code == 200 else []
-            out.append(Sample(t - t0, ms, r.status_code, True, len(res), [h["path"] for h in res],
-                              bool(body.get("partial", False))))
+            out.append(
+                Sample(
+                    t - t0,
+                    ms,
+                    r.status_code,
+                    True,
+                    len(res),
+                    [h["path"] for h in res],
+                    bool(body.get("partial", False)),
+                )
+            )
 
 
 @dataclass
@@ -179,7 +196,9 @@ def writer(cfg: LiveConfig, index: Path, t0: float, stop: threading.Event, log: 
         adds += op == "add"
         kill = op == "add" and cfg.kill_every > 0 and adds % cfg.kill_every == 0
         rc, killed, start, end = _run_op(cfg, index, op, copy, kill, rng, logf)
-        log.ops.append({"op": op, "folder": str(copy), "start": start - t0, "end": end - t0, "rc": rc, "killed": killed})
+        log.ops.append(
+            {"op": op, "folder": str(copy), "start": start - t0, "end": end - t0, "rc": rc, "killed": killed}
+        )
         if op == "remove" and rc == 0:
             log.removed[str(copy)] = [[end - t0, float("inf")]]  # a copy never comes back
             shutil.rmtree(copy, ignore_errors=True)
@@ -214,8 +233,10 @@ def sample_rss(server: Server, t0: float, stop: threading.Event, out: list, ever
 def soak(url: str, cfg: LiveConfig, queries: list[bytes], t0: float, seconds: float, out: list, seed: int) -> None:
     """``cfg.readers`` clients against ``url`` for ``seconds``."""
     stop = threading.Event()
-    threads = [threading.Thread(target=reader, args=(url, queries, cfg.k, t0, stop, out, seed + i, cfg.timeout_s),
-                                daemon=True) for i in range(cfg.readers)]
+    threads = [
+        threading.Thread(target=reader, args=(url, queries, cfg.k, t0, stop, out, seed + i, cfg.timeout_s), daemon=True)
+        for i in range(cfg.readers)
+    ]
     for t in threads:
         t.start()
     stop.wait(seconds)
@@ -234,8 +255,10 @@ def build_index(cfg: LiveConfig, logf) -> Path:
     for step in steps:
         r = subprocess.run(cli(*step), stdout=logf, stderr=subprocess.STDOUT)
         if r.returncode != 0:
-            raise CbirError(f"building the soak's index failed ({' '.join(step[:2])}: exit {r.returncode}); "
-                            f"see {cfg.work / 'live.log'}")
+            raise CbirError(
+                f"building the soak's index failed ({' '.join(step[:2])}: exit {r.returncode}); "
+                f"see {cfg.work / 'live.log'}"
+            )
     return index
 
 
@@ -277,18 +300,29 @@ def run(cfg: LiveConfig) -> dict:
             fresh.stop()
     phases = {"idle": (0.0, cfg.idle_s), "writing": (cfg.idle_s, writes_end), "after": (writes_end, float("inf"))}
     report = summarize(samples, phases, writes, cfg)
-    report.update(rss_mb={"start": rss_start, "peak": max((m for _, m in rss), default=None), "after_writes": rss_after,
-                          "fresh_same_index": rss_fresh,
-                          "after_vs_fresh": rss_after / rss_fresh if rss_after and rss_fresh else None},
-                  rss_curve=[[round(t, 1), round(m, 1)] for t, m in rss], fresh=phase_stats(fresh_samples, cfg),
-                  writer=writer_stats(writes, writes_end - cfg.idle_s), config=config_dict(cfg))
+    report.update(
+        rss_mb={
+            "start": rss_start,
+            "peak": max((m for _, m in rss), default=None),
+            "after_writes": rss_after,
+            "fresh_same_index": rss_fresh,
+            "after_vs_fresh": rss_after / rss_fresh if rss_after and rss_fresh else None,
+        },
+        rss_curve=[[round(t, 1), round(m, 1)] for t, m in rss],
+        fresh=phase_stats(fresh_samples, cfg),
+        writer=writer_stats(writes, writes_end - cfg.idle_s),
+        config=config_dict(cfg),
+    )
     (cfg.work / "samples.json").write_text(json.dumps([s.__dict__ for s in samples]))
     return report
 
 
 def config_dict(cfg: LiveConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
-            for k, v in cfg.__dict__.items() if k != "queries"} | {"queries": len(cfg.queries)}
+    return {
+        k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
+        for k, v in cfg.__dict__.items()
+        if k != "queries"
+    } | {"queries": len(cfg.queries)}
 
 
 def phase_stats(samples: list[Sample], cfg: LiveConfig) -> dict:
@@ -298,12 +332,19 @@ def phase_stats(samples: list[Sample], cfg: LiveConfig) -> dict:
     status: dict[str, int] = {}
     for s in samples:
         status[str(s.status)] = status.get(str(s.status), 0) + 1
-    return {"requests": len(samples), "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "status": status,
-            "5xx": sum(1 for s in samples if s.status >= 500), "non_json": sum(1 for s in samples if not s.json_ok),
-            "short": sum(1 for s in samples if s.status == 200 and s.results < cfg.k),
-            "partial": sum(1 for s in samples if s.partial),
-            "past_deadline": int((ms > (cfg.timeout_s + cfg.slack_s) * 1e3).sum())}
+    return {
+        "requests": len(samples),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "status": status,
+        "5xx": sum(1 for s in samples if s.status >= 500),
+        "non_json": sum(1 for s in samples if not s.json_ok),
+        "short": sum(1 for s in samples if s.status == 200 and s.results < cfg.k),
+        "partial": sum(1 for s in samples if s.partial),
+        "past_deadline": int((ms > (cfg.timeout_s + cfg.slack_s) * 1e3).sum()),
+    }
 
 
 def resurrected(samples: list[Sample], writes: Writes) -> list[dict]:
@@ -321,17 +362,27 @@ def summarize(samples: list[Sample], phases: dict, writes: Writes, cfg: LiveConf
     by_phase = {name: phase_stats([s for s in samples if a <= s.t < b], cfg) for name, (a, b) in phases.items()}
     back = resurrected(samples, writes)
     idle99, write99 = by_phase["idle"].get("p99_ms"), by_phase["writing"].get("p99_ms")
-    return {"phases": by_phase, "resurrected": len(back), "resurrected_examples": back[:10],
-            "writing_p99_vs_idle": write99 / idle99 if idle99 and write99 else None}
+    return {
+        "phases": by_phase,
+        "resurrected": len(back),
+        "resurrected_examples": back[:10],
+        "writing_p99_vs_idle": write99 / idle99 if idle99 and write99 else None,
+    }
 
 
 def writer_stats(writes: Writes, seconds: float) -> dict:
     ops = writes.ops
     done = [o for o in ops if o["rc"] == 0]
-    return {"ops": len(ops), "adds": sum(o["op"] == "add" for o in ops), "removes": sum(o["op"] == "remove" for o in ops),
-            "killed": sum(o["killed"] for o in ops), "failed": sum(o["rc"] != 0 and not o["killed"] for o in ops),
-            "ops_per_min": len(done) / seconds * 60 if seconds > 0 else None,
-            "median_op_s": float(np.median([o["end"] - o["start"] for o in done])) if done else None, "log": ops}
+    return {
+        "ops": len(ops),
+        "adds": sum(o["op"] == "add" for o in ops),
+        "removes": sum(o["op"] == "remove" for o in ops),
+        "killed": sum(o["killed"] for o in ops),
+        "failed": sum(o["rc"] != 0 and not o["killed"] for o in ops),
+        "ops_per_min": len(done) / seconds * 60 if seconds > 0 else None,
+        "median_op_s": float(np.median([o["end"] - o["start"] for o in done])) if done else None,
+        "log": ops,
+    }
 
 
 def plot(report: dict, samples_json: Path, out: Path) -> Path:
@@ -348,8 +399,13 @@ def plot(report: dict, samples_json: Path, out: Path) -> Path:
         if pts:
             ax.scatter(*zip(*pts), s=3, c=colour, label=f"status {status}")
     for o in report["writer"]["log"]:
-        ax.axvspan(o["start"], o["end"], color="tab:red" if o["killed"] else "tab:green" if o["op"] == "add"
-                   else "tab:orange", alpha=0.08, lw=0)
+        ax.axvspan(
+            o["start"],
+            o["end"],
+            color="tab:red" if o["killed"] else "tab:green" if o["op"] == "add" else "tab:orange",
+            alpha=0.08,
+            lw=0,
+        )
     ax.set_yscale("log")
     ax.set_ylabel("latency (ms, client)")
     ax.legend(loc="upper right")

@@ -1,4 +1,5 @@
 """A description of the machine and library versions for benchmark reports. Torch-free."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -21,10 +22,26 @@ def describe() -> dict:
     except (ValueError, OSError, AttributeError):
         pass
     versions = {}
-    for pkg in ("cbir", "numpy", "onnxruntime", "onnx", "faiss-cpu", "pillow", "opencv-python-headless", "torch", "timm"):
+    for pkg in (
+        "cbir",
+        "numpy",
+        "onnxruntime",
+        "onnx",
+        "faiss-cpu",
+        "pillow",
+        "opencv-python-headless",
+        "torch",
+        "timm",
+    ):
         try:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": all_cores(), "memory_gb": round(mem, 1) if mem else None,
-            "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
+    return {
+        "cpu": cpu,
+        "cores": all_cores(),
+        "memory_gb": round(mem, 1) if mem else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }

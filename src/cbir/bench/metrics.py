@@ -7,6 +7,7 @@ relevant to query q; ``n_relevant[q]`` = R_q, the relevant items in the whole ga
 - P@K = hits in top K / K; R@K = hits in top K / R_q (0 when R_q = 0).
 Ties are broken by the ranking given (``rank_by_score`` sorts by descending score, stable by index).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,8 +47,9 @@ def recall_at(rel: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
     return np.divide(hits, n_relevant, out=np.zeros_like(hits), where=n_relevant > 0)
 
 
-def relevance(query_labels: np.ndarray, gallery_labels: np.ndarray, ranking: np.ndarray,
-              exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def relevance(
+    query_labels: np.ndarray, gallery_labels: np.ndarray, ranking: np.ndarray, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """rel matrix and R_q from labels and a ranking [q, n] of gallery indices.
 
     ``exclude[q]`` (a gallery index or −1) is dropped from query q's ranking and from R_q.

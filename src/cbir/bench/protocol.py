@@ -4,6 +4,7 @@ A data set is either class-per-folder (``DIR/<class>/<image>``) or flat ``N.jpg`
 N // 100 (the original Corel-1K naming). Split: stratified 80/20 per seed (default seeds 0, 1, 2);
 queries are the test split, the gallery is the whole set.
 """
+
 from __future__ import annotations
 
 import re

@@ -9,6 +9,7 @@ by the index before they run, so the worst rows here are the worst any request c
 re-ranking needs a model with regions and is not among them (its cost is re-scored items × windows ×
 d, bounded the same way).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,12 @@ SETTINGS = {
     "shortlist 10000, QE 1000": {"shortlist": 10000, "qe": 1000},
     "shortlist 3500, DBA 900": {"shortlist": 3500, "shortlist_dba": 900},
     "shortlist 2900, diffusion 1000": {"shortlist": 2900, "diffusion": 1000},
-    "shortlist 2500, DBA 500, QE 1000, diffusion 1000": {"shortlist": 2500, "shortlist_dba": 500, "qe": 1000,
-                                                          "diffusion": 1000},
+    "shortlist 2500, DBA 500, QE 1000, diffusion 1000": {
+        "shortlist": 2500,
+        "shortlist_dba": 500,
+        "qe": 1000,
+        "diffusion": 1000,
+    },
 }
 
 
@@ -39,8 +44,8 @@ def child(root: str, overrides: dict, threads: int, queries: int) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     from cbir.bench.scale import peak_rss_mb
-    from cbir.index.query import rerank
     from cbir.index.gallery import Gallery
+    from cbir.index.query import rerank
 
     g = Gallery(Path(root) / "idx")
     q = np.load(Path(root) / "queries.npy")
@@ -52,36 +57,61 @@ def child(root: str, overrides: dict, threads: int, queries: int) -> dict:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda i: g.search_vectors(q[i : i + 1], k=100, rerank=cfg), range(queries)))
     wall = time.perf_counter() - t0
-    return {"baseline_rss_mb": round(base), "peak_rss_mb": round(peak_rss_mb()), "estimate_mib": round(mib, 1),
-            "estimate_gflop": round(gflop, 2), "ms_per_query": round(wall / queries * 1e3 * threads, 1)}
+    return {
+        "baseline_rss_mb": round(base),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "estimate_mib": round(mib, 1),
+        "estimate_gflop": round(gflop, 2),
+        "ms_per_query": round(wall / queries * 1e3 * threads, 1),
+    }
 
 
-def bench_requests(n: int = 100_000, dim: int = 320, threads: int | None = None, queries: int = 4,
-                   workdir: str | None = None, seed: int = 0) -> dict:
+def bench_requests(
+    n: int = 100_000,
+    dim: int = 320,
+    threads: int | None = None,
+    queries: int = 4,
+    workdir: str | None = None,
+    seed: int = 0,
+) -> dict:
     from cbir.bench.scale import Synthetic, write_synthetic
     from cbir.cores import all_cores
-    from cbir.index.gallery import Gallery
     from cbir.index.build.vectors import VectorSource, ingest, read_paths
+    from cbir.index.gallery import Gallery
 
     threads = threads or max(1, all_cores() // 2)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cbir-bench-requests-"))
     try:
         write_synthetic(root, n, dim, seed)
-        np.save(root / "queries.npy", Synthetic(n, dim, seed).draw(max(queries, threads), np.random.default_rng(seed + 7)))
+        np.save(
+            root / "queries.npy", Synthetic(n, dim, seed).draw(max(queries, threads), np.random.default_rng(seed + 7))
+        )
         source = VectorSource(root / "vectors")
         g = Gallery.create(root / "idx", None, dim=dim, shard_size=65_536)
         ingest(g, source, read_paths(root / "paths.txt", len(source)))
         g.close()
         rows = []
         for name, overrides in SETTINGS.items():
-            r = subprocess.run([sys.executable, "-m", "cbir.bench.requests", str(root), json.dumps(overrides),
-                                str(threads), str(max(queries, threads))], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cbir.bench.requests",
+                    str(root),
+                    json.dumps(overrides),
+                    str(threads),
+                    str(max(queries, threads)),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
             if r.returncode != 0:
                 raise RuntimeError(f"bench requests {name}: {r.stderr.strip().splitlines()[-1]}")
             row = json.loads(r.stdout.strip().splitlines()[-1])
-            rows.append({"setting": name, **overrides, **row,
-                         "request_mb": row["peak_rss_mb"] - row["baseline_rss_mb"]})
+            rows.append(
+                {"setting": name, **overrides, **row, "request_mb": row["peak_rss_mb"] - row["baseline_rss_mb"]}
+            )
         return {"n": n, "dim": dim, "threads": threads, "rows": rows}
     finally:
         if not workdir:

@@ -1,13 +1,15 @@
 """``cbir bench search``: the index at scale, through the path a user's build takes.
 
 For each size n: synthetic unit vectors (``Synthetic``; d = 320 by default; fresh draws from the same
-distribution are the held-out queries) are written as ``.npy`` parts; then a child process runs ``index build --from-vectors --factory auto``
+distribution are the held-out queries) are written as ``.npy`` parts; then a child process runs ``index build
+--from-vectors --factory auto``
 (streaming ingest into shard files, index chosen for ``--memory-budget`` and tuned to
 ``--target-recall`` on held-out gallery vectors) and measures, on ``queries`` fresh vectors never
 seen by the tuning: recall@k against exact search (NumPy, streamed over the shards), ms/query at
 batch 1 and at batch ``queries`` (medians of 3), build time, the child's peak RSS and bytes on disk.
 The child keeps the RSS figure honest: the parent's generation buffers are not in it.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +41,9 @@ class Synthetic:
         self.centres = rng.normal(size=(max(n // 1000, 10), LATENT)).astype(np.float32)
 
     def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
-        z = self.centres[rng.integers(0, len(self.centres), count)] + 0.7 * rng.normal(size=(count, LATENT)).astype(np.float32)
+        z = self.centres[rng.integers(0, len(self.centres), count)] + 0.7 * rng.normal(size=(count, LATENT)).astype(
+            np.float32
+        )
         x = z @ self.proj + 0.1 * rng.normal(size=(count, self.proj.shape[1])).astype(np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
@@ -76,17 +80,35 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
-def measure(root: Path, n: int, dim: int, memory_budget: str, target_recall: float, queries: int, k: int,
-            shard_size: int, seed: int = 0, on_disk: bool = False) -> dict:
+def measure(
+    root: Path,
+    n: int,
+    dim: int,
+    memory_budget: str,
+    target_recall: float,
+    queries: int,
+    k: int,
+    shard_size: int,
+    seed: int = 0,
+    on_disk: bool = False,
+) -> dict:
     """The child's work: build, then measure (see module doc)."""
     from cbir.index.ann import maintain, tuning
-    from cbir.index.gallery import Gallery
     from cbir.index.build.vectors import VectorSource, ingest, read_paths
+    from cbir.index.gallery import Gallery
 
     t0 = time.perf_counter()
     source = VectorSource(root / "vectors")
-    g = Gallery.create(root / "idx", None, factory="auto", memory_budget=memory_budget, target_recall=target_recall,
-                       shard_size=shard_size, dim=dim, on_disk=on_disk)
+    g = Gallery.create(
+        root / "idx",
+        None,
+        factory="auto",
+        memory_budget=memory_budget,
+        target_recall=target_recall,
+        shard_size=shard_size,
+        dim=dim,
+        on_disk=on_disk,
+    )
     ingest(g, source, read_paths(root / "paths.txt", len(source)))
     build_s = time.perf_counter() - t0
     rss_build = peak_rss_mb()
@@ -105,22 +127,50 @@ def measure(root: Path, n: int, dim: int, memory_budget: str, target_recall: flo
         for i in range(queries):
             index.search(q[i : i + 1], k)
         single.append((time.perf_counter() - t) / queries * 1e3)
-    disk = {name: sum(f.stat().st_size for f in (g.root / name).rglob("*") if f.is_file()) if (g.root / name).is_dir()
-            else (g.root / name).stat().st_size for name in ("index.faiss", "meta.sqlite", "shards")}
+    disk = {
+        name: sum(f.stat().st_size for f in (g.root / name).rglob("*") if f.is_file())
+        if (g.root / name).is_dir()
+        else (g.root / name).stat().st_size
+        for name in ("index.faiss", "meta.sqlite", "shards")
+    }
     disk["ivflists"] = sum(f.stat().st_size for f in g.root.glob("ivflists-*.bin"))
     cfg = g.config
-    return {"n": n, "dim": dim, "memory_budget": memory_budget, "target_recall": target_recall, "on_disk": on_disk,
-            "auto_choice": cfg["index_factory"], "search": cfg.get("search"), "trained_on": cfg.get("trained_on"),
-            "tuning": {key: cfg["tuning"][key] for key in ("recall_at_10", "ms_per_query", "held_out_queries", "tried")},
-            "build_s": round(build_s, 1), "peak_rss_mb": round(peak_rss_mb()),
-            "peak_rss_build_mb": round(rss_build), "bytes": disk, "queries": queries, "k": k,
-            "recall_at_k": tuning.recall_at_k(truth, got), "ms_per_query_batch": float(np.median(batch)),
-            "ms_per_query_batch1": float(np.median(single)), "exact_numpy_ms_per_query": round(exact_ms, 3)}
+    return {
+        "n": n,
+        "dim": dim,
+        "memory_budget": memory_budget,
+        "target_recall": target_recall,
+        "on_disk": on_disk,
+        "auto_choice": cfg["index_factory"],
+        "search": cfg.get("search"),
+        "trained_on": cfg.get("trained_on"),
+        "tuning": {key: cfg["tuning"][key] for key in ("recall_at_10", "ms_per_query", "held_out_queries", "tried")},
+        "build_s": round(build_s, 1),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "peak_rss_build_mb": round(rss_build),
+        "bytes": disk,
+        "queries": queries,
+        "k": k,
+        "recall_at_k": tuning.recall_at_k(truth, got),
+        "ms_per_query_batch": float(np.median(batch)),
+        "ms_per_query_batch1": float(np.median(single)),
+        "exact_numpy_ms_per_query": round(exact_ms, 3),
+    }
 
 
-def bench_search(sizes=(1_000_000,), dim: int = 320, memory_budget: str = "4GB", target_recall: float = 0.95,
-                 queries: int = 200, k: int = 10, shard_size: int = 65_536, workdir: str | None = None,
-                 keep: bool = False, seed: int = 0, on_disk: bool = False) -> list[dict]:
+def bench_search(
+    sizes=(1_000_000,),
+    dim: int = 320,
+    memory_budget: str = "4GB",
+    target_recall: float = 0.95,
+    queries: int = 200,
+    k: int = 10,
+    shard_size: int = 65_536,
+    workdir: str | None = None,
+    keep: bool = False,
+    seed: int = 0,
+    on_disk: bool = False,
+) -> list[dict]:
     out = []
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cbir-bench-search-"))
     for n in sizes:
@@ -129,13 +179,28 @@ def bench_search(sizes=(1_000_000,), dim: int = 320, memory_budget: str = "4GB",
         t0 = time.perf_counter()
         write_synthetic(root, n, dim, seed)
         gen_s = time.perf_counter() - t0
-        args = [sys.executable, "-m", "cbir.bench.scale", str(root), str(n), str(dim), memory_budget,
-                str(target_recall), str(queries), str(k), str(shard_size), str(seed), str(int(on_disk))]
+        args = [
+            sys.executable,
+            "-m",
+            "cbir.bench.scale",
+            str(root),
+            str(n),
+            str(dim),
+            memory_budget,
+            str(target_recall),
+            str(queries),
+            str(k),
+            str(shard_size),
+            str(seed),
+            str(int(on_disk)),
+        ]
         r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if r.returncode != 0:
             from cbir.errors import CbirError
 
-            raise CbirError(f"bench search n={n}: the build failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+            raise CbirError(
+                f"bench search n={n}: the build failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}"
+            )
         row = json.loads(r.stdout.strip().splitlines()[-1])
         row["generate_s"] = round(gen_s, 1)
         out.append(row)
@@ -146,8 +211,16 @@ def bench_search(sizes=(1_000_000,), dim: int = 320, memory_budget: str = "4GB",
     return out
 
 
-def measure_shift(root: Path, n: int, dim: int, memory_budget: str, target_recall: float, tune_queries: int = 100,
-                  eval_queries: int = 1000, seed: int = 0) -> dict:
+def measure_shift(
+    root: Path,
+    n: int,
+    dim: int,
+    memory_budget: str,
+    target_recall: float,
+    tune_queries: int = 100,
+    eval_queries: int = 1000,
+    seed: int = 0,
+) -> dict:
     """The query-shift scenario: gallery from ``Synthetic.draw``, queries from ``draw_between``. The
     index is built with ``--factory auto`` (tuned on held-out gallery vectors), then tuned again on
     ``tune_queries`` shifted queries; both estimates are set against the truth on ``eval_queries``
@@ -157,8 +230,15 @@ def measure_shift(root: Path, n: int, dim: int, memory_budget: str, target_recal
     from cbir.index.gallery import Gallery
 
     source = VectorSource(root / "vectors")
-    g = Gallery.create(root / "idx", None, factory="auto", memory_budget=memory_budget, target_recall=target_recall,
-                       shard_size=65_536, dim=dim)
+    g = Gallery.create(
+        root / "idx",
+        None,
+        factory="auto",
+        memory_budget=memory_budget,
+        target_recall=target_recall,
+        shard_size=65_536,
+        dim=dim,
+    )
     ingest(g, source, read_paths(root / "paths.txt", len(source)))
     q = Synthetic(n, dim, seed).draw_between(tune_queries + eval_queries, np.random.default_rng(seed + 77))
     q_tune, q_eval = q[:tune_queries], q[tune_queries:]
@@ -175,14 +255,37 @@ def measure_shift(root: Path, n: int, dim: int, memory_budget: str, target_recal
         t = g.config["tuning"] if queries is None else g.tune(target_recall, queries=q_tune)
         params = dict(g.config["search"])
         true_recall, ms = truth_at(params)
-        rows.append({"basis": basis, "tuned_on": t["queries"], "estimate": t["recall_at_10"], "ci95": t["recall_ci95"],
-                     "params": params, "true_recall": round(true_recall, 4), "ms_per_query": round(ms, 4)})
-    return {"n": n, "dim": dim, "memory_budget": memory_budget, "target_recall": target_recall,
-            "auto_choice": g.config["index_factory"], "eval_queries": eval_queries, "rows": rows}
+        rows.append(
+            {
+                "basis": basis,
+                "tuned_on": t["queries"],
+                "estimate": t["recall_at_10"],
+                "ci95": t["recall_ci95"],
+                "params": params,
+                "true_recall": round(true_recall, 4),
+                "ms_per_query": round(ms, 4),
+            }
+        )
+    return {
+        "n": n,
+        "dim": dim,
+        "memory_budget": memory_budget,
+        "target_recall": target_recall,
+        "auto_choice": g.config["index_factory"],
+        "eval_queries": eval_queries,
+        "rows": rows,
+    }
 
 
-def bench_shift(n: int, dim: int = 320, memory_budget: str = "4GB", target_recall: float = 0.95,
-                tune_queries: int = 100, eval_queries: int = 1000, seed: int = 0) -> dict:
+def bench_shift(
+    n: int,
+    dim: int = 320,
+    memory_budget: str = "4GB",
+    target_recall: float = 0.95,
+    tune_queries: int = 100,
+    eval_queries: int = 1000,
+    seed: int = 0,
+) -> dict:
     root = Path(tempfile.mkdtemp(prefix="cbir-bench-shift-"))
     try:
         write_synthetic(root, n, dim, seed)
@@ -193,5 +296,19 @@ def bench_shift(n: int, dim: int = 320, memory_budget: str = "4GB", target_recal
 
 if __name__ == "__main__":
     root, n, dim, budget, target, queries, k, shard_size, seed, on_disk = sys.argv[1:]
-    print(json.dumps(measure(Path(root), int(n), int(dim), budget, float(target), int(queries), int(k),
-                             int(shard_size), int(seed), bool(int(on_disk)))))
+    print(
+        json.dumps(
+            measure(
+                Path(root),
+                int(n),
+                int(dim),
+                budget,
+                float(target),
+                int(queries),
+                int(k),
+                int(shard_size),
+                int(seed),
+                bool(int(on_disk)),
+            )
+        )
+    )

@@ -8,6 +8,7 @@ and the fraction of the machine's sgemm rate, and for pretrained cells Corel-pro
 interrupted sweep skips those on the next run. Outputs: report.json, report.csv, report.md,
 pareto.png (latency vs mAP; matplotlib, optional).
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,11 +24,37 @@ from cbir import fsio
 from cbir.models.archs import get_arch
 
 PUBLISHED = {  # the paper's Table I (fine-tuned, original-size Corel-1K): (arch short name, block) -> mAP
-    ("b0", 6): 0.869, ("b0", 7): 0.913, ("b1", 6): 0.851, ("b1", 7): 0.921, ("b2", 6): 0.866, ("b2", 7): 0.934,
-    ("b3", 6): 0.876, ("b3", 7): 0.938, ("b4", 6): 0.877, ("b4", 7): 0.935, ("b5", 6): 0.849, ("b5", 7): 0.922,
+    ("b0", 6): 0.869,
+    ("b0", 7): 0.913,
+    ("b1", 6): 0.851,
+    ("b1", 7): 0.921,
+    ("b2", 6): 0.866,
+    ("b2", 7): 0.934,
+    ("b3", 6): 0.876,
+    ("b3", 7): 0.938,
+    ("b4", 6): 0.877,
+    ("b4", 7): 0.935,
+    ("b5", 6): 0.849,
+    ("b5", 7): 0.922,
 }
-COLUMNS = ["model", "block", "d", "weights", "mAP", "mAP@10", "P@10", "P@100", "R@100", "img_s_bs32",
-           "p50_ms_bs1", "torch_img_s_bs32", "speedup_vs_torch", "gflops_per_image", "sgemm_fraction", "paper_mAP"]
+COLUMNS = [
+    "model",
+    "block",
+    "d",
+    "weights",
+    "mAP",
+    "mAP@10",
+    "P@10",
+    "P@100",
+    "R@100",
+    "img_s_bs32",
+    "p50_ms_bs1",
+    "torch_img_s_bs32",
+    "speedup_vs_torch",
+    "gflops_per_image",
+    "sgemm_fraction",
+    "paper_mAP",
+]
 
 
 def _has_offline_weights(arch: str) -> bool:
@@ -36,8 +63,17 @@ def _has_offline_weights(arch: str) -> bool:
     return lite_weights_path(arch) is not None
 
 
-def run_cell(short: str, block: int, pooling: str, data: str | None, work: Path, sgemm: float, seeds: int,
-             repeats: int, backends: tuple[str, ...] = ()) -> dict:
+def run_cell(
+    short: str,
+    block: int,
+    pooling: str,
+    data: str | None,
+    work: Path,
+    sgemm: float,
+    seeds: int,
+    repeats: int,
+    backends: tuple[str, ...] = (),
+) -> dict:
     """One arch × block: export, speed on ONNX Runtime and PyTorch eager, accuracy; and for each
     extra ``backends`` spec (``backend[:precision]``, e.g. ``openvino:bf16``) its img/s at batch 8 and
     ratio to ONNX Runtime measured next to it, and its mAP (ΔmAP) when accuracy is measured."""
@@ -60,13 +96,24 @@ def run_cell(short: str, block: int, pooling: str, data: str | None, work: Path,
     p50 = float(np.median(latencies(lambda: emb.run(batch[:1]), n=30, warmup=3)))
     torch_s = torch_baseline(emb.info, batch, repeats, 1)
     flops = onnx_flops(str(path))
-    cell = {"model": short, "arch": spec.name, "block": block, "pooling": pooling, "d": emb.dim,
-            "weights": "imagenet" if pretrained else "random", "img_s_bs32": ours["median"],
-            "img_s_bs32_minmax": [ours["min"], ours["max"]], "p50_ms_bs1": p50,
-            "torch_img_s_bs32": torch_s["median"], "speedup_vs_torch": ours["median"] / torch_s["median"],
-            "gflops_per_image": flops / 1e9, "sgemm_fraction": flops * ours["median"] / (sgemm * 1e9),
-            "export_seconds": round(export_s, 1), "parity_min_cosine": exp["min_cosine"],
-            "paper_mAP": PUBLISHED.get((short, block))}
+    cell = {
+        "model": short,
+        "arch": spec.name,
+        "block": block,
+        "pooling": pooling,
+        "d": emb.dim,
+        "weights": "imagenet" if pretrained else "random",
+        "img_s_bs32": ours["median"],
+        "img_s_bs32_minmax": [ours["min"], ours["max"]],
+        "p50_ms_bs1": p50,
+        "torch_img_s_bs32": torch_s["median"],
+        "speedup_vs_torch": ours["median"] / torch_s["median"],
+        "gflops_per_image": flops / 1e9,
+        "sgemm_fraction": flops * ours["median"] / (sgemm * 1e9),
+        "export_seconds": round(export_s, 1),
+        "parity_min_cosine": exp["min_cosine"],
+        "paper_mAP": PUBLISHED.get((short, block)),
+    }
     if pretrained and data:
         acc = bench_accuracy(str(path), data, seeds=seeds, embedder=emb)
         for k in ("mAP", "mAP@10", "P@10", "P@100", "R@100"):
@@ -88,8 +135,17 @@ def run_cell(short: str, block: int, pooling: str, data: str | None, work: Path,
     return cell
 
 
-def sweep(data: str | None, out: str | os.PathLike, archs: list[str], blocks: list[int], pooling: str = "gap",
-          seeds: int = 3, repeats: int = 3, progress: bool = True, backends: tuple[str, ...] = ()) -> dict:
+def sweep(
+    data: str | None,
+    out: str | os.PathLike,
+    archs: list[str],
+    blocks: list[int],
+    pooling: str = "gap",
+    seeds: int = 3,
+    repeats: int = 3,
+    progress: bool = True,
+    backends: tuple[str, ...] = (),
+) -> dict:
     from cbir.bench.flops import sgemm_gflops
     from cbir.bench.machine import describe
 
@@ -113,10 +169,20 @@ def sweep(data: str | None, out: str | os.PathLike, archs: list[str], blocks: li
         fsio.write_json(f, cell)
         cells.append(cell)
         if progress:
-            print(f"[{i}/{len(todo)}] {a} Block {b}: {cell['img_s_bs32']:.1f} img/s, "
-                  f"mAP {cell.get('mAP', 'n/a')}, {cell['seconds']} s", file=sys.stderr)
-    report = {"machine": describe(), "sgemm_gflops": sgemm, "data": data, "pooling": pooling, "seeds": seeds,
-              "sweep_seconds_this_run": round(time.perf_counter() - t_start, 1), "cells": cells}
+            print(
+                f"[{i}/{len(todo)}] {a} Block {b}: {cell['img_s_bs32']:.1f} img/s, "
+                f"mAP {cell.get('mAP', 'n/a')}, {cell['seconds']} s",
+                file=sys.stderr,
+            )
+    report = {
+        "machine": describe(),
+        "sgemm_gflops": sgemm,
+        "data": data,
+        "pooling": pooling,
+        "seeds": seeds,
+        "sweep_seconds_this_run": round(time.perf_counter() - t_start, 1),
+        "cells": cells,
+    }
     fsio.write_json(out / "report.json", report)
     write_csv(cells, out / "report.csv")
     fsio.write_text(out / "report.md", markdown(report))
@@ -142,27 +208,53 @@ def write_csv(cells: list[dict], path: Path) -> None:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}; "
-             + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
-             f"sgemm: {report['sgemm_gflops']['median']:.0f} GFLOP/s (NumPy 1024³ float32, median). "
-             f"Pooling {report['pooling']}; accuracy: Corel protocol, {report['seeds']} seeds, query kept in its ranking.", "",
-             "| model | block | d | weights | mAP | mAP@10 | P@10 | P@100 | R@100 | img/s (bs 32) | p50 ms (bs 1) | speedup vs torch | GFLOP/img | sgemm fraction | paper mAP (fine-tuned) |",
-             "|" + "---|" * 15]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + ".",
+        f"sgemm: {report['sgemm_gflops']['median']:.0f} GFLOP/s (NumPy 1024³ float32, median). "
+        f"Pooling {report['pooling']}; accuracy: Corel protocol, {report['seeds']} seeds, query kept in its ranking.",
+        "",
+        "| model | block | d | weights | mAP | mAP@10 | P@10 | P@100 | R@100 | img/s (bs 32) | p50 ms (bs 1) "
+        "| speedup vs torch | GFLOP/img | sgemm fraction | paper mAP (fine-tuned) |",
+        "|" + "---|" * 15,
+    ]
     for c in report["cells"]:
-        lines.append("| " + " | ".join([c["model"], str(c["block"]), str(c["d"]), c["weights"]]
-                                       + [_fmt(c.get(k)) for k in ("mAP", "mAP@10", "P@10", "P@100", "R@100")]
-                                       + [_fmt(c["img_s_bs32"], 1), _fmt(c["p50_ms_bs1"], 2), _fmt(c["speedup_vs_torch"], 2),
-                                          _fmt(c["gflops_per_image"], 2), _fmt(c["sgemm_fraction"], 2), _fmt(c.get("paper_mAP"))]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [c["model"], str(c["block"]), str(c["d"]), c["weights"]]
+                + [_fmt(c.get(k)) for k in ("mAP", "mAP@10", "P@10", "P@100", "R@100")]
+                + [
+                    _fmt(c["img_s_bs32"], 1),
+                    _fmt(c["p50_ms_bs1"], 2),
+                    _fmt(c["speedup_vs_torch"], 2),
+                    _fmt(c["gflops_per_image"], 2),
+                    _fmt(c["sgemm_fraction"], 2),
+                    _fmt(c.get("paper_mAP")),
+                ]
+            )
+            + " |"
+        )
     specs = sorted({s for c in report["cells"] for s in c.get("backends", {})})
     if specs:
-        lines += ["", "Backend × precision (img/s at batch 8, ratio to ONNX Runtime FP32 measured next to it, ΔmAP):", "",
-                  "| model | block | " + " | ".join(specs) + " |", "|" + "---|" * (2 + len(specs))]
+        lines += [
+            "",
+            "Backend × precision (img/s at batch 8, ratio to ONNX Runtime FP32 measured next to it, ΔmAP):",
+            "",
+            "| model | block | " + " | ".join(specs) + " |",
+            "|" + "---|" * (2 + len(specs)),
+        ]
         for c in report["cells"]:
             cols = []
             for s in specs:
                 r = c.get("backends", {}).get(s)
-                cols.append("–" if r is None else f"{r['img_s_bs8']:.0f} ({r['ratio_vs_onnxruntime_bs8']:.2f}×"
-                            + (f", ΔmAP {r['delta_mAP']:+.4f})" if "delta_mAP" in r else ")"))
+                cols.append(
+                    "–"
+                    if r is None
+                    else f"{r['img_s_bs8']:.0f} ({r['ratio_vs_onnxruntime_bs8']:.2f}×"
+                    + (f", ΔmAP {r['delta_mAP']:+.4f})" if "delta_mAP" in r else ")")
+                )
             lines.append(f"| {c['model']} | {c['block']} | " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n"
 
@@ -177,7 +269,9 @@ def plot(cells: list[dict], path: Path) -> bool:
     except ImportError:
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    pts = [(1000.0 / c["img_s_bs32"], c["mAP"], f"{c['model']} B{c['block']}") for c in cells if c.get("mAP") is not None]
+    pts = [
+        (1000.0 / c["img_s_bs32"], c["mAP"], f"{c['model']} B{c['block']}") for c in cells if c.get("mAP") is not None
+    ]
     if pts:
         pts.sort()
         front, best = [], -1.0

@@ -1,6 +1,7 @@
 """The ``cbir`` command line. One module per command group, each registering its own subparsers
 beside its handlers (``register(sub)``); each command is a thin layer over the library. Errors that
 users can fix (``CbirError``) are printed as one line and exit with status 2."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,9 @@ GROUPS = (export, validate, finetune, serve, doctor, embed, index, search, dedup
 def build_parser() -> argparse.ArgumentParser:
     from cbir import __version__
 
-    p = argparse.ArgumentParser(prog="cbir", description="Image embedding and retrieval with EfficientNet, ONNX Runtime and FAISS.")
+    p = argparse.ArgumentParser(
+        prog="cbir", description="Image embedding and retrieval with EfficientNet, ONNX Runtime and FAISS."
+    )
     p.add_argument("--version", action="version", version=f"cbir {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for group in GROUPS:

@@ -1,4 +1,5 @@
 """`cbir bench accuracy|latency|search|sweep|http`: the benchmarks (figures go to BENCHMARKS.md)."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,28 +15,45 @@ def cmd_bench_accuracy(a: argparse.Namespace) -> int:
     from cbir.engine.embedder import Embedder
 
     axis = {n: axis_config(n) for n in a.rerank_axis.split(",")} if a.rerank_axis else None
-    r = bench_accuracy(a.model, a.data, seeds=a.seeds, rerank=rerank_from_args(a), queries=a.queries,
-                       exclude_self=a.exclude_self, embedder=Embedder(a.model, resampling=a.resampling, backend=a.backend,
-                                                                    precision=a.precision, device=a.device),
-                       whiten_dim=a.whiten_dim, whiten_force=a.whiten_force, copies=a.copies, axis=axis,
-                       pad_to=a.pad_to,
-                       progress=not a.json and sys.stderr.isatty())
+    r = bench_accuracy(
+        a.model,
+        a.data,
+        seeds=a.seeds,
+        rerank=rerank_from_args(a),
+        queries=a.queries,
+        exclude_self=a.exclude_self,
+        embedder=Embedder(a.model, resampling=a.resampling, backend=a.backend, precision=a.precision, device=a.device),
+        whiten_dim=a.whiten_dim,
+        whiten_force=a.whiten_force,
+        copies=a.copies,
+        axis=axis,
+        pad_to=a.pad_to,
+        progress=not a.json and sys.stderr.isatty(),
+    )
     if a.json:
         print_json(r)
         return 0
-    print(f"{r['model']['arch']} Block {r['model']['block']} {r['model']['pooling']}: {r['images']} images, "
-          f"{r['seeds']} run(s) × {r['queries_per_run']} queries, exclude_self={r['exclude_self']}")
+    print(
+        f"{r['model']['arch']} Block {r['model']['block']} {r['model']['pooling']}: {r['images']} images, "
+        f"{r['seeds']} run(s) × {r['queries_per_run']} queries, exclude_self={r['exclude_self']}"
+    )
     runs = r["axis"] or {"rerank": r}
     print(f"  gallery {r['gallery']} items, ranking depth {r['ranking_depth']}")
-    print(f"  {'re-ranking':14s} {'mAP':>7s} {'mAP@10':>7s} {'P@10':>7s} {'ms/q@10':>7s}" + ("  copy rank-1  ms/q" if a.copies else ""))
+    print(
+        f"  {'re-ranking':14s} {'mAP':>7s} {'mAP@10':>7s} {'P@10':>7s} {'ms/q@10':>7s}"
+        + ("  copy rank-1  ms/q" if a.copies else "")
+    )
     for name, run in runs.items():
         m = run["metrics"]
-        line = (f"  {name:14s} {m['mAP']['mean']:7.4f} {m['mAP@10']['mean']:7.4f} {m['P@10']['mean']:7.4f} "
-                f"{run['k10_ms_per_query']:7.2f}")
+        line = (
+            f"  {name:14s} {m['mAP']['mean']:7.4f} {m['mAP@10']['mean']:7.4f} {m['P@10']['mean']:7.4f} "
+            f"{run['k10_ms_per_query']:7.2f}"
+        )
         if run["copies"]:
             c = run["copies"]
             line += f"  {c['rank1']:11.4f} {c['search_ms_per_query']:6.2f}  " + " ".join(
-                f"{e}={v:.2f}" for e, v in c["rank1_per_edit"].items())
+                f"{e}={v:.2f}" for e, v in c["rank1_per_edit"].items()
+            )
         print(line)
     return 0
 
@@ -49,8 +67,14 @@ def cmd_bench_dedup(a: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     groups = dedup.find(Gallery(a.index), k=a.k, threshold=a.threshold, verify=not a.no_verify, partial=a.partial)
-    r = {**score_dedup(groups, a.data, a.copies), "seconds": round(time.perf_counter() - t0, 2),
-         "k": a.k, "threshold": a.threshold, "verify": not a.no_verify, "partial": a.partial}
+    r = {
+        **score_dedup(groups, a.data, a.copies),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "k": a.k,
+        "threshold": a.threshold,
+        "verify": not a.no_verify,
+        "partial": a.partial,
+    }
     if a.peers is not None:
         from cbir.bench.dedup_peers import PEERS, run_peers
         from cbir.errors import CbirError
@@ -72,7 +96,9 @@ def cmd_bench_copies(a: argparse.Namespace) -> int:
         from cbir.bench.augly_suite import make_suite
 
         n = make_suite(a.src, a.out, a.n, a.seed, a.edits.split(",") if a.edits else None, a.negatives)
-        print(f"wrote {n['copies']} copies under {a.out}/copies and {n['negatives']} edited negatives under {a.out}/negatives")
+        print(
+            f"wrote {n['copies']} copies under {a.out}/copies and {n['negatives']} edited negatives under {a.out}/negatives"
+        )
         return 0
     if a.suite == "templates":
         from cbir.bench.augly_suite import make_templates
@@ -94,18 +120,29 @@ def cmd_bench_copy_search(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
     g = Gallery(a.index)
-    r = copy_search(g, a.data, a.suite, rerank=rerank_from_args(a, g.config.get("rerank")), per_aug=a.per_aug,
-                    keeps={n: v[1] for n, v in AUGS.items()})
+    r = copy_search(
+        g,
+        a.data,
+        a.suite,
+        rerank=rerank_from_args(a, g.config.get("rerank")),
+        per_aug=a.per_aug,
+        keeps={n: v[1] for n, v in AUGS.items()},
+    )
     if a.json:
         print_json(r)
         return 0
     for kind in ("per_aug", "per_aug_negatives"):
         for name, row in r[kind].items():
             extra = f"rank-1 {row['rank1']:.3f}  top-10 {row['in_top10']:.3f}  " if "rank1" in row else ""
-            print(f"{'copies' if kind == 'per_aug' else 'negatives':9s} {name:22s} n={row['n']:<4d} {extra}first verified {row['first_verified']:.3f}")
-    print(f"rank-1 {r.get('rank1')}, top-10 {r.get('in_top10')}, worst keeping ≥25 %: {r.get('min_rank1_keeping')}; "
-          f"verified false positives {r.get('verified_false_positives')}/{r.get('negatives')} "
-          f"(negatives reaching n inliers: {r.get('negatives_inliers_at_least')}); ms/query {r['ms_per_query']}")
+            print(
+                f"{'copies' if kind == 'per_aug' else 'negatives':9s} {name:22s} n={row['n']:<4d} "
+                f"{extra}first verified {row['first_verified']:.3f}"
+            )
+    print(
+        f"rank-1 {r.get('rank1')}, top-10 {r.get('in_top10')}, worst keeping ≥25 %: {r.get('min_rank1_keeping')}; "
+        f"verified false positives {r.get('verified_false_positives')}/{r.get('negatives')} "
+        f"(negatives reaching n inliers: {r.get('negatives_inliers_at_least')}); ms/query {r['ms_per_query']}"
+    )
     return 0
 
 
@@ -116,13 +153,17 @@ def cmd_bench_exact(a: argparse.Namespace) -> int:
     if a.json:
         print_json(r)
     else:
-        print(f"exact k={r['k']} over {r['n']:,} × {r['dim']}: torch on {r['device']} ({r['dtype']}) "
-              f"{r['queries_per_s']['torch']:.0f} q/s, FAISS CPU Flat ({r['threads_faiss']} threads) "
-              f"{r['queries_per_s']['faiss_cpu']:.0f} q/s = {r['ratio_torch_to_faiss_cpu']}×; recall@k vs FAISS {r['recall_at_k_vs_faiss']}")
+        print(
+            f"exact k={r['k']} over {r['n']:,} × {r['dim']}: torch on {r['device']} ({r['dtype']}) "
+            f"{r['queries_per_s']['torch']:.0f} q/s, FAISS CPU Flat ({r['threads_faiss']} threads) "
+            f"{r['queries_per_s']['faiss_cpu']:.0f} q/s = {r['ratio_torch_to_faiss_cpu']}×; recall@k vs FAISS {r['recall_at_k_vs_faiss']}"
+        )
         if r["single_query_per_s"]:
             sq = r["single_query_per_s"]
-            print(f"single-query requests from {r['clients']} threads: torch {sq['torch']:.0f} q/s "
-                  f"({r['mean_combined']} requests per matmul), FAISS CPU {sq['faiss_cpu']:.0f} q/s")
+            print(
+                f"single-query requests from {r['clients']} threads: torch {sq['torch']:.0f} q/s "
+                f"({r['mean_combined']} requests per matmul), FAISS CPU {sq['faiss_cpu']:.0f} q/s"
+            )
     return 0
 
 
@@ -139,29 +180,49 @@ def cmd_bench_latency(a: argparse.Namespace) -> int:
             print_json(r)
             return 0
         for spec, row in r["backends"].items():
-            mo = ", ".join(f"bs {b}: {s['median']:.0f} img/s ({row['model_only_ratio'][b]:.2f}×)" for b, s in row["model_only_images_per_s"].items())
-            e2e = f"; end-to-end {row['end_to_end_images_per_s']['median']:.0f} img/s ({row['end_to_end_ratio']:.2f}×)" if r["files"] else ""
+            mo = ", ".join(
+                f"bs {b}: {s['median']:.0f} img/s ({row['model_only_ratio'][b]:.2f}×)"
+                for b, s in row["model_only_images_per_s"].items()
+            )
+            e2e = (
+                f"; end-to-end {row['end_to_end_images_per_s']['median']:.0f} img/s ({row['end_to_end_ratio']:.2f}×)"
+                if r["files"]
+                else ""
+            )
             print(f"{spec:20s} {mo}{e2e}")
         return 0
-    r = bench_latency(a.model, a.backend, bs, a.data, a.baseline, cc, a.repeats, threads=a.threads, precision=a.precision)
+    r = bench_latency(
+        a.model, a.backend, bs, a.data, a.baseline, cc, a.repeats, threads=a.threads, precision=a.precision
+    )
     if a.json:
         print_json(r)
         return 0
-    print(f"{r['model']['arch']} Block {r['model']['block']} {r['model']['pooling']} on {r['backend']} (load {r['load_seconds']} s)")
+    print(
+        f"{r['model']['arch']} Block {r['model']['block']} {r['model']['pooling']} on {r['backend']} (load {r['load_seconds']} s)"
+    )
     for b, s in r["model_only_images_per_s"].items():
         print(f"  model-only bs {b:>3}: {s['median']:.1f} img/s (min {s['min']:.1f}, max {s['max']:.1f})")
     l = r["batch1_latency_ms"]
-    print(f"  batch-1 p50/p95/p99: API {l['api']['p50']:.2f}/{l['api']['p95']:.2f}/{l['api']['p99']:.2f} ms, "
-          f"bare runner.run {l['bare_runner']['p50']:.2f}/{l['bare_runner']['p95']:.2f}/{l['bare_runner']['p99']:.2f} ms")
+    print(
+        f"  batch-1 p50/p95/p99: API {l['api']['p50']:.2f}/{l['api']['p95']:.2f}/{l['api']['p99']:.2f} ms, "
+        f"bare runner.run {l['bare_runner']['p50']:.2f}/{l['bare_runner']['p95']:.2f}/{l['bare_runner']['p99']:.2f} ms"
+    )
     if "end_to_end" in r:
         e = r["end_to_end"]
-        print(f"  end-to-end bs {e['batch_size']}: {e['images_per_s']['median']:.1f} img/s = {e['ratio']:.3f} × model-only")
+        print(
+            f"  end-to-end bs {e['batch_size']}: {e['images_per_s']['median']:.1f} img/s = {e['ratio']:.3f} × model-only"
+        )
     for s in r["batcher"]:
-        print(f"  batcher c={s['concurrency']:>3}: {s['images_per_s']:.1f} img/s, p50/p95/p99 {s['p50']:.1f}/{s['p95']:.1f}/{s['p99']:.1f} ms, "
-              f"queue p50 {s['queue_ms']['p50']:.1f} ms, compute p50 {s['compute_ms']['p50']:.1f} ms, mean batch {s['mean_batch']:.1f}")
+        print(
+            f"  batcher c={s['concurrency']:>3}: {s['images_per_s']:.1f} img/s, "
+            f"p50/p95/p99 {s['p50']:.1f}/{s['p95']:.1f}/{s['p99']:.1f} ms, "
+            f"queue p50 {s['queue_ms']['p50']:.1f} ms, compute p50 {s['compute_ms']['p50']:.1f} ms, mean batch {s['mean_batch']:.1f}"
+        )
     if "torch_eager" in r:
         t = r["torch_eager"]
-        print(f"  torch eager bs {t['batch_size']}: {t['images_per_s']['median']:.1f} img/s; speedup {t['speedup_vs_torch']:.2f}×")
+        print(
+            f"  torch eager bs {t['batch_size']}: {t['images_per_s']['median']:.1f} img/s; speedup {t['speedup_vs_torch']:.2f}×"
+        )
     print(f"  peak RSS {r['peak_rss_mb']:.0f} MB")
     return 0
 
@@ -170,25 +231,41 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
     from cbir.bench.scale import bench_search, bench_shift
 
     if a.shift:
-        out = [bench_shift(int(n), a.dim, a.memory_budget, a.target_recall, eval_queries=a.queries) for n in a.sizes.split(",")]
+        out = [
+            bench_shift(int(n), a.dim, a.memory_budget, a.target_recall, eval_queries=a.queries)
+            for n in a.sizes.split(",")
+        ]
         if a.json:
             print_json(out)
             return 0
         for r in out:
             print(f"n={r['n']:,} (auto {r['auto_choice']}), queries between clusters, {r['eval_queries']} evaluated:")
             for row in r["rows"]:
-                print(f"  tuned on {row['basis']:<8} ({row['tuned_on']}): {row['params']}, estimate {row['estimate']} "
-                      f"(95 % {row['ci95'][0]}–{row['ci95'][1]}), true recall@10 {row['true_recall']}, {row['ms_per_query']} ms/query")
+                print(
+                    f"  tuned on {row['basis']:<8} ({row['tuned_on']}): {row['params']}, estimate {row['estimate']} "
+                    f"(95 % {row['ci95'][0]}–{row['ci95'][1]}), true recall@10 {row['true_recall']}, {row['ms_per_query']} ms/query"
+                )
         return 0
-    rows = bench_search([int(x) for x in a.sizes.split(",")], a.dim, a.memory_budget, a.target_recall, a.queries,
-                        shard_size=a.shard_size, workdir=a.workdir, keep=a.keep, on_disk=a.on_disk)
+    rows = bench_search(
+        [int(x) for x in a.sizes.split(",")],
+        a.dim,
+        a.memory_budget,
+        a.target_recall,
+        a.queries,
+        shard_size=a.shard_size,
+        workdir=a.workdir,
+        keep=a.keep,
+        on_disk=a.on_disk,
+    )
     if a.json:
         print_json(rows)
         return 0
     for r in rows:
-        print(f"n={r['n']:>9}: auto {r['auto_choice']} {r['search']}, build {r['build_s']} s, peak RSS {r['peak_rss_mb']} MB, "
-              f"index {(r['bytes']['index.faiss'] + r['bytes']['ivflists']) / 1e6:.0f} MB; recall@{r['k']} {r['recall_at_k']:.3f}, "
-              f"{r['ms_per_query_batch1']:.3f} ms/query at batch 1, {r['ms_per_query_batch']:.3f} at batch {r['queries']}")
+        print(
+            f"n={r['n']:>9}: auto {r['auto_choice']} {r['search']}, build {r['build_s']} s, peak RSS {r['peak_rss_mb']} MB, "
+            f"index {(r['bytes']['index.faiss'] + r['bytes']['ivflists']) / 1e6:.0f} MB; recall@{r['k']} {r['recall_at_k']:.3f}, "
+            f"{r['ms_per_query_batch1']:.3f} ms/query at batch 1, {r['ms_per_query_batch']:.3f} at batch {r['queries']}"
+        )
     return 0
 
 
@@ -201,17 +278,27 @@ def cmd_bench_requests(a: argparse.Namespace) -> int:
         return 0
     print(f"{r['n']:,} × {r['dim']} vectors, {r['threads']} searches at once:")
     for row in r["rows"]:
-        print(f"  {row['setting']:<50} estimate {row['estimate_mib']:>6.1f} MiB {row['estimate_gflop']:>6.2f} GFLOP; "
-              f"RSS {row['baseline_rss_mb']} -> {row['peak_rss_mb']} MB (+{row['request_mb']}); {row['ms_per_query']} ms/query")
+        print(
+            f"  {row['setting']:<50} estimate {row['estimate_mib']:>6.1f} MiB {row['estimate_gflop']:>6.2f} GFLOP; "
+            f"RSS {row['baseline_rss_mb']} -> {row['peak_rss_mb']} MB (+{row['request_mb']}); {row['ms_per_query']} ms/query"
+        )
     return 0
 
 
 def cmd_bench_sweep(a: argparse.Namespace) -> int:
     from cbir.bench.sweep import sweep
 
-    r = sweep(a.data, a.out, [x.strip() for x in a.archs.split(",")], [int(b) for b in a.blocks.split(",")],
-              a.pooling, a.seeds, a.repeats, progress=not a.json,
-              backends=tuple(s.strip() for s in a.backends.split(",")) if a.backends else ())
+    r = sweep(
+        a.data,
+        a.out,
+        [x.strip() for x in a.archs.split(",")],
+        [int(b) for b in a.blocks.split(",")],
+        a.pooling,
+        a.seeds,
+        a.repeats,
+        progress=not a.json,
+        backends=tuple(s.strip() for s in a.backends.split(",")) if a.backends else (),
+    )
     if a.json:
         print_json(r)
     else:
@@ -221,7 +308,6 @@ def cmd_bench_sweep(a: argparse.Namespace) -> int:
 
 def cmd_bench_http(a: argparse.Namespace) -> int:
     from cbir.bench.http import bench_http
-
     from cbir.sources import expand
 
     images = expand(a.image)
@@ -234,9 +320,12 @@ def cmd_bench_http(a: argparse.Namespace) -> int:
         return 0
     for r in rows:
         s = r["server_p50_ms"]
-        print(f"round {r['round']} rerank {r['rerank']:>13} c={r['concurrency']:>3}: {r['requests_per_s']:.1f} req/s, p50/p95/p99 {r['p50_ms']:.1f}/{r['p95_ms']:.1f}/{r['p99_ms']:.1f} ms, "
-              f"status {r['status']}, server p50 queue {s.get('queue_ms', 0):.1f} / inference {s.get('inference_ms', 0):.1f} / "
-              f"search {s.get('search_ms', 0):.2f} ms, mean batch {r['mean_batch']:.1f}")
+        print(
+            f"round {r['round']} rerank {r['rerank']:>13} c={r['concurrency']:>3}: {r['requests_per_s']:.1f} req/s, "
+            f"p50/p95/p99 {r['p50_ms']:.1f}/{r['p95_ms']:.1f}/{r['p99_ms']:.1f} ms, "
+            f"status {r['status']}, server p50 queue {s.get('queue_ms', 0):.1f} / inference {s.get('inference_ms', 0):.1f} / "
+            f"search {s.get('search_ms', 0):.2f} ms, mean batch {r['mean_batch']:.1f}"
+        )
     return 0
 
 
@@ -247,23 +336,41 @@ def cmd_bench_live(a: argparse.Namespace) -> int:
     queries = expand(a.queries)
     if not queries:
         raise CbirError(f"--queries {' '.join(a.queries)}: no images there")
-    cfg = LiveConfig(Path(a.model), [Path(p).resolve() for p in a.base], [Path(p).resolve() for p in a.churn],
-                     [Path(q) for q in queries], Path(a.work).resolve(), a.idle, a.writing, a.after, a.readers, a.k,
-                     a.kill_every, timeout_s=a.timeout, seed=a.seed)
+    cfg = LiveConfig(
+        Path(a.model),
+        [Path(p).resolve() for p in a.base],
+        [Path(p).resolve() for p in a.churn],
+        [Path(q) for q in queries],
+        Path(a.work).resolve(),
+        a.idle,
+        a.writing,
+        a.after,
+        a.readers,
+        a.k,
+        a.kill_every,
+        timeout_s=a.timeout,
+        seed=a.seed,
+    )
     r = main_live(cfg, Path(a.out) if a.out else None, Path(a.plot) if a.plot else None)
     if a.json:
-        print_json({k: v for k, v in r.items() if k not in ("rss_curve", "writer")} | {
-            "writer": {k: v for k, v in r["writer"].items() if k != "log"}})
+        print_json(
+            {k: v for k, v in r.items() if k not in ("rss_curve", "writer")}
+            | {"writer": {k: v for k, v in r["writer"].items() if k != "log"}}
+        )
         return 0
     for name, p in {**r["phases"], "fresh server": r["fresh"]}.items():
         if p["requests"]:
-            print(f"{name:>12}: {p['requests']} requests, p50/p95/p99/max {p['p50_ms']:.0f}/{p['p95_ms']:.0f}/"
-                  f"{p['p99_ms']:.0f}/{p['max_ms']:.0f} ms, status {p['status']}, non-JSON {p['non_json']}, "
-                  f"short {p['short']}, partial {p['partial']}, past deadline {p['past_deadline']}")
+            print(
+                f"{name:>12}: {p['requests']} requests, p50/p95/p99/max {p['p50_ms']:.0f}/{p['p95_ms']:.0f}/"
+                f"{p['p99_ms']:.0f}/{p['max_ms']:.0f} ms, status {p['status']}, non-JSON {p['non_json']}, "
+                f"short {p['short']}, partial {p['partial']}, past deadline {p['past_deadline']}"
+            )
     w, m = r["writer"], r["rss_mb"]
-    print(f"resurrected {r['resurrected']}; writer: {w['ops']} ops ({w['adds']} adds, {w['removes']} removes, "
-          f"{w['killed']} killed, {w['failed']} failed); RSS MB start {m['start']:.0f}, peak {m['peak']:.0f}, after "
-          f"writes {m['after_writes']:.0f}, fresh server {m['fresh_same_index']:.0f} ({m['after_vs_fresh']:.2f}x)")
+    print(
+        f"resurrected {r['resurrected']}; writer: {w['ops']} ops ({w['adds']} adds, {w['removes']} removes, "
+        f"{w['killed']} killed, {w['failed']} failed); RSS MB start {m['start']:.0f}, peak {m['peak']:.0f}, after "
+        f"writes {m['after_writes']:.0f}, fresh server {m['fresh_same_index']:.0f} ({m['after_vs_fresh']:.2f}x)"
+    )
     return 0
 
 
@@ -273,40 +380,72 @@ def register(sub) -> None:
     ba.add_argument("--model", required=True)
     ba.add_argument("--data", required=True, help="class-per-folder images, or N.jpg with class N // 100")
     ba.add_argument("--seeds", type=int, default=3)
-    ba.add_argument("--queries", choices=["split", "every10", "all"], default="split",
-                    help="split: the 20%% test split per seed (default); every10: every 10th image; all: every image")
+    ba.add_argument(
+        "--queries",
+        choices=["split", "every10", "all"],
+        default="split",
+        help="split: the 20%% test split per seed (default); every10: every 10th image; all: every image",
+    )
     ba.add_argument("--exclude-self", action="store_true", help="drop the query from its own ranking")
     rerank_args(ba)
-    ba.add_argument("--rerank-axis", help="compare re-rankings in one run: base, presets, or stages joined by + "
-                                                    "(aqe dba diffusion regional verify), e.g. base,aqe,regional,dba+aqe,default")
-    ba.add_argument("--pad-to", type=int, help="grow the gallery to N items with synthetic distractor vectors "
-                                               "(e.g. 100000); rankings then stop at depth 1000")
-    ba.add_argument("--copies", help="folder of edited copies (<edit>/<path of the original>, see `cbir bench copies`): "
-                                     "also report the original's rank-1")
+    ba.add_argument(
+        "--rerank-axis",
+        help="compare re-rankings in one run: base, presets, or stages joined by + "
+        "(aqe dba diffusion regional verify), e.g. base,aqe,regional,dba+aqe,default",
+    )
+    ba.add_argument(
+        "--pad-to",
+        type=int,
+        help="grow the gallery to N items with synthetic distractor vectors "
+        "(e.g. 100000); rankings then stop at depth 1000",
+    )
+    ba.add_argument(
+        "--copies",
+        help="folder of edited copies (<edit>/<path of the original>, see `cbir bench copies`): "
+        "also report the original's rank-1",
+    )
     ba.add_argument("--whiten-dim", type=int, help="fit PCA-whitening on the searched set to D dims and apply it")
     ba.add_argument("--whiten-force", action="store_true", help="fit even below 10 vectors per dim")
     backend_args(ba)
-    ba.add_argument("--resampling", choices=["opencv", "pillow"], help="override the model's resampling policy (to compare)")
+    ba.add_argument(
+        "--resampling", choices=["opencv", "pillow"], help="override the model's resampling policy (to compare)"
+    )
     ba.add_argument("--json", action="store_true")
     ba.set_defaults(fn=cmd_bench_accuracy)
-    bc = bench.add_parser("copies", help="write edited copies of images (crop, rotate, jpeg, colour, downscale, border, caption)")
+    bc = bench.add_parser(
+        "copies", help="write edited copies of images (crop, rotate, jpeg, colour, downscale, border, caption)"
+    )
     bc.add_argument("src", help="image folder (the gallery the copies come from)")
     bc.add_argument("out", help="output folder: OUT/<edit>/<path relative to SRC>")
     bc.add_argument("-n", type=int, default=100, help="images to copy, spread over SRC's folders (default 100)")
     bc.add_argument("--seed", type=int, default=0)
-    bc.add_argument("--edits", help="comma-separated subset of the edits (default all; with --suite augly its augmentations)")
-    bc.add_argument("--suite", choices=["own", "augly", "templates"], default="own",
-                    help="own: the 7 edits above (default); augly: AugLy's augmentations, chains and templates, with "
-                         "edited negatives (OUT/copies, OUT/negatives; needs `pip install augly`); templates: every "
-                         "AugLy template applied to N different images (dedup's precision set)")
-    bc.add_argument("--negatives", help="--suite augly: folder of photos that are not in the gallery "
-                                        "(default: scikit-image's and scikit-learn's bundled photos)")
+    bc.add_argument(
+        "--edits", help="comma-separated subset of the edits (default all; with --suite augly its augmentations)"
+    )
+    bc.add_argument(
+        "--suite",
+        choices=["own", "augly", "templates"],
+        default="own",
+        help="own: the 7 edits above (default); augly: AugLy's augmentations, chains and templates, with "
+        "edited negatives (OUT/copies, OUT/negatives; needs `pip install augly`); templates: every "
+        "AugLy template applied to N different images (dedup's precision set)",
+    )
+    bc.add_argument(
+        "--negatives",
+        help="--suite augly: folder of photos that are not in the gallery "
+        "(default: scikit-image's and scikit-learn's bundled photos)",
+    )
     bc.set_defaults(fn=cmd_bench_copies)
-    bs = bench.add_parser("copy-search", help="find the original of every copy of a suite through an index, "
-                                              "one query at a time as a user searches: rank-1 per edit, verified false positives")
+    bs = bench.add_parser(
+        "copy-search",
+        help="find the original of every copy of a suite through an index, "
+        "one query at a time as a user searches: rank-1 per edit, verified false positives",
+    )
     bs.add_argument("--index", required=True, help="an index holding --data")
     bs.add_argument("--data", required=True, help="the originals (as indexed)")
-    bs.add_argument("--suite", required=True, help="folder written by `cbir bench copies --suite augly` (copies/, negatives/)")
+    bs.add_argument(
+        "--suite", required=True, help="folder written by `cbir bench copies --suite augly` (copies/, negatives/)"
+    )
     bs.add_argument("--per-aug", type=int, help="at most N queries per edit (default all)")
     rerank_args(bs)
     bs.add_argument("--json", action="store_true")
@@ -318,9 +457,16 @@ def register(sub) -> None:
     bd.add_argument("-k", type=int, default=10)
     bd.add_argument("--threshold", type=float, default=0.5)
     bd.add_argument("--no-verify", action="store_true")
-    bd.add_argument("--partial", type=int, default=3, help="as `cbir dedup --partial` (default 3; 0: whole images only)")
-    bd.add_argument("--peers", nargs="?", const="", help="also run peers on DATA + COPIES: comma-separated subset of "
-                                                         "imagededup-phash,fastdup (default both; each an optional install)")
+    bd.add_argument(
+        "--partial", type=int, default=3, help="as `cbir dedup --partial` (default 3; 0: whole images only)"
+    )
+    bd.add_argument(
+        "--peers",
+        nargs="?",
+        const="",
+        help="also run peers on DATA + COPIES: comma-separated subset of "
+        "imagededup-phash,fastdup (default both; each an optional install)",
+    )
     bd.set_defaults(fn=cmd_bench_dedup)
     be = bench.add_parser("exact", help="exact k-NN in PyTorch (FP16 on cuda) beside FAISS's CPU Flat, same vectors")
     be.add_argument("--n", type=int, default=1_000_000)
@@ -336,9 +482,12 @@ def register(sub) -> None:
     bl = bench.add_parser("latency", help="throughput and latency of a model")
     bl.add_argument("--model", required=True)
     backend_args(bl)
-    bl.add_argument("--compare", help="backend[:precision][+option][@file] list measured side by side in one run, ratios "
-                                      "to the first, e.g. onnxruntime,openvino:bf16,openvino@model_int8.xml,torch:fp16,"
-                                      "torch:fp16+eager (options: eager = no CUDA graphs, compile, cpu, cuda)")
+    bl.add_argument(
+        "--compare",
+        help="backend[:precision][+option][@file] list measured side by side in one run, ratios "
+        "to the first, e.g. onnxruntime,openvino:bf16,openvino@model_int8.xml,torch:fp16,"
+        "torch:fp16+eager (options: eager = no CUDA graphs, compile, cpu, cuda)",
+    )
     bl.add_argument("--batch-sizes", default="1,8,32,64")
     bl.add_argument("--concurrency", default="1,8,32")
     bl.add_argument("--data", help="image folder for the end-to-end figure")
@@ -361,19 +510,27 @@ def register(sub) -> None:
     bh = bench.add_parser("http", help="load-test POST /search of a running `cbir serve` on loopback")
     bh.add_argument("--url", default="http://127.0.0.1:8000")
     bh.add_argument("--image", required=True, nargs="+", help="query images (files or folders), sent in turn")
-    bh.add_argument("--rerank", help="comma-separated presets compared interleaved, e.g. none,default (default: the index's)")
+    bh.add_argument(
+        "--rerank", help="comma-separated presets compared interleaved, e.g. none,default (default: the index's)"
+    )
     bh.add_argument("--rounds", type=int, default=1, help="interleaved rounds (default 1)")
     bh.add_argument("--concurrency", default="1,8,32")
     bh.add_argument("--requests", type=int, default=200)
     bh.add_argument("-k", type=int, default=10)
     bh.add_argument("--json", action="store_true")
     bh.set_defaults(fn=cmd_bench_http)
-    lv = bench.add_parser("live", help="soak `cbir serve` while writers add, remove and die: latency, errors, "
-                                       "short or resurrected answers, RSS")
+    lv = bench.add_parser(
+        "live",
+        help="soak `cbir serve` while writers add, remove and die: latency, errors, short or resurrected answers, RSS",
+    )
     lv.add_argument("--model", required=True)
     lv.add_argument("--base", nargs="+", required=True, help="folders indexed and never touched (≥ k images)")
-    lv.add_argument("--churn", nargs="+", required=True,
-                    help="folders whose fresh copies the writer adds and later removes, in turn (images arriving and taken down)")
+    lv.add_argument(
+        "--churn",
+        nargs="+",
+        required=True,
+        help="folders whose fresh copies the writer adds and later removes, in turn (images arriving and taken down)",
+    )
     lv.add_argument("--queries", nargs="+", required=True, help="query images (files or folders)")
     lv.add_argument("--work", required=True, help="a new folder: the index, logs and samples.json")
     lv.add_argument("--idle", type=float, default=60.0, help="seconds of reads before the writer starts (default 60)")
@@ -388,8 +545,12 @@ def register(sub) -> None:
     lv.add_argument("--plot", help="latency over time and RSS, PNG (matplotlib)")
     lv.add_argument("--json", action="store_true")
     lv.set_defaults(fn=cmd_bench_live)
-    bs_ = bench.add_parser("search", help="the index at scale: auto choice, build time, peak RSS, bytes, recall, ms/query")
-    bs_.add_argument("--sizes", default="1000000", help="gallery sizes (synthetic clustered vectors), e.g. 1000000,10000000")
+    bs_ = bench.add_parser(
+        "search", help="the index at scale: auto choice, build time, peak RSS, bytes, recall, ms/query"
+    )
+    bs_.add_argument(
+        "--sizes", default="1000000", help="gallery sizes (synthetic clustered vectors), e.g. 1000000,10000000"
+    )
     bs_.add_argument("--dim", type=int, default=320)
     bs_.add_argument("--memory-budget", default="4GB")
     bs_.add_argument("--target-recall", type=float, default=0.95)
@@ -398,8 +559,12 @@ def register(sub) -> None:
     bs_.add_argument("--workdir", help="where vectors and indexes go (default: a temporary folder, removed after)")
     bs_.add_argument("--keep", action="store_true", help="keep the vectors and indexes")
     bs_.add_argument("--on-disk", action="store_true", help="build with on-disk inverted lists (memory-mapped)")
-    bs_.add_argument("--shift", action="store_true", help="query-shift scenario: queries unlike the gallery; the "
-                     "gallery-basis estimate vs the query-basis estimate (100 tuning queries) vs the truth")
+    bs_.add_argument(
+        "--shift",
+        action="store_true",
+        help="query-shift scenario: queries unlike the gallery; the "
+        "gallery-basis estimate vs the query-basis estimate (100 tuning queries) vs the truth",
+    )
     bs_.add_argument("--json", action="store_true")
     bs_.set_defaults(fn=cmd_bench_search)
     br = bench.add_parser("requests", help="peak RSS and time of the heaviest searches the work budget allows")

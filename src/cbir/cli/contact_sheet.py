@@ -5,6 +5,7 @@ inlined as ``data:`` URIs (no file or network access when it is opened), each at
 pixels (default 160, JPEG quality 70). The images inlined stop at ``max_bytes`` (default 32 MB):
 later ones are shown as text only, and the sheet says so. Every path and message is HTML-escaped.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,8 +31,9 @@ def _data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
-def render(results: Sequence[dict], thumbnail: Callable[[dict], bytes], title: str = "cbir search",
-           max_bytes: int = MAX_BYTES) -> str:
+def render(
+    results: Sequence[dict], thumbnail: Callable[[dict], bytes], title: str = "cbir search", max_bytes: int = MAX_BYTES
+) -> str:
     """HTML for ``results`` (``Gallery.search``'s list: ``query``, ``results`` of ``id``/``path``/
     ``score``, optional ``error``). ``thumbnail(hit)`` returns JPEG bytes of a result; queries are
     read from their own paths."""
@@ -52,18 +54,27 @@ def render(results: Sequence[dict], thumbnail: Callable[[dict], bytes], title: s
     rows = []
     for r in results:
         q = str(r["query"])
-        cells = [f'<figure class="query">{img(lambda: make(q, q, SIZE, QUALITY), q)}'
-                 f'<figcaption><b>query</b> {html.escape(q)}</figcaption></figure>']
+        cells = [
+            f'<figure class="query">{img(lambda: make(q, q, SIZE, QUALITY), q)}'
+            f"<figcaption><b>query</b> {html.escape(q)}</figcaption></figure>"
+        ]
         if r.get("error"):
             cells.append(f'<p class="err">{html.escape(str(r["error"]))}</p>')
         for rank, h in enumerate(r.get("results", []), 1):
-            mark = f' ✓ {int(h["inliers"])} inliers' if h.get("verified") else ""
-            caption = f'{rank}. {h["score"]:.4f}{mark}<br>{html.escape(str(h["path"]))}<br>id {int(h["id"])}'
-            cells.append(f'<figure>{img(lambda h=h: thumbnail(h), str(h["path"]))}<figcaption>{caption}</figcaption></figure>')
+            mark = f" ✓ {int(h['inliers'])} inliers" if h.get("verified") else ""
+            caption = f"{rank}. {h['score']:.4f}{mark}<br>{html.escape(str(h['path']))}<br>id {int(h['id'])}"
+            cells.append(
+                f"<figure>{img(lambda h=h: thumbnail(h), str(h['path']))}<figcaption>{caption}</figcaption></figure>"
+            )
         rows.append(f'<section class="row">{"".join(cells)}</section>')
-    note = (f'<p class="err">{skipped[0]} thumbnails left out: the sheet reached its {max_bytes} byte limit.</p>'
-            if skipped[0] else "")
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>'
-            f'<h1>{html.escape(title)}</h1>{note}{"".join(rows)}</body></html>\n')
+    note = (
+        f'<p class="err">{skipped[0]} thumbnails left out: the sheet reached its {max_bytes} byte limit.</p>'
+        if skipped[0]
+        else ""
+    )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>{note}{''.join(rows)}</body></html>\n"
+    )

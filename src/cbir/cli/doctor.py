@@ -1,4 +1,5 @@
 """`cbir doctor`: which backends work here."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
 """`cbir embed`: images (folders, files, tar shards, Parquet, URLs) to vectors: one .npy, or sharded
 outputs other tools read (``--out DIR --format npy|parquet``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,10 @@ def cmd_embed(a: argparse.Namespace) -> int:
         report = write_sharded(emb, uris, a.out, a.format, a.shard_rows, a.batch_size, progress)
         for f in report["failed"]:
             print(f"cbir embed: skipped {f['uri']}: {f['error']}", file=sys.stderr)
-        print_json(report) if a.json else print(f"wrote {a.out} ({a.format}): {report['embedded']} vectors now, "
-                                                f"{report['already_done']} from earlier runs, {len(report['failed'])} failed")
+        print_json(report) if a.json else print(
+            f"wrote {a.out} ({a.format}): {report['embedded']} vectors now, "
+            f"{report['already_done']} from earlier runs, {len(report['failed'])} failed"
+        )
         return 0
     res = emb.embed_files(uris, batch_size=a.batch_size, progress=progress)
     out = Path(a.output)
@@ -37,8 +40,13 @@ def cmd_embed(a: argparse.Namespace) -> int:
         Path(a.paths_out).write_text("".join(p + "\n" for p in kept))
     for _, src, reason in res.errors:
         print(f"cbir embed: skipped {src}: {reason}", file=sys.stderr)
-    summary = {"output": str(out), "embedded": len(kept), "dim": emb.dim,
-               "failed": [{"path": s, "error": r} for _, s, r in res.errors], "timings": res.timings.as_dict()}
+    summary = {
+        "output": str(out),
+        "embedded": len(kept),
+        "dim": emb.dim,
+        "failed": [{"path": s, "error": r} for _, s, r in res.errors],
+        "timings": res.timings.as_dict(),
+    }
     if a.json:
         print_json(summary)
     else:
@@ -61,9 +69,13 @@ def register(sub) -> None:
     m.add_argument("--model", required=True)
     m.add_argument("-o", "--output", help="vectors .npy [N, D] float32 (one file)")
     m.add_argument("--paths-out", help="with -o: text file with the URI of each row")
-    m.add_argument("--out", help="sharded outputs: DIR/embeddings + DIR/metadata (embedding-reader's layout), resumable")
+    m.add_argument(
+        "--out", help="sharded outputs: DIR/embeddings + DIR/metadata (embedding-reader's layout), resumable"
+    )
     m.add_argument("--format", default="npy", choices=["npy", "parquet"], help="with --out (default npy)")
-    m.add_argument("--shard-rows", type=int, default=1_000_000, help="with --out: input items per shard (default 1,000,000)")
+    m.add_argument(
+        "--shard-rows", type=int, default=1_000_000, help="with --out: input items per shard (default 1,000,000)"
+    )
     source_args(m)
     engine_args(m)
     m.add_argument("--json", action="store_true")

@@ -1,4 +1,5 @@
 """`cbir finetune`: the paper's two-phase recipe (torch)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,16 +10,32 @@ from cbir.cli.common import print_json
 def cmd_finetune(a: argparse.Namespace) -> int:
     from cbir.finetune.recipe import Recipe, finetune
 
-    r = Recipe(arch=a.arch, data=a.data, out=a.out, pretrained=a.pretrained and not a.weights, weights=a.weights, seed=a.seed,
-               split=a.split, head_epochs=a.head_epochs, head_lr=a.head_lr, ft_epochs=a.ft_epochs, ft_lr=a.ft_lr,
-               unfreeze_top=a.unfreeze_top, batch_size=a.batch_size, image_size=a.image_size, device=a.device)
+    r = Recipe(
+        arch=a.arch,
+        data=a.data,
+        out=a.out,
+        pretrained=a.pretrained and not a.weights,
+        weights=a.weights,
+        seed=a.seed,
+        split=a.split,
+        head_epochs=a.head_epochs,
+        head_lr=a.head_lr,
+        ft_epochs=a.ft_epochs,
+        ft_lr=a.ft_lr,
+        unfreeze_top=a.unfreeze_top,
+        batch_size=a.batch_size,
+        image_size=a.image_size,
+        device=a.device,
+    )
     meta = finetune(r, progress=not a.json)
     if a.json:
         print_json(meta)
     else:
         last = meta["history"][-1] if meta["history"] else {}
-        print(f"wrote {a.out}: {meta['arch']}, {len(meta['classes'])} classes, final val acc {last.get('val_acc', float('nan')):.4f}; "
-              f"export with: cbir export --weights {a.out} --block 7 -o model.onnx")
+        print(
+            f"wrote {a.out}: {meta['arch']}, {len(meta['classes'])} classes, final val acc {last.get('val_acc', float('nan')):.4f}; "
+            f"export with: cbir export --weights {a.out} --block 7 -o model.onnx"
+        )
     return 0
 
 
@@ -28,8 +45,12 @@ def register(sub) -> None:
     f.add_argument("--data", required=True, help="class-per-folder images")
     f.add_argument("--out", required=True, help="checkpoint to write (resumable from OUT.resume.pt)")
     fw = f.add_mutually_exclusive_group()
-    fw.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
-                    help="start from ImageNet weights (default; --no-pretrained: random weights)")
+    fw.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start from ImageNet weights (default; --no-pretrained: random weights)",
+    )
     fw.add_argument("--weights", help="start from a checkpoint instead")
     f.add_argument("--seed", type=int, default=0, help="split and training seed (same split as bench accuracy)")
     f.add_argument("--split", type=float, default=0.8)

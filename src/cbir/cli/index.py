@@ -1,4 +1,5 @@
 """`cbir index build|add|remove|info`: the gallery index directory."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,12 +7,19 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from cbir.cli.common import (engine_args, open_embedder, parquet_spec, print_json, rerank_args, rerank_from_args,
-                             source_args)
+from cbir.cli.common import (
+    engine_args,
+    open_embedder,
+    parquet_spec,
+    print_json,
+    rerank_args,
+    rerank_from_args,
+    source_args,
+)
 from cbir.cli.embed import read_list
 from cbir.errors import CbirError
-from cbir.index.storage.lock import DirectoryGone
 from cbir.index.query.rerank import PRESETS
+from cbir.index.storage.lock import DirectoryGone
 
 
 def cmd_index_build(a: argparse.Namespace) -> int:
@@ -29,24 +37,50 @@ def cmd_index_build(a: argparse.Namespace) -> int:
     inputs = [a.images_dir] + read_list(a.files_from)  # every argument is checked before anything is written
     distributed = None
     if a.distributed == "ray":
-        distributed = {"ray_address": a.ray_address, "num_workers": a.num_workers, "gpus_per_worker": a.gpus_per_worker,
-                       "cpus_per_worker": a.cpus_per_worker, "backend": a.backend}
+        distributed = {
+            "ray_address": a.ray_address,
+            "num_workers": a.num_workers,
+            "gpus_per_worker": a.gpus_per_worker,
+            "cpus_per_worker": a.cpus_per_worker,
+            "backend": a.backend,
+        }
     elif a.distributed is not None:
         raise CbirError(f"--distributed {a.distributed!r}: only 'ray' is supported")
     emb = open_embedder(a, a.model)
     for attempt in range(3):  # a first build started beside one that failed and undid its folder starts afresh
-        g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
-                           dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall,
-                           wait=a.wait, on_disk=a.on_disk, local_features=a.local_features, rerank=a.rerank)
+        g = Gallery.create(
+            root,
+            emb,
+            factory=a.factory,
+            shard_size=a.shard_size,
+            whitening=a.whitening,
+            dba=a.dba,
+            dba_alpha=a.dba_alpha,
+            memory_budget=a.memory_budget,
+            target_recall=a.target_recall,
+            wait=a.wait,
+            on_disk=a.on_disk,
+            local_features=a.local_features,
+            rerank=a.rerank,
+        )
         if not g.created and not a.json:
-            print(f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)", file=sys.stderr)
+            print(
+                f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)",
+                file=sys.stderr,
+            )
         try:
             with _discard_on_refusal(g):
                 if a.tune_queries:
                     g.set_tune_queries(g.query_vectors(a.tune_queries))
-                report = g.build(inputs, batch_size=a.batch_size, progress=not a.json and sys.stderr.isatty(),
-                                 distributed=distributed, retry_failed=a.retry_failed, parquet=parquet_spec(a),
-                                 restore=a.restore)
+                report = g.build(
+                    inputs,
+                    batch_size=a.batch_size,
+                    progress=not a.json and sys.stderr.isatty(),
+                    distributed=distributed,
+                    retry_failed=a.retry_failed,
+                    parquet=parquet_spec(a),
+                    restore=a.restore,
+                )
             _note_gallery_basis(g, a.index)
             return _print_report(a, report, "indexed")
         except DirectoryGone:
@@ -78,8 +112,8 @@ def _discard_on_refusal(g):
 def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
     """Every input is checked before anything is written: vectors, paths, dimension, memory budget."""
     from cbir.index.ann import tuning
-    from cbir.index.gallery import INDEX_JSON, Gallery
     from cbir.index.build.vectors import VectorSource, check_dim, ingest, read_paths
+    from cbir.index.gallery import INDEX_JSON, Gallery
 
     if a.paths is None:
         raise CbirError("--from-vectors needs --paths P.txt (one path or URI per row)")
@@ -90,10 +124,22 @@ def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
         check_dim(source, emb.dim)
     if a.factory == "auto" and not (root / INDEX_JSON).is_file():
         tuning.choose_factory(len(source), source.dim, tuning.parse_bytes(a.memory_budget or "4GB"))
-    g = Gallery.create(root, emb, factory=a.factory, shard_size=a.shard_size, whitening=a.whitening,
-                       dba=a.dba, dba_alpha=a.dba_alpha, memory_budget=a.memory_budget, target_recall=a.target_recall,
-                       wait=a.wait, dim=source.dim, on_disk=a.on_disk, local_features=a.local_features or "none",
-                       rerank=a.rerank or "none")
+    g = Gallery.create(
+        root,
+        emb,
+        factory=a.factory,
+        shard_size=a.shard_size,
+        whitening=a.whitening,
+        dba=a.dba,
+        dba_alpha=a.dba_alpha,
+        memory_budget=a.memory_budget,
+        target_recall=a.target_recall,
+        wait=a.wait,
+        dim=source.dim,
+        on_disk=a.on_disk,
+        local_features=a.local_features or "none",
+        rerank=a.rerank or "none",
+    )
     with _discard_on_refusal(g):
         if a.tune_queries:
             g.set_tune_queries(g.query_vectors(a.tune_queries))
@@ -111,7 +157,9 @@ def cmd_index_features(a: argparse.Namespace) -> int:
     if a.json:
         print_json(out)
     else:
-        print(f"local features: {n} shards written; verification works now (e.g. `cbir index rerank {a.index} --rerank default`)")
+        print(
+            f"local features: {n} shards written; verification works now (e.g. `cbir index rerank {a.index} --rerank default`)"
+        )
     return 0
 
 
@@ -134,17 +182,29 @@ def _print_report(a: argparse.Namespace, report: dict, verb: str) -> int:
     for f in report["failed"]:
         print(f"cbir: failed {f['path']}: {f['error']}", file=sys.stderr)
     for w in report.get("warnings", []):
-        print(f"cbir: warning: {w['path']}: {w['stage']}: {w['error']} (indexed; it cannot be spatially verified)",
-              file=sys.stderr)
+        print(
+            f"cbir: warning: {w['path']}: {w['stage']}: {w['error']} (indexed; it cannot be spatially verified)",
+            file=sys.stderr,
+        )
     if a.json:
         print_json(report)
     else:
         t = report["timings"]
-        print(f"{verb} {report['indexed']} images ({len(report['skipped'])} unchanged, {len(report['failed'])} failed"
-              + (f", {len(report['still_failed'])} of them unchanged and not retried (--retry-failed)" if report["still_failed"] else "")
-              + (f", {len(report['still_removed'])} removed earlier and left out (--restore)" if report.get("still_removed") else "")
-              + "); "
-              f"index holds {report['count']}; {t.get('images_per_s', 0)} img/s, total {t['total']} s")
+        print(
+            f"{verb} {report['indexed']} images ({len(report['skipped'])} unchanged, {len(report['failed'])} failed"
+            + (
+                f", {len(report['still_failed'])} of them unchanged and not retried (--retry-failed)"
+                if report["still_failed"]
+                else ""
+            )
+            + (
+                f", {len(report['still_removed'])} removed earlier and left out (--restore)"
+                if report.get("still_removed")
+                else ""
+            )
+            + "); "
+            f"index holds {report['count']}; {t.get('images_per_s', 0)} img/s, total {t['total']} s"
+        )
     return 0
 
 
@@ -153,8 +213,17 @@ def cmd_index_add(a: argparse.Namespace) -> int:
 
     g = Gallery(a.index, wait=a.wait)
     g.embedder(backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision, device=a.device)
-    return _print_report(a, g.add(list(a.paths) + read_list(a.files_from), batch_size=a.batch_size,
-                                  retry_failed=a.retry_failed, parquet=parquet_spec(a), restore=a.restore), "added")
+    return _print_report(
+        a,
+        g.add(
+            list(a.paths) + read_list(a.files_from),
+            batch_size=a.batch_size,
+            retry_failed=a.retry_failed,
+            parquet=parquet_spec(a),
+            restore=a.restore,
+        ),
+        "added",
+    )
 
 
 def cmd_index_remove(a: argparse.Namespace) -> int:
@@ -166,9 +235,8 @@ def cmd_index_remove(a: argparse.Namespace) -> int:
 
 
 def cmd_index_tune(a: argparse.Namespace) -> int:
-    from cbir.index.gallery import Gallery
-
     from cbir.index.ann.maintain import GALLERY_BASIS_NOTE
+    from cbir.index.gallery import Gallery
     from cbir.serve.audit import audited_queries
 
     g = Gallery(a.index, wait=a.wait)
@@ -179,11 +247,17 @@ def cmd_index_tune(a: argparse.Namespace) -> int:
     if a.json:
         print_json(t)
     else:
-        ms = f"{t['ms_per_query']:.3f} ms/query (batch {t['queries']})" if t["ms_per_query"] is not None else "empty index"
+        ms = (
+            f"{t['ms_per_query']:.3f} ms/query (batch {t['queries']})"
+            if t["ms_per_query"] is not None
+            else "empty index"
+        )
         what = "real queries" if t["basis"] == "queries" else "held-out gallery vectors"
         lo, hi = t["recall_ci95"]
-        print(f"{a.index}: {g.config['search'] or 'exact search'}; recall@10 {t['recall_at_10']} (95 % {lo}–{hi}) on "
-              f"{t['queries']} {what}, {ms}")
+        print(
+            f"{a.index}: {g.config['search'] or 'exact search'}; recall@10 {t['recall_at_10']} (95 % {lo}–{hi}) on "
+            f"{t['queries']} {what}, {ms}"
+        )
     if t["basis"] == "gallery":
         print("note: " + GALLERY_BASIS_NOTE.format(root=a.index), file=sys.stderr)
     return 0
@@ -198,12 +272,18 @@ def cmd_index_info(a: argparse.Namespace) -> int:
     else:
         m = info["model"]
         t = info["tuning"]
-        print(f"{info['path']}: {info['count']} images, d={info['dim']}, factory {info['index_factory']}"
-              + (f", search {info['search']}, recall@10 {t['recall_at_10']} on {t.get('queries', t.get('held_out_queries'))} "
-                 f"{'real queries' if t.get('basis') == 'queries' else 'held-out gallery vectors'}, {t['ms_per_query']:.3f} ms/query"
-                 if t and t.get("ms_per_query") is not None else "") + f", {info['index_bytes'] or 0:,} bytes, "
-              f"model {m['arch']} Block {m['block']} {m['pooling']} ({m['fingerprint']}), "
-              f"{info['failed']} failed, {info['removed']} removed, {info['pending_shards']} shards pending")
+        print(
+            f"{info['path']}: {info['count']} images, d={info['dim']}, factory {info['index_factory']}"
+            + (
+                f", search {info['search']}, recall@10 {t['recall_at_10']} on {t.get('queries', t.get('held_out_queries'))} "
+                f"{'real queries' if t.get('basis') == 'queries' else 'held-out gallery vectors'}, {t['ms_per_query']:.3f} ms/query"
+                if t and t.get("ms_per_query") is not None
+                else ""
+            )
+            + f", {info['index_bytes'] or 0:,} bytes, "
+            f"model {m['arch']} Block {m['block']} {m['pooling']} ({m['fingerprint']}), "
+            f"{info['failed']} failed, {info['removed']} removed, {info['pending_shards']} shards pending"
+        )
         if t and t.get("basis", "gallery") == "gallery" and t.get("ms_per_query") is not None:
             from cbir.index.ann.maintain import GALLERY_BASIS_NOTE
 
@@ -223,8 +303,10 @@ def cmd_index_check(a: argparse.Namespace) -> int:
         for p in r["problems"]:
             print(f"{p['part']}" + (f" (shard {p['shard']})" if p["shard"] is not None else "") + f": {p['problem']}")
         c = r["checked"]
-        print(f"{a.index}: {'ok' if r['ok'] else 'DAMAGED'}: {c['shards']} shards, {c['indexed']} indexed items"
-              + ("" if r["ok"] else f"; `cbir index repair {a.index}` fixes what is derived and lists what is lost"))
+        print(
+            f"{a.index}: {'ok' if r['ok'] else 'DAMAGED'}: {c['shards']} shards, {c['indexed']} indexed items"
+            + ("" if r["ok"] else f"; `cbir index repair {a.index}` fixes what is derived and lists what is lost")
+        )
     return 0 if r["ok"] else 1
 
 
@@ -243,8 +325,10 @@ def cmd_index_repair(a: argparse.Namespace) -> int:
             print(line)
         for f in r["lost"]:
             print(f"lost: {f['path']}: {f['error']}", file=sys.stderr)
-        print(f"{a.index}: {'ok' if r['ok'] else 'still damaged'}; {r['recovered']} items embedded again, "
-              f"{len(r['lost'])} lost")
+        print(
+            f"{a.index}: {'ok' if r['ok'] else 'still damaged'}; {r['recovered']} items embedded again, "
+            f"{len(r['lost'])} lost"
+        )
     return 0 if r["ok"] else 1
 
 
@@ -252,43 +336,73 @@ def wait_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="wait for another writer to this index instead of failing")
 
 
-RESTORE_HELP = ("index again items removed earlier (`cbir index remove`) that are among the inputs; "
-                "without it they stay removed and are listed as such")
+RESTORE_HELP = (
+    "index again items removed earlier (`cbir index remove`) that are among the inputs; "
+    "without it they stay removed and are listed as such"
+)
 
 
 def register(sub) -> None:
-    ix = sub.add_parser("index", help="build and edit a gallery index").add_subparsers(dest="index_command", required=True)
+    ix = sub.add_parser("index", help="build and edit a gallery index").add_subparsers(
+        dest="index_command", required=True
+    )
     b = ix.add_parser("build", help="index a folder of images (resumable)")
-    b.add_argument("images_dir", nargs="?", help="folder, .tar shard, .parquet file or URL of images (or use --from-vectors)")
+    b.add_argument(
+        "images_dir", nargs="?", help="folder, .tar shard, .parquet file or URL of images (or use --from-vectors)"
+    )
     source_args(b)
     b.add_argument("--from-vectors", help="index existing embeddings: a .npy [N, D] or a folder of .npy files")
     b.add_argument("--paths", help="with --from-vectors: text file, one path or URI per row")
-    b.add_argument("--model", help="the cbir model (required for images; optional with --from-vectors: "
-                                    "without it the index answers vector queries only)")
+    b.add_argument(
+        "--model",
+        help="the cbir model (required for images; optional with --from-vectors: "
+        "without it the index answers vector queries only)",
+    )
     b.add_argument("--index", required=True, help="index directory (created, or resumed if it exists)")
     # Build options are fixed when the index is created: None = default for a new index, "as recorded" for
     # an existing one; an explicit value that differs from the recorded one is refused.
-    b.add_argument("--factory", help='FAISS factory string, e.g. "Flat" (default), "IVF1024,PQ32", "HNSW32", or "auto": '
-                                     'chosen from the gallery size and --memory-budget, tuned to --target-recall')
+    b.add_argument(
+        "--factory",
+        help='FAISS factory string, e.g. "Flat" (default), "IVF1024,PQ32", "HNSW32", or "auto": '
+        "chosen from the gallery size and --memory-budget, tuned to --target-recall",
+    )
     b.add_argument("--memory-budget", help="index memory budget for --factory auto, e.g. 4GB (default 4GB)")
     b.add_argument("--target-recall", type=float, help="recall@10 vs exact search for --factory auto (default 0.95)")
-    b.add_argument("--tune-queries", nargs="+", metavar="Q", help="tune --factory auto on these real queries (images, "
-                   "folders, URIs or one .npy of vectors) instead of held-out gallery vectors; kept for later rebuilds")
+    b.add_argument(
+        "--tune-queries",
+        nargs="+",
+        metavar="Q",
+        help="tune --factory auto on these real queries (images, "
+        "folders, URIs or one .npy of vectors) instead of held-out gallery vectors; kept for later rebuilds",
+    )
     b.add_argument("--shard-size", type=int, help="images per resumable shard (default 1024)")
     b.add_argument("--whitening", help="whitening file applied to stored and query vectors")
     b.add_argument("--dba", type=int, help="database-side augmentation over N neighbours (default off)")
     b.add_argument("--dba-alpha", type=float, help="DBA weight exponent (default 0)")
-    b.add_argument("--on-disk", action="store_true", default=None,
-                   help="IVF inverted lists in a memory-mapped file (INDEX_DIR/ivflists-*.bin), built by a streaming merge")
-    b.add_argument("--local-features", choices=["orb", "none"],
-                   help="local features for spatial verification, stored per shard (default orb for images: "
-                        "~18 KB and ~2 ms per image; none for --from-vectors)")
-    b.add_argument("--rerank", choices=list(PRESETS), help="the re-ranking preset stored for searches (default: "
-                   "'default' with local features, else 'class'); change later with `cbir index rerank`")
+    b.add_argument(
+        "--on-disk",
+        action="store_true",
+        default=None,
+        help="IVF inverted lists in a memory-mapped file (INDEX_DIR/ivflists-*.bin), built by a streaming merge",
+    )
+    b.add_argument(
+        "--local-features",
+        choices=["orb", "none"],
+        help="local features for spatial verification, stored per shard (default orb for images: "
+        "~18 KB and ~2 ms per image; none for --from-vectors)",
+    )
+    b.add_argument(
+        "--rerank",
+        choices=list(PRESETS),
+        help="the re-ranking preset stored for searches (default: "
+        "'default' with local features, else 'class'); change later with `cbir index rerank`",
+    )
     b.add_argument("--retry-failed", action="store_true", help="embed again files that failed before even if unchanged")
     b.add_argument("--restore", action="store_true", help=RESTORE_HELP)
     b.add_argument("--resume", action="store_true", help="continue an interrupted build (also automatic)")
-    b.add_argument("--distributed", choices=["ray"], help="embed shards on Ray Data workers (pip install 'cbir[distributed]')")
+    b.add_argument(
+        "--distributed", choices=["ray"], help="embed shards on Ray Data workers (pip install 'cbir[distributed]')"
+    )
     b.add_argument("--ray-address", help="auto | ray://host:port (default: start a local Ray)")
     b.add_argument("--num-workers", type=int, default=2, help="Ray actors, one model each (default 2)")
     b.add_argument("--cpus-per-worker", type=int, default=1)
@@ -301,7 +415,9 @@ def register(sub) -> None:
     ad.add_argument("index")
     ad.add_argument("paths", nargs="*", help="files, folders, tar shards, parquet files or URLs")
     source_args(ad)
-    ad.add_argument("--retry-failed", action="store_true", help="embed again files that failed before even if unchanged")
+    ad.add_argument(
+        "--retry-failed", action="store_true", help="embed again files that failed before even if unchanged"
+    )
     ad.add_argument("--restore", action="store_true", help=RESTORE_HELP)
     engine_args(ad)
     ad.add_argument("--json", action="store_true")
@@ -317,16 +433,24 @@ def register(sub) -> None:
     tu.add_argument("index")
     tu.add_argument("--target-recall", type=float, required=True, help="recall@10 vs exact search, e.g. 0.95")
     tu.add_argument("--max-ms-per-query", type=float, help="refuse a setting slower than this")
-    tu.add_argument("--queries", nargs="+", metavar="Q", help="tune on these queries: images, folders, URIs, or one "
-                    ".npy of query vectors (kept for later rebuilds); default: the queries tuned on before, else "
-                    "held-out gallery vectors")
+    tu.add_argument(
+        "--queries",
+        nargs="+",
+        metavar="Q",
+        help="tune on these queries: images, folders, URIs, or one "
+        ".npy of query vectors (kept for later rebuilds); default: the queries tuned on before, else "
+        "held-out gallery vectors",
+    )
     tu.add_argument("--from-audit", action="store_true", help="tune on the queries `cbir serve --audit-rate` sampled")
     tu.add_argument("--json", action="store_true")
     wait_arg(tu)
     tu.set_defaults(fn=cmd_index_tune)
-    fe = ix.add_parser("features", help="add local features (spatial verification) to an index built without them, "
-                       "or write again those of an older cbir that lack the image's frame size (used to stretch "
-                       "a squeezed copy back)")
+    fe = ix.add_parser(
+        "features",
+        help="add local features (spatial verification) to an index built without them, "
+        "or write again those of an older cbir that lack the image's frame size (used to stretch "
+        "a squeezed copy back)",
+    )
     fe.add_argument("index")
     fe.add_argument("--json", action="store_true")
     wait_arg(fe)
@@ -337,12 +461,15 @@ def register(sub) -> None:
     rr.add_argument("--json", action="store_true")
     wait_arg(rr)
     rr.set_defaults(fn=cmd_index_rerank)
-    ck = ix.add_parser("check", help="verify shard files, features, regions and index.faiss against SQLite "
-                                     "(exit 1 on damage)")
+    ck = ix.add_parser(
+        "check", help="verify shard files, features, regions and index.faiss against SQLite (exit 1 on damage)"
+    )
     ck.add_argument("index")
     ck.add_argument("--json", action="store_true")
     ck.set_defaults(fn=cmd_index_check)
-    rp = ix.add_parser("repair", help="rebuild what is derived from the shards, embed lost shards again, report what is lost")
+    rp = ix.add_parser(
+        "repair", help="rebuild what is derived from the shards, embed lost shards again, report what is lost"
+    )
     rp.add_argument("index")
     engine_args(rp)
     rp.add_argument("--json", action="store_true")

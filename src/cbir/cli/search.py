@@ -1,4 +1,5 @@
 """`cbir search`: query an index with images."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 def write_html(g, results: list[dict], out: str) -> None:
     from cbir import fsio
-    from cbir.engine.preprocess import ImageError
     from cbir.cli import contact_sheet
+    from cbir.engine.preprocess import ImageError
     from cbir.serve.thumbs import Thumbnails
 
     thumbnails = Thumbnails(g.root, g.store)
@@ -59,8 +60,11 @@ def register(sub) -> None:
     s.add_argument("--model", help="model file (default: the one recorded in the index; must match it)")
     rerank_args(s)
     engine_args(s)
-    s.add_argument("--search-device", choices=["cuda", "cpu"],
-                   help="exact search of a Flat index in PyTorch on this device (FP16 on cuda), where faiss-gpu is absent")
+    s.add_argument(
+        "--search-device",
+        choices=["cuda", "cpu"],
+        help="exact search of a Flat index in PyTorch on this device (FP16 on cuda), where faiss-gpu is absent",
+    )
     s.add_argument("--json", action="store_true")
     s.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML contact sheet of the results")
     s.set_defaults(fn=cmd_search)

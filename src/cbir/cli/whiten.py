@@ -1,4 +1,5 @@
 """`cbir whiten fit`: PCA-whitening from vectors or an index."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,10 @@ def cmd_whiten_fit(a: argparse.Namespace) -> int:
     w = fit(x, dim=a.dim, shrinkage=a.shrinkage, min_per_dim=a.min_per_dim, force=a.force)
     w.save(a.output)
     info = {"output": a.output, "fingerprint": w.fingerprint, **w.info}
-    print_json(info) if a.json else print(f"wrote {a.output}: {w.in_dim} -> {w.out_dim} dims from {len(x)} vectors ({w.info['per_dim']:.1f} per dim), fingerprint {w.fingerprint}")
+    print_json(info) if a.json else print(
+        f"wrote {a.output}: {w.in_dim} -> {w.out_dim} dims from {len(x)} vectors "
+        f"({w.info['per_dim']:.1f} per dim), fingerprint {w.fingerprint}"
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ with the wrong number of rows) fails that batch's futures and the worker goes on
 thread still end (``alive`` False, ``error`` says why), every waiting future fails and ``submit``
 refuses, so no caller hangs; ``cbir serve`` reports it on ``/healthz``.
 """
+
 from __future__ import annotations
 
 import threading
@@ -53,9 +54,16 @@ class RequestTiming:
 class DynamicBatcher:
     """Groups single-image requests into batches for ``run`` (uint8 [N,H,W,3] -> float32 [N,D])."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], pp: Preprocess, max_batch: int = 32,
-                 max_delay_ms: float = 5.0, max_queue: int = 1024, timeout_s: float | None = None,
-                 keep_timings: int = 100_000):
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        pp: Preprocess,
+        max_batch: int = 32,
+        max_delay_ms: float = 5.0,
+        max_queue: int = 1024,
+        timeout_s: float | None = None,
+        keep_timings: int = 100_000,
+    ):
         if max_batch < 1 or max_queue < 1 or max_delay_ms < 0:
             raise CbirError("batcher: max_batch and max_queue must be ≥ 1 and max_delay_ms ≥ 0")
         self.run, self.pp = run, pp
@@ -154,7 +162,11 @@ class DynamicBatcher:
                 if not r.future.set_running_or_notify_cancel():
                     continue
                 if self.timeout_s is not None and now - r.t_enqueue > self.timeout_s:
-                    r.future.set_exception(TimeoutError(f"request waited {now - r.t_enqueue:.3f} s in the queue (timeout {self.timeout_s} s)"))
+                    r.future.set_exception(
+                        TimeoutError(
+                            f"request waited {now - r.t_enqueue:.3f} s in the queue (timeout {self.timeout_s} s)"
+                        )
+                    )
                     continue
                 live.append(r)
             if not live:

@@ -5,6 +5,7 @@ whatever the number of inputs. Output order is the input order, and every input 
 it is in a batch's ``indices`` (with a vector) or in its ``errors`` (with the reason).
 Pillow releases the GIL while decoding and resizing, so threads (default: all cores) suffice.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,9 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from cbir.cores import all_cores
-from cbir.sources import DEFAULT_READER, is_uri
 from cbir.engine.colour import row_stats
 from cbir.engine.preprocess import ImageError, ImageSource, Preprocess, describe
+from cbir.sources import DEFAULT_READER, is_uri
 
 PREFETCH = 2
 
@@ -46,15 +47,20 @@ class Timings:
 
     def as_dict(self) -> dict:
         d = {k: round(getattr(self, k), 4) for k in ("read", "decode", "infer", "wait", "wall")}
-        d.update(images=self.images, failed=self.failed,
-                 images_per_s=round(self.images / self.wall, 2) if self.wall > 0 else 0.0)
+        d.update(
+            images=self.images,
+            failed=self.failed,
+            images_per_s=round(self.images / self.wall, 2) if self.wall > 0 else 0.0,
+        )
         return d
 
     def summary(self) -> str:
         d = self.as_dict()
-        return (f"{d['images']} images in {d['wall']:.2f} s ({d['images_per_s']:.1f} img/s), {d['failed']} failed; "
-                f"read {d['read']:.2f} s, decode {d['decode']:.2f} s (summed over workers), "
-                f"infer {d['infer']:.2f} s, waiting for decode {d['wait']:.2f} s")
+        return (
+            f"{d['images']} images in {d['wall']:.2f} s ({d['images_per_s']:.1f} img/s), {d['failed']} failed; "
+            f"read {d['read']:.2f} s, decode {d['decode']:.2f} s (summed over workers), "
+            f"infer {d['infer']:.2f} s, waiting for decode {d['wait']:.2f} s"
+        )
 
 
 @dataclass
@@ -134,7 +140,7 @@ def iter_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: must be ≥ 1")
     if submit is None:
-        submit, in_flight = (lambda x: (lambda out=run(x): out)), 1
+        submit, in_flight = (lambda x: lambda out=run(x): out), 1
     timings = timings if timings is not None else Timings()
     h, w = pp.size
     workers = workers or all_cores()
@@ -182,7 +188,9 @@ def iter_batches(
                         facts[pos] = fut.result()
                         ok.append(slot)
                     except ImageError as e:
-                        errors.append((pos, e.source if isinstance(src, (str, os.PathLike)) else describe(src), e.reason))
+                        errors.append(
+                            (pos, e.source if isinstance(src, (str, os.PathLike)) else describe(src), e.reason)
+                        )
                     except Exception as e:  # a decoder bug must not kill the job: report it for this input
                         errors.append((pos, describe(src), f"{type(e).__name__}: {e}"))
                 t1 = time.perf_counter()

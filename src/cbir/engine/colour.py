@@ -9,6 +9,7 @@ shuffle keeps exactly one thing of the photo: its colours, so ``SCRAMBLED_MAX`` 
 answered by mean colour (``Gallery.search_scrambled``, for queries that verify nothing). Area resizing keeps the mean (full-resolution vs
 224×224 rows: within 0.006 of 255 on Corel-1K).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,9 +1,10 @@
 """``Embedder``: the Python API over a backend, the preprocessing, bulk mode and the dynamic batcher.
 
-    emb = cbir.Embedder("model.onnx")          # ONNX Runtime CPU, all cores
-    vecs = emb.embed(["a.jpg", "b.png"])       # paths, bytes, PIL images or NumPy arrays -> [N, D]
-    res = emb.embed_files(paths)               # bulk: vectors for the good files, errors for the bad
+emb = cbir.Embedder("model.onnx")          # ONNX Runtime CPU, all cores
+vecs = emb.embed(["a.jpg", "b.png"])       # paths, bytes, PIL images or NumPy arrays -> [N, D]
+res = emb.embed_files(paths)               # bulk: vectors for the good files, errors for the bad
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ class EmbedResult:
 _auto_batch: dict[tuple, int] = {}
 
 
-def measure_batch_size(run, shape: tuple[int, int], candidates=AUTO_BATCH_CANDIDATES, seconds: float = 0.12,
-                       rounds: int = 3) -> dict:
+def measure_batch_size(
+    run, shape: tuple[int, int], candidates=AUTO_BATCH_CANDIDATES, seconds: float = 0.12, rounds: int = 3
+) -> dict:
     """Best img/s of ``run`` per candidate batch size over ``rounds`` round-robin passes of ``seconds``
     each (round-robin and best-of: a burst of other load on a shared machine hits one pass, not the
     verdict)."""
@@ -66,10 +68,20 @@ class Embedder:
     unless ``batch_size`` is given. ``decode``: ``cpu`` (default) or ``gpu`` (bulk mode only:
     nvImageCodec on the device, ``cbir.engine.gpu_decode``; GPU backends)."""
 
-    def __init__(self, model: str | os.PathLike, backend: str = "onnxruntime", threads: int | None = None,
-                 workers: int | None = None, batch_size: int | None = None, max_pixels: int | None = None,
-                 resampling: str | None = None, precision: str | None = None, device: str | None = None,
-                 decode: str | object = "cpu", **backend_options):
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        backend: str = "onnxruntime",
+        threads: int | None = None,
+        workers: int | None = None,
+        batch_size: int | None = None,
+        max_pixels: int | None = None,
+        resampling: str | None = None,
+        precision: str | None = None,
+        device: str | None = None,
+        decode: str | object = "cpu",
+        **backend_options,
+    ):
         if threads is not None:
             backend_options["threads"] = threads
         if device is not None:  # backends that run on a chosen device (torch)
@@ -94,8 +106,10 @@ class Embedder:
             return None
         if decode == "gpu":
             if not self.runner.on_gpu:
-                raise CbirError(f"--decode gpu: --backend {self.runner.name} runs on the CPU; use torch (cuda), "
-                                f"tensorrt or onnxruntime-cuda/-trt")
+                raise CbirError(
+                    f"--decode gpu: --backend {self.runner.name} runs on the CPU; use torch (cuda), "
+                    f"tensorrt or onnxruntime-cuda/-trt"
+                )
             from cbir.engine.gpu_decode import NvDecoder
 
             return NvDecoder(self.runner.gpu_index)
@@ -106,7 +120,11 @@ class Embedder:
     @property
     def auto_batch_size(self) -> int:
         """The measured fastest batch size for this model, backend and thread count (cached per process)."""
-        key = (os.path.abspath(self.model_path), self.runner.name, self.runner.providers[0] if self.runner.providers else "")
+        key = (
+            os.path.abspath(self.model_path),
+            self.runner.name,
+            self.runner.providers[0] if self.runner.providers else "",
+        )
         if key not in _auto_batch:
             rates = measure_batch_size(self.runner.run, tuple(self.info.input_size), self.runner.batch_candidates)
             _auto_batch[key] = max(rates, key=rates.get)
@@ -164,22 +182,49 @@ class Embedder:
             raise ImageError(source, reason)
         return res.vectors
 
-    def iter_batches(self, sources: Iterable[ImageSource], batch_size: int | None = None,
-                     hash_files: bool = False, timings: Timings | None = None, regions: bool = False) -> Iterator[Batch]:
+    def iter_batches(
+        self,
+        sources: Iterable[ImageSource],
+        batch_size: int | None = None,
+        hash_files: bool = False,
+        timings: Timings | None = None,
+        regions: bool = False,
+    ) -> Iterator[Batch]:
         """Lower-level bulk iterator (see ``cbir.engine.bulk.iter_batches``); ``regions``: batches
         also carry the regional descriptors."""
         if self.decoder is not None and not regions:
             from cbir.engine.gpu_decode import iter_batches_device
 
-            return iter_batches_device(sources, self.runner, self.preprocess, self.decoder,
-                                       self.resolve_batch_size(batch_size), self.workers, hash_files, timings)
+            return iter_batches_device(
+                sources,
+                self.runner,
+                self.preprocess,
+                self.decoder,
+                self.resolve_batch_size(batch_size),
+                self.workers,
+                hash_files,
+                timings,
+            )
         submit = None if regions else self.runner.submit  # regions come from run_regions, one batch at a time
-        return iter_batches(sources, self._run_for(regions), self.preprocess, self.resolve_batch_size(batch_size),
-                            self.workers, hash_files=hash_files, timings=timings, submit=submit,
-                            in_flight=1 if regions else self.runner.slots)
+        return iter_batches(
+            sources,
+            self._run_for(regions),
+            self.preprocess,
+            self.resolve_batch_size(batch_size),
+            self.workers,
+            hash_files=hash_files,
+            timings=timings,
+            submit=submit,
+            in_flight=1 if regions else self.runner.slots,
+        )
 
-    def embed_files(self, sources: Sequence[ImageSource], batch_size: int | None = None,
-                    progress: bool = False, regions: bool = False) -> EmbedResult:
+    def embed_files(
+        self,
+        sources: Sequence[ImageSource],
+        batch_size: int | None = None,
+        progress: bool = False,
+        regions: bool = False,
+    ) -> EmbedResult:
         """Bulk mode: every input ends up in ``indices`` (with a vector) or in ``errors``."""
         timings = Timings()
         vecs, idx, errors, regs = [], [], [], []
@@ -205,9 +250,15 @@ class Embedder:
             reg = np.concatenate(regs) if regs else np.empty((0, self.num_regions, self.dim), np.float32)
         return EmbedResult(vectors, np.asarray(idx, np.int64), errors, timings, reg)
 
-    def batcher(self, max_batch: int | None = None, max_delay_ms: float = 5.0, max_queue: int = 1024,
-                timeout_s: float | None = None) -> DynamicBatcher:
+    def batcher(
+        self,
+        max_batch: int | None = None,
+        max_delay_ms: float = 5.0,
+        max_queue: int = 1024,
+        timeout_s: float | None = None,
+    ) -> DynamicBatcher:
         """A dynamic batcher over this model (close it, or use it as a context manager); ``max_batch``
         defaults to the resolved batch size (``auto``: measured)."""
-        return DynamicBatcher(self.runner.run, self.preprocess, self.resolve_batch_size(max_batch), max_delay_ms,
-                              max_queue, timeout_s)
+        return DynamicBatcher(
+            self.runner.run, self.preprocess, self.resolve_batch_size(max_batch), max_delay_ms, max_queue, timeout_s
+        )

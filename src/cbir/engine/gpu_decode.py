@@ -20,6 +20,7 @@ Optional and lazily imported: torch, and nvImageCodec (``nvidia-nvimgcodec-cu13[
 ``gpu`` extra). ``iter_batches_device`` takes any decoder with ``device`` and
 ``decode(list[bytes]) -> list[tensor | None]``, so its plumbing is tested on the CPU with OpenCV.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,9 @@ class NvDecoder:
         out = []
         for im in images:
             t = None if im is None else self._torch.as_tensor(im, device=self.device)
-            out.append(t if t is not None and t.ndim == 3 and t.shape[2] == 3 and t.dtype == self._torch.uint8 else None)
+            out.append(
+                t if t is not None and t.ndim == 3 and t.shape[2] == 3 and t.dtype == self._torch.uint8 else None
+            )
         return out
 
 
@@ -127,9 +130,16 @@ def _fetch(source: ImageSource, hash_files: bool) -> tuple[bytes | None, FileFac
     return None, FileFacts()  # PIL image or array: the CPU path
 
 
-def iter_batches_device(sources: Iterable[ImageSource], runner, pp: Preprocess, decoder, batch_size: int = 64,
-                        workers: int | None = None, hash_files: bool = False,
-                        timings: Timings | None = None) -> Iterator[Batch]:
+def iter_batches_device(
+    sources: Iterable[ImageSource],
+    runner,
+    pp: Preprocess,
+    decoder,
+    batch_size: int = 64,
+    workers: int | None = None,
+    hash_files: bool = False,
+    timings: Timings | None = None,
+) -> Iterator[Batch]:
     """Like ``bulk.iter_batches``, decoding on ``decoder.device`` and running ``runner.run_torch``."""
     import torch
 
@@ -171,8 +181,11 @@ def iter_batches_device(sources: Iterable[ImageSource], runner, pp: Preprocess, 
                     errors.append((pos, e.source, e.reason))
             timings.wait += time.perf_counter() - t0
             t1 = time.perf_counter()
-            to_gpu = [i for i, (_, _, data) in enumerate(got)
-                      if data is not None and (decoder_pixels(decoder, data) or pp.max_pixels + 1) <= pp.max_pixels]
+            to_gpu = [
+                i
+                for i, (_, _, data) in enumerate(got)
+                if data is not None and (decoder_pixels(decoder, data) or pp.max_pixels + 1) <= pp.max_pixels
+            ]
             decoded = dict(zip(to_gpu, decoder.decode([got[i][2] for i in to_gpu]))) if to_gpu else {}
             cpu = {i: pool.submit(cpu_row, got[i][1], got[i][2]) for i in range(len(got)) if decoded.get(i) is None}
             rows, ok = [], []

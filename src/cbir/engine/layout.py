@@ -18,6 +18,7 @@ window that verifies nothing costs one verification, no false match. Where both 
 smaller is the photo: a page's card frame is an edged box around a screenshot's photo, and a
 picture-in-picture's background often has a uniform sky around the inset (BENCHMARKS.md, issue 26).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -113,7 +114,10 @@ def inset_box(img: Image.Image) -> tuple[float, float, float, float] | None:
     h, w, _ = a.shape
     ev, eh = np.zeros((h, w), bool), np.zeros((h, w), bool)
     r, g, b = a[..., 0], a[..., 1], a[..., 2]  # channel by channel: numpy's max over a last axis of 3 is slow
-    ev[:, 1:-1] = np.maximum(np.maximum(np.abs(r[:, 2:] - r[:, :-2]), np.abs(g[:, 2:] - g[:, :-2])), np.abs(b[:, 2:] - b[:, :-2])) > EDGE
+    ev[:, 1:-1] = (
+        np.maximum(np.maximum(np.abs(r[:, 2:] - r[:, :-2]), np.abs(g[:, 2:] - g[:, :-2])), np.abs(b[:, 2:] - b[:, :-2]))
+        > EDGE
+    )
     eh[1:-1] = np.maximum(np.maximum(np.abs(r[2:] - r[:-2]), np.abs(g[2:] - g[:-2])), np.abs(b[2:] - b[:-2])) > EDGE
     xs = [x for x in _lines(ev.T) if 2 <= x <= w - 3]
     ys = [y for y in _lines(eh) if 2 <= y <= h - 3]

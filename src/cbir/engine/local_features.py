@@ -32,6 +32,7 @@ ORB over SIFT: binary descriptors are 4× smaller than SIFT's 128 floats (32 B v
 keypoint) and Hamming matching is several times faster; on the edited-copy benchmark both verify the
 copies (BENCHMARKS.md, "Re-ranking and copy detection").
 """
+
 from __future__ import annotations
 
 import threading
@@ -62,8 +63,11 @@ GUIDE_MAX = 2  # re-matched per ``verify`` call at most: the near pairs with the
 MIN_SIDE = 2 * 31 + 1
 # ``wh``: the grey image's (w, h) at ``SIDE`` — the frame the keypoints lie in (feature files written
 # before it existed lack the field: ``aspect`` is None for their records)
-DTYPE = np.dtype([("n", "<u2"), ("xy", "<f2", (MAX_KEYPOINTS, 2)), ("desc", "u1", (MAX_KEYPOINTS, 32)), ("wh", "<u2", (2,))])
+DTYPE = np.dtype(
+    [("n", "<u2"), ("xy", "<f2", (MAX_KEYPOINTS, 2)), ("desc", "u1", (MAX_KEYPOINTS, 32)), ("wh", "<u2", (2,))]
+)
 STRETCH = 1.5  # ORB still matches a copy stretched this much (AugLy change_aspect_ratio 0.5–2 verifies)
+
 
 def _cv2():
     import cv2
@@ -82,8 +86,11 @@ def gray(source: ImageSource, name: str, side: int = SIDE, max_pixels: int = MAX
         img = to_rgb(img).convert("L")
     scale = side / max(img.size)
     if scale != 1.0:
-        img = img.resize(at_side(img.size, side), Image.Resampling.BILINEAR if scale < 1 else Image.Resampling.BICUBIC,
-                         reducing_gap=2.0 if scale < 1 else None)
+        img = img.resize(
+            at_side(img.size, side),
+            Image.Resampling.BILINEAR if scale < 1 else Image.Resampling.BICUBIC,
+            reducing_gap=2.0 if scale < 1 else None,
+        )
     return np.asarray(img)
 
 
@@ -109,8 +116,9 @@ def extract(source: ImageSource, name: str = "<image>", max_pixels: int = MAX_PI
     return detect(gray(source, name, max_pixels=max_pixels))
 
 
-def extract_query(source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PIXELS,
-                  mirrored: bool = True) -> tuple[np.void, ...]:
+def extract_query(
+    source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PIXELS, mirrored: bool = True
+) -> tuple[np.void, ...]:
     """A query's feature variants: the image's record and, with ``mirrored`` (default), its left-right
     mirror's. ORB descriptors are not mirror-invariant, so a flipped copy matches only the mirror's
     features; the mirror turned by 180° is the vertically flipped image, which the affine model
@@ -172,8 +180,13 @@ def mirror(img: np.ndarray) -> np.ndarray:
 # those centred on the middles of the four quarter lines (a plus). On 100 AugLy picture-in-picture
 # and screenshot copies of Corel images they find as many originals (93) as the full 3 × 3 grid of
 # half-size windows at quarter steps, for 5/9 of its cost (BENCHMARKS.md, issue 26).
-WINDOWS = ((0.25, 0.0, 0.75, 0.5), (0.0, 0.25, 0.5, 0.75), (0.25, 0.25, 0.75, 0.75), (0.5, 0.25, 1.0, 0.75),
-           (0.25, 0.5, 0.75, 1.0))
+WINDOWS = (
+    (0.25, 0.0, 0.75, 0.5),
+    (0.0, 0.25, 0.5, 0.75),
+    (0.25, 0.25, 0.75, 0.75),
+    (0.5, 0.25, 1.0, 0.75),
+    (0.25, 0.5, 0.75, 1.0),
+)
 
 
 class Windows(NamedTuple):
@@ -184,8 +197,13 @@ class Windows(NamedTuple):
     bands: tuple | None = None  # with ``content``: the image's ``layout.content_box``
 
 
-def windows(source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PIXELS,
-            boxes: tuple = WINDOWS, content: bool = False) -> Windows:
+def windows(
+    source: ImageSource,
+    name: str = "<query>",
+    max_pixels: int = MAX_PIXELS,
+    boxes: tuple = WINDOWS,
+    content: bool = False,
+) -> Windows:
     """The query's ``boxes`` as RGB crops with their own feature variants (``extract_query``: as is
     and mirrored, detected in the crop scaled to ``SIDE``, so that an inset gets a full set of
     keypoints); with ``content``, also the photo inside the image's layout (``layout.layout_box``)
@@ -196,13 +214,16 @@ def windows(source: ImageSource, name: str = "<query>", max_pixels: int = MAX_PI
         bands = content_box(img)
         if (box := innermost(bands, inset_box(img))) is not None:  # = layout.layout_box
             boxes = tuple(boxes) + (box,)
-    crops = [img.crop((round(x0 * img.width), round(y0 * img.height), round(x1 * img.width), round(y1 * img.height)))
-             for x0, y0, x1, y1 in boxes]
+    crops = [
+        img.crop((round(x0 * img.width), round(y0 * img.height), round(x1 * img.width), round(y1 * img.height)))
+        for x0, y0, x1, y1 in boxes
+    ]
     return Windows(crops, [extract_query(c, name, max_pixels) for c in crops], img.size, tuple(boxes), bands)
 
 
-def from_window(xy: np.ndarray, box: tuple, crop_size: tuple[int, int], size: tuple[int, int],
-                mirrored: bool = False) -> np.ndarray:
+def from_window(
+    xy: np.ndarray, box: tuple, crop_size: tuple[int, int], size: tuple[int, int], mirrored: bool = False
+) -> np.ndarray:
     """Points of a window's features (detected in the crop scaled to ``SIDE``; ``mirrored``: in its
     mirror, ``extract_query``'s second variant) in the whole image's feature pixels. ``box``: the
     window as fractions (``WINDOWS``); ``crop_size``, ``size``: the crop's and the image's (w, h)."""
@@ -287,12 +308,15 @@ def _match(a: np.void, b: np.void) -> tuple[int, np.ndarray | None, tuple | None
     return _fit(src, dst, a["xy"][:na].astype(np.float32), b["xy"][:nb].astype(np.float32))
 
 
-def _fit(src: np.ndarray, dst: np.ndarray, a_xy: np.ndarray, b_xy: np.ndarray) -> tuple[int, np.ndarray | None, tuple | None]:
+def _fit(
+    src: np.ndarray, dst: np.ndarray, a_xy: np.ndarray, b_xy: np.ndarray
+) -> tuple[int, np.ndarray | None, tuple | None]:
     """(RANSAC inliers, affine map, (inlier src, inlier dst)) of matched points ``src`` → ``dst``;
     (0, None, None) when no map is found or it is not ``plausible`` (``a_xy`` / ``b_xy``: all
     keypoints of each side)."""
-    model, mask = _cv2().estimateAffine2D(src, dst, method=_cv2().RANSAC, ransacReprojThreshold=REPROJ_PX,
-                                          maxIters=2000, confidence=0.99)
+    model, mask = _cv2().estimateAffine2D(
+        src, dst, method=_cv2().RANSAC, ransacReprojThreshold=REPROJ_PX, maxIters=2000, confidence=0.99
+    )
     if mask is None or model is None:
         return 0, None, None
     keep = mask.ravel().astype(bool)
@@ -326,7 +350,7 @@ def rematch(a: np.void, b: np.void, model: np.ndarray) -> tuple[int, np.ndarray 
     for _ in range(GUIDE_ROUNDS):
         p = axy @ model[:, :2].T.astype(np.float32) + model[:, 2].astype(np.float32)
         dx, dy = p[:, :1] - bxy[:, 0], p[:, 1:] - bxy[:, 1]  # per axis: a reduction over a length-2 axis is slow
-        ii, jj = np.nonzero(dx * dx + dy * dy < GUIDE_PX ** 2)
+        ii, jj = np.nonzero(dx * dx + dy * dy < GUIDE_PX**2)
         bits = _POPCOUNT[np.bitwise_xor(a["desc"][ii], b["desc"][jj])].sum(1, dtype=np.int32)
         ok = bits <= GUIDE_BITS
         ii, jj = _one_to_one(ii[ok], jj[ok], bits[ok])
@@ -377,14 +401,15 @@ def verify(pairs: Sequence[tuple], min_inliers: int, map_: Callable = map, stop_
             out = np.full(len(pairs), -1, np.int64)
             out[0] = first
             return out
-    got = head + list(map_(_fits, pairs[len(head):]))
+    got = head + list(map_(_fits, pairs[len(head) :]))
     best = np.array([max((n for n, _ in f), default=0) for f in got], np.int64)
     if not len(best) or best.max() >= min_inliers:
         return best
 
     def near(f) -> tuple[int, int]:  # (first-fit inliers, variant) of a pair's best near fit, else (0, -1)
-        return max(((n, v) for v, (n, m) in enumerate(f) if m is not None and GUIDE_MIN <= n < min_inliers),
-                   default=(0, -1))
+        return max(
+            ((n, v) for v, (n, m) in enumerate(f) if m is not None and GUIDE_MIN <= n < min_inliers), default=(0, -1)
+        )
 
     nearest = [near(f) for f in got]
 

@@ -10,6 +10,7 @@ Shard ``i`` holds the items ``[i·S, (i+1)·S)`` of the input list (``S`` = ``sh
 are written atomically, the metadata (or the single parquet) last, so a shard whose last file exists
 is done: a killed job resumes at the first unfinished shard (the input list must be the same).
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,15 @@ def shard_files(out: Path, i: int, fmt: str) -> tuple[Path, Path]:
     return p, p
 
 
-def write_sharded(embedder, uris: list[str], out: str | os.PathLike, fmt: str = "npy", shard_rows: int = 1_000_000,
-                  batch_size: int | None = None, progress: bool = False) -> dict:
+def write_sharded(
+    embedder,
+    uris: list[str],
+    out: str | os.PathLike,
+    fmt: str = "npy",
+    shard_rows: int = 1_000_000,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> dict:
     """Embed ``uris`` into sharded outputs under ``out``; returns the report (also ``out/report.json``)."""
     if fmt not in FORMATS:
         raise CbirError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -71,13 +79,27 @@ def write_sharded(embedder, uris: list[str], out: str | os.PathLike, fmt: str = 
                 np.save(tmp, vectors)
             table = pa.table({"uri": kept})
         else:
-            table = pa.table({"uri": kept, "embedding": pa.FixedSizeListArray.from_arrays(
-                pa.array(vectors.reshape(-1)), embedder.dim) if len(kept) else pa.array([], pa.list_(pa.float32()))})
+            table = pa.table(
+                {
+                    "uri": kept,
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), embedder.dim)
+                    if len(kept)
+                    else pa.array([], pa.list_(pa.float32())),
+                }
+            )
         with fsio.atomic_path(marker, suffix=".parquet") as tmp:
             pq.write_table(table, tmp)
         written += len(kept)
-    report = {"output": str(out), "format": fmt, "embedded": written, "already_done": skipped, "dim": embedder.dim,
-              "failed": failed, "shards": -(-len(uris) // shard_rows) if uris else 0, "timings": timings}
+    report = {
+        "output": str(out),
+        "format": fmt,
+        "embedded": written,
+        "already_done": skipped,
+        "dim": embedder.dim,
+        "failed": failed,
+        "shards": -(-len(uris) // shard_rows) if uris else 0,
+        "timings": timings,
+    }
     fsio.write_json(out / "report.json", report)
     return report
 
@@ -95,4 +117,3 @@ def read_back(out: str | os.PathLike, fmt: str = "npy") -> tuple[np.ndarray, lis
         else:
             vecs.append(np.asarray(t.column("embedding").to_pylist(), np.float32).reshape(len(t), -1))
     return (np.concatenate(vecs) if vecs else np.empty((0, 0), np.float32)), uris
-

@@ -17,13 +17,13 @@ Defaults and choices:
      (the model's ``interpolation``, bicubic for the Lite/B0–B5 weights). Resize policy ``squash``
      takes the whole image to H×W, ``crop`` the shorter side to size and then the centre.
 """
+
 from __future__ import annotations
 
 import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -31,12 +31,16 @@ from PIL import Image, ImageFile, ImageOps
 from cbir.errors import CbirError, ImageError
 from cbir.sources import DEFAULT_READER, is_uri
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 MAX_PIXELS = 64_000_000
 BACKGROUND = (255, 255, 255)
-_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-            "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
+_FILTERS = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "lanczos": Image.Resampling.LANCZOS,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 RESAMPLING = ("opencv", "pillow")
 
@@ -49,8 +53,16 @@ except ImportError:  # pragma: no cover
 _CV2_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 # IMREAD_COLOR_RGB (OpenCV ≥ 4.11) decodes straight to RGB; older builds decode BGR and we swap.
 _IMREAD_RGB = getattr(_cv2, "IMREAD_COLOR_RGB", None) if _cv2 is not None else None
-_CV2_FILTERS = {} if _cv2 is None else {"bicubic": _cv2.INTER_CUBIC, "bilinear": _cv2.INTER_LINEAR,
-                                       "lanczos": _cv2.INTER_LANCZOS4, "nearest": _cv2.INTER_NEAREST}
+_CV2_FILTERS = (
+    {}
+    if _cv2 is None
+    else {
+        "bicubic": _cv2.INTER_CUBIC,
+        "bilinear": _cv2.INTER_LINEAR,
+        "lanczos": _cv2.INTER_LANCZOS4,
+        "nearest": _cv2.INTER_NEAREST,
+    }
+)
 
 # We enforce our own pixel limit per file; Pillow's global one would warn or raise on its own terms.
 Image.MAX_IMAGE_PIXELS = None
@@ -80,15 +92,23 @@ class Preprocess:
     @classmethod
     def for_model(cls, info, **overrides) -> "Preprocess":
         """The model's own preprocessing (``ModelInfo`` facts); ``overrides`` e.g. ``max_pixels``."""
-        kw = {"size": tuple(info.input_size), "resize": info.resize, "interpolation": info.interpolation,
-              "resampling": info.resampling}
+        kw = {
+            "size": tuple(info.input_size),
+            "resize": info.resize,
+            "interpolation": info.interpolation,
+            "resampling": info.resampling,
+        }
         return cls(**{**kw, **overrides})
 
     @property
     def policy(self) -> dict:
         """What index.json records: everything that decides the pixels a model sees."""
-        return {"size": list(self.size), "resize": self.resize, "interpolation": self.interpolation,
-                "resampling": self.resampling}
+        return {
+            "size": list(self.size),
+            "resize": self.resize,
+            "interpolation": self.interpolation,
+            "resampling": self.resampling,
+        }
 
     def __call__(self, source: ImageSource, out: np.ndarray | None = None) -> np.ndarray:
         """Decode + resize ``source`` into ``out`` (H×W×3 uint8, allocated if None); returns it."""
@@ -140,8 +160,7 @@ class Preprocess:
 def decode(source: ImageSource, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any source -> full-resolution uint8 RGB [h, w, 3], EXIF orientation applied (stage 1)."""
     img = open_image(source, name, max_pixels)
-    if (_cv2 is not None and img.format in _CV2_FORMATS and img.mode in ("RGB", "L")
-            and isinstance(img.fp, io.BytesIO)):
+    if _cv2 is not None and img.format in _CV2_FORMATS and img.mode in ("RGB", "L") and isinstance(img.fp, io.BytesIO):
         buf = np.frombuffer(img.fp.getbuffer(), np.uint8)
         if _IMREAD_RGB is not None:
             arr = _cv2.imdecode(buf, _IMREAD_RGB)  # applies EXIF orientation
@@ -191,7 +210,9 @@ def open_image(source: ImageSource, name: str, max_pixels: int = MAX_PIXELS) -> 
         except Image.UnidentifiedImageError:
             raise ImageError(name, "not an image Pillow can identify") from None
     if img.width * img.height > max_pixels:
-        raise ImageError(name, f"decompression bomb refused: {img.width}×{img.height} pixels exceeds the limit of {max_pixels}")
+        raise ImageError(
+            name, f"decompression bomb refused: {img.width}×{img.height} pixels exceeds the limit of {max_pixels}"
+        )
     if img.width < 1 or img.height < 1:
         raise ImageError(name, f"empty image ({img.width}×{img.height})")
     return img

@@ -7,6 +7,7 @@ checked against PyTorch like the embeddings. Exported with torch's dynamo export
 from a batch of 2 (torch.export specialises size-1 dims). The file is written to a temporary name
 beside the output and renamed only after the parity gate passes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -98,6 +99,7 @@ def export_onnx(
     also write ``<output stem>.torch.pt`` (the FP32 module's weights and spec, tied to the ONNX
     fingerprint) for ``--backend torch``."""
     import copy
+
     import onnx
     import torch
 
@@ -113,13 +115,17 @@ def export_onnx(
     if precision not in ("fp32", "fp16"):
         raise CbirError(f"--precision {precision!r}: must be fp32 or fp16")
     if torch_checkpoint and (whitening or regions):
-        raise CbirError("--torch-checkpoint: models with --whitening or --regions are not supported by --backend torch yet")
+        raise CbirError(
+            "--torch-checkpoint: models with --whitening or --regions are not supported by --backend torch yet"
+        )
     if regions and precision != "fp32":
         raise CbirError("--regions: regional descriptors are exported in FP32 only; drop --precision fp16")
     t0 = time.perf_counter()
     trunk = build_trunk(arch, block, pretrained=pretrained, weights=weights)
     wt = Whitening.load(whitening) if whitening else None
-    model = RetrievalModel(trunk, pooling, image_size or (trunk.meta or {}).get("input_size"), wt, scales, regions).eval()
+    model = RetrievalModel(
+        trunk, pooling, image_size or (trunk.meta or {}).get("input_size"), wt, scales, regions
+    ).eval()
     if gem_p is not None:
         if pooling != "gem":
             raise CbirError(f"--gem-p applies to --pooling gem, not {pooling}")
@@ -132,14 +138,25 @@ def export_onnx(
     size = model.image_size
     meta = trunk.meta or {}
     info = ModelInfo(
-        arch=trunk.spec.name, block=block, pooling=pooling, dim=model.dim, input_size=(size, size),
-        mean=tuple(model.mean), std=tuple(model.std),
-        interpolation=meta.get("interpolation", trunk.spec.interpolation), resize=resize, resampling=resampling,
-        whitening=wt.fingerprint if wt else None, weights=trunk.weights, precision=model.precision,
+        arch=trunk.spec.name,
+        block=block,
+        pooling=pooling,
+        dim=model.dim,
+        input_size=(size, size),
+        mean=tuple(model.mean),
+        std=tuple(model.std),
+        interpolation=meta.get("interpolation", trunk.spec.interpolation),
+        resize=resize,
+        resampling=resampling,
+        whitening=wt.fingerprint if wt else None,
+        weights=trunk.weights,
+        precision=model.precision,
         cbir_version=__version__,
-        extra={**{k: meta[k] for k in ("classes", "split_seed", "split") if k in meta},
-               **({"scales": list(model.scales)} if model.scales != (1.0,) else {}),
-               **({"regions": model.num_regions} if regions else {})},
+        extra={
+            **{k: meta[k] for k in ("classes", "split_seed", "split") if k in meta},
+            **({"scales": list(model.scales)} if model.scales != (1.0,) else {}),
+            **({"regions": model.num_regions} if regions else {}),
+        },
     )
     example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
     fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=output.resolve().parent)
@@ -148,9 +165,16 @@ def export_onnx(
     try:
         with torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
-                _with_regions(model) if regions else model, (example,), str(tmp), input_names=[INPUT_NAME],
+                _with_regions(model) if regions else model,
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME, REGIONS_NAME] if regions else [OUTPUT_NAME],
-                dynamic_shapes=({0: "batch"},), dynamo=True, external_data=False, optimize=True, verbose=False,
+                dynamic_shapes=({0: "batch"},),
+                dynamo=True,
+                external_data=False,
+                optimize=True,
+                verbose=False,
             )
         proto = onnx.load(str(tmp))
         info.fingerprint = graph_fingerprint(proto)
@@ -190,14 +214,26 @@ def export_onnx(
         checkpoint = str(write_checkpoint(reference, info, info.arch, block, pooling, output))
     data = output.read_bytes()
     return {
-        "output": str(output), "arch": info.arch, "block": block, "pooling": pooling, "dim": info.dim,
+        "output": str(output),
+        "arch": info.arch,
+        "block": block,
+        "pooling": pooling,
+        "dim": info.dim,
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", size, size, 3]},
         "output_tensor": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", info.dim]},
-        "weights": info.weights, "fingerprint": info.fingerprint, "precision": info.precision,
-        "scales": list(model.scales), "regions": model.num_regions,
+        "weights": info.weights,
+        "fingerprint": info.fingerprint,
+        "precision": info.precision,
+        "scales": list(model.scales),
+        "regions": model.num_regions,
         "regions_min_cosine": fidelity["regions"]["min_cosine"] if regions else None,
-        "min_cosine": fidelity["min_cosine"], "mean_cosine": fidelity["mean_cosine"], "parity_images": fidelity["n"],
-        "fp16_gate": fidelity.get("fp16_gate"), "tensorrt_lint": lint,
-        "export_seconds": round(export_s, 2), "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+        "min_cosine": fidelity["min_cosine"],
+        "mean_cosine": fidelity["mean_cosine"],
+        "parity_images": fidelity["n"],
+        "fp16_gate": fidelity.get("fp16_gate"),
+        "tensorrt_lint": lint,
+        "export_seconds": round(export_s, 2),
+        "size_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
         "torch_checkpoint": checkpoint,
     }

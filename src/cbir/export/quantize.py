@@ -11,6 +11,7 @@ how much it missed. Written as OpenVINO IR (``.xml`` + ``.bin``) with the cbir f
 figures in the model's ``rt_info["cbir"]``; the fingerprint stays the FP32 model's (the gate vouches
 that its vectors are interchangeable within the tolerance), ``precision`` says ``int8``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,14 @@ from cbir.errors import CbirError
 HEAD_TYPES = ["ReduceMean", "ReduceMax", "ReduceSum", "ReduceL2", "NormalizeL2", "MatMul", "Divide", "Power", "Sqrt"]
 
 
-def quantize(model: str | os.PathLike, output: str | os.PathLike, images: list, calib: int = 300,
-             fidelity_data: str | None = None, gate_images: int = 64) -> dict:
+def quantize(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    images: list,
+    calib: int = 300,
+    fidelity_data: str | None = None,
+    gate_images: int = 64,
+) -> dict:
     """Quantize, gate, write; returns the summary (figures of the gate included)."""
     try:
         with contextlib.redirect_stdout(sys.stderr):  # NNCF logs and draws progress on stdout: keep it for --json
@@ -56,11 +63,16 @@ def quantize(model: str | os.PathLike, output: str | os.PathLike, images: list, 
         raise CbirError(f"--images: {len(rows)} usable calibration images; at least 10 are needed")
     core = ov.Core()
     fp32 = core.read_model(str(model))
-    convs = [op.get_friendly_name() for op in fp32.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
+    convs = [
+        op.get_friendly_name()
+        for op in fp32.get_ordered_ops()
+        if op.get_type_name() in ("Convolution", "GroupConvolution")
+    ]
     ignored = nncf.IgnoredScope(names=convs[:1], types=HEAD_TYPES, validate=False)
     with contextlib.redirect_stdout(sys.stderr):
-        q = nncf.quantize(fp32, nncf.Dataset(rows), preset=nncf.QuantizationPreset.MIXED, subset_size=len(rows),
-                          ignored_scope=ignored)
+        q = nncf.quantize(
+            fp32, nncf.Dataset(rows), preset=nncf.QuantizationPreset.MIXED, subset_size=len(rows), ignored_scope=ignored
+        )
     tmp = output.with_name(output.stem + ".tmp.xml")
     int8 = replace(info, precision="int8", extra={**info.extra, "quantized_from": str(model)})
     q.set_rt_info(int8.to_json(), ["cbir"])
@@ -70,13 +82,20 @@ def quantize(model: str | os.PathLike, output: str | os.PathLike, images: list, 
         test = Embedder(tmp, backend="openvino")
         report = gate(reference, test, [str(p) for p in paths[:: max(1, len(paths) // gate_images)]], fidelity_data)
         if not report["passed"]:
-            raise CbirError(f"INT8 fidelity gate failed for {info.arch} Block {info.block} {info.pooling}: "
-                            f"{'; '.join(report['failures'])}")
+            raise CbirError(
+                f"INT8 fidelity gate failed for {info.arch} Block {info.block} {info.pooling}: "
+                f"{'; '.join(report['failures'])}"
+            )
         int8.extra["fidelity_int8"] = report
         q.set_rt_info(int8.to_json(), ["cbir"])
         ov.save_model(q, str(output))
     finally:
         tmp.unlink(missing_ok=True)
         tmp.with_suffix(".bin").unlink(missing_ok=True)
-    return {"output": str(output), "calibration_images": len(rows), "ignored": {"first_conv": convs[:1], "types": HEAD_TYPES},
-            "gate": report, "size_bytes": output.with_suffix(".bin").stat().st_size}
+    return {
+        "output": str(output),
+        "calibration_images": len(rows),
+        "ignored": {"first_conv": convs[:1], "types": HEAD_TYPES},
+        "gate": report,
+        "size_bytes": output.with_suffix(".bin").stat().st_size,
+    }

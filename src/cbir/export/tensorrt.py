@@ -14,6 +14,7 @@ Written for TensorRT 10.12+ and 11.x from GPU_NOTES.md §Q1 (TensorRT's pyCore.c
   one rebuilt). The manifest also records the model facts and the FP16 fidelity figures from the
   ONNX metadata.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,16 +23,30 @@ from dataclasses import asdict
 from pathlib import Path
 
 from cbir import fsio
-from cbir.engine.backends.tensorrt_plan import (Profile, cache_key, gpu_facts, import_tensorrt, is_fresh,
-                                              read_manifest, sha256_file, write_manifest)
+from cbir.engine.backends.tensorrt_plan import (
+    Profile,
+    cache_key,
+    gpu_facts,
+    import_tensorrt,
+    is_fresh,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from cbir.errors import CbirError
 from cbir.modelinfo import read_onnx
 
 __all__ = ["Profile", "build_engine"]
 
 
-def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, profile: Profile = Profile(),
-                 workspace_gb: float = 4.0, timing_cache: str | os.PathLike | None = None, force: bool = False) -> dict:
+def build_engine(
+    onnx_path: str | os.PathLike,
+    output: str | os.PathLike,
+    profile: Profile = Profile(),
+    workspace_gb: float = 4.0,
+    timing_cache: str | os.PathLike | None = None,
+    force: bool = False,
+) -> dict:
     """Build (or reuse when fresh) a serialized engine; returns its manifest."""
     onnx_path, output = Path(onnx_path), Path(output)
     if not onnx_path.is_file():
@@ -70,9 +85,20 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, profil
     fsio.write_bytes(output, bytes(plan))
     if timing_cache:
         fsio.write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    manifest = {"key": key, "onnx": str(onnx_path), "onnx_sha256": onnx_sha, "tensorrt": trt.__version__, "gpu": gpu,
-                "profile": asdict(profile), "workspace_gb": workspace_gb, "input": input_name,
-                "plan_sha256": sha256_file(output), "build_seconds": round(time.perf_counter() - t0, 2),
-                "model": info.public(), "fidelity": info.extra.get("fidelity"), "cached": False}
+    manifest = {
+        "key": key,
+        "onnx": str(onnx_path),
+        "onnx_sha256": onnx_sha,
+        "tensorrt": trt.__version__,
+        "gpu": gpu,
+        "profile": asdict(profile),
+        "workspace_gb": workspace_gb,
+        "input": input_name,
+        "plan_sha256": sha256_file(output),
+        "build_seconds": round(time.perf_counter() - t0, 2),
+        "model": info.public(),
+        "fidelity": info.extra.get("fidelity"),
+        "cached": False,
+    }
     write_manifest(output, manifest)
     return manifest

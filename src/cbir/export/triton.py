@@ -7,6 +7,7 @@ metadata (ONNX metadata, or the plan's manifest); the batch dimension is Triton'
 ``dynamic_batching`` Triton groups requests up to ``max_queue_delay_microseconds``. The model
 facts are copied into ``parameters`` so a client can check the fingerprint.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,17 @@ def model_facts(model: Path) -> tuple[dict, str, str, str]:
     return info.public(), input_name, output_name, "onnx"
 
 
-def config_text(name: str, info: dict, input_name: str, output_name: str, kind: str, max_batch: int,
-                dynamic_batching: bool, max_queue_delay_us: int, instance_kind: str) -> str:
+def config_text(
+    name: str,
+    info: dict,
+    input_name: str,
+    output_name: str,
+    kind: str,
+    max_batch: int,
+    dynamic_batching: bool,
+    max_queue_delay_us: int,
+    instance_kind: str,
+) -> str:
     h, w = info["input_size"]
     lines = [
         f'name: "{name}"',
@@ -51,8 +61,15 @@ def config_text(name: str, info: dict, input_name: str, output_name: str, kind: 
     return "\n".join(lines) + "\n"
 
 
-def export_triton(model: str | os.PathLike, repo: str | os.PathLike, name: str | None = None, max_batch: int = 64,
-                  dynamic_batching: bool = False, max_queue_delay_us: int = 100, instance_kind: str | None = None) -> dict:
+def export_triton(
+    model: str | os.PathLike,
+    repo: str | os.PathLike,
+    name: str | None = None,
+    max_batch: int = 64,
+    dynamic_batching: bool = False,
+    max_queue_delay_us: int = 100,
+    instance_kind: str | None = None,
+) -> dict:
     model, repo = Path(model), Path(repo)
     if not model.is_file():
         raise CbirError(f"--model {model}: no such file")
@@ -67,12 +84,20 @@ def export_triton(model: str | os.PathLike, repo: str | os.PathLike, name: str |
         if max_batch > prof["max_batch"]:
             raise CbirError(f"--max-batch {max_batch}: the engine's profile stops at {prof['max_batch']}")
     instance_kind = instance_kind or ("KIND_GPU" if kind == "plan" else "KIND_CPU")
-    text = config_text(name, info, input_name, output_name, kind, max_batch, dynamic_batching, max_queue_delay_us, instance_kind)
+    text = config_text(
+        name, info, input_name, output_name, kind, max_batch, dynamic_batching, max_queue_delay_us, instance_kind
+    )
     entry = repo / name
     (entry / "1").mkdir(parents=True, exist_ok=True)
     target = entry / "1" / ("model.plan" if kind == "plan" else "model.onnx")
     with fsio.atomic_path(target) as tmp:
         shutil.copyfile(model, tmp)
     fsio.write_text(entry / "config.pbtxt", text)
-    return {"repo": str(repo), "name": name, "config": str(entry / "config.pbtxt"), "model": str(target),
-            "platform": "tensorrt_plan" if kind == "plan" else "onnxruntime_onnx", "max_batch_size": max_batch}
+    return {
+        "repo": str(repo),
+        "name": name,
+        "config": str(entry / "config.pbtxt"),
+        "model": str(target),
+        "platform": "tensorrt_plan" if kind == "plan" else "onnxruntime_onnx",
+        "max_batch_size": max_batch,
+    }

@@ -4,16 +4,19 @@ Sources: onnx-tensorrt ``docs/operators.md`` (8.4 matrix, plus operators the 10.
 the TensorRT opset guide: TensorRT 10.x parses opsets 9–20, TensorRT 11.x opsets 9–25
 (GPU_NOTES.md §Q1 "Checking op support without a GPU"). Checked: every op type is supported; the
 default-domain opset is in range for each major version; Reduce*/Squeeze/Unsqueeze axes (input 1),
-Slice axes (input 3; starts/ends may be dynamic) and Conv weights are constants; UINT8 appears only at graph inputs/outputs ("UINT8 is only supported
+Slice axes (input 3; starts/ends may be dynamic) and Conv weights are constants; UINT8 appears only at graph
+inputs/outputs ("UINT8 is only supported
 as network input or output tensor types").
 """
+
 from __future__ import annotations
 
 import onnx
 
 OPSETS = {"tensorrt10": (9, 20), "tensorrt11": (9, 25)}
 
-SUPPORTED = frozenset("""
+SUPPORTED = frozenset(
+    """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu
 Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div
 Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gemm
@@ -25,9 +28,22 @@ ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RNN Rou
 ScatterElements ScatterND Selu Shape Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign
 SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Unsqueeze Upsample
 Where Xor LayerNormalization GroupNormalization HardSwish Trilu
-""".split())
-AXES_INPUT = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
-              "ReduceProd", "ReduceSum", "ReduceSumSquare", "Squeeze", "Unsqueeze"}
+""".split()
+)
+AXES_INPUT = {
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "Squeeze",
+    "Unsqueeze",
+}
 
 
 def lint(model: onnx.ModelProto | str) -> dict:

@@ -12,7 +12,8 @@ Multiply, ...). Here a layer is a leaf module with parameters (Conv2d, BatchNorm
 order over the whole network (stem → blocks → conv_head → bn2 → classifier); ``--unfreeze-top 80``
 unfreezes the last 80 of them. Lite0 has 99 such layers, so 80 reaches down to ``blocks.2.0`` (all
 but the stem and the first two stages); Keras' B0 has ~237 layers, whose top 80 start near block 6a —
-pass ``--unfreeze-top 35`` to unfreeze a similar depth here (stage 6 onwards). BatchNorm layers always run in inference mode (running statistics), unfrozen ones still
+pass ``--unfreeze-top 35`` to unfreeze a similar depth here (stage 6 onwards). BatchNorm layers always run in
+inference mode (running statistics), unfrozen ones still
 learn their scale/shift — the Keras fine-tuning guide's advice (``base_model(x, training=False)``).
 Measured here: with batch-statistics BN at batch 8 the validation accuracy fell from 0.97 after
 phase 1 to 0.81 after one fine-tuning epoch on Corel-1K. Dropout before the classifier (timm's
@@ -29,6 +30,7 @@ written atomically; running the same command again continues from it. The final 
 ``{"meta": {...}, "state_dict": ...}`` with arch, blocks, pooling, input size, mean/std,
 interpolation, classes, split seed and history — ``cbir export --weights OUT --block 6|7`` reads it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -60,7 +62,9 @@ class Recipe:
     device: str = "cpu"
 
 
-def load_images(paths: list, size: tuple[int, int], interpolation: str, progress: bool) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+def load_images(
+    paths: list, size: tuple[int, int], interpolation: str, progress: bool
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Decode all images once (uint8 [N, H, W, 3]); returns (array, kept indices, failures)."""
     from cbir.engine.bulk import iter_batches
     from cbir.engine.preprocess import Preprocess
@@ -178,9 +182,19 @@ def finetune(r: Recipe, progress: bool = True) -> dict:
         return correct / max(len(val_idx), 1)
 
     def save_resume(phase: str, epoch: int, opt) -> None:
-        _atomic_save({"recipe": asdict(r), "model": model.state_dict(), "optimizer": opt.state_dict(), "phase": phase,
-                      "epoch": epoch, "history": history, "torch_rng": torch.get_rng_state(),
-                      "np_rng": rng.bit_generator.state}, resume_path)
+        _atomic_save(
+            {
+                "recipe": asdict(r),
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "phase": phase,
+                "epoch": epoch,
+                "history": history,
+                "torch_rng": torch.get_rng_state(),
+                "np_rng": rng.bit_generator.state,
+            },
+            resume_path,
+        )
 
     def bar(total: int, desc: str):
         from tqdm import tqdm
@@ -196,8 +210,12 @@ def finetune(r: Recipe, progress: bool = True) -> dict:
             p.requires_grad_(True)
         model.eval()
         with torch.no_grad():
-            feats = torch.cat([model.forward_head(model.forward_features(to_input(images[i : i + 32])), pre_logits=True)
-                               for i in range(0, len(images), 32)])
+            feats = torch.cat(
+                [
+                    model.forward_head(model.forward_features(to_input(images[i : i + 32])), pre_logits=True)
+                    for i in range(0, len(images), 32)
+                ]
+            )
         opt = torch.optim.Adam(head.parameters(), lr=r.head_lr)
         if opt_state is not None:
             opt.load_state_dict(opt_state)
@@ -215,9 +233,18 @@ def finetune(r: Recipe, progress: bool = True) -> dict:
                 opt.step()
                 total += float(loss.detach()) * len(idx)
             with torch.no_grad():  # the backbone is frozen: validate on the cached features
-                val_acc = float((head(feats[torch.from_numpy(val_idx).to(dev)]).argmax(1).cpu().numpy() == labels[val_idx]).mean())
-            history.append({"phase": "head", "epoch": epoch + 1, "loss": total / len(order), "val_acc": val_acc,
-                            "seconds": round(time.perf_counter() - t, 2)})
+                val_acc = float(
+                    (head(feats[torch.from_numpy(val_idx).to(dev)]).argmax(1).cpu().numpy() == labels[val_idx]).mean()
+                )
+            history.append(
+                {
+                    "phase": "head",
+                    "epoch": epoch + 1,
+                    "loss": total / len(order),
+                    "val_acc": val_acc,
+                    "seconds": round(time.perf_counter() - t, 2),
+                }
+            )
             _report(history[-1], progress)
             save_resume("head", epoch + 1, opt)
         start_epoch, opt_state = 0, None
@@ -227,7 +254,7 @@ def finetune(r: Recipe, progress: bool = True) -> dict:
     # Phase 2: unfreeze the top N parameter layers.
     for p in model.parameters():
         p.requires_grad_(False)
-    top = layers[-r.unfreeze_top:] if r.unfreeze_top > 0 else []
+    top = layers[-r.unfreeze_top :] if r.unfreeze_top > 0 else []
     for m in top:
         for p in m.parameters(recurse=False):
             p.requires_grad_(True)
@@ -258,16 +285,37 @@ def finetune(r: Recipe, progress: bool = True) -> dict:
                 total += float(loss.detach()) * len(idx)
                 b.update(len(idx))
             b.close()
-            history.append({"phase": "ft", "epoch": epoch + 1, "loss": total / len(order), "val_acc": evaluate(),
-                            "seconds": round(time.perf_counter() - t, 2)})
+            history.append(
+                {
+                    "phase": "ft",
+                    "epoch": epoch + 1,
+                    "loss": total / len(order),
+                    "val_acc": evaluate(),
+                    "seconds": round(time.perf_counter() - t, 2),
+                }
+            )
             _report(history[-1], progress)
             save_resume("ft", epoch + 1, opt)
 
-    meta = {"arch": spec.name, "blocks": [6, 7], "pooling": "gap", "input_size": size, "mean": list(spec.mean),
-            "std": list(spec.std), "interpolation": spec.interpolation, "classes": ds.classes, "split_seed": r.seed,
-            "split": r.split, "weights": source, "recipe": asdict(r), "history": history,
-            "unfrozen_layers": len(top), "parameter_layers": len(layers), "decode_seconds": round(decode_s, 2),
-            "skipped_images": [s for s, _ in failed]}
+    meta = {
+        "arch": spec.name,
+        "blocks": [6, 7],
+        "pooling": "gap",
+        "input_size": size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "interpolation": spec.interpolation,
+        "classes": ds.classes,
+        "split_seed": r.seed,
+        "split": r.split,
+        "weights": source,
+        "recipe": asdict(r),
+        "history": history,
+        "unfrozen_layers": len(top),
+        "parameter_layers": len(layers),
+        "decode_seconds": round(decode_s, 2),
+        "skipped_images": [s for s, _ in failed],
+    }
     _atomic_save({"meta": meta, "state_dict": model.state_dict()}, out)
     resume_path.unlink(missing_ok=True)
     return meta
@@ -279,5 +327,7 @@ def _without_epochs(recipe: dict) -> dict:
 
 def _report(h: dict, progress: bool) -> None:
     if progress:
-        print(f"[{h['phase']}] epoch {h['epoch']}: loss {h['loss']:.4f}, val acc {h['val_acc']:.4f}, {h['seconds']} s",
-              file=sys.stderr)
+        print(
+            f"[{h['phase']}] epoch {h['epoch']}: loss {h['loss']:.4f}, val acc {h['val_acc']:.4f}, {h['seconds']} s",
+            file=sys.stderr,
+        )

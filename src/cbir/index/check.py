@@ -16,6 +16,7 @@ is lost has its items queued again and embedded again from their images when the
 are ``lost``: marked failed with the reason, never silently dropped; index.faiss is rebuilt from the
 shards. Everything it cannot bring back is listed.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -53,8 +54,11 @@ def check(gallery) -> dict:
     for shard in shards:
         problems += _check_shard(gallery, shard, dim)
     problems += _check_faiss(gallery)
-    return {"ok": not problems, "problems": problems,
-            "checked": {"shards": len(shards), "indexed": store.count("indexed"), "generation": store.generation}}
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "checked": {"shards": len(shards), "indexed": store.count("indexed"), "generation": store.generation},
+    }
 
 
 def _check_shard(gallery, shard: int, dim: int) -> list[dict]:
@@ -67,14 +71,25 @@ def _check_shard(gallery, shard: int, dim: int) -> list[dict]:
         return [_problem("shard", str(e), shard)] if live else []
     vectors_ok = got.vectors.ndim == 2 and got.vectors.shape[1] == dim and len(got.vectors) == len(got.ids)
     if not vectors_ok:
-        out.append(_problem("shard", f"{shard_path(root, shard)}: vectors of shape {got.vectors.shape}, "
-                                     f"expected [{len(got.ids)}, {dim}]", shard))
+        out.append(
+            _problem(
+                "shard",
+                f"{shard_path(root, shard)}: vectors of shape {got.vectors.shape}, expected [{len(got.ids)}, {dim}]",
+                shard,
+            )
+        )
     elif not np.isfinite(got.vectors).all():
         out.append(_problem("shard", f"{shard_path(root, shard)}: non-finite values", shard))
     missing = live - set(got.ids.tolist())
     if missing:
-        out.append(_problem("shard", f"{shard_path(root, shard)}: {len(missing)} indexed items have no vector "
-                                     f"there (e.g. id {min(missing)})", shard))
+        out.append(
+            _problem(
+                "shard",
+                f"{shard_path(root, shard)}: {len(missing)} indexed items have no vector "
+                f"there (e.g. id {min(missing)})",
+                shard,
+            )
+        )
     if gallery.config.get("local_features") and live:
         path = feature_path(root, shard)
         try:
@@ -88,8 +103,13 @@ def _check_shard(gallery, shard: int, dim: int) -> list[dict]:
         try:
             reg = np.load(path, mmap_mode="r")
             if reg.shape[0] != len(got.ids) or reg.shape[1:] != (gallery.num_regions, dim):
-                out.append(_problem("regions", f"{path}: shape {reg.shape}, expected "
-                                               f"[{len(got.ids)}, {gallery.num_regions}, {dim}]", shard))
+                out.append(
+                    _problem(
+                        "regions",
+                        f"{path}: shape {reg.shape}, expected [{len(got.ids)}, {gallery.num_regions}, {dim}]",
+                        shard,
+                    )
+                )
         except (OSError, ValueError) as e:
             out.append(_problem("regions", f"{path}: missing or damaged ({type(e).__name__}: {e})", shard))
     return out
@@ -106,11 +126,20 @@ def _check_faiss(gallery) -> list[dict]:
         return [_problem("index.faiss", str(e))]
     out = []
     if gallery.config.get("faiss_generation") != store.generation:
-        out.append(_problem("index.faiss", f"behind SQLite (generation {gallery.config.get('faiss_generation')} "
-                                           f"vs {store.generation}): a writer died before writing it"))
+        out.append(
+            _problem(
+                "index.faiss",
+                f"behind SQLite (generation {gallery.config.get('faiss_generation')} "
+                f"vs {store.generation}): a writer died before writing it",
+            )
+        )
     held, want = set(faiss_index.stored_ids(index).tolist()), set(store.indexed_ids().tolist())
     if held != want:
-        out.append(_problem("index.faiss", f"holds {len(held - want)} ids not indexed and lacks {len(want - held)} indexed ids"))
+        out.append(
+            _problem(
+                "index.faiss", f"holds {len(held - want)} ids not indexed and lacks {len(want - held)} indexed ids"
+            )
+        )
         return out
     ids, vecs = _sample(gallery, SAMPLE)
     if len(ids):
@@ -122,8 +151,12 @@ def _check_faiss(gallery) -> list[dict]:
             return out
         wrong = _misplaced(index, q, ids)
         if wrong > len(ids) // 20:  # ANN may miss a few; ids pointing at other vectors miss most
-            out.append(_problem("index.faiss", f"{wrong} of {len(ids)} stored vectors do not find their own id: "
-                                               f"ids point at other vectors"))
+            out.append(
+                _problem(
+                    "index.faiss",
+                    f"{wrong} of {len(ids)} stored vectors do not find their own id: ids point at other vectors",
+                )
+            )
     return out
 
 
@@ -191,5 +224,11 @@ def repair(gallery, progress: bool = False) -> dict:
         gallery.rebuild_index()
         done.append("index.faiss rebuilt from the shards")
         after = check(gallery)
-        return {"problems_found": before["problems"], "done": done, "recovered": work["indexed"], "lost": lost,
-                "ok": after["ok"], "problems_left": after["problems"]}
+        return {
+            "problems_found": before["problems"],
+            "done": done,
+            "recovered": work["indexed"],
+            "lost": lost,
+            "ok": after["ok"],
+            "problems_left": after["problems"],
+        }

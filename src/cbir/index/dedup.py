@@ -35,6 +35,7 @@ under ``identical``), so that an image is in one group at most.
 Cost: one k-NN search per item over the index's own search structure, plus ``k`` feature matches
 per item (~1 ms each on one core; all cores are used), plus the windows pass.
 """
+
 from __future__ import annotations
 
 import sys
@@ -70,8 +71,14 @@ def exact_groups(store) -> list[list[int]]:
     return [sorted(v) for v in by_hash.values() if len(v) > 1]
 
 
-def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True, partial: int = PARTIAL,
-         progress: bool = False) -> list[dict]:
+def find(
+    gallery,
+    k: int = K,
+    threshold: float = THRESHOLD,
+    verify: bool = True,
+    partial: int = PARTIAL,
+    progress: bool = False,
+) -> list[dict]:
     """``[{"kind": "exact"|"near", "ids": [...], "paths": [...]}, ...]``, largest groups first; a near
     group holding byte-identical files also lists them: ``"identical": [[paths], ...]``."""
     if not 1 <= k <= 1000:
@@ -82,8 +89,10 @@ def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True,
         raise CbirError(f"--partial {partial}: neighbours per window, between 0 (whole images only) and {MAX_PARTIAL}")
     cfg = gallery.rerank_config()
     if verify and not gallery.config.get("local_features"):
-        raise CbirError(f"--index {gallery.root}: built without local features, so near-duplicates cannot be verified; "
-                        f"add them with `cbir index features {gallery.root}`, or pass --no-verify with a high --threshold")
+        raise CbirError(
+            f"--index {gallery.root}: built without local features, so near-duplicates cannot be verified; "
+            f"add them with `cbir index features {gallery.root}`, or pass --no-verify with a high --threshold"
+        )
     exact = exact_groups(gallery.store)
     dup_of_first = {i for g in exact for i in g[1:]}
     ids = np.array([i for i in gallery.store.paths_for_ids(_all_ids(gallery.store)) if i not in dup_of_first], np.int64)
@@ -114,8 +123,9 @@ def find(gallery, k: int = K, threshold: float = THRESHOLD, verify: bool = True,
             whole = {int(i): local_features.WINDOWS for i in ids}
             _window_matches(gallery, whole, keep, partial, cfg.min_inliers, m, progress, sizes, layouts)
             blocks = _unexplained(gallery, m, sizes)
-            _window_matches(gallery, {i: (box,) for i, (box, _) in blocks.items()}, keep, partial, cfg.min_inliers, m,
-                            progress)
+            _window_matches(
+                gallery, {i: (box,) for i, (box, _) in blocks.items()}, keep, partial, cfg.min_inliers, m, progress
+            )
         frames = {i: xy for i, (_, xy) in blocks.items() if len(m.points[i]) >= FRAME_MATCHES}
         shared = template_pairs(m.points, m.extents(gallery), frames) | frame_pairs(m.points, layouts)
         weighted = [(a, b, n) for (a, b), n in sorted(m.inliers.items()) if (a, b) not in shared]
@@ -207,7 +217,11 @@ class _Matches:
         """(x0, y0, x1, y1) of each matched item's stored keypoints (read once per item)."""
         items = sorted(set(self.points) - set(self._extents))
         for i, rec in zip(items, gallery.features.get(items) if items else []):
-            xy = rec["xy"][: int(rec["n"])].astype(np.float32) if rec is not None and rec["n"] else np.zeros((1, 2), np.float32)
+            xy = (
+                rec["xy"][: int(rec["n"])].astype(np.float32)
+                if rec is not None and rec["n"]
+                else np.zeros((1, 2), np.float32)
+            )
             self._extents[i] = (*xy.min(0), *xy.max(0))
         return self._extents
 
@@ -216,6 +230,7 @@ def _mirrors(paths: dict[int, str]) -> Callable[[int], tuple | None]:
     """item id → (ORB record of the mirror of its image at ``paths[id]``, the image's width at
     ``SIDE``), or None when the file cannot be read (moved, unreadable: it keeps what its stored
     features say); the last 4,096 kept, shared by the vote pass and verification."""
+
     @lru_cache(maxsize=4096)
     def mirror(i: int):
         path = paths.get(i)
@@ -224,11 +239,18 @@ def _mirrors(paths: dict[int, str]) -> Callable[[int], tuple | None]:
             return local_features.detect(local_features.mirror(img)), img.shape[1]
         except Exception:
             return None
+
     return mirror
 
 
-def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Matches, progress: bool,
-              mirror: Callable[[int], tuple | None] | None = None) -> None:
+def _verified(
+    gallery,
+    pairs: list[tuple[int, int]],
+    min_inliers: int,
+    m: _Matches,
+    progress: bool,
+    mirror: Callable[[int], tuple | None] | None = None,
+) -> None:
     """Adds to ``m`` the pairs that verify: with the stored features, else with a's mirrored
     features (a flipped copy; ORB descriptors are not mirror-invariant, so they are extracted from
     a's file, once per item; a file that cannot be read is not tried mirrored). Not b's mirror as
@@ -267,8 +289,9 @@ def _verified(gallery, pairs: list[tuple[int, int]], min_inliers: int, m: _Match
         bar.close()
 
 
-def _voted_pairs(gallery, ids: np.ndarray, keep: set[int], progress: bool,
-                 mirror: Callable[[int], tuple | None] | None = None) -> set[tuple[int, int]]:
+def _voted_pairs(
+    gallery, ids: np.ndarray, keep: set[int], progress: bool, mirror: Callable[[int], tuple | None] | None = None
+) -> set[tuple[int, int]]:
     """Pairs of each item with the ``rerank.VOTES`` others that share the most ORB matches with its
     stored features or its mirror's (``cbir.index.query.votes``, as search's second look): copies
     the CNN vector does not put near each other (a vertical flip, heavy pixelization). Verified
@@ -316,17 +339,29 @@ def _unexplained(gallery, m: _Matches, sizes: dict[int, tuple[int, int]]) -> dic
         if box is None:
             continue
         (x0, y0, x1, y1), (w, h) = extents[i], local_features.at_side(sizes[i])
-        px = (np.clip(x0 + box[0] * (x1 - x0), 0, w), np.clip(y0 + box[1] * (y1 - y0), 0, h),
-              np.clip(x0 + box[2] * (x1 - x0), 0, w), np.clip(y0 + box[3] * (y1 - y0), 0, h))
+        px = (
+            np.clip(x0 + box[0] * (x1 - x0), 0, w),
+            np.clip(y0 + box[1] * (y1 - y0), 0, h),
+            np.clip(x0 + box[2] * (x1 - x0), 0, w),
+            np.clip(y0 + box[3] * (y1 - y0), 0, h),
+        )
         if px[2] - px[0] >= 0.1 * w and px[3] - px[1] >= 0.1 * h:
             inside = (xy[:, 0] >= px[0]) & (xy[:, 0] <= px[2]) & (xy[:, 1] >= px[1]) & (xy[:, 1] <= px[3])
             out[i] = ((float(px[0] / w), float(px[1] / h), float(px[2] / w), float(px[3] / h)), xy[inside])
     return out
 
 
-def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: int, min_inliers: int, m: _Matches,
-                    progress: bool, sizes: dict[int, tuple[int, int]] | None = None,
-                    layouts: dict[int, tuple] | None = None) -> None:
+def _window_matches(
+    gallery,
+    boxes: dict[int, tuple],
+    keep: set[int],
+    partial: int,
+    min_inliers: int,
+    m: _Matches,
+    progress: bool,
+    sizes: dict[int, tuple[int, int]] | None = None,
+    layouts: dict[int, tuple] | None = None,
+) -> None:
     """Adds to ``m`` the matches of each item's windows ``boxes[item]`` (fractions of the image;
     ``local_features.windows``: crops with their own features, as is and mirrored) with their
     ``partial`` nearest items — a photo pasted into another, a screenshot holding a photo: what
@@ -339,8 +374,10 @@ def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: i
     try:
         embedder = gallery.embedder()
     except CbirError as e:
-        raise CbirError(f"{e}\n(dedup's windows pass embeds parts of each image with the index's model; "
-                        f"--partial 0 compares whole images only)") from None
+        raise CbirError(
+            f"{e}\n(dedup's windows pass embeds parts of each image with the index's model; "
+            f"--partial 0 compares whole images only)"
+        ) from None
     ids = sorted(boxes)
     paths = gallery.store.paths_for_ids(ids)
     bar = _bar(progress, len(ids), "windows", "img")
@@ -367,10 +404,15 @@ def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: i
             crops = [(i, n, c) for i, w in got.items() for n, c in enumerate(w.crops)]
             res = embedder.embed_files([c for _, _, c in crops])
             if len(res.indices):
-                _, nn = faiss_index.search(gallery.index, gallery.postprocess_queries(res.vectors),
-                                           min(partial + 1, gallery.index.ntotal))
-                tasks = [(crops[r][0], crops[r][1], int(c)) for r, row in zip(res.indices, nn)
-                         for c in row if c >= 0 and c != crops[r][0] and int(c) in keep]
+                _, nn = faiss_index.search(
+                    gallery.index, gallery.postprocess_queries(res.vectors), min(partial + 1, gallery.index.ntotal)
+                )
+                tasks = [
+                    (crops[r][0], crops[r][1], int(c))
+                    for r, row in zip(res.indices, nn)
+                    for c in row
+                    if c >= 0 and c != crops[r][0] and int(c) in keep
+                ]
                 targets = sorted({c for _, _, c in tasks})
                 recs = dict(zip(targets, gallery.features.get(targets)))
 
@@ -392,5 +434,8 @@ def _window_matches(gallery, boxes: dict[int, tuple], keep: set[int], partial: i
     if bar is not None:
         bar.close()
     if unreadable:
-        warnings.warn(f"dedup: {len(unreadable)} indexed images could not be read for the windows pass "
-                      f"(compared as whole images only), e.g. {unreadable[0]}", stacklevel=2)
+        warnings.warn(
+            f"dedup: {len(unreadable)} indexed images could not be read for the windows pass "
+            f"(compared as whole images only), e.g. {unreadable[0]}",
+            stacklevel=2,
+        )

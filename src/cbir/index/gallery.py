@@ -26,6 +26,7 @@ and still never shows a removed or failed item (search keeps only ids SQLite cal
 ``refresh()`` picks up a newer index.faiss written by another process (``cbir serve`` calls it), and
 swaps it in atomically: searches already running finish on the old one.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,35 +34,35 @@ import sqlite3
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from cbir import crashpoints, fsio
 from cbir.deadline import NEVER, Deadline
-from cbir.errors import CbirError, ImageError
-from cbir.index.build import pipeline as _build
-from cbir.index.storage import config as _config
-from cbir.index.ann import faiss_index, maintain, tuning
-from cbir.index.storage.config import INDEX_JSON, SHARD_SIZE
-from cbir.index.storage.lock import LOCK_NAME, DirectoryGone, WriterLock
 from cbir.engine import colour, local_features
+from cbir.errors import CbirError, ImageError
+from cbir.index.ann import faiss_index, maintain, tuning
+from cbir.index.build import pipeline as _build
 from cbir.index.query import rerank as _rerank
 from cbir.index.query import search as _search
 from cbir.index.query import votes as _votes
 from cbir.index.query.cascade import Notes, guarded, second_look
+from cbir.index.query.rerank import DEFAULT_BUDGET, Budget, Rerank
 from cbir.index.query.vote_cache import VoteCache
 from cbir.index.snapshot import Snapshot
+from cbir.index.storage import config as _config
 from cbir.index.storage import features as _features
-from cbir.index.storage.features import FeatureStore
 from cbir.index.storage.colours import ColourStore
+from cbir.index.storage.config import INDEX_JSON, SHARD_SIZE
+from cbir.index.storage.features import FeatureStore
+from cbir.index.storage.lock import LOCK_NAME, DirectoryGone, WriterLock
 from cbir.index.storage.regions import RegionStore
-from cbir.index.query.rerank import DEFAULT_BUDGET, Budget, Rerank
 from cbir.index.storage.store import Store
 
 __all__ = ["Gallery", "Hit", "INDEX_JSON", "SHARD_SIZE"]
@@ -87,8 +88,10 @@ def _refuse_foreign(root: Path) -> None:
     foreign = _config.foreign_entries(root)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise CbirError(f"--index {root}: exists and is not a cbir index (it holds {shown}); "
-                        f"give a new or empty folder, nothing there was changed")
+        raise CbirError(
+            f"--index {root}: exists and is not a cbir index (it holds {shown}); "
+            f"give a new or empty folder, nothing there was changed"
+        )
 
 
 @lru_cache(maxsize=1)
@@ -104,7 +107,9 @@ def _query_features(source):
     """A query's local-feature variants (``extract_query``: itself and its mirror); None when it
     has none to give (verifies nothing)."""
     try:
-        return local_features.extract_query(source, str(source) if isinstance(source, (str, os.PathLike)) else "<query>")
+        return local_features.extract_query(
+            source, str(source) if isinstance(source, (str, os.PathLike)) else "<query>"
+        )
     except Exception:  # the query was embedded; an image ORB cannot use just verifies nothing
         return None
 
@@ -112,8 +117,14 @@ def _query_features(source):
 class Gallery:
     """An index directory. Open an existing one with ``Gallery(dir)``; create with ``Gallery.create``."""
 
-    def __init__(self, root: str | os.PathLike, embedder=None, wait: bool = False, search_device: str | None = None,
-                 live: bool = False):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        embedder=None,
+        wait: bool = False,
+        search_device: str | None = None,
+        live: bool = False,
+    ):
         self.root = Path(root)
         self.config = _config.load(self.root)
         self.created = False  # True when ``create`` made this index in this process (``discard`` may undo it)
@@ -148,11 +159,23 @@ class Gallery:
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: str | os.PathLike, embedder, factory: str | None = None, shard_size: int | None = None,
-               whitening: str | None = None, dba: int | None = None, dba_alpha: float | None = None,
-               memory_budget: str | None = None, target_recall: float | None = None, wait: bool = False,
-               dim: int | None = None, on_disk: bool | None = None, local_features: str | None = None,
-               rerank: str | None = None) -> "Gallery":
+    def create(
+        cls,
+        root: str | os.PathLike,
+        embedder,
+        factory: str | None = None,
+        shard_size: int | None = None,
+        whitening: str | None = None,
+        dba: int | None = None,
+        dba_alpha: float | None = None,
+        memory_budget: str | None = None,
+        target_recall: float | None = None,
+        wait: bool = False,
+        dim: int | None = None,
+        on_disk: bool | None = None,
+        local_features: str | None = None,
+        rerank: str | None = None,
+    ) -> "Gallery":
         """Create INDEX_DIR for ``embedder``'s model, or open it if it exists (same model, and the
         same options where they are given: ``None`` = as recorded, or the default for a new index).
         ``embedder=None`` with ``dim``: an index of existing vectors with no model (vectors-only).
@@ -164,8 +187,15 @@ class Gallery:
         root = Path(root)
         if local_features not in (None, "orb", "none"):
             raise CbirError(f"--local-features {local_features}: choose orb or none")
-        given = {"factory": factory, "shard_size": shard_size, "dba": dba, "dba_alpha": dba_alpha,
-                 "memory_budget": memory_budget, "target_recall": target_recall, "on_disk": on_disk}
+        given = {
+            "factory": factory,
+            "shard_size": shard_size,
+            "dba": dba,
+            "dba_alpha": dba_alpha,
+            "memory_budget": memory_budget,
+            "target_recall": target_recall,
+            "on_disk": on_disk,
+        }
         wt = Whitening.load(whitening) if whitening else None
         if (root / INDEX_JSON).is_file():
             try:
@@ -199,7 +229,9 @@ class Gallery:
         preset = rerank or ("none" if plain else "default" if options["local_features"] else "class")
         options["rerank"] = _rerank.resolve(preset=preset).to_dict()
         if options["rerank"]["verify"] and not options["local_features"]:
-            raise CbirError(f"--rerank {rerank}: verifies, and the index would have no local features (--local-features none)")
+            raise CbirError(
+                f"--rerank {rerank}: verifies, and the index would have no local features (--local-features none)"
+            )
         lock = WriterLock(root)
         for attempt in range(5):  # every check is done: only now is anything written
             try:
@@ -259,7 +291,9 @@ class Gallery:
     def save_config(self) -> None:
         """Write index.json; only a writer does (under the lock, on the config re-read when it took it)."""
         if self._writer_depth == 0:
-            raise RuntimeError("Gallery.save_config outside writing(): index.json is only written under the writer lock")
+            raise RuntimeError(
+                "Gallery.save_config outside writing(): index.json is only written under the writer lock"
+            )
         _config.save(self.root, self.config)
         crashpoints.hit("config-written")
 
@@ -286,8 +320,10 @@ class Gallery:
     def _reload_config(self) -> None:
         """index.json as on disk now, plus the settings this command was given (``check_options``)."""
         if not (self.root / INDEX_JSON).is_file():
-            raise DirectoryGone(f"--index {self.root}: the index was removed while this command waited (another "
-                                f"process's failed first build undid what it had made); run the command again")
+            raise DirectoryGone(
+                f"--index {self.root}: the index was removed while this command waited (another "
+                f"process's failed first build undid what it had made); run the command again"
+            )
         config = _config.load(self.root)
         config.update(self._settings)
         if config.get("faiss_generation") != self.config.get("faiss_generation"):
@@ -307,11 +343,14 @@ class Gallery:
                 f"--model {embedder.model_path}: this index was built with another model "
                 f"({m['arch']} Block {m['block']} {m['pooling']}, fingerprint {self.fingerprint}; "
                 f"given {embedder.info.arch} Block {embedder.info.block} {embedder.info.pooling}, "
-                f"fingerprint {embedder.fingerprint}); use that model or build a new index")
+                f"fingerprint {embedder.fingerprint}); use that model or build a new index"
+            )
         want = self.config.get("preprocess")
         if want is not None and embedder.preprocess.policy != want:
-            raise CbirError(f"--model {embedder.model_path}: this index was built with preprocessing {want}, "
-                            f"the embedder uses {embedder.preprocess.policy}; its vectors would not be comparable")
+            raise CbirError(
+                f"--model {embedder.model_path}: this index was built with preprocessing {want}, "
+                f"the embedder uses {embedder.preprocess.policy}; its vectors would not be comparable"
+            )
 
     def embedder(self, model: str | None = None, **kwargs):
         """The index's embedder: the one given at open, else ``model``, else the model recorded in
@@ -321,10 +360,16 @@ class Gallery:
 
             path = model or self.config["model_path"]
             if path is None:
-                raise CbirError(f"--index {self.root}: built from vectors without a model; it answers vector queries "
-                                f"only (rebuild it with --model to search with images)")
+                raise CbirError(
+                    f"--index {self.root}: built from vectors without a model; it answers vector queries "
+                    f"only (rebuild it with --model to search with images)"
+                )
             if not Path(path).is_file():
-                raise CbirError(f"--model {path}: no such file" if model else f"--index {self.root}: its model {path} is gone; pass --model")
+                raise CbirError(
+                    f"--model {path}: no such file"
+                    if model
+                    else f"--index {self.root}: its model {path} is gone; pass --model"
+                )
             self._embedder = Embedder(path, **kwargs)
             self.check_model(self._embedder)
         return self._embedder
@@ -341,8 +386,9 @@ class Gallery:
         return self.whitening.apply(v) if self.whitening is not None else v
 
     # -- building ------------------------------------------------------------------------------
-    def scan(self, paths: Sequence[str | os.PathLike], retry_failed: bool = False, parquet=None,
-             restore: bool = False) -> _build.Scan:
+    def scan(
+        self, paths: Sequence[str | os.PathLike], retry_failed: bool = False, parquet=None, restore: bool = False
+    ) -> _build.Scan:
         return _build.scan(self.store, self.config["shard_size"], paths, retry_failed, parquet, restore)
 
     def commit_shard(self, shard: int, out) -> tuple[int, int]:
@@ -351,7 +397,9 @@ class Gallery:
     def pending_work(self) -> list[tuple[int, list[tuple[int, str]]]]:
         return _build.pending_work(self.store)
 
-    def process_pending(self, batch_size: int | None = None, progress: bool = False, distributed: dict | None = None) -> dict:
+    def process_pending(
+        self, batch_size: int | None = None, progress: bool = False, distributed: dict | None = None
+    ) -> dict:
         if distributed is not None:
             from cbir.index.build.ray import process_with_ray
 
@@ -460,7 +508,9 @@ class Gallery:
                 try:
                     self.reconcile()
                 except Exception as e:
-                    self.load_error = f"{self.root}: rebuilding index.faiss after a writer died failed ({type(e).__name__}: {e})"
+                    self.load_error = (
+                        f"{self.root}: rebuilding index.faiss after a writer died failed ({type(e).__name__}: {e})"
+                    )
 
             self._reconciler = threading.Thread(target=run, name="cbir-reconcile", daemon=True)
             self._reconciler.start()
@@ -469,8 +519,12 @@ class Gallery:
         """Ids FAISS holds vs ids SQLite calls indexed (both empty sets = consistent)."""
         held = set(faiss_index.stored_ids(self.index).tolist())
         want = set(self.store.indexed_ids().tolist())
-        return {"generation": self.store.generation, "faiss_generation": self.config.get("faiss_generation"),
-                "missing_from_faiss": sorted(want - held), "not_indexed_in_faiss": sorted(held - want)}
+        return {
+            "generation": self.store.generation,
+            "faiss_generation": self.config.get("faiss_generation"),
+            "missing_from_faiss": sorted(want - held),
+            "not_indexed_in_faiss": sorted(held - want),
+        }
 
     def tune(self, target_recall: float, max_ms: float | None = None, queries: np.ndarray | None = None) -> dict:
         """Tune nprobe / efSearch of the built index to ``target_recall`` (recall@10 vs exact search)
@@ -516,8 +570,10 @@ class Gallery:
                 raise CbirError(f"--queries {specs[0]}: not a readable .npy array ({e})") from None
             want = self.config["model"]["dim"]
             if v.ndim != 2 or v.dtype.kind != "f" or v.shape[1] != want:
-                raise CbirError(f"--queries {specs[0]}: need float vectors [n, {want}] (the index's model dimension), "
-                                f"got {v.dtype} {list(v.shape)}")
+                raise CbirError(
+                    f"--queries {specs[0]}: need float vectors [n, {want}] (the index's model dimension), "
+                    f"got {v.dtype} {list(v.shape)}"
+                )
             v = v[np.isfinite(v).all(axis=1) & (np.abs(v).sum(axis=1) > 0)].astype(np.float32)
         else:
             from cbir.sources import expand
@@ -538,8 +594,16 @@ class Gallery:
         with self.writing():
             self._set_index(maintain.rebuild(self))
 
-    def build(self, images: Sequence[str | os.PathLike], batch_size: int | None = None, progress: bool = False,
-              distributed: dict | None = None, retry_failed: bool = False, parquet=None, restore: bool = False) -> dict:
+    def build(
+        self,
+        images: Sequence[str | os.PathLike],
+        batch_size: int | None = None,
+        progress: bool = False,
+        distributed: dict | None = None,
+        retry_failed: bool = False,
+        parquet=None,
+        restore: bool = False,
+    ) -> dict:
         """Scan, embed pending shards, build the FAISS index, write report.json. ``images``: folders,
         files, tar shards, Parquet files (with ``parquet``: a ``sources.ParquetSpec``), URLs."""
         with self.writing():
@@ -551,8 +615,15 @@ class Gallery:
             self.rebuild_index()
             return self.write_report(work, scanned, t0)
 
-    def add(self, paths: Sequence[str | os.PathLike], batch_size: int | None = None, progress: bool = False,
-            retry_failed: bool = False, parquet=None, restore: bool = False) -> dict:
+    def add(
+        self,
+        paths: Sequence[str | os.PathLike],
+        batch_size: int | None = None,
+        progress: bool = False,
+        retry_failed: bool = False,
+        parquet=None,
+        restore: bool = False,
+    ) -> dict:
         """Embed only new or changed files (removed ones only with ``restore``) and update the index
         in place where FAISS allows."""
         with self.writing():
@@ -576,12 +647,14 @@ class Gallery:
     def _timed_features(self, work: dict, progress: bool) -> None:
         t0 = time.perf_counter()
         warnings = work.setdefault("warnings", [])
-        if self.extract_features(progress, on_problem=lambda p, r: warnings.append(
-                {"path": p, "stage": "local features", "error": r})):
+        if self.extract_features(
+            progress, on_problem=lambda p, r: warnings.append({"path": p, "stage": "local features", "error": r})
+        ):
             work["timings"]["local_features"] = round(time.perf_counter() - t0, 4)
 
-    def extract_features(self, progress: bool = False, enable: bool = False,
-                         on_problem: Callable[[str, str], None] | None = None) -> int:
+    def extract_features(
+        self, progress: bool = False, enable: bool = False, on_problem: Callable[[str, str], None] | None = None
+    ) -> int:
         """Local features for every done shard lacking them (resumable per shard); ``enable`` turns
         them on for an index built without, and writes again those of an older version that lack
         the frame size (``cbir index features``). Returns shards written.
@@ -590,7 +663,9 @@ class Gallery:
         with self.writing():
             if enable and not self.config.get("local_features"):
                 if self.config["model"]["arch"] == "vectors-only":
-                    raise CbirError(f"--index {self.root}: built from vectors, it has no images to take local features from")
+                    raise CbirError(
+                        f"--index {self.root}: built from vectors, it has no images to take local features from"
+                    )
                 self.config["local_features"] = _features.KIND
                 self.save_config()
             if not self.config.get("local_features"):
@@ -617,22 +692,43 @@ class Gallery:
         """report.json (and the return value) of a build or add: counts, failures, timings."""
         timings = dict(work["timings"])
         timings["total"] = round(time.perf_counter() - t0, 3)
-        report = {"indexed": work["indexed"], "failed": self.store.failed(), "skipped": scanned.unchanged,
-                  "still_failed": scanned.still_failed, "still_removed": scanned.still_removed, "queued": scanned.queued,
-                  "warnings": work.get("warnings", []), "count": self.store.count("indexed"), "timings": timings}
+        report = {
+            "indexed": work["indexed"],
+            "failed": self.store.failed(),
+            "skipped": scanned.unchanged,
+            "still_failed": scanned.still_failed,
+            "still_removed": scanned.still_removed,
+            "queued": scanned.queued,
+            "warnings": work.get("warnings", []),
+            "count": self.store.count("indexed"),
+            "timings": timings,
+        }
         fsio.write_json(self.root / "report.json", report)
         return report
 
     # -- reading -------------------------------------------------------------------------------
     def info(self) -> dict:
         c = self.config
-        return {"count": self.store.count("indexed"), "dim": c["dim"], "model": c["model"], "model_path": c["model_path"],
-                "preprocess": c.get("preprocess"), "factory": c["factory"],
-                "index_factory": c.get("index_factory", c["factory"]), "search": c.get("search", {}),
-                "tuning": c.get("tuning"), "index_bytes": c.get("index_bytes"), "trained_on": c.get("trained_on", 0),
-                "whitening": c.get("whitening"), "dba": c.get("dba", 0), "failed": self.store.count("failed"),
-                "removed": self.store.count("removed"), "pending_shards": len(self.store.pending_shards()),
-                "shards": len(self.store.done_shards()), "path": str(self.root)}
+        return {
+            "count": self.store.count("indexed"),
+            "dim": c["dim"],
+            "model": c["model"],
+            "model_path": c["model_path"],
+            "preprocess": c.get("preprocess"),
+            "factory": c["factory"],
+            "index_factory": c.get("index_factory", c["factory"]),
+            "search": c.get("search", {}),
+            "tuning": c.get("tuning"),
+            "index_bytes": c.get("index_bytes"),
+            "trained_on": c.get("trained_on", 0),
+            "whitening": c.get("whitening"),
+            "dba": c.get("dba", 0),
+            "failed": self.store.count("failed"),
+            "removed": self.store.count("removed"),
+            "pending_shards": len(self.store.pending_shards()),
+            "shards": len(self.store.done_shards()),
+            "path": str(self.root),
+        }
 
     @property
     def index(self):
@@ -642,7 +738,9 @@ class Gallery:
             if self._index is None:
                 path = self.root / "index.faiss"
                 if not path.is_file():
-                    raise CbirError(f"--index {self.root}: no index.faiss yet (the build did not finish: run `cbir index build --resume`)")
+                    raise CbirError(
+                        f"--index {self.root}: no index.faiss yet (the build did not finish: run `cbir index build --resume`)"
+                    )
                 index = faiss_index.load(path)
                 tuning.set_search_params(index, self.config.get("search"))
                 self._index, self._index_generation = index, self.config.get("faiss_generation")
@@ -697,13 +795,17 @@ class Gallery:
         else:
             cfg = _rerank.resolve(self.config.get("rerank"), **(rerank or {}))
         if cfg.verify and not self.config.get("local_features"):
-            raise CbirError(f"--index {self.root}: built without local features, so nothing can be verified; "
-                            f"add them with `cbir index features {self.root}`, or search without verification "
-                            f"(--rerank class, or --verify 0)")
+            raise CbirError(
+                f"--index {self.root}: built without local features, so nothing can be verified; "
+                f"add them with `cbir index features {self.root}`, or search without verification "
+                f"(--rerank class, or --verify 0)"
+            )
         if cfg.regional and not self.num_regions:
-            raise CbirError(f"--index {self.root}: its model has no regional descriptors, so nothing can be re-ranked "
-                            f"by regions; export the model with `cbir export ... --regions` and build an index with "
-                            f"it, or search with --regional 0")
+            raise CbirError(
+                f"--index {self.root}: its model has no regional descriptors, so nothing can be re-ranked "
+                f"by regions; export the model with `cbir export ... --regions` and build an index with "
+                f"it, or search with --regional 0"
+            )
         _rerank.check_budget(cfg, self.config["dim"], self.num_regions, budget)
         return cfg
 
@@ -729,26 +831,50 @@ class Gallery:
             self._features = FeatureStore(self.store, self.root)
         return self._features
 
-    def verifier(self, query_features: Sequence, min_inliers: int, deadline: Deadline = NEVER,
-                 notes: Sequence[Notes] | None = None) -> Callable[[int, np.ndarray], np.ndarray]:
+    def verifier(
+        self,
+        query_features: Sequence,
+        min_inliers: int,
+        deadline: Deadline = NEVER,
+        notes: Sequence[Notes] | None = None,
+    ) -> Callable[[int, np.ndarray], np.ndarray]:
         """verify(query row, candidate ids) -> RANSAC inliers, from the stored local features
         (``local_features.verify``: guided re-matching when none reaches ``min_inliers``, none past the
         first when its inliers reach ``rerank.SURE`` of the query's keypoints); -1 (not checked) past
         ``deadline`` or when it fails on that query (``cascade.guarded``)."""
+
         def verify(row: int, ids: np.ndarray) -> np.ndarray:
             qf = query_features[row]
             unchecked = np.full(len(ids), -1, np.int64)
             if qf is None:
                 return unchecked
-            return guarded("verify", notes[row] if notes else None, deadline, lambda: local_features.verify(
-                [(qf, r) for r in self.features.get(ids)], min_inliers, _verify_pool().map,
-                _rerank.sure_inliers(qf, min_inliers)), unchecked)
+            return guarded(
+                "verify",
+                notes[row] if notes else None,
+                deadline,
+                lambda: local_features.verify(
+                    [(qf, r) for r in self.features.get(ids)],
+                    min_inliers,
+                    _verify_pool().map,
+                    _rerank.sure_inliers(qf, min_inliers),
+                ),
+                unchecked,
+            )
+
         return verify
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, rerank=None, nprobe: int | None = None,
-                       ef_search: int | None = None, query_features: Sequence | None = None,
-                       snap: Snapshot | None = None, deadline: Deadline = NEVER,
-                       notes: Sequence[Notes] | None = None) -> list[list[Hit]]:
+    def search_vectors(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        rerank=None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        query_features: Sequence | None = None,
+        snap: Snapshot | None = None,
+        deadline: Deadline = NEVER,
+        notes: Sequence[Notes] | None = None,
+    ) -> list[list[Hit]]:
         """Search with already-embedded query vectors (raw model output): the cascade's ``knn`` stage.
         Only items the snapshot holds and SQLite still calls indexed are returned, min(k, their
         number) of them. ``rerank``: see ``rerank_config`` (default: the index's).
@@ -756,11 +882,21 @@ class Gallery:
         verify nothing). ``nprobe`` / ``ef_search`` override the recorded search parameters for this
         call; ``snap``: the snapshot to read (default: the current one); ``notes``: one per query,
         told of verification skipped past ``deadline`` or failed."""
-        return self._search(self.postprocess_queries(np.asarray(queries, np.float32)), k, rerank, nprobe,
-                            ef_search, query_features, snap, deadline, notes)
+        return self._search(
+            self.postprocess_queries(np.asarray(queries, np.float32)),
+            k,
+            rerank,
+            nprobe,
+            ef_search,
+            query_features,
+            snap,
+            deadline,
+            notes,
+        )
 
-    def search_items(self, ids: Sequence[int], k: int = 10, rerank=None, nprobe: int | None = None,
-                     ef_search: int | None = None) -> list[list[Hit]]:
+    def search_items(
+        self, ids: Sequence[int], k: int = 10, rerank=None, nprobe: int | None = None, ef_search: int | None = None
+    ) -> list[list[Hit]]:
         """Search with indexed items as queries (their stored vectors and local features: nothing is
         re-embedded). Raises ``CbirError`` naming an id that is not indexed (or not yet searchable)."""
         ids = np.asarray(ids, np.int64)
@@ -772,9 +908,18 @@ class Gallery:
         feats = self.features.get(ids) if cfg.verify else None
         return self._search(self.vectors_for(ids, snap), k, cfg, nprobe, ef_search, feats, snap)
 
-    def _search(self, q: np.ndarray, k: int, rerank, nprobe: int | None, ef_search: int | None,
-                query_features: Sequence | None, snap: Snapshot | None = None, deadline: Deadline = NEVER,
-                notes: Sequence[Notes] | None = None) -> list[list[Hit]]:
+    def _search(
+        self,
+        q: np.ndarray,
+        k: int,
+        rerank,
+        nprobe: int | None,
+        ef_search: int | None,
+        query_features: Sequence | None,
+        snap: Snapshot | None = None,
+        deadline: Deadline = NEVER,
+        notes: Sequence[Notes] | None = None,
+    ) -> list[list[Hit]]:
         if k < 1:
             raise CbirError(f"-k {k}: must be ≥ 1")
         cfg = self.rerank_config(rerank)
@@ -788,15 +933,28 @@ class Gallery:
         verify = None
         if cfg.verify and query_features is not None:
             verify = self.verifier(query_features, cfg.min_inliers, deadline, notes)
-        sims, ids, inl = _search.search(index, q, k, cfg, lambda i: self.vectors_for(i, snap), verify, params,
-                                        self.regions_of, stale)
+        sims, ids, inl = _search.search(
+            index, q, k, cfg, lambda i: self.vectors_for(i, snap), verify, params, self.regions_of, stale
+        )
         paths = self.store.paths_of(np.unique(ids))
-        return [[Hit(int(i), paths[int(i)], float(s), bool(v >= cfg.min_inliers), int(v) if v >= 0 else None)
-                 for s, i, v in zip(srow, irow, vrow) if int(i) in paths]
-                for srow, irow, vrow in zip(sims, ids, inl)]
+        return [
+            [
+                Hit(int(i), paths[int(i)], float(s), bool(v >= cfg.min_inliers), int(v) if v >= 0 else None)
+                for s, i, v in zip(srow, irow, vrow)
+                if int(i) in paths
+            ]
+            for srow, irow, vrow in zip(sims, ids, inl)
+        ]
 
-    def search(self, images: Sequence, k: int = 10, rerank=None, nprobe: int | None = None,
-               ef_search: int | None = None, deadline: Deadline = NEVER) -> list[dict]:
+    def search(
+        self,
+        images: Sequence,
+        k: int = 10,
+        rerank=None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        deadline: Deadline = NEVER,
+    ) -> list[dict]:
         """Embed query images and search them through the cascade (``cascade``); bad query images
         get an ``error`` entry instead of results. With verification on, the queries' local features
         are extracted too. An answer whose stages failed or were skipped past ``deadline`` says so
@@ -809,12 +967,25 @@ class Gallery:
             feats = list(_verify_pool().map(lambda i: _query_features(images[i]), res.indices))
         snap = self.snapshot()
         notes = [Notes() for _ in res.indices]
-        hits = self.search_vectors(res.vectors, k, cfg, nprobe, ef_search, feats, snap, deadline, notes) \
-            if len(res.vectors) else []
+        hits = (
+            self.search_vectors(res.vectors, k, cfg, nprobe, ef_search, feats, snap, deadline, notes)
+            if len(res.vectors)
+            else []
+        )
         out: list[dict] = [{} for _ in images]
         for j, pos in enumerate(res.indices):
-            h = second_look(self, images[pos], res.vectors[j], hits[j], k, cfg, feats[j] if feats else None, snap,
-                            deadline, notes[j])
+            h = second_look(
+                self,
+                images[pos],
+                res.vectors[j],
+                hits[j],
+                k,
+                cfg,
+                feats[j] if feats else None,
+                snap,
+                deadline,
+                notes[j],
+            )
             out[pos] = {"query": str(images[pos]), "results": [h_.__dict__ for h_ in h]}
             if notes[j].partial or notes[j].failed:
                 out[pos].update(partial=notes[j].partial, skipped=notes[j].skipped, failed=notes[j].failed)
@@ -822,8 +993,9 @@ class Gallery:
             out[pos] = {"query": str(images[pos]), "error": reason, "results": []}
         return out
 
-    def search_scrambled(self, source, vector: np.ndarray, hits: list[Hit], k: int,
-                         snap: Snapshot | None = None) -> list[Hit]:
+    def search_scrambled(
+        self, source, vector: np.ndarray, hits: list[Hit], k: int, snap: Snapshot | None = None
+    ) -> list[Hit]:
         """``hits``, or — when nothing in them verified and the query image ``source`` has no spatial
         structure left (``colour.scrambled``: its pixels were shuffled) — ``search_colour``. Only such
         queries pay for decoding ``source`` again (~1 ms for the structure, beside the windows' five
@@ -838,7 +1010,9 @@ class Gallery:
             return hits
         return self.search_colour(stats[:3], vector, k, snap) or hits
 
-    def search_colour(self, mean: np.ndarray, vector: np.ndarray, k: int, snap: Snapshot | None = None) -> list[Hit] | None:
+    def search_colour(
+        self, mean: np.ndarray, vector: np.ndarray, k: int, snap: Snapshot | None = None
+    ) -> list[Hit] | None:
         """A query whose pixels were shuffled (``engine.colour.scrambled``): its k nearest items by
         mean colour (RGB distance), the only thing a shuffle keeps; scores are the usual cosines,
         nothing is verified. None when no indexed item has a stored colour (older builds)."""
@@ -854,7 +1028,9 @@ class Gallery:
         top = ids[order]
         scores = self.vectors_for(top, snap) @ self.postprocess_queries(np.asarray(vector, np.float32)[None])[0]
         paths = self.store.paths_of(top)
-        return [Hit(int(i), paths[int(i)], float(s), False, None, "colour") for i, s in zip(top, scores) if int(i) in paths]
+        return [
+            Hit(int(i), paths[int(i)], float(s), False, None, "colour") for i, s in zip(top, scores) if int(i) in paths
+        ]
 
     def vote_index(self):
         """The descriptor-vote state (``votes.VoteState``) of the indexed items' stored ORB features,
@@ -881,8 +1057,16 @@ class Gallery:
         live = snap.live(self.store, [i for _, i in pairs]) if pairs else []
         return [p for p, ok in zip(pairs, live) if ok]
 
-    def search_windows(self, source, hits: list[Hit], k: int, cfg: Rerank, features=None,
-                       snap: Snapshot | None = None, deadline: Deadline = NEVER) -> list[Hit]:
+    def search_windows(
+        self,
+        source,
+        hits: list[Hit],
+        k: int,
+        cfg: Rerank,
+        features=None,
+        snap: Snapshot | None = None,
+        deadline: Deadline = NEVER,
+    ) -> list[Hit]:
         """``rerank.partial`` for one query image whose ``hits`` hold nothing verified: its windows
         searched and verified on their own (see ``cbir.index.query.rerank``), and the query's own
         ``features`` (``extract_query`` variants, when given) verified against the items sharing the
@@ -919,7 +1103,11 @@ class Gallery:
         inl = list(local_features.verify([(q, recs[i]) for q, i in pairs], cfg.min_inliers, _verify_pool().map))
         # the voted items on the first fit only: guided re-matching rests on the CNN calling a
         # candidate near, and re-matched chance votes verified AugLy negatives (BENCHMARKS.md)
-        inl += list(_verify_pool().map(lambda p: local_features.inliers(p[0], recs[p[1]]) if recs[p[1]] is not None else 0, voted))
+        inl += list(
+            _verify_pool().map(
+                lambda p: local_features.inliers(p[0], recs[p[1]]) if recs[p[1]] is not None else 0, voted
+            )
+        )
         pairs += voted
         found: dict[int, int] = {}
         for (_, i), n in zip(pairs, inl):
@@ -928,7 +1116,9 @@ class Gallery:
         if not found:
             return hits
         paths = self.store.paths_of(list(found))
-        first = [Hit(i, paths[i], best[i], True, n) for i, n in sorted(found.items(), key=lambda t: -t[1]) if i in paths]
+        first = [
+            Hit(i, paths[i], best[i], True, n) for i, n in sorted(found.items(), key=lambda t: -t[1]) if i in paths
+        ]
         return (first + [h for h in hits if h.id not in found])[:k]
 
     def close(self) -> None:

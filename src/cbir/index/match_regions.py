@@ -34,6 +34,7 @@ half of its matches have an inlier, when the block holds ≥ ``BLOCK_KP`` (20) k
 inside a screenshot whose frame matched other screenshots — too small a part of the frame for the
 fixed windows to shortlist its original.
 """
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -61,8 +62,9 @@ def cells(xy: np.ndarray, extent: tuple[float, float, float, float], grid: int =
     return cy * grid + cx
 
 
-def covered(shared: np.ndarray, extent: tuple[float, float, float, float], raster: int = RASTER,
-            reach: float = REACH) -> np.ndarray:
+def covered(
+    shared: np.ndarray, extent: tuple[float, float, float, float], raster: int = RASTER, reach: float = REACH
+) -> np.ndarray:
     """[raster, raster] mask over ``extent`` of what the ``shared`` points cover: each reaches
     ``reach`` × their mean spacing (√(extent area / n)), so that a few inliers spread over a photo
     cover it and a dense frame leaves the hole it surrounds."""
@@ -88,8 +90,14 @@ def _inside(mask: np.ndarray, xy: np.ndarray, extent: tuple[float, float, float,
     return mask[cy, cx]
 
 
-def holds_more(points: Points, extent: Mapping[int, tuple], a: int, b: int, block: np.ndarray | None = None,
-               outside: float = OUTSIDE) -> bool:
+def holds_more(
+    points: Points,
+    extent: Mapping[int, tuple],
+    a: int,
+    b: int,
+    block: np.ndarray | None = None,
+    outside: float = OUTSIDE,
+) -> bool:
     """Whether some third item verified with ``a`` and not with ``b`` — or ``a``'s ``block`` (its
     keypoints in the part no match explains, ``unexplained``) — lies mostly where ``a``'s inliers
     with ``b`` do not reach (``covered``)."""
@@ -102,8 +110,12 @@ def holds_more(points: Points, extent: Mapping[int, tuple], a: int, b: int, bloc
     return any(np.mean(~_inside(mask, xy, extent[a])) > outside for xy in others)
 
 
-def template_pairs(points: Points, extent: Mapping[int, tuple], blocks: Mapping[int, np.ndarray] | None = None,
-                   outside: float = OUTSIDE) -> set[tuple[int, int]]:
+def template_pairs(
+    points: Points,
+    extent: Mapping[int, tuple],
+    blocks: Mapping[int, np.ndarray] | None = None,
+    outside: float = OUTSIDE,
+) -> set[tuple[int, int]]:
     """The pairs (a < b) of ``points`` where each side ``holds_more`` than the other (see the module
     docstring). ``extent[x]``: (x0, y0, x1, y1) of x's keypoints; ``blocks[x]``: x's keypoints in
     its unexplained part, standing for the photo a screenshot holds when the gallery does not
@@ -113,8 +125,11 @@ def template_pairs(points: Points, extent: Mapping[int, tuple], blocks: Mapping[
     out = set()
     for a, partners in points.items():
         for b in partners:
-            if a < b and holds_more(points, extent, a, b, blocks.get(a), outside) \
-                    and holds_more(points, extent, b, a, blocks.get(b), outside):
+            if (
+                a < b
+                and holds_more(points, extent, a, b, blocks.get(a), outside)
+                and holds_more(points, extent, b, a, blocks.get(b), outside)
+            ):
                 out.add((a, b))
     return out
 
@@ -122,17 +137,26 @@ def template_pairs(points: Points, extent: Mapping[int, tuple], blocks: Mapping[
 def frame_pairs(points: Points, layouts: Mapping[int, tuple], outside: float = FRAME_OUT) -> set[tuple[int, int]]:
     """The pairs (a < b) of ``points`` where more than ``outside`` of each side's inliers lie outside
     its layout box (``layouts[x]``: (x0, y0, x1, y1) in x's feature pixels; see the module docstring)."""
+
     def out(x: int, y: int) -> bool:
         x0, y0, x1, y1 = layouts[x]
         xy = points[x][y]
-        return len(xy) > 0 and float(np.mean((xy[:, 0] < x0) | (xy[:, 0] > x1) | (xy[:, 1] < y0) | (xy[:, 1] > y1))) > outside
+        return (
+            len(xy) > 0
+            and float(np.mean((xy[:, 0] < x0) | (xy[:, 0] > x1) | (xy[:, 1] < y0) | (xy[:, 1] > y1))) > outside
+        )
 
-    return {(a, b) for a, partners in points.items() for b in partners
-            if a < b and a in layouts and b in layouts and out(a, b) and out(b, a)}
+    return {
+        (a, b)
+        for a, partners in points.items()
+        for b in partners
+        if a < b and a in layouts and b in layouts and out(a, b) and out(b, a)
+    }
 
 
-def unexplained(own: np.ndarray, matched: list[np.ndarray], extent: tuple[float, float, float, float],
-                grid: int = GRID) -> tuple[float, float, float, float] | None:
+def unexplained(
+    own: np.ndarray, matched: list[np.ndarray], extent: tuple[float, float, float, float], grid: int = GRID
+) -> tuple[float, float, float, float] | None:
     """(x0, y0, x1, y1) in fractions of ``extent`` (widened by half a cell; -inf / inf where the
     block reaches the extent's edge: to the image's) of the largest block of ``own`` keypoints
     that fewer than half of the ``matched`` point sets (one per match) cover; None without one (see

@@ -14,6 +14,7 @@ min(k, what the snapshot holds that is still indexed) and never shows an item wh
 committed before the request began. The set is read once per SQLite generation (the generation is
 read first, so a cached set is never older than the generation it is filed under).
 """
+
 from __future__ import annotations
 
 import threading

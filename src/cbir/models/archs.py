@@ -2,6 +2,7 @@
 
 Block 6 is the output of timm's ``blocks[5]``, Block 7 of ``blocks[6]`` (before ``conv_head``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +34,12 @@ class ArchSpec:
 
 _SIZES = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456}
 _DIMS = {
-    "b0": (192, 320), "b1": (192, 320), "b2": (208, 352),
-    "b3": (232, 384), "b4": (272, 448), "b5": (304, 512),
+    "b0": (192, 320),
+    "b1": (192, 320),
+    "b2": (208, 352),
+    "b3": (232, 384),
+    "b4": (272, 448),
+    "b5": (304, 512),
 }
 _LITE = {"lite0": (224, 192, 320), "lite1": (240, 192, 320), "lite2": (260, 208, 352)}
 
@@ -42,9 +47,13 @@ ARCHS: dict[str, ArchSpec] = {}
 for _v, _size in _SIZES.items():
     _d6, _d7 = _DIMS[_v]
     ARCHS[f"efficientnet_{_v}"] = ArchSpec(f"efficientnet_{_v}", _size, {6: _d6, 7: _d7}, IMAGENET_MEAN, IMAGENET_STD)
-    ARCHS[f"tf_efficientnet_{_v}"] = ArchSpec(f"tf_efficientnet_{_v}", _size, {6: _d6, 7: _d7}, IMAGENET_MEAN, IMAGENET_STD)
+    ARCHS[f"tf_efficientnet_{_v}"] = ArchSpec(
+        f"tf_efficientnet_{_v}", _size, {6: _d6, 7: _d7}, IMAGENET_MEAN, IMAGENET_STD
+    )
 for _v, (_size, _d6, _d7) in _LITE.items():
-    ARCHS[f"tf_efficientnet_{_v}"] = ArchSpec(f"tf_efficientnet_{_v}", _size, {6: _d6, 7: _d7}, TF_LITE_MEAN, TF_LITE_STD)
+    ARCHS[f"tf_efficientnet_{_v}"] = ArchSpec(
+        f"tf_efficientnet_{_v}", _size, {6: _d6, 7: _d7}, TF_LITE_MEAN, TF_LITE_STD
+    )
 
 # Short names used by `cbir bench sweep --archs b0,lite0`.
 ALIASES = {**{v: f"efficientnet_{v}" for v in _SIZES}, **{v: f"tf_efficientnet_{v}" for v in _LITE}}

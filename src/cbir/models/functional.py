@@ -3,6 +3,7 @@
 All use plain ONNX-exportable ops with static H×W. ε = 1e-6.
 Stage outputs are signed (linear projection + BN); GeM clamps, CroW and regional CroW apply ReLU first.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,9 @@ def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = EPS) -> tor
     return x.clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
 
-def crow_weights(x: torch.Tensor, a: float = 2.0, b: float = 2.0, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def crow_weights(
+    x: torch.Tensor, a: float = 2.0, b: float = 2.0, eps: float = EPS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CroW weights of a non-negative map x: spatial α [N,1,H,W] and channel β [N,C].
 
     S = Σ_c x; α = (S / ‖S‖_a)^(1/b); Q_k = fraction of non-zero entries of channel k;

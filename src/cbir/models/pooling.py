@@ -10,6 +10,7 @@
 | rcrow | ReLU; CroW-weighted map summed in R-MAC windows (L = 3) + whole map, each region   |
 |       | L2 → [PCA-whiten → L2] → sum                                                     |
 """
+
 from __future__ import annotations
 
 from typing import Callable

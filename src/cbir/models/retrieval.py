@@ -17,6 +17,7 @@ the precision (TensorRT 11 builds strongly typed networks only): normalisation, 
 whitening and L2 stay FP32 (DESIGN.md §4). ``to_fp16(head=True)`` also halves the head — only to
 show that the fidelity gate catches FP16 overflow (GeM's pow, region sums).
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,15 @@ STRIDE = 32  # EfficientNet's Block 6/7 outputs are at 1/32 of the input
 class RetrievalModel(nn.Module):
     """Trunk + pooling + optional whitening + L2, with the input normalisation folded in."""
 
-    def __init__(self, trunk: Trunk, pooling: str = "gap", image_size: int | None = None, whitening: Whitening | None = None,
-                 scales: tuple[float, ...] = (1.0,), regions: bool = False):
+    def __init__(
+        self,
+        trunk: Trunk,
+        pooling: str = "gap",
+        image_size: int | None = None,
+        whitening: Whitening | None = None,
+        scales: tuple[float, ...] = (1.0,),
+        regions: bool = False,
+    ):
         super().__init__()
         scales = tuple(float(s) for s in scales)
         if not scales or any(not 0.25 <= s <= 4.0 for s in scales):
@@ -88,7 +96,11 @@ class RetrievalModel(nn.Module):
 
     @property
     def precision(self) -> str:
-        return "fp32" if self.trunk_dtype == torch.float32 else ("fp16" if self.head_dtype == torch.float32 else "fp16-head")
+        return (
+            "fp32"
+            if self.trunk_dtype == torch.float32
+            else ("fp16" if self.head_dtype == torch.float32 else "fp16-head")
+        )
 
     @property
     def dim(self) -> int:
@@ -130,8 +142,13 @@ class RetrievalModel(nn.Module):
         h, w = x.shape[2], x.shape[3]
         acc = 0.0
         for s in self.scales:
-            xs = x if s == 1.0 else nn.functional.interpolate(
-                x, size=(max(32, round(h * s)), max(32, round(w * s))), mode="bilinear", align_corners=False)
+            xs = (
+                x
+                if s == 1.0
+                else nn.functional.interpolate(
+                    x, size=(max(32, round(h * s)), max(32, round(w * s))), mode="bilinear", align_corners=False
+                )
+            )
             v = F.l2n(self.pool(self.trunk(xs.to(self.trunk_dtype)).to(self.head_dtype)))
             acc = acc + v.clamp_min(F.EPS) ** p
         return self.finish((acc / len(self.scales)) ** (1.0 / p)).to(torch.float32)

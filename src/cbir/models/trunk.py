@@ -3,6 +3,7 @@
 timm's ``features_only`` does not expose ``blocks[5]`` and ``prune_intermediate_layers`` can keep
 the head conv, so the trunk is assembled here and its output channels are checked.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

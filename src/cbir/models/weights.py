@@ -5,6 +5,7 @@ Checkpoint formats accepted by ``load_checkpoint``:
 - cbir's own format ``{"meta": {...}, "state_dict": {...}}`` written by ``cbir finetune``, where
   ``meta`` holds arch, block, pooling, input_size, mean, std, classes, interpolation.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -37,8 +38,12 @@ def map_lite_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str,
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
     first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
     other = {
-        "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-        "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3",
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
     }
     flat = [(s, j) for s, stage in enumerate(model.blocks) for j in range(len(stage))]
     expanded = {k.split(".")[1] for k in state if k.startswith("_blocks.") and "._expand_conv." in k}

@@ -9,7 +9,8 @@ item as the query: its stored vector, nothing re-embedded), ``POST /embed`` (an 
 ``GET /items/{id}``, ``GET /thumbs/{id}`` (a JPEG thumbnail of an indexed item, cached in
 INDEX_DIR/thumbs, with ``ETag``; 404 once the item is removed), ``GET /`` (the search page: plain
 HTML, CSS and JavaScript from ``cbir/serve/ui``, nothing from elsewhere, under a strict
-Content-Security-Policy; every path is inserted as text), ``GET /healthz`` (503 when the batcher's worker is not running), ``GET /metrics`` (Prometheus text), and FastAPI's
+Content-Security-Policy; every path is inserted as text), ``GET /healthz`` (503 when the batcher's worker is not
+running), ``GET /metrics`` (Prometheus text), and FastAPI's
 ``/openapi.json`` and ``/docs``.
 
 Limits and errors: every bad request gets a 4xx with a one-line ``{"error": ...}`` (never a 500):
@@ -32,20 +33,19 @@ A writer in another process (``cbir index add/remove/build``) never needs a rest
 first checks index.json and, when a newer index.faiss was committed, loads it and swaps it in
 (searches already running finish on the old one); removed items disappear at once (SQLite).
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import fields
 from importlib import resources
 
 import numpy as np
-
-import re
-import threading
-
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -54,14 +54,14 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as StarletteRequest
 
-from cbir.engine.batcher import BatcherClosed, QueueFull
-from cbir.engine import local_features
-from cbir.engine.preprocess import ImageError
 from cbir.deadline import Deadline
+from cbir.engine import local_features
+from cbir.engine.batcher import BatcherClosed, QueueFull
+from cbir.engine.preprocess import ImageError
 from cbir.errors import CbirError
-from cbir.index.query.cascade import ERRORS, STAGES, Notes, second_look
 from cbir.index.ann import faiss_index
 from cbir.index.query import rerank
+from cbir.index.query.cascade import ERRORS, STAGES, Notes, second_look
 from cbir.index.query.rerank import DEFAULT_BUDGET, GET_BUDGET, LIMITS, PRESETS, Budget, Rerank
 from cbir.serve.audit import DEFAULT_RATE, Auditor
 from cbir.serve.metrics import CONTENT_TYPE, Metrics
@@ -135,50 +135,112 @@ def _errors(*codes: int) -> dict:
 
 def _query_schema() -> list[dict]:
     """The query parameters of the search endpoints, from the same limits the code enforces."""
-    out = [{"name": "k", "in": "query", "required": False, "description": "results to return (default 10)",
-            "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-           {"name": "rerank", "in": "query", "required": False, "description": "a re-ranking preset (default: the index's)",
-            "schema": {"type": "string", "enum": list(PRESETS)}},
-           {"name": "deadline_ms", "in": "query", "required": False,
+    out = [
+        {
+            "name": "k",
+            "in": "query",
+            "required": False,
+            "description": "results to return (default 10)",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+        },
+        {
+            "name": "rerank",
+            "in": "query",
+            "required": False,
+            "description": "a re-ranking preset (default: the index's)",
+            "schema": {"type": "string", "enum": list(PRESETS)},
+        },
+        {
+            "name": "deadline_ms",
+            "in": "query",
+            "required": False,
             "description": "answer within this many ms (default and most: the server's --timeout)",
-            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DEADLINE_MS}}]
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DEADLINE_MS},
+        },
+    ]
     for name, (lo, hi) in LIMITS.items():
         kind = "number" if isinstance(lo, float) else "integer"
-        out.append({"name": name, "in": "query", "required": False, "description": f"re-ranking: {name}",
-                    "schema": {"type": kind, "minimum": lo, "maximum": hi}})
+        out.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": f"re-ranking: {name}",
+                "schema": {"type": kind, "minimum": lo, "maximum": hi},
+            }
+        )
     return out
 
 
-_IMAGE_BODY = {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "required": ["embedding"], "properties": {
-        "embedding": {"type": "array", "items": {"type": "number"}}, "k": {"type": "integer", "minimum": 1, "maximum": 1000}}}},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
-                                       "properties": {"image": {"type": "string", "format": "binary"}}}},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}
+_IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["embedding"],
+                "properties": {
+                    "embedding": {"type": "array", "items": {"type": "number"}},
+                    "k": {"type": "integer", "minimum": 1, "maximum": 1000},
+                },
+            }
+        },
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary"}},
+            }
+        },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # The page's files, by name: a fixed table, so that no name from a request becomes a path.
-UI_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
-            "style.css": "text/css; charset=utf-8"}
-UI_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
-                                         "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-              "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+UI_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
-def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float = 5.0, max_queue: int = 256,
-               timeout_s: float = TIMEOUT_S, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int | None = None,
-               backend: str = "onnxruntime", threads: int | None = None, precision: str | None = None,
-               max_heavy: int | None = None, audit_rate: float | None = None, device: str | None = None,
-               search_device: str | None = None):
+def create_app(
+    index_dir: str,
+    max_batch: int | None = None,
+    max_delay_ms: float = 5.0,
+    max_queue: int = 256,
+    timeout_s: float = TIMEOUT_S,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_pixels: int | None = None,
+    backend: str = "onnxruntime",
+    threads: int | None = None,
+    precision: str | None = None,
+    max_heavy: int | None = None,
+    audit_rate: float | None = None,
+    device: str | None = None,
+    search_device: str | None = None,
+):
     from cbir import __version__, memory
     from cbir.index.gallery import Gallery
 
     memory.limit_arenas()  # before the model's and the search's threads start
 
     gallery = Gallery(index_dir, search_device=search_device, live=True)
-    emb = gallery.embedder(backend=backend, threads=threads, precision=precision, device=device,
-                           **({"max_pixels": max_pixels} if max_pixels else {}))
+    emb = gallery.embedder(
+        backend=backend,
+        threads=threads,
+        precision=precision,
+        device=device,
+        **({"max_pixels": max_pixels} if max_pixels else {}),
+    )
     thumbnails = Thumbnails(gallery.root, gallery.store, **({"max_pixels": max_pixels} if max_pixels else {}))
     ui = {name: (resources.files("cbir.serve") / "ui" / name).read_bytes() for name in UI_FILES}
     metrics = Metrics()
@@ -202,8 +264,9 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
 
     @asynccontextmanager
     async def lifespan(app):
-        state["batcher"] = app.state.batcher = emb.batcher(max_batch=max_batch, max_delay_ms=max_delay_ms,
-                                                           max_queue=max_queue, timeout_s=timeout_s)
+        state["batcher"] = app.state.batcher = emb.batcher(
+            max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, timeout_s=timeout_s
+        )
         _ = gallery.index  # load the FAISS index before the first request
         if gallery.config.get("local_features"):
             await run_in_threadpool(gallery.vote_index)  # the first vote index (aside beyond votes.SYNC_ITEMS)
@@ -214,8 +277,12 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         await run_in_threadpool(auditor.close)
         gallery.close()
 
-    app = FastAPI(title="cbir", version=__version__, lifespan=lifespan,
-                  description="Content-based image retrieval: search an index with an image or an embedding.")
+    app = FastAPI(
+        title="cbir",
+        version=__version__,
+        lifespan=lifespan,
+        description="Content-based image retrieval: search an index with an image or an embedding.",
+    )
 
     class HTTPError(Exception):
         def __init__(self, status: int, message: str, headers: dict | None = None):
@@ -227,8 +294,11 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
 
     @app.exception_handler(StarletteHTTPException)
     async def _starlette_error(request, exc: StarletteHTTPException):  # e.g. 404 for an unknown path, bad multipart
-        return JSONResponse({"error": str(exc.detail).replace("\n", " ")}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": str(exc.detail).replace("\n", " ")},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -260,6 +330,7 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
     async def image_bytes(request: Request, body: bytes) -> bytes:
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
+
             async def replay():
                 return {"type": "http.request", "body": body, "more_body": False}
 
@@ -269,7 +340,9 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
                 raise HTTPError(400, "multipart upload needs a file field named 'image'")
             return await part.read()
         if not body:
-            raise HTTPError(400, "empty body: send an image (raw bytes or multipart field 'image') or JSON with 'embedding'")
+            raise HTTPError(
+                400, "empty body: send an image (raw bytes or multipart field 'image') or JSON with 'embedding'"
+            )
         return body
 
     async def embed_image(data: bytes, deadline: Deadline | None = None) -> tuple[np.ndarray, dict]:
@@ -334,8 +407,12 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         a free slot (else 503). The thread's stages check the deadline too, so it ends soon after."""
         slot = heavy(cfg)
         if slot and not heavy_slots.acquire(blocking=False):
-            raise HTTPError(503, "too many heavy searches at once (large shortlist or re-ranking stages): try again "
-                                 "shortly or use smaller settings", {"Retry-After": "1"})
+            raise HTTPError(
+                503,
+                "too many heavy searches at once (large shortlist or re-ranking stages): try again "
+                "shortly or use smaller settings",
+                {"Retry-After": "1"},
+            )
         task = asyncio.ensure_future(run_in_threadpool(fn, *args))
         if slot:
             task.add_done_callback(lambda _: heavy_slots.release())
@@ -353,8 +430,15 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         gallery.refresh()
         snap = gallery.snapshot()
         notes = Notes()
-        hits = gallery.search_vectors(vec[None], k, cfg, query_features=None if feats is None else [feats],
-                                      snap=snap, deadline=deadline, notes=[notes])[0]
+        hits = gallery.search_vectors(
+            vec[None],
+            k,
+            cfg,
+            query_features=None if feats is None else [feats],
+            snap=snap,
+            deadline=deadline,
+            notes=[notes],
+        )[0]
         if data is not None:
             hits = second_look(gallery, data, vec, hits, k, cfg, feats, snap, deadline, notes)
         return hits, notes
@@ -369,9 +453,15 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         metrics.search_seconds.observe(search_s)
         if notes.partial:
             metrics.partial_answers.inc()
-        return {"results": [h.__dict__ for h in hits], "k": k, "rerank": cfg.to_dict(),
-                "timings_ms": {**timing, "search_ms": round(search_s * 1e3, 3)},
-                "partial": notes.partial, "skipped": notes.skipped, "failed": notes.failed}
+        return {
+            "results": [h.__dict__ for h in hits],
+            "k": k,
+            "rerank": cfg.to_dict(),
+            "timings_ms": {**timing, "search_ms": round(search_s * 1e3, 3)},
+            "partial": notes.partial,
+            "skipped": notes.skipped,
+            "failed": notes.failed,
+        }
 
     def query_features(data: bytes, cfg: Rerank):
         if not cfg.verify:
@@ -381,9 +471,13 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         except Exception:  # the upload is embedded (or refused) on its own path; here it just verifies nothing
             return None
 
-    @app.post("/search", summary="Search the index with an image or an embedding", response_model=SearchAnswer,
-              responses=_errors(400, 413, 422, 503, 504),
-              openapi_extra={"parameters": _query_schema(), "requestBody": _IMAGE_BODY})
+    @app.post(
+        "/search",
+        summary="Search the index with an image or an embedding",
+        response_model=SearchAnswer,
+        responses=_errors(400, 413, 422, 503, 504),
+        openapi_extra={"parameters": _query_schema(), "requestBody": _IMAGE_BODY},
+    )
     async def search(request: Request):
         k, cfg, deadline = search_params(request, DEFAULT_BUDGET)
         body = await read_body(request)
@@ -404,18 +498,31 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
                 raise HTTPError(400, f"embedding must be {emb.dim} finite numbers, got shape {list(vec.shape)}")
         else:
             data = await image_bytes(request, body)
-            (vec, timing), feats = await asyncio.gather(embed_image(data, deadline),
-                                                        run_in_threadpool(query_features, data, cfg))
+            (vec, timing), feats = await asyncio.gather(
+                embed_image(data, deadline), run_in_threadpool(query_features, data, cfg)
+            )
         t0 = time.perf_counter()
         found = await run_search(search_image, cfg, deadline, vec, data, feats, k, cfg, deadline)
         auditor.offer(vec)  # a sample of real queries is re-searched exactly, in the background
         return answer(found, k, cfg, time.perf_counter() - t0, timing)
 
-    get_params = [{"name": "id", "in": "query", "required": True, "description": "the indexed item to search with",
-                   "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}}] + _query_schema()
+    get_params = [
+        {
+            "name": "id",
+            "in": "query",
+            "required": True,
+            "description": "the indexed item to search with",
+            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+        }
+    ] + _query_schema()
 
-    @app.get("/search", summary="Search the index with an indexed item (by id) as the query", response_model=SearchAnswer,
-             responses=_errors(400, 404, 422, 503, 504), openapi_extra={"parameters": get_params})
+    @app.get(
+        "/search",
+        summary="Search the index with an indexed item (by id) as the query",
+        response_model=SearchAnswer,
+        responses=_errors(400, 404, 422, 503, 504),
+        openapi_extra={"parameters": get_params},
+    )
     async def search_by_id(request: Request):
         k, cfg, deadline = search_params(request, GET_BUDGET)
         raw = request.query_params.get("id")
@@ -435,10 +542,19 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             raise HTTPError(404, f"no item {item_id}")
         return item_id
 
-    @app.get("/thumbs/{item_id}", summary="JPEG thumbnail of an indexed item", response_class=Response,
-             responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
-                              "description": "the thumbnail"}, 304: {"description": "not modified"},
-                        **_errors(404, 413, 422)})
+    @app.get(
+        "/thumbs/{item_id}",
+        summary="JPEG thumbnail of an indexed item",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                "description": "the thumbnail",
+            },
+            304: {"description": "not modified"},
+            **_errors(404, 413, 422),
+        },
+    )
     async def thumb(item_id: int, request: Request):
         known_id(item_id)
         try:
@@ -466,15 +582,26 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
             raise HTTPError(404, "not found")
         return Response(ui[name], media_type=UI_FILES[name], headers=UI_HEADERS)
 
-    @app.post("/embed", summary="Embed one image", response_model=EmbedAnswer, responses=_errors(400, 413, 503, 504),
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  k: v for k, v in _IMAGE_BODY["content"].items() if k != "application/json"}}})
+    @app.post(
+        "/embed",
+        summary="Embed one image",
+        response_model=EmbedAnswer,
+        responses=_errors(400, 413, 503, 504),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {k: v for k, v in _IMAGE_BODY["content"].items() if k != "application/json"},
+            }
+        },
+    )
     async def embed(request: Request):
         body = await read_body(request)
         vec, timing = await embed_image(await image_bytes(request, body))
         return {"dim": int(vec.shape[0]), "vector": vec.tolist(), "model": emb.fingerprint, "timings_ms": timing}
 
-    @app.get("/items/{item_id}", summary="Metadata of an indexed item", response_model=Item, responses=_errors(404, 422))
+    @app.get(
+        "/items/{item_id}", summary="Metadata of an indexed item", response_model=Item, responses=_errors(404, 422)
+    )
     async def item(item_id: int):
         row = await run_in_threadpool(gallery.store.item, known_id(item_id))
         if row is None or row["state"] == "removed":
@@ -487,8 +614,13 @@ def create_app(index_dir: str, max_batch: int | None = None, max_delay_ms: float
         is retried) or a rebuild after a dead writer runs; ``error`` (503) when nothing can answer."""
         b = state.get("batcher")
         count = await run_in_threadpool(gallery.store.count, "indexed")  # SQLite off the event loop
-        body = {"status": "ok", "count": count, "model": emb.info.arch, "fingerprint": emb.fingerprint,
-                "queued": b.queued if b else 0}
+        body = {
+            "status": "ok",
+            "count": count,
+            "model": emb.info.arch,
+            "fingerprint": emb.fingerprint,
+            "queued": b.queued if b else 0,
+        }
         if b is None or not b.alive:  # a dead batcher answers nothing: say so, so that it gets restarted
             reason = (b.error if b else None) or "not running"
             return JSONResponse({**body, "status": "error", "error": f"batcher worker: {reason}"}, status_code=503)

@@ -12,6 +12,7 @@ behind it; ``below_target()`` says when the interval lies wholly under the index
 kept in ``INDEX_DIR/audit/queries.npy`` (the last ``KEEP``), so ``cbir index tune INDEX --from-audit``
 tunes on real traffic; serve picks the new parameters up on its next request.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -61,16 +62,27 @@ def audited_queries(gallery) -> np.ndarray:
     except (OSError, ValueError):
         q = np.empty((0, 0), np.float32)
     if len(q) == 0:
-        raise CbirError(f"--from-audit: {path}: no audited queries yet (run `cbir serve --index {gallery.root}` with "
-                        f"--audit-rate > 0 and let it answer some queries)")
+        raise CbirError(
+            f"--from-audit: {path}: no audited queries yet (run `cbir serve --index {gallery.root}` with "
+            f"--audit-rate > 0 and let it answer some queries)"
+        )
     if q.shape[1] != gallery.config["dim"]:
-        raise CbirError(f"--from-audit: {path}: {q.shape[1]}-d queries, the index holds {gallery.config['dim']}-d vectors")
+        raise CbirError(
+            f"--from-audit: {path}: {q.shape[1]}-d queries, the index holds {gallery.config['dim']}-d vectors"
+        )
     return q
 
 
 class Auditor:
-    def __init__(self, gallery, rate: float = DEFAULT_RATE, window: int = WINDOW, keep: int = KEEP,
-                 max_queue: int = MAX_QUEUE, seed: int | None = None):
+    def __init__(
+        self,
+        gallery,
+        rate: float = DEFAULT_RATE,
+        window: int = WINDOW,
+        keep: int = KEEP,
+        max_queue: int = MAX_QUEUE,
+        seed: int | None = None,
+    ):
         if not 0 <= rate <= 1:
             raise CbirError(f"--audit-rate {rate}: must be between 0 and 1")
         self.gallery, self.rate, self.keep = gallery, rate, keep
@@ -108,8 +120,10 @@ class Auditor:
             fsio.write_bytes(folder / ".probe", b"")
             (folder / ".probe").unlink()
         except OSError as e:
-            raise CbirError(f"--audit-rate {self.rate}: {folder} cannot be written ({e.strerror or e}); "
-                            f"use --audit-rate 0 or fix its permissions") from None
+            raise CbirError(
+                f"--audit-rate {self.rate}: {folder} cannot be written ({e.strerror or e}); "
+                f"use --audit-rate 0 or fix its permissions"
+            ) from None
 
     def offer(self, q: np.ndarray) -> None:
         """Maybe audit this query (a raw model vector [D], post-processed in the background); never blocks."""
@@ -151,7 +165,7 @@ class Auditor:
         with self._lock:
             self.recalls.extend(per.tolist())
             self.audited += len(per)
-            self._kept = np.concatenate([self._kept, q.astype(np.float32)])[-self.keep:]
+            self._kept = np.concatenate([self._kept, q.astype(np.float32)])[-self.keep :]
             kept = self._kept
         with fsio.atomic_path(audit_file(g.root), suffix=".npy") as tmp:
             np.save(tmp, kept)
@@ -162,17 +176,25 @@ class Auditor:
             per = np.array(self.recalls, np.float64)
             dropped, sampled, audited = self.dropped, self.sampled, self.audited
         tuning_rec = self.gallery.config.get("tuning") or {}
-        return {"rate": self.rate, "count": int(len(per)), "recall_at_10": float(per.mean()) if len(per) else None,
-                "ci95": tuning.interval95(per) if len(per) else None, "dropped": dropped,
-                "sampled": sampled, "pending": sampled - audited,
-                "target": tuning_rec.get("target_recall", self.gallery.config.get("target_recall")),
-                "error": self.error}
+        return {
+            "rate": self.rate,
+            "count": int(len(per)),
+            "recall_at_10": float(per.mean()) if len(per) else None,
+            "ci95": tuning.interval95(per) if len(per) else None,
+            "dropped": dropped,
+            "sampled": sampled,
+            "pending": sampled - audited,
+            "target": tuning_rec.get("target_recall", self.gallery.config.get("target_recall")),
+            "error": self.error,
+        }
 
     def below_target(self) -> str | None:
         """A one-line reason when the rolling recall is under the target beyond its interval, else None."""
         s = self.state()
         if s["count"] < 50 or s["target"] is None or s["ci95"][1] >= s["target"]:
             return None
-        return (f"recall@10 of live queries {s['recall_at_10']:.3f} (95 % {s['ci95'][0]}–{s['ci95'][1]}, "
-                f"{s['count']} audited) is under the target {s['target']}: run `cbir index tune "
-                f"{self.gallery.root} --from-audit --target-recall {s['target']}`")
+        return (
+            f"recall@10 of live queries {s['recall_at_10']:.3f} (95 % {s['ci95'][0]}–{s['ci95'][1]}, "
+            f"{s['count']} audited) is under the target {s['target']}: run `cbir index tune "
+            f"{self.gallery.root} --from-audit --target-recall {s['target']}`"
+        )

@@ -9,6 +9,7 @@ each 1/16 of the cap written). Sources obey the
 same pixel-bomb limit as queries. Items that are not ``indexed`` (removed, failed) have none. An
 index folder that cannot be written to still answers (thumbnails are then made per request).
 """
+
 from __future__ import annotations
 
 import io
@@ -27,8 +28,9 @@ QUALITY = 80
 MAX_CACHE_BYTES = 1 << 30
 
 
-def make(source: ImageSource, name: str, size: int = SIZE, quality: int = QUALITY,
-         max_pixels: int = MAX_PIXELS) -> bytes:
+def make(
+    source: ImageSource, name: str, size: int = SIZE, quality: int = QUALITY, max_pixels: int = MAX_PIXELS
+) -> bytes:
     """Any image source -> JPEG bytes that fit in ``size`` × ``size`` (EXIF orientation applied,
     alpha on white). Raises ``ImageError`` naming ``name``."""
     img = open_image(source, name, max_pixels)
@@ -44,8 +46,14 @@ def make(source: ImageSource, name: str, size: int = SIZE, quality: int = QUALIT
 class Thumbnails:
     """The thumbnail cache of one index; safe to use from many threads."""
 
-    def __init__(self, root: str | os.PathLike, store, size: int = SIZE, max_pixels: int = MAX_PIXELS,
-                 max_cache_bytes: int = MAX_CACHE_BYTES):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        store,
+        size: int = SIZE,
+        max_pixels: int = MAX_PIXELS,
+        max_cache_bytes: int = MAX_CACHE_BYTES,
+    ):
         self.dir = Path(root) / THUMBS_DIR
         self.store, self.size, self.max_pixels, self.max_cache_bytes = store, size, max_pixels, max_cache_bytes
         self._lock = threading.Lock()
@@ -94,8 +102,9 @@ class Thumbnails:
                 self._evict()
 
     def _evict(self) -> None:
-        files = [(e.stat().st_mtime_ns, e.stat().st_size, e.path) for e in os.scandir(self.dir)
-                 if e.name.endswith(".jpg")]
+        files = [
+            (e.stat().st_mtime_ns, e.stat().st_size, e.path) for e in os.scandir(self.dir) if e.name.endswith(".jpg")
+        ]
         total = sum(s for _, s, _ in files)
         for _, s, p in sorted(files):
             if total <= self.max_cache_bytes:

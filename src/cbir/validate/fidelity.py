@@ -9,6 +9,7 @@ the FP16 numbers come from two estimates, each named in the report:
 ``ort_cpu`` is reported too, to show how little ORT CPU sees. Targets: min cosine ≥ 0.999, top-10
 agreement ≥ 0.98, |ΔmAP| ≤ 0.005; non-finite outputs fail.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,8 @@ MAX_DELTA_MAP = 0.005
 
 def calibration_images(images: list | None, limit: int = 32) -> list:
     """Up to ``limit`` images spread evenly over ``images`` (files or folders); default skimage photos."""
-    from cbir.walk import find_images
     from cbir.samples import sample_photos
+    from cbir.walk import find_images
 
     paths = find_images(images) if images else sample_photos()
     if len(paths) > limit:
@@ -45,11 +46,21 @@ def torch_vectors(model, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(batch[i : i + chunk])).float().numpy() for i in range(0, len(batch), chunk)])
+        return np.concatenate(
+            [model(torch.from_numpy(batch[i : i + chunk])).float().numpy() for i in range(0, len(batch), chunk)]
+        )
 
 
-def fp16_gate(fp32_model, fp16_model, onnx_path: Path, info, images: list | None = None, calib: int = 32,
-              data: str | None = None, enforce: bool = True) -> dict:
+def fp16_gate(
+    fp32_model,
+    fp16_model,
+    onnx_path: Path,
+    info,
+    images: list | None = None,
+    calib: int = 32,
+    data: str | None = None,
+    enforce: bool = True,
+) -> dict:
     """Run the gate; returns the report, raises ``CbirError`` when ``enforce`` and a target is missed."""
     from cbir.engine.backends.onnxruntime import OrtRunner, load_session
     from cbir.engine.preprocess import Preprocess
@@ -60,10 +71,15 @@ def fp16_gate(fp32_model, fp16_model, onnx_path: Path, info, images: list | None
     ref = torch_vectors(fp32_model, batch)
     with np.errstate(all="ignore"):
         ev = reference_evaluator_vectors(onnx_path, batch)
-    report = {"images": len(paths), "targets": {"min_cosine": MIN_COSINE, "topk_agreement": MIN_TOPK,
-                                               "abs_delta_map": MAX_DELTA_MAP}}
-    for name, vecs in (("reference", ev), ("torch_half", torch_vectors(fp16_model, batch)),
-                       ("ort_cpu", OrtRunner(load_session(onnx_path)).run(batch))):
+    report = {
+        "images": len(paths),
+        "targets": {"min_cosine": MIN_COSINE, "topk_agreement": MIN_TOPK, "abs_delta_map": MAX_DELTA_MAP},
+    }
+    for name, vecs in (
+        ("reference", ev),
+        ("torch_half", torch_vectors(fp16_model, batch)),
+        ("ort_cpu", OrtRunner(load_session(onnx_path)).run(batch)),
+    ):
         finite = bool(np.isfinite(vecs).all())
         fid = compare(ref, np.nan_to_num(vecs, nan=0.0, posinf=0.0, neginf=0.0))
         report[name] = {**fid.as_dict(), "finite": finite}
@@ -83,15 +99,17 @@ def fp16_gate(fp32_model, fp16_model, onnx_path: Path, info, images: list | None
     report["passed"] = not failures
     report["failures"] = failures
     if failures and enforce:
-        raise CbirError(f"FP16 fidelity gate failed for {info.arch} Block {info.block} {info.pooling} "
-                        f"on {len(paths)} photos: {'; '.join(failures)}")
+        raise CbirError(
+            f"FP16 fidelity gate failed for {info.arch} Block {info.block} {info.pooling} "
+            f"on {len(paths)} photos: {'; '.join(failures)}"
+        )
     return report
 
 
 def delta_map(fp32_model, fp16_model, data: str, pp) -> dict:
     """mAP (every image as a query, query kept) of FP32 vs torch-half vectors on a labelled folder."""
-    from cbir.bench.ranking import evaluate
     from cbir.bench.protocol import load_dataset
+    from cbir.bench.ranking import evaluate
 
     ds = load_dataset(data)
     out = {}
@@ -100,5 +118,10 @@ def delta_map(fp32_model, fp16_model, data: str, pp) -> dict:
         for i in range(0, len(ds.paths), 32):
             vecs.append(torch_vectors(model, np.stack([pp(p) for p in ds.paths[i : i + 32]])))
         out[name] = evaluate(np.concatenate(vecs), ds.labels, np.arange(len(ds.paths)))[0]["mAP"]
-    return {"fp32": out["fp32"], "fp16": out["fp16"], "delta": out["fp16"] - out["fp32"], "images": len(ds.paths),
-            "estimate": "torch half() on CPU"}
+    return {
+        "fp32": out["fp32"],
+        "fp16": out["fp16"],
+        "delta": out["fp16"] - out["fp32"],
+        "images": len(ds.paths),
+        "estimate": "torch half() on CPU",
+    }

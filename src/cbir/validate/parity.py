@@ -4,6 +4,7 @@
 two sets of vectors induce among themselves (each vector queried against all). ``parity_gate``
 runs an exported FP32 ONNX file on ONNX Runtime against its PyTorch module (torch imported lazily).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -38,6 +39,7 @@ def compare(ref: np.ndarray, test: np.ndarray, k: int = 10) -> Fidelity:
     kk = min(k, n - 1)
     agree = 1.0
     if kk > 0:
+
         def topk(v: np.ndarray) -> np.ndarray:
             s = v @ v.T
             np.fill_diagonal(s, -np.inf)
@@ -96,5 +98,10 @@ def regions_gate(model, onnx_path, info, images: list | None = None, min_cosine:
     runner = OrtRunner(load_session(onnx_path), source=str(onnx_path))
     got = np.concatenate([runner.run_regions(batch[i : i + 8])[1] for i in range(0, len(batch), 8)])
     d = ref.shape[-1]
-    return _check(compare(ref.reshape(-1, d), got.reshape(-1, d)), got, info,
-                  FP32_MIN_COSINE if min_cosine is None else min_cosine, "regional vectors")
+    return _check(
+        compare(ref.reshape(-1, d), got.reshape(-1, d)),
+        got,
+        info,
+        FP32_MIN_COSINE if min_cosine is None else min_cosine,
+        "regional vectors",
+    )

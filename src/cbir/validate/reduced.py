@@ -5,6 +5,7 @@ Corel-1K has many near-tied scores, so top-10 agreement is reported but not judg
 mean cosine ≥ 0.999 and |ΔmAP| ≤ 0.005 (when a labelled folder is given), and refuses non-finite or
 non-unit-norm outputs (a quantized L2 would show there).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,12 @@ def delta_map(reference, test, data: str) -> dict:
     for name, emb in (("reference", reference), ("test", test)):
         res = emb.embed_files([str(p) for p in ds.paths])
         out[name] = evaluate(res.vectors, ds.labels[res.indices], np.arange(len(res.indices)))[0]["mAP"]
-    return {"reference": out["reference"], "test": out["test"], "delta": out["test"] - out["reference"],
-            "images": len(ds.paths)}
+    return {
+        "reference": out["reference"],
+        "test": out["test"],
+        "delta": out["test"] - out["reference"],
+        "images": len(ds.paths),
+    }
 
 
 def gate(reference, test, images: list[str], data: str | None = None) -> dict:
@@ -38,16 +43,23 @@ def gate(reference, test, images: list[str], data: str | None = None) -> dict:
     b = got.vectors[np.searchsorted(got.indices, both)]
     fid = compare(a, np.nan_to_num(b))
     norms = np.linalg.norm(b, axis=1)
-    report = {**fid.as_dict(), "finite": bool(np.isfinite(b).all()), "max_norm_error": float(np.abs(norms - 1).max()),
-              "targets": {"mean_cosine": MIN_MEAN_COSINE, "abs_delta_map": MAX_DELTA_MAP},
-              "reference": reference.runner.name, "test": test.runner.name}
+    report = {
+        **fid.as_dict(),
+        "finite": bool(np.isfinite(b).all()),
+        "max_norm_error": float(np.abs(norms - 1).max()),
+        "targets": {"mean_cosine": MIN_MEAN_COSINE, "abs_delta_map": MAX_DELTA_MAP},
+        "reference": reference.runner.name,
+        "test": test.runner.name,
+    }
     failures = []
     if not report["finite"]:
         failures.append("non-finite outputs")
     if report["max_norm_error"] > 1e-3:
         failures.append(f"outputs not unit-norm (max |‖v‖ − 1| = {report['max_norm_error']:.3g})")
     if fid.mean_cosine < MIN_MEAN_COSINE:
-        failures.append(f"mean cosine {fid.mean_cosine:.5f} < {MIN_MEAN_COSINE} (short by {MIN_MEAN_COSINE - fid.mean_cosine:.5f})")
+        failures.append(
+            f"mean cosine {fid.mean_cosine:.5f} < {MIN_MEAN_COSINE} (short by {MIN_MEAN_COSINE - fid.mean_cosine:.5f})"
+        )
     if data:
         report["delta_map"] = delta_map(reference, test, data)
         d = report["delta_map"]["delta"]

@@ -14,6 +14,7 @@ Every runner implements ``base.Runner``: ``info``, ``input_name``/``input_shape`
 ``run`` (uint8 [N, H, W, 3] NumPy -> float32 [N, D] L2-normalised), ``run_torch`` (CUDA tensors, GPU
 backends), ``close`` and the context-manager protocol. Callers (bench, batcher) use only that.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -24,7 +25,7 @@ from cbir.errors import CbirError
 
 def _onnxruntime(provider: str) -> Callable[..., Runner]:
     def load(model: str, **options) -> Runner:
-        from cbir.engine.backends.onnxruntime import load_session, OrtRunner
+        from cbir.engine.backends.onnxruntime import OrtRunner, load_session
 
         return OrtRunner(load_session(model, provider=provider, **options), source=str(model))
 
@@ -43,12 +44,20 @@ def _tensorrt(model: str, **options) -> Runner:
     return TrtRunner(model, **{k: v for k, v in options.items() if k == "device"})
 
 
-def _torch(model: str, device: str | None = None, precision: str | None = None, threads: int | None = None,
-           cuda_graphs: bool | None = None, compile: bool = False, **options) -> Runner:
+def _torch(
+    model: str,
+    device: str | None = None,
+    precision: str | None = None,
+    threads: int | None = None,
+    cuda_graphs: bool | None = None,
+    compile: bool = False,
+    **options,
+) -> Runner:
     from cbir.engine.backends.torch import TorchRunner
 
-    return TorchRunner(model, device=device, precision=precision, threads=threads, compile=compile,
-                       cuda_graphs=cuda_graphs)
+    return TorchRunner(
+        model, device=device, precision=precision, threads=threads, compile=compile, cuda_graphs=cuda_graphs
+    )
 
 
 BACKENDS: dict[str, Callable[..., Runner]] = {
@@ -78,6 +87,8 @@ def load_backend(model: str, backend: str = "onnxruntime", **options) -> Runner:
     if backend in RUN_PRECISION:
         options["precision"] = precision
     elif precision not in (None, "fp32"):
-        raise CbirError(f"--precision {precision}: only --backend openvino or torch runs a reduced precision at load "
-                        f"(for TensorRT, export with --precision fp16)")
+        raise CbirError(
+            f"--precision {precision}: only --backend openvino or torch runs a reduced precision at load "
+            f"(for TensorRT, export with --precision fp16)"
+        )
     return BACKENDS[backend](model, **options)

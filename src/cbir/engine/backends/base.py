@@ -1,4 +1,5 @@
 """The backend interface every runner implements, and the checks they share."""
+
 from __future__ import annotations
 
 from typing import Callable, Protocol

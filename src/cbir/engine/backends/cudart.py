@@ -5,6 +5,7 @@
 host memory (``cudaMallocHost``) as a NumPy array, which the CUDA driver copies by DMA without a
 staging buffer (used by TensorRT's slots and ORT-GPU's IO binding).
 """
+
 from __future__ import annotations
 
 import ctypes

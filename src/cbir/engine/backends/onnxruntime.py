@@ -12,6 +12,7 @@ one and runs it on a worker thread, so the bulk pipeline hands over batch i + 1 
 and executes batch i (ORT's ``Run`` is thread-safe). GPU sessions use one intra-op thread: their
 CPU threads only feed the device.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,13 @@ _PROVIDERS = {
 }
 
 
-def load_session(model: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
-                 spinning: bool = True, trt_options: dict | None = None):
+def load_session(
+    model: str | os.PathLike,
+    provider: str = "cpu",
+    threads: int | None = None,
+    spinning: bool = True,
+    trt_options: dict | None = None,
+):
     """Create an ``InferenceSession``; ``threads`` defaults to all cores, ORT_ENABLE_ALL, sequential."""
     import onnxruntime as ort
 
@@ -68,7 +74,8 @@ def load_session(model: str | os.PathLike, provider: str = "cpu", threads: int |
     if wanted not in sess.get_providers():
         raise CbirError(
             f"--backend onnxruntime-{provider}: ONNX Runtime fell back to {sess.get_providers()} "
-            f"({wanted} is not usable here: install onnxruntime-gpu with matching CUDA/cuDNN{'/TensorRT' if provider == 'tensorrt' else ''})"
+            f"({wanted} is not usable here: install onnxruntime-gpu with matching "
+            f"CUDA/cuDNN{'/TensorRT' if provider == 'tensorrt' else ''})"
         )
     return sess
 
@@ -81,8 +88,10 @@ def trt_ep_options(model: Path, min_batch: int = 1, opt_batch: int = 32, max_bat
     h, w = info.input_size
     cache = str(model.parent / (model.stem + ".trt_cache"))
     return {
-        "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
-        "trt_timing_cache_enable": True, "trt_timing_cache_path": cache,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": cache,
         "trt_profile_min_shapes": f"{name}:{min_batch}x{h}x{w}x3",
         "trt_profile_opt_shapes": f"{name}:{opt_batch}x{h}x{w}x3",
         "trt_profile_max_shapes": f"{name}:{max_batch}x{h}x{w}x3",
@@ -117,8 +126,16 @@ class HostBinding:
     ``alloc(shape, dtype) -> (array, free)`` makes the buffers (default: pinned when possible);
     capacity grows to the largest batch seen. One run at a time (a lock)."""
 
-    def __init__(self, sess, input_name: str, output_name: str, row_shape: tuple[int, ...], dim: int,
-                 capacity: int = 32, alloc: Callable = _pinned_or_plain):
+    def __init__(
+        self,
+        sess,
+        input_name: str,
+        output_name: str,
+        row_shape: tuple[int, ...],
+        dim: int,
+        capacity: int = 32,
+        alloc: Callable = _pinned_or_plain,
+    ):
         self.sess, self.input_name, self.output_name = sess, input_name, output_name
         self.row_shape, self.dim, self.alloc = tuple(row_shape), dim, alloc
         self._lock = threading.Lock()
@@ -166,7 +183,9 @@ class OrtRunner(RunnerBase):
         self.sess = sess
         self.info = read_info(sess, source)
         self.providers = sess.get_providers()
-        self.name = "onnxruntime" if self.providers[0] == "CPUExecutionProvider" else f"onnxruntime[{self.providers[0]}]"
+        self.name = (
+            "onnxruntime" if self.providers[0] == "CPUExecutionProvider" else f"onnxruntime[{self.providers[0]}]"
+        )
         inp = sess.get_inputs()[0]
         self.input_name = inp.name
         self.output_name = sess.get_outputs()[0].name
@@ -181,8 +200,9 @@ class OrtRunner(RunnerBase):
         self._executor = None
         self._bindings: list[HostBinding] = []
         if gpu or slots > 1:
-            self._bindings = [HostBinding(sess, self.input_name, self.output_name, (h, w, 3), self.info.dim)
-                              for _ in range(slots)]
+            self._bindings = [
+                HostBinding(sess, self.input_name, self.output_name, (h, w, 3), self.info.dim) for _ in range(slots)
+            ]
             self._free: queue.SimpleQueue[HostBinding] = queue.SimpleQueue()
             for b in self._bindings:
                 self._free.put(b)
@@ -244,8 +264,14 @@ class OrtRunner(RunnerBase):
         images = images.contiguous()
         torch.cuda.current_stream(images.device).synchronize()  # torch's writes must be finished
         b = self.sess.io_binding()
-        b.bind_input(self.input_name, device_type="cuda", device_id=images.device.index or 0,
-                     element_type=np.uint8, shape=tuple(images.shape), buffer_ptr=images.data_ptr())
+        b.bind_input(
+            self.input_name,
+            device_type="cuda",
+            device_id=images.device.index or 0,
+            element_type=np.uint8,
+            shape=tuple(images.shape),
+            buffer_ptr=images.data_ptr(),
+        )
         b.bind_output(self.output_name, "cuda")
         self.sess.run_with_iobinding(b)
         return b.copy_outputs_to_cpu()[0]

@@ -8,6 +8,7 @@ report BF16 is refused in one line. Threads = all cores by default, ``PERFORMANC
 (one stream: the caller batches). The compiled model is cached per process (model, precision,
 threads), and each thread gets its own infer request (the batcher's worker, bulk, callers).
 """
+
 from __future__ import annotations
 
 import threading
@@ -38,8 +39,7 @@ def cpu_capabilities() -> list[str]:
     return list(import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-def compile_model(model: str | Path, precision: str = "fp32", threads: int | None = None,
-                  hint: str = "LATENCY"):
+def compile_model(model: str | Path, precision: str = "fp32", threads: int | None = None, hint: str = "LATENCY"):
     """The compiled model for these settings, compiled once per process."""
     if precision not in PRECISIONS:
         raise CbirError(f"--precision {precision!r}: the openvino backend runs {', '.join(PRECISIONS)}")
@@ -50,15 +50,23 @@ def compile_model(model: str | Path, precision: str = "fp32", threads: int | Non
         if key not in _compiled:
             core = ov.Core()
             if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-                raise CbirError("--precision bf16: this CPU has no BF16 support (OpenVINO reports "
-                                f"{core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')}); use fp32")
+                raise CbirError(
+                    "--precision bf16: this CPU has no BF16 support (OpenVINO reports "
+                    f"{core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')}); use fp32"
+                )
             try:
                 m = core.read_model(str(model))
             except RuntimeError as e:
                 raise CbirError(f"--model {model}: OpenVINO cannot read it ({str(e).splitlines()[0]})") from None
-            _compiled[key] = core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
-                                                           "PERFORMANCE_HINT": hint,
-                                                           "INFERENCE_NUM_THREADS": threads})
+            _compiled[key] = core.compile_model(
+                m,
+                "CPU",
+                {
+                    "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+                    "PERFORMANCE_HINT": hint,
+                    "INFERENCE_NUM_THREADS": threads,
+                },
+            )
         return _compiled[key]
 
 

@@ -22,6 +22,7 @@ CUDA device is made current in every thread that enqueues (the batcher's worker 
 that loaded the plan). ``close()`` (or ``with TrtRunner(...)``) frees the device and pinned memory;
 ``__del__`` only backs it up.
 """
+
 from __future__ import annotations
 
 import queue
@@ -34,8 +35,18 @@ from typing import Callable
 import numpy as np
 
 from cbir.engine.backends.base import RunnerBase
-from cbir.engine.backends.cudart import check as _check, handle as _handle, pinned_empty, runtime as _cudart
-from cbir.engine.backends.tensorrt_plan import Profile, cache_key, gpu_facts, import_tensorrt, read_manifest, sha256_file
+from cbir.engine.backends.cudart import check as _check
+from cbir.engine.backends.cudart import handle as _handle
+from cbir.engine.backends.cudart import pinned_empty
+from cbir.engine.backends.cudart import runtime as _cudart
+from cbir.engine.backends.tensorrt_plan import (
+    Profile,
+    cache_key,
+    gpu_facts,
+    import_tensorrt,
+    read_manifest,
+    sha256_file,
+)
 from cbir.errors import CbirError
 from cbir.modelinfo import ModelInfo
 
@@ -75,13 +86,27 @@ class TrtRunner(RunnerBase):
             raise CbirError(f"--model {plan}: no manifest {plan}.json beside the plan (build it with `cbir compile`)")
         trt = import_tensorrt()
         gpu = gpu_facts(device)
-        key = cache_key(manifest["onnx_sha256"], trt.__version__, gpu["name"], gpu["compute_capability"],
-                        Profile(**manifest["profile"]), manifest["workspace_gb"])
+        key = cache_key(
+            manifest["onnx_sha256"],
+            trt.__version__,
+            gpu["name"],
+            gpu["compute_capability"],
+            Profile(**manifest["profile"]),
+            manifest["workspace_gb"],
+        )
         if key != manifest["key"] or sha256_file(plan) != manifest["plan_sha256"]:
-            raise CbirError(f"--model {plan}: stale engine (built for TensorRT {manifest['tensorrt']} on "
-                            f"{manifest['gpu']['name']}); rebuild it with `cbir compile`")
-        self.info = ModelInfo(**{**manifest["model"], "input_size": tuple(manifest["model"]["input_size"]),
-                                 "mean": tuple(manifest["model"]["mean"]), "std": tuple(manifest["model"]["std"])})
+            raise CbirError(
+                f"--model {plan}: stale engine (built for TensorRT {manifest['tensorrt']} on "
+                f"{manifest['gpu']['name']}); rebuild it with `cbir compile`"
+            )
+        self.info = ModelInfo(
+            **{
+                **manifest["model"],
+                "input_size": tuple(manifest["model"]["input_size"]),
+                "mean": tuple(manifest["model"]["mean"]),
+                "std": tuple(manifest["model"]["std"]),
+            }
+        )
         self.providers = [f"TensorRT {trt.__version__}"]
         self.max_batch = manifest["profile"]["max_batch"]
         self.device = self.gpu_index = device
@@ -120,8 +145,18 @@ class TrtRunner(RunnerBase):
         h_in, h_in_ptr, free_in = pinned_empty((self.max_batch, h, w, 3), np.uint8)
         h_out, h_out_ptr, free_out = pinned_empty((self.max_batch, self.info.dim), np.float32)
         events = [_check(cudart.cudaEventCreateWithFlags(EVENT_DISABLE_TIMING)) for _ in range(3)]
-        return _Slot(index, _check(cudart.cudaStreamCreate()), *events, _check(cudart.cudaMalloc(h_in.nbytes)),
-                     _check(cudart.cudaMalloc(h_out.nbytes)), h_in, h_out, h_in_ptr, h_out_ptr, [free_in, free_out])
+        return _Slot(
+            index,
+            _check(cudart.cudaStreamCreate()),
+            *events,
+            _check(cudart.cudaMalloc(h_in.nbytes)),
+            _check(cudart.cudaMalloc(h_out.nbytes)),
+            h_in,
+            h_out,
+            h_in_ptr,
+            h_out_ptr,
+            [free_in, free_out],
+        )
 
     def _check_io(self, trt, plan: Path) -> tuple[str, str]:
         """The engine's one uint8 [-1, H, W, 3] input and one float32 [-1, D] output, or a refusal."""
@@ -147,12 +182,16 @@ class TrtRunner(RunnerBase):
         if n != self._shape_n:
             self._shape_n = None
             if not self.context.set_input_shape(self.input_name, (n, h, w, 3)):
-                raise CbirError(f"TensorRT rejected input shape ({n}, {h}, {w}, 3) (profile max batch {self.max_batch})")
+                raise CbirError(
+                    f"TensorRT rejected input shape ({n}, {h}, {w}, 3) (profile max batch {self.max_batch})"
+                )
             self._shape_n = n
         if bound != self._bound or bound < 0:
             self._bound = None
-            if not (self.context.set_tensor_address(self.input_name, d_in)
-                    and self.context.set_tensor_address(self.output_name, d_out)):
+            if not (
+                self.context.set_tensor_address(self.input_name, d_in)
+                and self.context.set_tensor_address(self.output_name, d_out)
+            ):
                 raise CbirError("TensorRT rejected a tensor address")
             self._bound = bound
 
@@ -178,8 +217,11 @@ class TrtRunner(RunnerBase):
         try:
             self._set_device()
             slot.h_in[:n] = batch  # the slot is free: its last H2D copy has landed
-            _check(cudart.cudaMemcpyAsync(slot.d_in, slot.h_in_ptr, n * h * w * 3,
-                                          cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, slot.stream))
+            _check(
+                cudart.cudaMemcpyAsync(
+                    slot.d_in, slot.h_in_ptr, n * h * w * 3, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, slot.stream
+                )
+            )
             _check(cudart.cudaEventRecord(slot.copied, slot.stream))
             with self._lock:
                 _check(cudart.cudaStreamWaitEvent(self.stream, slot.copied, 0))
@@ -188,8 +230,15 @@ class TrtRunner(RunnerBase):
                     raise CbirError("TensorRT execute_async_v3 failed")
                 _check(cudart.cudaEventRecord(slot.ran, self.stream))
             _check(cudart.cudaStreamWaitEvent(slot.stream, slot.ran, 0))
-            _check(cudart.cudaMemcpyAsync(slot.h_out_ptr, slot.d_out, n * self.info.dim * 4,
-                                          cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, slot.stream))
+            _check(
+                cudart.cudaMemcpyAsync(
+                    slot.h_out_ptr,
+                    slot.d_out,
+                    n * self.info.dim * 4,
+                    cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                    slot.stream,
+                )
+            )
             _check(cudart.cudaEventRecord(slot.landed, slot.stream))
         except BaseException:
             self._release(slot, wait=True)
@@ -229,7 +278,9 @@ class TrtRunner(RunnerBase):
         if images.dtype != torch.uint8 or not images.is_cuda:
             raise CbirError("run_torch needs a uint8 CUDA tensor")
         if images.shape[0] > self.max_batch:
-            return torch.cat([self.run_torch(images[i : i + self.max_batch]) for i in range(0, images.shape[0], self.max_batch)])
+            return torch.cat(
+                [self.run_torch(images[i : i + self.max_batch]) for i in range(0, images.shape[0], self.max_batch)]
+            )
         images = images.contiguous()
         out = torch.empty((images.shape[0], self.info.dim), dtype=torch.float32, device=images.device)
         with self._lock:

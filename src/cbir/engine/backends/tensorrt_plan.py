@@ -7,6 +7,7 @@ Engine cache: ``plan`` + ``plan.json`` manifest. The key hashes the ONNX file's 
 TensorRT version, GPU name and compute capability, the profile and workspace; a plan whose manifest
 key differs (stale) is rebuilt by ``cbir compile`` and refused by the runner.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,10 @@ def import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise CbirError(f"TensorRT is not installed ({e}); install it with pip install 'cbir[gpu]' "
-                        f"(wheels come from NVIDIA's package index) or use NVIDIA's containers") from None
+        raise CbirError(
+            f"TensorRT is not installed ({e}); install it with pip install 'cbir[gpu]' "
+            f"(wheels come from NVIDIA's package index) or use NVIDIA's containers"
+        ) from None
     return trt
 
 
@@ -35,7 +38,9 @@ class Profile:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise CbirError(f"batch profile {self.min_batch}/{self.opt_batch}/{self.max_batch}: need 1 ≤ min ≤ opt ≤ max")
+            raise CbirError(
+                f"batch profile {self.min_batch}/{self.opt_batch}/{self.max_batch}: need 1 ≤ min ≤ opt ≤ max"
+            )
 
 
 def sha256_file(path: str | Path) -> str:
@@ -46,11 +51,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, compute_capability: str, profile: Profile,
-              workspace_gb: float) -> str:
+def cache_key(
+    onnx_sha256: str, trt_version: str, gpu_name: str, compute_capability: str, profile: Profile, workspace_gb: float
+) -> str:
     """Everything that makes a plan valid; any change means rebuild."""
-    parts = {"onnx": onnx_sha256, "tensorrt": trt_version, "gpu": gpu_name, "cc": compute_capability,
-             "profile": asdict(profile), "workspace_gb": workspace_gb}
+    parts = {
+        "onnx": onnx_sha256,
+        "tensorrt": trt_version,
+        "gpu": gpu_name,
+        "cc": compute_capability,
+        "profile": asdict(profile),
+        "workspace_gb": workspace_gb,
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 

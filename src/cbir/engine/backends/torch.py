@@ -19,6 +19,7 @@ works per image in eval mode, so they cannot change the n answers. Replays are s
 lock (the static buffers are shared). Launch overhead is what graphs remove, so they matter most
 for small batches on a fast GPU.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,8 +63,15 @@ class TorchRunner(RunnerBase):
     name = "torch"
     input_name = "images"
 
-    def __init__(self, model: str | os.PathLike, device: str | None = None, precision: str | None = None,
-                 threads: int | None = None, compile: bool = False, cuda_graphs: bool | None = None):
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        device: str | None = None,
+        precision: str | None = None,
+        threads: int | None = None,
+        compile: bool = False,
+        cuda_graphs: bool | None = None,
+    ):
         torch = _import_torch()
         from cbir.models.retrieval import RetrievalModel
         from cbir.models.trunk import build_trunk
@@ -79,12 +87,16 @@ class TorchRunner(RunnerBase):
             raise CbirError(f"--precision {precision}: --backend torch runs fp32, or fp16 on --device cuda")
         path = checkpoint_path(model)
         if not path.is_file():
-            raise CbirError(f"--model {model}: no torch checkpoint {path.name} beside it; export with "
-                            f"`cbir export ... --torch-checkpoint` to run it with --backend torch")
+            raise CbirError(
+                f"--model {model}: no torch checkpoint {path.name} beside it; export with "
+                f"`cbir export ... --torch-checkpoint` to run it with --backend torch"
+            )
         ck = torch.load(path, map_location="cpu", weights_only=True)
         if ck.get("format") != CHECKPOINT_FORMAT or ck.get("fingerprint") != self.info.fingerprint:
-            raise CbirError(f"--model {model}: {path.name} was written for another export (fingerprint "
-                            f"{str(ck.get('fingerprint'))[:12]}, the model's {str(self.info.fingerprint)[:12]}); export again")
+            raise CbirError(
+                f"--model {model}: {path.name} was written for another export (fingerprint "
+                f"{str(ck.get('fingerprint'))[:12]}, the model's {str(self.info.fingerprint)[:12]}); export again"
+            )
         if threads and device == "cpu":
             torch.set_num_threads(threads)
         trunk = build_trunk(ck["arch"], ck["block"], pretrained=False)
@@ -122,7 +134,9 @@ class TorchRunner(RunnerBase):
                 try:
                     entry = self._capture(bucket(n))
                 except Exception as e:  # a layer that cannot be captured: say so once, run eagerly
-                    log.warning("torch backend: CUDA graph capture failed (%s: %s); running eagerly", type(e).__name__, e)
+                    log.warning(
+                        "torch backend: CUDA graph capture failed (%s: %s); running eagerly", type(e).__name__, e
+                    )
                     self.cuda_graphs, self.providers = False, [self.providers[0].removesuffix("-graphs")]
                     return self._net(x).float()
             graph, static_in, static_out = entry
@@ -175,11 +189,23 @@ def write_checkpoint(model, info, arch: str, block: int, pooling: str, output: s
     ONNX file ``output``; refused for whitened or regional models (not supported by the runner yet)."""
     torch = _import_torch()
     if model.whitening is not None or model.with_regions:
-        raise CbirError("--torch-checkpoint: models with --whitening or --regions are not supported by --backend torch yet")
+        raise CbirError(
+            "--torch-checkpoint: models with --whitening or --regions are not supported by --backend torch yet"
+        )
     path = checkpoint_path(output)
     tmp = path.with_suffix(".pt.tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": info.fingerprint, "arch": arch, "block": block,
-                "pooling": pooling, "image_size": model.image_size, "scales": list(model.scales),
-                "state_dict": model.state_dict()}, tmp)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "fingerprint": info.fingerprint,
+            "arch": arch,
+            "block": block,
+            "pooling": pooling,
+            "image_size": model.image_size,
+            "scales": list(model.scales),
+            "state_dict": model.state_dict(),
+        },
+        tmp,
+    )
     os.replace(tmp, path)
     return path

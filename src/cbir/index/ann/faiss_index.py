@@ -8,6 +8,7 @@ remove ids, so the CPU index stays the one that is written and edited; GPU_NOTES
 FAISS cannot put on a GPU (HNSW, PQ without IVF, ...) stay on the CPU, and that is said once per
 type on stderr.
 """
+
 from __future__ import annotations
 
 import sys
@@ -33,7 +34,9 @@ def create(dim: int, factory: str = "Flat", id_map: bool = True):
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        raise CbirError(f"--factory {factory!r}: FAISS cannot build it for {dim}-d vectors ({_first_line(e)})") from None
+        raise CbirError(
+            f"--factory {factory!r}: FAISS cannot build it for {dim}-d vectors ({_first_line(e)})"
+        ) from None
     if faiss.try_extract_index_ivf(index) is not None:
         return index
     if not id_map:
@@ -76,7 +79,9 @@ def stored_ids(index) -> np.ndarray:
         return faiss.vector_to_array(index.id_map)
     ivf = faiss.extract_index_ivf(index)
     lists = ivf.invlists
-    parts = [faiss.rev_swig_ptr(lists.get_ids(l), lists.list_size(l)).copy() for l in range(ivf.nlist) if lists.list_size(l)]
+    parts = [
+        faiss.rev_swig_ptr(lists.get_ids(l), lists.list_size(l)).copy() for l in range(ivf.nlist) if lists.list_size(l)
+    ]
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
@@ -85,12 +90,16 @@ def train(index, vectors: np.ndarray, factory: str, seed: int = 0) -> int:
     if index.is_trained:
         return 0
     n = len(vectors)
-    sample = vectors if n <= TRAIN_SAMPLE else vectors[np.random.default_rng(seed).choice(n, TRAIN_SAMPLE, replace=False)]
+    sample = (
+        vectors if n <= TRAIN_SAMPLE else vectors[np.random.default_rng(seed).choice(n, TRAIN_SAMPLE, replace=False)]
+    )
     try:
         index.train(np.ascontiguousarray(sample, np.float32))
     except RuntimeError as e:
-        raise CbirError(f"--factory {factory!r}: cannot train on {len(sample)} vectors ({_first_line(e)}); "
-                        f"use 'Flat' or a smaller factory for small galleries") from None
+        raise CbirError(
+            f"--factory {factory!r}: cannot train on {len(sample)} vectors ({_first_line(e)}); "
+            f"use 'Flat' or a smaller factory for small galleries"
+        ) from None
     return len(sample)
 
 
@@ -152,8 +161,10 @@ def load(path: Path):
     try:
         return faiss.read_index(str(path))
     except RuntimeError as e:
-        raise CbirError(f"{path}: damaged FAISS index ({_first_line(e)}); `cbir index repair {Path(path).parent}` "
-                        f"rebuilds it from the shards") from None
+        raise CbirError(
+            f"{path}: damaged FAISS index ({_first_line(e)}); `cbir index repair {Path(path).parent}` "
+            f"rebuilds it from the shards"
+        ) from None
 
 
 def gpu_available() -> bool:
@@ -166,7 +177,9 @@ def gpu_available() -> bool:
 
 
 # Index classes index_cpu_to_gpu can clone (faiss/gpu/GpuCloner.cpp); wrappers are looked through.
-GPU_TYPES = frozenset({"IndexFlat", "IndexFlatIP", "IndexFlatL2", "IndexIVFFlat", "IndexIVFPQ", "IndexIVFScalarQuantizer"})
+GPU_TYPES = frozenset(
+    {"IndexFlat", "IndexFlatIP", "IndexFlatL2", "IndexIVFFlat", "IndexIVFPQ", "IndexIVFScalarQuantizer"}
+)
 _WRAPPERS = ("IndexIDMap", "IndexIDMap2", "IndexPreTransform")
 _said_cpu: set[str] = set()
 

@@ -17,6 +17,7 @@ memory budget (``tuning.choose_factory``), recorded as ``index_factory``, and it
 to the target recall on held-out real vectors from the shards (``tuning``); the chosen parameters and
 the measured recall, ms/query and bytes are recorded under ``search`` / ``tuning`` in index.json.
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Sequence
@@ -86,7 +87,10 @@ def exact_topk(gallery, queries: np.ndarray, k: int, chunk: int = 4096) -> tuple
             cat_s = np.concatenate([best_s[c : c + chunk], s], 1)
             cat_i = np.concatenate([best_i[c : c + chunk], np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)], 1)
             keep = np.argpartition(-cat_s, k - 1, axis=1)[:, :k]
-            best_s[c : c + chunk], best_i[c : c + chunk] = np.take_along_axis(cat_s, keep, 1), np.take_along_axis(cat_i, keep, 1)
+            best_s[c : c + chunk], best_i[c : c + chunk] = (
+                np.take_along_axis(cat_s, keep, 1),
+                np.take_along_axis(cat_i, keep, 1),
+            )
     order = np.argsort(-best_s, axis=1, kind="stable")
     return np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
 
@@ -115,8 +119,10 @@ def rebuild(gallery) -> object:
         if n and not index.is_trained:
             _, sample = sample_vectors(gallery.store, gallery.root, faiss_index.TRAIN_SAMPLE)
             trained = faiss_index.train(index, gallery.postprocess_queries(sample), factory)
-        shards = ((ids, np.ascontiguousarray(gallery.postprocess_queries(v), np.float32))
-                  for ids, v in iter_shard_vectors(gallery.store, gallery.root))
+        shards = (
+            (ids, np.ascontiguousarray(gallery.postprocess_queries(v), np.float32))
+            for ids, v in iter_shard_vectors(gallery.store, gallery.root)
+        )
         if on_disk:
             faiss_index.fill_on_disk(index, shards, gallery.root, factory)
         else:
@@ -134,8 +140,14 @@ def rebuild(gallery) -> object:
 TUNE_QUERIES = "tune-queries.npy"  # INDEX_DIR: the post-processed query vectors the index is tuned on
 
 
-def tune(gallery, index, target: float | None = None, max_ms: float | None = None, k: int = 10,
-         queries: np.ndarray | None = None) -> dict:
+def tune(
+    gallery,
+    index,
+    target: float | None = None,
+    max_ms: float | None = None,
+    k: int = 10,
+    queries: np.ndarray | None = None,
+) -> dict:
     """Tune the index's search knob and record ``search`` and ``tuning`` (with its ``basis``).
     Basis ``queries``: ``queries`` (post-processed, L2-normalised), else INDEX_DIR/tune-queries.npy
     when the index was tuned on queries before — recall of real queries against an exact scan.
@@ -159,10 +171,18 @@ def tune(gallery, index, target: float | None = None, max_ms: float | None = Non
         result = tuning.tune(index, q, truth, target, max_ms, own=own)
         shortlist = _tune_shortlist(gallery, index, q, own, result, target, max_ms, k)
     cfg["search"] = result["params"]
-    cfg["tuning"] = {"target_recall": target, "recall_at_10": round(result["recall"], 4), "shortlist": shortlist,
-                     "recall_ci95": tuning.interval95(result["per_query"]), "basis": basis, "queries": int(len(q)),
-                     "held_out_queries": int(len(q)), "ms_per_query": result["ms_per_query"],
-                     "tried": result["tried"], "index_factory": cfg.get("index_factory", cfg["factory"])}
+    cfg["tuning"] = {
+        "target_recall": target,
+        "recall_at_10": round(result["recall"], 4),
+        "shortlist": shortlist,
+        "recall_ci95": tuning.interval95(result["per_query"]),
+        "basis": basis,
+        "queries": int(len(q)),
+        "held_out_queries": int(len(q)),
+        "ms_per_query": result["ms_per_query"],
+        "tried": result["tried"],
+        "index_factory": cfg.get("index_factory", cfg["factory"]),
+    }
     return result
 
 
@@ -199,13 +219,17 @@ def _tune_shortlist(gallery, index, q: np.ndarray, own, result: dict, target: fl
         recall = deeper["recall"]
         result["params"] = {name: max(result["params"].get(name, 1), deeper["params"][name])}
         tuning.set_search_params(index, result["params"])
-        per = tuning.recall_per_query(deep[:, :k], tuning.search_excluding(index, q, k, own))  # exact order: top k first
+        per = tuning.recall_per_query(
+            deep[:, :k], tuning.search_excluding(index, q, k, own)
+        )  # exact order: top k first
         result.update(recall=float(per.mean()), per_query=per, ms_per_query=tuning.query_ms(index, q, k, 3))
     return {"depth": depth, "recall": round(recall, 4), "reached": True}
 
 
-GALLERY_BASIS_NOTE = ("recall measured on held-out gallery vectors: it holds for queries that look like the gallery; "
-                      "tune on real queries with `cbir index tune {root} --queries Q...` (images, folders or a .npy)")
+GALLERY_BASIS_NOTE = (
+    "recall measured on held-out gallery vectors: it holds for queries that look like the gallery; "
+    "tune on real queries with `cbir index tune {root} --queries Q...` (images, folders or a .npy)"
+)
 
 
 def update(gallery, changed_ids: np.ndarray, new_shards: Sequence[int] = ()) -> object:

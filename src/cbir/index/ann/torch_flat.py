@@ -15,6 +15,7 @@ and waits for the device; whoever gets it runs every queued request as one matmu
 and ``requests`` count what happened. Optional and lazily imported: it needs torch, which the
 inference path otherwise never imports.
 """
+
 from __future__ import annotations
 
 import threading
@@ -48,8 +49,9 @@ def _flat_vectors(index) -> tuple[np.ndarray, np.ndarray]:
 class TorchFlat:
     """A Flat index's vectors on ``device`` (``cuda`` or ``cpu``), searched by matmul + top-k."""
 
-    def __init__(self, index=None, device: str = "cuda", vectors: np.ndarray | None = None,
-                 ids: np.ndarray | None = None):
+    def __init__(
+        self, index=None, device: str = "cuda", vectors: np.ndarray | None = None, ids: np.ndarray | None = None
+    ):
         import torch
 
         if device == "cuda" and not torch.cuda.is_available():

@@ -15,6 +15,7 @@ ms/query limit). Queries must be real vectors held out of the comparison: ``gall
 stored (raw, from the shard files, not reconstructed) vectors and excludes each query's own id from
 both rankings, so an item finding itself does not count.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,7 +31,7 @@ ID_BYTES = 16  # IDMap2: the id array and the reverse map
 
 
 def parse_bytes(text: str | int) -> int:
-    """"4GB", "512MB", "1.5G", "1000000" -> bytes (powers of 1024)."""
+    """ "4GB", "512MB", "1.5G", "1000000" -> bytes (powers of 1024)."""
     if isinstance(text, int):
         return text
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
@@ -59,12 +60,14 @@ def choose_factory(n: int, d: int, budget: int) -> str:
         if n * (m + ID_BYTES) + nlist * d * 4 + d * d * 4 <= budget:
             return f"OPQ{m},IVF{nlist},PQ{m}"
     need = n * (8 + ID_BYTES) + nlist * d * 4 + d * d * 4
-    raise CbirError(f"--memory-budget {budget / 2**20:.0f} MiB: too small for any index of {n} × {d}-d vectors "
-                    f"(the smallest, PQ8, needs about {need / 2**20:.0f} MiB)")
+    raise CbirError(
+        f"--memory-budget {budget / 2**20:.0f} MiB: too small for any index of {n} × {d}-d vectors "
+        f"(the smallest, PQ8, needs about {need / 2**20:.0f} MiB)"
+    )
 
 
 def knob(index) -> str | None:
-    """"nprobe" for IVF indexes, "efSearch" for HNSW, None for exact ones."""
+    """ "nprobe" for IVF indexes, "efSearch" for HNSW, None for exact ones."""
     import faiss
 
     inner = faiss_index.innermost(index)
@@ -90,8 +93,10 @@ def set_search_params(index, params: dict | None) -> None:
         elif name == "efSearch" and hasattr(inner, "hnsw"):
             inner.hnsw.efSearch = int(value)
         else:
-            raise CbirError(f"--{'nprobe' if name == 'nprobe' else 'ef-search'} {value}: "
-                            f"does not apply to a {type(inner).__name__} index")
+            raise CbirError(
+                f"--{'nprobe' if name == 'nprobe' else 'ef-search'} {value}: "
+                f"does not apply to a {type(inner).__name__} index"
+            )
 
 
 def search_parameters(index, params: dict | None):
@@ -109,8 +114,10 @@ def search_parameters(index, params: dict | None):
         p = faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
     else:
         name = next(iter(params))
-        raise CbirError(f"--{'nprobe' if name == 'nprobe' else 'ef-search'} {params[name]}: "
-                        f"does not apply to a {type(inner).__name__} index")
+        raise CbirError(
+            f"--{'nprobe' if name == 'nprobe' else 'ef-search'} {params[name]}: "
+            f"does not apply to a {type(inner).__name__} index"
+        )
     node = faiss.downcast_index(index)
     while type(node).__name__ in ("IndexIDMap", "IndexIDMap2", "IndexPreTransform"):
         if type(node).__name__ == "IndexPreTransform":
@@ -148,8 +155,15 @@ def search_excluding(index, queries: np.ndarray, k: int, own: np.ndarray | None)
     return np.stack([row[row != o][:k] for row, o in zip(ids, own)])
 
 
-def tune(index, queries: np.ndarray, truth: np.ndarray, target: float, max_ms: float | None = None,
-         own: np.ndarray | None = None, repeats: int = 3) -> dict:
+def tune(
+    index,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    target: float,
+    max_ms: float | None = None,
+    own: np.ndarray | None = None,
+    repeats: int = 3,
+) -> dict:
     """Lowest knob value meeting ``target`` recall@k (k = truth.shape[1]); returns the chosen params and
     the measured recall (and ``per_query``), ms/query (batch = all queries, median of ``repeats``) and
     the values tried. Exact indexes have no knob: their recall is measured all the same."""
@@ -163,8 +177,10 @@ def tune(index, queries: np.ndarray, truth: np.ndarray, target: float, max_ms: f
         per = recall_per_query(truth, search_excluding(index, queries, k, own))
         ms = query_ms(index, queries, k, repeats)
         if max_ms is not None and ms > max_ms:
-            raise CbirError(f"--max-ms-per-query {max_ms}: exact search takes {ms:.3f} ms/query here; build with "
-                            f"an ANN factory (--factory auto) to go faster")
+            raise CbirError(
+                f"--max-ms-per-query {max_ms}: exact search takes {ms:.3f} ms/query here; build with "
+                f"an ANN factory (--factory auto) to go faster"
+            )
         return {"params": {}, "recall": float(per.mean()), "per_query": per, "ms_per_query": ms, "tried": tried}
     inner = faiss_index.innermost(index)
     top = getattr(faiss.try_extract_index_ivf(inner), "nlist", None) if name == "nprobe" else 4096
@@ -177,14 +193,18 @@ def tune(index, queries: np.ndarray, truth: np.ndarray, target: float, max_ms: f
         tried.append({name: value, "recall": round(recall, 4), "ms_per_query": round(ms, 4)})
         if recall >= target:
             if max_ms is not None and ms > max_ms:
-                raise CbirError(f"--target-recall {target}: reached at {name} {value} but at {ms:.3f} ms/query, over "
-                                f"--max-ms-per-query {max_ms}; lower the target or raise the limit")
+                raise CbirError(
+                    f"--target-recall {target}: reached at {name} {value} but at {ms:.3f} ms/query, over "
+                    f"--max-ms-per-query {max_ms}; lower the target or raise the limit"
+                )
             return {"params": {name: value}, "recall": recall, "per_query": per, "ms_per_query": ms, "tried": tried}
         if value >= top:
             best = max(tried, key=lambda t: t["recall"])
-            raise CbirError(f"--target-recall {target}: not reachable with this index and these queries (best "
-                            f"recall@{k} {best['recall']:.3f} at {name} {best[name]}); use a larger --memory-budget "
-                            f"or a target of at most {best['recall']:.3f}; nothing was changed")
+            raise CbirError(
+                f"--target-recall {target}: not reachable with this index and these queries (best "
+                f"recall@{k} {best['recall']:.3f} at {name} {best[name]}); use a larger --memory-budget "
+                f"or a target of at most {best['recall']:.3f}; nothing was changed"
+            )
         value = min(value * 2, top)
 
 
@@ -195,4 +215,3 @@ def query_ms(index, queries: np.ndarray, k: int, repeats: int) -> float:
         index.search(queries, k)
         times.append((time.perf_counter() - t0) / len(queries) * 1e3)
     return float(np.median(times))
-

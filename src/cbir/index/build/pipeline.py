@@ -8,6 +8,7 @@ A file is embedded again when its size or mtime changed (a URI with no cheap sta
 Parquet rows, objects — only when it was removed); a file that failed is retried only with
 ``retry_failed`` (else it stays failed and is reported as failed, not as unchanged).
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,14 @@ def progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
 
 
-def scan(store, shard_size: int, paths: Sequence[str | os.PathLike], retry_failed: bool = False,
-         parquet: ParquetSpec | None = None, restore: bool = False) -> Scan:
+def scan(
+    store,
+    shard_size: int,
+    paths: Sequence[str | os.PathLike],
+    retry_failed: bool = False,
+    parquet: ParquetSpec | None = None,
+    restore: bool = False,
+) -> Scan:
     """Register new or changed images (and failed ones, with ``retry_failed``; removed ones only with
     ``restore``) as pending in new shards.
     ``paths``: folders, files, tar shards, Parquet files, URLs (``cbir.sources``); items are URIs."""
@@ -81,8 +88,10 @@ def commit_shard(store, shard: int, out: ShardOutput) -> tuple[int, int]:
     """Mark a shard done from its output file's rows, in one transaction; returns (indexed, failed)."""
     with store.transaction():
         store.finish_shard(
-            shard, [(int(i), str(h), int(s)) for i, h, s in zip(out.ids, out.sha1, out.size)],
-            [(int(i), str(r)) for i, r in zip(out.failed_ids, out.failed_reasons)])
+            shard,
+            [(int(i), str(h), int(s)) for i, h, s in zip(out.ids, out.sha1, out.size)],
+            [(int(i), str(r)) for i, r in zip(out.failed_ids, out.failed_reasons)],
+        )
     crashpoints.hit("shard-committed")
     return len(out.ids), len(out.failed_ids)
 
@@ -131,15 +140,23 @@ def process_pending(gallery, batch_size: int | None = None, progress: bool = Fal
     return {"indexed": indexed, "failed_now": failed, "timings": timings.as_dict()}
 
 
-def embed_shard(embedder, root: Path, shard: int, items: Sequence[tuple[int, str]], batch_size: int | None = None,
-                timings=None, on_batch: Callable[[int], None] | None = None) -> ShardOutput:
+def embed_shard(
+    embedder,
+    root: Path,
+    shard: int,
+    items: Sequence[tuple[int, str]],
+    batch_size: int | None = None,
+    timings=None,
+    on_batch: Callable[[int], None] | None = None,
+) -> ShardOutput:
     """Embed one shard's files and write its output file (the worker side of a build). A model with
     regional descriptors (``cbir export --regions``) also gets its regions file, written first."""
     ids = np.array([i for i, _ in items], np.int64)
     with_regions = embedder.num_regions > 0
     vec_parts, reg_parts, ok, sha1, size, bad, reasons, colours = [], [], [], [], [], [], [], []
-    for b in embedder.iter_batches([p for _, p in items], batch_size, hash_files=True, timings=timings,
-                                   regions=with_regions):
+    for b in embedder.iter_batches(
+        [p for _, p in items], batch_size, hash_files=True, timings=timings, regions=with_regions
+    ):
         if b.indices:
             vec_parts.append(b.vectors)
             if with_regions:
@@ -156,10 +173,20 @@ def embed_shard(embedder, root: Path, shard: int, items: Sequence[tuple[int, str
         if on_batch is not None:
             on_batch(len(b.indices) + len(b.errors))
     vectors = np.concatenate(vec_parts) if vec_parts else np.empty((0, embedder.dim), np.float32)
-    out = ShardOutput(np.array(ok, np.int64), vectors, np.array(sha1, str), np.array(size, np.int64),
-                      np.array(bad, np.int64), np.array(reasons, str), np.array(colours, np.float32).reshape(-1, 3))
+    out = ShardOutput(
+        np.array(ok, np.int64),
+        vectors,
+        np.array(sha1, str),
+        np.array(size, np.int64),
+        np.array(bad, np.int64),
+        np.array(reasons, str),
+        np.array(colours, np.float32).reshape(-1, 3),
+    )
     if with_regions:
-        regions.write(root, shard, np.concatenate(reg_parts) if reg_parts
-                      else np.empty((0, embedder.num_regions, embedder.dim), np.float16))
+        regions.write(
+            root,
+            shard,
+            np.concatenate(reg_parts) if reg_parts else np.empty((0, embedder.num_regions, embedder.dim), np.float16),
+        )
     write_shard(root, shard, out)
     return out

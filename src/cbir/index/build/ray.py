@@ -14,6 +14,7 @@ real cluster). ``ray_address`` None starts a local Ray with ``num_workers`` CPUs
 "ray://host:port" connects to a running cluster. Each worker gets ``cpus_per_worker`` CPUs (its ORT
 threads and decode threads) and ``gpus_per_worker`` GPUs (use a GPU backend with it).
 """
+
 from __future__ import annotations
 
 import sys
@@ -41,7 +42,9 @@ class ShardWorker:
 
         self.embedder = Embedder(model, backend=backend, threads=threads, workers=threads)
         if self.embedder.fingerprint != fingerprint:
-            raise CbirError(f"worker loaded {model} with fingerprint {self.embedder.fingerprint}, index wants {fingerprint}")
+            raise CbirError(
+                f"worker loaded {model} with fingerprint {self.embedder.fingerprint}, index wants {fingerprint}"
+            )
         self.root, self.batch_size = root, batch_size
 
     def __call__(self, batch: dict) -> dict:
@@ -53,19 +56,36 @@ class ShardWorker:
         shards, indexed, failed, seconds = [], [], [], []
         for shard, ids, paths in zip(batch["shard"], batch["ids"], batch["paths"]):
             t0 = time.perf_counter()
-            out = embed_shard(self.embedder, Path(self.root), int(shard), list(zip(map(int, ids), map(str, paths))),
-                              self.batch_size, Timings())
+            out = embed_shard(
+                self.embedder,
+                Path(self.root),
+                int(shard),
+                list(zip(map(int, ids), map(str, paths))),
+                self.batch_size,
+                Timings(),
+            )
             shards.append(int(shard))
             indexed.append(len(out.ids))
             failed.append(len(out.failed_ids))
             seconds.append(time.perf_counter() - t0)
-        return {"shard": np.array(shards), "indexed": np.array(indexed), "failed": np.array(failed),
-                "seconds": np.array(seconds)}
+        return {
+            "shard": np.array(shards),
+            "indexed": np.array(indexed),
+            "failed": np.array(failed),
+            "seconds": np.array(seconds),
+        }
 
 
-def process_with_ray(gallery, batch_size: int | None = None, progress: bool = False, ray_address: str | None = None,
-                     num_workers: int = 2, cpus_per_worker: int = 1, gpus_per_worker: float = 0,
-                     backend: str = "onnxruntime") -> dict:
+def process_with_ray(
+    gallery,
+    batch_size: int | None = None,
+    progress: bool = False,
+    ray_address: str | None = None,
+    num_workers: int = 2,
+    cpus_per_worker: int = 1,
+    gpus_per_worker: float = 0,
+    backend: str = "onnxruntime",
+) -> dict:
     ray = import_ray()
     from cbir.index.storage.shards import read_shard
 
@@ -85,11 +105,20 @@ def process_with_ray(gallery, batch_size: int | None = None, progress: bool = Fa
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     model = gallery.config["model_path"]
     results = ds.map_batches(
-        ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=num_workers),
-        fn_constructor_kwargs={"model": model, "root": str(gallery.root.resolve()), "backend": backend,
-                               "threads": cpus_per_worker, "fingerprint": gallery.fingerprint,
-                               "batch_size": batch_size},
-        num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None)
+        ShardWorker,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=num_workers),
+        fn_constructor_kwargs={
+            "model": model,
+            "root": str(gallery.root.resolve()),
+            "backend": backend,
+            "threads": cpus_per_worker,
+            "fingerprint": gallery.fingerprint,
+            "batch_size": batch_size,
+        },
+        num_cpus=cpus_per_worker,
+        num_gpus=gpus_per_worker or None,
+    )
     bar = None
     if progress:
         from tqdm import tqdm
@@ -106,7 +135,15 @@ def process_with_ray(gallery, batch_size: int | None = None, progress: bool = Fa
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - t0
-    return {"indexed": indexed, "failed_now": failed,
-            "timings": {"wall": round(wall, 3), "images": indexed, "failed": failed,
-                        "images_per_s": round(indexed / wall, 2) if wall else 0.0,
-                        "workers": num_workers, "distributed": "ray"}}
+    return {
+        "indexed": indexed,
+        "failed_now": failed,
+        "timings": {
+            "wall": round(wall, 3),
+            "images": indexed,
+            "failed": failed,
+            "images_per_s": round(indexed / wall, 2) if wall else 0.0,
+            "workers": num_workers,
+            "distributed": "ray",
+        },
+    }

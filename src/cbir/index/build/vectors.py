@@ -8,6 +8,7 @@ L2-normalised on the way in (inner product = cosine). A row with a non-finite va
 failed, like a broken image. The work is the same shard unit as an image build: rows are assigned to
 shards first, each shard's output file is written and committed, so a killed ingest resumes.
 """
+
 from __future__ import annotations
 
 import os
@@ -140,8 +141,14 @@ def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool, res
         row_of = {p: i for i, p in enumerate(paths)}
         for shard in earlier:
             items = store.shard_items(shard, "pending")
-            work.insert(0, (shard, np.array([i for i, _ in items], np.int64),
-                            np.array([row_of.get(p, -1) for _, p in items], np.int64)))
+            work.insert(
+                0,
+                (
+                    shard,
+                    np.array([i for i, _ in items], np.int64),
+                    np.array([row_of.get(p, -1) for _, p in items], np.int64),
+                ),
+            )
     bar = progress_bar(sum(len(i) for _, i, _ in work), progress)
     indexed = failed = 0
     for shard, ids_, rows_ in work:
@@ -150,8 +157,14 @@ def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool, res
         vecs[ok] = source.rows(rows_[ok])
         ok &= np.isfinite(vecs).all(axis=1) & (np.abs(vecs).sum(axis=1) > 0)
         reasons = np.array(["non-finite or zero vector" if r >= 0 else "path not in --paths" for r in rows_[~ok]], str)
-        out = ShardOutput(ids_[ok], vmath.l2_normalize(vecs[ok]), np.array([""] * int(ok.sum()), str),
-                          np.full(int(ok.sum()), -1, np.int64), ids_[~ok], reasons)
+        out = ShardOutput(
+            ids_[ok],
+            vmath.l2_normalize(vecs[ok]),
+            np.array([""] * int(ok.sum()), str),
+            np.full(int(ok.sum()), -1, np.int64),
+            ids_[~ok],
+            reasons,
+        )
         write_shard(gallery.root, shard, out)
         n_ok, n_bad = commit_shard(store, shard, out)
         indexed, failed = indexed + n_ok, failed + n_bad
@@ -161,6 +174,10 @@ def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool, res
         bar.close()
     wall = time.perf_counter() - t0
     gallery.rebuild_index()
-    timings = {"wall": round(wall, 3), "images": indexed, "failed": failed,
-               "images_per_s": round(indexed / wall, 2) if wall > 0 else 0.0}
+    timings = {
+        "wall": round(wall, 3),
+        "images": indexed,
+        "failed": failed,
+        "images_per_s": round(indexed / wall, 2) if wall > 0 else 0.0,
+    }
     return gallery.write_report({"indexed": indexed, "timings": timings}, scan, t0)

@@ -16,6 +16,7 @@ Past the request's ``Deadline`` a stage is not started: it is named in ``Notes.s
 answer is marked partial. ``Gallery.search``, ``cbir search``, ``cbir bench copy-search`` and
 ``cbir serve``'s POST /search all run ``second_look``; none of them lists the stages itself.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,14 +65,32 @@ def guarded(stage: str, notes: Notes | None, deadline: Deadline, run: Callable[[
         return fallback
 
 
-def second_look(gallery, source, vector, hits: list, k: int, cfg, features=None, snap=None,
-                deadline: Deadline = NEVER, notes: Notes | None = None) -> list:
+def second_look(
+    gallery,
+    source,
+    vector,
+    hits: list,
+    k: int,
+    cfg,
+    features=None,
+    snap=None,
+    deadline: Deadline = NEVER,
+    notes: Notes | None = None,
+) -> list:
     """Stages 2 and 3 for one image query ``source`` (path or bytes) whose k-NN answer is ``hits``
     (``vector``: its raw embedding, ``features``: its ``extract_query`` variants or None)."""
     snap = snap or gallery.snapshot()
-    hits = guarded("windows", notes, deadline,
-                   lambda: gallery.search_windows(source, hits, k, cfg, features, snap, deadline), hits) \
-        if cfg.verify and cfg.partial and not any(h.verified for h in hits) else hits
+    hits = (
+        guarded(
+            "windows",
+            notes,
+            deadline,
+            lambda: gallery.search_windows(source, hits, k, cfg, features, snap, deadline),
+            hits,
+        )
+        if cfg.verify and cfg.partial and not any(h.verified for h in hits)
+        else hits
+    )
     if not any(h.verified for h in hits):
         hits = guarded("colour", notes, deadline, lambda: gallery.search_scrambled(source, vector, hits, k, snap), hits)
     return hits

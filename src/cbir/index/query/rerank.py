@@ -6,7 +6,8 @@ A search with re-ranking: (1) the k-NN search returns a shortlist of ``shortlist
 are matched against the query's local features, and those with ≥ ``min_inliers`` RANSAC inliers are
 *verified* — except that when the k-NN's first candidate alone has inliers for ``SURE`` (half) of
 the query's keypoints (the very photo, or a copy barely changed: a near-duplicate shot or an edited
-copy keeps far fewer), the others are not matched (their inliers say "not checked"); (3) the ``STAGES`` run in order on the shortlist; (4) the answer is the verified
+copy keeps far fewer), the others are not matched (their inliers say "not checked"); (3) the ``STAGES`` run in order
+on the shortlist; (4) the answer is the verified
 candidates first (most inliers first), then the rest of the shortlist by the final score, then —
 only when k exceeds the shortlist — a second k-NN search with the final query fills the tail.
 
@@ -50,6 +51,7 @@ but only the products bound the work).
 ``PRESETS`` name the useful combinations; an index stores one in index.json (``rerank``) and every
 search may override it (``resolve``). Out-of-range values are refused with one line naming them.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
@@ -58,8 +60,8 @@ from typing import Callable
 import numpy as np
 
 from cbir.engine.local_features import GUIDE_MAX, WINDOWS
-from cbir.index.query.votes import ASPECTS
 from cbir.errors import CbirError
+from cbir.index.query.votes import ASPECTS
 from cbir.vectors import expand, l2_normalize
 
 
@@ -88,14 +90,25 @@ class Rerank:
         return asdict(self)
 
 
-LIMITS = {"shortlist": (1, 10_000), "shortlist_dba": (0, 1000), "shortlist_dba_alpha": (0.0, 20.0), "qe": (0, 1000), "qe_alpha": (0.0, 20.0),
-          "diffusion": (0, 1000), "diffusion_alpha": (0.0, 0.9999), "regional": (0, 10_000), "verify": (0, 100), "min_inliers": (4, 10_000),
-          "partial": (0, 20), "keep_first": (0.0, 1.0)}
+LIMITS = {
+    "shortlist": (1, 10_000),
+    "shortlist_dba": (0, 1000),
+    "shortlist_dba_alpha": (0.0, 20.0),
+    "qe": (0, 1000),
+    "qe_alpha": (0.0, 20.0),
+    "diffusion": (0, 1000),
+    "diffusion_alpha": (0.0, 0.9999),
+    "regional": (0, 10_000),
+    "verify": (0, 100),
+    "min_inliers": (4, 10_000),
+    "partial": (0, 20),
+    "keep_first": (0.0, 1.0),
+}
 
 PRESETS = {
     "none": Rerank(),
-    "class": Rerank(shortlist_dba=20, qe=30),            # "images like this": class-level mAP
-    "copy": Rerank(verify=10, partial=3),                 # "find this photo": the original first
+    "class": Rerank(shortlist_dba=20, qe=30),  # "images like this": class-level mAP
+    "copy": Rerank(verify=10, partial=3),  # "find this photo": the original first
     # both: verified copies first, the class re-ranking orders the rest
     "default": Rerank(shortlist_dba=20, qe=30, verify=10, partial=3, keep_first=0.8),
 }
@@ -171,10 +184,15 @@ def check_budget(cfg: Rerank, dim: int, regions: int = 0, budget: Budget = DEFAU
     mib, gflop = cost(cfg, dim, regions)
     if mib <= budget.mib and gflop <= budget.gflop:
         return
-    knobs = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("shortlist", "shortlist_dba", "diffusion", "regional", "verify")
-                      if getattr(cfg, k))
-    raise CbirError(f"re-ranking {knobs} at d={dim} needs about {mib:,.0f} MiB and {gflop:,.1f} GFLOP per query; "
-                    f"the limit is {budget.mib:,.0f} MiB and {budget.gflop:,.1f} GFLOP: lower the shortlist or the stage sizes")
+    knobs = ", ".join(
+        f"{k}={getattr(cfg, k)}"
+        for k in ("shortlist", "shortlist_dba", "diffusion", "regional", "verify")
+        if getattr(cfg, k)
+    )
+    raise CbirError(
+        f"re-ranking {knobs} at d={dim} needs about {mib:,.0f} MiB and {gflop:,.1f} GFLOP per query; "
+        f"the limit is {budget.mib:,.0f} MiB and {budget.gflop:,.1f} GFLOP: lower the shortlist or the stage sizes"
+    )
 
 
 def resolve(base: dict | None = None, preset: str | None = None, **overrides) -> Rerank:
@@ -227,8 +245,9 @@ def shortlist_dba(x: np.ndarray, n: int, alpha: float) -> np.ndarray:
     return l2_normalize(out)
 
 
-def conjugate_gradient(matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray, iters: int = 20,
-                       tol: float = 1e-6) -> np.ndarray:
+def conjugate_gradient(
+    matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray, iters: int = 20, tol: float = 1e-6
+) -> np.ndarray:
     """Solve A f = b for a symmetric positive-definite A given as ``matvec``."""
     f = np.zeros_like(b)
     r = b.copy()
@@ -290,9 +309,14 @@ def regional_scores(q: np.ndarray, x: np.ndarray, regions: np.ndarray) -> np.nda
 STAGES = ("shortlist_dba", "qe", "diffusion", "regional")
 
 
-def rerank(q: np.ndarray, ids: np.ndarray, vecs: np.ndarray, cfg: Rerank, inliers: np.ndarray | None = None,
-           regions_of: Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray] | None"] | None = None,
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def rerank(
+    q: np.ndarray,
+    ids: np.ndarray,
+    vecs: np.ndarray,
+    cfg: Rerank,
+    inliers: np.ndarray | None = None,
+    regions_of: Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray] | None"] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Re-rank one query's shortlist (``ids`` [N] in k-NN order, ``vecs`` [N, D], ``inliers`` [N]
     with -1 where not checked; ``regions_of(ids [n])`` -> (descriptors [n, R, D], present [n]) or
     None, for ``regional``: only the re-scored candidates are looked up).

@@ -1,4 +1,5 @@
 """k-NN search with re-ranking (``rerank``), shared by ``Gallery`` and ``cbir bench accuracy``."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -14,7 +15,9 @@ Verifier = Callable[[int, np.ndarray], np.ndarray]
 RegionsOf = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray] | None"]
 
 
-def knn(index, queries: np.ndarray, k: int, params=None, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def knn(
+    index, queries: np.ndarray, k: int, params=None, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``faiss_index.search`` without the ``exclude`` ids (sorted; e.g. ``Snapshot.stale``): it
     fetches that many more and drops them, so a row is short only when the index holds fewer than
     ``k`` others. Rows are padded with -inf / -1."""
@@ -31,10 +34,17 @@ def knn(index, queries: np.ndarray, k: int, params=None, exclude: np.ndarray | N
     return out_s, out_i
 
 
-def search(index, queries: np.ndarray, k: int, cfg: Rerank | None = None,
-           vectors_of: Callable[[np.ndarray], np.ndarray] | None = None, verify: Verifier | None = None,
-           params=None, regions_of: RegionsOf | None = None,
-           exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def search(
+    index,
+    queries: np.ndarray,
+    k: int,
+    cfg: Rerank | None = None,
+    vectors_of: Callable[[np.ndarray], np.ndarray] | None = None,
+    verify: Verifier | None = None,
+    params=None,
+    regions_of: RegionsOf | None = None,
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores [q, k], ids [q, k], inliers [q, k]) — ids -1 and inliers -1 (not checked) pad short rows.
     Without an active ``cfg`` this is the plain k-NN search. ``vectors_of(ids [n]) -> [n, D]`` returns
     stored vectors; ``verify`` is needed when ``cfg.verify`` > 0 (None: nothing is verified).

@@ -14,6 +14,7 @@ use the last complete state: an item added since is not voted for yet, and one r
 still voted for but never shown (callers keep only ids their snapshot holds and SQLite calls
 indexed). A failed update is kept in ``error`` and tried again on the next call.
 """
+
 from __future__ import annotations
 
 import threading
@@ -87,8 +88,9 @@ class VoteCache:
     def _build(self, generation: int, indexed: np.ndarray, keep: int) -> votes.VoteState:
         descs, owners, aspects = self._read(indexed, keep)
         self.builds += 1
-        return votes.VoteState(generation, votes.build(descs, owners), indexed, keep, aspects, 0,
-                               votes.common_aspects(aspects))
+        return votes.VoteState(
+            generation, votes.build(descs, owners), indexed, keep, aspects, 0, votes.common_aspects(aspects)
+        )
 
     def _read(self, ids: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(descriptors, owners, aspect of each of ``ids`` — NaN for one without features)."""

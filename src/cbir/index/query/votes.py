@@ -31,11 +31,12 @@ descriptors (100k items at the cap). ``updated`` follows a change of the indexed
 rebuild (a copy of the index, the removed items' descriptors taken out, the added ones' put in);
 ``cbir.index.query.vote_cache`` decides when and where (in the caller, or aside for ``cbir serve``).
 """
+
 from __future__ import annotations
 
-import numpy as np
-
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from cbir.engine.local_features import MAX_KEYPOINTS, RATIO
 
@@ -99,8 +100,15 @@ class VoteState:
         return 0 if self.index is None else int(self.index.ntotal)
 
 
-def updated(state: VoteState, generation: int, gone: np.ndarray, descriptors: np.ndarray, owners: np.ndarray,
-            added: np.ndarray, aspects: np.ndarray) -> VoteState:
+def updated(
+    state: VoteState,
+    generation: int,
+    gone: np.ndarray,
+    descriptors: np.ndarray,
+    owners: np.ndarray,
+    added: np.ndarray,
+    aspects: np.ndarray,
+) -> VoteState:
     """``state`` without the items ``gone`` and with ``added`` (their ``descriptors`` labelled
     ``owners``, one aspect each): a copy of its index is changed, never the index itself, so that
     searches still voting on it are unaffected."""
@@ -118,8 +126,9 @@ def updated(state: VoteState, generation: int, gone: np.ndarray, descriptors: np
     ids = np.concatenate([state.ids[keep], np.asarray(added, np.int64)])
     asp = np.concatenate([state.aspects[keep], np.asarray(aspects, np.float64)])
     order = np.argsort(ids, kind="stable")
-    return VoteState(generation, index, ids[order], state.keep, asp[order], state.churn + len(gone) + len(added),
-                     common_aspects(asp))
+    return VoteState(
+        generation, index, ids[order], state.keep, asp[order], state.churn + len(gone) + len(added), common_aspects(asp)
+    )
 
 
 def counts(index, variants) -> dict[int, int]:

@@ -4,6 +4,7 @@ of older builds, and items ingested from vectors or decoded on the GPU, have non
 not candidates). ``all()`` returns every indexed item's colour, cached per shard file (path and
 mtime), so a scrambled query costs one pass over n × 3 floats.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -9,6 +9,7 @@ it was chosen), ``index_bytes``, ``dim`` (after whitening), ``shard_size``, ``wh
 Build options are fixed at creation: opening an existing index with a different explicit option is
 refused (one line naming the option), an option left out means "as recorded".
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,15 @@ from cbir.errors import CbirError
 
 INDEX_JSON = "index.json"
 SHARD_SIZE = 1024
-DEFAULTS = {"factory": "Flat", "shard_size": SHARD_SIZE, "dba": 0, "dba_alpha": 0.0,
-            "memory_budget": "4GB", "target_recall": 0.95, "on_disk": False}
+DEFAULTS = {
+    "factory": "Flat",
+    "shard_size": SHARD_SIZE,
+    "dba": 0,
+    "dba_alpha": 0.0,
+    "memory_budget": "4GB",
+    "target_recall": 0.95,
+    "on_disk": False,
+}
 
 
 def load(root: Path) -> dict:
@@ -44,8 +52,21 @@ def save(root: Path, config: dict) -> None:
 
 
 # What cbir itself writes into an index directory; a folder holding anything else is not ours to use.
-OWN_NAMES = {INDEX_JSON, "meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm", "meta.sqlite-journal", "shards",
-             "index.faiss", "report.json", "thumbs", "whitening.npz", ".writer.lock", "tune-queries.npy", "audit"}
+OWN_NAMES = {
+    INDEX_JSON,
+    "meta.sqlite",
+    "meta.sqlite-wal",
+    "meta.sqlite-shm",
+    "meta.sqlite-journal",
+    "shards",
+    "index.faiss",
+    "report.json",
+    "thumbs",
+    "whitening.npz",
+    ".writer.lock",
+    "tune-queries.npy",
+    "audit",
+}
 
 
 _TEMPORARY = re.compile(r"^\.(index\.json|report\.json|index\.faiss|whitening\.npz|tune-queries\.npy)\.\d+\.(tmp|npy)$")
@@ -79,10 +100,17 @@ def new(embedder, options: dict, dim: int, whitening_fp: str | None, model_dim: 
     from cbir import __version__
 
     model = embedder.info.public() if embedder is not None else vectors_only_model(model_dim)
-    return {"model": model, "model_path": os.path.abspath(embedder.model_path) if embedder is not None else None,
-            "preprocess": embedder.preprocess.policy if embedder is not None else None, "dim": dim, "whitening": whitening_fp,
-            **options, "trained_on": 0, "cbir_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "model": model,
+        "model_path": os.path.abspath(embedder.model_path) if embedder is not None else None,
+        "preprocess": embedder.preprocess.policy if embedder is not None else None,
+        "dim": dim,
+        "whitening": whitening_fp,
+        **options,
+        "trained_on": 0,
+        "cbir_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 SETTINGS = ("memory_budget", "target_recall")  # may change: they steer the next rebuild, not the vectors
@@ -101,6 +129,7 @@ def check_options(root: Path, config: dict, given: dict) -> dict:
         have = config.get(key, DEFAULTS.get(key))
         if have != value:
             flag = "--" + key.replace("_", "-")
-            raise CbirError(f"{flag} {value}: index {root} was created with {flag} {have}; "
-                            f"build a new index to change it")
+            raise CbirError(
+                f"{flag} {value}: index {root} was created with {flag} {have}; build a new index to change it"
+            )
     return settings

@@ -10,6 +10,7 @@ Any exception of one image (not only a decode error) gives that image an empty r
 warning in the build report; it never stops the job.
 Files are memory-mapped: a query reads only the rows it verifies.
 """
+
 from __future__ import annotations
 
 import sys
@@ -44,8 +45,14 @@ def _one(path: str) -> tuple[np.void, str | None]:
         return local_features.empty(), f"{type(e).__name__}: {e}"
 
 
-def extract_shard(root: Path, shard: int, items: Sequence[tuple[int, str]], workers: int | None = None,
-                  on_item=None, on_problem: Callable[[str, str], None] | None = None) -> Path:
+def extract_shard(
+    root: Path,
+    shard: int,
+    items: Sequence[tuple[int, str]],
+    workers: int | None = None,
+    on_item=None,
+    on_problem: Callable[[str, str], None] | None = None,
+) -> Path:
     """Extract and write one shard's feature file; returns its path. ``on_problem(path, reason)``
     hears of every image that gave no features because of an error."""
     out = np.zeros(len(items), DTYPE)
@@ -73,12 +80,20 @@ def outdated(path: Path) -> bool:
         return True
 
 
-def ensure(store, root: Path, progress: bool = False, on_problem: Callable[[str, str], None] | None = None,
-           upgrade: bool = False) -> int:
+def ensure(
+    store,
+    root: Path,
+    progress: bool = False,
+    on_problem: Callable[[str, str], None] | None = None,
+    upgrade: bool = False,
+) -> int:
     """Write the feature file of every done shard that lacks one — with ``upgrade``, also of every
     shard whose file is ``outdated`` (``cbir index features``); returns how many were written."""
-    todo = [s for s in store.done_shards() if not feature_path(root, s).is_file()
-            or (upgrade and outdated(feature_path(root, s)))]
+    todo = [
+        s
+        for s in store.done_shards()
+        if not feature_path(root, s).is_file() or (upgrade and outdated(feature_path(root, s)))
+    ]
     work = [(s, store.shard_items(s, "indexed")) for s in todo]
     bar = None
     if progress and work:
@@ -111,8 +126,9 @@ class FeatureStore:
         return [None if loc is None else np.array(loc[0][loc[1]]) for loc in self._rows.locate(ids)]
 
 
-def descriptors(store, root: Path, keep: Callable[[int], np.ndarray],
-                ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def descriptors(
+    store, root: Path, keep: Callable[[int], np.ndarray], ids: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(ORB descriptors [n, 32] uint8, their items' ids [n], the items read [m], each one's aspect
     ratio [m] — NaN where its record predates ``wh``) of ``ids`` (default: every indexed item) that
     have features, each read from the shard that holds its current vector; ``keep(count)`` picks

@@ -7,6 +7,7 @@ crashed writer never leaves a stale lock behind. A lock file unlinked while we w
 first build discarded its new index directory) is noticed after ``flock`` returns: we retry on the
 path's current file, or say the directory is gone.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -37,8 +38,10 @@ class WriterLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except FileNotFoundError:
-                raise DirectoryGone(f"--index {self.path.parent}: the directory is gone (another process's failed "
-                                f"first build removed what it had made); run the command again") from None
+                raise DirectoryGone(
+                    f"--index {self.path.parent}: the directory is gone (another process's failed "
+                    f"first build removed what it had made); run the command again"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -46,8 +49,10 @@ class WriterLock:
                 os.close(fd)
                 if not blocking_error:
                     return False
-                raise CbirError(f"--index {self.path.parent}: another cbir process (pid {holder}) is writing to it; "
-                                f"wait for it to finish or pass --wait") from None
+                raise CbirError(
+                    f"--index {self.path.parent}: another cbir process (pid {holder}) is writing to it; "
+                    f"wait for it to finish or pass --wait"
+                ) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:

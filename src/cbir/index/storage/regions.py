@@ -8,6 +8,7 @@ halves the storage (13 × 320 × 2 B ≈ 8.3 KB per image for Lite0 Block 7); co
 Items ingested from vectors (``--from-vectors``) have none and are simply not re-scored. Files are
 memory-mapped: a query reads only the rows it re-ranks.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,6 +1,8 @@
 """Rows of per-shard side files (local features, regional descriptors) by item id: each shard's file
 is memory-mapped once, with its id → row map, under a lock (``cbir serve`` looks up from many
-threads). A shard without its file is not remembered as such: the file may appear later. Used by ``features.FeatureStore`` and ``regions.RegionStore``."""
+threads). A shard without its file is not remembered as such: the file may appear later. Used by
+``features.FeatureStore`` and ``regions.RegionStore``."""
+
 from __future__ import annotations
 
 import threading

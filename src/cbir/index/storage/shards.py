@@ -5,6 +5,7 @@ holding the vectors and the metadata rows — ``ids`` int64 [n], ``vectors`` flo
 result, so a coordinator can commit it later (``Gallery.commit_shard``) whoever wrote it: this
 process, or a Ray worker (``index.build.ray``); ``index.build.pipeline.embed_shard`` writes it. Torch-free.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -40,10 +41,16 @@ def write_shard(root: Path, shard: int, out: ShardOutput) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with fsio.atomic_path(path) as tmp, open(tmp, "wb") as f:
         extra = {} if out.colours is None else {"colours": np.asarray(out.colours, np.float32)}
-        np.savez(f, ids=np.asarray(out.ids, np.int64), vectors=np.asarray(out.vectors, np.float32),
-                 sha1=np.asarray(out.sha1, str), size=np.asarray(out.size, np.int64),
-                 failed_ids=np.asarray(out.failed_ids, np.int64), failed_reasons=np.asarray(out.failed_reasons, str),
-                 **extra)
+        np.savez(
+            f,
+            ids=np.asarray(out.ids, np.int64),
+            vectors=np.asarray(out.vectors, np.float32),
+            sha1=np.asarray(out.sha1, str),
+            size=np.asarray(out.size, np.int64),
+            failed_ids=np.asarray(out.failed_ids, np.int64),
+            failed_reasons=np.asarray(out.failed_reasons, str),
+            **extra,
+        )
     crashpoints.hit("shard-written")
     return path
 
@@ -53,8 +60,17 @@ def read_shard(root: Path, shard: int) -> ShardOutput:
     path = shard_path(root, shard)
     try:
         with np.load(path, allow_pickle=False) as z:
-            return ShardOutput(z["ids"], z["vectors"], z["sha1"], z["size"], z["failed_ids"], z["failed_reasons"],
-                               z["colours"] if "colours" in z.files else None)
+            return ShardOutput(
+                z["ids"],
+                z["vectors"],
+                z["sha1"],
+                z["size"],
+                z["failed_ids"],
+                z["failed_reasons"],
+                z["colours"] if "colours" in z.files else None,
+            )
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise CbirError(f"{path}: missing or damaged shard file ({type(e).__name__}: {e}); `cbir index check "
-                        f"{Path(root)}` says what is affected, `cbir index repair {Path(root)}` recovers") from None
+        raise CbirError(
+            f"{path}: missing or damaged shard file ({type(e).__name__}: {e}); `cbir index check "
+            f"{Path(root)}` says what is affected, `cbir index repair {Path(root)}` recovers"
+        ) from None

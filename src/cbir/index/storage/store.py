@@ -5,12 +5,14 @@ life of the index (a changed file keeps its id and is re-embedded into a new sha
 state ∈ pending | indexed | failed | removed; ``shard`` is the shard that holds the item's
 current vector. shards.state ∈ pending | done | retired (repair moved its items to a new shard).
 ``removed`` is final for every job: a shard in flight commits only its ``pending``
-items, and a scan brings a removed item back only when asked to (``--restore``). shards(id, state, n): a shard is ``done`` once its vector file is written and its
+items, and a scan brings a removed item back only when asked to (``--restore``). shards(id, state, n): a shard is
+``done`` once its vector file is written and its
 items are updated, in one transaction — the done-marker that makes resume skip finished work.
 settings('generation'): bumped in the same transaction as every change to the set of indexed items
 (a shard committed, items removed or re-queued); index.json records the generation index.faiss was
 built from, so a difference means index.faiss is behind SQLite (a crash between the two).
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -91,8 +93,11 @@ class Store:
         out: dict = {}
         for i in range(0, len(ids), 900):
             chunk = ids[i : i + 900]
-            out.update(self.conn.execute(f"SELECT id, path FROM items WHERE id IN ({','.join('?' * len(chunk))})",
-                                         chunk).fetchall())
+            out.update(
+                self.conn.execute(
+                    f"SELECT id, path FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+            )
         return out
 
     def shards_for_ids(self, ids: Iterable[int]) -> dict[int, int]:
@@ -103,8 +108,9 @@ class Store:
         """(id, path) of a shard's items, in id order; only those in ``state`` when given."""
         if state is None:
             return self.conn.execute("SELECT id, path FROM items WHERE shard = ? ORDER BY id", (shard,)).fetchall()
-        return self.conn.execute("SELECT id, path FROM items WHERE shard = ? AND state = ? ORDER BY id",
-                                 (shard, state)).fetchall()
+        return self.conn.execute(
+            "SELECT id, path FROM items WHERE shard = ? AND state = ? ORDER BY id", (shard, state)
+        ).fetchall()
 
     def pending_shards(self) -> list[int]:
         return [r[0] for r in self.conn.execute("SELECT id FROM shards WHERE state = 'pending' ORDER BY id")]
@@ -132,10 +138,15 @@ class Store:
         return self.conn.execute("SELECT COUNT(*) FROM items WHERE state = ?", (state,)).fetchone()[0]
 
     def failed(self) -> list[dict]:
-        return [{"path": p, "error": e} for p, e in self.conn.execute("SELECT path, error FROM items WHERE state = 'failed' ORDER BY id")]
+        return [
+            {"path": p, "error": e}
+            for p, e in self.conn.execute("SELECT path, error FROM items WHERE state = 'failed' ORDER BY id")
+        ]
 
     def item(self, item_id: int) -> dict | None:
-        r = self.conn.execute("SELECT id, path, size, mtime, sha1, state, shard, error FROM items WHERE id = ?", (item_id,)).fetchone()
+        r = self.conn.execute(
+            "SELECT id, path, size, mtime, sha1, state, shard, error FROM items WHERE id = ?", (item_id,)
+        ).fetchone()
         return None if r is None else dict(zip(("id", "path", "size", "mtime", "sha1", "state", "shard", "error"), r))
 
     def ids_under(self, path: str) -> list[int]:
@@ -153,28 +164,41 @@ class Store:
 
     def add_items(self, items: list[tuple[int, str, int]]) -> None:
         """Many new items at once: (id, path, shard), no file facts (existing vectors)."""
-        self.conn.executemany("INSERT INTO items (id, path, size, mtime, state, shard) VALUES (?, ?, -1, -1, 'pending', ?)", items)
+        self.conn.executemany(
+            "INSERT INTO items (id, path, size, mtime, state, shard) VALUES (?, ?, -1, -1, 'pending', ?)", items
+        )
 
     def add_item(self, path: str, size: int, mtime: float, shard: int) -> int:
-        return self.conn.execute("INSERT INTO items (path, size, mtime, state, shard) VALUES (?, ?, ?, 'pending', ?)",
-                                 (path, size, mtime, shard)).lastrowid
+        return self.conn.execute(
+            "INSERT INTO items (path, size, mtime, state, shard) VALUES (?, ?, ?, 'pending', ?)",
+            (path, size, mtime, shard),
+        ).lastrowid
 
     def _bump(self) -> None:
         self.conn.execute("UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
 
     def requeue_item(self, item_id: int, size: int, mtime: float, shard: int) -> None:
         self._bump()
-        self.conn.execute("UPDATE items SET size = ?, mtime = ?, state = 'pending', shard = ?, error = NULL WHERE id = ?",
-                          (size, mtime, shard, item_id))
+        self.conn.execute(
+            "UPDATE items SET size = ?, mtime = ?, state = 'pending', shard = ?, error = NULL WHERE id = ?",
+            (size, mtime, shard, item_id),
+        )
 
     def finish_shard(self, shard: int, indexed: list[tuple[int, str, int]], failed: list[tuple[int, str]]) -> None:
         """indexed: (id, sha1, size); failed: (id, reason). Only items still ``pending`` in this shard
         change: one removed while the shard was in flight stays removed."""
-        self.conn.executemany("UPDATE items SET state = 'indexed', sha1 = ?, size = ?, error = NULL "
-                              "WHERE id = ? AND shard = ? AND state = 'pending'", [(h, s, i, shard) for i, h, s in indexed])
-        self.conn.executemany("UPDATE items SET state = 'failed', error = ? WHERE id = ? AND shard = ? AND state = 'pending'",
-                              [(e, i, shard) for i, e in failed])
-        n = self.conn.execute("SELECT COUNT(*) FROM items WHERE shard = ? AND state = 'indexed'", (shard,)).fetchone()[0]
+        self.conn.executemany(
+            "UPDATE items SET state = 'indexed', sha1 = ?, size = ?, error = NULL "
+            "WHERE id = ? AND shard = ? AND state = 'pending'",
+            [(h, s, i, shard) for i, h, s in indexed],
+        )
+        self.conn.executemany(
+            "UPDATE items SET state = 'failed', error = ? WHERE id = ? AND shard = ? AND state = 'pending'",
+            [(e, i, shard) for i, e in failed],
+        )
+        n = self.conn.execute("SELECT COUNT(*) FROM items WHERE shard = ? AND state = 'indexed'", (shard,)).fetchone()[
+            0
+        ]
         self.conn.execute("UPDATE shards SET state = 'done', n = ? WHERE id = ?", (n, shard))
         self._bump()
 
