@@ -15,7 +15,7 @@ import numpy as np
 
 from cbir.engine import bulk
 from cbir.engine.embedder import Embedder
-from cbir.walk import find_images
+from cbir.sources import find_images
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ import torch
 
 from cbir.engine.embedder import Embedder
 from cbir.engine.gpu_decode import resize_on_device
-from cbir.walk import find_images
+from cbir.sources import find_images
 
 
 def main() -> int:

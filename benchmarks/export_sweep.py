@@ -39,7 +39,7 @@ def timm_reference(model: Path, corel: str, n: int = 200) -> dict:
 
     from cbir.engine.embedder import Embedder
     from cbir.models.weights import load_pretrained
-    from cbir.walk import find_images
+    from cbir.sources import find_images
 
     paths = find_images([corel])[:: max(1, 1000 // n)][:n]
     net = timm.create_model("tf_efficientnet_lite0").eval()

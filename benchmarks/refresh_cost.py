@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cbir.index.build.vectors import VectorSource, ingest, read_paths
 from cbir.index.gallery import Gallery
+from cbir.index.ingest.from_vectors import VectorSource, ingest, read_paths
 
 d = Path(tempfile.mkdtemp())
 np.save(d / "v.npy", np.random.default_rng(0).normal(size=(10000, 320)).astype(np.float32))

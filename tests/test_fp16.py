@@ -175,8 +175,8 @@ def test_tensorrt_paths_fail_clearly_without_tensorrt(lite0_onnx, tmp_path):
 
 
 def test_doctor_reports_cpu_ok(capsys):
+    from cbir.backend_checks import tiny_reference
     from cbir.cli import main
-    from cbir.doctor import tiny_reference
 
     rc = main(["doctor", "--json"])
     out = json.loads(capsys.readouterr().out)

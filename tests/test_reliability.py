@@ -237,7 +237,7 @@ def test_odd_but_valid_images_through_build_add_search_serve_and_dedup(lite0_onn
 def test_removed_items_stay_removed_across_pending_and_adopted_shards(embedder, photos, tmp_path):
     """An add killed with a pending shard (and, second round, with that shard's output written but not
     committed), then a remove of paths in it, then the add again: the removed paths stay removed."""
-    from cbir.index.build import pipeline as build
+    from cbir.index.ingest import pipeline as build
 
     make_gallery(tmp_path / "g", photos, 8)
     g = Gallery.create(tmp_path / "idx", embedder, shard_size=4)

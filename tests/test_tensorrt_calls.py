@@ -18,7 +18,7 @@ import types
 import numpy as np
 import pytest
 
-from cbir.doctor import TINY_INPUT, tiny_model, tiny_reference
+from cbir.backend_checks import TINY_INPUT, tiny_model, tiny_reference
 from cbir.errors import CbirError
 
 

@@ -13,6 +13,11 @@ An item's identity (in the index, in outputs) is its URI:
 Bytes are read into memory, never via temporary files. Credentials are fsspec's (the environment the
 user already has). A missing or unreadable item is a per-item error (``read`` raises ``ImageError``
 naming the URI), like a broken file; a wrong column or an unknown scheme is one ``CbirError`` line.
+
+Local folders (``find_images``) are walked recursively in sorted order; files are taken by extension
+(any case); a directory whose name looks like an image file is not a file and is not taken; symlinked
+directories are not followed (no loops); symlinked files are taken (a dangling one is then
+reported as a failed image, never silently dropped). Files named explicitly are always taken.
 """
 
 from __future__ import annotations
@@ -23,9 +28,44 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Iterable
 
 from cbir.errors import CbirError, ImageError
-from cbir.walk import find_images, is_image_name
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Image files under ``paths`` (files or folders), deduplicated, in a stable order."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for f in sorted(files):
+                    if is_image_name(f):
+                        _add(Path(root) / f, found, seen)
+        elif p.is_file() or p.is_symlink():
+            _add(p, found, seen)
+        else:
+            raise CbirError(f"{p}: no such file or directory")
+    return found
+
+
+def _add(p: Path, found: list[Path], seen: set[str]) -> None:
+    key = os.path.abspath(p)
+    if key not in seen:
+        seen.add(key)
+        found.append(p)
+
 
 TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 MAX_MEMBER_BYTES = 256 * 2**20  # a tar member or Parquet cell bigger than this is refused (per item), never read

@@ -240,7 +240,7 @@ def copy_set(emb, ds, data: str, copies: str, with_features: bool) -> dict:
     """The copies under ``copies``: their vectors, originals (data-set positions), edit kinds, features."""
     from pathlib import Path
 
-    from cbir.walk import find_images
+    from cbir.sources import find_images
 
     root, croot = Path(data), Path(copies)
     files = sorted(find_images([croot]))

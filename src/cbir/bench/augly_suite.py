@@ -223,7 +223,7 @@ def make_suite(
 ) -> dict:
     """Write the suite (see the module doc); returns counts. The photo an overlay or a
     picture-in-picture uses is one of the negatives (never a gallery photo, never the original itself)."""
-    from cbir.walk import find_images
+    from cbir.sources import find_images
 
     names = augs or list(AUGS)
     for a in names:

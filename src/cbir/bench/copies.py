@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
-from cbir.walk import find_images
+from cbir.sources import find_images
 
 
 def _crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.walk import find_images
+from cbir.sources import find_images
 
 MARGIN = (10, 12, 13, 14, 15)  # inlier counts whose reach by negatives is reported (the default bar: 15)
 

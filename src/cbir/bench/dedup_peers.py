@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cbir.walk import find_images
+from cbir.sources import find_images
 
 
 def _components(pairs: list[tuple[str, str]]) -> list[dict]:

@@ -158,7 +158,7 @@ def bench_latency(
     }
     e2e_bs = next((b for b in batch_sizes if b >= 32), max(batch_sizes))
     if data:
-        from cbir.walk import find_images
+        from cbir.sources import find_images
 
         files = [str(p) for p in find_images([data])]
         runs = []
@@ -250,7 +250,7 @@ def compare_backends(
     big = np.random.default_rng(0).integers(0, 256, (max(batch_sizes), h, w, 3), dtype=np.uint8)
     files = None
     if data:
-        from cbir.walk import find_images
+        from cbir.sources import find_images
 
         files = [str(p) for p in find_images([data])]
     runs: dict = {s: {"model_only": {str(b): [] for b in batch_sizes}, "end_to_end": []} for s in specs}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.walk import find_images
+from cbir.sources import find_images
 
 
 @dataclass

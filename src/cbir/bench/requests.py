@@ -76,8 +76,8 @@ def bench_requests(
 ) -> dict:
     from cbir.bench.scale import Synthetic, write_synthetic
     from cbir.cores import all_cores
-    from cbir.index.build.vectors import VectorSource, ingest, read_paths
     from cbir.index.gallery import Gallery
+    from cbir.index.ingest.from_vectors import VectorSource, ingest, read_paths
 
     threads = threads or max(1, all_cores() // 2)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cbir-bench-requests-"))

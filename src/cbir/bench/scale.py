@@ -94,8 +94,8 @@ def measure(
 ) -> dict:
     """The child's work: build, then measure (see module doc)."""
     from cbir.index.ann import maintain, tuning
-    from cbir.index.build.vectors import VectorSource, ingest, read_paths
     from cbir.index.gallery import Gallery
+    from cbir.index.ingest.from_vectors import VectorSource, ingest, read_paths
 
     t0 = time.perf_counter()
     source = VectorSource(root / "vectors")
@@ -226,8 +226,8 @@ def measure_shift(
     ``tune_queries`` shifted queries; both estimates are set against the truth on ``eval_queries``
     other shifted queries (exact search), with the nprobe each chose and its ms/query."""
     from cbir.index.ann import maintain, tuning
-    from cbir.index.build.vectors import VectorSource, ingest, read_paths
     from cbir.index.gallery import Gallery
+    from cbir.index.ingest.from_vectors import VectorSource, ingest, read_paths
 
     source = VectorSource(root / "vectors")
     g = Gallery.create(

@@ -9,7 +9,7 @@ from cbir.cli.common import print_json
 
 def cmd_doctor(a: argparse.Namespace) -> int:
     from cbir import install
-    from cbir.doctor import cpu_path_ok, run_checks
+    from cbir.backend_checks import cpu_path_ok, run_checks
 
     wheels = install.check()  # a mixed install (CPU and GPU wheels of one module) is refused in one line
     results = run_checks()

@@ -112,8 +112,8 @@ def _discard_on_refusal(g):
 def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
     """Every input is checked before anything is written: vectors, paths, dimension, memory budget."""
     from cbir.index.ann import tuning
-    from cbir.index.build.vectors import VectorSource, check_dim, ingest, read_paths
     from cbir.index.gallery import INDEX_JSON, Gallery
+    from cbir.index.ingest.from_vectors import VectorSource, check_dim, ingest, read_paths
 
     if a.paths is None:
         raise CbirError("--from-vectors needs --paths P.txt (one path or URI per row)")

@@ -182,7 +182,7 @@ def _sample(gallery, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def repair(gallery, progress: bool = False) -> dict:
     """Fix what ``check`` finds (see the module doc); returns what was done and what is lost."""
-    from cbir.index.build import pipeline as build
+    from cbir.index.ingest import pipeline as build
 
     with gallery.writing():
         before = check(gallery)

@@ -48,7 +48,7 @@ from cbir.deadline import NEVER, Deadline
 from cbir.engine import colour, local_features
 from cbir.errors import CbirError, ImageError
 from cbir.index.ann import faiss_index, maintain, tuning
-from cbir.index.build import pipeline as _build
+from cbir.index.ingest import pipeline as _build
 from cbir.index.query import rerank as _rerank
 from cbir.index.query import search as _search
 from cbir.index.query import votes as _votes
@@ -401,7 +401,7 @@ class Gallery:
         self, batch_size: int | None = None, progress: bool = False, distributed: dict | None = None
     ) -> dict:
         if distributed is not None:
-            from cbir.index.build.ray import process_with_ray
+            from cbir.index.ingest.ray import process_with_ray
 
             _build.adopt_outputs(self.store, self.root)
             return process_with_ray(self, batch_size=batch_size, progress=progress, **distributed)
@@ -558,7 +558,7 @@ class Gallery:
         """Post-processed, L2-normalised query vectors from ``specs``: one ``.npy`` [n, D] of raw model
         vectors, or images, folders and URIs (embedded with the index's model). Raises ``CbirError``
         in one line for a wrong dimension, an unreadable file or no usable query."""
-        from cbir import vectors as vmath
+        from cbir.vectors import l2_normalize
 
         specs = [os.fspath(s) for s in specs]
         if not specs:
@@ -587,7 +587,7 @@ class Gallery:
             v = res.vectors
         if len(v) == 0:
             raise CbirError(f"--queries {' '.join(specs)}: no usable query (all unreadable or empty)")
-        return self.postprocess_queries(vmath.l2_normalize(np.asarray(v, np.float32)))
+        return self.postprocess_queries(l2_normalize(np.asarray(v, np.float32)))
 
     def rebuild_index(self) -> None:
         """(Re)build index.faiss from the shards: [whitening] → [DBA] → FAISS."""

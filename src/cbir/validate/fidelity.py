@@ -27,7 +27,7 @@ MAX_DELTA_MAP = 0.005
 def calibration_images(images: list | None, limit: int = 32) -> list:
     """Up to ``limit`` images spread evenly over ``images`` (files or folders); default skimage photos."""
     from cbir.samples import sample_photos
-    from cbir.walk import find_images
+    from cbir.sources import find_images
 
     paths = find_images(images) if images else sample_photos()
     if len(paths) > limit:

@@ -3,7 +3,7 @@ holding the vectors and the metadata rows — ``ids`` int64 [n], ``vectors`` flo
 ``size``, the failures ``failed_ids`` / ``failed_reasons`` and, when the build decoded the files,
 ``colours`` float32 [n, 3] (the rows' mean R, G, B: ``engine.colour``; older shards have none). A complete file *is* the shard's
 result, so a coordinator can commit it later (``Gallery.commit_shard``) whoever wrote it: this
-process, or a Ray worker (``index.build.ray``); ``index.build.pipeline.embed_shard`` writes it. Torch-free.
+process, or a Ray worker (``index.ingest.ray``); ``index.ingest.pipeline.embed_shard`` writes it. Torch-free.
 """
 
 from __future__ import annotations

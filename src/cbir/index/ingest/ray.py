@@ -51,7 +51,7 @@ class ShardWorker:
         from pathlib import Path
 
         from cbir.engine.bulk import Timings
-        from cbir.index.build.pipeline import embed_shard
+        from cbir.index.ingest.pipeline import embed_shard
 
         shards, indexed, failed, seconds = [], [], [], []
         for shard, ids, paths in zip(batch["shard"], batch["ids"], batch["paths"]):

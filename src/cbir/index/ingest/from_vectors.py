@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cbir import vectors as vmath
 from cbir.errors import CbirError
-from cbir.index.build.pipeline import Scan, commit_shard, progress_bar
+from cbir.index.ingest.pipeline import Scan, commit_shard, progress_bar
 from cbir.index.storage.shards import ShardOutput, write_shard
+from cbir.vectors import l2_normalize
 
 
 class VectorSource:
@@ -159,7 +159,7 @@ def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool, res
         reasons = np.array(["non-finite or zero vector" if r >= 0 else "path not in --paths" for r in rows_[~ok]], str)
         out = ShardOutput(
             ids_[ok],
-            vmath.l2_normalize(vecs[ok]),
+            l2_normalize(vecs[ok]),
             np.array([""] * int(ok.sum()), str),
             np.full(int(ok.sum()), -1, np.int64),
             ids_[~ok],
