@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from cbir.bench.copy_search import original_ids
-from cbir.engine import local_features as lf
+from cbir.copies import local_features as lf
 from cbir.index.gallery import Gallery
 
 

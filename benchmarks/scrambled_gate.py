@@ -5,7 +5,7 @@
 
 from pathlib import Path
 
-from cbir.engine.colour import row_stats
+from cbir.copies.colour import row_stats
 from cbir.engine.preprocess import Preprocess
 
 pp = Preprocess((224, 224))

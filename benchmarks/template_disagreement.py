@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cbir.engine import local_features as lf
+from cbir.copies import local_features as lf
 from cbir.index.ann import faiss_index
 from cbir.index.gallery import Gallery
 

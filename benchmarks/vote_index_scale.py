@@ -1,4 +1,4 @@
-"""Build time and per-query vote time of the descriptor-vote index (``cbir.index.query.votes``) at
+"""Build time and per-query vote time of the descriptor-vote index (``cbir.copies.votes``) at
 1k-item and 100k-item sizes (500 and 33 descriptors per item: the 128 MiB cap), random codes.
 
     .venv/bin/python benchmarks/vote_index_scale.py
@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from cbir.index.query import votes
+from cbir.copies import votes
 
 rng = np.random.default_rng(0)
 for items in (1_000, 100_000):

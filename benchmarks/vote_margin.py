@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cbir.engine import local_features as lf
+from cbir.copies import local_features as lf
 from cbir.index.gallery import Gallery
 
 g = Gallery(sys.argv[1])

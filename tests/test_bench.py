@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from cbir.bench import metrics
-from cbir.bench.protocol import load_dataset, stratified_split
 from cbir.errors import CbirError
+from cbir.eval import metrics
+from cbir.eval.protocol import load_dataset, stratified_split
 from conftest import make_gallery
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
-from cbir.engine import local_features as lf
+from cbir.copies import local_features as lf
 from conftest import make_gallery
 
 
@@ -122,7 +122,7 @@ def _tinted(path) -> Image.Image:
 
 
 def test_descriptor_votes_rank_the_original_of_a_flipped_shrunk_copy_first(photos, tmp_path):
-    from cbir.index.query import votes
+    from cbir.copies import votes
 
     files = make_gallery(tmp_path, photos, 12)
     recs = [lf.extract(f) for f in files]
@@ -147,8 +147,8 @@ def test_descriptor_votes_rank_the_original_of_a_flipped_shrunk_copy_first(photo
 def test_the_original_outside_the_cnn_shortlist_is_found_by_descriptor_votes(tmp_path, embedder, photos, monkeypatch):
     """Tinted versions of the other photos are the CNN's nearest to a tinted, flipped, shrunk copy
     (so are its windows'); the items sharing the most ORB matches with it hold its original."""
+    from cbir.copies import votes
     from cbir.index.gallery import Gallery
-    from cbir.index.query import rerank, votes
 
     files = make_gallery(tmp_path / "g", photos, 12)
     (tmp_path / "g" / "tinted").mkdir()
@@ -163,7 +163,7 @@ def test_the_original_outside_the_cnn_shortlist_is_found_by_descriptor_votes(tmp
     copy.save(q, quality=80)
     want, light = os.path.abspath(files[8]), {"verify": 1, "partial": 1}
     with monkeypatch.context() as m:
-        m.setattr(rerank, "VOTES", 0)
+        m.setattr(votes, "VOTES", 0)
         hits = g.search([str(q)], k=3, rerank=light)[0]["results"]
         assert hits[0]["path"] != want and not any(h["verified"] for h in hits)
     hits = g.search([str(q)], k=3, rerank=light)[0]["results"]
@@ -192,7 +192,7 @@ def test_a_squeezed_copy_verifies_once_stretched_back_to_the_gallerys_shapes(
 ):
     """ORB's square patches do not survive a 3× squeeze; the second look stretches the query back to
     the gallery's common shapes (here 1:1 and 3:2) and votes and verifies with that."""
-    from cbir.index.query import votes
+    from cbir.copies import votes
 
     g, files = verified_index
     assert g.vote_index().common == pytest.approx([1.0, 1.5], abs=0.02)
@@ -239,7 +239,7 @@ def test_dedup_votes_pair_each_upside_down_thumbnail_with_its_photo(tmp_path, em
     paired with that photo; the pairs still go through verification, which tries the photo's
     mirror (the lower id) — for the rocket, 0 inliers with its 110 × 74 copy (the copy's own mirror
     would give 15, but trying both sides verified two photos in one layout): left out below."""
-    from cbir.index import dedup
+    from cbir.copies import dedup
     from cbir.index.gallery import Gallery
 
     files = make_gallery(tmp_path / "g", photos, 12)
@@ -263,7 +263,7 @@ def test_dedup_votes_pair_each_upside_down_thumbnail_with_its_photo(tmp_path, em
 def test_a_pixel_shuffled_copy_is_found_by_its_mean_colour(verified_index, tmp_path, photos):
     """A shuffle keeps only the colours: such a query is recognised (no spatial structure) and
     answered by mean colour, unverified; photos keep their structure and their normal search."""
-    from cbir.engine.colour import row_stats, scrambled
+    from cbir.copies.colour import row_stats, scrambled
     from cbir.engine.preprocess import Preprocess
 
     g, files = verified_index
@@ -459,7 +459,7 @@ def test_template_pairs_need_each_side_to_hold_what_a_third_item_matches():
     """Pure: screenshots T1, T2 of photos P1, P2 in one frame (left half: frame, right half: photo);
     captioned copies C1, C2 of photos A1, A2 (one caption band, bottom fifth); a stereo pair L, R
     (overlapping halves, nothing else). Only the frame pair and the caption pair are templates."""
-    from cbir.index.match_regions import template_pairs
+    from cbir.copies.match_regions import template_pairs
 
     ext = (0.0, 0.0, 100.0, 100.0)
     left, right, whole = _box(0, 0, 50, 100), _box(50, 0, 100, 100), _box(0, 0, 100, 100)
@@ -491,7 +491,7 @@ def test_frame_pairs_match_outside_both_photos():
     alone -> a frame pair with no third item in the gallery; a card and a meme of one photo match
     inside both photo boxes; a card and a plain photo (no layout box) are never paired away; a
     match half on the frame stays."""
-    from cbir.index.match_regions import frame_pairs
+    from cbir.copies.match_regions import frame_pairs
 
     frame, photo = _box(0, 0, 100, 18), _box(5, 25, 95, 95)
     K1, K2, M, P, H = range(5)
@@ -502,7 +502,7 @@ def test_frame_pairs_match_outside_both_photos():
 
 
 def test_unexplained_is_the_block_most_matches_leave_out():
-    from cbir.index.match_regions import unexplained
+    from cbir.copies.match_regions import unexplained
 
     ext = (0.0, 0.0, 160.0, 160.0)
     own = np.vstack([_box(0, 0, 160, 160, 300), _box(100, 100, 140, 140, 60, 1)])
@@ -589,7 +589,7 @@ def test_dedup_keeps_cards_of_photos_it_does_not_hold_apart(tmp_path, embedder, 
 def test_content_box_finds_the_photo_inside_a_page_a_meme_band_and_black_bars(photos):
     from PIL import ImageDraw
 
-    from cbir.engine.layout import content_box
+    from cbir.copies.layout import content_box
 
     photo = Image.open(photos[2]).convert("RGB")  # chelsea, 451 × 300
     page = Image.new("RGB", (1200, 740), "white")  # a page: text rows above, the photo lower down
@@ -619,7 +619,7 @@ def test_inset_box_finds_a_pasted_photo_and_layout_box_takes_the_innermost(photo
     from PIL import ImageDraw
     from sklearn.datasets import load_sample_image
 
-    from cbir.engine.layout import content_box, inset_box, layout_box
+    from cbir.copies.layout import content_box, inset_box, layout_box
 
     photo = Image.open(photos[2]).convert("RGB")
     china = Image.fromarray(load_sample_image("china.jpg"))  # a photo with straight lines of its own

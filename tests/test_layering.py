@@ -1,5 +1,7 @@
-"""Imports point one way (DESIGN.md §1; the table in ``cbir/__init__.py``): a module imports only
-from its own package or from a lower layer, and the inference path never imports torch.
+"""Imports point one way (the layer table of ARCHITECTURE.md, read here): a module imports only
+from its own package or from a lower layer, the parts of ``cbir.index`` point one way, nothing
+imports in a circle, and the inference path never imports torch. Also: ``bench`` is a leaf, the
+search cascade's order is written once, ``Gallery`` stays short, no function in ``src`` is over 80 lines.
 
 Read from the source with ``ast`` (lazy imports inside functions count too), so a new upward import
 fails here before it becomes a cycle.
@@ -8,6 +10,7 @@ fails here before it becomes a cycle.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,60 +18,37 @@ from pathlib import Path
 import cbir
 
 SRC = Path(cbir.__file__).parent
-# Longest prefix wins. Lower number = lower layer.
-LAYERS = {
-    "cbir.errors": 0,
-    "cbir.modelinfo": 0,
-    "cbir.vectors": 0,
-    "cbir.fsio": 0,
-    "cbir.cores": 0,
-    "cbir.samples": 0,
-    "cbir.sources": 0,
-    "cbir.crashpoints": 0,
-    "cbir.install": 0,
-    "cbir.deadline": 0,
-    "cbir.memory": 0,
-    "cbir.models": 1,
-    "cbir.engine": 2,
-    "cbir.index": 3,
-    "cbir.bench.metrics": 3,
-    "cbir.bench.protocol": 3,
-    "cbir.bench.ranking": 4,
-    "cbir.validate": 5,
-    "cbir.export": 6,
-    "cbir.finetune": 6,
-    "cbir.bench": 7,
-    "cbir.serve": 7,
-    "cbir.backend_checks": 7,
-    "cbir.cli": 8,
-    "cbir.__main__": 9,
-}
-TORCH_FREE = (
-    "cbir.sources",
-    "cbir.engine",
-    "cbir.index",
-    "cbir.vectors",
-    "cbir.modelinfo",
-    "cbir.fsio",
-    "cbir.deadline",
-    "cbir.memory",
-    "cbir.bench.metrics",
-    "cbir.bench.protocol",
-    "cbir.serve",
+ARCHITECTURE = SRC.parents[1] / "ARCHITECTURE.md"
+
+
+def _table() -> list[tuple[int, str]]:
+    """(layer, packages cell) of each row of ARCHITECTURE.md's layer table."""
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", ARCHITECTURE.read_text(), re.M)
+    assert rows, f"{ARCHITECTURE}: no layer table"
+    return [(int(n), cell) for n, cell in rows]
+
+
+def _names(cell: str) -> list[str]:
+    return re.findall(r"`([A-Za-z_]+)`", cell)
+
+
+LAYERS = {f"cbir.{name}": n for n, cell in _table() for name in _names(cell.split("(")[0])}
+# the parts of ``cbir.index`` in order: the "owns" cell of its row, "a < b < c"
+_INDEX_ROW = re.search(r"^\| \d+ \| `index` \| [^:]*: (.+) \|$", ARCHITECTURE.read_text(), re.M).group(1)
+INDEX_PARTS = {f"cbir.index.{name}": i for i, seg in enumerate(_INDEX_ROW.split(" < ")) for name in _names(seg)}
+TORCH_FREE = ("cbir.engine", "cbir.copies", "cbir.index", "cbir.eval", "cbir.serve") + tuple(
+    m for m, n in LAYERS.items() if n == 0
 )
 # run_torch paths take torch tensors from the caller: torch is already there when they run
 TORCH_OK_FUNCTIONS = {"run_torch"}
 # the optional torch backend (lazily imported by the registry, never on the default path)
-TORCH_OK_MODULES = (
-    "cbir.engine.backends.torch",
-    "cbir.index.ann.torch_flat",
-    "cbir.engine.gpu_decode",
-)  # opt-in, lazily imported
+TORCH_OK_MODULES = ("cbir.engine.backends.torch", "cbir.index.ann.torch_flat", "cbir.engine.gpu_decode")
 
 
 def layer(module: str) -> tuple[str, int]:
-    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
-    return best, LAYERS[best]
+    top = ".".join(module.split(".")[:2])
+    assert top in LAYERS, f"{module}: not in ARCHITECTURE.md's layer table"
+    return top, LAYERS[top]
 
 
 def module_name(path: Path) -> str:
@@ -99,18 +79,22 @@ def imports(tree: ast.AST, module: str):
     return out
 
 
-def test_imports_point_one_way():
-    problems = []
+def sources():
+    """(module name, parsed tree) of every module under src/cbir but the package's own __init__
+    (its lazy ``__getattr__`` re-exports ``Embedder`` and ``Gallery``)."""
     for path in sorted(SRC.rglob("*.py")):
-        mod = module_name(path)
-        if mod == "cbir":
-            continue  # the package's lazy ``__getattr__`` re-exports
-        own_prefix, own = layer(mod)
-        for target, func in imports(ast.parse(path.read_text()), mod):
-            if target.startswith("cbir.") and target not in ("cbir.__version__",):
-                t_prefix, t = layer(target)
-                same_package = t_prefix.split(".")[:2] == own_prefix.split(".")[:2]
-                if t > own or (t == own and own > 0 and not same_package):  # layer 0: the core, one flat set
+        if module_name(path) != "cbir":
+            yield module_name(path), ast.parse(path.read_text())
+
+
+def test_the_layer_table_covers_every_module_and_imports_point_down():
+    problems = []
+    for mod, tree in sources():
+        own_top, own = layer(mod)
+        for target, func in imports(tree, mod):
+            if target.startswith("cbir."):
+                t_top, t = layer(target)
+                if t > own or (t == own and own > 0 and t_top != own_top):  # layer 0: the core, one flat set
                     problems.append(f"{mod} (layer {own}) imports {target} (layer {t})")
             if (
                 (target.split(".")[0] in ("torch", "timm", "torchvision") or target.startswith("cbir.models"))
@@ -122,30 +106,16 @@ def test_imports_point_one_way():
     assert not problems, "\n".join(problems)
 
 
-# Inside ``cbir.index`` the parts point one way too: storage < ann < query, snapshot < build, match_regions < check, dedup, gallery.
-INDEX_PARTS = {
-    "cbir.index.storage": 0,
-    "cbir.index.ann": 1,
-    "cbir.index.query": 2,
-    "cbir.index.ingest": 3,
-    "cbir.index.snapshot": 2,
-    "cbir.index.match_regions": 3,
-    "cbir.index.check": 4,
-    "cbir.index.dedup": 4,
-    "cbir.index.gallery": 5,
-    "cbir.index": 5,
-}
-
-
 def index_part(module: str) -> int:
-    return INDEX_PARTS[max((p for p in INDEX_PARTS if module == p or module.startswith(p + ".")), key=len)]
+    best = [p for p in INDEX_PARTS if module == p or module.startswith(p + ".")]
+    assert best, f"{module}: not among the parts of cbir.index in ARCHITECTURE.md"
+    return INDEX_PARTS[max(best, key=len)]
 
 
 def test_index_parts_point_one_way_and_nothing_imports_in_a_circle():
     problems, graph = [], {}
-    for path in sorted(SRC.rglob("*.py")):
-        mod = module_name(path)
-        targets = {t for t, _ in imports(ast.parse(path.read_text()), mod) if t.startswith("cbir.")}
+    for mod, tree in sources():
+        targets = {t for t, _ in imports(tree, mod) if t.startswith("cbir.")}
         graph[mod] = targets
         if mod.startswith("cbir.index."):
             for t in targets:
@@ -178,8 +148,51 @@ def test_index_parts_point_one_way_and_nothing_imports_in_a_circle():
 
     for m in sorted(edges):
         visit(m)
-    cycles = [c for c in cycles if not any(x in ("cbir", "cbir.cli") for x in c)]  # package re-exports
     assert not cycles, cycles
+
+
+def test_bench_is_a_leaf():
+    """Nothing in the product imports ``cbir.bench``; only the command line does."""
+    users = {
+        mod
+        for mod, tree in sources()
+        if not mod.startswith(("cbir.bench", "cbir.cli"))
+        and any(t.startswith("cbir.bench") for t, _ in imports(tree, mod))
+    }
+    assert not users, users
+
+
+def test_the_cascade_order_is_written_once():
+    """Only ``copies/cascade.py`` names the stages after the k-NN (``windows.look``, ``colour.look``);
+    every image search goes through ``cascade.search``."""
+    stage_runners = {("windows", "look"), ("colour", "look")}
+    written = set()
+    for mod, tree in sources():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if (node.value.id, node.attr) in stage_runners and mod != "cbir.copies.cascade":
+                    written.add(mod)
+    assert not written, f"the cascade's stages are called outside copies/cascade.py: {written}"
+    for caller in ("cbir.index.gallery", "cbir.serve.search"):
+        tree = dict(sources())[caller]
+        calls = {
+            (n.func.value.id, n.func.attr)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+        }
+        assert ("cascade", "search") in calls, f"{caller} does not search through cascade.search"
+
+
+def test_functions_are_short_and_gallery_reads_in_one_sitting():
+    long = [
+        f"{mod}.{n.name}: {n.end_lineno - n.lineno + 1} lines"
+        for mod, tree in sources()
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80
+    ]
+    assert not long, long
+    gallery = (SRC / "index" / "gallery.py").read_text()
+    assert len(gallery.splitlines()) <= 400, "index/gallery.py is over 400 lines"
 
 
 def test_inference_path_runs_without_torch(lite0_onnx, gallery_dir, tmp_path):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter, ImageOps
 
+from cbir.copies import cascade, votes
+from cbir.copies import local_features as lf
 from cbir.deadline import Deadline
-from cbir.engine import local_features as lf
 from cbir.index.gallery import Gallery
-from cbir.index.query import cascade, votes
 from conftest import make_gallery
 
 

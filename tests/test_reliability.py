@@ -428,7 +428,7 @@ def odd_image(draw) -> bytes:
 def test_every_per_item_step_takes_any_valid_image(embedder, data):
     """Decode + resize, the model, and local features: a unit vector and a feature record for every
     valid image of any size, mode and format (never an exception)."""
-    from cbir.engine import local_features
+    from cbir.copies import local_features
 
     res = embedder.embed_files([data])
     assert not res.errors, res.errors
@@ -444,7 +444,7 @@ def test_windows_and_layout_boxes_take_any_valid_image(data):
     sides, the layout box (innermost of the band and the inset box) between ``MIN_SIDE`` per side and
     the larger of the two area caps — or, for an image too small to cut into half windows, an
     ``ImageError`` naming it (never another exception)."""
-    from cbir.engine import layout, local_features
+    from cbir.copies import layout, local_features
     from cbir.errors import ImageError
 
     try:

@@ -125,7 +125,7 @@ def test_resolve_refuses_bad_names_and_values():
 def test_orb_ransac_recovers_a_known_warp(photos, tmp_path):
     import cv2
 
-    from cbir.engine import local_features as lf
+    from cbir.copies import local_features as lf
 
     img = np.asarray(Image.open(photos[0]).convert("RGB").resize((320, 240)))
     m = cv2.getRotationMatrix2D((160, 120), 10.0, 0.8)  # rotate 10°, scale 0.8: a known affine map
@@ -287,7 +287,7 @@ def test_bench_copies_and_copy_detection(lite0_onnx, photos, tmp_path, capsys):
 
 
 def test_star_groups_do_not_chain_through_a_shared_overlay():
-    from cbir.index.dedup import star_groups
+    from cbir.copies.dedup import star_groups
 
     # A, B originals; cA, cB their captioned copies (the same caption text links cA and cB); bA a bordered copy
     A, B, cA, cB, bA = 1, 2, 3, 4, 5
@@ -297,7 +297,7 @@ def test_star_groups_do_not_chain_through_a_shared_overlay():
 
 
 def test_star_groups_attach_a_copy_left_out_only_through_two_of_its_neighbours():
-    from cbir.index.dedup import star_groups
+    from cbir.copies.dedup import star_groups
 
     # A with copies c1, c2 (both verify with A); p matches c1 and c2 but not A (a pip of a copy);
     # q matches only c1 (one shared caption): p joins A's group, q stays out

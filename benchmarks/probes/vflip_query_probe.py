@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from cbir.bench.copy_search import original_ids
-from cbir.engine import local_features as lf
+from cbir.copies import local_features as lf
 from cbir.index.gallery import Gallery, faiss_index
 
 g = Gallery("/tmp/c26/idx4")

@@ -1,6 +1,6 @@
 """cbir: image embedding and retrieval with EfficientNet trunks, ONNX Runtime and FAISS.
 
-The inference path (``cbir.engine``, ``cbir.index``, ``cbir.bench`` metrics) never imports
+The inference path (``cbir.engine``, ``cbir.copies``, ``cbir.index``, ``cbir.eval``) never imports
 torch; ``cbir.models``, ``cbir.export`` and ``cbir.finetune`` do.
 
 Three lines to embed images::
@@ -20,7 +20,7 @@ import os
 # and torch keep their own thread pools.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-__version__ = "0.1.0"
+from cbir.version import __version__
 
 __all__ = ["Embedder", "Gallery", "__version__"]
 

@@ -22,9 +22,9 @@ import time
 
 import numpy as np
 
-from cbir.bench.protocol import load_dataset, stratified_split
-from cbir.bench.ranking import evaluate, rank
 from cbir.errors import CbirError
+from cbir.eval.protocol import load_dataset, stratified_split
+from cbir.eval.ranking import evaluate, rank
 from cbir.index.ann import faiss_index
 from cbir.index.query.rerank import PRESETS, Rerank
 from cbir.vectors import l2_normalize
@@ -36,8 +36,8 @@ def extract_features(paths: list, progress: bool = False, query: bool = False):
     mirror, ``local_features.extract_query``)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from cbir.copies import local_features
     from cbir.cores import all_cores
-    from cbir.engine import local_features
     from cbir.engine.preprocess import ImageError
 
     def one(p):
@@ -137,7 +137,7 @@ def bench_accuracy(
     features = extract_features(ds.paths) if needs_features else None
     features_s = time.perf_counter() - t0
     if features is not None and len(vectors) > n_real:
-        from cbir.engine import local_features
+        from cbir.copies import local_features
 
         features = np.concatenate([features, np.repeat(local_features.empty()[None], len(vectors) - n_real)])
     split_seed = emb.info.extra.get("split_seed")

@@ -14,7 +14,7 @@ GROUPS = (export, validate, finetune, serve, doctor, embed, index, search, dedup
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cbir import __version__
+    from cbir.version import __version__
 
     p = argparse.ArgumentParser(
         prog="cbir", description="Image embedding and retrieval with EfficientNet, ONNX Runtime and FAISS."

@@ -62,7 +62,7 @@ def cmd_bench_dedup(a: argparse.Namespace) -> int:
     import time
 
     from cbir.bench.copies import score_dedup
-    from cbir.index import dedup
+    from cbir.copies import dedup
     from cbir.index.gallery import Gallery
 
     t0 = time.perf_counter()

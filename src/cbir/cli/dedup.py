@@ -1,4 +1,4 @@
-"""`cbir dedup INDEX`: exact and near-duplicate groups of an index (see ``cbir.index.dedup``)."""
+"""`cbir dedup INDEX`: exact and near-duplicate groups of an index (see ``cbir.copies.dedup``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from cbir.cli.common import print_json
 
 def cmd_dedup(a: argparse.Namespace) -> int:
     from cbir import fsio
-    from cbir.index import dedup
+    from cbir.copies import dedup
     from cbir.index.gallery import Gallery
 
     g = Gallery(a.index)

@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from cbir.cores import all_cores
-from cbir.engine.colour import row_stats
 from cbir.engine.preprocess import ImageError, ImageSource, Preprocess, describe
+from cbir.engine.row_stats import row_stats
 from cbir.sources import DEFAULT_READER, is_uri
 
 PREFETCH = 2
@@ -69,7 +69,7 @@ class FileFacts:
 
     size: int | None = None
     sha1: str | None = None
-    stats: np.ndarray | None = None  # ``colour.row_stats`` of the decoded row
+    stats: np.ndarray | None = None  # ``row_stats`` of the decoded row
 
 
 @dataclass
@@ -135,7 +135,7 @@ def iter_batches(
     ``submit`` (a runner's, default: ``run`` called at once) enqueues a batch and returns a handle
     that gives its answer; up to ``in_flight`` batches (the runner's ``slots``) are submitted before
     the oldest is collected, so a GPU runner copies the next batch while it executes this one.
-    Every input's ``facts.stats`` holds its row's mean colour (``colour.row_stats`` without the
+    Every input's ``facts.stats`` holds its row's mean colour (``row_stats`` without the
     structure: an index stores it for pixel-shuffled queries)."""
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: must be ≥ 1")

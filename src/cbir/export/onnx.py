@@ -103,10 +103,10 @@ def export_onnx(
     import onnx
     import torch
 
-    from cbir import __version__
     from cbir.models.retrieval import RetrievalModel
     from cbir.models.trunk import build_trunk
     from cbir.vectors import Whitening
+    from cbir.version import __version__
 
     output = Path(output)
     check_writable(output)

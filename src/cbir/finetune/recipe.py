@@ -19,7 +19,7 @@ Measured here: with batch-statistics BN at batch 8 the validation accuracy fell 
 phase 1 to 0.81 after one fine-tuning epoch on Corel-1K. Dropout before the classifier (timm's
 default rate, 0 for these models) is applied in both phases.
 
-Data: the split is ``bench.protocol.stratified_split(labels, seed, split)`` — the same as
+Data: the split is ``eval.protocol.stratified_split(labels, seed, split)`` — the same as
 ``cbir bench accuracy`` — so the test split never trains. Input transform = the weights'
 preprocessing (cbir's ``Preprocess``: squash to the input size, bicubic; mean/std of the weights),
 plus random horizontal flips in phase 2. Images are decoded once and kept in memory as uint8.
@@ -103,7 +103,7 @@ def finetune(r: Recipe, progress: bool = True) -> dict:
     import torch
     from torch import nn
 
-    from cbir.bench.protocol import load_dataset, stratified_split
+    from cbir.eval.protocol import load_dataset, stratified_split
     from cbir.models.archs import get_arch
     from cbir.models.weights import load_pretrained, load_trunk_state, read_checkpoint
 

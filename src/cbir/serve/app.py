@@ -54,14 +54,14 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as StarletteRequest
 
+from cbir.copies import cascade, local_features
+from cbir.copies.cascade import ERRORS, STAGES, Notes
+from cbir.cores import faiss_single_threaded
 from cbir.deadline import Deadline
-from cbir.engine import local_features
 from cbir.engine.batcher import BatcherClosed, QueueFull
 from cbir.engine.preprocess import ImageError
 from cbir.errors import CbirError
-from cbir.index.ann import faiss_index
 from cbir.index.query import rerank
-from cbir.index.query.cascade import ERRORS, STAGES, Notes, second_look
 from cbir.index.query.rerank import DEFAULT_BUDGET, GET_BUDGET, LIMITS, PRESETS, Budget, Rerank
 from cbir.serve.audit import DEFAULT_RATE, Auditor
 from cbir.serve.metrics import CONTENT_TYPE, Metrics
@@ -228,8 +228,9 @@ def create_app(
     device: str | None = None,
     search_device: str | None = None,
 ):
-    from cbir import __version__, memory
+    from cbir import memory
     from cbir.index.gallery import Gallery
+    from cbir.version import __version__
 
     memory.limit_arenas()  # before the model's and the search's threads start
 
@@ -426,25 +427,13 @@ def create_app(
         """The whole cascade for one query on one snapshot: a newer index.faiss from a writer is
         swapped in first (a stat of index.json), then every stage reads that snapshot. FAISS runs
         single-threaded here: concurrent requests are the parallelism."""
-        faiss_index.single_threaded()
+        faiss_single_threaded()
         gallery.refresh()
-        snap = gallery.snapshot()
-        notes = Notes()
-        hits = gallery.search_vectors(
-            vec[None],
-            k,
-            cfg,
-            query_features=None if feats is None else [feats],
-            snap=snap,
-            deadline=deadline,
-            notes=[notes],
-        )[0]
-        if data is not None:
-            hits = second_look(gallery, data, vec, hits, k, cfg, feats, snap, deadline, notes)
-        return hits, notes
+        query = cascade.Query(data, vec, feats)
+        return cascade.search(gallery, [query], k, cfg, gallery.snapshot(), deadline)[0], query.notes
 
     def search_item(item_id: int, k: int, cfg: Rerank) -> tuple:
-        faiss_index.single_threaded()
+        faiss_single_threaded()
         gallery.refresh()
         return gallery.search_items([item_id], k, cfg)[0], Notes()
 

@@ -108,8 +108,8 @@ def fp16_gate(
 
 def delta_map(fp32_model, fp16_model, data: str, pp) -> dict:
     """mAP (every image as a query, query kept) of FP32 vs torch-half vectors on a labelled folder."""
-    from cbir.bench.protocol import load_dataset
-    from cbir.bench.ranking import evaluate
+    from cbir.eval.protocol import load_dataset
+    from cbir.eval.ranking import evaluate
 
     ds = load_dataset(data)
     out = {}

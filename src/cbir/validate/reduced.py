@@ -18,8 +18,8 @@ MAX_DELTA_MAP = 0.005
 
 def delta_map(reference, test, data: str) -> dict:
     """mAP (every image a query, kept in its ranking) of both embedders' vectors on a labelled folder."""
-    from cbir.bench.protocol import load_dataset
-    from cbir.bench.ranking import evaluate
+    from cbir.eval.protocol import load_dataset
+    from cbir.eval.ranking import evaluate
 
     ds = load_dataset(data)
     out = {}

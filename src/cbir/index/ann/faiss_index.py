@@ -239,16 +239,6 @@ class Serialized:
         return getattr(self.index, name)
 
 
-def single_threaded() -> None:
-    """FAISS calls made by *this* thread run on one OpenMP thread (OpenMP's thread count is per
-    thread): for threads that already run in parallel with others — local-feature matching, a
-    server's request threads — where FAISS's own threads would only contend (and spin) for the same
-    cores. Calls from other threads keep FAISS's default."""
-    import faiss
-
-    faiss.omp_set_num_threads(1)
-
-
 def search(index, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
     """(sims, ids) of the top ``k`` (capped at the index size); ``params``: a ``faiss.SearchParameters``."""
     k = max(1, min(k, index.ntotal)) if index.ntotal else 1

@@ -3,13 +3,11 @@ spatial verification.
 
 A search with re-ranking: (1) the k-NN search returns a shortlist of ``shortlist`` candidates
 (default 400) and their stored vectors; (2) ``verify``: the first ``verify`` candidates (k-NN order)
-are matched against the query's local features, and those with ≥ ``min_inliers`` RANSAC inliers are
-*verified* — except that when the k-NN's first candidate alone has inliers for ``SURE`` (half) of
-the query's keypoints (the very photo, or a copy barely changed: a near-duplicate shot or an edited
-copy keeps far fewer), the others are not matched (their inliers say "not checked"); (3) the ``STAGES`` run in order
-on the shortlist; (4) the answer is the verified
-candidates first (most inliers first), then the rest of the shortlist by the final score, then —
-only when k exceeds the shortlist — a second k-NN search with the final query fills the tail.
+are matched against the query's local features (``cbir.copies.verify``), and those with
+≥ ``min_inliers`` RANSAC inliers are *verified*; (3) the ``STAGES`` run in order on the shortlist;
+(4) the answer is the verified candidates first (most inliers first), then the rest of the shortlist
+by the final score, then — only when k exceeds the shortlist — a second k-NN search with the final
+query fills the tail. What follows for an image query is the cascade's (``cbir.copies.cascade``).
 
 Formulas (x_i the shortlist's L2-normalised vectors, q the query, s_i = q·x_i, ‖·‖ L2-normalisation):
 
@@ -22,16 +20,9 @@ Formulas (x_i the shortlist's L2-normalised vectors, q the query, s_i = q·x_i, 
   shortlist, S = D^-½ A D^-½; solve (I − αS) f = y, y_i = max(s_i, 0)^γ for the query's top k, by
   conjugate gradient (Iscen et al., CVPR 2017, truncated to the shortlist: never an n×n matrix);
   the score is f.
-- ``partial`` (n): when a query image has nothing verified after (4), each of its ``WINDOWS``
-  (five half-size windows, ``cbir.engine.local_features``) is embedded and searched on its own, and
-  the first n k-NN of every window are verified against that window's own local features; verified
-  ones come first (a photo pasted into another, a screenshot, a collage). A query with a layout (a
-  block bounded by bands of one colour, ``cbir.engine.layout``) has that block as a sixth window,
-  whose first k-NN only is verified; and the whole query is verified against the ``VOTES`` (2)
-  items that share the most ORB descriptor matches with it (``cbir.index.query.votes``: a shortlist
-  that needs no CNN vector, for copies too degraded or flipped for it), also with the query
-  stretched back to each of the gallery's common shapes when it is more than 1.5× off one. Only
-  ``Gallery.search`` (an image query) runs it; a vector or an item as query has no windows.
+- ``partial`` (n): when an image query has nothing verified after (4), the cascade's second look
+  verifies the first n k-NN of each of its windows, and the items that share the most ORB
+  descriptors with it (``cbir.copies.windows``). A vector or an item as query has no windows.
 - ``keep_first`` (c): the k-NN's first candidate stays first after the verified ones when its cosine
   to the query is ≥ c (0 = off): a copy too degraded to verify (a chain of edits, a perspective
   warp) is often the plain k-NN's first, and the class re-ranking would otherwise move a look-alike
@@ -59,9 +50,8 @@ from typing import Callable
 
 import numpy as np
 
-from cbir.engine.local_features import GUIDE_MAX, WINDOWS
+from cbir.copies import cascade
 from cbir.errors import CbirError
-from cbir.index.query.votes import ASPECTS
 from cbir.vectors import expand, l2_normalize
 
 
@@ -127,27 +117,6 @@ class Budget:
 
 DEFAULT_BUDGET = Budget()
 GET_BUDGET = Budget(mib=64.0, gflop=2.0)
-# ORB matching of one candidate, as budget "GFLOP": 0.05 stood for ~5 ms of OpenCV brute-force
-# matching; FAISS's Hamming k-NN takes ~1.2 ms, twice with the mirrored query (BENCHMARKS.md, issue 26)
-VERIFY_GFLOP = 0.025
-# one guided re-match (local_features.rematch, ~5.4 ms); each verification pass (the top candidates,
-# the windows) re-matches at most GUIDE_MAX near pairs, only when nothing verified
-REMATCH_GFLOP = 0.055
-SURE = 0.5  # a first candidate with inliers for this share of the query's keypoints ends verification (step 2)
-VOTES = 2  # the ``partial`` pass also verifies the query against this many items by descriptor votes
-# … found by one IVF search of the query's ≤ 1,000 ORB descriptors (~5 ms at 1k items, 13 ms at 100k)
-VOTE_GFLOP = 0.05
-# … and, per common gallery shape it is re-stretched to (``votes.ASPECTS`` at most), two more ORB
-# detections (~7.6 ms with the decode) before its own vote
-RESTRETCH_GFLOP = 0.08
-
-
-def sure_inliers(query_features, min_inliers: int) -> int:
-    """Inliers with which the k-NN's first candidate ends verification (``SURE`` of the query's own
-    keypoints, at least ``min_inliers``): ``local_features.verify``'s ``stop_at``."""
-    from cbir.engine.local_features import primary
-
-    return max(min_inliers, int(np.ceil(SURE * int(primary(query_features)["n"]))))
 
 
 def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
@@ -172,10 +141,7 @@ def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
         r = min(cfg.regional, n)
         b += 2 * r * regions * dim * 4.0
         f += 2.0 * r * regions * dim
-    f += (cfg.verify + len(WINDOWS) * cfg.partial + bool(cfg.partial)) * VERIFY_GFLOP * 1e9  # + the layout box's top 1
-    if cfg.partial:  # the descriptor votes: as it is and re-stretched to each common shape
-        f += ((1 + ASPECTS) * (VOTE_GFLOP + VOTES * VERIFY_GFLOP) + ASPECTS * RESTRETCH_GFLOP) * 1e9
-    f += (bool(cfg.verify) + bool(cfg.partial)) * GUIDE_MAX * REMATCH_GFLOP * 1e9
+    f += cascade.gflop(cfg) * 1e9  # verification and the second look (``cbir.copies.cascade``)
     return b / 2**20, f / 1e9
 
 
@@ -354,3 +320,31 @@ def rerank(
     # by score (stable: ties keep k-NN order)
     order = np.lexsort((-score, group, -first, -np.where(verified, inl, -1), ~verified))
     return ids[order], score[order].astype(np.float32), inl[order], q.astype(np.float32)
+
+
+def for_index(settings, root, rerank: Rerank | str | dict | None = None, budget: Budget = DEFAULT_BUDGET) -> Rerank:
+    """The re-ranking of a search on the index at ``root`` (``settings``: its ``Settings``): the
+    index's stored one (index.json ``rerank``; none for an index made before it existed), or a
+    preset name, a dict of overrides, or a ``Rerank``; refused when the index cannot run it (no local
+    features to verify with, no regional descriptors) or it would cost more than ``budget``."""
+    s = settings
+    if isinstance(rerank, Rerank):
+        cfg = rerank
+    elif isinstance(rerank, str):
+        cfg = resolve(preset=rerank)
+    else:
+        cfg = resolve(s.rerank, **(rerank or {}))
+    if cfg.verify and not s.local_features:
+        raise CbirError(
+            f"--index {root}: built without local features, so nothing can be verified; "
+            f"add them with `cbir index features {root}`, or search without verification "
+            f"(--rerank class, or --verify 0)"
+        )
+    if cfg.regional and not s.num_regions:
+        raise CbirError(
+            f"--index {root}: its model has no regional descriptors, so nothing can be re-ranked "
+            f"by regions; export the model with `cbir export ... --regions` and build an index with "
+            f"it, or search with --regional 0"
+        )
+    check_budget(cfg, s.dim, s.num_regions, budget)
+    return cfg

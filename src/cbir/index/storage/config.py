@@ -16,6 +16,7 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cbir import fsio
@@ -97,7 +98,7 @@ def vectors_only_model(dim: int) -> dict:
 
 def new(embedder, options: dict, dim: int, whitening_fp: str | None, model_dim: int | None = None) -> dict:
     """index.json for ``embedder``'s model, or for vectors of ``model_dim`` with no model (embedder None)."""
-    from cbir import __version__
+    from cbir.version import __version__
 
     model = embedder.info.public() if embedder is not None else vectors_only_model(model_dim)
     return {
@@ -133,3 +134,63 @@ def check_options(root: Path, config: dict, given: dict) -> dict:
                 f"{flag} {value}: index {root} was created with {flag} {have}; build a new index to change it"
             )
     return settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """index.json as typed settings (read-only; ``Settings.of(config)``). The dict stays what is
+    written: writers change it under the writer lock and save it (``save``)."""
+
+    model: dict
+    model_path: str | None
+    preprocess: dict | None
+    dim: int
+    factory: str
+    index_factory: str
+    shard_size: int
+    whitening: str | None
+    dba: int
+    local_features: str | None
+    rerank: dict | None
+    search: dict
+    tuning: dict | None
+    faiss_generation: int | None
+    revision: int | None
+    index_bytes: int | None
+    trained_on: int
+
+    @classmethod
+    def of(cls, config: dict) -> Settings:
+        return cls(
+            model=config["model"],
+            model_path=config.get("model_path"),
+            preprocess=config.get("preprocess"),
+            dim=config["dim"],
+            factory=config.get("factory", DEFAULTS["factory"]),
+            index_factory=config.get("index_factory", config.get("factory", DEFAULTS["factory"])),
+            shard_size=config.get("shard_size", SHARD_SIZE),
+            whitening=config.get("whitening"),
+            dba=config.get("dba", 0),
+            local_features=config.get("local_features"),
+            rerank=config.get("rerank"),
+            search=config.get("search") or {},
+            tuning=config.get("tuning"),
+            faiss_generation=config.get("faiss_generation"),
+            revision=config.get("revision"),
+            index_bytes=config.get("index_bytes"),
+            trained_on=config.get("trained_on", 0),
+        )
+
+    @property
+    def model_dim(self) -> int:
+        """The model's output dimension (before whitening)."""
+        return self.model["dim"]
+
+    @property
+    def vectors_only(self) -> bool:
+        return self.model["arch"] == "vectors-only"
+
+    @property
+    def num_regions(self) -> int:
+        """Regional descriptors per item (its model's ``--regions``; 0: none)."""
+        return int(self.model.get("extra", {}).get("regions", 0))

@@ -1,5 +1,5 @@
 """Local features of an index's items, for spatial verification: one ``shards/shard-NNNNNN.orb.npy``
-per shard (``cbir.engine.local_features.DTYPE`` records plus an ``id`` field, row order = the
+per shard (``cbir.copies.local_features.DTYPE`` records plus an ``id`` field, row order = the
 shard's items), written atomically after the shard's vectors were committed.
 
 Resume: a done shard without its feature file gets one on the next ``ensure`` (build, add, or
@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cbir import crashpoints, fsio
+from cbir.copies import local_features
 from cbir.cores import all_cores
-from cbir.engine import local_features
 from cbir.engine.preprocess import ImageError
 from cbir.index.storage.shard_rows import ShardRows
 

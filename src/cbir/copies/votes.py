@@ -29,7 +29,7 @@ items of 500 keypoints, then evenly spaced ones of each item (a 100k gallery kee
 votes with less power). Build time: ~1 s per 1,000 items of 500 keypoints, ~15 s for 3.3M
 descriptors (100k items at the cap). ``updated`` follows a change of the indexed set without a
 rebuild (a copy of the index, the removed items' descriptors taken out, the added ones' put in);
-``cbir.index.query.vote_cache`` decides when and where (in the caller, or aside for ``cbir serve``).
+``cbir.copies.vote_cache`` decides when and where (in the caller, or aside for ``cbir serve``).
 """
 
 from __future__ import annotations
@@ -38,12 +38,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cbir.engine.local_features import MAX_KEYPOINTS, RATIO
+from cbir.copies.local_features import MAX_KEYPOINTS, RATIO
 
 NPROBE = 8
 MIN_VOTES = 2  # one match is chance: a random photo shares one ratio-test match with many items
 MAX_MIB = 128.0
 SYNC_ITEMS = 20_000  # a gallery up to this size builds its vote index within the search (≤ ~3 s), a larger one aside
+VOTES = 2  # a query's second look verifies it against this many items by descriptor votes
 ASPECTS = 2  # a query stretched away from the gallery's common shapes is re-stretched to at most this many
 ASPECT_SHARE = 0.1  # … each the shape of at least this share of the items
 BYTES = 40  # per indexed descriptor: the code and its int64 label

@@ -42,7 +42,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from cbir.engine.layout import content_box, innermost, inset_box
+from cbir.copies.layout import content_box, innermost, inset_box
 from cbir.engine.preprocess import MAX_PIXELS, ImageSource, open_image, to_rgb
 
 MAX_KEYPOINTS = 500

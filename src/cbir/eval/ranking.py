@@ -4,34 +4,16 @@ fidelity gate's ΔmAP (``cbir.validate``)."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from cbir.bench import metrics
-from cbir.cores import all_cores
-from cbir.engine import local_features
+from cbir.copies import verify
+from cbir.eval import metrics
 from cbir.index.ann import faiss_index
-from cbir.index.query.rerank import Rerank, sure_inliers
-from cbir.index.query.search import Verifier, search
+from cbir.index.query.rerank import Rerank
+from cbir.index.query.search import search
 from cbir.vectors import l2_normalize
 
 KS = (10, 20, 100)
-
-
-def verifier(
-    query_features: np.ndarray, gallery_features: np.ndarray, min_inliers: int, pool: ThreadPoolExecutor
-) -> Verifier:
-    """verify(query row, gallery positions) -> inliers, from local-feature record arrays
-    (``local_features.verify``, as the index's search does)."""
-
-    def verify(row: int, ids: np.ndarray) -> np.ndarray:
-        qf = query_features[row]
-        return local_features.verify(
-            [(qf, gallery_features[j]) for j in ids], min_inliers, pool.map, sure_inliers(qf, min_inliers)
-        )
-
-    return verify
 
 
 def regions_lookup(regions: np.ndarray):
@@ -53,14 +35,11 @@ def rank(
 ) -> np.ndarray:
     """Rankings [q, k] of gallery positions (ids are gallery positions), re-ranked with ``cfg``;
     verification needs both feature arrays, regional re-ranking ``gallery_regions`` [n, R, D]."""
-    with ThreadPoolExecutor(all_cores()) as pool:
-        verify = (
-            verifier(query_features, gallery_features, cfg.min_inliers, pool)
-            if cfg is not None and cfg.verify and query_features is not None
-            else None
-        )
-        regions_of = regions_lookup(gallery_regions) if gallery_regions is not None else None
-        _, ranking, _ = search(index, queries, k, cfg, lambda ids: gallery[ids], verify, regions_of=regions_of)
+    check = None
+    if cfg is not None and cfg.verify and query_features is not None:  # as the index's search verifies
+        check = verify.verifier(lambda ids: [gallery_features[j] for j in ids], query_features, cfg.min_inliers)
+    regions_of = regions_lookup(gallery_regions) if gallery_regions is not None else None
+    _, ranking, _ = search(index, queries, k, cfg, lambda ids: gallery[ids], check, regions_of=regions_of)
     return ranking
 
 

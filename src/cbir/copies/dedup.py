@@ -15,7 +15,7 @@
   screenshots) — a photo pasted into another, a screenshot or meme of a photo. It re-embeds ~6
   crops per image: on 2 cores, 1,484 images take ~125 s against ~16 s without it.
 - Vote pass (with ``partial``): every item is also paired with the 2 items that share the most ORB
-  descriptor matches with its stored features or its mirror's (``cbir.index.query.votes``, as
+  descriptor matches with its stored features or its mirror's (``cbir.copies.votes``, as
   search's second look) — an upside-down or heavily pixelated copy the CNN vector does not put near
   its photo — and those pairs are verified like the k-NN's (held-out planted set: vflip recall
   0.85 → 1.00, 1.03× the time: the mirrors are extracted once for both).
@@ -47,11 +47,12 @@ from typing import Callable
 
 import numpy as np
 
+from cbir.copies import local_features
+from cbir.copies.match_regions import frame_pairs, template_pairs, unexplained
+from cbir.copies.votes import VOTES
+from cbir.copies.windows import voted, window_candidates
 from cbir.cores import all_cores
-from cbir.engine import local_features
 from cbir.errors import CbirError
-from cbir.index.ann import faiss_index
-from cbir.index.match_regions import frame_pairs, template_pairs, unexplained
 
 K = 10
 THRESHOLD = 0.5
@@ -102,7 +103,7 @@ def find(
     keep = set(ids.tolist())
     for s in range(0, len(ids), BATCH):
         chunk = ids[s : s + BATCH]
-        sims, nn = faiss_index.search(index, gallery.vectors_for(chunk), min(k + 1, index.ntotal))
+        sims, nn = gallery.knn(gallery.vectors_for(chunk), min(k + 1, index.ntotal))
         for a, srow, nrow in zip(chunk, sims, nn):
             for b, sim in zip(nrow, srow):
                 if b >= 0 and b != a and sim >= threshold and int(b) in keep:
@@ -292,13 +293,10 @@ def _verified(
 def _voted_pairs(
     gallery, ids: np.ndarray, keep: set[int], progress: bool, mirror: Callable[[int], tuple | None] | None = None
 ) -> set[tuple[int, int]]:
-    """Pairs of each item with the ``rerank.VOTES`` others that share the most ORB matches with its
-    stored features or its mirror's (``cbir.index.query.votes``, as search's second look): copies
+    """Pairs of each item with the ``votes.VOTES`` others that share the most ORB matches with its
+    stored features or its mirror's (``cbir.copies.votes``, as search's second look): copies
     the CNN vector does not put near each other (a vertical flip, heavy pixelization). Verified
     like the k-NN pairs (first fit, mirrored when it fails)."""
-    from cbir.index.query import votes
-    from cbir.index.query.rerank import VOTES
-
     index = gallery.vote_index()
     if index is None:
         return set()
@@ -311,7 +309,7 @@ def _voted_pairs(
         if rec is None or not rec["n"]:
             return []
         flipped = mirror(i)  # None: its stored features vote alone
-        got = votes.vote(index, [rec] if flipped is None else [rec, flipped[0]], VOTES + 1)
+        got = [j for _, j in voted(index, [[rec] if flipped is None else [rec, flipped[0]]], VOTES + 1)]
         if bar is not None:
             bar.update(1)
         return [j for j in got if j != i and j in keep][:VOTES]
@@ -372,7 +370,7 @@ def _window_matches(
     if not boxes:
         return
     try:
-        embedder = gallery.embedder()
+        gallery.embedder()  # refused here, with the reason, when the index has no usable model
     except CbirError as e:
         raise CbirError(
             f"{e}\n(dedup's windows pass embeds parts of each image with the index's model; "
@@ -402,14 +400,13 @@ def _window_matches(
                         (fw, fh), (x0, y0, x1, y1) = local_features.at_side(w.size), w.bands
                         layouts[i] = (x0 * fw, y0 * fh, x1 * fw, y1 * fh)
             crops = [(i, n, c) for i, w in got.items() for n, c in enumerate(w.crops)]
-            res = embedder.embed_files([c for _, _, c in crops])
-            if len(res.indices):
-                _, nn = faiss_index.search(
-                    gallery.index, gallery.postprocess_queries(res.vectors), min(partial + 1, gallery.index.ntotal)
-                )
+            rows, _, _, nn = window_candidates(
+                gallery, [c for _, _, c in crops], min(partial + 1, gallery.index.ntotal)
+            )
+            if len(rows):
                 tasks = [
                     (crops[r][0], crops[r][1], int(c))
-                    for r, row in zip(res.indices, nn)
+                    for r, row in zip(rows, nn)
                     for c in row
                     if c >= 0 and c != crops[r][0] and int(c) in keep
                 ]

@@ -18,19 +18,25 @@ indexed). A failed update is kept in ``error`` and tried again on the next call.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from cbir.index.query import votes
-from cbir.index.storage import features as _features
+from cbir.copies import votes
 
 REBUILD_SHARE = 0.5  # items added or removed since the last full build, as a share of its items
 
 
+# read(ids, keep) -> (descriptors [n, 32], their items [n], the items read [m], each one's aspect [m]);
+# ``keep(count)`` picks which of an item's descriptors go in (``index.storage.features.descriptors``)
+Reader = Callable[[np.ndarray, Callable[[int], np.ndarray]], tuple]
+
+
 class VoteCache:
-    def __init__(self, store, root: Path, background: bool = False):
-        self.store, self.root, self.background = store, Path(root), background
+    """The vote state of the items ``store`` calls indexed, their descriptors read with ``read``."""
+
+    def __init__(self, store, read: Reader, background: bool = False):
+        self.store, self.read, self.background = store, read, background
         self._state: votes.VoteState | None = None
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
@@ -94,7 +100,7 @@ class VoteCache:
 
     def _read(self, ids: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(descriptors, owners, aspect of each of ``ids`` — NaN for one without features)."""
-        descs, owners, items, got = _features.descriptors(self.store, self.root, lambda n: votes.spaced(n, keep), ids)
+        descs, owners, items, got = self.read(ids, lambda n: votes.spaced(n, keep))
         aspects = np.full(len(ids), np.nan)
         if len(items):
             aspects[np.searchsorted(ids, items)] = got

@@ -1,13 +1,9 @@
-"""Colour statistics of a model-input row, and what they say about a pixel-shuffled copy.
+"""Colour statistics of a model-input row (computed as it is decoded, ``cbir.engine.bulk``).
 
 ``row_stats(row)`` → float32 [4]: the mean R, G, B of the uint8 H×W×3 row, and its *structure*: the
-larger |correlation| of grey levels 3 pixels apart, across and down. Natural photos score ≥ 0.5
-(Corel-1K: ≥ 0.57); an image whose pixels were shuffled scores ≈ 0 (AugLy ``shuffle_pixels`` copies
-after JPEG: ≤ 0.018; the lowest other edit of the AugLy suite, a filtered negative: 0.038) — at lag
-3, not lag 1, because the resize's area averaging correlates neighbouring pixels of any image. A
-shuffle keeps exactly one thing of the photo: its colours, so ``SCRAMBLED_MAX`` (0.025) marks queries that are
-answered by mean colour (``Gallery.search_scrambled``, for queries that verify nothing). Area resizing keeps the mean (full-resolution vs
-224×224 rows: within 0.006 of 255 on Corel-1K).
+larger |correlation| of grey levels ``LAG`` (3) pixels apart, across and down — at lag 3, not lag 1,
+because the resize's area averaging correlates neighbouring pixels of any image. Area resizing keeps
+the mean. What the structure says about a copy: ``cbir.copies.colour``.
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ try:
 except ImportError:  # pragma: no cover
     _cv2 = None
 
-SCRAMBLED_MAX = 0.025
 LAG = 3
 
 
@@ -44,8 +39,3 @@ def row_stats(row: np.ndarray, structure: bool = True) -> np.ndarray:
         if g.shape[0] > LAG and g.shape[1] > LAG:  # pixel pairs LAG apart, on every other line (half the cost)
             s = max(_corr(g[::2, :-LAG], g[::2, LAG:]), _corr(g[:-LAG, ::2], g[LAG:, ::2]))
     return np.array([*mean, s], np.float32)
-
-
-def scrambled(stats: np.ndarray | None) -> bool:
-    """Whether a row's stats say its pixels were shuffled (no spatial structure left)."""
-    return stats is not None and bool(np.isfinite(stats[3])) and float(stats[3]) <= SCRAMBLED_MAX
