@@ -374,8 +374,7 @@ def cmd_bench_live(a: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+def _accuracy_parser(bench) -> None:
     ba = bench.add_parser("accuracy", help="retrieval metrics on a labelled folder (Corel protocol)")
     ba.add_argument("--model", required=True)
     ba.add_argument("--data", required=True, help="class-per-folder images, or N.jpg with class N // 100")
@@ -412,6 +411,9 @@ def register(sub) -> None:
     )
     ba.add_argument("--json", action="store_true")
     ba.set_defaults(fn=cmd_bench_accuracy)
+
+
+def _copies_parser(bench) -> None:
     bc = bench.add_parser(
         "copies", help="write edited copies of images (crop, rotate, jpeg, colour, downscale, border, caption)"
     )
@@ -436,6 +438,9 @@ def register(sub) -> None:
         "(default: scikit-image's and scikit-learn's bundled photos)",
     )
     bc.set_defaults(fn=cmd_bench_copies)
+
+
+def _copy_search_parser(bench) -> None:
     bs = bench.add_parser(
         "copy-search",
         help="find the original of every copy of a suite through an index, "
@@ -450,6 +455,9 @@ def register(sub) -> None:
     rerank_args(bs)
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(fn=cmd_bench_copy_search)
+
+
+def _dedup_parser(bench) -> None:
     bd = bench.add_parser("dedup", help="recall and purity of `cbir dedup` on an index holding DATA and planted COPIES")
     bd.add_argument("--index", required=True)
     bd.add_argument("--data", required=True, help="the original images (as indexed)")
@@ -468,6 +476,9 @@ def register(sub) -> None:
         "imagededup-phash,fastdup (default both; each an optional install)",
     )
     bd.set_defaults(fn=cmd_bench_dedup)
+
+
+def _exact_parser(bench) -> None:
     be = bench.add_parser("exact", help="exact k-NN in PyTorch (FP16 on cuda) beside FAISS's CPU Flat, same vectors")
     be.add_argument("--n", type=int, default=1_000_000)
     be.add_argument("--dim", type=int, default=320)
@@ -479,6 +490,9 @@ def register(sub) -> None:
     be.add_argument("--clients", type=int, default=16, help="threads sending single-query searches (0: skip)")
     be.add_argument("--json", action="store_true")
     be.set_defaults(fn=cmd_bench_exact)
+
+
+def _latency_parser(bench) -> None:
     bl = bench.add_parser("latency", help="throughput and latency of a model")
     bl.add_argument("--model", required=True)
     backend_args(bl)
@@ -496,6 +510,9 @@ def register(sub) -> None:
     bl.add_argument("--threads", type=int)
     bl.add_argument("--json", action="store_true")
     bl.set_defaults(fn=cmd_bench_latency)
+
+
+def _sweep_parser(bench) -> None:
     sw = bench.add_parser("sweep", help="accuracy + latency for every arch × block; report.md/csv/json + pareto.png")
     sw.add_argument("--data", help="labelled image folder for accuracy (pretrained models only)")
     sw.add_argument("--out", required=True, help="report directory (an interrupted sweep resumes there)")
@@ -507,6 +524,9 @@ def register(sub) -> None:
     sw.add_argument("--repeats", type=int, default=3)
     sw.add_argument("--json", action="store_true")
     sw.set_defaults(fn=cmd_bench_sweep)
+
+
+def _http_parser(bench) -> None:
     bh = bench.add_parser("http", help="load-test POST /search of a running `cbir serve` on loopback")
     bh.add_argument("--url", default="http://127.0.0.1:8000")
     bh.add_argument("--image", required=True, nargs="+", help="query images (files or folders), sent in turn")
@@ -519,6 +539,9 @@ def register(sub) -> None:
     bh.add_argument("-k", type=int, default=10)
     bh.add_argument("--json", action="store_true")
     bh.set_defaults(fn=cmd_bench_http)
+
+
+def _live_parser(bench) -> None:
     lv = bench.add_parser(
         "live",
         help="soak `cbir serve` while writers add, remove and die: latency, errors, short or resurrected answers, RSS",
@@ -545,6 +568,9 @@ def register(sub) -> None:
     lv.add_argument("--plot", help="latency over time and RSS, PNG (matplotlib)")
     lv.add_argument("--json", action="store_true")
     lv.set_defaults(fn=cmd_bench_live)
+
+
+def _search_parser(bench) -> None:
     bs_ = bench.add_parser(
         "search", help="the index at scale: auto choice, build time, peak RSS, bytes, recall, ms/query"
     )
@@ -567,6 +593,9 @@ def register(sub) -> None:
     )
     bs_.add_argument("--json", action="store_true")
     bs_.set_defaults(fn=cmd_bench_search)
+
+
+def _requests_parser(bench) -> None:
     br = bench.add_parser("requests", help="peak RSS and time of the heaviest searches the work budget allows")
     br.add_argument("--n", type=int, default=100_000, help="gallery size (synthetic clustered vectors)")
     br.add_argument("--dim", type=int, default=320)
@@ -574,3 +603,18 @@ def register(sub) -> None:
     br.add_argument("--queries", type=int, default=4)
     br.add_argument("--json", action="store_true")
     br.set_defaults(fn=cmd_bench_requests)
+
+
+def register(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    _accuracy_parser(bench)
+    _copies_parser(bench)
+    _copy_search_parser(bench)
+    _dedup_parser(bench)
+    _exact_parser(bench)
+    _latency_parser(bench)
+    _sweep_parser(bench)
+    _http_parser(bench)
+    _live_parser(bench)
+    _search_parser(bench)
+    _requests_parser(bench)

@@ -98,7 +98,7 @@ def cmd_export_triton(a: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
+def _export_parser(sub) -> None:
     e = sub.add_parser("export", help="export a retrieval model to ONNX (parity-gated)")
     e.add_argument(
         "--arch", help="timm name (efficientnet_b0..b5, tf_efficientnet_b0..b5, tf_efficientnet_lite0..2) or b0/lite0"
@@ -157,6 +157,8 @@ def register(sub) -> None:
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_export)
 
+
+def _compile_parser(sub) -> None:
     c = sub.add_parser("compile", help="build a TensorRT engine from an exported ONNX model (GPU)")
     c.add_argument("model", help="ONNX from `cbir export` (use --precision fp16 for an FP16 engine)")
     c.add_argument("--backend", default="tensorrt")
@@ -170,6 +172,8 @@ def register(sub) -> None:
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_compile)
 
+
+def _export_triton_parser(sub) -> None:
     tr = sub.add_parser("export-triton", help="write a Triton model-repository entry for a model")
     tr.add_argument("--model", required=True, help="model.onnx or model.plan (with its manifest)")
     tr.add_argument("--repo", required=True)
@@ -179,3 +183,9 @@ def register(sub) -> None:
     tr.add_argument("--max-queue-delay-us", type=int, default=100)
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(fn=cmd_export_triton)
+
+
+def register(sub) -> None:
+    _export_parser(sub)
+    _compile_parser(sub)
+    _export_triton_parser(sub)

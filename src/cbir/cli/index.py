@@ -342,10 +342,7 @@ RESTORE_HELP = (
 )
 
 
-def register(sub) -> None:
-    ix = sub.add_parser("index", help="build and edit a gallery index").add_subparsers(
-        dest="index_command", required=True
-    )
+def _build_parser(ix) -> None:
     b = ix.add_parser("build", help="index a folder of images (resumable)")
     b.add_argument(
         "images_dir", nargs="?", help="folder, .tar shard, .parquet file or URL of images (or use --from-vectors)"
@@ -411,6 +408,9 @@ def register(sub) -> None:
     b.add_argument("--json", action="store_true")
     wait_arg(b)
     b.set_defaults(fn=cmd_index_build)
+
+
+def _add_parser(ix) -> None:
     ad = ix.add_parser("add", help="add new or changed files or folders")
     ad.add_argument("index")
     ad.add_argument("paths", nargs="*", help="files, folders, tar shards, parquet files or URLs")
@@ -423,12 +423,18 @@ def register(sub) -> None:
     ad.add_argument("--json", action="store_true")
     wait_arg(ad)
     ad.set_defaults(fn=cmd_index_add)
+
+
+def _remove_parser(ix) -> None:
     rm = ix.add_parser("remove", help="remove files or folders from the index")
     rm.add_argument("index")
     rm.add_argument("paths", nargs="+")
     rm.add_argument("--json", action="store_true")
     wait_arg(rm)
     rm.set_defaults(fn=cmd_index_remove)
+
+
+def _tune_parser(ix) -> None:
     tu = ix.add_parser("tune", help="tune nprobe / efSearch to a recall target on held-out vectors")
     tu.add_argument("index")
     tu.add_argument("--target-recall", type=float, required=True, help="recall@10 vs exact search, e.g. 0.95")
@@ -445,6 +451,9 @@ def register(sub) -> None:
     tu.add_argument("--json", action="store_true")
     wait_arg(tu)
     tu.set_defaults(fn=cmd_index_tune)
+
+
+def _features_parser(ix) -> None:
     fe = ix.add_parser(
         "features",
         help="add local features (spatial verification) to an index built without them, "
@@ -455,18 +464,27 @@ def register(sub) -> None:
     fe.add_argument("--json", action="store_true")
     wait_arg(fe)
     fe.set_defaults(fn=cmd_index_features)
+
+
+def _rerank_parser(ix) -> None:
     rr = ix.add_parser("rerank", help="set the re-ranking searches use by default (stored in index.json)")
     rr.add_argument("index")
     rerank_args(rr)
     rr.add_argument("--json", action="store_true")
     wait_arg(rr)
     rr.set_defaults(fn=cmd_index_rerank)
+
+
+def _check_parser(ix) -> None:
     ck = ix.add_parser(
         "check", help="verify shard files, features, regions and index.faiss against SQLite (exit 1 on damage)"
     )
     ck.add_argument("index")
     ck.add_argument("--json", action="store_true")
     ck.set_defaults(fn=cmd_index_check)
+
+
+def _repair_parser(ix) -> None:
     rp = ix.add_parser(
         "repair", help="rebuild what is derived from the shards, embed lost shards again, report what is lost"
     )
@@ -475,7 +493,25 @@ def register(sub) -> None:
     rp.add_argument("--json", action="store_true")
     wait_arg(rp)
     rp.set_defaults(fn=cmd_index_repair)
+
+
+def _info_parser(ix) -> None:
     inf = ix.add_parser("info", help="what an index holds")
     inf.add_argument("index")
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(fn=cmd_index_info)
+
+
+def register(sub) -> None:
+    ix = sub.add_parser("index", help="build and edit a gallery index").add_subparsers(
+        dest="index_command", required=True
+    )
+    _build_parser(ix)
+    _add_parser(ix)
+    _remove_parser(ix)
+    _tune_parser(ix)
+    _features_parser(ix)
+    _rerank_parser(ix)
+    _check_parser(ix)
+    _repair_parser(ix)
+    _info_parser(ix)
