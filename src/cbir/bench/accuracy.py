@@ -19,6 +19,7 @@ needs a model exported with ``--regions`` (the regional descriptors come from th
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -141,56 +142,10 @@ def bench_accuracy(
 
         features = np.concatenate([features, np.repeat(local_features.empty()[None], len(vectors) - n_real)])
     split_seed = emb.info.extra.get("split_seed")
-    if queries == "all":
-        splits = [np.arange(n_real)]
-    elif queries == "every10":
-        splits = [np.arange(0, n_real, 10)]
-    elif split_seed is not None:
-        # a fine-tuned model saw the train split of its own seed: only that seed's test split is fair
-        splits = [stratified_split(labels[:n_real], int(split_seed), float(emb.info.extra.get("split", 0.8)))[1]]
-    else:
-        splits = [stratified_split(labels[:n_real], seed)[1] for seed in range(seeds)]
+    splits = query_splits(queries, labels[:n_real], emb.info.extra, seeds)
     copy_queries = copy_set(emb, ds, data, copies, needs_features) if copies is not None else None
-
-    def run(cfg: Rerank) -> dict:
-        runs, per_class_runs, search_s, n_queries = [], [], 0.0, 0
-        for q in splits:
-            t0 = time.perf_counter()
-            overall, pc = evaluate(vectors, labels, q, exclude_self, cfg, index, features, depth, res.regions)
-            search_s += time.perf_counter() - t0
-            n_queries += len(q)
-            runs.append(overall)
-            per_class_runs.append(pc)
-        per_class = {ds.classes[int(c)]: mean_std([pc[c] for pc in per_class_runs]) for c in per_class_runs[0]}
-        # a user's query: k = 10, one at a time (the loop above ranks deeper)
-        sample = splits[0][:200]
-        qf = features[sample] if features is not None else None
-        gallery = l2_normalize(vectors)
-        t0 = time.perf_counter()
-        for i in range(len(sample)):
-            rank(
-                index,
-                gallery,
-                gallery[sample[i : i + 1]],
-                10,
-                cfg,
-                None if qf is None else qf[i : i + 1],
-                features,
-                res.regions,
-            )
-        k10_ms = (time.perf_counter() - t0) / len(sample) * 1e3
-        return {
-            "rerank": cfg.to_dict(),
-            "metrics": mean_std(runs),
-            "per_class": per_class,
-            "search_ms_per_query": round(search_s / max(n_queries, 1) * 1e3, 3),
-            "k10_ms_per_query": round(k10_ms, 3),
-            "copies": copy_detection(copy_queries, vectors, index, cfg, features, res.regions)
-            if copy_queries
-            else None,
-        }
-
-    results = {name: run(cfg) for name, cfg in configs.items()}
+    searched = _Searched(vectors, labels, res.regions, index, features, depth, splits, ds.classes, exclude_self)
+    results = {name: _score(searched, cfg, copy_queries) for name, cfg in configs.items()}
     first = next(iter(results.values()))
     return {
         "model": emb.info.public(),
@@ -210,6 +165,66 @@ def bench_accuracy(
         "embed_seconds": round(embed_s, 2),
         "embed_images_per_s": round(len(vectors) / embed_s, 1),
         "features_ms_per_image": round(features_s / n_real * 1e3, 3) if features is not None else None,
+    }
+
+
+def query_splits(queries: str, labels: np.ndarray, model_extra: dict, seeds: int) -> list[np.ndarray]:
+    """The query sets: ``all`` images, ``every10``th, or the test split of each of ``seeds`` seeds —
+    only its own seed's for a fine-tuned model (it saw the train split)."""
+    n = len(labels)
+    if queries == "all":
+        return [np.arange(n)]
+    if queries == "every10":
+        return [np.arange(0, n, 10)]
+    split_seed = model_extra.get("split_seed")
+    if split_seed is not None:
+        return [stratified_split(labels, int(split_seed), float(model_extra.get("split", 0.8)))[1]]
+    return [stratified_split(labels, seed)[1] for seed in range(seeds)]
+
+
+@dataclass
+class _Searched:
+    """The searched set of one ``bench_accuracy`` and how it is queried."""
+
+    vectors: np.ndarray
+    labels: np.ndarray
+    regions: np.ndarray | None
+    index: object
+    features: np.ndarray | None
+    depth: int | None
+    splits: list[np.ndarray]
+    classes: list[str]
+    exclude_self: bool
+
+
+def _score(s: _Searched, cfg: Rerank, copy_queries) -> dict:
+    """Metrics of every split under ``cfg`` (mean ± std), per class, the search time per query,
+    the time of a user's query (k = 10, one at a time) and, with ``copy_queries``, copy detection."""
+    runs, per_class_runs, search_s, n_queries = [], [], 0.0, 0
+    for q in s.splits:
+        t0 = time.perf_counter()
+        overall, pc = evaluate(s.vectors, s.labels, q, s.exclude_self, cfg, s.index, s.features, s.depth, s.regions)
+        search_s += time.perf_counter() - t0
+        n_queries += len(q)
+        runs.append(overall)
+        per_class_runs.append(pc)
+    per_class = {s.classes[int(c)]: mean_std([pc[c] for pc in per_class_runs]) for c in per_class_runs[0]}
+    sample = s.splits[0][:200]  # a user's query: k = 10, one at a time (the loop above ranks deeper)
+    qf = s.features[sample] if s.features is not None else None
+    gallery = l2_normalize(s.vectors)
+    t0 = time.perf_counter()
+    for i in range(len(sample)):
+        one = None if qf is None else qf[i : i + 1]
+        rank(s.index, gallery, gallery[sample[i : i + 1]], 10, cfg, one, s.features, s.regions)
+    k10_ms = (time.perf_counter() - t0) / len(sample) * 1e3
+    copies = copy_detection(copy_queries, s.vectors, s.index, cfg, s.features, s.regions) if copy_queries else None
+    return {
+        "rerank": cfg.to_dict(),
+        "metrics": mean_std(runs),
+        "per_class": per_class,
+        "search_ms_per_query": round(search_s / max(n_queries, 1) * 1e3, 3),
+        "k10_ms_per_query": round(k10_ms, 3),
+        "copies": copies,
     }
 
 

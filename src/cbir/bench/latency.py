@@ -218,6 +218,23 @@ def parse_spec(spec: str, model: str) -> tuple[str, str | None, str, dict]:
     return backend, precision or None, other or model, options
 
 
+def _agreement(embs: dict, first: str, sample: list[str]) -> dict:
+    """Each spec's cosines to the ``first`` spec's vectors on the same files (images, min, median)."""
+    agreement = {}
+    ref = embs[first].embed_files(sample)
+    for s, emb in embs.items():
+        got = emb.embed_files(sample)
+        common, ia, ib = np.intersect1d(ref.indices, got.indices, return_indices=True)
+        a, b = ref.vectors[ia], got.vectors[ib]  # cosines proper: l2n's eps leaves tiny raw vectors short of 1
+        cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+        agreement[s] = {
+            "images": len(common),
+            "min_cos": round(float(cos.min()), 6) if len(cos) else None,
+            "median_cos": round(float(np.median(cos)), 6) if len(cos) else None,
+        }
+    return agreement
+
+
 def compare_backends(
     model: str,
     specs: list[str],
@@ -265,20 +282,7 @@ def compare_backends(
                 runs[s]["end_to_end"].append(
                     emb.embed_files(files, batch_size=e2e_batch).timings.as_dict()["images_per_s"]
                 )
-    agreement = {}
-    if files:
-        sample = files[:AGREEMENT_FILES]
-        ref = embs[specs[0]].embed_files(sample)
-        for s, emb in embs.items():
-            got = emb.embed_files(sample)
-            common, ia, ib = np.intersect1d(ref.indices, got.indices, return_indices=True)
-            a, b = ref.vectors[ia], got.vectors[ib]  # cosines proper: l2n's eps leaves tiny raw vectors short of 1
-            cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-            agreement[s] = {
-                "images": len(common),
-                "min_cos": round(float(cos.min()), 6) if len(cos) else None,
-                "median_cos": round(float(np.median(cos)), 6) if len(cos) else None,
-            }
+    agreement = _agreement(embs, specs[0], files[:AGREEMENT_FILES]) if files else {}
     base = specs[0]
     out = {
         "model": next(iter(embs.values())).info.public(),

@@ -399,33 +399,7 @@ def _window_matches(
                     if w.bands is not None:
                         (fw, fh), (x0, y0, x1, y1) = local_features.at_side(w.size), w.bands
                         layouts[i] = (x0 * fw, y0 * fh, x1 * fw, y1 * fh)
-            crops = [(i, n, c) for i, w in got.items() for n, c in enumerate(w.crops)]
-            rows, _, _, nn = window_candidates(
-                gallery, [c for _, _, c in crops], min(partial + 1, gallery.index.ntotal)
-            )
-            if len(rows):
-                tasks = [
-                    (crops[r][0], crops[r][1], int(c))
-                    for r, row in zip(rows, nn)
-                    for c in row
-                    if c >= 0 and c != crops[r][0] and int(c) in keep
-                ]
-                targets = sorted({c for _, _, c in tasks})
-                recs = dict(zip(targets, gallery.features.get(targets)))
-
-                def check(t):
-                    i, n, c = t
-                    w = got[i]
-                    best = (_EMPTY, _EMPTY)
-                    for v, rec in enumerate(w.features[n] if recs[c] is not None else ()):
-                        i_xy, c_xy = local_features.matched(rec, recs[c])
-                        if len(i_xy) > len(best[0]):
-                            best = local_features.from_window(i_xy, w.boxes[n], w.crops[n].size, w.size, v == 1), c_xy
-                    return best
-
-                for (i, _, c), (i_xy, c_xy) in zip(tasks, pool.map(check, tasks)):
-                    if len(i_xy) >= min_inliers:
-                        m.add(i, c, len(i_xy), i_xy, c_xy)
+            _match_windows(gallery, got, keep, partial, min_inliers, m, pool)
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:
@@ -436,3 +410,33 @@ def _window_matches(
             f"(compared as whole images only), e.g. {unreadable[0]}",
             stacklevel=2,
         )
+
+
+def _match_windows(gallery, got: dict, keep: set[int], partial: int, min_inliers: int, m: _Matches, pool) -> None:
+    """Adds to ``m`` the matches of the windows ``got`` (item → ``local_features.Windows``) with each
+    window's ``partial`` nearest items (``windows.window_candidates``, as the cascade's second look)."""
+    crops = [(i, n, c) for i, w in got.items() for n, c in enumerate(w.crops)]
+    rows, _, _, nn = window_candidates(gallery, [c for _, _, c in crops], min(partial + 1, gallery.index.ntotal))
+    if len(rows):
+        tasks = [
+            (crops[r][0], crops[r][1], int(c))
+            for r, row in zip(rows, nn)
+            for c in row
+            if c >= 0 and c != crops[r][0] and int(c) in keep
+        ]
+        targets = sorted({c for _, _, c in tasks})
+        recs = dict(zip(targets, gallery.features.get(targets)))
+
+        def check(t):
+            i, n, c = t
+            w = got[i]
+            best = (_EMPTY, _EMPTY)
+            for v, rec in enumerate(w.features[n] if recs[c] is not None else ()):
+                i_xy, c_xy = local_features.matched(rec, recs[c])
+                if len(i_xy) > len(best[0]):
+                    best = local_features.from_window(i_xy, w.boxes[n], w.crops[n].size, w.size, v == 1), c_xy
+            return best
+
+        for (i, _, c), (i_xy, c_xy) in zip(tasks, pool.map(check, tasks)):
+            if len(i_xy) >= min_inliers:
+                m.add(i, c, len(i_xy), i_xy, c_xy)

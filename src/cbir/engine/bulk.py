@@ -118,6 +118,34 @@ def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool
     return facts
 
 
+def _decoded(chunk: list, futs: list) -> tuple[list[int], list[tuple], dict]:
+    """(rows decoded, (position, source, reason) of those that failed, facts by position) of one
+    batch's decode futures; any failure of one input is that input's error, never the job's."""
+    ok, errors, facts = [], [], {}
+    for slot, ((pos, src), fut) in enumerate(zip(chunk, futs)):
+        try:
+            facts[pos] = fut.result()
+            ok.append(slot)
+        except ImageError as e:
+            errors.append((pos, e.source if isinstance(src, (str, os.PathLike)) else describe(src), e.reason))
+        except Exception as e:  # a decoder bug must not kill the job: report it for this input
+            errors.append((pos, describe(src), f"{type(e).__name__}: {e}"))
+    return ok, errors, facts
+
+
+def _abandon(pending: deque, running: deque) -> None:
+    """Cancel decodes not started and collect answers nobody will read (frees the runner's slots)."""
+    for _, _, futs in pending:
+        for f in futs:
+            f.cancel()
+    for handle, _ in running:
+        if handle is not None:
+            try:
+                handle()
+            except Exception:
+                pass
+
+
 def iter_batches(
     sources: Iterable[ImageSource],
     run: Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, np.ndarray]],
@@ -182,17 +210,7 @@ def iter_batches(
             while pending:
                 chunk, buf, futs = pending.popleft()
                 t0 = time.perf_counter()
-                ok, errors, facts = [], [], {}
-                for slot, ((pos, src), fut) in enumerate(zip(chunk, futs)):
-                    try:
-                        facts[pos] = fut.result()
-                        ok.append(slot)
-                    except ImageError as e:
-                        errors.append(
-                            (pos, e.source if isinstance(src, (str, os.PathLike)) else describe(src), e.reason)
-                        )
-                    except Exception as e:  # a decoder bug must not kill the job: report it for this input
-                        errors.append((pos, describe(src), f"{type(e).__name__}: {e}"))
+                ok, errors, facts = _decoded(chunk, futs)
                 t1 = time.perf_counter()
                 timings.wait += t1 - t0
                 handle = None
@@ -207,12 +225,4 @@ def iter_batches(
             while running:
                 yield collect()
         finally:
-            for _, _, futs in pending:
-                for f in futs:
-                    f.cancel()
-            for handle, _ in running:  # answers nobody will read: free the runner's slots
-                if handle is not None:
-                    try:
-                        handle()
-                    except Exception:
-                        pass
+            _abandon(pending, running)

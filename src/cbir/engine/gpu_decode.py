@@ -181,27 +181,7 @@ def iter_batches_device(
                     errors.append((pos, e.source, e.reason))
             timings.wait += time.perf_counter() - t0
             t1 = time.perf_counter()
-            to_gpu = [
-                i
-                for i, (_, _, data) in enumerate(got)
-                if data is not None and (decoder_pixels(decoder, data) or pp.max_pixels + 1) <= pp.max_pixels
-            ]
-            decoded = dict(zip(to_gpu, decoder.decode([got[i][2] for i in to_gpu]))) if to_gpu else {}
-            cpu = {i: pool.submit(cpu_row, got[i][1], got[i][2]) for i in range(len(got)) if decoded.get(i) is None}
-            rows, ok = [], []
-            for i, (pos, src, _) in enumerate(got):
-                if i in cpu:
-                    try:
-                        rows.append(torch.from_numpy(cpu[i].result()).to(decoder.device))
-                    except ImageError as e:
-                        errors.append((pos, e.source, e.reason))
-                        continue
-                    except Exception as e:  # a decoder bug must not kill the job: report it for this input
-                        errors.append((pos, describe(src), f"{type(e).__name__}: {e}"))
-                        continue
-                else:
-                    rows.append(resize_on_device(decoded[i], pp))
-                ok.append(pos)
+            rows, ok = _rows_on_device(got, decoder, pp, pool, cpu_row, errors)
             t2 = time.perf_counter()
             timings.decode += t2 - t1
             vectors = np.empty((0, 0), np.float32)
@@ -215,6 +195,35 @@ def iter_batches_device(
             timings.wall += now - last
             last = now
             yield Batch(ok, vectors, sorted(errors), {p: facts[p] for p in ok if p in facts})
+
+
+def _rows_on_device(got: list, decoder, pp: Preprocess, pool, cpu_row, errors: list) -> tuple[list, list[int]]:
+    """(device rows, their positions) of one batch: JPEGs the decoder takes decoded and resized on the
+    device, the rest preprocessed on the CPU (``cpu_row``) and copied; failures appended to ``errors``."""
+    import torch
+
+    to_gpu = [
+        i
+        for i, (_, _, data) in enumerate(got)
+        if data is not None and (decoder_pixels(decoder, data) or pp.max_pixels + 1) <= pp.max_pixels
+    ]
+    decoded = dict(zip(to_gpu, decoder.decode([got[i][2] for i in to_gpu]))) if to_gpu else {}
+    cpu = {i: pool.submit(cpu_row, got[i][1], got[i][2]) for i in range(len(got)) if decoded.get(i) is None}
+    rows, ok = [], []
+    for i, (pos, src, _) in enumerate(got):
+        if i in cpu:
+            try:
+                rows.append(torch.from_numpy(cpu[i].result()).to(decoder.device))
+            except ImageError as e:
+                errors.append((pos, e.source, e.reason))
+                continue
+            except Exception as e:  # a decoder bug must not kill the job: report it for this input
+                errors.append((pos, describe(src), f"{type(e).__name__}: {e}"))
+                continue
+        else:
+            rows.append(resize_on_device(decoded[i], pp))
+        ok.append(pos)
+    return rows, ok
 
 
 def decoder_pixels(decoder, data: bytes) -> int | None:

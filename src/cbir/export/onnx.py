@@ -106,20 +106,10 @@ def export_onnx(
     from cbir.models.retrieval import RetrievalModel
     from cbir.models.trunk import build_trunk
     from cbir.vectors import Whitening
-    from cbir.version import __version__
 
     output = Path(output)
     check_writable(output)
-    if resampling not in RESAMPLING_POLICIES:
-        raise CbirError(f"--resampling {resampling!r}: must be one of {', '.join(RESAMPLING_POLICIES)}")
-    if precision not in ("fp32", "fp16"):
-        raise CbirError(f"--precision {precision!r}: must be fp32 or fp16")
-    if torch_checkpoint and (whitening or regions):
-        raise CbirError(
-            "--torch-checkpoint: models with --whitening or --regions are not supported by --backend torch yet"
-        )
-    if regions and precision != "fp32":
-        raise CbirError("--regions: regional descriptors are exported in FP32 only; drop --precision fp16")
+    _check_options(resampling, precision, torch_checkpoint, whitening, regions)
     t0 = time.perf_counter()
     trunk = build_trunk(arch, block, pretrained=pretrained, weights=weights)
     wt = Whitening.load(whitening) if whitening else None
@@ -136,8 +126,50 @@ def export_onnx(
         reference = copy.deepcopy(model)
         model.to_fp16(head=fp16_head)
     size = model.image_size
+    info = _model_info(trunk, model, block, pooling, resize, resampling, wt, regions)
+    fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=output.resolve().parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        proto = _export_graph(model, regions, size, tmp, info)
+        export_s = time.perf_counter() - t0
+        lint = trt_lint.lint(proto)
+        fidelity = _gate(
+            model, reference, tmp, info, parity_images, min_cosine, precision, regions, calib, fidelity_data
+        )
+        write_metadata(proto, info)
+        onnx.save(proto, str(tmp))
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    checkpoint = None
+    if torch_checkpoint:
+        from cbir.engine.backends.torch import write_checkpoint
+
+        checkpoint = str(write_checkpoint(reference, info, info.arch, block, pooling, output))
+    return _summary(output, info, block, pooling, model, fidelity, regions, lint, export_s, checkpoint)
+
+
+def _check_options(resampling: str, precision: str, torch_checkpoint: bool, whitening, regions: bool) -> None:
+    if resampling not in RESAMPLING_POLICIES:
+        raise CbirError(f"--resampling {resampling!r}: must be one of {', '.join(RESAMPLING_POLICIES)}")
+    if precision not in ("fp32", "fp16"):
+        raise CbirError(f"--precision {precision!r}: must be fp32 or fp16")
+    if torch_checkpoint and (whitening or regions):
+        raise CbirError(
+            "--torch-checkpoint: models with --whitening or --regions are not supported by --backend torch yet"
+        )
+    if regions and precision != "fp32":
+        raise CbirError("--regions: regional descriptors are exported in FP32 only; drop --precision fp16")
+
+
+def _model_info(trunk, model, block: int, pooling: str, resize: str, resampling: str, wt, regions: bool) -> ModelInfo:
+    """The model's metadata (``cbir.modelinfo``), before the graph's fingerprint is known."""
+    from cbir.version import __version__
+
+    size = model.image_size
     meta = trunk.meta or {}
-    info = ModelInfo(
+    return ModelInfo(
         arch=trunk.spec.name,
         block=block,
         pooling=pooling,
@@ -158,60 +190,59 @@ def export_onnx(
             **({"regions": model.num_regions} if regions else {}),
         },
     )
-    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
-    fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=output.resolve().parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(
-                _with_regions(model) if regions else model,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME, REGIONS_NAME] if regions else [OUTPUT_NAME],
-                dynamic_shapes=({0: "batch"},),
-                dynamo=True,
-                external_data=False,
-                optimize=True,
-                verbose=False,
-            )
-        proto = onnx.load(str(tmp))
-        info.fingerprint = graph_fingerprint(proto)
-        write_metadata(proto, info)
-        onnx.save(proto, str(tmp))
-        export_s = time.perf_counter() - t0
-        lint = trt_lint.lint(proto)
-        if precision == "fp32":
-            from cbir.validate.parity import parity_gate
 
-            fidelity = parity_gate(model, tmp, info, parity_images, min_cosine).as_dict()
-            if regions:
-                from cbir.validate.parity import regions_gate
 
-                fidelity["regions"] = regions_gate(model, tmp, info, parity_images, min_cosine).as_dict()
-        else:
-            from cbir.validate.fidelity import fp16_gate
+def _gate(
+    model,
+    reference,
+    tmp: Path,
+    info: ModelInfo,
+    parity_images,
+    min_cosine,
+    precision: str,
+    regions: bool,
+    calib: int,
+    fidelity_data,
+) -> dict:
+    """The export's fidelity gate (FP32: parity, and regions; FP16: ``fidelity.fp16_gate``), its
+    figures recorded in ``info.extra["fidelity"]`` (they travel with the model)."""
+    if precision == "fp32":
+        from cbir.validate.parity import parity_gate
 
-            fp16 = fp16_gate(reference, model, tmp, info, parity_images, calib, fidelity_data)
-            fidelity = {**fp16["reference"], "fp16_gate": fp16}
-        # the gate's figures travel with the model (the TensorRT manifest copies them); metadata is
-        # outside the fingerprint, so this does not change it
-        info.extra["fidelity"] = {k: fidelity[k] for k in ("n", "min_cosine", "mean_cosine", "topk_agreement")}
-        if "fp16_gate" in fidelity:
-            info.extra["fidelity"]["estimate"] = fidelity["fp16_gate"]["estimate"]
-            if "delta_map" in fidelity["fp16_gate"]:
-                info.extra["fidelity"]["delta_map"] = fidelity["fp16_gate"]["delta_map"]["delta"]
-        write_metadata(proto, info)
-        onnx.save(proto, str(tmp))
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    checkpoint = None
-    if torch_checkpoint:
-        from cbir.engine.backends.torch import write_checkpoint
+        fidelity = parity_gate(model, tmp, info, parity_images, min_cosine).as_dict()
+        if regions:
+            from cbir.validate.parity import regions_gate
 
-        checkpoint = str(write_checkpoint(reference, info, info.arch, block, pooling, output))
+            fidelity["regions"] = regions_gate(model, tmp, info, parity_images, min_cosine).as_dict()
+    else:
+        from cbir.validate.fidelity import fp16_gate
+
+        fp16 = fp16_gate(reference, model, tmp, info, parity_images, calib, fidelity_data)
+        fidelity = {**fp16["reference"], "fp16_gate": fp16}
+    # the gate's figures travel with the model (the TensorRT manifest copies them); metadata is
+    # outside the fingerprint, so this does not change it
+    info.extra["fidelity"] = {k: fidelity[k] for k in ("n", "min_cosine", "mean_cosine", "topk_agreement")}
+    if "fp16_gate" in fidelity:
+        info.extra["fidelity"]["estimate"] = fidelity["fp16_gate"]["estimate"]
+        if "delta_map" in fidelity["fp16_gate"]:
+            info.extra["fidelity"]["delta_map"] = fidelity["fp16_gate"]["delta_map"]["delta"]
+    return fidelity
+
+
+def _summary(
+    output: Path,
+    info: ModelInfo,
+    block: int,
+    pooling: str,
+    model,
+    fidelity: dict,
+    regions: bool,
+    lint,
+    export_s: float,
+    checkpoint,
+) -> dict:
+    """What ``cbir export --json`` prints."""
+    size = model.image_size
     data = output.read_bytes()
     return {
         "output": str(output),
@@ -237,3 +268,30 @@ def export_onnx(
         "sha256": hashlib.sha256(data).hexdigest(),
         "torch_checkpoint": checkpoint,
     }
+
+
+def _export_graph(model, regions: bool, size: int, tmp: Path, info: ModelInfo):
+    """``torch.onnx.export`` (dynamo, dynamic batch) to ``tmp``, fingerprinted and with ``info`` as
+    metadata; returns the ONNX proto."""
+    import onnx
+    import torch
+
+    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            _with_regions(model) if regions else model,
+            (example,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME, REGIONS_NAME] if regions else [OUTPUT_NAME],
+            dynamic_shapes=({0: "batch"},),
+            dynamo=True,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
+    proto = onnx.load(str(tmp))
+    info.fingerprint = graph_fingerprint(proto)
+    write_metadata(proto, info)
+    onnx.save(proto, str(tmp))
+    return proto

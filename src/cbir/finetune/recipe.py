@@ -99,13 +99,12 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def finetune(r: Recipe, progress: bool = True) -> dict:
-    import timm
+    """Fine-tune ``r.arch`` on the class folders of ``r.data`` (phase 1: the classifier on frozen,
+    cached features; phase 2: the top ``unfreeze_top`` parameter layers), resumable after every
+    epoch (``<out>.resume.pt``); writes ``r.out`` and returns its metadata."""
     import torch
-    from torch import nn
 
-    from cbir.eval.protocol import load_dataset, stratified_split
     from cbir.models.archs import get_arch
-    from cbir.models.weights import load_pretrained, load_trunk_state, read_checkpoint
 
     out = Path(r.out)
     if not out.resolve().parent.is_dir():
@@ -114,95 +113,121 @@ def finetune(r: Recipe, progress: bool = True) -> dict:
         raise CbirError("--device cuda: torch sees no CUDA device")
     spec = get_arch(r.arch)
     check_classes(Path(r.data))
-    ds = load_dataset(r.data)
-    size = r.image_size or spec.input_size
-    torch.manual_seed(r.seed)
-    rng = np.random.default_rng(r.seed)
+    run = _Run(r, spec, out, progress)
+    start_phase, start_epoch, opt_state = run.resume()
+    if start_phase == "head":
+        if start_epoch < r.head_epochs:
+            run.head_phase(start_epoch, opt_state)
+        start_epoch, opt_state = 0, None
+    top = run.unfreeze_top()
+    if r.ft_epochs > 0 and any(p.requires_grad for p in run.model.parameters()):
+        run.ft_phase(top, start_epoch if start_phase == "ft" else 0, opt_state if start_phase == "ft" else None)
+    meta = run.meta(len(top))
+    _atomic_save({"meta": meta, "state_dict": run.model.state_dict()}, out)
+    run.resume_path.unlink(missing_ok=True)
+    return meta
 
-    t0 = time.perf_counter()
-    images, kept, failed = load_images(ds.paths, (size, size), spec.interpolation, progress)
-    for src, reason in failed:
-        print(f"cbir finetune: skipped {src}: {reason}", file=sys.stderr)
-    labels = ds.labels[kept]
-    counts = np.bincount(labels, minlength=len(ds.classes))
-    if (counts < 2).any():
-        bad = [ds.classes[i] for i in np.flatnonzero(counts < 2)]
-        raise CbirError(f"--data {r.data}: class(es) with fewer than 2 readable images: {', '.join(bad)}")
-    train_idx, val_idx = stratified_split(labels, r.seed, r.split)
-    decode_s = time.perf_counter() - t0
 
-    model = timm.create_model(spec.name, pretrained=False, num_classes=len(ds.classes), exportable=True)
-    if r.pretrained and r.weights is None:
-        src = timm.create_model(spec.name, pretrained=False)
-        load_pretrained(src, spec.name)
-        state = {k: v for k, v in src.state_dict().items() if not k.startswith("classifier.")}
-        model.load_state_dict(state, strict=False)
-        source = "imagenet"
-    elif r.weights:
-        state, _ = read_checkpoint(r.weights)
-        load_trunk_state(model, state, r.weights, spec.name, 7)
-        source = str(r.weights)
-    else:
-        source = "random"
-    dev = torch.device(r.device)
-    model.to(dev)
-    mean = torch.tensor(spec.mean, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=dev).view(1, 3, 1, 1)
+class _Run:
+    """One fine-tuning run: the decoded data and its split, the model on its device, the RNGs and
+    the history, with the two phases and the resume file."""
 
-    def to_input(batch: np.ndarray, flip: np.ndarray | None = None) -> "torch.Tensor":
-        x = torch.from_numpy(batch).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
+    def __init__(self, r: Recipe, spec, out: Path, progress: bool):
+        import torch
+
+        from cbir.eval.protocol import load_dataset, stratified_split
+
+        self.r, self.spec, self.progress = r, spec, progress
+        ds = load_dataset(r.data)
+        self.classes = ds.classes
+        self.size = r.image_size or spec.input_size
+        torch.manual_seed(r.seed)
+        self.rng = np.random.default_rng(r.seed)
+        t0 = time.perf_counter()
+        self.images, kept, self.failed = load_images(ds.paths, (self.size, self.size), spec.interpolation, progress)
+        for src, reason in self.failed:
+            print(f"cbir finetune: skipped {src}: {reason}", file=sys.stderr)
+        self.labels = ds.labels[kept]
+        counts = np.bincount(self.labels, minlength=len(ds.classes))
+        if (counts < 2).any():
+            bad = [ds.classes[i] for i in np.flatnonzero(counts < 2)]
+            raise CbirError(f"--data {r.data}: class(es) with fewer than 2 readable images: {', '.join(bad)}")
+        self.train_idx, self.val_idx = stratified_split(self.labels, r.seed, r.split)
+        self.decode_s = time.perf_counter() - t0
+        self.model, self.source = _model(r, spec, len(ds.classes))
+        self.dev = torch.device(r.device)
+        self.model.to(self.dev)
+        self.mean = torch.tensor(spec.mean, device=self.dev).view(1, 3, 1, 1)
+        self.std = torch.tensor(spec.std, device=self.dev).view(1, 3, 1, 1)
+        self.layers = parameter_layers(self.model)
+        self.resume_path = out.with_name(out.name + ".resume.pt")
+        self.history: list[dict] = []
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+
+    def to_input(self, batch: np.ndarray, flip: np.ndarray | None = None):
+        import torch
+
+        x = torch.from_numpy(batch).to(self.dev).permute(0, 3, 1, 2).float().div_(255.0)
         if flip is not None and flip.any():
-            x[torch.from_numpy(flip).to(dev)] = x[torch.from_numpy(flip).to(dev)].flip(-1)
-        return (x - mean) / std
+            x[torch.from_numpy(flip).to(self.dev)] = x[torch.from_numpy(flip).to(self.dev)].flip(-1)
+        return (x - self.mean) / self.std
 
-    layers = parameter_layers(model)
-    resume_path = out.with_name(out.name + ".resume.pt")
-    history: list[dict] = []
-    start_phase, start_epoch, opt_state = "head", 0, None
-    if resume_path.is_file():
-        ck = torch.load(resume_path, map_location=dev, weights_only=False)
-        if _without_epochs(ck.get("recipe", {})) != _without_epochs(asdict(r)):  # more epochs may be asked for
-            raise CbirError(f"{resume_path}: left by a different finetune command; delete it or use another --out")
-        model.load_state_dict(ck["model"])
-        history, start_phase, start_epoch, opt_state = ck["history"], ck["phase"], ck["epoch"], ck["optimizer"]
+    def resume(self) -> tuple[str, int, dict | None]:
+        """(phase, epochs done in it, optimizer state) from the resume file, or a fresh start."""
+        import torch
+
+        if not self.resume_path.is_file():
+            return "head", 0, None
+        ck = torch.load(self.resume_path, map_location=self.dev, weights_only=False)
+        if _without_epochs(ck.get("recipe", {})) != _without_epochs(asdict(self.r)):  # more epochs may be asked for
+            raise CbirError(f"{self.resume_path}: left by a different finetune command; delete it or use another --out")
+        self.model.load_state_dict(ck["model"])
+        self.history = ck["history"]
         torch.set_rng_state(ck["torch_rng"])
-        rng = np.random.default_rng()
-        rng.bit_generator.state = ck["np_rng"]
-        if progress:
-            print(f"cbir finetune: resuming {start_phase} phase after epoch {start_epoch}", file=sys.stderr)
-    loss_fn = nn.CrossEntropyLoss()
+        self.rng = np.random.default_rng()
+        self.rng.bit_generator.state = ck["np_rng"]
+        if self.progress:
+            print(f"cbir finetune: resuming {ck['phase']} phase after epoch {ck['epoch']}", file=sys.stderr)
+        return ck["phase"], ck["epoch"], ck["optimizer"]
 
-    def evaluate() -> float:
-        model.eval()
+    def save_resume(self, phase: str, epoch: int, opt) -> None:
+        import torch
+
+        state = {"recipe": asdict(self.r), "model": self.model.state_dict(), "optimizer": opt.state_dict()}
+        state.update(phase=phase, epoch=epoch, history=self.history, torch_rng=torch.get_rng_state())
+        _atomic_save({**state, "np_rng": self.rng.bit_generator.state}, self.resume_path)
+
+    def evaluate(self) -> float:
+        import torch
+
+        self.model.eval()
         correct = 0
         with torch.no_grad():
-            for i in range(0, len(val_idx), 32):
-                idx = val_idx[i : i + 32]
-                correct += int((model(to_input(images[idx])).argmax(1).cpu().numpy() == labels[idx]).sum())
-        return correct / max(len(val_idx), 1)
+            for i in range(0, len(self.val_idx), 32):
+                idx = self.val_idx[i : i + 32]
+                pred = self.model(self.to_input(self.images[idx])).argmax(1).cpu().numpy()
+                correct += int((pred == self.labels[idx]).sum())
+        return correct / max(len(self.val_idx), 1)
 
-    def save_resume(phase: str, epoch: int, opt) -> None:
-        _atomic_save(
+    def record(self, phase: str, epoch: int, loss: float, val_acc: float, t: float, opt) -> None:
+        self.history.append(
             {
-                "recipe": asdict(r),
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
                 "phase": phase,
                 "epoch": epoch,
-                "history": history,
-                "torch_rng": torch.get_rng_state(),
-                "np_rng": rng.bit_generator.state,
-            },
-            resume_path,
+                "loss": loss,
+                "val_acc": val_acc,
+                "seconds": round(time.perf_counter() - t, 2),
+            }
         )
+        _report(self.history[-1], self.progress)
+        self.save_resume(phase, epoch, opt)
 
-    def bar(total: int, desc: str):
-        from tqdm import tqdm
+    def head_phase(self, start_epoch: int, opt_state) -> None:
+        """Phase 1: frozen backbone, classifier on cached pooled features."""
+        import torch
+        from torch import nn
 
-        return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not progress, leave=False)
-
-    # Phase 1: frozen backbone, classifier on cached pooled features.
-    if start_phase == "head" and start_epoch < r.head_epochs:
+        model, r, dev = self.model, self.r, self.dev
         for p in model.parameters():
             p.requires_grad_(False)
         head = model.get_classifier()
@@ -212,113 +237,119 @@ def finetune(r: Recipe, progress: bool = True) -> dict:
         with torch.no_grad():
             feats = torch.cat(
                 [
-                    model.forward_head(model.forward_features(to_input(images[i : i + 32])), pre_logits=True)
-                    for i in range(0, len(images), 32)
+                    model.forward_head(model.forward_features(self.to_input(self.images[i : i + 32])), pre_logits=True)
+                    for i in range(0, len(self.images), 32)
                 ]
             )
         opt = torch.optim.Adam(head.parameters(), lr=r.head_lr)
         if opt_state is not None:
             opt.load_state_dict(opt_state)
-        y = torch.from_numpy(labels).to(dev)
+        y = torch.from_numpy(self.labels).to(dev)
         for epoch in range(start_epoch, r.head_epochs):
             t = time.perf_counter()
-            order = rng.permutation(train_idx)
+            order = self.rng.permutation(self.train_idx)
             total = 0.0
             for i in range(0, len(order), r.batch_size):
                 idx = torch.from_numpy(order[i : i + r.batch_size]).to(dev)
                 x = nn.functional.dropout(feats[idx], p=float(getattr(model, "drop_rate", 0.0)), training=True)
-                loss = loss_fn(head(x), y[idx])
+                loss = self.loss_fn(head(x), y[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
             with torch.no_grad():  # the backbone is frozen: validate on the cached features
-                val_acc = float(
-                    (head(feats[torch.from_numpy(val_idx).to(dev)]).argmax(1).cpu().numpy() == labels[val_idx]).mean()
-                )
-            history.append(
-                {
-                    "phase": "head",
-                    "epoch": epoch + 1,
-                    "loss": total / len(order),
-                    "val_acc": val_acc,
-                    "seconds": round(time.perf_counter() - t, 2),
-                }
-            )
-            _report(history[-1], progress)
-            save_resume("head", epoch + 1, opt)
-        start_epoch, opt_state = 0, None
-    elif start_phase == "head":
-        start_epoch, opt_state = 0, None
+                val = head(feats[torch.from_numpy(self.val_idx).to(dev)]).argmax(1).cpu().numpy()
+                val_acc = float((val == self.labels[self.val_idx]).mean())
+            self.record("head", epoch + 1, total / len(order), val_acc, t, opt)
 
-    # Phase 2: unfreeze the top N parameter layers.
-    for p in model.parameters():
-        p.requires_grad_(False)
-    top = layers[-r.unfreeze_top :] if r.unfreeze_top > 0 else []
-    for m in top:
-        for p in m.parameters(recurse=False):
-            p.requires_grad_(True)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if r.ft_epochs > 0 and trainable:
-        opt = torch.optim.Adam(trainable, lr=r.ft_lr)
-        if start_phase == "ft" and opt_state is not None:
+    def unfreeze_top(self) -> list:
+        """Phase 2's trainable layers: the top ``unfreeze_top`` parameter layers (all else frozen)."""
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        top = self.layers[-self.r.unfreeze_top :] if self.r.unfreeze_top > 0 else []
+        for m in top:
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(True)
+        return top
+
+    def ft_phase(self, top: list, first: int, opt_state) -> None:
+        """Phase 2: the unfrozen layers trained on flipped-or-not images; BatchNorm in inference mode."""
+        import torch
+        from torch import nn
+
+        model, r = self.model, self.r
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=r.ft_lr)
+        if opt_state is not None:
             opt.load_state_dict(opt_state)
-        first = start_epoch if start_phase == "ft" else 0
-        unfrozen_ids = {id(m) for m in top}
-        param_layers = set(layers)
+        unfrozen_ids, param_layers = {id(m) for m in top}, set(self.layers)
         for epoch in range(first, r.ft_epochs):
             t = time.perf_counter()
             model.train()
             for m in model.modules():  # frozen layers and every BatchNorm stay in inference mode
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) or (m in param_layers and id(m) not in unfrozen_ids):
                     m.eval()
-            order = rng.permutation(train_idx)
+            order = self.rng.permutation(self.train_idx)
             total = 0.0
-            b = bar(len(order), f"fine-tune epoch {epoch + 1}/{r.ft_epochs}")
+            b = _bar(len(order), f"fine-tune epoch {epoch + 1}/{r.ft_epochs}", self.progress)
             for i in range(0, len(order), r.batch_size):
                 idx = order[i : i + r.batch_size]
-                x = to_input(images[idx], rng.random(len(idx)) < 0.5)
-                loss = loss_fn(model(x), torch.from_numpy(labels[idx]).to(dev))
+                x = self.to_input(self.images[idx], self.rng.random(len(idx)) < 0.5)
+                loss = self.loss_fn(model(x), torch.from_numpy(self.labels[idx]).to(self.dev))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
                 b.update(len(idx))
             b.close()
-            history.append(
-                {
-                    "phase": "ft",
-                    "epoch": epoch + 1,
-                    "loss": total / len(order),
-                    "val_acc": evaluate(),
-                    "seconds": round(time.perf_counter() - t, 2),
-                }
-            )
-            _report(history[-1], progress)
-            save_resume("ft", epoch + 1, opt)
+            self.record("ft", epoch + 1, total / len(order), self.evaluate(), t, opt)
 
-    meta = {
-        "arch": spec.name,
-        "blocks": [6, 7],
-        "pooling": "gap",
-        "input_size": size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "interpolation": spec.interpolation,
-        "classes": ds.classes,
-        "split_seed": r.seed,
-        "split": r.split,
-        "weights": source,
-        "recipe": asdict(r),
-        "history": history,
-        "unfrozen_layers": len(top),
-        "parameter_layers": len(layers),
-        "decode_seconds": round(decode_s, 2),
-        "skipped_images": [s for s, _ in failed],
-    }
-    _atomic_save({"meta": meta, "state_dict": model.state_dict()}, out)
-    resume_path.unlink(missing_ok=True)
-    return meta
+    def meta(self, unfrozen: int) -> dict:
+        spec, r = self.spec, self.r
+        return {
+            "arch": spec.name,
+            "blocks": [6, 7],
+            "pooling": "gap",
+            "input_size": self.size,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "interpolation": spec.interpolation,
+            "classes": self.classes,
+            "split_seed": r.seed,
+            "split": r.split,
+            "weights": self.source,
+            "recipe": asdict(r),
+            "history": self.history,
+            "unfrozen_layers": unfrozen,
+            "parameter_layers": len(self.layers),
+            "decode_seconds": round(self.decode_s, 2),
+            "skipped_images": [s for s, _ in self.failed],
+        }
+
+
+def _model(r: Recipe, spec, classes: int) -> tuple:
+    """(the timm classifier to fine-tune, where its weights came from: imagenet, a file, random)."""
+    import timm
+
+    from cbir.models.weights import load_pretrained, load_trunk_state, read_checkpoint
+
+    model = timm.create_model(spec.name, pretrained=False, num_classes=classes, exportable=True)
+    if r.pretrained and r.weights is None:
+        src = timm.create_model(spec.name, pretrained=False)
+        load_pretrained(src, spec.name)
+        state = {k: v for k, v in src.state_dict().items() if not k.startswith("classifier.")}
+        model.load_state_dict(state, strict=False)
+        return model, "imagenet"
+    if r.weights:
+        state, _ = read_checkpoint(r.weights)
+        load_trunk_state(model, state, r.weights, spec.name, 7)
+        return model, str(r.weights)
+    return model, "random"
+
+
+def _bar(total: int, desc: str, progress: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not progress, leave=False)
 
 
 def _without_epochs(recipe: dict) -> dict:

@@ -79,6 +79,27 @@ def create(
     if root.exists() and not root.is_dir():
         raise CbirError(f"--index {root}: exists and is not a directory")
     refuse_foreign(root)
+    options, dim, model_dim = _new_options(root, embedder, given, wt, whitening, dim, local_features, rerank)
+    lock, made_dir = _made_and_locked(root)  # every check is done: only now is anything written
+    try:
+        if (root / INDEX_JSON).is_file():  # opened under the lock: its maker cannot discard it meanwhile
+            return _open_existing(cls, root, embedder, wait, {**given, "whitening": wt.fingerprint if wt else None})
+        refuse_foreign(root)
+        if wt is not None:
+            wt.save(root / "whitening.npz")
+        _config.save(root, _config.new(embedder, options, dim, wt.fingerprint if wt else None, model_dim))
+    finally:
+        lock.release()
+    g = cls(root, embedder, wait=wait)
+    g.created, g._made_dir = True, made_dir
+    return g
+
+
+def _new_options(
+    root: Path, embedder, given: dict, wt, whitening, dim, local_features, rerank
+) -> tuple[dict, int, int]:
+    """(index.json options, the index's dimension, the model's) of a new index, every option checked
+    before anything is written."""
     options = {k: _config.DEFAULTS[k] if v is None else v for k, v in given.items()}
     if options["shard_size"] < 1:
         raise CbirError(f"--shard-size {options['shard_size']}: must be ≥ 1")
@@ -104,8 +125,14 @@ def create(
         raise CbirError(
             f"--rerank {rerank}: verifies, and the index would have no local features (--local-features none)"
         )
+    return options, dim, model_dim
+
+
+def _made_and_locked(root: Path) -> tuple[WriterLock, bool]:
+    """(the writer lock, held; whether the folder was made here). Two first builds at once: one
+    creates, the other waits and opens what it made."""
     lock = WriterLock(root)
-    for attempt in range(5):  # every check is done: only now is anything written
+    for attempt in range(5):
         try:
             root.mkdir(parents=True)
             made_dir = True
@@ -117,18 +144,7 @@ def create(
         except DirectoryGone:  # the other one failed and removed the folder it had made: start afresh
             if attempt == 4:
                 raise
-    try:
-        if (root / INDEX_JSON).is_file():  # opened under the lock: its maker cannot discard it meanwhile
-            return _open_existing(cls, root, embedder, wait, {**given, "whitening": wt.fingerprint if wt else None})
-        refuse_foreign(root)
-        if wt is not None:
-            wt.save(root / "whitening.npz")
-        _config.save(root, _config.new(embedder, options, dim, wt.fingerprint if wt else None, model_dim))
-    finally:
-        lock.release()
-    g = cls(root, embedder, wait=wait)
-    g.created, g._made_dir = True, made_dir
-    return g
+    return lock, made_dir
 
 
 def _open_existing(cls, root: Path, embedder, wait: bool, given: dict) -> G:

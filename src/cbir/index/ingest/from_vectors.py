@@ -95,8 +95,24 @@ def ingest(gallery, source: VectorSource, paths: list[str], progress: bool = Fal
 
 def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool, restore: bool) -> dict:
     t0 = time.perf_counter()
-    check_dim(source, gallery.config["model"]["dim"])
-    store, shard_size = gallery.store, gallery.config["shard_size"]
+    check_dim(source, gallery.settings.model_dim)
+    store, shard_size = gallery.store, gallery.settings.shard_size
+    scan, work = _plan(store, paths, shard_size, restore)
+    indexed, failed = _write(gallery, source, work, progress)
+    wall = time.perf_counter() - t0
+    gallery.rebuild_index()
+    timings = {
+        "wall": round(wall, 3),
+        "images": indexed,
+        "failed": failed,
+        "images_per_s": round(indexed / wall, 2) if wall > 0 else 0.0,
+    }
+    return gallery.write_report({"indexed": indexed, "timings": timings}, scan, t0)
+
+
+def _plan(store, paths: list[str], shard_size: int, restore: bool) -> tuple[Scan, list[tuple]]:
+    """(what the scan found, the work: (shard, item ids, source rows) per shard — the shards an
+    interrupted ingest left pending first), new items and shards committed to SQLite."""
     known = store.items_by_paths() if store.count() else {}
     earlier = store.pending_shards()  # an interrupted ingest: its items find their rows by path
     scan = Scan()
@@ -149,6 +165,12 @@ def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool, res
                     np.array([row_of.get(p, -1) for _, p in items], np.int64),
                 ),
             )
+    return scan, work
+
+
+def _write(gallery, source: VectorSource, work: list[tuple], progress: bool) -> tuple[int, int]:
+    """Write and commit each shard's vectors (a non-finite or zero row fails its item); (indexed, failed)."""
+    store = gallery.store
     bar = progress_bar(sum(len(i) for _, i, _ in work), progress)
     indexed = failed = 0
     for shard, ids_, rows_ in work:
@@ -172,12 +194,4 @@ def _ingest(gallery, source: VectorSource, paths: list[str], progress: bool, res
             bar.update(len(ids_))
     if bar is not None:
         bar.close()
-    wall = time.perf_counter() - t0
-    gallery.rebuild_index()
-    timings = {
-        "wall": round(wall, 3),
-        "images": indexed,
-        "failed": failed,
-        "images_per_s": round(indexed / wall, 2) if wall > 0 else 0.0,
-    }
-    return gallery.write_report({"indexed": indexed, "timings": timings}, scan, t0)
+    return indexed, failed
