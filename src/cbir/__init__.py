@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 
 # NumPy's own BLAS does only small products here (re-ranking a 400-item shortlist, metrics); with
-# its threads spinning beside FAISS's OpenMP threads, one re-ranked query took 8.4 ms instead of 2.0
-# on 2 cores (BENCHMARKS.md). Set before NumPy loads; an explicit setting wins. FAISS, ONNX Runtime
+# its threads spinning beside FAISS's OpenMP threads a re-ranked query took several times longer
+# (BENCHMARKS.md). Set before NumPy loads; an explicit setting wins. FAISS, ONNX Runtime
 # and torch keep their own thread pools.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 

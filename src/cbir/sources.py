@@ -190,8 +190,8 @@ class Reader:
     """Reads an item's bytes by URI. A tar shard's member index (offsets, from one pass over its
     headers) and a Parquet file's image column are kept in a small LRU cache, each loaded once
     however many threads miss it at the same time (the others wait for that load). Local tar
-    members are read with a descriptor of the reading call's own (open, ``pread``, close: ~10 µs,
-    nothing next to a decode), so no thread can close a descriptor another is reading from.
+    members are read with a descriptor of the reading call's own (open, ``pread``, close:
+    cheap next to a decode), so no thread can close a descriptor another is reading from.
     Members and cells over ``max_member_bytes`` are refused. Safe to share across threads."""
 
     def __init__(self, cache: int = 8, max_member_bytes: int = MAX_MEMBER_BYTES):

@@ -32,8 +32,8 @@ from cbir.hits import Hit, any_verified
 
 __all__ = ["ERRORS", "STAGES", "Notes", "Query", "Searchable", "Stage", "gflop", "search", "second_look"]
 
-# ORB matching of one candidate as budget "GFLOP": FAISS's Hamming k-NN takes ~1.2 ms, twice with
-# the mirrored query (BENCHMARKS.md)
+# ORB matching of one candidate as budget "GFLOP", calibrated on FAISS's Hamming k-NN (twice with
+# the mirrored query; BENCHMARKS.md)
 VERIFY_GFLOP = 0.025
 # one guided re-match (``local_features.rematch``); each verification pass (the top candidates, the
 # windows) re-matches at most ``GUIDE_MAX`` near pairs, only when nothing verified

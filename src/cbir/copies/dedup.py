@@ -13,7 +13,7 @@
   item, the part most of its matches leave out
   (``match_regions.unexplained``: the photo inside a screenshot whose frame matched other
   screenshots) — a photo pasted into another, a screenshot or meme of a photo. It re-embeds ~6
-  crops per image: on 2 cores, 1,484 images take ~125 s against ~16 s without it.
+  crops per image, several times the cost of the whole-image pass (BENCHMARKS.md).
 - Vote pass (with ``partial``): every item is also paired with the 2 items that share the most ORB
   descriptor matches with its stored features or its mirror's (``cbir.copies.votes``, as
   search's second look) — an upside-down or heavily pixelated copy the CNN vector does not put near
@@ -33,7 +33,7 @@ in the near search; an exact group whose member is in a near group is folded int
 under ``identical``), so that an image is in one group at most.
 
 Cost: one k-NN search per item over the index's own search structure, plus ``k`` feature matches
-per item (~1 ms each on one core; all cores are used), plus the windows pass.
+per item (all cores are used), plus the windows pass.
 """
 
 from __future__ import annotations
@@ -256,10 +256,10 @@ def _verified(
     features (a flipped copy; ORB descriptors are not mirror-invariant, so they are extracted from
     a's file, once per item; a file that cannot be read is not tried mirrored). Not b's mirror as
     well: on a held-out frame set it verified two different photos in one phone-viewer layout
-    (BENCHMARKS.md, issue 26, session 10). No guided
+    (BENCHMARKS.md). No guided
     re-matching here (search's ``local_features.verify`` does it): applied to each image left
     without a verified pair, it pushed 132 Corel-1K pairs over the bar, 129 of them different
-    photos of one class (BENCHMARKS.md, issue 26)."""
+    photos of one class (BENCHMARKS.md)."""
     if not pairs:
         return
     items = sorted({i for p in pairs for i in p})

@@ -16,7 +16,7 @@ AugLy ``pip`` copies (the suite's first 100, where the detector was built) ``ins
 89 and 19 of 100 plain Corel photos give one too (straight lines of buildings, horizons) — an extra
 window that verifies nothing costs one verification, no false match. Where both finds exist the
 smaller is the photo: a page's card frame is an edged box around a screenshot's photo, and a
-picture-in-picture's background often has a uniform sky around the inset (BENCHMARKS.md, issue 26).
+picture-in-picture's background often has a uniform sky around the inset (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ one to one, and the map is re-fitted (``GUIDE_ROUNDS``, 2) under the same ``plau
 ratio test throws away the true matches of a blurred, warped or re-edited copy whose descriptors
 moved; the first fit's geometry finds them again. Only then: applied to every near candidate, a
 near-duplicate shot of the same scene overtook a cropped copy's original (AugLy suite,
-BENCHMARKS.md, issue 26).
+BENCHMARKS.md).
 
 Queries: ``extract_query`` gives the image's record and its left-right mirror's (ORB descriptors
 are not mirror-invariant; the mirror turned by 180° is the upside-down copy), ``inliers`` takes the
@@ -100,7 +100,7 @@ def detect(img: np.ndarray) -> np.void:
     rec["wh"] = img.shape[1], img.shape[0]
     if min(img.shape) < MIN_SIDE:  # a thin strip or a tiny image: nothing to detect (verifies nothing)
         return rec
-    # ORB objects are not documented thread-safe: one per call costs ~20 µs, nothing next to detection
+    # ORB objects are not documented thread-safe: one per call (cheap next to detection)
     kps, desc = _cv2().ORB_create(nfeatures=MAX_KEYPOINTS, fastThreshold=10).detectAndCompute(img, None)
     if desc is None or not kps:
         return rec
@@ -179,7 +179,7 @@ def mirror(img: np.ndarray) -> np.ndarray:
 # screenshot, a collage): five half-size windows, (x0, y0, x1, y1) as fractions — the centre one and
 # those centred on the middles of the four quarter lines (a plus). On 100 AugLy picture-in-picture
 # and screenshot copies of Corel images they find as many originals (93) as the full 3 × 3 grid of
-# half-size windows at quarter steps, for 5/9 of its cost (BENCHMARKS.md, issue 26).
+# half-size windows at quarter steps, for 5/9 of its cost (BENCHMARKS.md).
 WINDOWS = (
     (0.25, 0.0, 0.75, 0.5),
     (0.0, 0.25, 0.5, 0.75),

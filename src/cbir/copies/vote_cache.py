@@ -3,7 +3,7 @@
 ``VoteCache.current()`` returns the ``votes.VoteState`` searches use now. When SQLite's generation
 has moved since it was made, the next one is made from it: the removed items' descriptors taken
 out and the added ones' read and put in (``votes.updated``, on a copy), not rebuilt — a full build
-(``votes.build``, ~1 s per 1,000 items) happens only for the first one, when the per-item keep
+(``votes.build``) happens only for the first one, when the per-item keep
 would halve (the gallery grew past the memory cap) or once the items changed since the last build
 pass ``REBUILD_SHARE`` of it (cells drawn from what the gallery no longer holds).
 

@@ -11,10 +11,9 @@ when the nearest passes Lowe's ratio test (``local_features.RATIO``) — the sam
 uses — and counted once per item and query variant (as is, mirrored: the best variant counts); the
 ``top`` items with the most such matches, at least ``MIN_VOTES``.
 
-Why it works where the CNN vector fails: on the 34 misses of 200 AugLy chains of three edits
-(issue 26), a copy whose original verifies (≥ 15 inliers) has it first by votes, usually by a wide
-margin (7 against 1, 51 against 2, 217 against 1), while its CNN rank is 10–835. The IVF (nprobe 8)
-ranks them as the exhaustive vote does, ~5 ms per query on a 1,000-item gallery.
+Why it works where the CNN vector fails: on the misses of AugLy chains of three edits
+(BENCHMARKS.md), a copy whose original verifies (≥ 15 inliers) has it first by votes, usually by a wide
+margin, while its CNN rank is far down. The IVF (nprobe 8) ranks them as the exhaustive vote does.
 
 Stretched copies: ORB's patch is square, so a copy squeezed or stretched beyond
 ``local_features.STRETCH`` (1.5×) keeps its keypoints but not their descriptors, and votes for
@@ -26,8 +25,7 @@ had a squeezing ``resize`` in them.
 Memory: 40 bytes per indexed descriptor (32-byte code, 8-byte id). ``per_item`` keeps at most
 ``max_mib`` (default ``MAX_MIB``, 128 MiB) in all: every descriptor of a gallery up to ~6,700
 items of 500 keypoints, then evenly spaced ones of each item (a 100k gallery keeps 33 per item and
-votes with less power). Build time: ~1 s per 1,000 items of 500 keypoints, ~15 s for 3.3M
-descriptors (100k items at the cap). ``updated`` follows a change of the indexed set without a
+votes with less power); build times are in BENCHMARKS.md. ``updated`` follows a change of the indexed set without a
 rebuild (a copy of the index, the removed items' descriptors taken out, the added ones' put in);
 ``cbir.copies.vote_cache`` decides when and where (in the caller, or aside for ``cbir serve``).
 """
@@ -43,7 +41,7 @@ from cbir.copies.local_features import MAX_KEYPOINTS, RATIO
 NPROBE = 8
 MIN_VOTES = 2  # one match is chance: a random photo shares one ratio-test match with many items
 MAX_MIB = 128.0
-SYNC_ITEMS = 20_000  # a gallery up to this size builds its vote index within the search (≤ ~3 s), a larger one aside
+SYNC_ITEMS = 20_000  # a gallery up to this size builds its vote index within the search, a larger one aside
 VOTES = 2  # a query's second look verifies it against this many items by descriptor votes
 ASPECTS = 2  # a query stretched away from the gallery's common shapes is re-stretched to at most this many
 ASPECT_SHARE = 0.1  # … each the shape of at least this share of the items

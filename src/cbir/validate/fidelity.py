@@ -3,7 +3,7 @@
 ONNX Runtime CPU has no FP16 kernels (it inserts casts and computes in FP32, hiding overflow), so
 the FP16 numbers come from two estimates, each named in the report:
 - ``reference``: ``onnx.reference.ReferenceEvaluator`` running the exported FP16 graph in true FP16
-  NumPy arithmetic (slow: about 3 s per 224-px Lite0 image here) — the gate decides on this one;
+  NumPy arithmetic (slow: seconds per image) — the gate decides on this one;
 - ``torch_half``: the same PyTorch module in ``half()`` on CPU (oneDNN; faster, used for ΔmAP on a
   labelled set).
 ``ort_cpu`` is reported too, to show how little ORT CPU sees. Targets: min cosine ≥ 0.999, top-10

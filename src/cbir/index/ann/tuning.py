@@ -2,7 +2,7 @@
 
 ``choose_factory(n, d, budget)`` — rules in the spirit of autofaiss (exact where it is cheap, inverted
 lists when it is not, compressed codes when the budget demands):
-- n ≤ 20,000 and the raw vectors fit: ``Flat`` (exact; < 1 ms/query at this size);
+- n ≤ 20,000 and the raw vectors fit: ``Flat`` (exact);
 - raw float32 vectors (n·d·4 bytes, +16 bytes/vector for ids) fit: ``IVF{nlist},Flat``;
 - one byte per dimension fits: ``IVF{nlist},SQ8``;
 - else ``OPQ{m},IVF{nlist},PQ{m}`` with the largest m (dividing d, ≥ 8) whose codes fit;

@@ -107,8 +107,8 @@ PRESETS = {
 @dataclass(frozen=True)
 class Budget:
     """The most one search may cost: ``mib`` of working memory and ``gflop`` of arithmetic (ORB
-    matching counted as ``VERIFY_GFLOP`` per candidate). Defaults: 256 MiB and 10 GFLOP per search
-    (about 1.5 s on one core of the development machines); ``cbir serve`` gives GET requests, which any web page can make a
+    matching counted as ``VERIFY_GFLOP`` per candidate). Defaults: 256 MiB and 10 GFLOP per search;
+    ``cbir serve`` gives GET requests, which any web page can make a
     browser send, ``GET_BUDGET``."""
 
     mib: float = 256.0
