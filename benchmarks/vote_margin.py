@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from cbir.copies import local_features as lf
+from cbir.copies.windows import vote_pairs
 from cbir.index.gallery import Gallery
 
 g = Gallery(sys.argv[1])
 first, guided, votes_ = [], [], []
 for d in sys.argv[2:]:
     for f in sorted(Path(d).rglob("*.jpg")):
-        pairs = g._voted(str(f), str(f), lf.extract_query(str(f)))
+        pairs = vote_pairs(g, str(f), str(f), lf.extract_query(str(f)), g.snapshot())
         recs = g.features.get(np.array([i for _, i in pairs], np.int64))
         first.append(max([lf.inliers(q, r) for (q, _), r in zip(pairs, recs) if r is not None], default=0))
         guided.append(

@@ -52,7 +52,7 @@ def child(root: str, overrides: dict, threads: int, queries: int) -> dict:
     g.search_vectors(q[:1], k=10, rerank="none")  # index loaded, first search done
     base = peak_rss_mb()
     cfg = g.rerank_config(rerank.resolve(None, None, **overrides))  # refused here if over the budget
-    mib, gflop = rerank.cost(cfg, g.config["dim"])
+    mib, gflop = rerank.cost(cfg, g.settings.dim)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda i: g.search_vectors(q[i : i + 1], k=100, rerank=cfg), range(queries)))

@@ -252,8 +252,8 @@ def measure_shift(
 
     rows = []
     for basis, queries in (("gallery", None), ("queries", q_tune)):
-        t = g.config["tuning"] if queries is None else g.tune(target_recall, queries=q_tune)
-        params = dict(g.config["search"])
+        t = g.settings.tuning if queries is None else g.tune(target_recall, queries=q_tune)
+        params = dict(g.settings.search)
         true_recall, ms = truth_at(params)
         rows.append(
             {
@@ -271,7 +271,7 @@ def measure_shift(
         "dim": dim,
         "memory_budget": memory_budget,
         "target_recall": target_recall,
-        "auto_choice": g.config["index_factory"],
+        "auto_choice": g.settings.index_factory,
         "eval_queries": eval_queries,
         "rows": rows,
     }

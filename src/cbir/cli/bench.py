@@ -124,7 +124,7 @@ def cmd_bench_copy_search(a: argparse.Namespace) -> int:
         g,
         a.data,
         a.suite,
-        rerank=rerank_from_args(a, g.config.get("rerank")),
+        rerank=rerank_from_args(a, g.settings.rerank),
         per_aug=a.per_aug,
         keeps={n: v[1] for n, v in AUGS.items()},
     )

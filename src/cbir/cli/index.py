@@ -94,7 +94,7 @@ def _note_gallery_basis(g, where: str) -> None:
     """One plain line when an ``auto`` index was tuned on held-out gallery vectors (not real queries)."""
     from cbir.index.ann.maintain import GALLERY_BASIS_NOTE
 
-    if g.config.get("factory") == "auto" and (g.config.get("tuning") or {}).get("basis") == "gallery":
+    if g.settings.factory == "auto" and (g.settings.tuning or {}).get("basis") == "gallery":
         print("note: " + GALLERY_BASIS_NOTE.format(root=where), file=sys.stderr)
 
 
@@ -153,7 +153,7 @@ def cmd_index_features(a: argparse.Namespace) -> int:
 
     g = Gallery(a.index, wait=a.wait)
     n = g.extract_features(progress=not a.json and sys.stderr.isatty(), enable=True)
-    out = {"shards_written": n, "local_features": g.config["local_features"], "rerank": g.config.get("rerank")}
+    out = {"shards_written": n, "local_features": g.settings.local_features, "rerank": g.settings.rerank}
     if a.json:
         print_json(out)
     else:
@@ -168,13 +168,13 @@ def cmd_index_rerank(a: argparse.Namespace) -> int:
 
     g = Gallery(a.index, wait=a.wait)
     with g.writing():  # the settings are read and changed under the lock (one field: rerank)
-        cfg = g.rerank_config(rerank_from_args(a, g.config.get("rerank")))  # refuses verification without features
+        cfg = g.rerank_config(rerank_from_args(a, g.settings.rerank))  # refuses verification without features
         g.config["rerank"] = cfg.to_dict()
         g.save_config()
     if a.json:
-        print_json(g.config["rerank"])
+        print_json(g.settings.rerank)
     else:
-        print(", ".join(f"{k}={v}" for k, v in g.config["rerank"].items()))
+        print(", ".join(f"{k}={v}" for k, v in g.settings.rerank.items()))
     return 0
 
 
@@ -315,7 +315,7 @@ def cmd_index_repair(a: argparse.Namespace) -> int:
     from cbir.index.gallery import Gallery
 
     g = Gallery(a.index, wait=a.wait)
-    if g.config["model_path"] is not None:
+    if g.settings.model_path is not None:
         g.embedder(backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision, device=a.device)
     r = repair(g, progress=not a.json and sys.stderr.isatty())
     if a.json:

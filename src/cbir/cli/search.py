@@ -13,7 +13,7 @@ def cmd_search(a: argparse.Namespace) -> int:
 
     g = Gallery(a.index, search_device=a.search_device)
     g.embedder(a.model, backend=a.backend, threads=a.threads, workers=a.workers, precision=a.precision, device=a.device)
-    rerank = rerank_from_args(a, g.config.get("rerank"))
+    rerank = rerank_from_args(a, g.settings.rerank)
     results = g.search(a.queries, k=a.k, rerank=rerank, nprobe=a.nprobe, ef_search=a.ef_search)
     if a.html:
         write_html(g, results, a.html)

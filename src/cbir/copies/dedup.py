@@ -89,7 +89,7 @@ def find(
     if not 0 <= partial <= MAX_PARTIAL:
         raise CbirError(f"--partial {partial}: neighbours per window, between 0 (whole images only) and {MAX_PARTIAL}")
     cfg = gallery.rerank_config()
-    if verify and not gallery.config.get("local_features"):
+    if verify and not gallery.settings.local_features:
         raise CbirError(
             f"--index {gallery.root}: built without local features, so near-duplicates cannot be verified; "
             f"add them with `cbir index features {gallery.root}`, or pass --no-verify with a high --threshold"

@@ -27,7 +27,7 @@ def query_vectors(gallery, specs: Sequence[str | os.PathLike], progress: bool = 
             v = np.load(specs[0], allow_pickle=False)
         except (OSError, ValueError) as e:
             raise CbirError(f"--queries {specs[0]}: not a readable .npy array ({e})") from None
-        want = gallery.config["model"]["dim"]
+        want = gallery.settings.model_dim
         if v.ndim != 2 or v.dtype.kind != "f" or v.shape[1] != want:
             raise CbirError(
                 f"--queries {specs[0]}: need float vectors [n, {want}] (the index's model dimension), "

@@ -24,10 +24,10 @@ def set_index(gallery, index) -> None:
     """Adopt a freshly written index.faiss: record the SQLite generation it holds, swap it in."""
     gallery.config["faiss_generation"] = gallery.store.generation
     gallery.save_config()
-    tuning.set_search_params(index, gallery.config.get("search"))
+    tuning.set_search_params(index, gallery.settings.search)
     with gallery._lock:
         gallery._index, gallery._reconstructable = index, None
-        gallery._index_generation = gallery.config["faiss_generation"]
+        gallery._index_generation = gallery.settings.faiss_generation
 
 
 def in_sync(gallery) -> bool:
@@ -77,11 +77,11 @@ def refresh(gallery, reconcile_in_background: bool = True) -> bool:
             config = _config.load(gallery.root)
             gallery._config_sig, gallery._config_read_at = sig, now
             gallery._disk_generation = config.get("faiss_generation")
-            if config.get("revision") != gallery.config.get("revision"):
+            if config.get("revision") != gallery.settings.revision:
                 swapped = _adopt_config(gallery, config)
     if gallery.votes.background:
         gallery.votes.current()  # a change of the indexed set starts the vote index's update aside
-    disk = gallery._disk_generation if gallery._disk_generation is not None else gallery.config.get("faiss_generation")
+    disk = gallery._disk_generation if gallery._disk_generation is not None else gallery.settings.faiss_generation
     if reconcile_in_background and gallery.store.generation != disk:  # index.faiss on disk is behind SQLite
         _reconcile_in_background(gallery)
     return swapped
@@ -104,7 +104,7 @@ def _adopt_config(gallery, config: dict) -> bool:
             gallery.config = config
         gallery.load_error = None
         return True
-    if loaded and config.get("search") != gallery.config.get("search"):
+    if loaded and config.get("search") != gallery.settings.search:
         tuning.set_search_params(gallery._index, config.get("search"))  # `cbir index tune` ran
     gallery.config = config
     gallery.load_error = None
@@ -137,7 +137,7 @@ def consistency(gallery) -> dict:
     want = set(gallery.store.indexed_ids().tolist())
     return {
         "generation": gallery.store.generation,
-        "faiss_generation": gallery.config.get("faiss_generation"),
+        "faiss_generation": gallery.settings.faiss_generation,
         "missing_from_faiss": sorted(want - held),
         "not_indexed_in_faiss": sorted(held - want),
     }

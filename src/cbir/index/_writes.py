@@ -30,7 +30,7 @@ def item_key(path: str | os.PathLike) -> str:
 def scan(
     gallery, paths: Sequence[str | os.PathLike], retry_failed: bool = False, parquet=None, restore: bool = False
 ) -> _build.Scan:
-    return _build.scan(gallery.store, gallery.config["shard_size"], paths, retry_failed, parquet, restore)
+    return _build.scan(gallery.store, gallery.settings.shard_size, paths, retry_failed, parquet, restore)
 
 
 def commit_shard(gallery, shard: int, out) -> tuple[int, int]:
@@ -54,7 +54,7 @@ def process_pending(
 
 def load_vectors(gallery, shards: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, raw vectors) of the indexed items whose current vectors are in ``shards`` (default all)."""
-    return maintain.load_vectors(gallery.store, gallery.root, gallery.config["model"]["dim"], shards)
+    return maintain.load_vectors(gallery.store, gallery.root, gallery.settings.model_dim, shards)
 
 
 def rebuild_index(gallery) -> None:
@@ -134,14 +134,14 @@ def extract_features(
     ``on_problem(path, reason)``: an image that gave no features because of an error (it stays
     indexed and verifies nothing)."""
     with gallery.writing():
-        if enable and not gallery.config.get("local_features"):
-            if gallery.config["model"]["arch"] == "vectors-only":
+        if enable and not gallery.settings.local_features:
+            if gallery.settings.vectors_only:
                 raise CbirError(
                     f"--index {gallery.root}: built from vectors, it has no images to take local features from"
                 )
             gallery.config["local_features"] = _features.KIND
             gallery.save_config()
-        if not gallery.config.get("local_features"):
+        if not gallery.settings.local_features:
             return 0
         return _features.ensure(gallery.store, gallery.root, progress, on_problem, upgrade=enable)
 
@@ -190,7 +190,7 @@ def tune(gallery, target_recall: float, max_ms: float | None = None, queries: np
     cannot reach changes nothing."""
     with gallery.writing():
         index = gallery.index
-        saved = (dict(gallery.config.get("search") or {}), gallery.config.get("tuning"))
+        saved = (dict(gallery.settings.search or {}), gallery.settings.tuning)
         try:
             maintain.tune(gallery, index, target_recall, max_ms, queries=queries)
         except CbirError:
@@ -199,9 +199,9 @@ def tune(gallery, target_recall: float, max_ms: float | None = None, queries: np
             raise
         if queries is not None:
             gallery.set_tune_queries(queries)
-        tuning.set_search_params(index, gallery.config["search"])
+        tuning.set_search_params(index, gallery.settings.search)
         gallery.save_config()
-        return gallery.config["tuning"]
+        return gallery.settings.tuning
 
 
 def set_tune_queries(gallery, queries: np.ndarray) -> None:

@@ -90,7 +90,7 @@ def _check_shard(gallery, shard: int, dim: int) -> list[dict]:
                 shard,
             )
         )
-    if gallery.config.get("local_features") and live:
+    if gallery.settings.local_features and live:
         path = feature_path(root, shard)
         try:
             ids = set(np.load(path, mmap_mode="r")["id"].tolist())
@@ -125,7 +125,7 @@ def _check_faiss(gallery) -> list[dict]:
     except CbirError as e:
         return [_problem("index.faiss", str(e))]
     out = []
-    if gallery.config.get("faiss_generation") != store.generation:
+    if gallery.settings.faiss_generation != store.generation:
         out.append(
             _problem(
                 "index.faiss",
@@ -145,9 +145,9 @@ def _check_faiss(gallery) -> list[dict]:
     if len(ids):
         from cbir.index.ann import tuning
 
-        tuning.set_search_params(index, gallery.config.get("search"))
+        tuning.set_search_params(index, gallery.settings.search)
         q = np.ascontiguousarray(gallery.postprocess_queries(vecs), np.float32)
-        if gallery.config.get("dba"):  # stored vectors were augmented: compare with what FAISS stores
+        if gallery.settings.dba:  # stored vectors were augmented: compare with what FAISS stores
             return out
         wrong = _misplaced(index, q, ids)
         if wrong > len(ids) // 20:  # ANN may miss a few; ids pointing at other vectors miss most
@@ -202,7 +202,7 @@ def repair(gallery, progress: bool = False) -> dict:
             items = store.shard_items(shard, "indexed")
             for path in (shard_path(root, shard), regions_path(root, shard), feature_path(root, shard)):
                 path.unlink(missing_ok=True)
-            if gallery.config["model_path"] is None:  # vectors-only: nothing to embed them from
+            if gallery.settings.model_path is None:  # vectors-only: nothing to embed them from
                 with store.transaction():
                     store.mark_failed([i for i, _ in items], "vector file lost (cbir index repair); ingest it again")
                 lost += [{"path": p, "error": "vector file lost; no model to embed it again"} for _, p in items]
@@ -216,10 +216,10 @@ def repair(gallery, progress: bool = False) -> dict:
             requeued.update(p for _, p in items)
             done.append(f"shard {shard}: {why} damaged, {len(items)} items queued to be embedded again")
         work = {"indexed": 0, "timings": {}}
-        if requeue and gallery.config["model_path"] is not None:
+        if requeue and gallery.settings.model_path is not None:
             work = build.process_pending(gallery, progress=progress)
             lost += [f for f in store.failed() if f["path"] in requeued]
-        if gallery.config.get("local_features"):
+        if gallery.settings.local_features:
             gallery.extract_features(progress)
         gallery.rebuild_index()
         done.append("index.faiss rebuilt from the shards")

@@ -66,7 +66,7 @@ def audited_queries(gallery) -> np.ndarray:
             f"--from-audit: {path}: no audited queries yet (run `cbir serve --index {gallery.root}` with "
             f"--audit-rate > 0 and let it answer some queries)"
         )
-    if q.shape[1] != gallery.config["dim"]:
+    if q.shape[1] != gallery.settings.dim:
         raise CbirError(
             f"--from-audit: {path}: {q.shape[1]}-d queries, the index holds {gallery.config['dim']}-d vectors"
         )
@@ -92,7 +92,7 @@ class Auditor:
         self._queue: queue.Queue = queue.Queue(max_queue)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._kept = np.empty((0, gallery.config["dim"]), np.float32)
+        self._kept = np.empty((0, gallery.settings.dim), np.float32)
         self._thread = None
         self._stop = threading.Event()
         if rate > 0:
@@ -175,7 +175,7 @@ class Auditor:
         with self._lock:
             per = np.array(self.recalls, np.float64)
             dropped, sampled, audited = self.dropped, self.sampled, self.audited
-        tuning_rec = self.gallery.config.get("tuning") or {}
+        tuning_rec = self.gallery.settings.tuning or {}
         return {
             "rate": self.rate,
             "count": int(len(per)),
@@ -184,7 +184,7 @@ class Auditor:
             "dropped": dropped,
             "sampled": sampled,
             "pending": sampled - audited,
-            "target": tuning_rec.get("target_recall", self.gallery.config.get("target_recall")),
+            "target": tuning_rec.get("target_recall", self.gallery.settings.target_recall),
             "error": self.error,
         }
 

@@ -236,7 +236,7 @@ def update(gallery, changed_ids: np.ndarray, new_shards: Sequence[int] = ()) -> 
     """Update index.faiss in place: drop ``changed_ids``, add the vectors of ``new_shards``. Falls
     back to a full rebuild for DBA and for index types that cannot remove ids; returns the index."""
     path = gallery.root / "index.faiss"
-    if gallery.config.get("dba") or gallery.config.get("on_disk") or not path.is_file():
+    if gallery.settings.dba or gallery.settings.on_disk or not path.is_file():
         return rebuild(gallery)  # on-disk lists are written once, by a streaming merge
     index = faiss_index.load(path)
     if not faiss_index.remove(index, changed_ids):

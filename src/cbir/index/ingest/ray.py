@@ -103,7 +103,7 @@ def process_with_ray(
             ray.init(num_cpus=num_workers * cpus_per_worker, include_dashboard=False, log_to_driver=False)
     rows = [{"shard": s, "ids": [i for i, _ in items], "paths": [p for _, p in items]} for s, items in work]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    model = gallery.config["model_path"]
+    model = gallery.settings.model_path
     results = ds.map_batches(
         ShardWorker,
         batch_size=1,

@@ -158,6 +158,8 @@ class Settings:
     revision: int | None
     index_bytes: int | None
     trained_on: int
+    target_recall: float | None
+    on_disk: bool
 
     @classmethod
     def of(cls, config: dict) -> Settings:
@@ -179,6 +181,8 @@ class Settings:
             revision=config.get("revision"),
             index_bytes=config.get("index_bytes"),
             trained_on=config.get("trained_on", 0),
+            target_recall=config.get("target_recall"),
+            on_disk=bool(config.get("on_disk")),
         )
 
     @property
