@@ -168,3 +168,34 @@ def test_bench_search_reports_the_auto_choice(tmp_path, capsys):
     assert r["bytes"]["index.faiss"] > 25_000 * 320 * 4 and r["bytes"]["shards"] > 25_000 * 320 * 4
     assert r["peak_rss_mb"] > 0 and r["ms_per_query_batch1"] > 0 and r["ms_per_query_batch"] > 0
     assert not (tmp_path / "n25000").exists()  # removed unless --keep
+
+
+def test_distractors_are_seeded_crops_of_the_sources_and_resume(tmp_path, photos, monkeypatch):
+    """``cbir bench distractors --from``: n crops spread over the sources, inside them, at most
+    ``SIDE`` px, the same for a seed; a killed run resumes without rewriting what exists; no
+    source at all is one clear error."""
+    from PIL import Image
+
+    from cbir.bench import distractors
+    from cbir.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, p in enumerate(photos[:3]):
+        Image.open(p).convert("RGB").resize((900, 600)).save(src / f"p{i}.png")
+    out = tmp_path / "d"
+    assert main(["bench", "distractors", str(out), "-n", "10", "--from", str(src), "--json"]) == 0
+    files = sorted(out.rglob("*.jpg"))
+    assert len(files) == 10 and sorted(len(list(d.iterdir())) for d in out.iterdir()) == [3, 3, 4]
+    assert all(max(Image.open(f).size) <= distractors.SIDE for f in files)
+    again = distractors.make(tmp_path / "d2", 10, [str(src)])
+    assert [f.read_bytes() for f in files] == [f.read_bytes() for f in sorted((tmp_path / "d2").rglob("*.jpg"))]
+    files[0].unlink()
+    assert distractors.make(out, 10, [str(src)])["written"] == 1 and again["written"] == 10
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # every box lies inside the image, at least 64 px a side
+        x0, y0, x1, y1 = distractors.crop_box(rng, 300, 200)
+        assert 0 <= x0 < x1 <= 300 and 0 <= y0 < y1 <= 200 and x1 - x0 >= 64 and y1 - y0 >= 64
+    monkeypatch.setattr(distractors, "DEFAULT_SOURCES", (str(tmp_path / "none"),))
+    with pytest.raises(CbirError, match="no distractor sources"):
+        distractors.make(tmp_path / "d3", 1)

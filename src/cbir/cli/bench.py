@@ -374,6 +374,19 @@ def cmd_bench_live(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_distractors(a: argparse.Namespace) -> int:
+    from cbir.bench.distractors import make
+
+    r = make(a.out, a.n, a.sources, a.seed)
+    if a.json:
+        print_json(r)
+    else:
+        print(
+            f"{r['distractors']} distractors from {r['sources']} source photos under {r['out']} ({r['written']} written)"
+        )
+    return 0
+
+
 def _accuracy_parser(bench) -> None:
     ba = bench.add_parser("accuracy", help="retrieval metrics on a labelled folder (Corel protocol)")
     ba.add_argument("--model", required=True)
@@ -605,11 +618,26 @@ def _requests_parser(bench) -> None:
     br.set_defaults(fn=cmd_bench_requests)
 
 
+def _distractors_parser(bench) -> None:
+    bd = bench.add_parser(
+        "distractors",
+        help="real photos that are not the benchmark's (random crops of Debian's wallpapers and backgrounds, "
+        "or of --from folders) to grow a gallery for copy detection at scale",
+    )
+    bd.add_argument("out", help="folder to write them to (resumes)")
+    bd.add_argument("-n", type=int, default=20_000, help="how many (default 20,000)")
+    bd.add_argument("--from", dest="sources", nargs="+", help="source folders (default: the installed wallpapers)")
+    bd.add_argument("--seed", type=int, default=0)
+    bd.add_argument("--json", action="store_true")
+    bd.set_defaults(fn=cmd_bench_distractors)
+
+
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     _accuracy_parser(bench)
     _copies_parser(bench)
     _copy_search_parser(bench)
+    _distractors_parser(bench)
     _dedup_parser(bench)
     _exact_parser(bench)
     _latency_parser(bench)

@@ -1,0 +1,93 @@
+"""``cbir bench distractors``: a gallery-sized set of real photos that are not the benchmark's, for
+copy detection at scale (a copy's original must still come first among them, a photo that is not in
+the gallery must still verify nothing).
+
+Sources: the photos and wallpapers Debian's desktop packages install (``DEFAULT_SOURCES``:
+``plasma-workspace-wallpapers``, ``mate-backgrounds``, ``ukui-wallpapers``, ``gnome-backgrounds``;
+the largest file of each wallpaper folder), or the folders given. Never scikit-image's or
+scikit-learn's bundled photos: the AugLy suite makes its negatives from them, and a distractor cut
+from a negative's source would be a true copy of it. There are far fewer sources than distractors
+wanted, so each distractor is a crop of one at a random position, size (``SCALE`` of the source's
+sides) and aspect (``ASPECT``), shrunk to at most ``SIDE`` px and saved as JPEG: crops of one source
+that overlap share content, as different photos of one place do. Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cbir.errors import CbirError
+from cbir.sources import find_images
+
+DEFAULT_SOURCES = ("/usr/share/wallpapers", "/usr/share/backgrounds")
+SCALE = (0.2, 0.7)  # a crop's area as a share of the source's, drawn uniformly
+ASPECT = (0.5, 2.0)  # width / height, log-uniform
+SIDE = 512
+QUALITY = 85
+
+
+def sources(dirs: list[str] | None = None) -> list[Path]:
+    """Source photos: every image under ``dirs``, or under ``DEFAULT_SOURCES`` the largest file of
+    each wallpaper (it ships at several resolutions) and every other photo."""
+    if dirs:
+        return find_images(dirs)
+    found: list[Path] = []
+    for root in (Path(d) for d in DEFAULT_SOURCES if Path(d).is_dir()):
+        by_folder: dict[Path, list[Path]] = {}
+        for p in find_images([root]):
+            if p.stem != "screenshot":  # KDE's preview of a wallpaper it also ships in full
+                by_folder.setdefault(p.parent, []).append(p)
+        for folder, files in sorted(by_folder.items()):
+            if folder.name.startswith("images"):  # KDE's <name>/contents/images/<w>x<h>.jpg: one photo
+                files = [max(files, key=lambda f: f.stat().st_size)]
+            found.extend(sorted(files))
+    if not found:
+        raise CbirError(
+            "no distractor sources: install Debian's plasma-workspace-wallpapers, mate-backgrounds, "
+            "ukui-wallpapers or gnome-backgrounds, or pass --from DIR"
+        )
+    return found
+
+
+def crop_box(rng: np.random.Generator, w: int, h: int) -> tuple[int, int, int, int]:
+    """A random box inside a w × h image: area ``SCALE`` of it, aspect ``ASPECT``, at least 64 px a side."""
+    area = rng.uniform(*SCALE) * w * h
+    aspect = float(np.exp(rng.uniform(np.log(ASPECT[0]), np.log(ASPECT[1]))))
+    cw = int(min(w, max(64, round(np.sqrt(area * aspect)))))
+    ch = int(min(h, max(64, round(np.sqrt(area / aspect)))))
+    x0 = int(rng.integers(0, w - cw + 1))
+    y0 = int(rng.integers(0, h - ch + 1))
+    return x0, y0, x0 + cw, y0 + ch
+
+
+def make(out: str | os.PathLike, n: int, dirs: list[str] | None = None, seed: int = 0) -> dict:
+    """Write ``n`` distractors under ``out/<source stem>/<k>.jpg``, spread evenly over the sources;
+    returns counts. Existing files are kept (a killed run resumes)."""
+    srcs = sources(dirs)
+    out = Path(out)
+    per = np.full(len(srcs), n // len(srcs))
+    per[: n % len(srcs)] += 1
+    written = 0
+    for s, (src, count) in enumerate(zip(srcs, per)):
+        if not count:
+            continue
+        name = src.parents[2].name if src.parent.name.startswith("images") else src.stem
+        folder = out / f"{s:04d}-{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        with Image.open(src) as im:
+            img = im.convert("RGB")
+        rng = np.random.default_rng([seed, s])
+        for k in range(int(count)):
+            box = crop_box(rng, *img.size)
+            path = folder / f"{k:06d}.jpg"
+            if path.is_file():
+                continue
+            crop = img.crop(box)
+            crop.thumbnail((SIDE, SIDE), Image.Resampling.LANCZOS)
+            crop.save(path, quality=QUALITY)
+            written += 1
+    return {"sources": len(srcs), "distractors": int(per.sum()), "written": written, "out": str(out)}
