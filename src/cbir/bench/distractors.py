@@ -15,11 +15,13 @@ that overlap share content, as different photos of one place do. Deterministic f
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from cbir.cores import all_cores
 from cbir.errors import CbirError
 from cbir.sources import find_images
 
@@ -64,30 +66,36 @@ def crop_box(rng: np.random.Generator, w: int, h: int) -> tuple[int, int, int, i
     return x0, y0, x0 + cw, y0 + ch
 
 
+def _one_source(s: int, src: Path, count: int, out: Path, seed: int) -> int:
+    """Write source ``s``'s ``count`` crops (those not written yet); returns how many were written."""
+    name = src.parents[2].name if src.parent.name.startswith("images") else src.stem
+    folder = out / f"{s:04d}-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as im:
+        img = im.convert("RGB")
+    rng = np.random.default_rng([seed, s])
+    written = 0
+    for k in range(count):
+        box = crop_box(rng, *img.size)  # drawn for every k, so a resumed run cuts the same boxes
+        path = folder / f"{k:06d}.jpg"
+        if path.is_file():
+            continue
+        crop = img.crop(box)
+        crop.thumbnail((SIDE, SIDE), Image.Resampling.LANCZOS)
+        crop.save(path, quality=QUALITY)
+        written += 1
+    return written
+
+
 def make(out: str | os.PathLike, n: int, dirs: list[str] | None = None, seed: int = 0) -> dict:
-    """Write ``n`` distractors under ``out/<source stem>/<k>.jpg``, spread evenly over the sources;
-    returns counts. Existing files are kept (a killed run resumes)."""
+    """Write ``n`` distractors under ``out/<k>-<source name>/<i>.jpg``, spread evenly over the
+    sources, one source per thread (Pillow's decode, resize and encode release the GIL); returns
+    counts. Existing files are kept (a killed run resumes)."""
     srcs = sources(dirs)
     out = Path(out)
     per = np.full(len(srcs), n // len(srcs))
     per[: n % len(srcs)] += 1
-    written = 0
-    for s, (src, count) in enumerate(zip(srcs, per)):
-        if not count:
-            continue
-        name = src.parents[2].name if src.parent.name.startswith("images") else src.stem
-        folder = out / f"{s:04d}-{name}"
-        folder.mkdir(parents=True, exist_ok=True)
-        with Image.open(src) as im:
-            img = im.convert("RGB")
-        rng = np.random.default_rng([seed, s])
-        for k in range(int(count)):
-            box = crop_box(rng, *img.size)
-            path = folder / f"{k:06d}.jpg"
-            if path.is_file():
-                continue
-            crop = img.crop(box)
-            crop.thumbnail((SIDE, SIDE), Image.Resampling.LANCZOS)
-            crop.save(path, quality=QUALITY)
-            written += 1
+    jobs = [(s, src, int(c)) for s, (src, c) in enumerate(zip(srcs, per)) if c]
+    with ThreadPoolExecutor(all_cores()) as pool:
+        written = sum(pool.map(lambda j: _one_source(*j, out, seed), jobs))
     return {"sources": len(srcs), "distractors": int(per.sum()), "written": written, "out": str(out)}
