@@ -22,8 +22,27 @@ from cbir.index.query.rerank import PRESETS
 from cbir.index.storage.lock import DirectoryGone
 
 
-def cmd_index_build(a: argparse.Namespace) -> int:
+def _create(a: argparse.Namespace, root, emb, **extra):
+    """``Gallery.create`` with the build options of ``index build`` (``extra``: what differs by source)."""
     from cbir.index.gallery import Gallery
+
+    return Gallery.create(
+        root,
+        emb,
+        factory=a.factory,
+        shard_size=a.shard_size,
+        whitening=a.whitening,
+        dba=a.dba,
+        dba_alpha=a.dba_alpha,
+        memory_budget=a.memory_budget,
+        target_recall=a.target_recall,
+        wait=a.wait,
+        on_disk=a.on_disk,
+        **extra,
+    )
+
+
+def cmd_index_build(a: argparse.Namespace) -> int:
 
     root = Path(a.index)
     if (a.images_dir is None) == (a.from_vectors is None):
@@ -48,21 +67,7 @@ def cmd_index_build(a: argparse.Namespace) -> int:
         raise CbirError(f"--distributed {a.distributed!r}: only 'ray' is supported")
     emb = open_embedder(a, a.model)
     for attempt in range(3):  # a first build started beside one that failed and undid its folder starts afresh
-        g = Gallery.create(
-            root,
-            emb,
-            factory=a.factory,
-            shard_size=a.shard_size,
-            whitening=a.whitening,
-            dba=a.dba,
-            dba_alpha=a.dba_alpha,
-            memory_budget=a.memory_budget,
-            target_recall=a.target_recall,
-            wait=a.wait,
-            on_disk=a.on_disk,
-            local_features=a.local_features,
-            rerank=a.rerank,
-        )
+        g = _create(a, root, emb, local_features=a.local_features, rerank=a.rerank)
         if not g.created and not a.json:
             print(
                 f"cbir index build: {root} exists: resuming (only unfinished shards and new files are embedded)",
@@ -112,7 +117,7 @@ def _discard_on_refusal(g):
 def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
     """Every input is checked before anything is written: vectors, paths, dimension, memory budget."""
     from cbir.index.ann import tuning
-    from cbir.index.gallery import INDEX_JSON, Gallery
+    from cbir.index.gallery import INDEX_JSON
     from cbir.index.ingest.from_vectors import VectorSource, check_dim, ingest, read_paths
 
     if a.paths is None:
@@ -124,22 +129,7 @@ def build_from_vectors(a: argparse.Namespace, root: Path) -> int:
         check_dim(source, emb.dim)
     if a.factory == "auto" and not (root / INDEX_JSON).is_file():
         tuning.choose_factory(len(source), source.dim, tuning.parse_bytes(a.memory_budget or "4GB"))
-    g = Gallery.create(
-        root,
-        emb,
-        factory=a.factory,
-        shard_size=a.shard_size,
-        whitening=a.whitening,
-        dba=a.dba,
-        dba_alpha=a.dba_alpha,
-        memory_budget=a.memory_budget,
-        target_recall=a.target_recall,
-        wait=a.wait,
-        dim=source.dim,
-        on_disk=a.on_disk,
-        local_features=a.local_features or "none",
-        rerank=a.rerank or "none",
-    )
+    g = _create(a, root, emb, dim=source.dim, local_features=a.local_features or "none", rerank=a.rerank or "none")
     with _discard_on_refusal(g):
         if a.tune_queries:
             g.set_tune_queries(g.query_vectors(a.tune_queries))
