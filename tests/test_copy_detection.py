@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -393,6 +395,41 @@ def test_bench_copy_search_scores_rank1_and_verified_false_positives(verified_in
         == 0
     )
     assert json.loads(capsys.readouterr().out)["per_aug"]["hflip"]["first_verified"] == 0.0
+
+
+def test_bench_copy_search_at_sizes_grows_the_index_with_distractors(verified_index, tmp_path, photos, capsys):
+    """``--distractors DIR --at …``: the index grown to each size with the distractors (every source
+    in each step), the suite searched at each; a size the distractors cannot reach is one clear error."""
+    from sklearn.datasets import load_sample_image
+
+    from cbir.cli import main
+
+    g, files = verified_index
+    suite, src = tmp_path / "suite", tmp_path / "src"
+    for f in files[:4]:
+        rel = f.relative_to(tmp_path / "g").with_suffix(".jpg")
+        (suite / "copies" / "hflip" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(f).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(suite / "copies" / "hflip" / rel)
+    (suite / "negatives" / "hflip").mkdir(parents=True)
+    Image.fromarray(load_sample_image("flower.jpg")).save(suite / "negatives" / "hflip" / "flower.jpg")
+    src.mkdir()
+    for i, p in enumerate(photos[12:15]):  # photos the gallery does not hold
+        Image.open(p).convert("RGB").resize((600, 400)).save(src / f"s{i}.png")
+    assert main(["bench", "distractors", str(tmp_path / "d"), "-n", "9", "--from", str(src), "--json"]) == 0
+    capsys.readouterr()
+    args = ["bench", "copy-search", "--index", str(g.root), "--data", str(tmp_path / "g"), "--suite", str(suite)]
+    assert main([*args, "--distractors", str(tmp_path / "d"), "--at", "12,15,18", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["size"], r["items"], r["added"]) for r in rows] == [(12, 12, 0), (15, 15, 3), (18, 18, 3)]
+    indexed = g.store.paths_for_ids(g.store.indexed_ids().tolist()).values()
+    assert sorted(Path(p).parent.name for p in indexed if "/d/" in p) == sorted(["0000-s0", "0001-s1", "0002-s2"] * 2)
+    for r in rows:
+        assert r["rank1"] == 1.0 and r["crashes"] == 0 and r["verified_false_positives"] == 0
+        assert r["peak_rss_mb"] > 0 and r["ms_per_query"]["copies"]["median"] > 0
+    assert main([*args, "--distractors", str(tmp_path / "d"), "--at", "100"]) == 2
+    assert re.search(r"--at 100: --distractors .* holds 9, 82 needed", capsys.readouterr().err)
+    assert main([*args, "--distractors", str(tmp_path / "d"), "--at", "x"]) == 2
+    assert "--at 'x': not a comma-separated list" in capsys.readouterr().err
 
 
 def test_augly_suite_writes_every_augmentation_with_its_compat_fixes(tmp_path, photos):

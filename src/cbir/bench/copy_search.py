@@ -10,12 +10,19 @@ although the photo is not in the gallery) and the margin under the verified bar:
 reach 10, 12, 13, 14, 15 inliers on any checked hit (``negatives_inliers_at_least``) and the most any
 reaches (``negatives_max_inliers``). ``ms_per_query``: median and mean wall time of one
 ``Gallery.search`` call (decode, embedding, local features, k-NN, verification, re-ranking).
+``crashes``: queries whose search raised, or whose answer says a stage failed; the search goes on.
+
+At scale (``at_sizes``, ``--distractors DIR --at N,…``): the distractors (``cbir bench distractors``)
+are added to the index in ``distractors.ordered`` order until it holds each size in turn, and the suite
+is searched at each; one row per size, with this process's peak resident memory so far. The index is
+written to: run it on a copy, or on an index made for it.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -54,13 +61,14 @@ def copy_search(
     ``per_aug``: at most this many queries per augmentation (the first in path order).
     ``keeps``: augmentation → keeps ≥ 25 % of the original's pixels (``augly_suite.AUGS``), for the
     ``min_rank1_keeping`` figure."""
-    root = Path(suite)
+    root, t_start = Path(suite), time.perf_counter()
     key_of = original_ids(gallery, data)
     if not key_of:
         raise CbirError(f"--data {data}: no indexed image lies under it")
     out: dict = {"copies": {}, "negatives": {}}
     ms: dict[str, list[float]] = {"copies": [], "negatives": []}
     most: list[int] = []  # per negative: the most inliers of any checked hit
+    crashes: list[str] = []
     for kind in ("copies", "negatives"):
         base = root / kind
         if not base.is_dir():
@@ -70,8 +78,14 @@ def copy_search(
             rank1 = top = verified = 0
             for f in files:
                 t0 = time.perf_counter()
-                r = gallery.search([str(f)], k=k, rerank=rerank)[0]
+                try:
+                    r = gallery.search([str(f)], k=k, rerank=rerank)[0]
+                except Exception as e:  # counted, reported, and the run goes on
+                    crashes.append(f"{f}: {type(e).__name__}: {e}")
+                    r = {}
                 ms[kind].append((time.perf_counter() - t0) * 1e3)
+                if r.get("failed") or r.get("error"):
+                    crashes.append(f"{f}: {r.get('error') or r.get('failed')}")
                 hits = r.get("results", [])
                 first_verified = bool(hits and hits[0]["verified"])
                 verified += first_verified
@@ -90,7 +104,13 @@ def copy_search(
                 row.update(rank1=round(rank1 / n, 4), in_top10=round(top / n, 4))
             out[kind][aug] = row
     c, ng = out["copies"], out["negatives"]
-    summary: dict = {"ms_per_query": {kind: _stats(v) for kind, v in ms.items()}}
+    summary: dict = {
+        "items": gallery.store.count("indexed"),
+        "ms_per_query": {kind: _stats(v) for kind, v in ms.items()},
+        "crashes": len(crashes),
+        "crashed": crashes[:20],
+        "search_s": round(time.perf_counter() - t_start, 1),
+    }
     if c:
         total = sum(r["n"] for r in c.values())
         summary["rank1"] = round(sum(r["rank1"] * r["n"] for r in c.values()) / total, 4)
@@ -108,3 +128,32 @@ def copy_search(
         summary["negatives_inliers_at_least"] = {t: sum(m >= t for m in most) for t in MARGIN}
         summary["negatives_max_inliers"] = max(most, default=0)
     return {**summary, "per_aug": c, "per_aug_negatives": ng}
+
+
+def at_sizes(
+    gallery, data: str, suite: str, distractors: str, sizes: Sequence[int], progress: bool = False, **search
+) -> list[dict]:
+    """``copy_search`` at each gallery size in ``sizes`` (ascending), the index grown to it with the
+    distractors under ``distractors`` (never removed: a size below the index's is searched as it is).
+    ``search``: ``copy_search``'s keywords."""
+    from cbir.bench.distractors import ordered
+    from cbir.bench.scale import peak_rss_mb
+
+    pool = ordered(distractors)
+    base = gallery.store.count("indexed")
+    rows = []
+    for size in sorted(sizes):
+        want = max(0, size - base)
+        if want > len(pool):
+            raise CbirError(f"--at {size}: --distractors {distractors} holds {len(pool)}, {want} needed")
+        t0 = time.perf_counter()
+        added = gallery.add([str(p) for p in pool[:want]], progress=progress) if want else {"indexed": 0}
+        row = copy_search(gallery, data, suite, **search)
+        row.update(
+            size=size,
+            add_s=round(time.perf_counter() - t0 - row["search_s"], 1),
+            added=int(added["indexed"]),
+            peak_rss_mb=round(peak_rss_mb(), 1),
+        )
+        rows.append(row)
+    return rows

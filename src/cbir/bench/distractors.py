@@ -99,3 +99,12 @@ def make(out: str | os.PathLike, n: int, dirs: list[str] | None = None, seed: in
     with ThreadPoolExecutor(all_cores()) as pool:
         written = sum(pool.map(lambda j: _one_source(*j, out, seed), jobs))
     return {"sources": len(srcs), "distractors": int(per.sum()), "written": written, "out": str(out)}
+
+
+def ordered(out: str | os.PathLike) -> list[Path]:
+    """The distractors ``make`` wrote under ``out``, interleaved over their sources (every source's
+    first crop, then every source's second, …): any prefix spreads over all sources."""
+    files = find_images([out])
+    if not files:
+        raise CbirError(f"--distractors {out}: no images (write them with `cbir bench distractors {out} -n N`)")
+    return sorted(files, key=lambda p: (p.stem, p.parent.name))

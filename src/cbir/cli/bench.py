@@ -116,21 +116,40 @@ def cmd_bench_copies(a: argparse.Namespace) -> int:
 
 def cmd_bench_copy_search(a: argparse.Namespace) -> int:
     from cbir.bench.augly_suite import AUGS
-    from cbir.bench.copy_search import copy_search
+    from cbir.bench.copy_search import at_sizes, copy_search
     from cbir.index.gallery import Gallery
 
     g = Gallery(a.index)
-    r = copy_search(
-        g,
-        a.data,
-        a.suite,
-        rerank=rerank_from_args(a, g.settings.rerank),
-        per_aug=a.per_aug,
-        keeps={n: v[1] for n, v in AUGS.items()},
+    opts = dict(
+        rerank=rerank_from_args(a, g.settings.rerank), per_aug=a.per_aug, keeps={n: v[1] for n, v in AUGS.items()}
     )
+    if a.distractors:
+        rows = at_sizes(g, a.data, a.suite, a.distractors, _sizes(a.at), progress=not a.json, **opts)
+        if a.json:
+            print_json(rows)
+            return 0
+        for r in rows:
+            _print_copy_search(r, f"{r['size']:,} items: ")
+        return 0
+    r = copy_search(g, a.data, a.suite, **opts)
     if a.json:
         print_json(r)
         return 0
+    _print_copy_search(r)
+    return 0
+
+
+def _sizes(text: str | None) -> list[int]:
+    try:
+        sizes = [int(t.replace("_", "")) for t in (text or "").split(",") if t.strip()]
+    except ValueError:
+        raise CbirError(f"--at {text!r}: not a comma-separated list of gallery sizes") from None
+    if not sizes or min(sizes) < 1:
+        raise CbirError(f"--at {text!r}: give the gallery sizes to search at, e.g. --at 20000,100000")
+    return sizes
+
+
+def _print_copy_search(r: dict, head: str = "") -> None:
     for kind in ("per_aug", "per_aug_negatives"):
         for name, row in r[kind].items():
             extra = f"rank-1 {row['rank1']:.3f}  top-10 {row['in_top10']:.3f}  " if "rank1" in row else ""
@@ -139,11 +158,12 @@ def cmd_bench_copy_search(a: argparse.Namespace) -> int:
                 f"{extra}first verified {row['first_verified']:.3f}"
             )
     print(
-        f"rank-1 {r.get('rank1')}, top-10 {r.get('in_top10')}, worst keeping ≥25 %: {r.get('min_rank1_keeping')}; "
-        f"verified false positives {r.get('verified_false_positives')}/{r.get('negatives')} "
-        f"(negatives reaching n inliers: {r.get('negatives_inliers_at_least')}); ms/query {r['ms_per_query']}"
+        f"{head}rank-1 {r.get('rank1')}, top-10 {r.get('in_top10')}, worst keeping ≥25 %: "
+        f"{r.get('min_rank1_keeping')}; verified false positives {r.get('verified_false_positives')}/"
+        f"{r.get('negatives')} (negatives reaching n inliers: {r.get('negatives_inliers_at_least')}); "
+        f"crashes {r['crashes']}; ms/query {r['ms_per_query']}"
+        + (f"; peak RSS {r['peak_rss_mb']:,.0f} MB" if "peak_rss_mb" in r else "")
     )
-    return 0
 
 
 def cmd_bench_exact(a: argparse.Namespace) -> int:
@@ -465,6 +485,12 @@ def _copy_search_parser(bench) -> None:
         "--suite", required=True, help="folder written by `cbir bench copies --suite augly` (copies/, negatives/)"
     )
     bs.add_argument("--per-aug", type=int, help="at most N queries per edit (default all)")
+    bs.add_argument(
+        "--distractors",
+        help="folder written by `cbir bench distractors`: grow the index with them to each --at size "
+        "and search at each (writes to --index: use a copy)",
+    )
+    bs.add_argument("--at", help="gallery sizes for --distractors, comma-separated (e.g. 20000,100000)")
     rerank_args(bs)
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(fn=cmd_bench_copy_search)
