@@ -76,6 +76,25 @@ def test_geometry_check_refuses_collapsed_mirrored_and_extreme_maps():
     assert not lf.plausible(ident, clump, clump, a, a)
 
 
+def test_a_gallery_keypoint_is_one_correspondence_however_many_query_keypoints_match_it(photos):
+    """Many query keypoints matching one gallery keypoint count once: a low-texture gallery crop
+    with a handful of keypoints, each hit by five query keypoints, gave RANSAC five times the
+    inliers (chance verifications among 20k distractors, BENCHMARKS.md)."""
+    a = lf.extract(photos[0], "a")
+    b = lf.empty()
+    b["n"], b["xy"][:20], b["desc"][:20], b["wh"] = 20, a["xy"][:20], a["desc"][:20], a["wh"]
+    q = lf.empty()
+    q["n"], q["wh"] = 100, a["wh"]
+    q["desc"][:100] = np.repeat(a["desc"][:20], 5, axis=0)
+    q["xy"][:100] = np.repeat(a["xy"][:20].astype(np.float32), 5, axis=0) + np.tile(
+        [[0, 0], [1, 0], [0, 1], [1, 1], [2, 0]], (20, 1)
+    )
+    n, model = lf.match(q, b)
+    assert n == 20 and model is not None
+    src, dst = lf.matched(q, b)
+    assert len(np.unique(dst, axis=0)) == len(dst) == 20
+
+
 def _pip(original, dst, width=0.4, at=(0.08, 0.3)):
     """``original`` pasted at ``width`` of the width into scikit-learn's china.jpg (not in the gallery)."""
     from sklearn.datasets import load_sample_image

@@ -7,7 +7,9 @@ An image whose shorter side is under ``MIN_SIDE`` (63 px) at that scale has no f
 memory-mappable ``.npy``): ``n`` keypoints (≤ ``MAX_KEYPOINTS``, default 500) of the image scaled
 to ``SIDE`` pixels on its longer side (default 320), their ``xy`` (float16, pixels) and 32-byte ORB
 ``desc``. ``inliers(a, b)`` → the number of RANSAC inliers of a 6-dof affine map from ``a``'s
-matched keypoints to ``b``'s, counted only when the map is ``plausible`` (orientation kept, scale
+matched keypoints to ``b``'s — one to one: of the query keypoints whose nearest is the same stored
+keypoint, only the closest is kept (a flat crop with a few dozen keypoints otherwise "verified" a
+photo by matching each of its few corners a dozen times) — counted only when the map is ``plausible`` (orientation kept, scale
 ≤ 8×, stretch ≤ 4, inliers spanning ≥ 1 % of the keypoints' area): crops, rescaling, rotation,
 recompression, colour shifts, borders and captions keep many; different scenes keep almost none,
 and the chance matches they do keep collapse onto a line, which the check refuses. An image with
@@ -301,10 +303,11 @@ def _match(a: np.void, b: np.void) -> tuple[int, np.ndarray | None, tuple | None
         return 0, None, None
     dist, nn = _knn2(a["desc"][:na], b["desc"][:nb])
     good = np.flatnonzero(dist[:, 0] < RATIO * dist[:, 1])
+    good, to = _one_to_one(good, nn[good, 0], dist[good, 0])
     if len(good) < MIN_MATCHES:
         return 0, None, None
     src = a["xy"][good].astype(np.float32)
-    dst = b["xy"][nn[good, 0]].astype(np.float32)
+    dst = b["xy"][to].astype(np.float32)
     return _fit(src, dst, a["xy"][:na].astype(np.float32), b["xy"][:nb].astype(np.float32))
 
 
