@@ -11,6 +11,7 @@ reach 10, 12, 13, 14, 15 inliers on any checked hit (``negatives_inliers_at_leas
 reaches (``negatives_max_inliers``). ``ms_per_query``: median and mean wall time of one
 ``Gallery.search`` call (decode, embedding, local features, k-NN, verification, re-ranking).
 ``crashes``: queries whose search raised, or whose answer says a stage failed; the search goes on.
+The descriptor-vote index is made before the first query (searches meanwhile would go without it).
 
 At scale (``at_sizes``, ``--distractors DIR --at N,…``): the distractors (``cbir bench distractors``)
 are added to the index in ``distractors.ordered`` order until it holds each size in turn, and the suite
@@ -65,6 +66,9 @@ def copy_search(
     key_of = original_ids(gallery, data)
     if not key_of:
         raise CbirError(f"--data {data}: no indexed image lies under it")
+    if gallery.settings.local_features:  # the steady state a user searches in: the vote index made
+        gallery.vote_index()  # (a gallery over ``votes.SYNC_ITEMS`` makes its first one aside)
+        gallery.votes.wait()
     out: dict = {"copies": {}, "negatives": {}}
     ms: dict[str, list[float]] = {"copies": [], "negatives": []}
     most: list[int] = []  # per negative: the most inliers of any checked hit
