@@ -8,7 +8,8 @@ gallery). Per augmentation: rank-1 (the original is the first hit), in the top 1
 first hit is *verified*; for negatives, the verified false-positive rate (a first hit marked verified
 although the photo is not in the gallery) and the margin under the verified bar: how many negatives
 reach 10, 12, 13, 14, 15 inliers on any checked hit (``negatives_inliers_at_least``) and the most any
-reaches (``negatives_max_inliers``). ``ms_per_query``: median and mean wall time of one
+reaches (``negatives_max_inliers``), beside the 1st/5th/25th/50th percentiles of the inliers of
+copies found first and verified (``copies_inliers_percentiles``). ``ms_per_query``: median and mean wall time of one
 ``Gallery.search`` call (decode, embedding, local features, k-NN, verification, re-ranking).
 ``crashes``: queries whose search raised, or whose answer says a stage failed; the search goes on.
 The descriptor-vote index is made before the first query (searches meanwhile would go without it).
@@ -73,6 +74,7 @@ def copy_search(
     ms: dict[str, list[float]] = {"copies": [], "negatives": []}
     most: list[int] = []  # per negative: the most inliers of any checked hit
     crashes: list[str] = []
+    found: list[int] = []  # per copy whose original came first, verified: its inliers
     for kind in ("copies", "negatives"):
         base = root / kind
         if not base.is_dir():
@@ -99,6 +101,8 @@ def copy_search(
                         raise CbirError(f"--suite {suite}: {f} has no original under --data {data}")
                     ids = [h["id"] for h in hits]
                     rank1 += bool(ids and ids[0] == want)
+                    if ids and ids[0] == want and first_verified and hits[0]["inliers"]:
+                        found.append(hits[0]["inliers"])
                     top += want in ids
                 else:
                     most.append(max((h["inliers"] or 0 for h in hits), default=0))
@@ -119,6 +123,10 @@ def copy_search(
         total = sum(r["n"] for r in c.values())
         summary["rank1"] = round(sum(r["rank1"] * r["n"] for r in c.values()) / total, 4)
         summary["in_top10"] = round(sum(r["in_top10"] * r["n"] for r in c.values()) / total, 4)
+        if found:  # the other side of the bar: how few inliers the verified originals had
+            summary["copies_inliers_percentiles"] = dict(
+                zip(("1", "5", "25", "50"), np.percentile(found, [1, 5, 25, 50]).round(1).tolist())
+            )
         kept = [a for a in c if (keeps or {}).get(a, True)]
         if kept:
             worst = min(kept, key=lambda a: c[a]["rank1"])
