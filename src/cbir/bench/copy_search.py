@@ -84,15 +84,8 @@ def copy_search(
             rank1 = top = verified = 0
             for f in files:
                 t0 = time.perf_counter()
-                try:
-                    r = gallery.search([str(f)], k=k, rerank=rerank)[0]
-                except Exception as e:  # counted, reported, and the run goes on
-                    crashes.append(f"{f}: {type(e).__name__}: {e}")
-                    r = {}
+                hits = _one_query(gallery, f, k, rerank, crashes)
                 ms[kind].append((time.perf_counter() - t0) * 1e3)
-                if r.get("failed") or r.get("error"):
-                    crashes.append(f"{f}: {r.get('error') or r.get('failed')}")
-                hits = r.get("results", [])
                 first_verified = bool(hits and hits[0]["verified"])
                 verified += first_verified
                 if kind == "copies":
@@ -111,13 +104,31 @@ def copy_search(
             if kind == "copies":
                 row.update(rank1=round(rank1 / n, 4), in_top10=round(top / n, 4))
             out[kind][aug] = row
+    summary = _summary(out, ms, crashes, found, most, keeps)
+    summary.update(items=gallery.store.count("indexed"), search_s=round(time.perf_counter() - t_start, 1))
+    return {**summary, "per_aug": out["copies"], "per_aug_negatives": out["negatives"]}
+
+
+def _one_query(gallery, f: Path, k: int, rerank, crashes: list[str]) -> list[dict]:
+    """The hits of one query; a search that raised, or whose answer says a stage failed, is added to
+    ``crashes`` (the run goes on)."""
+    try:
+        r = gallery.search([str(f)], k=k, rerank=rerank)[0]
+    except Exception as e:  # counted, reported, and the run goes on
+        crashes.append(f"{f}: {type(e).__name__}: {e}")
+        return []
+    if r.get("failed") or r.get("error"):
+        crashes.append(f"{f}: {r.get('error') or r.get('failed')}")
+    return r.get("results", [])
+
+
+def _summary(out: dict, ms: dict, crashes: list[str], found: list[int], most: list[int], keeps) -> dict:
+    """The run's figures over the per-edit rows ``out``."""
     c, ng = out["copies"], out["negatives"]
     summary: dict = {
-        "items": gallery.store.count("indexed"),
         "ms_per_query": {kind: _stats(v) for kind, v in ms.items()},
         "crashes": len(crashes),
         "crashed": crashes[:20],
-        "search_s": round(time.perf_counter() - t_start, 1),
     }
     if c:
         total = sum(r["n"] for r in c.values())
@@ -139,7 +150,7 @@ def copy_search(
         summary["verified_fp_rate"] = round(fp / total, 4)
         summary["negatives_inliers_at_least"] = {t: sum(m >= t for m in most) for t in MARGIN}
         summary["negatives_max_inliers"] = max(most, default=0)
-    return {**summary, "per_aug": c, "per_aug_negatives": ng}
+    return summary
 
 
 def at_sizes(
