@@ -9,11 +9,12 @@ to ``SIDE`` pixels on its longer side (default 320), their ``xy`` (float16, pixe
 ``desc``. ``inliers(a, b)`` → the number of RANSAC inliers of a 6-dof affine map from ``a``'s
 matched keypoints to ``b``'s — one to one: of the query keypoints whose nearest is the same stored
 keypoint, only the closest is kept (a flat crop with a few dozen keypoints otherwise "verified" a
-photo by matching each of its few corners a dozen times) — counted only when the map is ``plausible`` (orientation kept, scale
-≤ 8×, stretch ≤ 4, inliers spanning ≥ 1 % of the keypoints' area): crops, rescaling, rotation,
-recompression, colour shifts, borders and captions keep many; different scenes keep almost none,
-and the chance matches they do keep collapse onto a line, which the check refuses. An image with
-too few keypoints (flat, tiny) verifies nothing — it has 0 inliers with everything.
+photo by matching each of its few corners a dozen times) — counted only when the map is
+``plausible`` (orientation kept, scale ≤ 8×, stretch ≤ 4, inliers spanning ≥ 1 % of the
+keypoints' area): crops, rescaling, rotation, recompression, colour shifts, borders and captions
+keep many; different scenes keep almost none, and the chance matches they do keep collapse onto a
+line, which the check refuses. An image with too few keypoints (flat, tiny) verifies nothing — it
+has 0 inliers with everything.
 
 Guided re-matching (``verify``): when none of a query's candidates verifies, the ``GUIDE_MAX`` (2)
 candidates whose plausible fit had the most inliers from ``GUIDE_MIN`` (6) up to the verified bar
