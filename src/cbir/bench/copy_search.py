@@ -171,10 +171,11 @@ def at_sizes(
             raise CbirError(f"--at {size}: --distractors {distractors} holds {len(pool)}, {want} needed")
         t0 = time.perf_counter()
         added = gallery.add([str(p) for p in pool[:want]], progress=progress) if want else {"indexed": 0}
+        add_s = time.perf_counter() - t0
         row = copy_search(gallery, data, suite, **search)
         row.update(
             size=size,
-            add_s=round(time.perf_counter() - t0 - row["search_s"], 1),
+            add_s=round(add_s, 1),
             added=int(added["indexed"]),
             peak_rss_mb=round(peak_rss_mb(), 1),
         )
