@@ -53,6 +53,17 @@ def test_guided_rematching_verifies_a_warped_blurred_copy_and_no_other_photo(pho
     assert lf.verify([(lf.extract_query(files[0]), recs[0]), (copy, recs[0])], 15)[1] == plain
 
 
+def test_only_a_near_upright_first_fit_is_rematched(photos):
+    img = Image.open(photos[0]).convert("RGB")  # astronaut
+    original, copy = lf.extract(img), _warped_blurred(img)
+    for degrees, rematched in ((10, True), (60, False), (135, False)):
+        q = lf.extract_query(copy.rotate(degrees, expand=True))
+        n, model = max(lf.match(v, original) for v in q)
+        assert lf.GUIDE_MIN <= n < 15 and model is not None  # near: a plausible fit, under the bar
+        assert lf.upright(model) is rematched, lf.turn(model)
+        assert bool(lf.verify([(q, original)], 15)[0] >= 15) is rematched
+
+
 def test_a_warped_blurred_copy_is_verified_by_the_default_search(verified_index, tmp_path):
     g, files = verified_index
     q = tmp_path / "warped.jpg"

@@ -24,7 +24,10 @@ one to one, and the map is re-fitted (``GUIDE_ROUNDS``, 2) under the same ``plau
 ratio test throws away the true matches of a blurred, warped or re-edited copy whose descriptors
 moved; the first fit's geometry finds them again. Only then: applied to every near candidate, a
 near-duplicate shot of the same scene overtook a cropped copy's original (AugLy suite,
-BENCHMARKS.md).
+BENCHMARKS.md). Only for a first fit within ``GUIDE_TURN`` (30°) of upright, on the variant that
+fitted: ORB is rotation-invariant, so a turned copy verifies without help, while the chance fits
+that re-matching grew into false verifications among 100k photos (round icons onto a template's
+round avatars, text onto text) were turned by 140–175°.
 
 Queries: ``extract_query`` gives the image's record and its left-right mirror's (ORB descriptors
 are not mirror-invariant; the mirror turned by 180° is the upside-down copy), ``inliers`` takes the
@@ -61,6 +64,7 @@ GUIDE_PX = 16.0  # guided re-matching: a stored keypoint within this radius of t
 GUIDE_BITS = 64  # … whose descriptor is at most this Hamming distance away
 GUIDE_ROUNDS = 2
 GUIDE_MAX = 2  # re-matched per ``verify`` call at most: the near pairs with the most first-fit inliers
+GUIDE_TURN = 30.0  # … and only a first fit turned by at most this many degrees (``turn``)
 # ORB ignores a 31-pixel border (its patch size): a shorter side holds no keypoint, and its 8-level
 # pyramid would shrink such a strip (e.g. 2000×3 → 320×0 at the top level) until OpenCV asserts.
 MIN_SIDE = 2 * 31 + 1
@@ -345,6 +349,16 @@ def _one_to_one(ii: np.ndarray, jj: np.ndarray, bits: np.ndarray) -> tuple[np.nd
     return ii, jj
 
 
+def upright(model: np.ndarray) -> bool:
+    """Whether a first fit may be re-matched: turned by at most ``GUIDE_TURN`` degrees."""
+    return abs(turn(model)) <= GUIDE_TURN
+
+
+def turn(model: np.ndarray) -> float:
+    """Degrees (-180, 180] an affine map turns the x axis by."""
+    return float(np.degrees(np.arctan2(model[1, 0], model[0, 0])))
+
+
 def rematch(a: np.void, b: np.void, model: np.ndarray) -> tuple[int, np.ndarray | None]:
     """``match`` guided by a first fit ``model`` of a onto b (see the module docstring): (inliers,
     map) of the last plausible re-fit, (0, None) when a round finds too few pairs or no plausible map."""
@@ -392,10 +406,11 @@ def _fits(pair: tuple, stop_at: float = np.inf) -> list:
 def verify(pairs: Sequence[tuple], min_inliers: int, map_: Callable = map, stop_at: int | None = None) -> np.ndarray:
     """RANSAC inliers of each (query, record) pair (a query may be a tuple of variants, the best
     counts; a record of None has 0). When no pair reaches ``min_inliers``, the ``GUIDE_MAX`` (2) pairs
-    whose plausible fit had the most inliers from ``GUIDE_MIN`` to ``min_inliers`` - 1 are re-matched
-    under that fit (``rematch``). ``stop_at``: the first pair is matched alone first, and when one of
-    its variants reaches that many inliers the others are not checked (-1): a search whose nearest
-    candidate is surely a copy of the query skips the rest (default None: every pair).
+    whose plausible fit had the most inliers from ``GUIDE_MIN`` to ``min_inliers`` - 1, turned by at
+    most ``GUIDE_TURN`` degrees, are re-matched under that fit (``rematch``). ``stop_at``: the first
+    pair is matched alone first, and when one of its variants reaches that many inliers the others
+    are not checked (-1): a search whose nearest candidate is surely a copy of the query skips the
+    rest (default None: every pair).
     ``map_``: e.g. a thread pool's ``map`` (OpenCV and FAISS release the GIL)."""
     head: list = []
     if stop_at is not None and len(pairs):
@@ -412,7 +427,8 @@ def verify(pairs: Sequence[tuple], min_inliers: int, map_: Callable = map, stop_
 
     def near(f) -> tuple[int, int]:  # (first-fit inliers, variant) of a pair's best near fit, else (0, -1)
         return max(
-            ((n, v) for v, (n, m) in enumerate(f) if m is not None and GUIDE_MIN <= n < min_inliers), default=(0, -1)
+            ((n, v) for v, (n, m) in enumerate(f) if m is not None and GUIDE_MIN <= n < min_inliers and upright(m)),
+            default=(0, -1),
         )
 
     nearest = [near(f) for f in got]
