@@ -320,3 +320,25 @@ def test_concurrent_first_searches_with_qe(embedder, photos, tmp_path):
                 pool.map(lambda i: g.search_vectors(q[i : i + 1], k=5, rerank={"qe": 3, "qe_alpha": 0.0})[0], range(8))
             )
         assert [[h.id for h in r] for r in got] == [[h.id for h in r] for r in want]
+
+
+def test_a_one_query_search_runs_faiss_on_one_thread_and_restores_the_threads_setting():
+    from cbir.cores import faiss_threads
+    from cbir.index.ann import faiss_index
+
+    x = np.random.default_rng(0).standard_normal((30_000, 32)).astype(np.float32)
+    index = faiss_index.create(32, "Flat")
+    index.add_with_ids(x, np.arange(len(x), dtype=np.int64) + 100)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        with faiss_threads(1):
+            assert faiss.omp_get_max_threads() == 1
+        with faiss_threads(8):
+            assert faiss.omp_get_max_threads() == 2  # a cap: never more threads than set
+        sims, ids = faiss_index.search(index, x[:1], 50)
+        assert faiss.omp_get_max_threads() == 2
+        own_s, own_i = index.search(x[:1], 50)  # FAISS's own scan on 2 threads (split over the database)
+        assert ids[0, 0] == 100 and (ids == own_i).all() and np.allclose(sims, own_s)
+    finally:
+        faiss.omp_set_num_threads(before)

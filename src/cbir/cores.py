@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def all_cores() -> int:
@@ -21,3 +23,23 @@ def faiss_single_threaded() -> None:
     import faiss
 
     faiss.omp_set_num_threads(1)
+
+
+@contextmanager
+def faiss_threads(most: int) -> Iterator[None]:
+    """FAISS calls made by this thread inside run on at most ``most`` OpenMP threads (never fewer
+    than one); the thread's setting is restored after. Searches pass their query count, as FAISS's
+    own per-query parallelism would: with fewer queries than threads, FAISS ≥ 1.15 splits an exact
+    scan over the database instead (a BLAS product per thread and block), and one query took 2.3×
+    the one-thread scan on this project's 2-core machine (BENCHMARKS.md)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    if most >= before:
+        yield
+        return
+    faiss.omp_set_num_threads(max(1, most))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)

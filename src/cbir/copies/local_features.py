@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from cbir.copies.layout import content_box, innermost, inset_box
+from cbir.cores import faiss_threads
 from cbir.engine.preprocess import MAX_PIXELS, ImageSource, open_image, to_rgb
 
 MAX_KEYPOINTS = 500
@@ -258,12 +259,15 @@ def empty() -> np.void:
 
 def _knn2(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two nearest b descriptors (Hamming) of every a descriptor: FAISS's popcount kernels, about
-    4× OpenCV's brute-force matcher on 500 × 500 ORB descriptors."""
+    4× OpenCV's brute-force matcher on 500 × 500 ORB descriptors. On one thread: matching runs
+    beside other matchers, or right after ONNX Runtime embedded the query, whose threads still
+    spin on the cores (two OpenMP threads there took 35× longer on 2 cores)."""
     import faiss
 
     index = faiss.IndexBinaryFlat(256)
     index.add(np.ascontiguousarray(b))
-    return index.search(np.ascontiguousarray(a), 2)
+    with faiss_threads(1):
+        return index.search(np.ascontiguousarray(a), 2)
 
 
 def _hull_area(xy: np.ndarray) -> float:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir import crashpoints, fsio
+from cbir.cores import faiss_threads
 from cbir.errors import CbirError
 
 TRAIN_SAMPLE = 100_000
@@ -240,10 +241,12 @@ class Serialized:
 
 
 def search(index, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
-    """(sims, ids) of the top ``k`` (capped at the index size); ``params``: a ``faiss.SearchParameters``."""
+    """(sims, ids) of the top ``k`` (capped at the index size); ``params``: a ``faiss.SearchParameters``.
+    On at most one OpenMP thread per query (``cores.faiss_threads``)."""
     k = max(1, min(k, index.ntotal)) if index.ntotal else 1
     q = np.ascontiguousarray(queries, np.float32)
-    return index.search(q, k) if params is None else index.search(q, k, params=params)
+    with faiss_threads(len(q)):
+        return index.search(q, k) if params is None else index.search(q, k, params=params)
 
 
 def _first_line(e: Exception) -> str:
