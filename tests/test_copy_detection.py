@@ -456,6 +456,15 @@ def test_bench_copy_search_at_sizes_grows_the_index_with_distractors(verified_in
     for r in rows:
         assert r["rank1"] == 1.0 and r["crashes"] == 0 and r["verified_false_positives"] == 0
         assert r["peak_rss_mb"] > 0 and r["ms_per_query"]["copies"]["median"] > 0
+    dedup = ["bench", "dedup", "--index", str(g.root), "--data", str(tmp_path / "g"), "--copies", str(suite)]
+    assert main([*dedup, "--distractors", str(tmp_path / "d"), "--at", "18"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["items"], r["added"], r["groups_joining_distractors"], r["distractor_groups_across_sources"]) == (
+        18,
+        0,
+        0,
+        0,
+    )
     assert main([*args, "--distractors", str(tmp_path / "d"), "--at", "100"]) == 2
     assert re.search(r"--at 100: --distractors .* holds 9, 82 needed", capsys.readouterr().err)
     assert main([*args, "--distractors", str(tmp_path / "d"), "--at", "x"]) == 2
@@ -514,6 +523,21 @@ def test_score_dedup_counts_recall_per_edit_and_template_groups(tmp_path):
     r = score_dedup(groups, data, copies)
     assert r["recall_per_edit"] == {"blur": 1.0, "meme_format": 0.0} and r["recall"] == round(1 / 3, 4)
     assert r["groups_mixing_same_edit"] == 1 and r["cross_class_groups"] == 1 and r["pair_precision"] == 0.5
+
+
+def test_score_groups_counts_groups_that_join_distractors_to_other_items(tmp_path):
+    """Pure scoring: distractors of two sources beside a gallery photo; one group joins a distractor
+    to the photo, one joins the two sources, one holds two crops of one source."""
+    from cbir.bench.distractors import score_groups
+
+    d = tmp_path / "d"
+    photo, a1, a2, b1 = str(tmp_path / "data/x/1.jpg"), str(d / "0-A/1.jpg"), str(d / "0-A/2.jpg"), str(d / "1-B/1.jpg")
+    groups = [{"paths": [photo, a1]}, {"paths": [a2, b1]}, {"paths": [a1, a2]}, {"paths": [photo, photo]}]
+    assert score_groups(groups, d) == {
+        "groups_joining_distractors": 1,
+        "distractor_groups_across_sources": 1,
+        "distractors_grouped": 5,
+    }
 
 
 def _box(x0, y0, x1, y1, n=30, seed=0) -> np.ndarray:

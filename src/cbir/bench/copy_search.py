@@ -159,25 +159,14 @@ def at_sizes(
     """``copy_search`` at each gallery size in ``sizes`` (ascending), the index grown to it with the
     distractors under ``distractors`` (never removed: a size below the index's is searched as it is).
     ``search``: ``copy_search``'s keywords."""
-    from cbir.bench.distractors import ordered
+    from cbir.bench.distractors import grow
     from cbir.bench.scale import peak_rss_mb
 
-    pool = ordered(distractors)
     base = gallery.store.count("indexed")
     rows = []
     for size in sorted(sizes):
-        want = max(0, size - base)
-        if want > len(pool):
-            raise CbirError(f"--at {size}: --distractors {distractors} holds {len(pool)}, {want} needed")
-        t0 = time.perf_counter()
-        added = gallery.add([str(p) for p in pool[:want]], progress=progress) if want else {"indexed": 0}
-        add_s = time.perf_counter() - t0
+        grown = grow(gallery, distractors, size, base, progress)
         row = copy_search(gallery, data, suite, **search)
-        row.update(
-            size=size,
-            add_s=round(add_s, 1),
-            added=int(added["indexed"]),
-            peak_rss_mb=round(peak_rss_mb(), 1),
-        )
+        row.update(size=size, **grown, peak_rss_mb=round(peak_rss_mb(), 1))
         rows.append(row)
     return rows

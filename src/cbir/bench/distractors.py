@@ -15,6 +15,7 @@ that overlap share content, as different photos of one place do. Deterministic f
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,3 +109,44 @@ def ordered(out: str | os.PathLike) -> list[Path]:
     if not files:
         raise CbirError(f"--distractors {out}: no images (write them with `cbir bench distractors {out} -n N`)")
     return sorted(files, key=lambda p: (p.stem, p.parent.name))
+
+
+def grow(gallery, distractors: str | os.PathLike, size: int, base: int, progress: bool = False) -> dict:
+    """Add the first ``size`` - ``base`` distractors (``ordered``; none when that is ≤ 0) to
+    ``gallery``, which held ``base`` items of its own before any was added (those already indexed
+    are skipped by the add): {"added": items indexed now, "add_s": seconds}."""
+    pool, want = ordered(distractors), size - base
+    if want > len(pool):
+        raise CbirError(f"--at {size}: --distractors {distractors} holds {len(pool)}, {want} needed")
+    t0 = time.perf_counter()
+    added = gallery.add([str(p) for p in pool[:want]], progress=progress) if want > 0 else {"indexed": 0}
+    return {"added": int(added["indexed"]), "add_s": round(time.perf_counter() - t0, 1)}
+
+
+def score_groups(groups: list[dict], distractors: str | os.PathLike) -> dict:
+    """How dedup ``groups`` (each with ``paths``) treat the distractors under ``distractors``
+    (``make``'s layout): ``groups_joining_distractors`` — groups holding a distractor and any other
+    item (all false: the distractors are neither the benchmark's photos nor made from them);
+    ``distractor_groups_across_sources`` — distractor-only groups spanning two source photos (false,
+    unless two packages ship one picture); ``distractors_grouped`` — distractors in any group (crops
+    of one source that overlap are near-duplicates of each other, so not an error by itself)."""
+    root = Path(distractors).resolve()
+
+    def source(p: str) -> str | None:
+        try:
+            return Path(p).resolve().relative_to(root).parts[0]
+        except ValueError:
+            return None
+
+    joining = across = grouped = 0
+    for g in groups:
+        srcs = [source(p) for p in g["paths"]]
+        inside = [s for s in srcs if s is not None]
+        grouped += len(inside)
+        joining += bool(inside) and len(inside) < len(srcs)
+        across += len(inside) == len(srcs) and len(set(inside)) > 1
+    return {
+        "groups_joining_distractors": joining,
+        "distractor_groups_across_sources": across,
+        "distractors_grouped": grouped,
+    }

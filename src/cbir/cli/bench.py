@@ -65,10 +65,20 @@ def cmd_bench_dedup(a: argparse.Namespace) -> int:
     from cbir.copies import dedup
     from cbir.index.gallery import Gallery
 
+    g, grown = Gallery(a.index), {}
+    if a.distractors:
+        from cbir.bench.distractors import grow
+
+        grown = grow(g, a.distractors, _sizes(a.at)[0], g.store.count("indexed"), progress=True)
     t0 = time.perf_counter()
-    groups = dedup.find(Gallery(a.index), k=a.k, threshold=a.threshold, verify=not a.no_verify, partial=a.partial)
+    groups = dedup.find(g, k=a.k, threshold=a.threshold, verify=not a.no_verify, partial=a.partial)
+    if a.distractors:
+        from cbir.bench.distractors import score_groups
+
+        grown.update(score_groups(groups, a.distractors), items=g.store.count("indexed"))
     r = {
         **score_dedup(groups, a.data, a.copies),
+        **grown,
         "seconds": round(time.perf_counter() - t0, 2),
         "k": a.k,
         "threshold": a.threshold,
@@ -507,6 +517,12 @@ def _dedup_parser(bench) -> None:
     bd.add_argument(
         "--partial", type=int, default=3, help="as `cbir dedup --partial` (default 3; 0: whole images only)"
     )
+    bd.add_argument(
+        "--distractors",
+        help="folder written by `cbir bench distractors`: grow the index with them to the --at size first "
+        "(writes to --index: use a copy) and count the groups that join them to anything else",
+    )
+    bd.add_argument("--at", help="with --distractors: the gallery size to dedup at (e.g. 21000)")
     bd.add_argument(
         "--peers",
         nargs="?",
