@@ -171,9 +171,12 @@ def test_descriptor_votes_rank_the_original_of_a_flipped_shrunk_copy_first(photo
     assert (
         votes.vote(None, lf.extract_query(files[0]), 2) == [] and votes.build(np.zeros((0, 32), np.uint8), []) is None
     )
-    # the memory cap: every descriptor of a small gallery, evenly spaced ones of a large one
+    # the memory cap: every descriptor of a small gallery; of a large one, each item's coarsest
+    # keypoints (ORB's last rows) and evenly spaced ones of the rest
     assert votes.per_item(1000) == lf.MAX_KEYPOINTS and votes.per_item(100_000) == 33
-    assert votes.spaced(500, 33)[[0, -1]].tolist() == [0, 499] and len(votes.spaced(20, 33)) == 20
+    rows = votes.kept(500, 33)
+    assert len(np.unique(rows)) == 33 and rows[0] == 0 and rows[-16:].tolist() == list(range(484, 500))
+    assert (np.diff(rows[:17]) >= 29).all() and votes.kept(20, 33).tolist() == list(range(20))
 
 
 def test_the_original_outside_the_cnn_shortlist_is_found_by_descriptor_votes(tmp_path, embedder, photos, monkeypatch):
@@ -532,11 +535,12 @@ def test_score_groups_counts_groups_that_join_distractors_to_other_items(tmp_pat
 
     d = tmp_path / "d"
     photo, a1, a2, b1 = str(tmp_path / "data/x/1.jpg"), str(d / "0-A/1.jpg"), str(d / "0-A/2.jpg"), str(d / "1-B/1.jpg")
-    groups = [{"paths": [photo, a1]}, {"paths": [a2, b1]}, {"paths": [a1, a2]}, {"paths": [photo, photo]}]
+    a3 = str(d / "more" / "7-A/1.jpg")  # source A again, in a second set written apart (another number)
+    groups = [{"paths": [photo, a1]}, {"paths": [a2, b1]}, {"paths": [a1, a2, a3]}, {"paths": [photo, photo]}]
     assert score_groups(groups, d) == {
         "groups_joining_distractors": 1,
         "distractor_groups_across_sources": 1,
-        "distractors_grouped": 5,
+        "distractors_grouped": 6,
     }
 
 

@@ -15,6 +15,7 @@ that overlap share content, as different photos of one place do. Deterministic f
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -125,18 +126,20 @@ def grow(gallery, distractors: str | os.PathLike, size: int, base: int, progress
 
 def score_groups(groups: list[dict], distractors: str | os.PathLike) -> dict:
     """How dedup ``groups`` (each with ``paths``) treat the distractors under ``distractors``
-    (``make``'s layout): ``groups_joining_distractors`` — groups holding a distractor and any other
-    item (all false: the distractors are neither the benchmark's photos nor made from them);
-    ``distractor_groups_across_sources`` — distractor-only groups spanning two source photos (false,
-    unless two packages ship one picture); ``distractors_grouped`` — distractors in any group (crops
-    of one source that overlap are near-duplicates of each other, so not an error by itself)."""
+    (``make``'s layout, at any depth: a source is its folder's name without the ``NNNN-`` number,
+    so two sets written apart agree): ``groups_joining_distractors`` — groups holding a distractor
+    and any other item (all false: the distractors are neither the benchmark's photos nor made from
+    them); ``distractor_groups_across_sources`` — distractor-only groups spanning two source names
+    (false, unless two packages ship one picture, e.g. in two resolutions); ``distractors_grouped``
+    — distractors in any group (crops of one source that overlap are near-duplicates of each other,
+    so not an error by itself)."""
     root = Path(distractors).resolve()
 
     def source(p: str) -> str | None:
-        try:
-            return Path(p).resolve().relative_to(root).parts[0]
-        except ValueError:
+        path = Path(p).resolve()
+        if not path.is_relative_to(root):
             return None
+        return re.sub(r"^\d+-", "", path.parent.name)
 
     joining = across = grouped = 0
     for g in groups:

@@ -100,7 +100,7 @@ class VoteCache:
 
     def _read(self, ids: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(descriptors, owners, aspect of each of ``ids`` — NaN for one without features)."""
-        descs, owners, items, got = self.read(ids, lambda n: votes.spaced(n, keep))
+        descs, owners, items, got = self.read(ids, lambda n: votes.kept(n, keep))
         aspects = np.full(len(ids), np.nan)
         if len(items):
             aspects[np.searchsorted(ids, items)] = got

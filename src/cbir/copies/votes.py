@@ -24,10 +24,11 @@ had a squeezing ``resize`` in them.
 
 Memory: 40 bytes per indexed descriptor (32-byte code, 8-byte id). ``per_item`` keeps at most
 ``max_mib`` (default ``MAX_MIB``, 128 MiB) in all: every descriptor of a gallery up to ~6,700
-items of 500 keypoints, then evenly spaced ones of each item (a 100k gallery keeps 33 per item and
-votes with less power); build times are in BENCHMARKS.md. ``updated`` follows a change of the indexed set without a
-rebuild (a copy of the index, the removed items' descriptors taken out, the added ones' put in);
-``cbir.copies.vote_cache`` decides when and where (in the caller, or aside for ``cbir serve``).
+items of 500 keypoints, then ``kept`` ones of each item — half its coarsest, half evenly spaced over
+the rest (a 100k gallery keeps 33 per item and votes with less power); build times are in
+BENCHMARKS.md. ``updated`` follows a change of the indexed set without a rebuild (a copy of the
+index, the removed items' descriptors taken out, the added ones' put in); ``cbir.copies.vote_cache``
+decides when and where (in the caller, or aside for ``cbir serve``).
 """
 
 from __future__ import annotations
@@ -53,10 +54,15 @@ def per_item(items: int, max_mib: float = MAX_MIB) -> int:
     return int(np.clip(max_mib * 2**20 // (BYTES * max(items, 1)), 1, MAX_KEYPOINTS))
 
 
-def spaced(n: int, keep: int) -> np.ndarray:
-    """``keep`` evenly spaced row numbers of ``n`` (all when ``n`` ≤ ``keep``): ORB lists its keypoints
-    pyramid level by level, so the first ones would be the finest scale only."""
-    return np.arange(n) if n <= keep else np.linspace(0, n - 1, keep).astype(np.int64)
+def kept(n: int, keep: int) -> np.ndarray:
+    """``keep`` of an item's ``n`` keypoint rows (all when ``n`` ≤ ``keep``), ascending: the last
+    ``keep`` // 2 — ORB lists its keypoints pyramid level by level, finest first, so these are the
+    coarsest, the scale at which a copy pasted small or shrunk shows the photo — and evenly spaced
+    ones of the rest."""
+    if n <= keep:
+        return np.arange(n)
+    coarse = keep // 2
+    return np.r_[np.linspace(0, n - coarse - 1, keep - coarse).astype(np.int64), np.arange(n - coarse, n)]
 
 
 def build(descriptors: np.ndarray, owners: np.ndarray, seed: int = 0):
