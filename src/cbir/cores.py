@@ -30,8 +30,8 @@ def faiss_threads(most: int) -> Iterator[None]:
     """FAISS calls made by this thread inside run on at most ``most`` OpenMP threads (never fewer
     than one); the thread's setting is restored after. Searches pass their query count, as FAISS's
     own per-query parallelism would: with fewer queries than threads, FAISS ≥ 1.15 splits an exact
-    scan over the database instead (a BLAS product per thread and block), and one query took 2.3×
-    the one-thread scan on this project's 2-core machine (BENCHMARKS.md)."""
+    scan over the database instead (a BLAS product per thread and block), which was slower than one
+    thread's scan for one query on this project's 2-core machine (BENCHMARKS.md)."""
     import faiss
 
     before = faiss.omp_get_max_threads()

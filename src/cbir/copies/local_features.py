@@ -27,7 +27,7 @@ near-duplicate shot of the same scene overtook a cropped copy's original (AugLy 
 BENCHMARKS.md). Only for a first fit within ``GUIDE_TURN`` (30°) of upright, on the variant that
 fitted: ORB is rotation-invariant, so a turned copy verifies without help, while the chance fits
 that re-matching grew into false verifications among 100k photos (round icons onto a template's
-round avatars, text onto text) were turned by 140–175°.
+round avatars, text onto text) were turned far from upright (BENCHMARKS.md).
 
 Queries: ``extract_query`` gives the image's record and its left-right mirror's (ORB descriptors
 are not mirror-invariant; the mirror turned by 180° is the upside-down copy), ``inliers`` takes the
@@ -260,8 +260,8 @@ def empty() -> np.void:
 def _knn2(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two nearest b descriptors (Hamming) of every a descriptor: FAISS's popcount kernels, about
     4× OpenCV's brute-force matcher on 500 × 500 ORB descriptors. On one thread: matching runs
-    beside other matchers, or right after ONNX Runtime embedded the query, whose threads still
-    spin on the cores (two OpenMP threads there took 35× longer on 2 cores)."""
+    beside other matchers, or right after ONNX Runtime embedded the query while its threads still
+    spin on the cores, where more OpenMP threads only wait (BENCHMARKS.md)."""
     import faiss
 
     index = faiss.IndexBinaryFlat(256)
