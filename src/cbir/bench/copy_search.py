@@ -159,13 +159,13 @@ def at_sizes(
     """``copy_search`` at each gallery size in ``sizes`` (ascending), the index grown to it with the
     distractors under ``distractors`` (never removed: a size below the index's is searched as it is).
     ``search``: ``copy_search``'s keywords."""
-    from cbir.bench.distractors import grow
+    from cbir.bench.distractors import grow, ordered
     from cbir.bench.scale import peak_rss_mb
 
-    base = gallery.store.count("indexed")
+    base, pool = gallery.store.count("indexed"), ordered(distractors)
     rows = []
     for size in sorted(sizes):
-        grown = grow(gallery, distractors, size, base, progress)
+        grown = grow(gallery, distractors, size, base, progress, pool)
         row = copy_search(gallery, data, suite, **search)
         row.update(size=size, **grown, peak_rss_mb=round(peak_rss_mb(), 1))
         rows.append(row)

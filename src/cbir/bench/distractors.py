@@ -112,11 +112,13 @@ def ordered(out: str | os.PathLike) -> list[Path]:
     return sorted(files, key=lambda p: (p.stem, p.parent.name))
 
 
-def grow(gallery, distractors: str | os.PathLike, size: int, base: int, progress: bool = False) -> dict:
-    """Add the first ``size`` - ``base`` distractors (``ordered``; none when that is ≤ 0) to
-    ``gallery``, which held ``base`` items of its own before any was added (those already indexed
-    are skipped by the add): {"added": items indexed now, "add_s": seconds}."""
-    pool, want = ordered(distractors), size - base
+def grow(
+    gallery, distractors: str | os.PathLike, size: int, base: int, progress: bool = False, pool: list | None = None
+) -> dict:
+    """Add the first ``size`` - ``base`` distractors (``pool``, default ``ordered(distractors)``; none
+    when that is ≤ 0) to ``gallery``, which held ``base`` items of its own before any was added
+    (those already indexed are skipped by the add): {"added": items indexed now, "add_s": seconds}."""
+    pool, want = pool if pool is not None else ordered(distractors), size - base
     if want > len(pool):
         raise CbirError(f"--at {size}: --distractors {distractors} holds {len(pool)}, {want} needed")
     t0 = time.perf_counter()

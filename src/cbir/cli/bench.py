@@ -62,19 +62,16 @@ def cmd_bench_dedup(a: argparse.Namespace) -> int:
     import time
 
     from cbir.bench.copies import score_dedup
+    from cbir.bench.distractors import grow, score_groups
     from cbir.copies import dedup
     from cbir.index.gallery import Gallery
 
     g, grown = Gallery(a.index), {}
     if a.distractors:
-        from cbir.bench.distractors import grow
-
         grown = grow(g, a.distractors, _sizes(a.at)[0], g.store.count("indexed"), progress=True)
     t0 = time.perf_counter()
     groups = dedup.find(g, k=a.k, threshold=a.threshold, verify=not a.no_verify, partial=a.partial)
     if a.distractors:
-        from cbir.bench.distractors import score_groups
-
         grown.update(score_groups(groups, a.distractors), items=g.store.count("indexed"))
     r = {
         **score_dedup(groups, a.data, a.copies),
