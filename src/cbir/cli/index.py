@@ -38,6 +38,7 @@ def _create(a: argparse.Namespace, root, emb, **extra):
         target_recall=a.target_recall,
         wait=a.wait,
         on_disk=a.on_disk,
+        store=a.store,
         **extra,
     )
 
@@ -371,6 +372,13 @@ def _build_parser(ix) -> None:
         action="store_true",
         default=None,
         help="IVF inverted lists in a memory-mapped file (INDEX_DIR/ivflists-*.bin), built by a streaming merge",
+    )
+    b.add_argument(
+        "--store",
+        metavar="URI",
+        help="keep the vectors in a Milvus collection instead of index.faiss: milvus://HOST:PORT/COLLECTION "
+        "or milvus-lite:PATH.db[/COLLECTION] (pip install 'cbir[milvus]'); add, remove, repair and every "
+        "search follow it",
     )
     b.add_argument(
         "--local-features",

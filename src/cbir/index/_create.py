@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cbir.errors import CbirError
-from cbir.index.ann import faiss_index, tuning
+from cbir.index.ann import faiss_index, milvus_store, tuning
 from cbir.index.query import rerank as _rerank
 from cbir.index.storage import config as _config
 from cbir.index.storage.config import INDEX_JSON
@@ -47,13 +47,15 @@ def create(
     on_disk: bool | None = None,
     local_features: str | None = None,
     rerank: str | None = None,
+    store: str | None = None,
 ) -> G:
     """Create INDEX_DIR for ``embedder``'s model, or open it if it exists (same model, and the
     same options where they are given: ``None`` = as recorded, or the default for a new index).
     ``embedder=None`` with ``dim``: an index of existing vectors with no model (vectors-only).
     ``local_features``: ``orb`` (default with a model: stored per shard for spatial verification)
     or ``none``; ``rerank``: the stored re-ranking preset (default ``default`` with local
-    features, else ``class``; ``none`` for vectors-only and on-disk indexes)."""
+    features, else ``class``; ``none`` for vectors-only and on-disk indexes); ``store``: a Milvus
+    collection for the vectors instead of index.faiss (``cbir.index.ann.milvus_store``)."""
     from cbir.vectors import Whitening
 
     root = Path(root)
@@ -67,6 +69,7 @@ def create(
         "memory_budget": memory_budget,
         "target_recall": target_recall,
         "on_disk": on_disk,
+        "store": milvus_store.parse(store).text if store else None,
     }
     wt = Whitening.load(whitening) if whitening else None
     if (root / INDEX_JSON).is_file():
@@ -115,6 +118,8 @@ def _new_options(
             raise CbirError(f"--target-recall {options['target_recall']}: must be in (0, 1]")
     else:
         faiss_index.create(dim, options["factory"], id_map=not options["on_disk"])
+    if options["store"]:
+        _check_store(options)
     feats = (local_features or "orb") if embedder is not None else "none"
     options["local_features"] = None if feats == "none" else feats
     # vectors from elsewhere (no model) or an on-disk index: plain k-NN unless asked; images: both kinds of query
@@ -126,6 +131,15 @@ def _new_options(
             f"--rerank {rerank}: verifies, and the index would have no local features (--local-features none)"
         )
     return options, dim, model_dim
+
+
+def _check_store(options: dict) -> None:
+    """A ``--store`` index takes neither index-time DBA nor on-disk lists, and a factory Milvus has."""
+    if options["dba"] or options["on_disk"]:
+        flag = "--dba" if options["dba"] else "--on-disk"
+        raise CbirError(f"--store {options['store']}: not with {flag} (the collection holds the vectors as they are)")
+    if options["factory"] != "auto":
+        milvus_store.index_type(options["factory"])
 
 
 def _made_and_locked(root: Path) -> tuple[WriterLock, bool]:

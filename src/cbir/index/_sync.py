@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 
-from cbir.index.ann import faiss_index, maintain, tuning
+from cbir.index.ann import maintain, tuning
 from cbir.index.storage import config as _config
 from cbir.index.storage.config import INDEX_JSON
 
@@ -32,15 +32,14 @@ def set_index(gallery, index) -> None:
 
 def in_sync(gallery) -> bool:
     """index.faiss holds what SQLite says is indexed (same generation)."""
-    return (gallery.root / "index.faiss").is_file() and gallery.config.get(
-        "faiss_generation"
-    ) == gallery.store.generation
+    published = maintain.published(gallery.root, gallery.config)
+    return published and gallery.config.get("faiss_generation") == gallery.store.generation
 
 
 def reconcile(gallery) -> bool:
     """Rebuild index.faiss from the shards when it is behind SQLite and no other writer is at
     work (one died between its SQLite commit and index.faiss); returns True if it rebuilt."""
-    if gallery.in_sync or not (gallery.store.done_shards() or (gallery.root / "index.faiss").is_file()):
+    if gallery.in_sync or not (gallery.store.done_shards() or maintain.published(gallery.root, gallery.config)):
         return False
     if gallery._writer_depth == 0:
         if not gallery._writer.acquire(blocking_error=False):
@@ -91,9 +90,10 @@ def _adopt_config(gallery, config: dict) -> bool:
     loaded = gallery._index is not None
     if loaded and config.get("faiss_generation") != gallery._index_generation:
         try:
-            index = faiss_index.load(gallery.root / "index.faiss")
+            index = maintain.load(gallery.root, config, gallery.store)
         except Exception as e:  # keep answering from the index we have; try again shortly
-            gallery.load_error = f"{gallery.root / 'index.faiss'}: cannot load ({type(e).__name__}: {e})"
+            where = config.get("store") or gallery.root / "index.faiss"
+            gallery.load_error = f"{where}: cannot load ({type(e).__name__}: {e})"
             gallery._retry_at = time.monotonic() + 1.0
             gallery._config_sig = ()  # read index.json again on the retry
             return False
@@ -132,8 +132,8 @@ def _reconcile_in_background(gallery) -> None:
 
 
 def consistency(gallery) -> dict:
-    """Ids FAISS holds vs ids SQLite calls indexed (both empty sets = consistent)."""
-    held = set(faiss_index.stored_ids(gallery.index).tolist())
+    """Ids FAISS (or the ``--store`` collection) holds vs ids SQLite calls indexed (both empty sets = consistent)."""
+    held = set(maintain.stored_ids(gallery.index).tolist())
     want = set(gallery.store.indexed_ids().tolist())
     return {
         "generation": gallery.store.generation,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.index.ann import faiss_index
+from cbir.index.ann import faiss_index, maintain
 from cbir.index.storage.features import feature_path
 from cbir.index.storage.regions import regions_path
 from cbir.index.storage.shards import read_shard, shard_path
@@ -116,30 +116,29 @@ def _check_shard(gallery, shard: int, dim: int) -> list[dict]:
 
 
 def _check_faiss(gallery) -> list[dict]:
-    store, root = gallery.store, Path(gallery.root)
-    path = root / "index.faiss"
-    if not path.is_file():
-        return [_problem("index.faiss", "missing")] if store.done_shards() else []
+    """index.faiss — or the ``--store`` collection (part ``store``) — against the ledger."""
+    store, root, cfg = gallery.store, Path(gallery.root), gallery.config
+    part = "store" if cfg.get("store") else "index.faiss"
+    if not maintain.published(root, cfg):
+        return [_problem(part, "missing")] if store.done_shards() else []
     try:
-        index = faiss_index.load(path)
+        index = maintain.load(root, cfg, store)
     except CbirError as e:
-        return [_problem("index.faiss", str(e))]
+        return [_problem(part, str(e))]
     out = []
     if gallery.settings.faiss_generation != store.generation:
         out.append(
             _problem(
-                "index.faiss",
-                f"behind SQLite (generation {gallery.config.get('faiss_generation')} "
+                part,
+                f"behind SQLite (generation {cfg.get('faiss_generation')} "
                 f"vs {store.generation}): a writer died before writing it",
             )
         )
-    held, want = set(faiss_index.stored_ids(index).tolist()), set(store.indexed_ids().tolist())
-    if held != want:
-        out.append(
-            _problem(
-                "index.faiss", f"holds {len(held - want)} ids not indexed and lacks {len(want - held)} indexed ids"
-            )
-        )
+    held, want = set(maintain.stored_ids(index).tolist()), set(store.indexed_ids().tolist())
+    stale = _store_stale(index, store) if cfg.get("store") else 0
+    if held != want or stale:
+        lacks = f"lacks {len(want - held)} indexed ids" + (f", holds an older vector of {stale}" if stale else "")
+        out.append(_problem(part, f"holds {len(held - want)} ids not indexed and {lacks}"))
         return out
     ids, vecs = _sample(gallery, SAMPLE)
     if len(ids):
@@ -160,6 +159,15 @@ def _check_faiss(gallery) -> list[dict]:
     return out
 
 
+def _store_stale(index, store) -> int:
+    """Indexed ids a collection holds from an older shard than the ledger's (a re-embedded file)."""
+    from cbir.index.ann import milvus_store
+
+    _, write = milvus_store.diff(store, index.client, index.target.collection)
+    have = set(index.collection_ids().tolist())
+    return sum(len(ids & have) for ids in write.values())
+
+
 def _misplaced(index, q: np.ndarray, ids: np.ndarray, k: int = TIES) -> int:
     """How many sampled vectors ``q`` do not find their own id among their nearest ones that score
     as well as the first (to ``TIE_EPS``): byte-identical files have equal vectors, and either of
@@ -172,8 +180,6 @@ def _misplaced(index, q: np.ndarray, ids: np.ndarray, k: int = TIES) -> int:
 
 
 def _sample(gallery, n: int) -> tuple[np.ndarray, np.ndarray]:
-    from cbir.index.ann import maintain
-
     try:
         return maintain.sample_vectors(gallery.store, gallery.root, n, seed=3)
     except CbirError:  # a damaged shard: reported on its own
@@ -222,7 +228,7 @@ def repair(gallery, progress: bool = False) -> dict:
         if gallery.settings.local_features:
             gallery.extract_features(progress)
         gallery.rebuild_index()
-        done.append("index.faiss rebuilt from the shards")
+        done.append(f"{gallery.config.get('store') or 'index.faiss'} rebuilt from the shards")
         after = check(gallery)
         return {
             "problems_found": before["problems"],

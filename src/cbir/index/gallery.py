@@ -37,7 +37,7 @@ from cbir.deadline import NEVER, Deadline
 from cbir.errors import CbirError
 from cbir.hits import Hit
 from cbir.index import _create, _reading, _sync, _writes
-from cbir.index.ann import faiss_index, tuning
+from cbir.index.ann import faiss_index, maintain, tuning
 from cbir.index.query import rerank as _rerank
 from cbir.index.query import search as _search
 from cbir.index.query.rerank import DEFAULT_BUDGET, Budget, Rerank
@@ -71,6 +71,10 @@ class Gallery:
             raise CbirError(f"--search-device {search_device!r}: choose cuda or cpu")
         self.root = Path(root)
         self.config = _config.load(self.root)  # index.json as written; read it through ``settings``
+        if search_device and self.config.get("store"):
+            raise CbirError(
+                f"--search-device {search_device}: index {root} keeps its vectors in {self.config['store']}"
+            )
         self.created = False  # True when ``create`` made this index in this process (``discard`` may undo it)
         self._made_dir = False
         self._given: dict = {}  # build settings given to this command, applied over every re-read config
@@ -205,18 +209,13 @@ class Gallery:
     # -- the snapshot a search reads ----------------------------------------------------------------
     @property
     def index(self):
-        """The loaded FAISS index (loaded on first use; rebuilt first when a writer died mid-way)."""
+        """The loaded FAISS index, or the ``--store`` collection as one (loaded on first use; brought up
+        to date first when a writer died mid-way)."""
         if self._index is None:
             self.reconcile()
         with self._lock:
             if self._index is None:
-                path = self.root / "index.faiss"
-                if not path.is_file():
-                    raise CbirError(
-                        f"--index {self.root}: no index.faiss yet (the build did not finish: "
-                        f"run `cbir index build --resume`)"
-                    )
-                index = faiss_index.load(path)
+                index = maintain.load(self.root, self.config, self.store)
                 tuning.set_search_params(index, self.settings.search)
                 self._index, self._index_generation = index, self.settings.faiss_generation
             return self._index
@@ -234,7 +233,9 @@ class Gallery:
         with self._lock:
             current = self._index is index  # else a refresh swapped meanwhile: its generation is not this index's
             if self._snap is None or self._snap.cpu is not index:
-                if self.search_device:
+                if faiss_index.is_external(index):  # a Milvus collection: searched where it lives
+                    searched = index
+                elif self.search_device:
                     from cbir.index.ann.torch_flat import TorchFlat
 
                     searched = TorchFlat(index, self.search_device)

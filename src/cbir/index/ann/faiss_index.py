@@ -72,8 +72,12 @@ def fill_on_disk(index, shards, root: Path, factory: str) -> Path:
 
 
 def stored_ids(index) -> np.ndarray:
-    """Every id the index holds: the IDMap's table, or the ids in an IVF's inverted lists."""
+    """Every id the index holds: the IDMap's table, the ids in an IVF's inverted lists, or what an
+    external store (``milvus_store.MilvusIndex``) says it holds."""
     import faiss
+
+    if is_external(index):
+        return index.stored_ids()
 
     index = faiss.downcast_index(index)
     if hasattr(index, "id_map"):
@@ -131,8 +135,12 @@ def remove(index, ids: np.ndarray) -> bool:
 
 def enable_reconstruct(index) -> None:
     """IVF indexes reconstruct stored vectors only with a direct map (needed by re-ranking). A hash
-    table, not an array: after removals (or in on-disk lists) the ids are not 0..n-1."""
+    table, not an array: after removals (or in on-disk lists) the ids are not 0..n-1. An external
+    store fetches stored vectors itself."""
     import faiss
+
+    if is_external(index):
+        return
 
     inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
     ivf = faiss.try_extract_index_ivf(inner)
@@ -183,6 +191,11 @@ GPU_TYPES = frozenset(
 )
 _WRAPPERS = ("IndexIDMap", "IndexIDMap2", "IndexPreTransform")
 _said_cpu: set[str] = set()
+
+
+def is_external(index) -> bool:
+    """A vector store outside FAISS searched through the same surface (``milvus_store.MilvusIndex``)."""
+    return getattr(index, "external", False) is True
 
 
 def innermost(index):

@@ -20,6 +20,7 @@ the measured recall, ms/query and bytes are recorded under ``search`` / ``tuning
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -103,11 +104,41 @@ def resolve_factory(cfg: dict, n: int) -> str:
     return tuning.choose_factory(n, cfg["dim"], tuning.parse_bytes(cfg["memory_budget"]))
 
 
+def published(root, config: dict) -> bool:
+    """A vector store was written for this index: index.faiss, or (``--store``) a recorded generation."""
+    if config.get("store"):
+        return config.get("faiss_generation") is not None
+    return (Path(root) / "index.faiss").is_file()
+
+
+def load(root, config: dict, store):
+    """The index a search reads: index.faiss, or the ``--store`` collection (``milvus_store``)."""
+    if config.get("store"):
+        from cbir.index.ann import milvus_store
+
+        return milvus_store.open_index(config, store)
+    path = Path(root) / "index.faiss"
+    if not path.is_file():
+        raise CbirError(
+            f"--index {root}: no index.faiss yet (the build did not finish: run `cbir index build --resume`)"
+        )
+    return faiss_index.load(path)
+
+
+def stored_ids(index) -> np.ndarray:
+    """Every id the vector store really holds: a collection is read whole (its ``MilvusIndex`` holds
+    the ledger's ids when opened in step with it — not a check of it)."""
+    return index.collection_ids() if faiss_index.is_external(index) else faiss_index.stored_ids(index)
+
+
 def rebuild(gallery) -> object:
-    """(Re)build index.faiss from the shards, streaming; returns the new index."""
+    """(Re)build index.faiss from the shards, streaming — or bring the ``--store`` collection to the
+    ledger; returns the new index."""
     cfg = gallery.config
     n = gallery.store.count("indexed")
     factory = resolve_factory(cfg, n)
+    if cfg.get("store"):
+        return _sync_store(gallery, factory, None)
     if cfg.get("dba") and n:
         ids, vecs = load_vectors(gallery.store, gallery.root, cfg["model"]["dim"])
         vecs = vectors.dba(gallery.postprocess_queries(vecs), int(cfg["dba"]), float(cfg.get("dba_alpha", 0.0)))
@@ -133,6 +164,20 @@ def rebuild(gallery) -> object:
         tune(gallery, index)
     faiss_index.save(index, gallery.root / "index.faiss")
     cfg["index_bytes"] = (gallery.root / "index.faiss").stat().st_size
+    gallery.save_config()
+    return index
+
+
+def _sync_store(gallery, factory: str, changed: np.ndarray | None, new_shards: Sequence[int] = ()) -> object:
+    """``milvus_store.sync`` (whole when ``changed`` is None: then tuned when ``--factory auto``, as a
+    rebuild of index.faiss is), the factory recorded."""
+    from cbir.index.ann import milvus_store
+
+    cfg = gallery.config
+    index = milvus_store.sync(gallery, factory, changed, new_shards)
+    cfg["index_factory"], cfg["trained_on"], cfg["index_bytes"] = factory, 0, None
+    if cfg["factory"] == "auto" and changed is None:
+        tune(gallery, index)
     gallery.save_config()
     return index
 
@@ -235,6 +280,8 @@ GALLERY_BASIS_NOTE = (
 def update(gallery, changed_ids: np.ndarray, new_shards: Sequence[int] = ()) -> object:
     """Update index.faiss in place: drop ``changed_ids``, add the vectors of ``new_shards``. Falls
     back to a full rebuild for DBA and for index types that cannot remove ids; returns the index."""
+    if gallery.config.get("store"):  # the same index type, as an in-place FAISS update keeps it
+        return _sync_store(gallery, gallery.settings.index_factory, np.asarray(changed_ids, np.int64), new_shards)
     path = gallery.root / "index.faiss"
     if gallery.settings.dba or gallery.settings.on_disk or not path.is_file():
         return rebuild(gallery)  # on-disk lists are written once, by a streaming merge

@@ -70,6 +70,9 @@ def knob(index) -> str | None:
     """ "nprobe" for IVF indexes, "efSearch" for HNSW, None for exact ones."""
     import faiss
 
+    if faiss_index.is_external(index):
+        return index.knob
+
     inner = faiss_index.innermost(index)
     if faiss.try_extract_index_ivf(inner) is not None:
         return "nprobe"
@@ -84,6 +87,8 @@ def set_search_params(index, params: dict | None) -> None:
 
     if not params:
         return
+    if faiss_index.is_external(index):
+        return index.set_params(params)
     inner = faiss_index.innermost(index)
     for name, value in params.items():
         if value is None:
@@ -107,6 +112,14 @@ def search_parameters(index, params: dict | None):
     params = {k: v for k, v in (params or {}).items() if v is not None}
     if not params:
         return None
+    if faiss_index.is_external(index):  # a dict, applied per call
+        name = next(iter(params))
+        if name != index.knob:
+            raise CbirError(
+                f"--{'nprobe' if name == 'nprobe' else 'ef-search'} {params[name]}: "
+                f"does not apply to a Milvus {index.kind} index"
+            )
+        return dict(params)
     inner = faiss_index.innermost(index)
     if "nprobe" in params and faiss.try_extract_index_ivf(inner) is not None:
         p = faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
@@ -182,8 +195,14 @@ def tune(
                 f"an ANN factory (--factory auto) to go faster"
             )
         return {"params": {}, "recall": float(per.mean()), "per_query": per, "ms_per_query": ms, "tried": tried}
-    inner = faiss_index.innermost(index)
-    top = getattr(faiss.try_extract_index_ivf(inner), "nlist", None) if name == "nprobe" else 4096
+    if faiss_index.is_external(index):
+        top = index.nlist if name == "nprobe" else 4096
+    else:
+        top = (
+            getattr(faiss.try_extract_index_ivf(faiss_index.innermost(index)), "nlist", None)
+            if name == "nprobe"
+            else 4096
+        )
     value = 1
     while True:
         set_search_params(index, {name: value})

@@ -5,7 +5,8 @@ resampling: the pixels the vectors came from), ``factory`` (a FAISS factory stri
 ``memory_budget`` and ``target_recall``), ``index_factory`` (the one built), ``search`` (nprobe /
 efSearch used by every search unless a call overrides it), ``tuning`` (recall, ms/query measured when
 it was chosen), ``index_bytes``, ``dim`` (after whitening), ``shard_size``, ``whitening`` (fingerprint),
-``dba``/``dba_alpha``, ``trained_on``, ``cbir_version``, ``created``.
+``dba``/``dba_alpha``, ``trained_on``, ``cbir_version``, ``created``, ``store`` (a Milvus collection that
+holds the vectors instead of index.faiss: ``cbir.index.ann.milvus_store``; None: index.faiss).
 Build options are fixed at creation: opening an existing index with a different explicit option is
 refused (one line naming the option), an option left out means "as recorded".
 """
@@ -32,6 +33,7 @@ DEFAULTS = {
     "memory_budget": "4GB",
     "target_recall": 0.95,
     "on_disk": False,
+    "store": None,
 }
 
 
@@ -160,6 +162,7 @@ class Settings:
     trained_on: int
     target_recall: float | None
     on_disk: bool
+    store: str | None
 
     @classmethod
     def of(cls, config: dict) -> Settings:
@@ -183,6 +186,7 @@ class Settings:
             trained_on=config.get("trained_on", 0),
             target_recall=config.get("target_recall"),
             on_disk=bool(config.get("on_disk")),
+            store=config.get("store"),
         )
 
     @property
