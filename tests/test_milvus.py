@@ -90,6 +90,13 @@ def test_image_search_through_milvus_equals_index_faiss(tmp_path, embedder, phot
     key = lambda res: [[(h["path"], h["verified"], round(h["score"], 4)) for h in r["results"]] for r in res]  # noqa: E731
     assert key(a) == key(b)
     assert all(r["results"][0]["verified"] and r["results"][0]["path"] == str(q) for r, q in zip(b, queries))
+    from cbir.bench.class_search import class_search
+
+    classes = [class_search(g, str(tmp_path / "g")) for g in (local, milvus)]
+    assert classes[0]["mAP"] > 0 and classes[1]["store"].startswith("milvus-lite:")
+    assert {k: v for k, v in classes[0].items() if k[0] in "mPR"} == {
+        k: v for k, v in classes[1].items() if k[0] in "mPR"
+    }
 
 
 def test_a_rerun_writes_nothing_twice_and_a_remove_deletes_there(tmp_path, capsys):
@@ -270,3 +277,18 @@ def test_a_store_refuses_dba_on_disk_and_search_device(tmp_path):
     g = vectors_index(tmp_path / "b", f"milvus-lite:{tmp_path}/b.db", n=20, part=10)
     with pytest.raises(CbirError, match=r"--search-device cpu: index .* keeps its vectors in milvus-lite:"):
         Gallery(g.root, search_device="cpu")
+
+
+def test_bench_search_puts_milvus_lite_beside_index_faiss_with_auto_tuned_through_it(tmp_path, capsys):
+    """``cbir bench search --store faiss,milvus-lite``: the same vectors, ``--factory auto`` chosen and
+    nprobe tuned through each store (Milvus: IVF_FLAT with the same nlist) to the same target."""
+    from cbir.cli import main
+
+    args = ["bench", "search", "--sizes", "25000", "--queries", "50", "--target-recall", "0.9"]
+    args += ["--shard-size", "10000", "--workdir", str(tmp_path), "--store", "faiss,milvus-lite", "--json"]
+    assert main(args) == 0
+    local, milvus = json.loads(capsys.readouterr().out)
+    assert (local["store"], milvus["store"]) == ("faiss", "milvus-lite")
+    assert local["auto_choice"] == milvus["auto_choice"] == "IVF512,Flat"
+    assert milvus["search"]["nprobe"] >= 1 and milvus["tuning"]["recall_at_10"] >= 0.9
+    assert milvus["recall_at_k"] >= 0.8 and milvus["bytes"]["index.faiss"] > 25_000 * 320 * 4  # the Milvus Lite files

@@ -91,8 +91,10 @@ def measure(
     shard_size: int,
     seed: int = 0,
     on_disk: bool = False,
+    store: str = "faiss",
 ) -> dict:
-    """The child's work: build, then measure (see module doc)."""
+    """The child's work: build, then measure (see module doc). ``store``: ``faiss`` (index.faiss) or
+    ``milvus-lite`` (a Milvus Lite file beside the index, in this process: its memory is in the RSS)."""
     from cbir.index.ann import maintain, tuning
     from cbir.index.gallery import Gallery
     from cbir.index.ingest.from_vectors import VectorSource, ingest, read_paths
@@ -108,6 +110,7 @@ def measure(
         shard_size=shard_size,
         dim=dim,
         on_disk=on_disk,
+        store=f"milvus-lite:{root / store}.db" if store != "faiss" else None,
     )
     ingest(g, source, read_paths(root / "paths.txt", len(source)))
     build_s = time.perf_counter() - t0
@@ -132,10 +135,14 @@ def measure(
         if (g.root / name).is_dir()
         else (g.root / name).stat().st_size
         for name in ("index.faiss", "meta.sqlite", "shards")
+        if (g.root / name).exists()
     }
     disk["ivflists"] = sum(f.stat().st_size for f in g.root.glob("ivflists-*.bin"))
+    if store != "faiss":
+        disk["index.faiss"] = sum(f.stat().st_size for f in (root / f"{store}.db").rglob("*") if f.is_file())
     cfg = g.config
     return {
+        "store": store,
         "n": n,
         "dim": dim,
         "memory_budget": memory_budget,
@@ -170,7 +177,9 @@ def bench_search(
     keep: bool = False,
     seed: int = 0,
     on_disk: bool = False,
+    stores: tuple[str, ...] = ("faiss",),
 ) -> list[dict]:
+    """One row per size and store (``faiss``, ``milvus-lite``): the same vectors and queries for each."""
     out = []
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cbir-bench-search-"))
     for n in sizes:
@@ -179,36 +188,36 @@ def bench_search(
         t0 = time.perf_counter()
         write_synthetic(root, n, dim, seed)
         gen_s = time.perf_counter() - t0
-        args = [
-            sys.executable,
-            "-m",
-            "cbir.bench.scale",
-            str(root),
-            str(n),
-            str(dim),
-            memory_budget,
-            str(target_recall),
-            str(queries),
-            str(k),
-            str(shard_size),
-            str(seed),
-            str(int(on_disk)),
-        ]
-        r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if r.returncode != 0:
-            from cbir.errors import CbirError
-
-            raise CbirError(
-                f"bench search n={n}: the build failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}"
-            )
-        row = json.loads(r.stdout.strip().splitlines()[-1])
-        row["generate_s"] = round(gen_s, 1)
-        out.append(row)
+        for store in stores:
+            shutil.rmtree(root / "idx", ignore_errors=True)
+            row = _child(root, n, dim, memory_budget, target_recall, queries, k, shard_size, seed, on_disk, store)
+            row["generate_s"] = round(gen_s, 1)
+            out.append(row)
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     if not keep and not workdir:
         shutil.rmtree(base, ignore_errors=True)
     return out
+
+
+def _child(root: Path, n: int, *rest) -> dict:
+    """``measure`` in a process of its own (its peak RSS is the build's and the search's alone);
+    ``rest``: ``measure``'s arguments after ``n``, in order."""
+    args = [
+        sys.executable,
+        "-m",
+        "cbir.bench.scale",
+        str(root),
+        str(n),
+        *(str(int(a) if isinstance(a, bool) else a) for a in rest),
+    ]
+    r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if r.returncode != 0:
+        from cbir.errors import CbirError
+
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode
+        raise CbirError(f"bench search n={n}: the build failed: {last}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def measure_shift(
@@ -295,7 +304,7 @@ def bench_shift(
 
 
 if __name__ == "__main__":
-    root, n, dim, budget, target, queries, k, shard_size, seed, on_disk = sys.argv[1:]
+    root, n, dim, budget, target, queries, k, shard_size, seed, on_disk, store = sys.argv[1:]
     print(
         json.dumps(
             measure(
@@ -309,6 +318,7 @@ if __name__ == "__main__":
                 int(shard_size),
                 int(seed),
                 bool(int(on_disk)),
+                store,
             )
         )
     )

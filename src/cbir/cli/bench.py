@@ -146,6 +146,22 @@ def cmd_bench_copy_search(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_class_search(a: argparse.Namespace) -> int:
+    from cbir.bench.class_search import class_search
+    from cbir.index.gallery import Gallery
+
+    g = Gallery(a.index)
+    r = class_search(g, a.data, rerank_from_args(a, g.settings.rerank))
+    if a.json:
+        print_json(r)
+        return 0
+    print(
+        f"{r['queries']} queries over {r['items']} items ({r['store']}): mAP {r['mAP']:.4f}, mAP@10 {r['mAP@10']:.4f}, "
+        f"P@10 {r['P@10']:.4f}, P@100 {r['P@100']:.4f}; {r['ms_per_query']} ms/query"
+    )
+    return 0
+
+
 def _sizes(text: str | None) -> list[int]:
     try:
         sizes = [int(t.replace("_", "")) for t in (text or "").split(",") if t.strip()]
@@ -273,6 +289,8 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
                     f"(95 % {row['ci95'][0]}–{row['ci95'][1]}), true recall@10 {row['true_recall']}, {row['ms_per_query']} ms/query"
                 )
         return 0
+    if not set(a.store.split(",")) <= {"faiss", "milvus-lite"}:
+        raise CbirError(f"--store {a.store}: choose faiss, milvus-lite or faiss,milvus-lite")
     rows = bench_search(
         [int(x) for x in a.sizes.split(",")],
         a.dim,
@@ -283,13 +301,14 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
         workdir=a.workdir,
         keep=a.keep,
         on_disk=a.on_disk,
+        stores=tuple(a.store.split(",")),
     )
     if a.json:
         print_json(rows)
         return 0
     for r in rows:
         print(
-            f"n={r['n']:>9}: auto {r['auto_choice']} {r['search']}, build {r['build_s']} s, peak RSS {r['peak_rss_mb']} MB, "
+            f"n={r['n']:>9} {r['store']}: auto {r['auto_choice']} {r['search']}, build {r['build_s']} s, peak RSS {r['peak_rss_mb']} MB, "
             f"index {(r['bytes']['index.faiss'] + r['bytes']['ivflists']) / 1e6:.0f} MB; recall@{r['k']} {r['recall_at_k']:.3f}, "
             f"{r['ms_per_query_batch1']:.3f} ms/query at batch 1, {r['ms_per_query_batch']:.3f} at batch {r['queries']}"
         )
@@ -503,6 +522,19 @@ def _copy_search_parser(bench) -> None:
     bs.set_defaults(fn=cmd_bench_copy_search)
 
 
+def _class_search_parser(bench) -> None:
+    bc = bench.add_parser(
+        "class-search",
+        help="class mAP through an index (its vector store and stored re-ranking): every labelled image "
+        "searched by its stored vector and features",
+    )
+    bc.add_argument("--index", required=True, help="an index holding --data")
+    bc.add_argument("--data", required=True, help="class-per-folder images (as indexed), or N.jpg with class N // 100")
+    rerank_args(bc)
+    bc.add_argument("--json", action="store_true")
+    bc.set_defaults(fn=cmd_bench_class_search)
+
+
 def _dedup_parser(bench) -> None:
     bd = bench.add_parser("dedup", help="recall and purity of `cbir dedup` on an index holding DATA and planted COPIES")
     bd.add_argument("--index", required=True)
@@ -638,6 +670,11 @@ def _search_parser(bench) -> None:
     bs_.add_argument("--keep", action="store_true", help="keep the vectors and indexes")
     bs_.add_argument("--on-disk", action="store_true", help="build with on-disk inverted lists (memory-mapped)")
     bs_.add_argument(
+        "--store",
+        default="faiss",
+        help="faiss, milvus-lite, or both (faiss,milvus-lite): the same vectors in each, side by side",
+    )
+    bs_.add_argument(
         "--shift",
         action="store_true",
         help="query-shift scenario: queries unlike the gallery; the "
@@ -676,6 +713,7 @@ def register(sub) -> None:
     _accuracy_parser(bench)
     _copies_parser(bench)
     _copy_search_parser(bench)
+    _class_search_parser(bench)
     _distractors_parser(bench)
     _dedup_parser(bench)
     _exact_parser(bench)

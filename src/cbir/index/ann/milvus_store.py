@@ -244,7 +244,7 @@ def sync(gallery, factory: str, changed: np.ndarray | None = None, new_shards=()
         delete = sorted(int(i) for i in changed if int(i) not in now)
     write(gallery, delete, write_ids)
     ensure_index(gallery, factory)
-    return open_index(gallery.config, gallery.store)
+    return open_index({**gallery.config, "index_factory": factory}, gallery.store)
 
 
 def open_index(config: dict, store) -> MilvusIndex:
