@@ -271,8 +271,12 @@ def cmd_index_info(a: argparse.Namespace) -> int:
                 if t and t.get("ms_per_query") is not None
                 else ""
             )
-            + f", {info['index_bytes'] or 0:,} bytes, "
-            f"model {m['arch']} Block {m['block']} {m['pooling']} ({m['fingerprint']}), "
+            + (
+                f", {info['index_bytes'] or 0:,} bytes, "
+                if info["store"] == "index.faiss"
+                else f", vectors in {info['store']}, "
+            )
+            + f"model {m['arch']} Block {m['block']} {m['pooling']} ({m['fingerprint']}), "
             f"{info['failed']} failed, {info['removed']} removed, {info['pending_shards']} shards pending"
         )
         if t and t.get("basis", "gallery") == "gallery" and t.get("ms_per_query") is not None:

@@ -63,6 +63,7 @@ def info(gallery) -> dict:
         "search": s.search,
         "tuning": s.tuning,
         "index_bytes": s.index_bytes,
+        "store": s.store or "index.faiss",
         "trained_on": s.trained_on,
         "whitening": s.whitening,
         "dba": s.dba,
