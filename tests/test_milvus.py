@@ -76,6 +76,11 @@ def test_vector_search_through_milvus_equals_index_faiss(tmp_path, factory):
     ids = np.array([3, 700, 2999])
     assert np.allclose(milvus.vectors_for(ids[None])[0], local.vectors_for(ids[None])[0], atol=1e-6)
     assert milvus.consistency()["missing_from_faiss"] == [] and milvus.consistency()["not_indexed_in_faiss"] == []
+    if factory != "Flat":  # `cbir index tune --queries`: nprobe tuned through the collection on real queries
+        t = milvus.tune(0.9, queries=q / np.linalg.norm(q, axis=1, keepdims=True))
+        assert (
+            t["basis"] == "queries" and t["recall_at_10"] >= 0.9 and Gallery(milvus.root).settings.search["nprobe"] >= 1
+        )
 
 
 def test_image_search_through_milvus_equals_index_faiss(tmp_path, embedder, photos):
