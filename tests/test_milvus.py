@@ -143,17 +143,23 @@ def test_check_and_repair_compare_the_collection_with_the_ledger(tmp_path):
     assert check_consistent(g.root, "after repair") == 3000
 
 
-# (operation, crash point) with a Milvus Lite store: the points a store write passes (cbir.crashpoints)
+# (operation, crash point) with a Milvus Lite store: test_integrity's points, its faiss-written ones as
+# store-written, and store-batch (between two upsert / delete calls) — cbir.crashpoints
 KILLS = [
+    ("add", "shard-written:1"),
     ("add", "shard-written:2"),
     ("add", "shard-committed:1"),
+    ("add", "shard-committed:2"),
     ("add", "store-batch:1"),
     ("add", "store-written:1"),
+    ("add", "config-written:1"),
     ("add", "config-written:2"),
     ("remove", "removed-committed:1"),
     ("remove", "store-batch:1"),
     ("remove", "store-written:1"),
     ("remove", "config-written:1"),
+    ("tune", "config-written:1"),
+    ("rebuild", "store-written:1"),
 ]
 
 
@@ -172,14 +178,21 @@ def test_kill_9_at_store_points_then_a_takedown_never_resurrects(tmp_path):
         build = ["index", "build", "--from-vectors", str(base / "v.npy"), "--paths", str(base / "p.txt")]
         first = cli(*build, "--index", str(work), "--store", store, "--shard-size", "500")
         assert first.returncode == 0, first.stderr[-800:]
+        if op == "rebuild":  # SQLite ahead of the collection (as a writer that died), so the build syncs it
+            g = Gallery(work)
+            with g.store.transaction():
+                g.store.mark_removed([1])
+            g.close()
         args = {
             "add": ["index", "build", "--from-vectors", str(base / "v_more.npy"), "--paths", str(base / "p_more.txt")]
             + ["--index", str(work)],
             "remove": ["index", "remove", str(work), "/d/p1"],
+            "tune": ["index", "tune", str(work), "--target-recall", "0.9"],
+            "rebuild": build + ["--index", str(work)],
         }[op]
         r = cli(*args, crash=point)
         assert r.returncode == -9, (op, point, r.returncode, r.stderr[-800:])
-        gone = cli("index", "remove", str(work), "/d/p3" if op == "remove" else "/d/p5", "/d/p0/i00007.jpg")
+        gone = cli("index", "remove", str(work), "/d/p5" if op == "add" else "/d/p3", "/d/p0/i00007.jpg")
         assert gone.returncode in (0, 2), gone.stderr[-800:]
         again = cli(*args)
         assert again.returncode in (0, 2), again.stderr[-800:]

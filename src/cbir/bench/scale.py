@@ -130,16 +130,7 @@ def measure(
         for i in range(queries):
             index.search(q[i : i + 1], k)
         single.append((time.perf_counter() - t) / queries * 1e3)
-    disk = {
-        name: sum(f.stat().st_size for f in (g.root / name).rglob("*") if f.is_file())
-        if (g.root / name).is_dir()
-        else (g.root / name).stat().st_size
-        for name in ("index.faiss", "meta.sqlite", "shards")
-        if (g.root / name).exists()
-    }
-    disk["ivflists"] = sum(f.stat().st_size for f in g.root.glob("ivflists-*.bin"))
-    if store != "faiss":
-        disk["index.faiss"] = sum(f.stat().st_size for f in (root / f"{store}.db").rglob("*") if f.is_file())
+    disk = _bytes(g.root, root / f"{store}.db" if store != "faiss" else None)
     cfg = g.config
     return {
         "store": store,
@@ -163,6 +154,21 @@ def measure(
         "ms_per_query_batch1": float(np.median(single)),
         "exact_numpy_ms_per_query": round(exact_ms, 3),
     }
+
+
+def _bytes(index_dir: Path, milvus_dir: Path | None) -> dict:
+    """Bytes on disk of the index's parts; ``index.faiss``: the Milvus Lite folder when there is one."""
+    disk = {
+        name: sum(f.stat().st_size for f in (index_dir / name).rglob("*") if f.is_file())
+        if (index_dir / name).is_dir()
+        else (index_dir / name).stat().st_size
+        for name in ("index.faiss", "meta.sqlite", "shards")
+        if (index_dir / name).exists()
+    }
+    disk["ivflists"] = sum(f.stat().st_size for f in index_dir.glob("ivflists-*.bin"))
+    if milvus_dir is not None:
+        disk["index.faiss"] = sum(f.stat().st_size for f in milvus_dir.rglob("*") if f.is_file())
+    return disk
 
 
 def bench_search(
