@@ -226,3 +226,14 @@ def test_bench_latency_uses_only_the_runner_protocol(lite0_onnx, monkeypatch):
     assert r["backend"] == "protocol-only" and r["batch1_latency_ms"]["bare_runner"]["p50"] > 0
     with ProtocolOnly(str(lite0_onnx)) as runner:
         assert runner.input_shape == (None, 224, 224, 3) and runner.input_dtype == "uint8"
+
+
+def test_onnx_runtime_threads_sleep_between_runs_unless_asked_to_spin(lite0_onnx):
+    """CPU sessions do not spin by default (the cores go to FAISS / ORB / decoders between runs);
+    ``spinning=True`` (``bench latency --compare onnxruntime+spin``) turns it on."""
+    from cbir.engine.embedder import Embedder
+
+    def spins(emb) -> str:
+        return emb.runner.sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spins(Embedder(lite0_onnx)) == "0" and spins(Embedder(lite0_onnx, spinning=True)) == "1"

@@ -43,10 +43,13 @@ def load_session(
     model: str | os.PathLike,
     provider: str = "cpu",
     threads: int | None = None,
-    spinning: bool = True,
+    spinning: bool = False,
     trt_options: dict | None = None,
 ):
-    """Create an ``InferenceSession``; ``threads`` defaults to all cores, ORT_ENABLE_ALL, sequential."""
+    """Create an ``InferenceSession``; ``threads`` defaults to all cores, ORT_ENABLE_ALL, sequential.
+    ``spinning`` (default off): intra-op threads busy-wait between runs. Off, they sleep — the cores go
+    to what runs next (decoders, FAISS, ORB matching) instead of to threads waiting for a run that a
+    search may not make again (BENCHMARKS.md)."""
     import onnxruntime as ort
 
     path = Path(model)
@@ -60,7 +63,6 @@ def load_session(
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Spinning burns cores between runs; turn it off when other threads (decoders) share the cores.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.log_severity_level = 3
     providers: list = list(_PROVIDERS[provider])
