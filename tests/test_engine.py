@@ -228,12 +228,19 @@ def test_bench_latency_uses_only_the_runner_protocol(lite0_onnx, monkeypatch):
         assert runner.input_shape == (None, 224, 224, 3) and runner.input_dtype == "uint8"
 
 
-def test_onnx_runtime_threads_sleep_between_runs_unless_asked_to_spin(lite0_onnx):
-    """CPU sessions do not spin by default (the cores go to FAISS / ORB / decoders between runs);
-    ``spinning=True`` (``bench latency --compare onnxruntime+spin``) turns it on."""
+def test_onnx_runtime_threads_spin_inside_a_run_only_unless_asked(lite0_onnx):
+    """CPU sessions spin inside a run and stop when it returns (the cores go to FAISS / ORB / decoders
+    between runs); ``always`` / ``never`` (``bench latency --compare onnxruntime+spin,+nospin``)."""
     from cbir.engine.embedder import Embedder
 
-    def spins(emb) -> str:
-        return emb.runner.sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    def spins(emb) -> tuple[str, str]:
+        opts = emb.runner.sess.get_session_options()
+        return tuple(
+            opts.get_session_config_entry(k) for k in ("session.intra_op.allow_spinning", "session.force_spinning_stop")
+        )
 
-    assert spins(Embedder(lite0_onnx)) == "0" and spins(Embedder(lite0_onnx, spinning=True)) == "1"
+    assert spins(Embedder(lite0_onnx)) == ("1", "1")
+    assert spins(Embedder(lite0_onnx, spinning="always")) == ("1", "0")
+    assert spins(Embedder(lite0_onnx, spinning="never")) == ("0", "0")
+    with pytest.raises(CbirError, match="spinning='sometimes': choose one of run, always, never"):
+        Embedder(lite0_onnx, spinning="sometimes")

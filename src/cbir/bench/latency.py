@@ -196,8 +196,9 @@ SPEC_OPTIONS = {
     "cpu": {"device": "cpu"},
     "cuda": {"device": "cuda"},
     "gpudecode": {"decode": "gpu"},
-    "spin": {"spinning": True},
-    "nospin": {"spinning": False},
+    "spin": {"spinning": "always"},
+    "runspin": {"spinning": "run"},
+    "nospin": {"spinning": "never"},
 }
 
 
@@ -208,8 +209,8 @@ def parse_spec(spec: str, model: str) -> tuple[str, str | None, str, dict]:
     """``backend[:precision][+option...][@file]`` -> (backend, precision, file, Embedder options):
     "openvino:bf16" -> ("openvino", "bf16", model, {}); "openvino@m_int8.xml" -> ("openvino", None,
     "m_int8.xml", {}); "torch:fp16+eager" -> ("torch", "fp16", model, {"cuda_graphs": False}).
-    Options: ``SPEC_OPTIONS`` (eager, compile, cpu, cuda, gpudecode; spin / nospin: ONNX Runtime's
-    intra-op threads spinning between runs or not)."""
+    Options: ``SPEC_OPTIONS`` (eager, compile, cpu, cuda, gpudecode; spin / runspin / nospin: ONNX
+    Runtime's intra-op threads spinning always, inside a run only, never)."""
     spec, _, other = spec.partition("@")
     spec, *opts = spec.split("+")
     backend, _, precision = spec.partition(":")

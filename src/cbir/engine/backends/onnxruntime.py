@@ -39,17 +39,23 @@ _PROVIDERS = {
 }
 
 
+SPINNING = ("run", "always", "never")  # ``load_session``'s spinning modes
+
+
 def load_session(
     model: str | os.PathLike,
     provider: str = "cpu",
     threads: int | None = None,
-    spinning: bool = False,
+    spinning: str = "run",
     trt_options: dict | None = None,
 ):
     """Create an ``InferenceSession``; ``threads`` defaults to all cores, ORT_ENABLE_ALL, sequential.
-    ``spinning`` (default off): intra-op threads busy-wait between runs. Off, they sleep — the cores go
-    to what runs next (decoders, FAISS, ORB matching) instead of to threads waiting for a run that a
-    search may not make again (BENCHMARKS.md)."""
+    ``spinning``: when intra-op threads busy-wait for work — ``run`` (default): inside a run only (its
+    operators hand work to them fast) and they stop when it returns, so the cores go to what runs
+    next (decoders, FAISS, ORB matching); ``always``: between runs too (ORT's default); ``never``
+    (BENCHMARKS.md compares the three)."""
+    if spinning not in SPINNING:
+        raise CbirError(f"spinning={spinning!r}: choose one of {', '.join(SPINNING)}")
     import onnxruntime as ort
 
     path = Path(model)
@@ -63,7 +69,8 @@ def load_session(
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "never" else "1")
+    opts.add_session_config_entry("session.force_spinning_stop", "1" if spinning == "run" else "0")
     opts.log_severity_level = 3
     providers: list = list(_PROVIDERS[provider])
     if provider == "tensorrt":

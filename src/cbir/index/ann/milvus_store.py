@@ -173,14 +173,9 @@ def held_shards(c, collection: str) -> dict[int, int]:
     return out
 
 
-def wanted_shards(store) -> dict[int, int]:
-    """id → shard of every item the ledger calls indexed."""
-    return {int(i): int(s) for i, s in store.conn.execute("SELECT id, shard FROM items WHERE state = 'indexed'")}
-
-
 def diff(store, c, collection: str) -> tuple[list[int], dict[int, set[int]]]:
     """(ids to delete, shard → ids to write) that bring the collection to the ledger."""
-    have, want = held_shards(c, collection), wanted_shards(store)
+    have, want = held_shards(c, collection), store.indexed_shards()
     delete = sorted(i for i in have if i not in want)
     write: dict[int, set[int]] = {}
     for i, s in want.items():

@@ -122,6 +122,10 @@ class Store:
         """Shards that hold the current vector of at least one indexed item."""
         return {r[0] for r in self.conn.execute("SELECT DISTINCT shard FROM items WHERE state = 'indexed'")}
 
+    def indexed_shards(self) -> dict[int, int]:
+        """id -> shard of every ``indexed`` item."""
+        return dict(self.conn.execute("SELECT id, shard FROM items WHERE state = 'indexed'").fetchall())
+
     def indexed_ids_of_shard(self, shard: int) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT id FROM items WHERE shard = ? AND state = 'indexed'", (shard,))}
 
