@@ -239,13 +239,14 @@ def sync(gallery, factory: str, changed: np.ndarray | None = None, new_shards=()
         delete = sorted(int(i) for i in changed if int(i) not in now)
     write(gallery, delete, write_ids)
     ensure_index(gallery, factory)
-    return open_index({**gallery.config, "index_factory": factory}, gallery.store)
+    # it holds the ledger's indexed ids now (the writer lock is held: no commit comes in between)
+    return open_index({**gallery.config, "index_factory": factory}, gallery.store, gallery.store.indexed_ids())
 
 
-def open_index(config: dict, store) -> MilvusIndex:
-    """The collection of ``config["store"]`` as an index, holding the ledger's indexed ids when
-    index.json's generation is SQLite's (read twice around the ids: no commit in between), else the
-    collection's own."""
+def open_index(config: dict, store, held: np.ndarray | None = None) -> MilvusIndex:
+    """The collection of ``config["store"]`` as an index, holding ``held`` if given, else the ledger's
+    indexed ids when index.json's generation is SQLite's (read twice around the ids: no commit in
+    between), else the collection's own (read whole)."""
     target = parse(config["store"])
     c = client(target)
     if not c.has_collection(target.collection):
@@ -257,10 +258,11 @@ def open_index(config: dict, store) -> MilvusIndex:
     if theirs != owner(config):
         raise CbirError(f"--store {target.text}: collection {target.collection} holds the vectors of another index")
     c.load_collection(target.collection)
-    generation = store.generation
-    held = store.indexed_ids() if generation == config.get("faiss_generation") else None
-    if held is None or store.generation != generation:
-        held = np.fromiter(held_shards(c, target.collection), np.int64)
+    if held is None:
+        generation = store.generation
+        held = store.indexed_ids() if generation == config.get("faiss_generation") else None
+        if held is None or store.generation != generation:
+            held = np.fromiter(held_shards(c, target.collection), np.int64)
     factory = config.get("index_factory", config.get("factory", "Flat"))
     return MilvusIndex(c, target, int(config["dim"]), factory, held)
 
