@@ -134,8 +134,7 @@ def _check_faiss(gallery) -> list[dict]:
                 f"vs {store.generation}): a writer died before writing it",
             )
         )
-    held, want = set(maintain.stored_ids(index).tolist()), set(store.indexed_ids().tolist())
-    stale = _store_stale(index, store) if cfg.get("store") else 0
+    held, want, stale = _held(index, store)
     if held != want or stale:
         lacks = f"lacks {len(want - held)} indexed ids" + (f", holds an older vector of {stale}" if stale else "")
         out.append(_problem(part, f"holds {len(held - want)} ids not indexed and {lacks}"))
@@ -159,13 +158,16 @@ def _check_faiss(gallery) -> list[dict]:
     return out
 
 
-def _store_stale(index, store) -> int:
-    """Indexed ids a collection holds from an older shard than the ledger's (a re-embedded file)."""
+def _held(index, store) -> tuple[set[int], set[int], int]:
+    """(ids the vector store holds, ids the ledger calls indexed, indexed ids a ``--store`` collection
+    holds from an older shard than the ledger's — a re-embedded file); a collection is read once."""
+    want = store.indexed_shards()
+    if not faiss_index.is_external(index):
+        return set(faiss_index.stored_ids(index).tolist()), set(want), 0
     from cbir.index.ann import milvus_store
 
-    _, write = milvus_store.diff(store, index.client, index.target.collection)
-    have = set(index.collection_ids().tolist())
-    return sum(len(ids & have) for ids in write.values())
+    have = milvus_store.held_shards(index.client, index.target.collection)
+    return set(have), set(want), sum(1 for i, s in have.items() if i in want and want[i] != s)
 
 
 def _misplaced(index, q: np.ndarray, ids: np.ndarray, k: int = TIES) -> int:

@@ -125,16 +125,8 @@ def ensure_collection(config: dict, dim: int):
 
     target = parse(config["store"])
     c = client(target)
-    me = owner(config)
     if c.has_collection(target.collection):
-        props = c.describe_collection(target.collection).get("properties") or {}
-        theirs = json.loads(props.get(OWNER) or "{}")
-        if theirs != me:
-            raise CbirError(
-                f"--store {target.text}: collection {target.collection} holds the vectors of another index "
-                f"(model {theirs.get('fingerprint', '?')}, created {theirs.get('created', '?')}); "
-                f"choose another collection or drop that one"
-            )
+        _check_owner(c, target, config)
         if not c.list_indexes(target.collection):  # made by a write killed before its index: give it one
             _create_index(c, target.collection, "FLAT", {})
         c.load_collection(target.collection)  # a process of its own: queries need it loaded
@@ -144,18 +136,32 @@ def ensure_collection(config: dict, dim: int):
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
     schema.add_field("path", DataType.VARCHAR, max_length=65535)
     schema.add_field("shard", DataType.INT64)
-    c.create_collection(target.collection, schema=schema, properties={OWNER: json.dumps(me)})
-    if json.loads((c.describe_collection(target.collection).get("properties") or {}).get(OWNER, "{}")) != me:
-        c.alter_collection_properties(target.collection, properties={OWNER: json.dumps(me)})
+    c.create_collection(target.collection, schema=schema, properties={OWNER: json.dumps(owner(config))})
     _create_index(c, target.collection, "FLAT", {})  # queries need a loaded collection, loading an index
     c.load_collection(target.collection)
     return c, target
 
 
+def _check_owner(c, target: Target, config: dict) -> None:
+    """Refuse a collection whose ``cbir.owner`` is not this index (``owner``)."""
+    theirs = json.loads((c.describe_collection(target.collection).get("properties") or {}).get(OWNER) or "{}")
+    if theirs != owner(config):
+        raise CbirError(
+            f"--store {target.text}: collection {target.collection} holds the vectors of another index "
+            f"(model {theirs.get('fingerprint', '?')}, created {theirs.get('created', '?')}); "
+            f"choose another collection or drop that one"
+        )
+
+
+def _index_name(kind: str, params: dict) -> str:
+    """What an index is named for what it was built as (``flat``, ``ivf_flat_1024``, ...)."""
+    return "_".join([kind.lower(), *(str(v) for v in params.values())])
+
+
 def _create_index(c, collection: str, kind: str, params: dict) -> None:
-    """The vector index of ``kind``, named for what it was built as (``flat``, ``ivf_flat_1024``, ...)."""
+    """The vector index of ``kind``, named by ``_index_name``."""
     ip = c.prepare_index_params()
-    name = "_".join([kind.lower(), *(str(v) for v in params.values())])
+    name = _index_name(kind, params)
     # nested "params": what Milvus Lite reads (pymilvus 3 would send them flattened, which Lite ignores)
     ip.add_index(field_name="vector", index_type=kind, index_name=name, metric_type="IP", params={"params": params})
     c.create_index(collection, ip)
@@ -184,13 +190,11 @@ def diff(store, c, collection: str) -> tuple[list[int], dict[int, set[int]]]:
     return delete, write
 
 
-def write(gallery, delete: list[int], write_ids: dict[int, set[int]]) -> None:
+def write(gallery, c, coll: str, delete: list[int], write_ids: dict[int, set[int]]) -> None:
     """Delete ``delete``, upsert the post-processed vectors of ``write_ids`` (shard → ids) from the
     shard files, then flush: what index.json will say the collection holds is on its disk first."""
     from cbir.index.storage.shards import read_shard
 
-    c, target = ensure_collection(gallery.config, gallery.settings.dim)
-    coll = target.collection
     for s in range(0, len(delete), BATCH * 4):
         c.delete(coll, ids=[int(i) for i in delete[s : s + BATCH * 4]])
         crashpoints.hit("store-batch")
@@ -211,13 +215,10 @@ def write(gallery, delete: list[int], write_ids: dict[int, set[int]]) -> None:
     crashpoints.hit("store-written")
 
 
-def ensure_index(gallery, factory: str) -> None:
+def ensure_index(c, coll: str, factory: str) -> None:
     """The collection's vector index of ``factory``'s Milvus type (made again when it differs), loaded."""
-    c, target = ensure_collection(gallery.config, gallery.settings.dim)
-    coll = target.collection
     kind, params, _ = index_type(factory)
-    want = "_".join([kind.lower(), *(str(v) for v in params.values())])
-    if c.list_indexes(coll) == [want]:
+    if c.list_indexes(coll) == [_index_name(kind, params)]:
         return
     c.release_collection(coll)
     for name in c.list_indexes(coll):
@@ -230,15 +231,15 @@ def sync(gallery, factory: str, changed: np.ndarray | None = None, new_shards=()
     """Bring the collection to the ledger and return it as an index. ``changed`` None: compare it
     whole (``diff``); else the write knows what it changed — ``changed`` ids (removed, or queued again
     into ``new_shards``) and the items of ``new_shards``."""
+    c, target = ensure_collection(gallery.config, gallery.settings.dim)
     if changed is None:
-        c, target = ensure_collection(gallery.config, gallery.settings.dim)
         delete, write_ids = diff(gallery.store, c, target.collection)
     else:
         write_ids = {int(s): gallery.store.indexed_ids_of_shard(int(s)) for s in new_shards}
         now = set().union(*write_ids.values()) if write_ids else set()
         delete = sorted(int(i) for i in changed if int(i) not in now)
-    write(gallery, delete, write_ids)
-    ensure_index(gallery, factory)
+    write(gallery, c, target.collection, delete, write_ids)
+    ensure_index(c, target.collection, factory)
     # it holds the ledger's indexed ids now (the writer lock is held: no commit comes in between)
     return open_index({**gallery.config, "index_factory": factory}, gallery.store, gallery.store.indexed_ids())
 
@@ -254,9 +255,7 @@ def open_index(config: dict, store, held: np.ndarray | None = None) -> MilvusInd
             f"--store {target.text}: no collection {target.collection} (the build did not finish: "
             f"run `cbir index build --resume`)"
         )
-    theirs = json.loads((c.describe_collection(target.collection).get("properties") or {}).get(OWNER) or "{}")
-    if theirs != owner(config):
-        raise CbirError(f"--store {target.text}: collection {target.collection} holds the vectors of another index")
+    _check_owner(c, target, config)
     c.load_collection(target.collection)
     if held is None:
         generation = store.generation
