@@ -342,3 +342,39 @@ def test_a_one_query_search_runs_faiss_on_one_thread_and_restores_the_threads_se
         assert ids[0, 0] == 100 and (ids == own_i).all() and np.allclose(sims, own_s)
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def test_features_taken_in_the_decode_workers_equal_the_separate_pass(embedder, photos, tmp_path):
+    """A GPU build extracts local features in its decode workers (the file read once); forced here on
+    the CPU, every shard's feature file equals the separate pass's record for record, is there right
+    after the shard's commit, and a broken image or a strip too thin for ORB loses nothing."""
+    from PIL import Image
+
+    from cbir.index.ingest import pipeline
+    from cbir.index.storage import features
+
+    g_dir = tmp_path / "g"
+    files = make_gallery(g_dir, photos, 9)
+    make_broken_files(g_dir / "bad", files[1])
+    Image.new("RGB", (900, 40), (200, 30, 30)).save(g_dir / "strip.png")  # decodes; ORB finds nothing
+    separate = Gallery.create(tmp_path / "separate", embedder, shard_size=4)
+    report = separate.build([g_dir])
+    assert "local_features" in report["timings"] and "local_features_in_decode" not in report["timings"]  # CPU: apart
+    fused = Gallery.create(tmp_path / "fused", embedder, shard_size=4)
+    with fused.writing():
+        fused.scan([g_dir])
+        work = pipeline.process_pending(fused, fused=True)
+        shards = fused.store.done_shards()
+        assert len(shards) > 1 and all(features.feature_path(fused.root, s).is_file() for s in shards)
+        assert fused.extract_features() == 0  # nothing left for the separate pass
+        fused.rebuild_index()
+    assert work["indexed"] == 10 and work["timings"]["local_features_in_decode"] > 0 and not work["warnings"]
+    for s in shards:
+        a = np.load(features.feature_path(separate.root, s))
+        b = np.load(features.feature_path(fused.root, s))
+        assert a.tobytes() == b.tobytes()
+    strip = fused.store.items_by_paths()[os.path.abspath(g_dir / "strip.png")]
+    assert features.FeatureStore(fused.store, fused.root).get([strip[0]])[0]["n"] == 0
+    copy = tmp_path / "copy.jpg"
+    Image.open(files[4]).convert("RGB").resize((200, 150)).save(copy, quality=60)
+    assert fused.search([str(copy)], k=3)[0] == separate.search([str(copy)], k=3)[0]

@@ -4,6 +4,11 @@ Memory is O(batch): at most ``prefetch + 1`` batches (each one reusable uint8 bu
 whatever the number of inputs. Output order is the input order, and every input is accounted for:
 it is in a batch's ``indices`` (with a vector) or in its ``errors`` (with the reason).
 Pillow releases the GIL while decoding and resizing, so threads (default: all cores) suffice.
+
+``side(data, name)`` (optional): more work on each file's bytes in the same decode worker, e.g. an
+index build's local features — the file is read once and the side work runs on all cores while the
+backend runs earlier batches; its result is the input's ``facts.side`` (it must not raise: it
+reports its own problems in what it returns). Its time is ``Timings.side``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from cbir.engine.row_stats import row_stats
 from cbir.sources import DEFAULT_READER, is_uri
 
 PREFETCH = 2
+Side = Callable[[object, str], object]  # (the file's bytes, or the in-memory image; its name) -> anything
 
 
 @dataclass
@@ -33,6 +39,7 @@ class Timings:
 
     read: float = 0.0
     decode: float = 0.0
+    side: float = 0.0  # ``side`` work (summed over workers)
     infer: float = 0.0
     wait: float = 0.0  # inference thread waiting for decoded batches
     wall: float = 0.0
@@ -40,13 +47,15 @@ class Timings:
     failed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, read: float, decode: float) -> None:
+    def add(self, read: float, decode: float, side: float = 0.0) -> None:
         with self._lock:
             self.read += read
             self.decode += decode
+            self.side += side
 
     def as_dict(self) -> dict:
-        d = {k: round(getattr(self, k), 4) for k in ("read", "decode", "infer", "wait", "wall")}
+        keys = ("read", "decode", "side", "infer", "wait", "wall") if self.side else ("read", "decode", "infer", "wait", "wall")
+        d = {k: round(getattr(self, k), 4) for k in keys}
         d.update(
             images=self.images,
             failed=self.failed,
@@ -70,6 +79,7 @@ class FileFacts:
     size: int | None = None
     sha1: str | None = None
     stats: np.ndarray | None = None  # ``row_stats`` of the decoded row
+    side: object = None  # what ``iter_batches``' ``side`` returned for this input
 
 
 @dataclass
@@ -99,7 +109,9 @@ def read_source(source: str | os.PathLike, hash_files: bool = False) -> tuple[by
     return data, FileFacts(len(data), hashlib.sha1(data).hexdigest() if hash_files else None)
 
 
-def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool, timings: Timings) -> FileFacts:
+def _load(
+    source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool, timings: Timings, side: Side | None = None
+) -> FileFacts:
     facts = FileFacts()
     t0 = time.perf_counter()
     if isinstance(source, (str, os.PathLike)):
@@ -111,10 +123,15 @@ def _load(source: ImageSource, pp: Preprocess, out: np.ndarray, hash_files: bool
         except ImageError as e:
             raise ImageError(name, e.reason) from None
     else:
+        name, data = describe(source), source
         t1 = time.perf_counter()
         pp(source, out)
     facts.stats = row_stats(out, structure=False)
-    timings.add(t1 - t0, time.perf_counter() - t1)
+    t2 = t3 = time.perf_counter()
+    if side is not None:
+        facts.side = side(data, name)
+        t3 = time.perf_counter()
+    timings.add(t1 - t0, t2 - t1, t3 - t2)
     return facts
 
 
@@ -157,6 +174,7 @@ def iter_batches(
     timings: Timings | None = None,
     submit: Callable[[np.ndarray], Callable[[], np.ndarray]] | None = None,
     in_flight: int = 1,
+    side: Side | None = None,
 ) -> Iterator[Batch]:
     """Yield ``Batch``es in input order; decoding of the next batches overlaps ``run`` of this one.
     ``run`` returns vectors, or (vectors, regional descriptors) (``OrtRunner.run_regions``).
@@ -164,7 +182,8 @@ def iter_batches(
     that gives its answer; up to ``in_flight`` batches (the runner's ``slots``) are submitted before
     the oldest is collected, so a GPU runner copies the next batch while it executes this one.
     Every input's ``facts.stats`` holds its row's mean colour (``row_stats`` without the
-    structure: an index stores it for pixel-shuffled queries)."""
+    structure: an index stores it for pixel-shuffled queries); ``side``: see the module docstring
+    (it runs only for inputs whose decode succeeded)."""
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: must be ≥ 1")
     if submit is None:
@@ -185,7 +204,7 @@ def iter_batches(
             if not chunk:
                 return
             buf = free.pop()
-            futs = [pool.submit(_load, src, pp, buf[slot], hash_files, timings) for slot, (_, src) in enumerate(chunk)]
+            futs = [pool.submit(_load, src, pp, buf[slot], hash_files, timings, side) for slot, (_, src) in enumerate(chunk)]
             pending.append((chunk, buf, futs))
 
         def collect() -> Batch:

@@ -18,7 +18,7 @@ import numpy as np
 from cbir.engine.backends import load_backend
 from cbir.engine.backends.base import AUTO_BATCH_CANDIDATES
 from cbir.engine.batcher import DynamicBatcher
-from cbir.engine.bulk import Batch, Timings, iter_batches
+from cbir.engine.bulk import Batch, Side, Timings, iter_batches
 from cbir.engine.preprocess import ImageError, ImageSource, Preprocess
 from cbir.errors import CbirError
 from cbir.modelinfo import ModelInfo
@@ -189,9 +189,10 @@ class Embedder:
         hash_files: bool = False,
         timings: Timings | None = None,
         regions: bool = False,
+        side: Side | None = None,
     ) -> Iterator[Batch]:
         """Lower-level bulk iterator (see ``cbir.engine.bulk.iter_batches``); ``regions``: batches
-        also carry the regional descriptors."""
+        also carry the regional descriptors; ``side``: more work per file in the decode workers."""
         if self.decoder is not None and not regions:
             from cbir.engine.gpu_decode import iter_batches_device
 
@@ -204,6 +205,7 @@ class Embedder:
                 self.workers,
                 hash_files,
                 timings,
+                side,
             )
         submit = None if regions else self.runner.submit  # regions come from run_regions, one batch at a time
         return iter_batches(
@@ -216,6 +218,7 @@ class Embedder:
             timings=timings,
             submit=submit,
             in_flight=1 if regions else self.runner.slots,
+            side=side,
         )
 
     def embed_files(

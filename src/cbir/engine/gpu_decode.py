@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from cbir.cores import all_cores
-from cbir.engine.bulk import Batch, FileFacts, Timings, read_source
+from cbir.engine.bulk import Batch, FileFacts, Side, Timings, read_source
 from cbir.engine.preprocess import ImageError, ImageSource, Preprocess, describe
 from cbir.errors import CbirError
 
@@ -139,8 +139,10 @@ def iter_batches_device(
     workers: int | None = None,
     hash_files: bool = False,
     timings: Timings | None = None,
+    side: Side | None = None,
 ) -> Iterator[Batch]:
-    """Like ``bulk.iter_batches``, decoding on ``decoder.device`` and running ``runner.run_torch``."""
+    """Like ``bulk.iter_batches``, decoding on ``decoder.device`` and running ``runner.run_torch``;
+    ``side`` runs in the read workers, on the file's bytes, before the device decodes them."""
     import torch
 
     if batch_size < 1:
@@ -165,7 +167,7 @@ def iter_batches_device(
         def read_next() -> None:
             chunk = [x for _, x in zip(range(batch_size), it)]
             if chunk:
-                pending.append((chunk, [pool.submit(_timed_fetch, src, hash_files, timings) for _, src in chunk]))
+                pending.append((chunk, [pool.submit(_timed_fetch, src, hash_files, timings, side) for _, src in chunk]))
 
         read_next()
         while pending:
@@ -232,8 +234,12 @@ def decoder_pixels(decoder, data: bytes) -> int | None:
     return fn(data) if fn is not None else None
 
 
-def _timed_fetch(source: ImageSource, hash_files: bool, timings: Timings):
+def _timed_fetch(source: ImageSource, hash_files: bool, timings: Timings, side: Side | None = None):
     t0 = time.perf_counter()
-    out = _fetch(source, hash_files)
-    timings.add(time.perf_counter() - t0, 0.0)
-    return out
+    data, facts = _fetch(source, hash_files)
+    t1 = t2 = time.perf_counter()
+    if side is not None:
+        facts.side = side(data if data is not None else source, describe(source))
+        t2 = time.perf_counter()
+    timings.add(t1 - t0, 0.0, t2 - t1)
+    return data, facts

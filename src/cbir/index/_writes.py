@@ -118,7 +118,7 @@ def _add(gallery, paths, batch_size: int, progress: bool, retry_failed: bool, pa
 
 def _timed_features(gallery, work: dict, progress: bool) -> None:
     t0 = time.perf_counter()
-    warnings = work.setdefault("warnings", [])
+    warnings = work.setdefault("warnings", [])  # the decode workers' (``process_pending``) come first
     if gallery.extract_features(
         progress, on_problem=lambda p, r: warnings.append({"path": p, "stage": "local features", "error": r})
     ):

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cbir import crashpoints
-from cbir.index.storage import regions
+from cbir.index.storage import features, regions
 from cbir.index.storage.shards import ShardOutput, read_shard, shard_path, write_shard
 from cbir.sources import ParquetSpec, expand, is_uri, stat
 
@@ -119,25 +119,49 @@ def pending_work(store) -> list[tuple[int, list[tuple[int, str]]]]:
     return [(s, store.shard_items(s, "pending")) for s in store.pending_shards()]
 
 
-def process_pending(gallery, batch_size: int | None = None, progress: bool = False) -> dict:
+def features_in_decode(gallery, embedder) -> bool:
+    """Whether a local build extracts local features in its decode workers: when the index keeps
+    them and the model runs on a GPU (the CPU cores are otherwise idle while it runs). On the CPU
+    the model's threads and ORB share the same cores and a separate pass after the vectors costs
+    the same (BENCHMARKS.md), so it stays separate there."""
+    return bool(gallery.settings.local_features) and bool(getattr(embedder.runner, "on_gpu", False))
+
+
+def process_pending(
+    gallery, batch_size: int | None = None, progress: bool = False, fused: bool | None = None
+) -> dict:
     """Embed every pending shard here and commit each as it finishes; returns counts and stage
-    timings (``build.ray.process_with_ray`` is the same on Ray workers)."""
+    timings (``build.ray.process_with_ray`` is the same on Ray workers). ``fused`` (default:
+    ``features_in_decode``): the decode workers extract local features too (``features.one``) and
+    each shard's feature file is written right after its commit; their problems are ``warnings``."""
     adopt_outputs(gallery.store, gallery.root)
     from cbir.engine.bulk import Timings
 
     emb = gallery.embedder()
     timings = Timings()
     work = pending_work(gallery.store)
+    fused = features_in_decode(gallery, emb) if fused is None else fused and bool(gallery.settings.local_features)
+    warnings: list[dict] = []
     bar = progress_bar(sum(len(items) for _, items in work), progress)
     indexed = failed = 0
     for shard, items in work:
-        out = embed_shard(emb, gallery.root, shard, items, batch_size, timings, bar.update if bar else None)
+        sides: dict | None = {} if fused else None
+        out = embed_shard(emb, gallery.root, shard, items, batch_size, timings, bar.update if bar else None, sides)
         n_ok, n_bad = commit_shard(gallery.store, shard, out)
+        if sides is not None:
+            paths = dict(items)
+            rows = [(int(i), paths[int(i)], sides[int(i)]) for i in out.ids]
+            features.write_records(
+                gallery.root, shard, rows, lambda p, r: warnings.append({"path": p, "stage": "local features", "error": r})
+            )
         indexed += n_ok
         failed += n_bad
     if bar is not None:
         bar.close()
-    return {"indexed": indexed, "failed_now": failed, "timings": timings.as_dict()}
+    t = timings.as_dict()
+    if "side" in t:  # seconds summed over the decode workers
+        t["local_features_in_decode"] = t.pop("side")
+    return {"indexed": indexed, "failed_now": failed, "timings": t, "warnings": warnings}
 
 
 def embed_shard(
@@ -148,14 +172,17 @@ def embed_shard(
     batch_size: int | None = None,
     timings=None,
     on_batch: Callable[[int], None] | None = None,
+    sides: dict | None = None,
 ) -> ShardOutput:
     """Embed one shard's files and write its output file (the worker side of a build). A model with
-    regional descriptors (``cbir export --regions``) also gets its regions file, written first."""
+    regional descriptors (``cbir export --regions``) also gets its regions file, written first.
+    ``sides`` (a dict): filled with each embedded item's local features (``features.one``), by id."""
     ids = np.array([i for i, _ in items], np.int64)
     with_regions = embedder.num_regions > 0
     vec_parts, reg_parts, ok, sha1, size, bad, reasons, colours = [], [], [], [], [], [], [], []
+    side = features.one if sides is not None else None
     for b in embedder.iter_batches(
-        [p for _, p in items], batch_size, hash_files=True, timings=timings, regions=with_regions
+        [p for _, p in items], batch_size, hash_files=True, timings=timings, regions=with_regions, side=side
     ):
         if b.indices:
             vec_parts.append(b.vectors)
@@ -167,6 +194,8 @@ def embed_shard(
                 size.append(b.facts[pos].size)
                 st = b.facts[pos].stats
                 colours.append(st[:3] if st is not None else np.full(3, np.nan, np.float32))
+                if sides is not None:
+                    sides[int(ids[pos])] = b.facts[pos].side
         for pos, _, reason in b.errors:
             bad.append(ids[pos])
             reasons.append(reason)

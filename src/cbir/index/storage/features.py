@@ -9,6 +9,11 @@ until their shard is rewritten, but are never looked up (only ``indexed`` items 
 Any exception of one image (not only a decode error) gives that image an empty record and a
 warning in the build report; it never stops the job.
 Files are memory-mapped: a query reads only the rows it verifies.
+
+A local build extracts them in its decode workers (``one`` as ``bulk.iter_batches``' ``side``: each
+file read once, the features on all cores while the model runs) and writes a shard's file right
+after committing its vectors (``write_records``); ``ensure`` does the rest (Ray builds, shards of a
+killed build, ``cbir index features``).
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ def feature_path(root: Path, shard: int) -> Path:
     return Path(root) / "shards" / f"shard-{shard:06d}.{KIND}.npy"
 
 
-def _one(path: str) -> tuple[np.void, str | None]:
+def one(source, name: str) -> tuple[np.void, str | None]:
     """(record, None), or (empty record, reason) when this image gives no features: the item stays
-    indexed (its vector is good) and simply verifies nothing; the reason goes into the report."""
+    indexed (its vector is good) and simply verifies nothing; the reason goes into the report.
+    ``source``: a path, or the file's bytes (``name`` names it). Never raises."""
     try:
-        return local_features.extract(path, path), None
+        return local_features.extract(source, name), None
     except ImageError as e:
         return local_features.empty(), e.reason
     except Exception as e:  # any other failure of one image (an OpenCV assertion, a decoder bug) is that image's
@@ -55,16 +61,32 @@ def extract_shard(
 ) -> Path:
     """Extract and write one shard's feature file; returns its path. ``on_problem(path, reason)``
     hears of every image that gave no features because of an error."""
-    out = np.zeros(len(items), DTYPE)
-    out["id"] = [i for i, _ in items]
     with ThreadPoolExecutor(workers or all_cores()) as pool:  # OpenCV and Pillow release the GIL
-        for row, (rec, problem) in enumerate(pool.map(_one, [p for _, p in items])):
-            for name in local_features.DTYPE.names:
-                out[row][name] = rec[name]
-            if problem is not None and on_problem is not None:
-                on_problem(items[row][1], problem)
+
+        def counted(path: str) -> tuple[np.void, str | None]:
+            got = one(path, path)
             if on_item is not None:
                 on_item(1)
+            return got
+
+        results = list(pool.map(counted, [p for _, p in items]))
+    return write_records(root, shard, [(i, p, r) for (i, p), r in zip(items, results)], on_problem)
+
+
+def write_records(
+    root: Path,
+    shard: int,
+    rows: Sequence[tuple[int, str, tuple[np.void, str | None]]],
+    on_problem: Callable[[str, str], None] | None = None,
+) -> Path:
+    """Write one shard's feature file from (id, path, ``one``'s answer) rows; returns its path."""
+    out = np.zeros(len(rows), DTYPE)
+    out["id"] = [i for i, _, _ in rows]
+    for row, (_, path_, (rec, problem)) in enumerate(rows):
+        for name in local_features.DTYPE.names:
+            out[row][name] = rec[name]
+        if problem is not None and on_problem is not None:
+            on_problem(path_, problem)
     path = feature_path(root, shard)
     with fsio.atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, out)
