@@ -188,6 +188,50 @@ def test_torch_cuda_graphs_match_eager(lite0_onnx):
     assert graphs.runner.captured == [4, 8, 64, 256]
 
 
+def test_torch_slots_keep_two_batches_in_flight(lite0_onnx):
+    """Two submitted batches hold both slots until collected; answers equal one slot's, in order, also
+    with four threads sharing the slots; the bulk pipeline submits with the runner's two slots."""
+    _import_or_skip("torch")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cbir.engine.embedder import Embedder
+
+    two = Embedder(lite0_onnx, backend="torch", device="cuda", precision="fp32")
+    one = Embedder(lite0_onnx, backend="torch", device="cuda", precision="fp32", slots=1)
+    assert two.runner.slots == 2 and one.runner.slots == 1
+    h, w = two.info.input_size
+    x = np.random.default_rng(0).integers(0, 256, (300, h, w, 3), dtype=np.uint8)
+    first, second = two.runner.submit(x[:5]), two.runner.submit(x[5:37])
+    assert two.runner._slots.qsize() == 0  # both in flight
+    a, b = first(), second()
+    assert two.runner._slots.qsize() == 2 and first() is a  # a handle answers once, then repeats it
+    np.testing.assert_allclose(np.concatenate([a, b]), one.run(x[:37]), atol=1e-5)
+    np.testing.assert_allclose(two.run(x), one.run(x), atol=1e-5)  # 300 rows: past one slot, run splits
+
+    def job(seed):
+        y = np.random.default_rng(seed).integers(0, 256, (9, h, w, 3), dtype=np.uint8)
+        return np.allclose(two.run(y), one.run(y), atol=1e-5)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(job, range(12)))
+
+
+def test_torch_compile_and_tf32_flags(lite0_onnx, embedder, photos):
+    """``compile`` (max-autotune, BatchNorm frozen in) agrees with ORT FP32; FP32 says whether TF32 ran."""
+    torch = _import_or_skip("torch")
+    from cbir.engine.embedder import Embedder
+
+    srcs = [str(p) for p in photos]
+    ref = embedder.embed(srcs)
+    compiled = Embedder(lite0_onnx, backend="torch", device="cuda", compile=True, batch_size=8)
+    assert compiled.runner.providers == ["torch-cuda-fp16-compiled"]
+    assert float(np.sum(compiled.embed(srcs) * ref, axis=1).min()) >= 0.999
+    ieee = Embedder(lite0_onnx, backend="torch", device="cuda", precision="fp32", tf32=False)
+    assert ieee.runner.providers[0].endswith("-ieee") and not torch.backends.cudnn.allow_tf32
+    assert float(np.sum(ieee.embed(srcs) * ref, axis=1).min()) >= 0.9999
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+
+
 def test_gpu_decode_matches_cpu_decode(lite0_onnx, photos, tmp_path):
     """--decode gpu (nvImageCodec + device resize) against CPU decode, same torch FP32 model: every
     file accounted for in the same order (the PNGs through the per-image CPU fallback), cos ≥ 0.99."""

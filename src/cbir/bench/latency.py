@@ -196,6 +196,8 @@ SPEC_OPTIONS = {
     "cpu": {"device": "cpu"},
     "cuda": {"device": "cuda"},
     "gpudecode": {"decode": "gpu"},
+    "oneslot": {"slots": 1},  # torch on CUDA: no copy overlapped with the model (default 2 slots)
+    "notf32": {"tf32": False},  # torch FP32 on CUDA: IEEE FP32 convolutions and matmuls
     "spin": {"spinning": "always"},
     "runspin": {"spinning": "run"},
     "nospin": {"spinning": "never"},
@@ -247,6 +249,7 @@ def compare_backends(
     repeats: int = 5,
     e2e_batch: int | None = None,
     threads: int | None = None,
+    e2e_images: int | None = None,
 ) -> dict:
     """Backend × precision (× model file: ``backend[:precision][@file]``) in one process run: model-only
     img/s per batch size and end-to-end img/s from image files (after one untimed pass), repeats
@@ -254,7 +257,9 @@ def compare_backends(
     first one. A spec other than the first that cannot start on this host is listed under
     "unavailable" with its error. End-to-end runs use ``e2e_batch`` (default: each one's auto batch size).
     With files, each spec also embeds the first ``AGREEMENT_FILES`` of them end to end and reports
-    its cosine to the first spec's vectors (min and median): a faster spec must say what it costs."""
+    its cosine to the first spec's vectors (min and median): a faster spec must say what it costs.
+    ``e2e_images``: each end-to-end run embeds that many inputs, the files cycled (steady state:
+    many batches, the decode pool and the copies in flight all busy; default: the files once)."""
     from cbir.engine.embedder import Embedder
 
     embs, unavailable = {}, {}
@@ -274,6 +279,7 @@ def compare_backends(
         from cbir.sources import find_images
 
         files = [str(p) for p in find_images([data])]
+    timed = files if not (files and e2e_images) else [files[i % len(files)] for i in range(e2e_images)]
     runs: dict = {s: {"model_only": {str(b): [] for b in batch_sizes}, "end_to_end": []} for s in specs}
     if files:  # untimed first pass: CUDA graphs, decoder state and first-shape kernels are built here
         for emb in embs.values():
@@ -284,7 +290,7 @@ def compare_backends(
                 runs[s]["model_only"][str(b)].append(throughput(emb.run, big[:b], 1, 1)["median"])
             if files:
                 runs[s]["end_to_end"].append(
-                    emb.embed_files(files, batch_size=e2e_batch).timings.as_dict()["images_per_s"]
+                    emb.embed_files(timed, batch_size=e2e_batch).timings.as_dict()["images_per_s"]
                 )
     agreement = _agreement(embs, specs[0], files[:AGREEMENT_FILES]) if files else {}
     base = specs[0]
@@ -293,6 +299,7 @@ def compare_backends(
         "batch_sizes": list(batch_sizes),
         "repeats": repeats,
         "files": len(files) if files else 0,
+        "e2e_images": len(timed) if files else 0,
         "e2e_batch": e2e_batch,
         "backends": {},
         "unavailable": unavailable,

@@ -218,7 +218,7 @@ def cmd_bench_latency(a: argparse.Namespace) -> int:
     if a.compare:
         from cbir.bench.latency import compare_backends
 
-        r = compare_backends(a.model, a.compare.split(","), bs, a.data, a.repeats, threads=a.threads)
+        r = compare_backends(a.model, a.compare.split(","), bs, a.data, a.repeats, threads=a.threads, e2e_images=a.e2e_images)
         if a.json:
             print_json(r)
             return 0
@@ -584,11 +584,15 @@ def _latency_parser(bench) -> None:
         "--compare",
         help="backend[:precision][+option][@file] list measured side by side in one run, ratios "
         "to the first, e.g. onnxruntime,openvino:bf16,openvino@model_int8.xml,torch:fp16,"
-        "torch:fp16+eager (options: eager = no CUDA graphs, compile, cpu, cuda)",
+        "torch:fp16+eager (options: eager = no CUDA graphs, compile = torch.compile max-autotune, cpu, cuda, "
+        "gpudecode, oneslot = no copy overlap, notf32 = IEEE FP32, spin / runspin / nospin)",
     )
     bl.add_argument("--batch-sizes", default="1,8,32,64")
     bl.add_argument("--concurrency", default="1,8,32")
     bl.add_argument("--data", help="image folder for the end-to-end figure")
+    bl.add_argument(
+        "--e2e-images", type=int, help="inputs per end-to-end run, the --data files cycled (default: each file once)"
+    )
     bl.add_argument("--baseline", choices=["torch"], help="also measure PyTorch eager in the same run")
     bl.add_argument("--repeats", type=int, default=5)
     bl.add_argument("--threads", type=int)

@@ -51,12 +51,21 @@ def _torch(
     threads: int | None = None,
     cuda_graphs: bool | None = None,
     compile: bool = False,
+    slots: int | None = None,
+    tf32: bool | None = None,
     **options,
 ) -> Runner:
     from cbir.engine.backends.torch import TorchRunner
 
     return TorchRunner(
-        model, device=device, precision=precision, threads=threads, compile=compile, cuda_graphs=cuda_graphs
+        model,
+        device=device,
+        precision=precision,
+        threads=threads,
+        compile=compile,
+        cuda_graphs=cuda_graphs,
+        slots=slots,
+        tf32=tf32,
     )
 
 
@@ -80,7 +89,7 @@ def load_backend(model: str, backend: str = "onnxruntime", **options) -> Runner:
         raise CbirError(f"--device applies to --backend {' or '.join(sorted(DEVICE))}, not {backend}")
     if options.get("device") is None:
         options.pop("device", None)
-    torch_only = sorted(k for k in ("cuda_graphs", "compile") if k in options)
+    torch_only = sorted(k for k in ("cuda_graphs", "compile", "tf32") if k in options)
     if torch_only and backend != "torch":
         raise CbirError(f"{', '.join(torch_only)}: options of --backend torch, not {backend}")
     precision = options.pop("precision", None)
