@@ -199,3 +199,26 @@ def test_distractors_are_seeded_crops_of_the_sources_and_resume(tmp_path, photos
     monkeypatch.setattr(distractors, "DEFAULT_SOURCES", (str(tmp_path / "none"),))
     with pytest.raises(CbirError, match="no distractor sources"):
         distractors.make(tmp_path / "d3", 1)
+
+
+def test_bench_build_names_each_stage_its_bound_and_builds_both_ways(lite0_onnx, photos, tmp_path, capsys):
+    """Every CPU stage at 1 and 2 workers, the model alone, the bound and what limits it, and two real
+    builds of the same files (features apart / in the decode workers) indexing every one of them."""
+    from cbir.cli import main
+
+    make_gallery(tmp_path / "g", photos, 8)
+    args = ["bench", "build", "--model", str(lite0_onnx), "--data", str(tmp_path / "g"), "--repeats", "1"]
+    assert main([*args, "--images", "12", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["stages_images_per_s"]) == {"read", "decode", "local_features"} and r["stage_images"] == 12
+    assert all(set(v) == {"1", "2"} and min(v.values()) > 0 for v in r["stages_images_per_s"].values())
+    assert r["files"] == 8 and r["model_images_per_s"] > 0 and r["limited_by"].startswith("cpu cores")
+    b = r["bound_images_per_s"]
+    assert b["cpu_cores_shared"] < min(b["model"], b["decode_and_local_features_pool"])
+    apart, fused = r["builds"]
+    assert apart["images"] == fused["images"] == 8
+    assert apart["separate_features_s"] > 0 and fused["timings"]["local_features_in_decode"] > 0
+    assert main([*args, "--workers", "1"]) == 0 and "limited by cpu cores" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main(["bench", "build", "--model", str(lite0_onnx), "--data", str(tmp_path / "empty")]) != 0
+    assert "--data" in capsys.readouterr().err

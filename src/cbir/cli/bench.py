@@ -189,6 +189,39 @@ def _print_copy_search(r: dict, head: str = "") -> None:
     )
 
 
+def cmd_bench_build(a: argparse.Namespace) -> int:
+    from cbir.bench.build import bench_build
+    from cbir.engine.embedder import Embedder
+
+    emb = Embedder(
+        a.model,
+        backend=a.backend,
+        precision=a.precision,
+        device=a.device,
+        batch_size=a.batch_size,
+        decode=a.decode,
+    )
+    r = bench_build(emb, a.data, _sizes(a.workers), a.images, a.repeats)
+    if a.json:
+        print_json(r)
+        return 0
+    top = str(r["workers"][-1])
+    for name, rates in r["stages_images_per_s"].items():
+        per = ", ".join(f"{w} workers {v:.0f}" for w, v in rates.items())
+        print(f"{name:15s} {per} img/s (scaling {r['scaling'][name]}×)")
+    print(f"{'model':15s} {r['model_images_per_s']:.0f} img/s at batch {r['batch_size']} ({r['providers'][0]})")
+    b = r["bound_images_per_s"]
+    print(
+        f"bound: decode + local features on {top} workers {b['decode_and_local_features_pool']:.0f} img/s, "
+        f"model {b['model']:.0f} img/s"
+        + (f", both on the CPU cores {b['cpu_cores_shared']:.0f} img/s" if "cpu_cores_shared" in b else "")
+        + f": limited by {r['limited_by']}"
+    )
+    for run in r["builds"]:
+        print(f"build, local features {run['features']}: {run['images']} images, {run['images_per_s']:.0f} img/s")
+    return 0
+
+
 def cmd_bench_exact(a: argparse.Namespace) -> int:
     from cbir.bench.exact import bench_exact
 
@@ -218,7 +251,9 @@ def cmd_bench_latency(a: argparse.Namespace) -> int:
     if a.compare:
         from cbir.bench.latency import compare_backends
 
-        r = compare_backends(a.model, a.compare.split(","), bs, a.data, a.repeats, threads=a.threads, e2e_images=a.e2e_images)
+        r = compare_backends(
+            a.model, a.compare.split(","), bs, a.data, a.repeats, threads=a.threads, e2e_images=a.e2e_images
+        )
         if a.json:
             print_json(r)
             return 0
@@ -562,6 +597,22 @@ def _dedup_parser(bench) -> None:
     bd.set_defaults(fn=cmd_bench_dedup)
 
 
+def _build_parser(bench) -> None:
+    bb = bench.add_parser(
+        "build", help="a default index build's stages alone, its bound and limit, and two real builds"
+    )
+    bb.add_argument("--model", required=True)
+    bb.add_argument("--data", required=True, help="image folder (its files are also built into throw-away indexes)")
+    backend_args(bb)
+    bb.add_argument("--batch-size", type=int, help="the build's batch size (default: auto)")
+    bb.add_argument("--decode", choices=["cpu", "gpu"], default="cpu")
+    bb.add_argument("--workers", default="1,2", help="decode-pool sizes for the stage rates (default 1,2)")
+    bb.add_argument("--images", type=int, help="inputs per stage run, the files cycled (default: each once)")
+    bb.add_argument("--repeats", type=int, default=3)
+    bb.add_argument("--json", action="store_true")
+    bb.set_defaults(fn=cmd_bench_build)
+
+
 def _exact_parser(bench) -> None:
     be = bench.add_parser("exact", help="exact k-NN in PyTorch (FP16 on cuda) beside FAISS's CPU Flat, same vectors")
     be.add_argument("--n", type=int, default=1_000_000)
@@ -720,6 +771,7 @@ def register(sub) -> None:
     _class_search_parser(bench)
     _distractors_parser(bench)
     _dedup_parser(bench)
+    _build_parser(bench)
     _exact_parser(bench)
     _latency_parser(bench)
     _sweep_parser(bench)

@@ -54,7 +54,11 @@ class Timings:
             self.side += side
 
     def as_dict(self) -> dict:
-        keys = ("read", "decode", "side", "infer", "wait", "wall") if self.side else ("read", "decode", "infer", "wait", "wall")
+        keys = (
+            ("read", "decode", "side", "infer", "wait", "wall")
+            if self.side
+            else ("read", "decode", "infer", "wait", "wall")
+        )
         d = {k: round(getattr(self, k), 4) for k in keys}
         d.update(
             images=self.images,
@@ -204,7 +208,9 @@ def iter_batches(
             if not chunk:
                 return
             buf = free.pop()
-            futs = [pool.submit(_load, src, pp, buf[slot], hash_files, timings, side) for slot, (_, src) in enumerate(chunk)]
+            futs = [
+                pool.submit(_load, src, pp, buf[slot], hash_files, timings, side) for slot, (_, src) in enumerate(chunk)
+            ]
             pending.append((chunk, buf, futs))
 
         def collect() -> Batch:

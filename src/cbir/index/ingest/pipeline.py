@@ -127,9 +127,7 @@ def features_in_decode(gallery, embedder) -> bool:
     return bool(gallery.settings.local_features) and bool(getattr(embedder.runner, "on_gpu", False))
 
 
-def process_pending(
-    gallery, batch_size: int | None = None, progress: bool = False, fused: bool | None = None
-) -> dict:
+def process_pending(gallery, batch_size: int | None = None, progress: bool = False, fused: bool | None = None) -> dict:
     """Embed every pending shard here and commit each as it finishes; returns counts and stage
     timings (``build.ray.process_with_ray`` is the same on Ray workers). ``fused`` (default:
     ``features_in_decode``): the decode workers extract local features too (``features.one``) and
@@ -152,7 +150,10 @@ def process_pending(
             paths = dict(items)
             rows = [(int(i), paths[int(i)], sides[int(i)]) for i in out.ids]
             features.write_records(
-                gallery.root, shard, rows, lambda p, r: warnings.append({"path": p, "stage": "local features", "error": r})
+                gallery.root,
+                shard,
+                rows,
+                lambda p, r: warnings.append({"path": p, "stage": "local features", "error": r}),
             )
         indexed += n_ok
         failed += n_bad
