@@ -67,7 +67,7 @@ def test_concurrent_searches_are_combined_into_one_matmul():
         np.testing.assert_array_equal(got[i][1], want_i)
         np.testing.assert_allclose(got[i][0], want_s, atol=1e-5)
 
-    def boom(q, k):
+    def boom(q, k, params=None):
         raise RuntimeError("device lost")
 
     t._search = boom

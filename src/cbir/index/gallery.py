@@ -91,7 +91,7 @@ class Gallery:
         self._disk_generation = None  # refresh: faiss_generation in index.json when last read
         self._reconciler: threading.Thread | None = None
         self.load_error: str | None = None  # the last failed load of a newer index.faiss (refresh)
-        self.search_device = search_device  # exact search in PyTorch on this device (Flat indexes), else FAISS
+        self.search_device = search_device  # search in PyTorch on this device (Flat, IVF-Flat, IVF-SQ8), else FAISS
         self._reconstructable = None
         self._whitening = None
         self.features = FeatureStore(self.store, self.root)  # local features by id (memory-mapped)
@@ -236,9 +236,9 @@ class Gallery:
                 if faiss_index.is_external(index):  # a Milvus collection: searched where it lives
                     searched = index
                 elif self.search_device:
-                    from cbir.index.ann.torch_flat import TorchFlat
+                    from cbir.index.ann.torch_ivf import on_device
 
-                    searched = TorchFlat(index, self.search_device)
+                    searched = on_device(index, self.search_device)
                 else:
                     searched = faiss_index.to_gpu(index) if faiss_index.gpu_available() else index
                 self._snap = Snapshot(index, searched, self._index_generation if current else None)

@@ -29,6 +29,15 @@ CHUNK_ROWS = 1 << 20
 MAX_COMBINED = 4096  # query rows per combined matmul
 
 
+def import_torch(device: str):
+    """torch, once ``device`` (cuda or cpu) is known to be usable."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CbirError(f"--search-device cuda: torch {torch.__version__} sees no CUDA device")
+    return torch
+
+
 def _flat_vectors(index) -> tuple[np.ndarray, np.ndarray]:
     """(vectors [n, d] float32, ids [n] int64) of a Flat index, IDMap/IDMap2 looked through."""
     import faiss
@@ -46,16 +55,79 @@ def _flat_vectors(index) -> tuple[np.ndarray, np.ndarray]:
     return x, (np.arange(outer.ntotal, dtype=np.int64) if ids is None else ids)
 
 
-class TorchFlat:
+class Combining:
+    """Flat combining of concurrent searches (see the module docstring): subclasses give ``d``,
+    ``ntotal``, ``_ids`` (row → id, or their own ``_to_ids``) and ``_search(queries, k, params)`` →
+    (similarities, rows); requests are combined only with others of the same ``params``."""
+
+    d: int
+    ntotal: int
+    _ids: np.ndarray
+
+    def _start_combining(self) -> None:
+        self._run_lock = threading.Lock()  # the device: one combined search at a time
+        self._queue_lock = threading.Lock()
+        self._queue: list[tuple[np.ndarray, int, object, Future]] = []
+        self.batches = self.requests = 0
+
+    def _check_params(self, params):
+        """The search parameters ``_search`` takes (default: none)."""
+        if params is not None:
+            raise CbirError("exact GPU search takes no search parameters (nprobe/efSearch are for approximate indexes)")
+        return None
+
+    def search(self, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
+        params = self._check_params(params)
+        q = np.ascontiguousarray(queries, np.float32).reshape(-1, self.d)
+        k = max(1, min(int(k), self.ntotal))
+        fut: Future = Future()
+        with self._queue_lock:
+            self._queue.append((q, k, params, fut))
+        with self._run_lock:
+            if not fut.done():  # nobody served it while this caller waited: serve everything queued
+                self._serve()
+        sims, rows = fut.result()
+        return sims, self._to_ids(rows)
+
+    def _to_ids(self, rows: np.ndarray) -> np.ndarray:
+        """Our ids of the rows ``_search`` answered (-1 stays -1)."""
+        return np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1)
+
+    def _serve(self) -> None:
+        while True:
+            with self._queue_lock:
+                take, rows = [], 0
+                while (
+                    self._queue
+                    and (not take or rows + len(self._queue[0][0]) <= MAX_COMBINED)
+                    and (not take or self._queue[0][2] == take[0][2])
+                ):
+                    take.append(self._queue.pop(0))
+                    rows += len(take[-1][0])
+            if not take:
+                return
+            try:
+                k = max(t[1] for t in take)
+                sims, rows_ = self._search(np.concatenate([t[0] for t in take]), k, take[0][2])
+                self.batches += 1
+                self.requests += len(take)
+                at = 0
+                for q, kq, _, fut in take:
+                    fut.set_result((sims[at : at + len(q), :kq], rows_[at : at + len(q), :kq]))
+                    at += len(q)
+            except BaseException as e:  # every waiting caller hears of it
+                for *_, fut in take:
+                    if not fut.done():
+                        fut.set_exception(e)
+
+
+class TorchFlat(Combining):
     """A Flat index's vectors on ``device`` (``cuda`` or ``cpu``), searched by matmul + top-k."""
 
     def __init__(
         self, index=None, device: str = "cuda", vectors: np.ndarray | None = None, ids: np.ndarray | None = None
     ):
-        import torch
-
-        if device == "cuda" and not torch.cuda.is_available():
-            raise CbirError(f"--search-device cuda: torch {torch.__version__} sees no CUDA device")
+        torch = import_torch(device)
         if vectors is None:
             vectors, ids = _flat_vectors(index)
         self._torch, self.device = torch, device
@@ -63,49 +135,9 @@ class TorchFlat:
         self.ntotal, self.d = int(vectors.shape[0]), int(vectors.shape[1])
         self._x = torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).to(device=device, dtype=self.dtype)
         self._ids = np.arange(self.ntotal, dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
-        self._run_lock = threading.Lock()  # the device: one combined search at a time
-        self._queue_lock = threading.Lock()
-        self._queue: list[tuple[np.ndarray, int, Future]] = []
-        self.batches = self.requests = 0
+        self._start_combining()
 
-    def search(self, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
-        if params is not None:
-            raise CbirError("exact GPU search takes no search parameters (nprobe/efSearch are for approximate indexes)")
-        q = np.ascontiguousarray(queries, np.float32).reshape(-1, self.d)
-        k = max(1, min(int(k), self.ntotal))
-        fut: Future = Future()
-        with self._queue_lock:
-            self._queue.append((q, k, fut))
-        with self._run_lock:
-            if not fut.done():  # nobody served it while this caller waited: serve everything queued
-                self._serve()
-        sims, rows = fut.result()
-        return sims, self._ids[rows]
-
-    def _serve(self) -> None:
-        while True:
-            with self._queue_lock:
-                take, rows = [], 0
-                while self._queue and (not take or rows + len(self._queue[0][0]) <= MAX_COMBINED):
-                    take.append(self._queue.pop(0))
-                    rows += len(take[-1][0])
-            if not take:
-                return
-            try:
-                k = max(t[1] for t in take)
-                sims, rows_ = self._search(np.concatenate([t[0] for t in take]), k)
-                self.batches += 1
-                self.requests += len(take)
-                at = 0
-                for q, kq, fut in take:
-                    fut.set_result((sims[at : at + len(q), :kq], rows_[at : at + len(q), :kq]))
-                    at += len(q)
-            except BaseException as e:  # every waiting caller hears of it
-                for _, _, fut in take:
-                    if not fut.done():
-                        fut.set_exception(e)
-
-    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
         """(similarities [q, k], row numbers [q, k]) for float32 ``queries``, best first."""
         torch = self._torch
         q = torch.from_numpy(queries).to(self.device)
