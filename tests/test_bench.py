@@ -222,3 +222,33 @@ def test_bench_build_names_each_stage_its_bound_and_builds_both_ways(lite0_onnx,
     (tmp_path / "empty").mkdir()
     assert main(["bench", "build", "--model", str(lite0_onnx), "--data", str(tmp_path / "empty")]) != 0
     assert "--data" in capsys.readouterr().err
+
+
+def test_sweep_device_builds_each_cell_from_its_spec_beside_the_cpu_report(tmp_path, capsys):
+    """No export: each cell's model is built in torch from its spec; the CPU report's columns and the
+    paper's mAP stand beside it; report.json / report.md / pareto.png are written."""
+    from cbir.cli import main
+
+    cpu = {"cells": [{"model": "b0", "block": 7, "img_s_bs32": 170.0, "p50_ms_bs1": 4.0, "mAP": None}]}
+    (tmp_path / "cpu.json").write_text(json.dumps(cpu))
+    args = ["bench", "sweep-device", "--out", str(tmp_path / "sd"), "--device", "cpu", "--archs", "b0"]
+    args += [
+        "--image-size",
+        "64",
+        "--batch",
+        "4",
+        "--repeats",
+        "1",
+        "--runs",
+        "3",
+        "--cpu-report",
+        str(tmp_path / "cpu.json"),
+    ]
+    assert main([*args, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    b6, b7 = r["cells"]
+    assert (b6["block"], b7["block"], b6["d"], b7["d"]) == (6, 7, 192, 320)
+    assert b7["cpu_img_s_bs32"] == 170.0 and b6["cpu_img_s_bs32"] is None and b7["paper_mAP"] == 0.913
+    assert b7["img_s_bs4"] > 0 and 0 < b7["p50_ms_bs1"] <= b7["p99_ms_bs1"] and b7["providers"] == ["torch-cpu-fp32"]
+    assert {p.name for p in (tmp_path / "sd").iterdir()} >= {"report.json", "report.md"}
+    assert "| b0 | 7 | 320 | 64 |" in (tmp_path / "sd" / "report.md").read_text()

@@ -115,3 +115,20 @@ def test_gallery_with_an_ivf_index_searches_through_torch(tmp_path, embedder, ph
         want = g.search(q, k=5, rerank=rerank)
         got = t.search(q, k=5, rerank=rerank)
         assert [[h["id"] for h in r["results"]] for r in got] == [[h["id"] for h in r["results"]] for r in want]
+
+
+def test_bench_ivf_tunes_nprobe_and_puts_torch_beside_faiss(capsys):
+    from cbir.cli import main
+
+    args = ["bench", "ivf", "--n", "20000", "--dim", "32", "--device", "cpu", "--queries", "100", "--tune", "50"]
+    assert main([*args, "--repeats", "1", "--clients", "2", "--json"]) == 0
+    import json
+
+    r = json.loads(capsys.readouterr().out)
+    assert r["nlist"] == 1024 and set(r["kinds"]) == {"flat", "sq8"}
+    for row in r["kinds"].values():
+        assert row["same_ids_as_faiss"] == 1.0  # FP32 on the CPU: FAISS's answers exactly
+        assert row["recall_at_k"]["torch"] == row["recall_at_k"]["faiss_cpu"]
+        assert 1 <= row["nprobe"] <= 1024 and row["device_bytes"] > 0 and row["mean_combined"] >= 1
+    assert main([*args, "--kinds", "flat,pq", "--repeats", "1"]) != 0
+    assert "--kinds" in capsys.readouterr().err

@@ -222,6 +222,28 @@ def cmd_bench_build(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_ivf(a: argparse.Namespace) -> int:
+    from cbir.bench.ivf import bench_ivf
+
+    kinds = tuple(k.strip() for k in a.kinds.split(","))
+    if not kinds or set(kinds) - {"flat", "sq8"}:
+        raise CbirError(f"--kinds {a.kinds!r}: choose from flat, sq8 (comma-separated)")
+    r = bench_ivf(
+        a.n, a.dim, a.device, a.nlist, kinds, a.queries, a.tune, a.batch, a.k, a.target_recall, a.repeats, a.clients
+    )
+    if a.json:
+        print_json(r)
+        return 0
+    for kind, row in r["kinds"].items():
+        qps, rec = row["queries_per_s"], row["recall_at_k"]
+        print(
+            f"IVF{r['nlist']},{kind} over {r['n']:,} × {r['dim']} at nprobe {row['nprobe']}: torch on {r['device']} "
+            f"{qps['torch']:.0f} q/s (recall@{r['k']} {rec['torch']}), FAISS CPU ({r['threads_faiss']} threads) "
+            f"{qps['faiss_cpu']:.0f} q/s ({rec['faiss_cpu']}) = {row['ratio_torch_to_faiss_cpu']}×"
+        )
+    return 0
+
+
 def cmd_bench_exact(a: argparse.Namespace) -> int:
     from cbir.bench.exact import bench_exact
 
@@ -384,6 +406,23 @@ def cmd_bench_sweep(a: argparse.Namespace) -> int:
         print_json(r)
     else:
         print((Path(a.out) / "report.md").read_text())
+    return 0
+
+
+def cmd_bench_sweep_device(a: argparse.Namespace) -> int:
+    from cbir.bench.sweep_device import sweep_device
+
+    archs = [x.strip() for x in a.archs.split(",") if x.strip()]
+    blocks = [int(x) for x in a.blocks.split(",")]
+    r = sweep_device(
+        a.out, archs, blocks, a.device, a.precision, a.batch, a.repeats, a.runs, a.cpu_report, a.image_size
+    )
+    if a.json:
+        print_json(r)
+    else:
+        from cbir.bench.sweep_device import markdown
+
+        print(markdown(r), end="")
     return 0
 
 
@@ -613,6 +652,26 @@ def _build_parser(bench) -> None:
     bb.set_defaults(fn=cmd_bench_build)
 
 
+def _ivf_parser(bench) -> None:
+    bi = bench.add_parser(
+        "ivf", help="IVF-Flat / IVF-SQ8 search in PyTorch on a device beside FAISS CPU IVF, same lists"
+    )
+    bi.add_argument("--n", type=int, default=10_000_000)
+    bi.add_argument("--dim", type=int, default=320)
+    bi.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    bi.add_argument("--nlist", type=int, help="coarse lists (default: 4·√n rounded up to a power of two)")
+    bi.add_argument("--kinds", default="flat,sq8", help="flat, sq8 or both (default)")
+    bi.add_argument("--queries", type=int, default=2000, help="measured queries")
+    bi.add_argument("--tune", type=int, default=500, help="other queries nprobe is tuned on")
+    bi.add_argument("--target-recall", type=float, default=0.95)
+    bi.add_argument("--batch", type=int, default=100, help="queries per search call")
+    bi.add_argument("-k", type=int, default=10)
+    bi.add_argument("--repeats", type=int, default=3)
+    bi.add_argument("--clients", type=int, default=16, help="threads sending single-query searches (0: skip)")
+    bi.add_argument("--json", action="store_true")
+    bi.set_defaults(fn=cmd_bench_ivf)
+
+
 def _exact_parser(bench) -> None:
     be = bench.add_parser("exact", help="exact k-NN in PyTorch (FP16 on cuda) beside FAISS's CPU Flat, same vectors")
     be.add_argument("--n", type=int, default=1_000_000)
@@ -663,6 +722,24 @@ def _sweep_parser(bench) -> None:
     sw.add_argument("--repeats", type=int, default=3)
     sw.add_argument("--json", action="store_true")
     sw.set_defaults(fn=cmd_bench_sweep)
+
+
+def _sweep_device_parser(bench) -> None:
+    sd = bench.add_parser(
+        "sweep-device", help="B0–B5 × Block 6/7 latency on a device (torch, FP16), beside the CPU sweep"
+    )
+    sd.add_argument("--out", required=True, help="report directory: report.json, report.md, pareto.png")
+    sd.add_argument("--archs", default="b0,b1,b2,b3,b4,b5")
+    sd.add_argument("--blocks", default="6,7")
+    sd.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    sd.add_argument("--precision", choices=["fp16", "fp32"], help="default: fp16 on cuda, fp32 on cpu")
+    sd.add_argument("--batch", type=int, default=128, help="the throughput batch (default 128)")
+    sd.add_argument("--repeats", type=int, default=3)
+    sd.add_argument("--runs", type=int, default=50, help="batch-1 calls timed per cell")
+    sd.add_argument("--cpu-report", help="`cbir bench sweep`'s report.json: its img/s, p50 and mAP beside each cell")
+    sd.add_argument("--image-size", type=int, help="override every model's input size (CPU dry runs)")
+    sd.add_argument("--json", action="store_true")
+    sd.set_defaults(fn=cmd_bench_sweep_device)
 
 
 def _http_parser(bench) -> None:
@@ -773,8 +850,10 @@ def register(sub) -> None:
     _dedup_parser(bench)
     _build_parser(bench)
     _exact_parser(bench)
+    _ivf_parser(bench)
     _latency_parser(bench)
     _sweep_parser(bench)
+    _sweep_device_parser(bench)
     _http_parser(bench)
     _live_parser(bench)
     _search_parser(bench)

@@ -47,7 +47,7 @@ import numpy as np
 
 from cbir.engine.backends.base import RunnerBase
 from cbir.errors import CbirError
-from cbir.modelinfo import read_onnx
+from cbir.modelinfo import ModelInfo, read_onnx
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,48 @@ def _import_torch():
     return torch
 
 
+def _device_precision(torch, device: str | None, precision: str | None) -> tuple[str, str]:
+    """(device, precision) checked: cuda (default when visible) or cpu; fp16 (default on cuda) or fp32."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise CbirError(f"--device {device!r}: choose cuda or cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CbirError(f"--device cuda: torch {torch.__version__} sees no CUDA device")
+    precision = precision or ("fp16" if device == "cuda" else "fp32")
+    if precision not in ("fp32", "fp16") or (precision == "fp16" and device == "cpu"):
+        raise CbirError(f"--precision {precision}: --backend torch runs fp32, or fp16 on --device cuda")
+    return device, precision
+
+
+def _from_checkpoint(torch, model: str | os.PathLike, info):
+    """The FP32 ``RetrievalModel`` of an export, from the checkpoint beside it (fingerprint checked)."""
+    from cbir.models.retrieval import RetrievalModel
+    from cbir.models.trunk import build_trunk
+
+    path = checkpoint_path(model)
+    if not path.is_file():
+        raise CbirError(
+            f"--model {model}: no torch checkpoint {path.name} beside it; export with "
+            f"`cbir export ... --torch-checkpoint` to run it with --backend torch"
+        )
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if ck.get("format") != CHECKPOINT_FORMAT or ck.get("fingerprint") != info.fingerprint:
+        raise CbirError(
+            f"--model {model}: {path.name} was written for another export (fingerprint "
+            f"{str(ck.get('fingerprint'))[:12]}, the model's {str(info.fingerprint)[:12]}); export again"
+        )
+    net = RetrievalModel(
+        build_trunk(ck["arch"], ck["block"], pretrained=False),
+        ck["pooling"],
+        ck["image_size"],
+        None,
+        tuple(ck["scales"]),
+        False,
+    )
+    net.load_state_dict(ck["state_dict"], strict=True)
+    return net
+
+
 class TorchRunner(RunnerBase):
     """Runs uint8 NHWC batches through the rebuilt ``RetrievalModel`` on ``device``."""
 
@@ -92,35 +134,45 @@ class TorchRunner(RunnerBase):
         tf32: bool | None = None,
     ):
         torch = _import_torch()
+        info, _, _ = read_onnx(model)
+        device, precision = _device_precision(torch, device, precision)
+        net = _from_checkpoint(torch, model, info)
+        if threads and device == "cpu":
+            torch.set_num_threads(threads)
+        self._setup(torch, net, info, device, precision, compile, cuda_graphs, slots, tf32)
+
+    @classmethod
+    def from_spec(
+        cls,
+        arch: str,
+        block: int,
+        pooling: str = "gap",
+        image_size: int | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+        **options,
+    ) -> "TorchRunner":
+        """A runner of ``arch`` cut after ``block`` with random weights, built here without an ONNX
+        export (speed only: ``cbir bench sweep-device``); ``options`` as ``__init__``'s."""
+        torch = _import_torch()
+        from cbir.models.archs import get_arch
         from cbir.models.retrieval import RetrievalModel
         from cbir.models.trunk import build_trunk
 
-        self.info, _, _ = read_onnx(model)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if device not in ("cpu", "cuda"):
-            raise CbirError(f"--device {device!r}: choose cuda or cpu")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise CbirError(f"--device cuda: torch {torch.__version__} sees no CUDA device")
-        precision = precision or ("fp16" if device == "cuda" else "fp32")
-        if precision not in ("fp32", "fp16") or (precision == "fp16" and device == "cpu"):
-            raise CbirError(f"--precision {precision}: --backend torch runs fp32, or fp16 on --device cuda")
-        path = checkpoint_path(model)
-        if not path.is_file():
-            raise CbirError(
-                f"--model {model}: no torch checkpoint {path.name} beside it; export with "
-                f"`cbir export ... --torch-checkpoint` to run it with --backend torch"
-            )
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        if ck.get("format") != CHECKPOINT_FORMAT or ck.get("fingerprint") != self.info.fingerprint:
-            raise CbirError(
-                f"--model {model}: {path.name} was written for another export (fingerprint "
-                f"{str(ck.get('fingerprint'))[:12]}, the model's {str(self.info.fingerprint)[:12]}); export again"
-            )
-        if threads and device == "cpu":
-            torch.set_num_threads(threads)
-        trunk = build_trunk(ck["arch"], ck["block"], pretrained=False)
-        net = RetrievalModel(trunk, ck["pooling"], ck["image_size"], None, tuple(ck["scales"]), False)
-        net.load_state_dict(ck["state_dict"], strict=True)
+        spec = get_arch(arch)
+        device, precision = _device_precision(torch, device, precision)
+        net = RetrievalModel(build_trunk(spec.name, block, pretrained=False), pooling, image_size)
+        size = net.image_size
+        info = ModelInfo(spec.name, block, pooling, spec.dim(block), (size, size), spec.mean, spec.std)
+        runner = cls.__new__(cls)
+        runner._setup(torch, net, info, device, precision, **options)
+        return runner
+
+    def _setup(
+        self, torch, net, info, device: str, precision: str, compile=False, cuda_graphs=None, slots=None, tf32=None
+    ) -> None:
+        """Put ``net`` on ``device`` in ``precision`` and make it this runner's (module docstring)."""
+        self.info = info
         net.eval().to(device)
         if precision == "fp16":
             net.to_fp16(head=False)

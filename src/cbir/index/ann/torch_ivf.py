@@ -123,9 +123,10 @@ class TorchIVF(Combining):
         with torch.inference_mode():
             q = torch.from_numpy(queries).to(self.device)
             probes = torch.topk(q @ self._centroids.T, min(nprobe, self.nlist), dim=1).indices
-            per_query = nprobe * self.max_blocks * self.block * self._blocks.shape[2] * self._blocks.element_size()
-            step = max(1, GATHER_BYTES // max(per_query, 1))
-            outs = [self._scan(q[s : s + step], probes[s : s + step], k) for s in range(0, len(q), step)]
+            blocks = self._blocks_of(probes)  # [q, m]
+            per_query = blocks.shape[1] * self.block * self._blocks.shape[2] * self._blocks.element_size()
+            step = max(1, GATHER_BYTES // per_query)
+            outs = [self._scan(q[s : s + step], blocks[s : s + step], k) for s in range(0, len(q), step)]
             sims = torch.cat([o[0] for o in outs]).float().cpu().numpy()
             ids = torch.cat([o[1] for o in outs]).cpu().numpy()
         return sims, ids
@@ -143,9 +144,9 @@ class TorchIVF(Combining):
         pad = self._blocks.shape[0] - 1
         return torch.where(valid.gather(1, order), grid.gather(1, order), pad)
 
-    def _scan(self, q, probes, k: int):
+    def _scan(self, q, blocks, k: int):
+        """Top-k (scores, ids) of queries ``q`` over their ``blocks`` [q, m] (``_blocks_of``)."""
         torch = self._torch
-        blocks = self._blocks_of(probes)  # [q, m]
         gathered = self._blocks[blocks]  # [q, m, block, w]
         n = blocks.shape[1] * self.block
         if self.kind == "flat":
