@@ -182,12 +182,10 @@ def iter_batches(
 ) -> Iterator[Batch]:
     """Yield ``Batch``es in input order; decoding of the next batches overlaps ``run`` of this one.
     ``run`` returns vectors, or (vectors, regional descriptors) (``OrtRunner.run_regions``).
-    ``submit`` (a runner's, default: ``run`` called at once) enqueues a batch and returns a handle
-    that gives its answer; up to ``in_flight`` batches (the runner's ``slots``) are submitted before
-    the oldest is collected, so a GPU runner copies the next batch while it executes this one.
-    Every input's ``facts.stats`` holds its row's mean colour (``row_stats`` without the
-    structure: an index stores it for pixel-shuffled queries); ``side``: see the module docstring
-    (it runs only for inputs whose decode succeeded)."""
+    ``submit`` (a runner's, default: ``run`` at once) enqueues a batch and returns a handle giving its
+    answer; up to ``in_flight`` batches (the runner's ``slots``) are submitted before the oldest is
+    collected (a GPU runner copies the next batch in while it runs this one). Each input's
+    ``facts.stats`` holds its row's mean colour (for pixel-shuffled queries); ``side``: module docstring."""
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: must be ≥ 1")
     if submit is None:
