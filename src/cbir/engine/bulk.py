@@ -180,12 +180,9 @@ def iter_batches(
     in_flight: int = 1,
     side: Side | None = None,
 ) -> Iterator[Batch]:
-    """Yield ``Batch``es in input order; decoding of the next batches overlaps ``run`` of this one.
-    ``run`` returns vectors, or (vectors, regional descriptors) (``OrtRunner.run_regions``).
-    ``submit`` (a runner's, default: ``run`` at once) enqueues a batch and returns a handle giving its
-    answer; up to ``in_flight`` batches (the runner's ``slots``) are submitted before the oldest is
-    collected (a GPU runner copies the next batch in while it runs this one). Each input's
-    ``facts.stats`` holds its row's mean colour (for pixel-shuffled queries); ``side``: module docstring."""
+    """``Batch``es in input order, decoding overlapping ``run`` (vectors, or (vectors, regions)). ``submit``
+    (a runner's; default ``run`` at once) keeps up to ``in_flight`` batches (its ``slots``) in flight.
+    ``facts.stats``: each row's mean colour (pixel-shuffled queries); ``side``: module docstring."""
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: must be ≥ 1")
     if submit is None:
