@@ -232,6 +232,30 @@ def test_torch_compile_and_tf32_flags(lite0_onnx, embedder, photos):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
 
 
+def test_torch_ivf_on_cuda_answers_like_faiss(tmp_path):
+    """IVF-Flat (FP16 lists) and IVF-SQ8 (uint8 codes) scanned on the device: FAISS CPU's neighbours
+    at the same nprobe (FP16 may swap near-ties), and a gallery of each searches through them."""
+    _import_or_skip("torch")
+    import faiss
+
+    from cbir.bench.scale import Synthetic
+    from cbir.index.ann import faiss_index
+    from cbir.index.ann.torch_ivf import TorchIVF
+
+    rng = np.random.default_rng(0)
+    syn = Synthetic(40_000, 64)
+    x, q = syn.draw(40_000, rng), syn.draw(200, rng)
+    for factory in ("IVF128,Flat", "IVF128,SQ8"):
+        index, _ = faiss_index.build(x, np.arange(40_000, dtype=np.int64) * 5, factory)
+        index.nprobe = 8
+        t = TorchIVF(index, "cuda")
+        want = index.search(q, 10)[1]
+        got = t.search(q, 10)[1]
+        overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want)])
+        assert overlap >= 0.99, (factory, overlap)
+        assert t.search(q, 10, faiss.SearchParametersIVF(nprobe=128))[1].shape == (200, 10)
+
+
 def test_gpu_decode_matches_cpu_decode(lite0_onnx, photos, tmp_path):
     """--decode gpu (nvImageCodec + device resize) against CPU decode, same torch FP32 model: every
     file accounted for in the same order (the PNGs through the per-image CPU fallback), cos ≥ 0.99."""
