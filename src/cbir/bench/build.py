@@ -1,14 +1,15 @@
 """``cbir bench build``: where a default ``cbir index build`` spends its time, stage by stage, and
 which stage limits it.
 
-Each CPU stage runs alone on the same files (cycled to ``images``), at every worker count asked
+Each CPU stage runs alone on the same files (cycled to ``images``: steady state), at every worker count asked
 for (threads: Pillow's decode and resize and OpenCV's ORB release the GIL): **read** (the file's
 bytes), **decode** (the model's input row and the item's mean colour, what the bulk pipeline's
 workers do), **local_features** (ORB of the bytes, what the copy search needs). **model**: the
 backend alone at the build's batch size on random rows (no decode). Rates are the median of
 ``repeats``. Then the whole build, twice in one run, into throw-away index directories: local
 features in a separate pass after the vectors (the CPU default) and in the decode workers (the GPU
-default: ``ingest.pipeline.features_in_decode``), each with its img/s and stage timings.
+default: ``ingest.pipeline.features_in_decode``), each with its img/s and stage timings; the builds
+take the same ``images`` inputs, one symlink each (an index takes a path once).
 
 ``limit``: with decode and local features sharing one worker pool, the pool's rate is
 1 / (1 / decode + 1 / local_features) at the most workers. With the model on a GPU the build's bound
@@ -127,14 +128,20 @@ def bench_build(
     if not on_gpu:
         bound["cpu_cores_shared"] = round(1.0 / (1.0 / pool + 1.0 / model), 1)
     tmp = Path(tempfile.mkdtemp(prefix="cbir-bench-build-"))
-    try:  # distinct paths per build: the cycled files are the same files, a build takes each once
-        unique = sorted(set(files))
-        builds = [timed_build(embedder, unique, fused, tmp / f"idx{int(fused)}") for fused in (False, True)]
+    try:  # an index takes a path once: the cycled files are built through one symlink each
+        (tmp / "files").mkdir()
+        links = []
+        for i, f in enumerate(files):
+            links.append(tmp / "files" / f"{i:07d}{Path(f).suffix}")
+            links[-1].symlink_to(Path(f).resolve())
+        builds = [
+            timed_build(embedder, [str(x) for x in links], fused, tmp / f"idx{int(fused)}") for fused in (False, True)
+        ]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "files": len(set(files)),
-        "stage_images": len(files),
+        "images": len(files),
         "workers": workers,
         "batch_size": batch,
         "providers": list(embedder.runner.providers),
