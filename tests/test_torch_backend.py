@@ -90,3 +90,91 @@ def test_compare_backends_reports_agreement(lite0_onnx, photos, tmp_path):
     assert tor["end_to_end_images_per_s"]["median"] > 0
     with pytest.raises(CbirError, match="fp16"):  # the baseline must start
         compare_backends(str(lite0_onnx), ["torch:fp16+cpu", "onnxruntime"], batch_sizes=(1,), repeats=1)
+
+
+class _RecordingCuda:
+    """A recording stand-in for what the slots use of ``torch.cuda`` (streams, events, the current
+    stream) over real CPU tensors: ``calls`` keeps (what, which object) in order."""
+
+    def __init__(self, calls: list):
+        import contextlib
+
+        self.calls = calls
+        outer = self
+
+        class Stream:
+            def wait_stream(self, other):
+                outer.calls.append(("wait", self, other))
+
+        class Event:
+            def record(self, stream):
+                outer.calls.append(("record", self, stream))
+
+            def synchronize(self):
+                outer.calls.append(("sync", self))
+
+        @contextlib.contextmanager
+        def stream(s):
+            outer.calls.append(("on", s))
+            yield
+
+        self.Stream, self.Event, self.stream = Stream, Event, stream
+        self.compute = Stream()
+        self.current_stream = lambda: self.compute
+
+
+def _with_recording_slots(runner, calls: list, n: int = 2):
+    """``runner`` (on the CPU) with ``n`` slots whose CUDA calls are recorded (pinned = plain CPU memory)."""
+    import torch
+
+    class Torch:
+        cuda = _RecordingCuda(calls)
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def empty(*shape, pin_memory=False, device=None, **kw):
+            return torch.empty(*shape, **kw)
+
+    runner._torch = Torch()
+    runner._open_slots(n)
+    return runner
+
+
+def test_slots_keep_two_batches_in_flight_and_wait_for_their_copies(lite0_onnx):
+    """Each submit copies on its slot's stream, the compute stream waits for that copy, the answer's
+    event is recorded behind the model; a second batch is submitted before the first is collected,
+    a slot is free again only once its handle was called, and the answers are the plain runner's."""
+    plain = Embedder(lite0_onnx, backend="torch", device="cpu")
+    calls: list = []
+    runner = _with_recording_slots(Embedder(lite0_onnx, backend="torch", device="cpu").runner, calls)
+    h, w = runner.info.input_size
+    x = np.random.default_rng(0).integers(0, 256, (7, h, w, 3), dtype=np.uint8)
+    first, second = runner.submit(x[:3]), runner.submit(x[3:])
+    assert runner.slots == 2 and runner._slots.qsize() == 0  # both in flight
+    kinds = [c[0] for c in calls]
+    assert kinds == ["on", "wait", "record"] * 2
+    on, wait, rec = calls[:3]
+    assert wait[1] is runner._torch.cuda.compute and wait[2] is on[1]  # the model waits for this slot's copy
+    assert rec[2] is runner._torch.cuda.compute and calls[3][1] is not on[1]  # the second slot's own stream
+    a = first()
+    assert calls[-1] == ("sync", rec[1]) and runner._slots.qsize() == 1 and first() is a
+    np.testing.assert_allclose(np.concatenate([a, second()]), plain.run(x), atol=1e-5)
+    assert runner._slots.qsize() == 2
+    np.testing.assert_allclose(runner.run(x[:2]), plain.run(x[:2]), atol=1e-5)  # run = submit + collect
+
+
+def test_bulk_pipeline_submits_the_next_batch_before_collecting_this_one(lite0_onnx, photos):
+    """iter_batches with a two-slot runner: batch i + 1 is submitted (its copy started) before batch
+    i's answer is waited for; every input comes back in order with the plain runner's vector."""
+    emb = Embedder(lite0_onnx, backend="torch", device="cpu", batch_size=2)
+    plain = Embedder(lite0_onnx, backend="torch", device="cpu").embed([str(p) for p in photos])
+    calls: list = []
+    _with_recording_slots(emb.runner, calls)
+    res = emb.embed_files([str(p) for p in photos], batch_size=2)
+    assert list(res.indices) == list(range(len(photos)))
+    np.testing.assert_allclose(res.vectors, plain, atol=1e-5)
+    kinds = [c[0] for c in calls]
+    assert kinds.index("sync") > [i for i, k in enumerate(kinds) if k == "on"][1]  # two copies before a wait
+    assert kinds.count("on") == kinds.count("sync") == -(-len(photos) // 2)
