@@ -91,16 +91,16 @@ print(json.dumps({'python': platform.python_version(), 'torch': torch.__version_
   'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, 'cpus': os.cpu_count(), 'dry_run': $DRY,
   'cudnn_allow_tf32': torch.backends.cudnn.allow_tf32, 'matmul_allow_tf32': torch.backends.cuda.matmul.allow_tf32}))"
 step tests_gpu 130 $PY -m pytest -q -rs tests/gpu -p no:cacheprovider -k "not compile"
-lite0() {
-  export_model lite0 tf_efficientnet_lite0 || return 1
-  $CBIR bench latency --model "$WORK/lite0.onnx" --compare $SPECS --batch-sizes $BS --repeats $REP --json > "$WORK/lite0_mo.json" || return 1
-  $CBIR bench latency --model "$WORK/lite0.onnx" --compare $E2E_SPECS --batch-sizes 256 --repeats 2 --data "$IMAGES" \
-      --e2e-images $E2E --json > "$WORK/lite0_e2e.json" || return 1
-  $PY -c "import json; print(json.dumps({'model_only': json.load(open('$WORK/lite0_mo.json')), 'end_to_end': json.load(open('$WORK/lite0_e2e.json'))}))"
+latency_model() {  # latency_model SHORT TIMM_NAME E2E_INPUTS: model only, then end to end at steady state
+  export_model "$1" "$2" || return 1
+  $CBIR bench latency --model "$WORK/$1.onnx" --compare $SPECS --batch-sizes $BS --repeats $REP --json > "$WORK/$1_mo.json" || return 1
+  $CBIR bench latency --model "$WORK/$1.onnx" --compare $E2E_SPECS --batch-sizes 256 --repeats 2 --data "$IMAGES" \
+      --e2e-images "$3" --json > "$WORK/$1_e2e.json" || return 1
+  $PY -c "import json; print(json.dumps({'model_only': json.load(open('$WORK/$1_mo.json')), 'end_to_end': json.load(open('$WORK/$1_e2e.json'))}))"
 }
 export WORK DRY SIZE CBIR PY SPECS E2E_SPECS E2E E2E_B4 BS REP IMAGES DEV HTTP
-export -f export_model lite0
-step lite0 150 lite0
+export -f export_model latency_model
+step lite0 150 latency_model lite0 tf_efficientnet_lite0 $E2E
 build() {
   export_model lite0 tf_efficientnet_lite0 || return 1
   $CBIR bench build --model "$WORK/lite0.onnx" --data "$IMAGES" --backend torch --device $DEV --workers $WORKERS \
@@ -110,15 +110,7 @@ export WORKERS BUILD_N COMPILE_SPECS
 export -f build
 step build 100 build
 step ivf 150 $CBIR bench ivf $IVF --device $DEV --repeats $REP --json
-b4() {
-  export_model b4 efficientnet_b4 || return 1
-  $CBIR bench latency --model "$WORK/b4.onnx" --compare $SPECS --batch-sizes $BS --repeats $REP --json > "$WORK/b4_mo.json" || return 1
-  $CBIR bench latency --model "$WORK/b4.onnx" --compare $E2E_SPECS --batch-sizes 256 --repeats 2 --data "$IMAGES" \
-      --e2e-images $E2E_B4 --json > "$WORK/b4_e2e.json" || return 1
-  $PY -c "import json; print(json.dumps({'model_only': json.load(open('$WORK/b4_mo.json')), 'end_to_end': json.load(open('$WORK/b4_e2e.json'))}))"
-}
-export -f b4
-step b4 150 b4
+step b4 150 latency_model b4 efficientnet_b4 $E2E_B4
 large() {
   export_model lite0 tf_efficientnet_lite0 || return 1
   mkdir -p "$WORK/large/a"

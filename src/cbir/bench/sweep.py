@@ -259,6 +259,23 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pareto(ax, pts: list[tuple[float, float, str]]) -> None:
+    """(cost, accuracy, label) points on ``ax``, labelled, with their Pareto front (lower cost, higher accuracy)."""
+    if not pts:
+        return
+    pts = sorted(pts)
+    front, best = [], -1.0
+    for x, y, _ in pts:
+        if y > best:
+            front.append((x, y))
+            best = y
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts])
+    for x, y, name in pts:
+        ax.annotate(name, (x, y), fontsize=8)
+    ax.plot([p[0] for p in front], [p[1] for p in front], "r--", label="Pareto front")
+    ax.legend()
+
+
 def plot(cells: list[dict], path: Path) -> bool:
     """Latency (ms per image at bs 32) against mAP, Pareto front marked; needs matplotlib."""
     try:
@@ -272,18 +289,7 @@ def plot(cells: list[dict], path: Path) -> bool:
     pts = [
         (1000.0 / c["img_s_bs32"], c["mAP"], f"{c['model']} B{c['block']}") for c in cells if c.get("mAP") is not None
     ]
-    if pts:
-        pts.sort()
-        front, best = [], -1.0
-        for x, y, _ in pts:
-            if y > best:
-                front.append((x, y))
-                best = y
-        ax1.scatter([p[0] for p in pts], [p[1] for p in pts])
-        for x, y, name in pts:
-            ax1.annotate(name, (x, y), fontsize=8)
-        ax1.plot([p[0] for p in front], [p[1] for p in front], "r--", label="Pareto front")
-        ax1.legend()
+    pareto(ax1, pts)
     ax1.set_xlabel("ms per image (bs 32, ORT CPU)")
     ax1.set_ylabel("mAP (Corel-1K, off-the-shelf)")
     ax1.set_title("latency vs accuracy (pretrained models)")

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from cbir import fsio
-from cbir.bench.sweep import PUBLISHED
+from cbir.bench.sweep import PUBLISHED, pareto
 
 
 def device_cell(
@@ -124,18 +124,7 @@ def plot(report: dict, path: Path) -> bool:
         return False
     pts = [(c["p50_ms_bs1"], c["paper_mAP"], f"{c['model']} B{c['block']}") for c in report["cells"] if c["paper_mAP"]]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    if pts:
-        pts.sort()
-        front, best = [], -1.0
-        for x, y, _ in pts:
-            if y > best:
-                front.append((x, y))
-                best = y
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts])
-        for x, y, name in pts:
-            ax.annotate(name, (x, y), fontsize=8)
-        ax.plot([p[0] for p in front], [p[1] for p in front], "r--", label="Pareto front")
-        ax.legend()
+    pareto(ax, pts)
     ax.set_xlabel(f"p50 ms per image at batch 1 ({report['device']})")
     ax.set_ylabel("mAP, the paper's Table I (fine-tuned)")
     ax.set_title("latency on the device vs the paper's accuracy")
