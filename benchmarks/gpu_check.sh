@@ -132,7 +132,13 @@ serve() {
   [ $DRY = 0 ] && args+=(--search-device cuda)
   $CBIR serve "${args[@]}" 2> "$WORK/serve.err" & local pid=$!
   trap "kill $pid 2> /dev/null" EXIT
-  for _ in $(seq 120); do curl -sf http://127.0.0.1:8765/healthz > /dev/null 2>&1 && break; sleep 0.5; done
+  $PY -c "
+import time, urllib.request
+for _ in range(240):
+    try:
+        urllib.request.urlopen('http://127.0.0.1:8765/healthz', timeout=1); break
+    except Exception:
+        time.sleep(0.5)" 
   $CBIR bench http --url http://127.0.0.1:8765 --image "$IMAGES" --rerank none,default $HTTP --json; local rc=$?
   kill $pid; wait $pid 2>/dev/null; return $rc
 }
