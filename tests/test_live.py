@@ -345,3 +345,31 @@ def test_shards_without_an_indexed_item_are_unmapped(embedder, photos, tmp_path)
     assert all(r is not None for r in g.features.get(g.store.indexed_ids()))
     assert shard not in g.features._rows._shards and len(g.features._rows._shards) == 2
     assert len(files) == 12
+
+
+def test_bench_live_soaks_a_copy_of_an_existing_index(verified_index, lite0_onnx, tmp_path, capsys):
+    """``--index``: the soak's index is a copy of one already built (a 100k gallery needs no rebuild);
+    the original is never touched, and a folder that is not an index is refused by name."""
+    import hashlib
+
+    from cbir.bench.live import LiveConfig, build_index
+    from cbir.cli import main
+
+    g, files = verified_index
+
+    def digest(root):
+        return hashlib.sha1(b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())).hexdigest()
+
+    before = digest(g.root)
+    cfg = LiveConfig(lite0_onnx, [], [], files, tmp_path / "w", from_index=g.root)
+    cfg.work.mkdir()
+    index = build_index(cfg, None)
+    assert digest(index) == before and Gallery(index).info()["count"] == len(files)
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(files[3].read_bytes())
+    Gallery(index).add([str(copy)])
+    assert digest(g.root) == before
+    args = ["bench", "live", "--model", str(lite0_onnx), "--churn", str(tmp_path), "--queries", str(files[0])]
+    assert main([*args, "--work", str(tmp_path / "w2"), "--index", str(tmp_path)]) != 0
+    assert "not an index directory" in capsys.readouterr().err
+    assert main([*args, "--work", str(tmp_path / "w3")]) != 0 and "--base" in capsys.readouterr().err

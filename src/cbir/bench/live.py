@@ -1,6 +1,7 @@
 """``cbir bench live``: a soak of ``cbir serve`` while its index is being written.
 
-The index is built afresh from ``base`` folders (never touched again); then a real ``cbir serve``
+The index is built afresh from ``base`` folders (never touched again), or copied from an existing
+index (``from_index``: a gallery of 100k items without the build); then a real ``cbir serve``
 process answers ``readers`` closed-loop clients (POST /search of images drawn from ``queries``)
 through three phases: ``idle`` (no writer), ``writing`` (images arrive and are taken down: a writer
 loop of real ``cbir index add`` / ``cbir index remove`` processes on fresh copies of the ``churn``
@@ -57,6 +58,7 @@ class LiveConfig:
     slack_s: float = 0.5  # an answer later than the deadline by more than this counts as past it
     rss_every_s: float = 2.0
     seed: int = 0
+    from_index: Path | None = None  # an existing index copied as the base (e.g. 100k items) instead of a build
 
 
 @dataclass
@@ -246,9 +248,15 @@ def soak(url: str, cfg: LiveConfig, queries: list[bytes], t0: float, seconds: fl
 
 
 def build_index(cfg: LiveConfig, logf) -> Path:
+    """The soak's index in ``work/idx``: built from ``base``, or a copy of ``from_index`` (left untouched)."""
     index = cfg.work / "idx"
     if index.exists():
         raise CbirError(f"--work {cfg.work}: holds an index from an earlier run (idx/); give a new folder")
+    if cfg.from_index is not None:
+        if not (Path(cfg.from_index) / "index.json").is_file():
+            raise CbirError(f"--index {cfg.from_index}: not an index directory (no index.json)")
+        shutil.copytree(cfg.from_index, index, symlinks=True)
+        return index
     folders = [str(f) for f in cfg.base]
     steps = [("index", "build", folders[0], "--model", str(cfg.model), "--index", str(index))]
     steps += [("index", "add", str(index), f) for f in folders[1:]]

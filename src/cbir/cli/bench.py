@@ -456,9 +456,11 @@ def cmd_bench_live(a: argparse.Namespace) -> int:
     queries = expand(a.queries)
     if not queries:
         raise CbirError(f"--queries {' '.join(a.queries)}: no images there")
+    if not a.base and not a.index:
+        raise CbirError("bench live: give --base folders to build the index from, or --index to copy one")
     cfg = LiveConfig(
         Path(a.model),
-        [Path(p).resolve() for p in a.base],
+        [Path(p).resolve() for p in a.base or []],
         [Path(p).resolve() for p in a.churn],
         [Path(q) for q in queries],
         Path(a.work).resolve(),
@@ -470,6 +472,7 @@ def cmd_bench_live(a: argparse.Namespace) -> int:
         a.kill_every,
         timeout_s=a.timeout,
         seed=a.seed,
+        from_index=Path(a.index).resolve() if a.index else None,
     )
     r = main_live(cfg, Path(a.out) if a.out else None, Path(a.plot) if a.plot else None)
     if a.json:
@@ -763,7 +766,8 @@ def _live_parser(bench) -> None:
         help="soak `cbir serve` while writers add, remove and die: latency, errors, short or resurrected answers, RSS",
     )
     lv.add_argument("--model", required=True)
-    lv.add_argument("--base", nargs="+", required=True, help="folders indexed and never touched (≥ k images)")
+    lv.add_argument("--base", nargs="+", help="folders indexed and never touched (≥ k images)")
+    lv.add_argument("--index", help="instead of --base: an existing index, copied into --work and never touched")
     lv.add_argument(
         "--churn",
         nargs="+",
