@@ -378,3 +378,35 @@ def test_features_taken_in_the_decode_workers_equal_the_separate_pass(embedder, 
     copy = tmp_path / "copy.jpg"
     Image.open(files[4]).convert("RGB").resize((200, 150)).save(copy, quality=60)
     assert fused.search([str(copy)], k=3)[0] == separate.search([str(copy)], k=3)[0]
+
+
+@pytest.mark.parametrize("point", ["shard-committed:2", "features-written:1", "shard-written:3"])
+def test_a_fused_build_killed_resumes_with_every_feature_file(embedder, lite0_onnx, photos, tmp_path, point):
+    """A build taking local features in its decode workers, killed with SIGKILL between a shard's
+    commit and its feature file (or mid-way), resumes with the next build: every shard has the
+    feature file the separate pass writes, byte for byte."""
+    from cbir.index.storage import features
+
+    g_dir = tmp_path / "g"
+    make_gallery(g_dir, photos, 12)
+    Gallery.create(tmp_path / "idx", embedder, shard_size=4)
+    code = (
+        "import sys; from cbir.index.gallery import Gallery; from cbir.index.ingest import pipeline\n"
+        f"g = Gallery({str(tmp_path / 'idx')!r})\n"
+        f"with g.writing():\n    g.scan([{str(g_dir)!r}])\n    pipeline.process_pending(g, fused=True)\n"
+    )
+    env = {**os.environ, "CBIR_CRASH_AT": point}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr.decode()[-2000:]
+    g = Gallery(tmp_path / "idx")
+    g.build([g_dir])  # the resume: the rest embedded (fused or not), missing feature files extracted
+    ref = Gallery.create(tmp_path / "ref", embedder, shard_size=4)
+    ref.build([g_dir])
+    assert g.store.count("indexed") == ref.store.count("indexed") == 12
+    for s in ref.store.done_shards():
+        a = np.load(features.feature_path(ref.root, s))
+        b = np.load(features.feature_path(g.root, s))
+        assert np.array_equal(np.sort(a["id"]), np.sort(b["id"]))
+        assert sorted(x.tobytes() for x in a[[n for n in a.dtype.names if n != "id"]]) == sorted(
+            x.tobytes() for x in b[[n for n in b.dtype.names if n != "id"]]
+        )
