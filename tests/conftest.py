@@ -95,3 +95,19 @@ def verified_index(tmp_path, embedder, photos):
     g = Gallery.create(tmp_path / "idx", embedder)
     g.build([tmp_path / "g"])
     return g, files
+
+
+def queued_while_busy(searcher, calls) -> None:
+    """Start ``calls`` in threads while ``searcher``'s device is held (its ``_run_lock``), so that all
+    of them queue up for one combined search (``torch_flat.Combining``); then wait for them."""
+    import threading
+    import time
+
+    with searcher._run_lock:
+        threads = [threading.Thread(target=c) for c in calls]
+        for th in threads:
+            th.start()
+        while len(searcher._queue) < len(calls):
+            time.sleep(0.01)
+    for th in threads:
+        th.join()

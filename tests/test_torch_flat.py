@@ -9,6 +9,7 @@ import pytest
 from cbir.errors import CbirError
 from cbir.index.ann import faiss_index, torch_flat
 from cbir.vectors import l2_normalize
+from conftest import queued_while_busy
 
 
 def test_torch_flat_answers_like_faiss_flat(monkeypatch):
@@ -35,9 +36,6 @@ def test_torch_flat_answers_like_faiss_flat(monkeypatch):
 def test_concurrent_searches_are_combined_into_one_matmul():
     """Requests queued while the device is busy are answered by one combined search, each caller
     getting its own rows and its own k; a failure reaches every caller of that batch."""
-    import threading
-    import time
-
     rng = np.random.default_rng(1)
     x = l2_normalize(rng.normal(size=(3000, 32)).astype(np.float32))
     index, _ = faiss_index.build(x, np.arange(3000, dtype=np.int64) * 7, "Flat")
@@ -49,18 +47,7 @@ def test_concurrent_searches_are_combined_into_one_matmul():
     def ask(i):
         got[i] = t.search(qs[i], ks[i])
 
-    def while_busy(calls):
-        """Start ``calls`` in threads while the device is held, so that all of them queue up."""
-        with t._run_lock:
-            threads = [threading.Thread(target=c) for c in calls]
-            for th in threads:
-                th.start()
-            while len(t._queue) < len(calls):
-                time.sleep(0.01)
-        for th in threads:
-            th.join()
-
-    while_busy([lambda i=i: ask(i) for i in range(8)])
+    queued_while_busy(t, [lambda i=i: ask(i) for i in range(8)])
     assert (t.batches, t.requests) == (1, 8)
     for i in range(8):
         want_s, want_i = faiss_index.search(index, qs[i], ks[i])
@@ -79,7 +66,7 @@ def test_concurrent_searches_are_combined_into_one_matmul():
         except RuntimeError as e:
             errors.append(str(e))
 
-    while_busy([ask_fail] * 3)
+    queued_while_busy(t, [ask_fail] * 3)
     assert errors == ["device lost"] * 3 and not t._queue
 
 

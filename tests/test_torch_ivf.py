@@ -9,6 +9,7 @@ import pytest
 from cbir.bench.scale import Synthetic
 from cbir.errors import CbirError
 from cbir.index.ann import faiss_index, torch_ivf
+from conftest import queued_while_busy
 
 
 def _data(n=6000, d=48, seed=0):
@@ -73,9 +74,6 @@ def test_other_indexes_are_refused_or_searched_exactly():
 
 
 def test_different_nprobe_requests_are_not_combined():
-    import threading
-    import time
-
     import faiss
 
     x, ids, q = _data(n=3000, d=32)
@@ -87,14 +85,7 @@ def test_different_nprobe_requests_are_not_combined():
     def ask(i, nprobe):
         got[i] = t.search(q[i : i + 2], 5, faiss.SearchParametersIVF(nprobe=nprobe))
 
-    with t._run_lock:
-        threads = [threading.Thread(target=ask, args=a) for a in asks]
-        for th in threads:
-            th.start()
-        while len(t._queue) < len(asks):
-            time.sleep(0.01)
-    for th in threads:
-        th.join()
+    queued_while_busy(t, [lambda a=a: ask(*a) for a in asks])
     assert t.requests == 6 and t.batches >= 2
     for i, nprobe in asks:
         want = index.search(q[i : i + 2], 5, params=faiss.SearchParametersIVF(nprobe=nprobe))[1]
