@@ -82,7 +82,10 @@ def ivf_md(r: dict) -> list[str]:
 def http_md(r) -> list[str]:
     rows = r if isinstance(r, list) else r.get("runs", r.get("results", []))
     md = ["", "**serve** (POST /search, client on the same host)", ""]
-    md += ["| rerank | concurrency | requests/s | p50 ms | p99 ms | status | mean batch |", "|---|---|---|---|---|---|---|"]
+    md += [
+        "| rerank | concurrency | requests/s | p50 ms | p99 ms | status | mean batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for x in rows:
         md.append(
             f"| {x['rerank']} | {x['concurrency']} | {x['requests_per_s']:.0f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} "
