@@ -70,3 +70,33 @@ def test_decode_gpu_refusals(lite0_onnx):
         Embedder(lite0_onnx, decode="gpu")
     with pytest.raises(CbirError, match="--decode 'fpga'"):
         Embedder(lite0_onnx, decode="fpga")
+
+
+def test_the_hardware_jpeg_decoder_is_asked_for_first_and_refusal_falls_back():
+    """``_decoder`` names nvImageCodec's backends in order (hardware JPEG first); a build that refuses
+    the list (no such backend kind, an older version) gets the library's default decoder."""
+    import types
+
+    from cbir.engine.gpu_decode import _decoder
+
+    made = []
+
+    def fake(refuse: bool):
+        class Decoder:
+            def __init__(self, device_id=0, backends=None):
+                if refuse and backends is not None:
+                    raise RuntimeError("unsupported backend")
+                made.append((device_id, None if backends is None else [b.kind for b in backends]))
+
+        return types.SimpleNamespace(
+            Backend=lambda kind: types.SimpleNamespace(kind=kind),
+            BackendKind=types.SimpleNamespace(
+                HW_GPU_ONLY="hw", GPU_ONLY="gpu", HYBRID_CPU_GPU="hybrid", CPU_ONLY="cpu"
+            ),
+            Decoder=Decoder,
+        )
+
+    _, kinds = _decoder(fake(False), 1)
+    assert kinds[0] == "HW_GPU_ONLY" and made[-1] == (1, ["hw", "gpu", "hybrid", "cpu"])
+    _, kinds = _decoder(fake(True), 0)
+    assert kinds == ["default"] and made[-1] == (0, None)

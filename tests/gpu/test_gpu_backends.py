@@ -268,6 +268,7 @@ def test_gpu_decode_matches_cpu_decode(lite0_onnx, photos, tmp_path):
     (tmp_path / "broken.jpg").write_bytes(open(files[1], "rb").read()[:300])
     files.append(str(tmp_path / "broken.jpg"))
     gpu = Embedder(lite0_onnx, backend="torch", device="cuda", precision="fp32", decode="gpu")
+    assert gpu.decoder.backends[0] in ("HW_GPU_ONLY", "default")  # the hardware JPEG decoder asked for first
     cpu = Embedder(lite0_onnx, backend="torch", device="cuda", precision="fp32")
     a, b = gpu.embed_files(files, batch_size=8), cpu.embed_files(files, batch_size=8)
     assert list(a.indices) == list(b.indices) and [e[1] for e in a.errors] == [e[1] for e in b.errors] == [files[-1]]

@@ -37,9 +37,22 @@ from cbir.engine.preprocess import ImageError, ImageSource, Preprocess, describe
 from cbir.errors import CbirError
 
 
+def _decoder(nv, device_id: int):
+    """(an nvImageCodec Decoder, its backends): the hardware JPEG decoder (A100/H100 have one) named
+    first, then the CUDA and hybrid CPU-GPU decoders, then the CPU one; a build that refuses that
+    list gets the library's default decoder."""
+    kinds = ("HW_GPU_ONLY", "GPU_ONLY", "HYBRID_CPU_GPU", "CPU_ONLY")
+    try:
+        backends = [nv.Backend(getattr(nv.BackendKind, k)) for k in kinds]
+        return nv.Decoder(device_id=device_id, backends=backends), list(kinds)
+    except Exception:
+        return nv.Decoder(device_id=device_id), ["default"]
+
+
 class NvDecoder:
     """nvImageCodec's batched decoder on CUDA device ``device_id``: bytes -> RGB uint8 [h, w, 3]
-    CUDA tensors (EXIF orientation applied), None for an image it cannot decode."""
+    CUDA tensors (EXIF orientation applied), None for an image it cannot decode; ``backends`` says
+    which backends it was given (``_decoder``)."""
 
     device = "cuda"
 
@@ -52,7 +65,7 @@ class NvDecoder:
         if not torch.cuda.is_available():
             raise CbirError(f"--decode gpu: torch {torch.__version__} sees no CUDA device")
         try:
-            self._decoder = nvimgcodec.Decoder(device_id=device_id)
+            self._decoder, self.backends = _decoder(nvimgcodec, device_id)
             # nvImageCodec ≥ 0.6 names it SRGB and takes the channel layout apart (I_RGB: interleaved)
             rgb = getattr(nvimgcodec.ColorSpec, "RGB", None) or nvimgcodec.ColorSpec.SRGB
             layout = {"sample_format": nvimgcodec.SampleFormat.I_RGB} if hasattr(nvimgcodec, "SampleFormat") else {}
