@@ -34,7 +34,8 @@ def patched(levels: int, factor: float):
         return cv2.ORB_create(nlevels=levels, scaleFactor=factor, **kw)
 
     names = {n: getattr(cv2, n) for n in dir(cv2) if not n.startswith("__")}
-    return lambda: types.SimpleNamespace(**{**names, "ORB_create": orb_create})
+    module = types.SimpleNamespace(**{**names, "ORB_create": orb_create})  # made once: ``_cv2()`` is called often
+    return lambda: module
 
 
 def orb_ms(files: list[str]) -> float:
