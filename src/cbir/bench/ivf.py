@@ -7,8 +7,9 @@ torch on ``device``: 10M × 320 is drawn in seconds there), ``nlist`` coarse cen
 vector assigned to its nearest centroid on the device. One FAISS CPU index per kind — IVF-Flat and
 IVF-SQ8 (8-bit per dimension, by residual, as ``IVFn,SQ8`` builds it) — is filled with those
 assignments (``add_core``: FAISS does not assign 10M vectors again), and ``TorchIVF`` copies it.
-Exact top-``k`` of fresh queries on the device gives the truth. ``nprobe``: the smallest power of
-two whose FAISS recall@k on ``tune`` other queries reaches ``target_recall``; both then search at it
+Exact top-``k`` of fresh queries on the device gives the truth. ``nprobe``: ``index.ann.tuning.tune``'s,
+the smallest power of two whose FAISS recall@k on ``tune`` other queries reaches ``target_recall``
+(unreachable: refused, as ``cbir index tune`` refuses); both then search at it
 (the same lists: the same recall up to FP16 near-ties, reported for each). q/s: medians of
 ``repeats`` interleaved passes over the queries in batches of ``batch``; then ``clients`` threads
 sending single queries (the device combines what queues up, as under ``cbir serve``).
@@ -92,28 +93,11 @@ def faiss_ivf(x: np.ndarray, centroids: np.ndarray, lists: np.ndarray, kind: str
     return index
 
 
-def _recall(got: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth)]))
-
-
 def _rate(index, q: np.ndarray, k: int, batch: int, params=None) -> tuple[float, np.ndarray]:
     ids, t0 = [], time.perf_counter()
     for s in range(0, len(q), batch):
         ids.append(index.search(q[s : s + batch], k, params=params)[1])
     return len(q) / (time.perf_counter() - t0), np.concatenate(ids)
-
-
-def _tune(index, q: np.ndarray, truth: np.ndarray, k: int, target: float) -> int:
-    import faiss
-
-    nprobe = 1
-    while nprobe < index.nlist:
-        got = index.search(q, k, params=faiss.SearchParametersIVF(nprobe=nprobe))[1]
-        if _recall(got, truth) >= target:
-            break
-        nprobe *= 2
-    return min(nprobe, index.nlist)
 
 
 def bench_ivf(
@@ -179,13 +163,13 @@ def _one_kind(
     x, centroids, lists, kind, q, truth, q_tune, truth_tune, device, k, batch, target, repeats, clients
 ) -> dict:
     """One kind's FAISS CPU index and its torch copy, tuned and measured (see the module docstring)."""
+    from cbir.index.ann import tuning
     from cbir.index.ann.torch_ivf import TorchIVF
 
     t0 = time.perf_counter()
     cpu = faiss_ivf(x, centroids, lists, kind)
     build_s = time.perf_counter() - t0
-    nprobe = _tune(cpu, q_tune, truth_tune, k, target)
-    cpu.nprobe = nprobe
+    nprobe = tuning.tune(cpu, q_tune, truth_tune, target, repeats=1)["params"]["nprobe"]  # sets it on ``cpu``
     t0 = time.perf_counter()
     dev = TorchIVF(cpu, device)
     load_s = time.perf_counter() - t0
@@ -209,8 +193,11 @@ def _one_kind(
         "faiss_build_s": round(build_s, 1),
         "torch_load_s": round(load_s, 1),
         "device_bytes": dev.memory_bytes(),
-        "recall_at_k": {"faiss_cpu": round(_recall(got_cpu, truth), 4), "torch": round(_recall(got_dev, truth), 4)},
-        "same_ids_as_faiss": round(_recall(got_dev, got_cpu), 4),
+        "recall_at_k": {
+            "faiss_cpu": round(tuning.recall_at_k(truth, got_cpu), 4),
+            "torch": round(tuning.recall_at_k(truth, got_dev), 4),
+        },
+        "same_ids_as_faiss": round(tuning.recall_at_k(got_cpu, got_dev), 4),
         "queries_per_s": {name: round(v, 1) for name, v in med.items()},
         "ratio_torch_to_faiss_cpu": round(med["torch"] / med["faiss_cpu"], 2),
         "single_query_per_s": singles,

@@ -127,13 +127,13 @@ def _load(
         except ImageError as e:
             raise ImageError(name, e.reason) from None
     else:
-        name, data = describe(source), source
+        name = data = None  # an in-memory image: named only if side work needs it
         t1 = time.perf_counter()
         pp(source, out)
     facts.stats = row_stats(out, structure=False)
     t2 = t3 = time.perf_counter()
     if side is not None:
-        facts.side = side(data, name)
+        facts.side = side(source, describe(source)) if data is None else side(data, name)
         t3 = time.perf_counter()
     timings.add(t1 - t0, t2 - t1, t3 - t2)
     return facts

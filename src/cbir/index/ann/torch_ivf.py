@@ -31,8 +31,8 @@ BLOCK = 64  # rows per block of an inverted list
 GATHER_BYTES = 1 << 30  # the most one chunk of queries gathers at once
 
 
-def _lists(ivf) -> tuple[list[np.ndarray], list[np.ndarray], int]:
-    """(ids per list, codes per list as uint8 [n, code_size], code_size) of a FAISS IVF index."""
+def _lists(ivf) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(ids per list, codes per list as uint8 [n, code_size]) of a FAISS IVF index."""
     import faiss
 
     inv, cs = ivf.invlists, ivf.code_size
@@ -45,7 +45,7 @@ def _lists(ivf) -> tuple[list[np.ndarray], list[np.ndarray], int]:
             continue
         ids.append(faiss.rev_swig_ptr(inv.get_ids(lst), n).astype(np.int64).copy())
         codes.append(faiss.rev_swig_ptr(inv.get_codes(lst), n * cs).reshape(n, cs).copy())
-    return ids, codes, cs
+    return ids, codes
 
 
 def _kind(index):
@@ -70,6 +70,8 @@ class TorchIVF(Combining):
     """A FAISS IVF-Flat / IVF-SQ8 index's lists on ``device``, scanned by gathered blocks (module docstring)."""
 
     def __init__(self, index, device: str = "cuda", block: int = BLOCK):
+        import faiss
+
         torch = import_torch(device)
         self.kind, ivf = _kind(index)
         self._torch, self.device, self.block = torch, device, block
@@ -78,7 +80,7 @@ class TorchIVF(Combining):
         self.dtype = torch.float16 if device == "cuda" else torch.float32
         centroids = ivf.quantizer.reconstruct_n(0, self.nlist).astype(np.float32)
         self._centroids = torch.from_numpy(centroids).to(device)
-        ids, codes, _ = _lists(ivf)
+        ids, codes = _lists(ivf)
         nblocks = np.array([math.ceil(len(i) / block) for i in ids], np.int64)
         first = np.concatenate([[0], np.cumsum(nblocks)[:-1]]).astype(np.int64)
         total = int(nblocks.sum()) + 1  # the last block: all padding, what a masked gather points at
@@ -95,7 +97,7 @@ class TorchIVF(Combining):
             self._blocks = torch.from_numpy(data.view(np.float32)).to(device=device, dtype=self.dtype)
         else:
             self._blocks = torch.from_numpy(data).to(device)
-            trained = faiss_vector(ivf.sq.trained).reshape(2, self.d)
+            trained = faiss.vector_to_array(ivf.sq.trained).astype(np.float32).reshape(2, self.d)
             self._vmin, self._vdiff = (torch.from_numpy(t.copy()).to(device) for t in trained)
         self._rows_of_block = torch.from_numpy(block_ids).to(device)
         self._owner = torch.from_numpy(owner).to(device)
@@ -170,13 +172,6 @@ class TorchIVF(Combining):
             got_s = torch.cat([got_s, torch.full((len(q), k - kk), float("-inf"), device=self.device)], 1)
             got_i = torch.cat([got_i, torch.full((len(q), k - kk), -1, device=self.device)], 1)
         return got_s, got_i
-
-
-def faiss_vector(v) -> np.ndarray:
-    """A FAISS std::vector<float> as NumPy."""
-    import faiss
-
-    return faiss.vector_to_array(v).astype(np.float32)
 
 
 def on_device(index, device: str):
