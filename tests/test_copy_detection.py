@@ -73,6 +73,39 @@ def test_a_warped_blurred_copy_is_verified_by_the_default_search(verified_index,
     assert not any(h["verified"] for h in hits[1:])
 
 
+def test_a_tilted_view_compresses_along_its_direction_and_fills_the_feature_side():
+    img = np.full((200, 320), 255, np.uint8)
+    assert lf.tilted(img, 2.0, 0.0).shape == (320, 256)  # 160 × 200, scaled back up to 320 on its longer side
+    assert lf.tilted(img, 2.0, 90.0).shape == (100, 320)  # 320 × 100: already 320 wide, left as it is
+    diag = lf.tilted(img, 2**0.5, 45.0)
+    assert max(diag.shape) == lf.SIDE and 0 < (diag > 127).mean() < 1  # the image on a black canvas
+    assert len(lf.tilted_views(img)) == len(lf.TILTS)
+
+
+def test_a_copy_squeezed_along_a_diagonal_verifies_only_through_a_tilted_view(photos):
+    """ORB's square patch does not survive a strong squeeze along a diagonal (a shear, a perspective
+    warp): nothing matches, so guided re-matching has no fit to start from; the view squeezed along
+    the other diagonal restores the proportions."""
+    copy = Image.fromarray(lf.tilted(lf.gray(photos[2], "chelsea"), 2.2, 45.0))
+    original = lf.extract(photos[2])
+    assert lf.verify([(lf.extract_query(copy), original)], 15)[0] < 15
+    views = lf.tilted_views(lf.gray(copy, "copy"))
+    assert lf.verify([(views, original)], 15)[0] >= 15
+    others = [lf.extract(p) for p in photos if p != photos[2]]
+    assert lf.verify([(views, r) for r in others], 15).max() < 15
+
+
+def test_the_default_search_verifies_a_squeezed_copy_by_its_tilted_views(verified_index, tmp_path, monkeypatch):
+    g, files = verified_index
+    q = tmp_path / "squeezed.jpg"
+    Image.fromarray(lf.tilted(lf.gray(files[8], "camera"), 2.6, 45.0)).save(q, quality=90)
+    hits = g.search([str(q)], k=5)[0]["results"]
+    assert hits[0]["path"] == os.path.abspath(files[8]) and hits[0]["verified"] and hits[0]["inliers"] >= 15
+    assert not any(h["verified"] for h in hits[1:])
+    monkeypatch.setattr(lf, "TILTS", ())  # without the views neither the query, its windows nor its votes verify
+    assert not any(h["verified"] for h in g.search([str(q)], k=5)[0]["results"])
+
+
 def test_geometry_check_refuses_collapsed_mirrored_and_extreme_maps():
     rng = np.random.default_rng(0)
     a = rng.uniform(0, 320, (40, 2)).astype(np.float32)
@@ -238,6 +271,7 @@ def test_a_squeezed_copy_verifies_once_stretched_back_to_the_gallerys_shapes(
     assert lf.inliers(lf.extract_query(q), g.features.get([g.store.ids_under(want)[0]])[0]) < 15
     with monkeypatch.context() as m:
         m.setattr(lf, "STRETCH", 100.0)  # never stretched back
+        m.setattr(lf, "TILTS", ())  # nor tilted: the view squeezed by 2 along y leaves a 1.5× squeeze ORB survives
         assert not any(h["verified"] for h in g.search([str(q)], k=3)[0]["results"])
     hits = g.search([str(q)], k=3)[0]["results"]
     assert hits[0]["path"] == want and hits[0]["verified"] and hits[0]["inliers"] >= 30
@@ -468,10 +502,48 @@ def test_bench_copy_search_at_sizes_grows_the_index_with_distractors(verified_in
         0,
         0,
     )
+    # past the photos: vectors-only items made from the distractors' own vectors
+    vecs = tmp_path / "v.npy"
+    made = ["bench", "distractors", str(vecs), "-n", "30", "--vectors-of", str(g.root), "--under", str(tmp_path / "d")]
+    assert main([*made, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["vectors"], r["parents"]) == (30, 6) and np.load(vecs).shape == (30, g.settings.model_dim)
+    assert (
+        main([*args, "--distractors", str(tmp_path / "d"), "--from-vectors", str(vecs), "--at", "18,40", "--json"]) == 0
+    )
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["size"], r["items"], r["added"], r["added_vectors"]) for r in rows] == [
+        (18, 18, 0, 0),
+        (40, 40, 3, 19),
+    ]  # every photo first
+    assert rows[1]["rank1"] == 1.0 and rows[1]["verified_false_positives"] == 0 and rows[1]["crashes"] == 0
+    indexed = g.store.paths_for_ids(g.store.indexed_ids().tolist()).values()
+    assert sorted(int(p.rsplit("#", 1)[1]) for p in indexed if p.startswith(str(vecs.resolve()))) == list(range(19))
+    assert main([*args, "--from-vectors", str(vecs), "--at", "100"]) == 2
+    assert "holds 30 vectors, 79 needed" in capsys.readouterr().err  # 19 in, 60 more
+    assert main([*made[:3], "-n", "3", "--vectors-of", str(g.root), "--under", str(tmp_path / "nowhere")]) == 2
+    assert "0 indexed items lie under it" in capsys.readouterr().err
     assert main([*args, "--distractors", str(tmp_path / "d"), "--at", "100"]) == 2
-    assert re.search(r"--at 100: --distractors .* holds 9, 82 needed", capsys.readouterr().err)
+    assert re.search(r"--at 100: --distractors .* holds 9, 60 needed", capsys.readouterr().err)  # 40 items now
     assert main([*args, "--distractors", str(tmp_path / "d"), "--at", "x"]) == 2
     assert "--at 'x': not a comma-separated list" in capsys.readouterr().err
+
+
+def test_vector_distractors_sit_as_near_their_parents_as_real_neighbours_do():
+    from cbir.bench.vector_distractors import jitter
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 64))
+    parents = centres[rng.integers(0, 40, 3000)] + 0.5 * rng.normal(size=(3000, 64))
+    parents /= np.linalg.norm(parents, axis=1, keepdims=True)
+    kids, calib = jitter(parents, 5000, seed=1)
+    assert kids.shape == (5000, 64) and np.allclose(np.linalg.norm(kids, axis=1), 1, atol=1e-5)
+    assert 0.3 < calib["neighbour_cosine"] < 0.99 and calib["sigma"] > 0
+    # a child's nearest parent: at least as near as the real neighbours are, never the parent itself
+    assert calib["neighbour_cosine"] - 0.02 <= calib["child_nearest_parent_cosine"] < 0.999
+    assert np.array_equal(kids, jitter(parents, 5000, seed=1)[0]) and not np.array_equal(
+        kids, jitter(parents, 5000, seed=2)[0]
+    )
 
 
 def test_augly_suite_writes_every_augmentation_with_its_compat_fixes(tmp_path, photos):

@@ -16,8 +16,10 @@ The descriptor-vote index is made before the first query (searches meanwhile wou
 
 At scale (``at_sizes``, ``--distractors DIR --at N,…``): the distractors (``cbir bench distractors``)
 are added to the index in ``distractors.ordered`` order until it holds each size in turn, and the suite
-is searched at each; one row per size, with this process's peak resident memory so far. The index is
-written to: run it on a copy, or on an index made for it.
+is searched at each; one row per size, with this process's peak resident memory so far. Past the
+distractors' count, ``--from-vectors V.npy`` adds vectors-only items (``vector_distractors``: the
+CNN shortlist and the scan at 1M; they have no local features). The index is written to: run it on
+a copy, or on an index made for it.
 """
 
 from __future__ import annotations
@@ -154,18 +156,31 @@ def _summary(out: dict, ms: dict, crashes: list[str], found: list[int], most: li
 
 
 def at_sizes(
-    gallery, data: str, suite: str, distractors: str, sizes: Sequence[int], progress: bool = False, **search
+    gallery,
+    data: str,
+    suite: str,
+    distractors: str | None,
+    sizes: Sequence[int],
+    progress: bool = False,
+    vectors: str | None = None,
+    **search,
 ) -> list[dict]:
     """``copy_search`` at each gallery size in ``sizes`` (ascending), the index grown to it with the
-    distractors under ``distractors`` (never removed: a size below the index's is searched as it is).
+    distractors under ``distractors`` (never removed: a size below the index's is searched as it is),
+    and past them with the rows of the .npy ``vectors`` (``vector_distractors``: vectors-only items).
     ``search``: ``copy_search``'s keywords."""
+    from cbir.bench import vector_distractors
     from cbir.bench.distractors import grow, ordered
     from cbir.bench.scale import peak_rss_mb
 
-    base, pool = gallery.store.count("indexed"), ordered(distractors)
+    base = gallery.store.count("indexed")
+    pool = ordered(distractors) if distractors else []
     rows = []
     for size in sorted(sizes):
-        grown = grow(gallery, distractors, size, base, progress, pool)
+        images = min(size, base + len(pool)) if vectors else size
+        grown = grow(gallery, distractors or "", images, base, progress, pool)
+        if vectors:
+            grown.update(vector_distractors.grow(gallery, vectors, size, progress))
         row = copy_search(gallery, data, suite, **search)
         row.update(size=size, **grown, peak_rss_mb=round(peak_rss_mb(), 1))
         rows.append(row)

@@ -130,8 +130,10 @@ def cmd_bench_copy_search(a: argparse.Namespace) -> int:
     opts = dict(
         rerank=rerank_from_args(a, g.settings.rerank), per_aug=a.per_aug, keeps={n: v[1] for n, v in AUGS.items()}
     )
-    if a.distractors:
-        rows = at_sizes(g, a.data, a.suite, a.distractors, _sizes(a.at), progress=not a.json, **opts)
+    if a.distractors or a.from_vectors:
+        rows = at_sizes(
+            g, a.data, a.suite, a.distractors, _sizes(a.at), progress=not a.json, vectors=a.from_vectors, **opts
+        )
         if a.json:
             print_json(rows)
             return 0
@@ -500,6 +502,8 @@ def cmd_bench_live(a: argparse.Namespace) -> int:
 def cmd_bench_distractors(a: argparse.Namespace) -> int:
     from cbir.bench.distractors import make
 
+    if a.vectors_of:
+        return _vector_distractors(a)
     r = make(a.out, a.n, a.sources, a.seed)
     if a.json:
         print_json(r)
@@ -576,6 +580,23 @@ def _copies_parser(bench) -> None:
     bc.set_defaults(fn=cmd_bench_copies)
 
 
+def _vector_distractors(a: argparse.Namespace) -> int:
+    from cbir.bench import vector_distractors
+    from cbir.index.gallery import Gallery
+
+    if not a.under:
+        raise CbirError("--vectors-of needs --under DIR: the folder whose indexed items are the parents")
+    r = vector_distractors.write(a.out, Gallery(a.vectors_of), a.under, a.n, a.seed)
+    if a.json:
+        print_json(r)
+    else:
+        print(
+            f"{r['vectors']} vectors from {r['parents']} parents in {r['out']}: child-parent cosine "
+            f"{r['child_nearest_parent_cosine']} (parents' nearest neighbour {r['neighbour_cosine']})"
+        )
+    return 0
+
+
 def _copy_search_parser(bench) -> None:
     bs = bench.add_parser(
         "copy-search",
@@ -593,7 +614,14 @@ def _copy_search_parser(bench) -> None:
         help="folder written by `cbir bench distractors`: grow the index with them to each --at size "
         "and search at each (writes to --index: use a copy)",
     )
-    bs.add_argument("--at", help="gallery sizes for --distractors, comma-separated (e.g. 20000,100000)")
+    bs.add_argument(
+        "--from-vectors",
+        help="a .npy of vectors (`cbir bench distractors OUT.npy --vectors-of INDEX`): past the --distractors, "
+        "grow the index with them as vectors-only items to each --at size",
+    )
+    bs.add_argument(
+        "--at", help="gallery sizes for --distractors / --from-vectors, comma-separated (e.g. 20000,100000)"
+    )
     rerank_args(bs)
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(fn=cmd_bench_copy_search)
@@ -839,6 +867,12 @@ def _distractors_parser(bench) -> None:
     bd.add_argument("out", help="folder to write them to (resumes)")
     bd.add_argument("-n", type=int, default=20_000, help="how many (default 20,000)")
     bd.add_argument("--from", dest="sources", nargs="+", help="source folders (default: the installed wallpapers)")
+    bd.add_argument(
+        "--vectors-of",
+        metavar="INDEX",
+        help="write vectors instead (OUT: a .npy): -n vectors made from the vectors of INDEX's items under --under",
+    )
+    bd.add_argument("--under", help="with --vectors-of: the folder whose indexed items are the parents")
     bd.add_argument("--seed", type=int, default=0)
     bd.add_argument("--json", action="store_true")
     bd.set_defaults(fn=cmd_bench_distractors)

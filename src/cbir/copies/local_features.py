@@ -34,6 +34,13 @@ are not mirror-invariant; the mirror turned by 180° is the upside-down copy), `
 best; ``windows`` gives five half-size windows of a query with their own features (as is and
 mirrored), for a photo pasted into another, flipped or not.
 
+Tilted views (``tilted_views``): ORB's patch survives a copy's rotation and scale, not a strong
+shear or perspective (the patch is squeezed). The second look (``windows.look``) also matches the
+query compressed by ``TILTS`` — ASIFT's simulated tilts (Morel & Yu 2009), the four of its first
+levels that recovered the most AugLy copies unverified as they are: by 2 along either axis and by
+√2 along either diagonal — against the first look's candidates, so a copy warped beyond the patch's
+tolerance is fitted from the view that undoes most of the warp (BENCHMARKS.md).
+
 ORB over SIFT: binary descriptors are 4× smaller than SIFT's 128 floats (32 B vs 512 B per
 keypoint) and Hamming matching is several times faster; on the edited-copy benchmark both verify the
 copies (BENCHMARKS.md, "Re-ranking and copy detection").
@@ -135,6 +142,30 @@ def extract_query(
     return Variants(img) if mirrored else (detect(img),)
 
 
+# (tilt, direction in degrees): a view compresses the image by 1/tilt along that direction
+TILTS = ((2.0, 0.0), (2.0, 90.0), (2**0.5, 45.0), (2**0.5, 135.0))
+
+
+def tilted(img: np.ndarray, tilt: float, degrees: float) -> np.ndarray:
+    """A grayscale image compressed by 1/``tilt`` along the direction ``degrees`` (0: x), on a black
+    canvas that holds all of it, scaled back up to ``SIDE`` on its longer side when it came out smaller."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    rot = np.array([[c, s], [-s, c]])
+    a = rot.T @ np.diag([1.0 / tilt, 1.0]) @ rot
+    h, w = img.shape
+    corners = np.array([[0, 0], [w, 0], [0, h], [w, h]], float) @ a.T
+    lo, hi = corners.min(0), corners.max(0)
+    scale = max(1.0, SIDE / float((hi - lo).max()))
+    size = np.maximum(1, np.round((hi - lo) * scale)).astype(int)
+    m = np.hstack([a * scale, -lo[:, None] * scale])
+    return _cv2().warpAffine(img, m, (int(size[0]), int(size[1])), flags=_cv2().INTER_LINEAR)
+
+
+def tilted_views(img: np.ndarray) -> tuple[np.void, ...]:
+    """The records of a grayscale image's ``TILTS`` views (as is, not mirrored)."""
+    return tuple(detect(tilted(img, t, d)) for t, d in TILTS)
+
+
 class Variants(abc.Sequence):
     """``extract_query``'s two variants of a grayscale image: its record, and its mirror's — detected
     only when first asked for (a search whose first candidate verifies as it is never asks)."""
@@ -145,6 +176,11 @@ class Variants(abc.Sequence):
 
     def __len__(self) -> int:
         return 2
+
+    @property
+    def image(self) -> np.ndarray:
+        """The grayscale image the variants were detected in (``gray``'s scale)."""
+        return self._img
 
     def __getitem__(self, i):
         if isinstance(i, slice):

@@ -8,8 +8,11 @@ with a layout (a block bounded by bands of one colour, ``layout``) has that bloc
 whose first candidate only is verified; and the query's own features are verified against the
 ``votes.VOTES`` items with the most descriptor matches (``voted``: a shortlist that needs no CNN
 vector, for copies too degraded or flipped for it), also with the query stretched back to each of
-the gallery's common shapes when it is more than ``local_features.STRETCH`` off one. The verified
-come first (most inliers first, scored by their best window's cosine), then ``hits`` without them.
+the gallery's common shapes when it is more than ``local_features.STRETCH`` off one; and the
+query's tilted views (``local_features.tilted_views``: a sheared or perspective-warped copy) are
+verified against the first look's candidates (the first ``cfg.verify`` of ``hits``, keeping their
+score there). The verified come first (most inliers first, scored by their best window's cosine),
+then ``hits`` without them.
 
 Dedup's windows and vote passes use the same two steps (``window_candidates``, ``voted``) over every
 indexed item. The gallery is read through the methods of ``cascade.Searchable``.
@@ -70,6 +73,21 @@ def vote_pairs(gallery, source, name: str, features, snap) -> list[tuple]:
     return [p for p, ok in zip(pairs, live) if ok]
 
 
+def tilted_pairs(query, name: str, hits: list[Hit], n: int) -> list[tuple]:
+    """(the query's tilted views, item id) for the first ``n`` of ``hits``; [] when the query has no
+    features or its image cannot be read again."""
+    if query.features is None or not n or not hits or not local_features.TILTS:
+        return []
+    img = getattr(query.features, "image", None)
+    if img is None:
+        try:
+            img = local_features.gray(query.source, name)
+        except (ImageError, OSError):
+            return []
+    views = local_features.tilted_views(img)
+    return [(views, h.id) for h in hits[:n] if h.id >= 0]
+
+
 def look(gallery, query, hits: list[Hit], k: int, cfg, snap, deadline: Deadline = NEVER) -> list[Hit]:
     """The windows stage for one image ``query`` (``cascade.Query``) whose ``hits`` verified nothing."""
     name = source_name(query.source)
@@ -88,6 +106,10 @@ def look(gallery, query, hits: list[Hit], k: int, cfg, snap, deadline: Deadline 
             if i >= 0:
                 pairs.append((win.features[w], int(i)))
                 best[int(i)] = max(best.get(int(i), -np.inf), float(s_))
+    tilts = tilted_pairs(query, name, hits, cfg.verify)
+    for h in hits[: len(tilts)]:
+        best[h.id] = max(best.get(h.id, -np.inf), float(h.score))
+    pairs += tilts
     by_votes = vote_pairs(gallery, query.source, name, query.features, snap) if query.features is not None else []
     if by_votes:  # their score: the best window's cosine, like the windows' own candidates
         ids_ = np.array([i for _, i in by_votes], np.int64)
