@@ -6,9 +6,11 @@ distractors took ~45 minutes); their vectors do. ``jitter`` makes ``n`` vectors 
 *parents*: the vectors of an index's items under a folder, e.g. the image distractors): each is a
 parent plus Gaussian noise shaped like the parents' own spread (their covariance, so the noise moves
 along the directions real photos differ in), scaled so that a child is as near its parent as the
-parents' median nearest neighbour is to them — the neighbourhoods real photos occupy, ``n`` / parents
-times fuller, not vectors scattered where no photo lies (uniform noise on the sphere would be far
-from everything and change nothing). Deterministic for a seed.
+parents' median nearest neighbour *in another folder* is to them (a crop of another source photo,
+not another crop of the same one: ``cbir bench distractors`` cuts ~900 overlapping crops of each
+source, whose nearest neighbours are near-duplicates) — another photo of the parent's kind, in the
+region real photos occupy, not a vector scattered where no photo lies (uniform noise on the sphere
+would be far from everything and change nothing). Deterministic for a seed.
 
 What such items test: the CNN shortlist (a copy's original among 1M vectors) and the cost of the
 exact scan; they have no local features, so they verify nothing and cast no descriptor votes — but
@@ -19,6 +21,7 @@ budget a gallery of that size gets. Their paths are ``<npy>#<row>``: nothing to 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -31,13 +34,21 @@ CHUNK = 100_000
 SAMPLE = 2_000  # parents whose nearest neighbour and children calibrate the noise
 
 
-def parents_under(gallery, under: str | os.PathLike) -> np.ndarray:
-    """The stored vectors of ``gallery``'s indexed items whose paths lie under ``under``."""
+def parents_under(gallery, under: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(the stored vectors of ``gallery``'s indexed items whose paths lie under ``under``, each one's
+    folder number — folders of one name count as one: ``cbir bench distractors`` names them
+    ``NNNN-<source>``, and a source cut in two sets has two)."""
     root = Path(under).resolve()
-    ids = [i for i, p in gallery.store.paths_for_ids(gallery.store.indexed_ids().tolist()).items() if _under(p, root)]
-    if len(ids) < 2:
-        raise CbirError(f"--under {under}: {len(ids)} indexed items lie under it; the noise needs at least 2")
-    return gallery.vectors_for(np.array(sorted(ids), np.int64))
+    paths = gallery.store.paths_for_ids(gallery.store.indexed_ids().tolist())
+    inside = sorted((i, _source(p)) for i, p in paths.items() if _under(p, root))
+    if len(inside) < 2:
+        raise CbirError(f"--under {under}: {len(inside)} indexed items lie under it; the noise needs at least 2")
+    _, folders = np.unique([f for _, f in inside], return_inverse=True)
+    return gallery.vectors_for(np.array([i for i, _ in inside], np.int64)), folders
+
+
+def _source(path: str) -> str:
+    return re.sub(r"^\d+-", "", Path(path).parent.name)
 
 
 def _under(path: str, root: Path) -> bool:
@@ -47,15 +58,20 @@ def _under(path: str, root: Path) -> bool:
         return False
 
 
-def _neighbour_cosine(parents: np.ndarray, rng: np.random.Generator) -> float:
-    """The median cosine of a sample of parents to their nearest other parent."""
-    import faiss
-
-    index = faiss.IndexFlatIP(parents.shape[1])
-    index.add(np.ascontiguousarray(parents, np.float32))
+def _neighbour_cosine(parents: np.ndarray, folders: np.ndarray, rng: np.random.Generator) -> float:
+    """The median cosine of a sample of parents to their nearest parent in another folder (any other
+    parent when all share one)."""
     pick = rng.choice(len(parents), min(SAMPLE, len(parents)), replace=False)
-    sims, _ = index.search(np.ascontiguousarray(parents[pick], np.float32), 2)
-    return float(np.median(sims[:, 1]))
+    best = np.empty(len(pick), np.float32)
+    one_folder = len(np.unique(folders)) == 1
+    for s in range(0, len(pick), 200):
+        rows = pick[s : s + 200]
+        sims = parents[rows] @ parents.T
+        sims[np.arange(len(rows)), rows] = -np.inf
+        if not one_folder:
+            sims[folders[rows][:, None] == folders[None, :]] = -np.inf
+        best[s : s + 200] = sims.max(1)
+    return float(np.median(best))
 
 
 def _children(parents: np.ndarray, rows: np.ndarray, basis: np.ndarray, sigma: float, rng) -> np.ndarray:
@@ -63,12 +79,13 @@ def _children(parents: np.ndarray, rows: np.ndarray, basis: np.ndarray, sigma: f
     return l2_normalize(parents[rows] + sigma * noise)
 
 
-def jitter(parents: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, dict]:
-    """(``n`` unit vectors made from ``parents`` as the module docstring says, the calibration:
-    neighbour cosine aimed at, sigma, child-parent cosine reached)."""
+def jitter(parents: np.ndarray, n: int, seed: int = 0, folders: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """(``n`` unit vectors made from ``parents`` (in ``folders``, default one) as the module
+    docstring says, the calibration: neighbour cosine aimed at, sigma, the children's median cosine
+    to their nearest parent)."""
     rng = np.random.default_rng(seed)
     parents = l2_normalize(np.asarray(parents, np.float32))
-    target = _neighbour_cosine(parents, rng)
+    target = _neighbour_cosine(parents, np.zeros(len(parents), np.int64) if folders is None else folders, rng)
     vals, vecs = np.linalg.eigh(np.cov(parents, rowvar=False).astype(np.float64))
     basis = (np.sqrt(np.clip(vals, 0, None))[:, None] * vecs.T).astype(np.float32)  # z @ basis ~ N(0, cov)
     probe = rng.integers(0, len(parents), SAMPLE)
@@ -93,8 +110,8 @@ def jitter(parents: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, dict
 def write(out: str | os.PathLike, gallery, under: str | os.PathLike, n: int, seed: int = 0) -> dict:
     """``jitter`` ``n`` vectors from the items of ``gallery`` under ``under`` into the .npy ``out``."""
     t0 = time.perf_counter()
-    parents = parents_under(gallery, under)
-    vecs, calib = jitter(parents, n, seed)
+    parents, folders = parents_under(gallery, under)
+    vecs, calib = jitter(parents, n, seed, folders)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     np.save(out, vecs)
     return {"vectors": n, "parents": len(parents), **calib, "out": str(out), "s": round(time.perf_counter() - t0, 1)}
