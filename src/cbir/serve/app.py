@@ -21,7 +21,7 @@ bodies over ``max_upload_bytes`` (default 20 MB) → 413 (read in chunks, never 
 with ``Retry-After``; a request not answered within ``timeout_s`` → 504. Work per search is bounded
 by the products of the re-ranking settings (``rerank.cost``): POST searches get
 ``rerank.DEFAULT_BUDGET`` (256 MiB, 10 GFLOP), GET searches — which any web page can make a browser
-send — ``rerank.GET_BUDGET`` (64 MiB, 2 GFLOP); beyond it → 422 naming the settings. At most
+send — ``rerank.GET_BUDGET`` (64 MiB, 3 GFLOP); beyond it → 422 naming the settings. At most
 ``max_heavy`` (default: half the cores, at least 1 — the rest stay for light traffic) searches
 costing more than ``HEAVY`` run at once; another → 503
 with ``Retry-After``. The OpenAPI schema (``/openapi.json``) declares every parameter, body and

@@ -24,7 +24,7 @@ from cbir.index.query.rerank import Budget, Rerank
 from cbir.serve.schemas import MAX_DEADLINE_MS
 
 # a search costing more than this takes one of the ``max_heavy`` slots; the default search stays light
-HEAVY = Budget(mib=32.0, gflop=1.5)
+HEAVY = Budget(mib=32.0, gflop=2.5)
 TIMEOUT_S = 5.0  # a request's deadline unless --timeout says otherwise
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 RERANK_FIELDS = [f.name for f in fields(Rerank)]

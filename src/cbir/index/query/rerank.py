@@ -116,7 +116,7 @@ class Budget:
 
 
 DEFAULT_BUDGET = Budget()
-GET_BUDGET = Budget(mib=64.0, gflop=2.0)
+GET_BUDGET = Budget(mib=64.0, gflop=3.0)
 
 
 def cost(cfg: Rerank, dim: int, regions: int = 0) -> tuple[float, float]:
