@@ -207,6 +207,9 @@ def test_descriptor_votes_rank_the_original_of_a_flipped_shrunk_copy_first(photo
     # the memory cap: every descriptor of a small gallery; of a large one, each item's coarsest
     # keypoints (ORB's last rows) and evenly spaced ones of the rest
     assert votes.per_item(1000) == lf.MAX_KEYPOINTS and votes.per_item(100_000) == 33
+    # … and never fewer bytes per item than its vector takes (320 float32: 32 descriptors, not 3 at 1M)
+    assert votes.per_item(1_000_000) == 3 and votes.per_item(1_000_000, vector_bytes=1280) == 32
+    assert votes.per_item(100_000, vector_bytes=1280) == 33 and votes.per_item(0, vector_bytes=1280) == 500
     rows = votes.kept(500, 33)
     assert len(np.unique(rows)) == 33 and rows[0] == 0 and rows[-16:].tolist() == list(range(484, 500))
     assert (np.diff(rows[:17]) >= 29).all() and votes.kept(20, 33).tolist() == list(range(20))
@@ -225,6 +228,7 @@ def test_the_original_outside_the_cnn_shortlist_is_found_by_descriptor_votes(tmp
             _tinted(f).save(tmp_path / "g" / "tinted" / f"t{i}.jpg")
     g = Gallery.create(tmp_path / "idx", embedder)
     g.build([tmp_path / "g"])
+    assert g.votes.vector_bytes() == 4 * g.settings.dim  # the per-item floor of its vote budget
     q = tmp_path / "q.jpg"
     copy = _tinted(files[8]).transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     copy.thumbnail((110, 110))

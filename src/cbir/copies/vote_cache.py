@@ -35,8 +35,9 @@ Reader = Callable[[np.ndarray, Callable[[int], np.ndarray]], tuple]
 class VoteCache:
     """The vote state of the items ``store`` calls indexed, their descriptors read with ``read``."""
 
-    def __init__(self, store, read: Reader, background: bool = False):
+    def __init__(self, store, read: Reader, background: bool = False, vector_bytes: Callable[[], int] = lambda: 0):
         self.store, self.read, self.background = store, read, background
+        self.vector_bytes = vector_bytes  # an item's vector's size: ``votes.per_item``'s floor
         self._state: votes.VoteState | None = None
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
@@ -80,7 +81,7 @@ class VoteCache:
     def _next(self, state: votes.VoteState | None) -> votes.VoteState:
         generation = self.store.generation  # first: the ids read next are at least this new
         indexed = np.sort(self.store.indexed_ids())
-        keep = votes.per_item(len(indexed))
+        keep = votes.per_item(len(indexed), vector_bytes=self.vector_bytes())
         if state is None or state.index is None or keep * 2 <= state.keep:
             return self._build(generation, indexed, keep)
         gone = np.setdiff1d(state.ids, indexed, assume_unique=True)

@@ -23,12 +23,15 @@ nothing. ``common_aspects`` gives the gallery's most common image shapes (from t
 had a squeezing ``resize`` in them.
 
 Memory: 40 bytes per indexed descriptor (32-byte code, 8-byte id). ``per_item`` keeps at most
-``max_mib`` (default ``MAX_MIB``, 128 MiB) in all: every descriptor of a gallery up to ~6,700
-items of 500 keypoints, then ``kept`` ones of each item — half its coarsest, half evenly spaced over
-the rest (a 100k gallery keeps 33 per item and votes with less power); build times are in
-BENCHMARKS.md. ``updated`` follows a change of the indexed set without a rebuild (a copy of the
-index, the removed items' descriptors taken out, the added ones' put in); ``cbir.copies.vote_cache``
-decides when and where (in the caller, or aside for ``cbir serve``).
+``max_mib`` (default ``MAX_MIB``, 128 MiB) in all, or as many bytes per item as its vector takes
+when that is more: every descriptor of a gallery up to ~6,700 items of 500 keypoints, then ``kept``
+ones of each item — half its coarsest, half evenly spaced over the rest — 33 per item at 100k, and
+never fewer than a vector's bytes allow (32 for 320-d float32 vectors: a 1M gallery's vote index
+takes about what its vectors take, 1.2 GiB, instead of voting with 3 descriptors per item, which
+lost the second look: BENCHMARKS.md); build times are in BENCHMARKS.md. ``updated`` follows a
+change of the indexed set without a rebuild (a copy of the index, the removed items' descriptors
+taken out, the added ones' put in); ``cbir.copies.vote_cache`` decides when and where (in the
+caller, or aside for ``cbir serve``).
 """
 
 from __future__ import annotations
@@ -49,9 +52,12 @@ ASPECT_SHARE = 0.1  # … each the shape of at least this share of the items
 BYTES = 40  # per indexed descriptor: the code and its int64 label
 
 
-def per_item(items: int, max_mib: float = MAX_MIB) -> int:
-    """Descriptors kept per item so that ``items`` fit ``max_mib`` (at most ``MAX_KEYPOINTS``, at least 1)."""
-    return int(np.clip(max_mib * 2**20 // (BYTES * max(items, 1)), 1, MAX_KEYPOINTS))
+def per_item(items: int, max_mib: float = MAX_MIB, vector_bytes: int = 0) -> int:
+    """Descriptors kept per item so that ``items`` fit ``max_mib`` — or, when more, ``vector_bytes``
+    per item (what each item's vector takes) — at most ``MAX_KEYPOINTS``, at least 1."""
+    items = max(items, 1)
+    budget = max(max_mib * 2**20, items * vector_bytes)
+    return int(np.clip(budget // (BYTES * items), 1, MAX_KEYPOINTS))
 
 
 def kept(n: int, keep: int) -> np.ndarray:

@@ -98,7 +98,7 @@ class Gallery:
         self.colours = ColourStore(self.store, self.root)  # mean colours (the cascade's colour stage)
         self._regions = RegionStore(self.store, self.root)
         read = lambda ids, keep: _features.descriptors(self.store, self.root, keep, ids)  # noqa: E731
-        self.votes = VoteCache(self.store, read, background=live)  # the vote index (aside when live)
+        self.votes = VoteCache(self.store, read, live, lambda: 4 * self.settings.dim)  # votes (aside when live)
         self._snap: Snapshot | None = None
         self._lock = threading.RLock()
         if embedder is not None:
