@@ -107,8 +107,9 @@ def look(gallery, query, hits: list[Hit], k: int, cfg, snap, deadline: Deadline 
                 pairs.append((win.features[w], int(i)))
                 best[int(i)] = max(best.get(int(i), -np.inf), float(s_))
     tilts = tilted_pairs(query, name, hits, cfg.verify)
-    for h in hits[: len(tilts)]:
-        best[h.id] = max(best.get(h.id, -np.inf), float(h.score))
+    scores = {h.id: float(h.score) for h in hits}
+    for _, i in tilts:
+        best[i] = max(best.get(i, -np.inf), scores[i])
     pairs += tilts
     by_votes = vote_pairs(gallery, query.source, name, query.features, snap) if query.features is not None else []
     if by_votes:  # their score: the best window's cosine, like the windows' own candidates
