@@ -206,6 +206,27 @@ def test_kill_9_at_store_points_then_a_takedown_never_resurrects(tmp_path):
     assert resurrected == 0
 
 
+def test_a_milvus_lite_file_torn_by_a_killed_write_is_remade_by_the_next_write(tmp_path):
+    """Milvus Lite writes its files itself: a write killed while it flushed left one short ("file
+    seems not fully written") and the collection no longer loaded, so every later write failed. The
+    next write now drops it and refills it from the index's shards; nothing removed comes back."""
+    base = tmp_path / "base"
+    vectors_index(base, None, n=2000)
+    work, store = tmp_path / "idx", f"milvus-lite:{tmp_path}/m.db/g"
+    build = ["index", "build", "--from-vectors", str(base / "v.npy"), "--paths", str(base / "p.txt")]
+    assert cli(*build, "--index", str(work), "--store", store, "--shard-size", "500").returncode == 0
+    torn = max((tmp_path / "m.db").rglob("*.idx"), key=lambda f: f.stat().st_size)  # the vectors, raw
+    with open(torn, "r+b") as f:
+        f.truncate(torn.stat().st_size // 2)
+    gone = cli("index", "remove", str(work), "/d/p3")
+    assert gone.returncode == 0, gone.stderr[-800:]
+    check_consistent(work, "a torn Milvus Lite file, then a takedown")
+    g = Gallery(work)
+    held = set(milvus_store.held_shards(g.index.client, g.index.target.collection))
+    assert held == set(g.store.indexed_ids().tolist()) and len(held) == 1500
+    g.close()
+
+
 def serve(index, port: int) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "cbir", "serve", "--index", str(index), "--port", str(port)],

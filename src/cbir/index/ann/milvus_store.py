@@ -12,7 +12,10 @@ a collection written by another index is refused.
 Writing (``sync``): the (id, shard) pairs in the collection are compared with the ledger's; rows
 whose item is no longer indexed are deleted, rows missing or from an older shard are upserted — so a
 re-run writes nothing twice, a killed write is finished by the next one, and a removed item is deleted
-there. The collection is flushed before index.json records the generation it holds (``faiss_generation``
+there. A Milvus Lite collection that no longer loads — its files torn by a write killed while Milvus
+Lite flushed them ("file seems not fully written") — is dropped and remade from the ledger by the
+next write (searches meanwhile get one line saying so); a server's collection is never dropped.
+The collection is flushed before index.json records the generation it holds (``faiss_generation``
 keeps its name: "the generation the vector store holds"). ``update`` is the quick path of a write
 that knows what it changed.
 
@@ -120,7 +123,8 @@ def index_type(factory: str) -> tuple[str, dict, str | None]:
 
 
 def ensure_collection(config: dict, dim: int):
-    """(client, target) with the collection made (schema: id, vector, path, shard) or checked as this index's."""
+    """(client, target, made now) with the collection made (schema: id, vector, path, shard) or checked
+    as this index's."""
     from pymilvus import DataType
 
     target = parse(config["store"])
@@ -129,8 +133,13 @@ def ensure_collection(config: dict, dim: int):
         _check_owner(c, target, config)
         if not c.list_indexes(target.collection):  # made by a write killed before its index: give it one
             _create_index(c, target.collection, "FLAT", {})
-        c.load_collection(target.collection)  # a process of its own: queries need it loaded
-        return c, target
+        try:
+            c.load_collection(target.collection)  # a process of its own: queries need it loaded
+            return c, target, False
+        except Exception as e:
+            if not target.text.startswith("milvus-lite:"):
+                raise CbirError(_unloadable(target, e)) from None
+            c.drop_collection(target.collection)  # a Milvus Lite file torn by a killed write: the ledger refills it
     schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
@@ -139,7 +148,15 @@ def ensure_collection(config: dict, dim: int):
     c.create_collection(target.collection, schema=schema, properties={OWNER: json.dumps(owner(config))})
     _create_index(c, target.collection, "FLAT", {})  # queries need a loaded collection, loading an index
     c.load_collection(target.collection)
-    return c, target
+    return c, target, True
+
+
+def _unloadable(target: Target, e: Exception) -> str:
+    return (
+        f"--store {target.text}: collection {target.collection} cannot be loaded ({_first_line(e)}); "
+        f"a Milvus Lite file a killed write left torn is remade from the index's shards by the next write "
+        f"(e.g. `cbir index build --resume`)"
+    )
 
 
 def _check_owner(c, target: Target, config: dict) -> None:
@@ -231,8 +248,8 @@ def sync(gallery, factory: str, changed: np.ndarray | None = None, new_shards=()
     """Bring the collection to the ledger and return it as an index. ``changed`` None: compare it
     whole (``diff``); else the write knows what it changed — ``changed`` ids (removed, or queued again
     into ``new_shards``) and the items of ``new_shards``."""
-    c, target = ensure_collection(gallery.config, gallery.settings.dim)
-    if changed is None:
+    c, target, made = ensure_collection(gallery.config, gallery.settings.dim)
+    if changed is None or made:  # a collection made now (first, or remade) holds nothing: fill it whole
         delete, write_ids = diff(gallery.store, c, target.collection)
     else:
         write_ids = {int(s): gallery.store.indexed_ids_of_shard(int(s)) for s in new_shards}
@@ -256,7 +273,10 @@ def open_index(config: dict, store, held: np.ndarray | None = None) -> MilvusInd
             f"run `cbir index build --resume`)"
         )
     _check_owner(c, target, config)
-    c.load_collection(target.collection)
+    try:
+        c.load_collection(target.collection)
+    except Exception as e:
+        raise CbirError(_unloadable(target, e)) from None
     if held is None:
         generation = store.generation
         held = store.indexed_ids() if generation == config.get("faiss_generation") else None
