@@ -126,6 +126,13 @@ def grow(
     return {"added": int(added["indexed"]), "add_s": round(time.perf_counter() - t0, 1)}
 
 
+def source_of(path: str | os.PathLike, root: Path) -> str | None:
+    """The source a distractor under ``root`` (resolved) was cut from — its folder's name without
+    ``make``'s ``NNNN-`` number, so two sets written apart agree — or None for a path outside it."""
+    path = Path(path).resolve()
+    return re.sub(r"^\d+-", "", path.parent.name) if path.is_relative_to(root) else None
+
+
 def score_groups(groups: list[dict], distractors: str | os.PathLike) -> dict:
     """How dedup ``groups`` (each with ``paths``) treat the distractors under ``distractors``
     (``make``'s layout, at any depth: a source is its folder's name without the ``NNNN-`` number,
@@ -136,16 +143,9 @@ def score_groups(groups: list[dict], distractors: str | os.PathLike) -> dict:
     — distractors in any group (crops of one source that overlap are near-duplicates of each other,
     so not an error by itself)."""
     root = Path(distractors).resolve()
-
-    def source(p: str) -> str | None:
-        path = Path(p).resolve()
-        if not path.is_relative_to(root):
-            return None
-        return re.sub(r"^\d+-", "", path.parent.name)
-
     joining = across = grouped = 0
     for g in groups:
-        srcs = [source(p) for p in g["paths"]]
+        srcs = [source_of(p, root) for p in g["paths"]]
         inside = [s for s in srcs if s is not None]
         grouped += len(inside)
         joining += bool(inside) and len(inside) < len(srcs)

@@ -21,12 +21,12 @@ budget a gallery of that size gets. Their paths are ``<npy>#<row>``: nothing to 
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 
+from cbir.bench.distractors import source_of
 from cbir.errors import CbirError
 from cbir.vectors import l2_normalize
 
@@ -40,22 +40,11 @@ def parents_under(gallery, under: str | os.PathLike) -> tuple[np.ndarray, np.nda
     ``NNNN-<source>``, and a source cut in two sets has two)."""
     root = Path(under).resolve()
     paths = gallery.store.paths_for_ids(gallery.store.indexed_ids().tolist())
-    inside = sorted((i, _source(p)) for i, p in paths.items() if _under(p, root))
+    inside = sorted((i, s) for i, p in paths.items() if (s := source_of(p, root)) is not None)
     if len(inside) < 2:
         raise CbirError(f"--under {under}: {len(inside)} indexed items lie under it; the noise needs at least 2")
     _, folders = np.unique([f for _, f in inside], return_inverse=True)
     return gallery.vectors_for(np.array([i for i, _ in inside], np.int64)), folders
-
-
-def _source(path: str) -> str:
-    return re.sub(r"^\d+-", "", Path(path).parent.name)
-
-
-def _under(path: str, root: Path) -> bool:
-    try:
-        return Path(path).resolve().is_relative_to(root)
-    except (OSError, ValueError):
-        return False
 
 
 def _neighbour_cosine(parents: np.ndarray, folders: np.ndarray, rng: np.random.Generator) -> float:
