@@ -73,6 +73,53 @@ def test_a_warped_blurred_copy_is_verified_by_the_default_search(verified_index,
     assert not any(h["verified"] for h in hits[1:])
 
 
+def _blurred(path, radius: float) -> Image.Image:
+    from PIL import ImageFilter
+
+    return Image.open(path).convert("RGB").filter(ImageFilter.GaussianBlur(radius))
+
+
+def test_a_heavily_blurred_photo_keeps_its_hash_and_photos_keep_theirs_apart(photos):
+    """The perceptual hash of a photo blurred beyond ORB's reach stays within ``MAX_BITS`` of the
+    photo's, mirrored too; different photos stay far apart (the only close pair is a stereo pair of
+    one scene); a flat image has no hash and matches nothing."""
+    from cbir.copies import phash
+
+    hashes = np.stack([phash.of(lf.gray(p, "p")) for p in photos])
+    ids = np.arange(len(photos))
+    for i, p in enumerate(photos[:12]):
+        img = _blurred(p, max(Image.open(p).size) / 64)  # radius 8 at 512 px
+        assert phash.matches(phash.query_hashes(lf.gray(img, "q")), ids, hashes)[0][0] == i, p.name
+        mirrored = phash.query_hashes(lf.gray(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "q"))
+        assert phash.matches(mirrored, ids, hashes)[0][0] == i, p.name
+    near = {(i, j) for i in ids for j in ids[i + 1 :] if phash.distances(hashes[i][None], hashes[j][None])[0] <= 8}
+    assert near == {(4, 5)}, [(photos[i].name, photos[j].name) for i, j in near]  # motorcycle left / right
+    flat = phash.of(np.full((90, 120), 77, np.uint8))
+    assert not flat.any() and not len(phash.matches(flat[None], ids, np.vstack([hashes, flat]))[0])
+
+
+def test_the_default_search_verifies_a_heavily_blurred_copy_by_its_hash(verified_index, tmp_path, photos, monkeypatch):
+    """A copy blurred so much that no ORB fit verifies is found first and verified by its hash
+    (``by="hash"``); without the hash stage nothing verifies it; a blurred photo the gallery does
+    not hold is verified by nothing."""
+    from cbir.copies import cascade
+
+    g, files = verified_index
+    for i in (3, 8, 9):  # rocket, camera (not even first by its vector without the hash), coins
+        q = tmp_path / f"blurred{i}.jpg"
+        _blurred(files[i], 8).save(q, quality=90)
+        hits = g.search([str(q)], k=5)[0]["results"]
+        assert hits[0]["path"] == os.path.abspath(files[i]) and hits[0]["verified"] and hits[0]["by"] == "hash"
+        assert hits[0]["inliers"] is None and not any(h["verified"] for h in hits[1:])
+        with monkeypatch.context() as m:
+            m.setattr(cascade, "SECOND_LOOK", tuple(s for s in cascade.SECOND_LOOK if s.name != "hash"))
+            assert not any(h["verified"] for h in g.search([str(q)], k=5)[0]["results"])
+    for p in photos[12:]:
+        q = tmp_path / f"{p.stem}.jpg"
+        _blurred(p, 8).save(q, quality=90)
+        assert not any(h["verified"] for h in g.search([str(q)], k=5)[0]["results"]), p.name
+
+
 def test_a_tilted_view_compresses_along_its_direction_and_fills_the_feature_side():
     img = np.full((200, 320), 255, np.uint8)
     assert lf.tilted(img, 2.0, 0.0).shape == (320, 256)  # 160 × 200, scaled back up to 320 on its longer side
@@ -288,8 +335,8 @@ def test_a_squeezed_copy_verifies_once_stretched_back_to_the_gallerys_shapes(
 
 
 def test_index_features_brings_an_older_indexs_records_up_to_date(verified_index):
-    """Feature files written before records kept their frame size still verify; the gallery then
-    knows no shapes to stretch a query back to, until ``cbir index features`` writes them again
+    """Feature files written before records kept their frame size and hash still verify; the gallery
+    then knows no shapes to stretch a query back to and no hashes, until ``cbir index features`` writes them again
     (a build or an add does not: that would re-read every image unasked)."""
     from cbir.cli import main
     from cbir.index.gallery import Gallery
@@ -298,12 +345,14 @@ def test_index_features_brings_an_older_indexs_records_up_to_date(verified_index
     g, files = verified_index
     path = features.feature_path(g.root, g.store.done_shards()[0])
     arr = np.load(path)
-    np.save(path, arr[[n for n in arr.dtype.names if n != "wh"]].copy())
+    np.save(path, arr[[n for n in arr.dtype.names if n not in ("wh", "phash")]].copy())
     old = Gallery(g.root)
     assert features.outdated(path) and old.vote_index().common == [] and old.vote_index().ntotal > 0
+    assert not len(old.hashes.all()[0])  # no hashes: the hash stage has no candidates
     assert features.ensure(old.store, old.root) == 0 and features.outdated(path)
     assert main(["index", "features", str(g.root)]) == 0 and not features.outdated(path)
     assert Gallery(g.root).vote_index().common == pytest.approx([1.0, 1.5], abs=0.02)
+    assert set(Gallery(g.root).hashes.all()[0].tolist()) == set(g.store.indexed_ids().tolist())
 
 
 def test_dedup_votes_pair_each_upside_down_thumbnail_with_its_photo(tmp_path, embedder, photos):
@@ -427,6 +476,8 @@ def test_bench_copy_search_scores_rank1_and_verified_false_positives(verified_in
         for name, flip in (("hflip", Image.Transpose.FLIP_LEFT_RIGHT), ("vflip", Image.Transpose.FLIP_TOP_BOTTOM)):
             (suite / "copies" / name / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.open(f).convert("RGB").transpose(flip).save(suite / "copies" / name / rel, quality=90)
+        (suite / "copies" / "blur8" / rel).parent.mkdir(parents=True, exist_ok=True)
+        _blurred(f, 8).save(suite / "copies" / "blur8" / rel, quality=90)
     from sklearn.datasets import load_sample_image
 
     (suite / "negatives" / "hflip").mkdir(parents=True)
@@ -439,7 +490,8 @@ def test_bench_copy_search_scores_rank1_and_verified_false_positives(verified_in
         == 0
     )
     r = json.loads(capsys.readouterr().out)
-    assert r["per_aug"]["hflip"] == {"n": 6, "first_verified": 1.0, "rank1": 1.0, "in_top10": 1.0}
+    assert r["per_aug"]["hflip"] == {"n": 6, "first_verified": 1.0, "first_by_hash": 0.0, "rank1": 1.0, "in_top10": 1.0}
+    assert r["per_aug"]["blur8"] == {"n": 6, "first_verified": 1.0, "first_by_hash": 1.0, "rank1": 1.0, "in_top10": 1.0}
     assert r["per_aug"]["vflip"]["rank1"] == 1.0 and r["rank1"] == 1.0
     assert r["negatives"] == 2 and r["verified_false_positives"] == 0
     assert r["negatives_max_inliers"] < 15 and r["negatives_inliers_at_least"]["15"] == 0

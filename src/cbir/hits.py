@@ -12,7 +12,9 @@ class Hit:
     score: float
     verified: bool = False  # spatially verified: RANSAC inliers ≥ min_inliers (such hits come first)
     inliers: int | None = None  # None: not checked
-    by: str = "vector"  # "colour": the mean-colour answer to a pixel-shuffled query (the cascade's colour stage)
+    # "colour": the mean-colour answer to a pixel-shuffled query (the cascade's colour stage); "hash":
+    # verified by its perceptual hash (the hash stage: a heavily blurred copy), ``inliers`` None
+    by: str = "vector"
 
 
 def any_verified(hits: list[Hit]) -> bool:

@@ -5,7 +5,7 @@ included), one query at a time.
 Input: a suite folder as ``cbir bench copies --suite augly`` writes it — ``copies/<aug>/<path of the
 original relative to data>`` and, optionally, ``negatives/<aug>/<name>`` (photos that are not in the
 gallery). Per augmentation: rank-1 (the original is the first hit), in the top 10, and how often the
-first hit is *verified*; for negatives, the verified false-positive rate (a first hit marked verified
+first hit is *verified* (``first_by_hash``: by the hash stage); for negatives, the verified false-positive rate (a first hit marked verified
 although the photo is not in the gallery) and the margin under the verified bar: how many negatives
 reach 10, 12, 13, 14, 15 inliers on any checked hit (``negatives_inliers_at_least``) and the most any
 reaches (``negatives_max_inliers``), beside the 1st/5th/25th/50th percentiles of the inliers of
@@ -83,13 +83,14 @@ def copy_search(
             continue
         for aug in sorted(d.name for d in base.iterdir() if d.is_dir()):
             files = sorted(find_images([base / aug]))[:per_aug]
-            rank1 = top = verified = 0
+            rank1 = top = verified = hashed = 0
             for f in files:
                 t0 = time.perf_counter()
                 hits = _one_query(gallery, f, k, rerank, crashes)
                 ms[kind].append((time.perf_counter() - t0) * 1e3)
                 first_verified = bool(hits and hits[0]["verified"])
                 verified += first_verified
+                hashed += bool(hits and hits[0].get("by") == "hash")  # verified by the hash stage
                 if kind == "copies":
                     want = key_of.get(str(Path(f).relative_to(base / aug).with_suffix("")))
                     if want is None:
@@ -102,7 +103,7 @@ def copy_search(
                 else:
                     most.append(max((h["inliers"] or 0 for h in hits), default=0))
             n = max(len(files), 1)
-            row = {"n": len(files), "first_verified": round(verified / n, 4)}
+            row = {"n": len(files), "first_verified": round(verified / n, 4), "first_by_hash": round(hashed / n, 4)}
             if kind == "copies":
                 row.update(rank1=round(rank1 / n, 4), in_top10=round(top / n, 4))
             out[kind][aug] = row

@@ -26,7 +26,8 @@ def cmd_search(a: argparse.Namespace) -> int:
             continue
         print(r["query"])
         for rank, h in enumerate(r["results"], 1):
-            mark = f"  verified, {h['inliers']} inliers" if h["verified"] else ""
+            mark = f"  verified, {h['inliers']} inliers" if h["verified"] and h["inliers"] is not None else ""
+            mark += "  verified by its perceptual hash" if h.get("by") == "hash" else ""
             mark += "  by mean colour: the query's pixels are shuffled" if h.get("by") == "colour" else ""
             print(f"  {rank:3d}. {h['score']:.4f}  {h['path']}  (id {h['id']}{mark})")
     return 0

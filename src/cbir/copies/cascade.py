@@ -4,10 +4,13 @@ when each runs and what it costs under the request budget.
 1. ``knn``: the k-NN search with re-ranking, batched over the queries (``Searchable.search_vectors``:
    shortlist, the re-ranking stages, and inside it
    ``verify``: spatial verification of the first ``verify`` candidates, ``cbir.copies.verify``).
-2. ``windows``: only for an image query with nothing verified, ``verify`` and ``partial`` on: its
+2. ``hash``: only for an image query with nothing verified (its features extracted): the items
+   whose perceptual hash is within a few bits of its own (``cbir.copies.phash``; heavy blur). First
+   of the second look: it costs one pass over n × 8 bytes, and a copy it finds skips the windows.
+3. ``windows``: only for an image query with nothing verified, ``verify`` and ``partial`` on: its
    windows and layout box searched and verified, and the items sharing the most ORB descriptor
    matches with it verified (``cbir.copies.windows``).
-3. ``colour``: only for an image query with nothing verified whose pixels were shuffled: its nearest
+4. ``colour``: only for an image query with nothing verified whose pixels were shuffled: its nearest
    items by mean colour (``cbir.copies.colour``).
 
 Every stage runs inside an error boundary (``guard.guarded``): past the request's ``Deadline`` it
@@ -25,7 +28,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from cbir.copies import colour, local_features, votes, windows
+from cbir.copies import colour, local_features, phash, votes, windows
 from cbir.copies.guard import ERRORS, Notes, guarded
 from cbir.deadline import NEVER, Deadline
 from cbir.hits import Hit, any_verified
@@ -62,6 +65,7 @@ class Searchable(Protocol):
     store: Any  # ``paths_of``, and ``snap.live`` reads it
     features: Any  # ``get(ids)`` → stored local-feature records
     colours: Any  # ``all()`` → (ids, mean colours)
+    hashes: Any  # ``all()`` → (ids, perceptual hashes)
 
     def search_vectors(self, queries, k, rerank, nprobe, ef_search, query_features, snap, deadline, notes): ...
     def knn(self, queries: np.ndarray, k: int, snap=None) -> tuple[np.ndarray, np.ndarray]: ...
@@ -97,6 +101,12 @@ def _windows_gflop(cfg) -> float:
     return checked * VERIFY_GFLOP + voting + tilts + local_features.GUIDE_MAX * REMATCH_GFLOP
 
 
+HASH = Stage(
+    "hash",
+    when=lambda cfg, q, hits: getattr(q.features, "image", None) is not None and not any_verified(hits),
+    run=lambda gallery, q, hits, k, cfg, snap, deadline: phash.look(gallery, q, hits, k, snap),
+    gflop=lambda cfg: 0.0,
+)
 WINDOWS = Stage(
     "windows",
     when=lambda cfg, q, hits: q.source is not None and bool(cfg.verify and cfg.partial) and not any_verified(hits),
@@ -109,7 +119,7 @@ COLOUR = Stage(
     run=lambda gallery, q, hits, k, cfg, snap, deadline: colour.look(gallery, q, hits, k, snap),
     gflop=lambda cfg: 0.0,
 )
-SECOND_LOOK = (WINDOWS, COLOUR)
+SECOND_LOOK = (HASH, WINDOWS, COLOUR)
 STAGES = ("knn", "verify") + tuple(s.name for s in SECOND_LOOK)  # in the order they run; "verify" inside "knn"
 
 

@@ -55,6 +55,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from cbir.copies import phash
 from cbir.copies.layout import content_box, innermost, inset_box
 from cbir.cores import faiss_threads
 from cbir.engine.preprocess import MAX_PIXELS, ImageSource, open_image, to_rgb
@@ -77,9 +78,16 @@ GUIDE_TURN = 30.0  # … and only a first fit turned by at most this many degree
 # pyramid would shrink such a strip (e.g. 2000×3 → 320×0 at the top level) until OpenCV asserts.
 MIN_SIDE = 2 * 31 + 1
 # ``wh``: the grey image's (w, h) at ``SIDE`` — the frame the keypoints lie in (feature files written
-# before it existed lack the field: ``aspect`` is None for their records)
+# before it existed lack the field: ``aspect`` is None for their records); ``phash``: its perceptual
+# hash (``cbir.copies.phash``; older files lack it: their items are not hash candidates)
 DTYPE = np.dtype(
-    [("n", "<u2"), ("xy", "<f2", (MAX_KEYPOINTS, 2)), ("desc", "u1", (MAX_KEYPOINTS, 32)), ("wh", "<u2", (2,))]
+    [
+        ("n", "<u2"),
+        ("xy", "<f2", (MAX_KEYPOINTS, 2)),
+        ("desc", "u1", (MAX_KEYPOINTS, 32)),
+        ("wh", "<u2", (2,)),
+        ("phash", "u1", (phash.BYTES,)),
+    ]
 )
 STRETCH = 1.5  # ORB still matches a copy stretched this much (AugLy change_aspect_ratio 0.5–2 verifies)
 
@@ -110,9 +118,10 @@ def gray(source: ImageSource, name: str, side: int = SIDE, max_pixels: int = MAX
 
 
 def detect(img: np.ndarray) -> np.void:
-    """One ``DTYPE`` record of the ORB features of a grayscale image (as ``gray`` returns it)."""
+    """One ``DTYPE`` record of the ORB features (and the hash) of a grayscale image (as ``gray`` returns it)."""
     rec = np.zeros((), DTYPE)
     rec["wh"] = img.shape[1], img.shape[0]
+    rec["phash"] = phash.of(img)
     if min(img.shape) < MIN_SIDE:  # a thin strip or a tiny image: nothing to detect (verifies nothing)
         return rec
     # ORB objects are not documented thread-safe: one per call (cheap next to detection)

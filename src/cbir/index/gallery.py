@@ -42,9 +42,9 @@ from cbir.index.query import rerank as _rerank
 from cbir.index.query import search as _search
 from cbir.index.query.rerank import DEFAULT_BUDGET, Budget, Rerank
 from cbir.index.snapshot import Snapshot
+from cbir.index.storage import columns
 from cbir.index.storage import config as _config
 from cbir.index.storage import features as _features
-from cbir.index.storage.colours import ColourStore
 from cbir.index.storage.config import INDEX_JSON, SHARD_SIZE, Settings
 from cbir.index.storage.features import FeatureStore
 from cbir.index.storage.lock import DirectoryGone, WriterLock
@@ -95,7 +95,7 @@ class Gallery:
         self._reconstructable = None
         self._whitening = None
         self.features = FeatureStore(self.store, self.root)  # local features by id (memory-mapped)
-        self.colours = ColourStore(self.store, self.root)  # mean colours (the cascade's colour stage)
+        self.colours, self.hashes = columns.colours(self.store, self.root), columns.hashes(self.store, self.root)
         self._regions = RegionStore(self.store, self.root)
         read = lambda ids, keep: _features.descriptors(self.store, self.root, keep, ids)  # noqa: E731
         self.votes = VoteCache(self.store, read, live, lambda: 4 * self.settings.dim)  # votes (aside when live)

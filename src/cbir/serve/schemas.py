@@ -21,7 +21,7 @@ class HitOut(BaseModel):
     score: float
     verified: bool
     inliers: int | None
-    by: str = "vector"  # "colour": a pixel-shuffled query answered by mean colour
+    by: str = "vector"  # "colour": a pixel-shuffled query answered by mean colour; "hash": verified by perceptual hash
 
 
 class SearchAnswer(BaseModel):

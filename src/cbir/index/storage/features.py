@@ -95,9 +95,10 @@ def write_records(
 
 
 def outdated(path: Path) -> bool:
-    """Whether a feature file predates the records' frame size (``wh``; or cannot be read)."""
+    """Whether a feature file predates a field of the records (the frame size ``wh``, the hash
+    ``phash``), or cannot be read."""
     try:
-        return "wh" not in np.load(path, mmap_mode="r").dtype.names
+        return not set(DTYPE.names) <= set(np.load(path, mmap_mode="r").dtype.names)
     except Exception:
         return True
 
