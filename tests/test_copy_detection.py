@@ -98,7 +98,9 @@ def test_a_heavily_blurred_photo_keeps_its_hash_and_photos_keep_theirs_apart(pho
     assert not flat.any() and not len(phash.matches(flat[None], ids, np.vstack([hashes, flat]))[0])
 
 
-def test_the_default_search_verifies_a_heavily_blurred_copy_by_its_hash(verified_index, tmp_path, photos, monkeypatch):
+def test_the_default_search_verifies_a_heavily_blurred_copy_by_its_hash(
+    verified_index, tmp_path, photos, monkeypatch, capsys
+):
     """A copy blurred so much that no ORB fit verifies is found first and verified by its hash
     (``by="hash"``); without the hash stage nothing verifies it; a blurred photo the gallery does
     not hold is verified by nothing."""
@@ -118,6 +120,14 @@ def test_the_default_search_verifies_a_heavily_blurred_copy_by_its_hash(verified
         q = tmp_path / f"{p.stem}.jpg"
         _blurred(p, 8).save(q, quality=90)
         assert not any(h["verified"] for h in g.search([str(q)], k=5)[0]["results"]), p.name
+    from cbir.cli import main  # the CLI says how it was found; its contact sheet too
+
+    sheet = tmp_path / "sheet.html"
+    assert (
+        main(["search", "--index", str(g.root), "-k", "3", str(tmp_path / "blurred8.jpg"), "--html", str(sheet)]) == 0
+    )
+    assert "verified by its perceptual hash" in capsys.readouterr().out.splitlines()[1]
+    assert "✓ verified by its perceptual hash" in sheet.read_text()
 
 
 def test_a_tilted_view_compresses_along_its_direction_and_fills_the_feature_side():

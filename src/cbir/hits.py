@@ -19,3 +19,12 @@ class Hit:
 
 def any_verified(hits: list[Hit]) -> bool:
     return any(h.verified for h in hits)
+
+
+def mark(hit: dict) -> str:
+    """How a result (a ``Hit`` as a dict) was found, for people: "" for a plain vector hit."""
+    if hit.get("by") == "hash":
+        return "verified by its perceptual hash"
+    if hit.get("by") == "colour":
+        return "by mean colour: the query's pixels are shuffled"
+    return f"verified, {int(hit['inliers'])} inliers" if hit.get("verified") and hit.get("inliers") is not None else ""

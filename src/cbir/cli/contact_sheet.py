@@ -13,6 +13,7 @@ import html
 from typing import Callable, Sequence
 
 from cbir.engine.preprocess import ImageError
+from cbir.hits import mark
 from cbir.serve.thumbs import make
 
 SIZE = 160
@@ -61,8 +62,8 @@ def render(
         if r.get("error"):
             cells.append(f'<p class="err">{html.escape(str(r["error"]))}</p>')
         for rank, h in enumerate(r.get("results", []), 1):
-            mark = f" ✓ {int(h['inliers'])} inliers" if h.get("verified") else ""
-            caption = f"{rank}. {h['score']:.4f}{mark}<br>{html.escape(str(h['path']))}<br>id {int(h['id'])}"
+            how = " ✓ " + html.escape(mark(h)) if h.get("verified") else ""
+            caption = f"{rank}. {h['score']:.4f}{how}<br>{html.escape(str(h['path']))}<br>id {int(h['id'])}"
             cells.append(
                 f"<figure>{img(lambda h=h: thumbnail(h), str(h['path']))}<figcaption>{caption}</figcaption></figure>"
             )

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from cbir.cli.common import engine_args, print_json, rerank_args, rerank_from_args
+from cbir.hits import mark
 
 
 def cmd_search(a: argparse.Namespace) -> int:
@@ -26,10 +27,8 @@ def cmd_search(a: argparse.Namespace) -> int:
             continue
         print(r["query"])
         for rank, h in enumerate(r["results"], 1):
-            mark = f"  verified, {h['inliers']} inliers" if h["verified"] and h["inliers"] is not None else ""
-            mark += "  verified by its perceptual hash" if h.get("by") == "hash" else ""
-            mark += "  by mean colour: the query's pixels are shuffled" if h.get("by") == "colour" else ""
-            print(f"  {rank:3d}. {h['score']:.4f}  {h['path']}  (id {h['id']}{mark})")
+            how = mark(h)
+            print(f"  {rank:3d}. {h['score']:.4f}  {h['path']}  (id {h['id']}{'  ' + how if how else ''})")
     return 0
 
 

@@ -79,7 +79,7 @@ function render(hits) {
     img.loading = "lazy";
     const rank = document.createElement("span");
     rank.className = "rank";
-    rank.textContent = `${i + 1}. ${h.score.toFixed(4)}` + (h.verified ? ` ✓ ${h.inliers} inliers` : "");
+    rank.textContent = `${i + 1}. ${h.score.toFixed(4)}` + (h.verified ? (h.by === "hash" ? " ✓ same perceptual hash" : ` ✓ ${h.inliers} inliers`) : "");
     if (h.verified) b.classList.add("verified");
     const path = document.createElement("span");
     path.className = "path";
