@@ -61,6 +61,7 @@ def query(path: Path) -> np.ndarray:
 
 
 def nearest_report(name: str, qs: list[np.ndarray], pools: dict[str, np.ndarray]) -> None:
+    pools = {k: h for k, h in pools.items() if len(h)}
     near = {k: np.array([phash.distances(q, h).min() for q in qs]) for k, h in pools.items()}
     pairs = {k: sum(int((phash.distances(q, h) <= phash.MAX_BITS).sum()) for q in qs) for k, h in pools.items()}
     for k, d in near.items():

@@ -4,8 +4,8 @@ rows — the cascade's colour stage) and the perceptual hashes (``hashes``: the 
 local-feature files — the hash stage). Shards of older builds, items ingested from vectors or
 decoded on the GPU, and feature files written before the hash have none: their items are simply
 not candidates. ``all()`` returns every indexed item's value, each file read once (cached by path
-and mtime; a feature file is memory-mapped and only its hash field copied), so a scan costs one
-pass over n small rows.
+and mtime; a feature file is memory-mapped and only its hash field copied) and the whole column
+kept until a file or the SQLite generation changes, so a scan costs one pass over n small rows.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ class ShardColumn:
         self.width, self.dtype = width, np.dtype(dtype)
         self._cache: dict[Path, tuple[float, np.ndarray, np.ndarray]] = {}
 
-    def _file(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        mtime = path.stat().st_mtime
+        self._all: tuple[tuple, np.ndarray, np.ndarray] | None = None  # (files and generation, ids, values)
+
+    def _file(self, path: Path, mtime: float) -> tuple[np.ndarray, np.ndarray]:
         hit = self._cache.get(path)
         if hit is None or hit[0] != mtime:
             hit = (mtime, *self.read(path))
@@ -39,21 +40,31 @@ class ShardColumn:
         return hit[1], hit[2]
 
     def all(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids [n], values [n, width]) of the indexed items that have a value."""
-        parts = []
+        """(ids [n], values [n, width]) of the indexed items that have a value; computed again only
+        when a file or SQLite's generation changed (a search at 1M items pays one stat per file)."""
+        files = []
         for path in sorted((self.root / "shards").glob(self.pattern)):
             try:
-                parts.append(self._file(path))
+                files.append((path, path.stat().st_mtime))
+            except OSError:  # removed meanwhile
+                continue
+        key = (self.store.generation, tuple(files))
+        done = self._all
+        if done is not None and done[0] == key:
+            return done[1], done[2]
+        parts = []
+        for path, mtime in files:
+            try:
+                parts.append(self._file(path, mtime))
             except (OSError, ValueError, KeyError, EOFError):  # damaged: `cbir index check` reports it
                 continue
-        if not parts:
-            return np.empty(0, np.int64), np.empty((0, self.width), self.dtype)
-        ids = np.concatenate([p[0] for p in parts])
-        values = np.concatenate([p[1] for p in parts])
+        ids = np.concatenate([p[0] for p in parts] or [np.empty(0, np.int64)])
+        values = np.concatenate([p[1] for p in parts] or [np.empty((0, self.width), self.dtype)])
         keep = np.isin(ids, self.store.indexed_ids())
         ids, values = ids[keep][::-1], values[keep][::-1]  # an item re-embedded later: its newest shard wins
         _, first = np.unique(ids, return_index=True)
-        return ids[first], values[first]
+        self._all = (key, ids[first], values[first])
+        return self._all[1], self._all[2]
 
 
 def _colours(path: Path) -> tuple[np.ndarray, np.ndarray]:
