@@ -11,8 +11,12 @@ record (``local_features.detect``), so an index's hashes come with its features 
 features`` adds them to an index built before.
 
 The cascade's ``hash`` stage (``look``), for an image query nothing verified: the items whose hash
-is within ``MAX_BITS`` (4) of the query's — as it is or mirrored — are taken as copies (``Hit.by``
-``"hash"``, verified, nearest hash first, then by cosine), ahead of the rest. Chosen on data
+is nearest the query's — as it is or mirrored — when that is within ``MAX_BITS`` (4) are taken as
+copies (``Hit.by`` ``"hash"``, verified, by cosine among themselves), ahead of the rest. Only the
+nearest: exact duplicates tie, while near-duplicate shots of one scene (a stereo pair, two frames of
+a burst: within 4 bits of each other) are farther from a copy of one of them than its original is,
+and keep their place by cosine, unverified. Dedup does not use the hash: it would group such shots,
+and its groups are copies. Chosen on data
 (BENCHMARKS.md): a copy blurred with radius 4–6 keeps its original within 4 bits among 101,000
 photos, where no photo outside the gallery came within 8; other edits that keep the frame
 (brightness, colour, JPEG, noise, resizing) stay within ~10, while crops, rotations and flips of the
@@ -86,8 +90,8 @@ def query_hashes(img: np.ndarray) -> np.ndarray:
 
 def look(gallery, query, hits: list[Hit], k: int, snap) -> list[Hit]:
     """The hash stage for one image ``query`` (``cascade.Query``, its features a ``Variants`` with
-    its ``image``) whose ``hits`` verified nothing: the items within ``MAX_BITS`` of its hash first
-    (verified, ``by="hash"``, nearest hash then highest cosine), then ``hits`` without them."""
+    its ``image``) whose ``hits`` verified nothing: the items at the nearest hash distance, when it is
+    within ``MAX_BITS``, first (verified, ``by="hash"``, highest cosine first), then ``hits`` without them."""
     img = getattr(query.features, "image", None)
     if img is None:
         return hits
@@ -98,11 +102,11 @@ def look(gallery, query, hits: list[Hit], k: int, snap) -> list[Hit]:
     found, dist = matches(query_hashes(img), ids[live], hashes[live])
     if not len(found):
         return hits
-    found, dist = found[: max(k, 1)], dist[: max(k, 1)]
+    found = found[dist == dist[0]][: max(k, 1)]  # the nearest only
     scores = (
         gallery.vectors_for(found, snap) @ gallery.postprocess_queries(np.asarray(query.vector, np.float32)[None])[0]
     )
-    order = np.lexsort((-scores, dist))
+    order = np.argsort(-scores, kind="stable")
     paths = gallery.store.paths_of(found)
     top = [
         Hit(int(found[i]), paths[int(found[i])], float(scores[i]), True, None, "hash")
