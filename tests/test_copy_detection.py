@@ -103,6 +103,17 @@ def test_a_heavily_blurred_photo_keeps_its_hash_and_photos_keep_theirs_apart(pho
     assert near == {(4, 5)}, [(photos[i].name, photos[j].name) for i, j in near]  # motorcycle left / right
     flat = phash.of(np.full((90, 120), 77, np.uint8))
     assert not flat.any() and not len(phash.matches(flat[None], ids, np.vstack([hashes, flat]))[0])
+    # near-flat: one speck on an empty field sets every bit, and two such images collide (a cell on a
+    # grey slide and a bubble in an empty sky did at 1M items): under ``FLAT`` they have no hash
+    import cv2
+
+    a, b = np.full((240, 320), 85, np.uint8), np.full((300, 300), 120, np.uint8)
+    cv2.circle(a, (250, 120), 8, 140, -1)
+    cv2.circle(b, (232, 150), 6, 200, -1)
+    assert not phash.of(a).any() and not phash.of(b).any()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(phash, "FLAT", 1.0)
+        assert phash.distances(phash.of(a)[None], phash.of(b)[None])[0] == 0  # what the floor is for
 
 
 def test_the_default_search_verifies_a_heavily_blurred_copy_by_its_hash(

@@ -4,9 +4,9 @@ a large gallery's photos, but a 32×32 thumbnail never had the detail blur remov
 
 ``of(img)`` → the 64-bit DCT hash (pHash) of a grayscale image as ``local_features.gray`` gives it:
 the image area-resized to 32×32, its 2-D DCT, the 8×8 lowest coefficients, one bit each for the 63
-above the median of the 63 AC ones (the DC bit is the mean's sign, always 1); 8 bytes. A flat image
-(AC coefficients' spread under ``FLAT``) has no hash: all zeros, which no other image hashes to (the
-median splits the AC bits 31 / 32), and which matches nothing. Written into every local-feature
+above the median of the 63 AC ones (the DC bit is the mean's sign, always 1); 8 bytes. A flat or
+near-flat image (AC coefficients' spread under ``FLAT``) has no hash: all zeros, which no other image
+hashes to (the median splits the AC bits 31 / 32), and which matches nothing. Written into every local-feature
 record (``local_features.detect``), so an index's hashes come with its features and ``cbir index
 features`` adds them to an index built before.
 
@@ -35,7 +35,11 @@ __all__ = ["BYTES", "FLAT", "MAX_BITS", "distances", "look", "matches", "of"]
 BYTES = 8
 SIZE = 32  # the thumbnail the DCT is taken of
 LOW = 8  # the LOW × LOW lowest frequencies give the bits
-FLAT = 1.0  # the AC coefficients' standard deviation (grey levels × SIZE) under which an image is flat
+# the AC coefficients' standard deviation under which an image has no hash: a near-flat image (its
+# thumbnail's grey levels within a few of each other) has its bits set by a speck — a bubble in an
+# empty sky, a cell on a grey slide — and specks at like places collide (BENCHMARKS.md); every
+# Corel-1K photo and heavy-blur copy is far above (≥ 49)
+FLAT = 8.0
 MAX_BITS = 4
 
 
