@@ -101,6 +101,15 @@ def test_a_heavily_blurred_photo_keeps_its_hash_and_photos_keep_theirs_apart(pho
         assert phash.matches(mirrored, ids, hashes)[0][0] == i, p.name
     near = {(i, j) for i in ids for j in ids[i + 1 :] if phash.distances(hashes[i][None], hashes[j][None])[0] <= 8}
     assert near == {(4, 5)}, [(photos[i].name, photos[j].name) for i, j in near]  # motorcycle left / right
+    # the nearest must be clear of the next by ``GAP``: one item 2 bits past it is a crowded corner
+    q = hashes[0].copy()
+    crowded = np.stack([q, q.copy(), hashes[1]])
+    crowded[1, 0] ^= 0b11
+    assert phash.matches(q[None], np.arange(3), crowded)[0].tolist() == []
+    crowded[1, 0] ^= 0b1100  # now 4 bits past it
+    assert phash.matches(q[None], np.arange(3), crowded)[0].tolist() == [0]
+    crowded[1] = q  # an exact duplicate ties: both
+    assert phash.matches(q[None], np.arange(3), crowded)[0].tolist() == [0, 1]
     flat = phash.of(np.full((90, 120), 77, np.uint8))
     assert not flat.any() and not len(phash.matches(flat[None], ids, np.vstack([hashes, flat]))[0])
     # near-flat: one speck on an empty field sets every bit, and two such images collide (a cell on a

@@ -11,11 +11,13 @@ record (``local_features.detect``), so an index's hashes come with its features 
 features`` adds them to an index built before.
 
 The cascade's ``hash`` stage (``look``), for an image query nothing verified: the items whose hash
-is nearest the query's — as it is or mirrored — when that is within ``MAX_BITS`` (4) are taken as
-copies (``Hit.by`` ``"hash"``, verified, by cosine among themselves), ahead of the rest. Only the
-nearest: exact duplicates tie, while near-duplicate shots of one scene (a stereo pair, two frames of
-a burst: within 4 bits of each other) are farther from a copy of one of them than its original is,
-and keep their place by cosine, unverified. Dedup does not use the hash: it would group such shots,
+is nearest the query's — as it is or mirrored — when that is within ``MAX_BITS`` (4) and every
+other item is ``GAP`` (4) bits farther, are taken as copies (``Hit.by`` ``"hash"``, verified, by
+cosine among themselves), ahead of the rest. Only the nearest: exact duplicates tie, while
+near-duplicate shots of one scene (a stereo pair, two frames of a burst: within 4 bits of each other)
+are farther from a copy of one of them than its original is, and keep their place by cosine,
+unverified. The gap refuses a hash in a crowded corner of hash space (a bright shape on black, which
+crops of many photos share), where the nearest of a million is near by chance. Dedup does not use the hash: it would group such shots,
 and its groups are copies. Chosen on data
 (BENCHMARKS.md): a copy blurred with radius 4–6 keeps its original within 4 bits among 101,000
 photos, where no photo outside the gallery came within 8; other edits that keep the frame
@@ -30,7 +32,7 @@ import numpy as np
 
 from cbir.hits import Hit
 
-__all__ = ["BYTES", "FLAT", "MAX_BITS", "distances", "look", "matches", "of"]
+__all__ = ["BYTES", "FLAT", "GAP", "MAX_BITS", "distances", "look", "matches", "of"]
 
 BYTES = 8
 SIZE = 32  # the thumbnail the DCT is taken of
@@ -41,6 +43,7 @@ LOW = 8  # the LOW × LOW lowest frequencies give the bits
 # Corel-1K photo and heavy-blur copy is far above (≥ 49)
 FLAT = 8.0
 MAX_BITS = 4
+GAP = 4  # the next hash is at least this many bits farther than the nearest (distances are even)
 
 
 def _cv2():
@@ -77,14 +80,18 @@ def distances(queries: np.ndarray, hashes: np.ndarray) -> np.ndarray:
     return out
 
 
-def matches(queries: np.ndarray, ids: np.ndarray, hashes: np.ndarray, max_bits: int = MAX_BITS):
-    """(ids, distances) of the items within ``max_bits`` of ``queries``, nearest first; items with no
-    hash (all zeros) never match."""
+def matches(queries: np.ndarray, ids: np.ndarray, hashes: np.ndarray, max_bits: int = MAX_BITS, gap: int = GAP):
+    """(ids, distance) of the items whose hash is nearest ``queries`` — when that distance is within
+    ``max_bits`` and every other item is at least ``gap`` bits farther (ties, i.e. exact duplicates,
+    all match); else nothing. Items with no hash (all zeros) never match."""
     d = distances(queries, hashes)
     d[~np.asarray(hashes, np.uint8).any(axis=1)] = BYTES * 8 + 1
-    near = np.flatnonzero(d <= max_bits)
-    order = near[np.argsort(d[near], kind="stable")]
-    return ids[order], d[order]
+    if not len(d) or d.min() > max_bits:
+        return ids[:0], -1
+    best = int(d.min())
+    if (d[d > best] < best + gap).any():  # a crowded corner of hash space: the nearest is not clear
+        return ids[:0], -1
+    return ids[d == best], best
 
 
 def query_hashes(img: np.ndarray) -> np.ndarray:
@@ -103,10 +110,9 @@ def look(gallery, query, hits: list[Hit], k: int, snap) -> list[Hit]:
     if not len(ids):
         return hits
     live = snap.live(gallery.store, ids)
-    found, dist = matches(query_hashes(img), ids[live], hashes[live])
+    found = matches(query_hashes(img), ids[live], hashes[live])[0][: max(k, 1)]
     if not len(found):
         return hits
-    found = found[dist == dist[0]][: max(k, 1)]  # the nearest only
     scores = (
         gallery.vectors_for(found, snap) @ gallery.postprocess_queries(np.asarray(query.vector, np.float32)[None])[0]
     )
