@@ -6,9 +6,9 @@ a large gallery's photos, but a 32×32 thumbnail never had the detail blur remov
 the image area-resized to 32×32, its 2-D DCT, the 8×8 lowest coefficients, one bit each for the 63
 above the median of the 63 AC ones (the DC bit is the mean's sign, always 1); 8 bytes. A flat or
 near-flat image (AC coefficients' spread under ``FLAT``) has no hash: all zeros, which no other image
-hashes to (the median splits the AC bits 31 / 32), and which matches nothing. Written into every local-feature
-record (``local_features.detect``), so an index's hashes come with its features and ``cbir index
-features`` adds them to an index built before.
+hashes to (the median splits the AC bits 31 / 32), and which matches nothing. Written into every
+local-feature record (``local_features.detect``), so an index's hashes come with its features and
+``cbir index features`` adds them to an index built before.
 
 The cascade's ``hash`` stage (``look``), for an image query nothing verified: the items whose hash
 is nearest the query's — as it is or mirrored — when that is within ``MAX_BITS`` (4) and every
@@ -17,10 +17,10 @@ cosine among themselves), ahead of the rest. Only the nearest: exact duplicates 
 near-duplicate shots of one scene (a stereo pair, two frames of a burst: within 4 bits of each other)
 are farther from a copy of one of them than its original is, and keep their place by cosine,
 unverified. The gap refuses a hash in a crowded corner of hash space (a bright shape on black, which
-crops of many photos share), where the nearest of a million is near by chance. Dedup does not use the hash: it would group such shots,
-and its groups are copies. Chosen on data
-(BENCHMARKS.md): a copy blurred with radius 4–6 keeps its original within 4 bits among 101,000
-photos, where no photo outside the gallery came within 8; other edits that keep the frame
+crops of many photos share), where the nearest of a million is near by chance. Dedup does not use
+the hash: it would group such shots, and its groups are copies. Chosen on data (BENCHMARKS.md): a
+copy blurred with radius 4–8 keeps its original within 4 bits and clear of the rest among a million
+hashes, where no photo outside the gallery came within 6; other edits that keep the frame
 (brightness, colour, JPEG, noise, resizing) stay within ~10, while crops, rotations and flips of the
 frame lose the hash (the windows stage is for them). The scan is one XOR and popcount over n × 8
 bytes (``gallery.hashes``, read once per feature file).
@@ -101,8 +101,9 @@ def query_hashes(img: np.ndarray) -> np.ndarray:
 
 def look(gallery, query, hits: list[Hit], k: int, snap) -> list[Hit]:
     """The hash stage for one image ``query`` (``cascade.Query``, its features a ``Variants`` with
-    its ``image``) whose ``hits`` verified nothing: the items at the nearest hash distance, when it is
-    within ``MAX_BITS``, first (verified, ``by="hash"``, highest cosine first), then ``hits`` without them."""
+    its ``image``) whose ``hits`` verified nothing: the items ``matches`` gives (the nearest hash,
+    within ``MAX_BITS`` and clear of the rest by ``GAP``) first (verified, ``by="hash"``, highest
+    cosine first), then ``hits`` without them."""
     img = getattr(query.features, "image", None)
     if img is None:
         return hits
