@@ -289,10 +289,11 @@ def test_descriptor_votes_rank_the_original_of_a_flipped_shrunk_copy_first(photo
     )
     # the memory cap: every descriptor of a small gallery; of a large one, each item's coarsest
     # keypoints (ORB's last rows) and evenly spaced ones of the rest
-    assert votes.per_item(1000) == lf.MAX_KEYPOINTS and votes.per_item(100_000) == 33
-    # … and never fewer bytes per item than its vector takes (320 float32: 32 descriptors, not 3 at 1M)
-    assert votes.per_item(1_000_000) == 3 and votes.per_item(1_000_000, vector_bytes=1280) == 32
-    assert votes.per_item(100_000, vector_bytes=1280) == 33 and votes.per_item(0, vector_bytes=1280) == 500
+    assert votes.per_item(1000) == votes.per_item(26_000) == lf.MAX_KEYPOINTS and votes.per_item(100_000) == 134
+    assert votes.per_item(100_000, max_mib=128) == 33
+    # … and never fewer bytes per item than its vector takes (320 float32: 32 descriptors, not 13 at 1M)
+    assert votes.per_item(1_000_000) == 13 and votes.per_item(1_000_000, vector_bytes=1280) == 32
+    assert votes.per_item(100_000, vector_bytes=1280) == 134 and votes.per_item(0, vector_bytes=1280) == 500
     rows = votes.kept(500, 33)
     assert len(np.unique(rows)) == 33 and rows[0] == 0 and rows[-16:].tolist() == list(range(484, 500))
     assert (np.diff(rows[:17]) >= 29).all() and votes.kept(20, 33).tolist() == list(range(20))
@@ -332,8 +333,12 @@ def test_the_original_outside_the_cnn_shortlist_is_found_by_descriptor_votes(tmp
     g.remove([files[8]])
     assert gone not in votes.counts(g.vote_index(), lf.extract_query(q))
     assert not any(h["path"] == want for h in g.search([str(q)], k=3, rerank=light)[0]["results"])
-    # a gallery over ``SYNC_ITEMS`` builds it aside: none at first, the searches go on without it
+    # the writers saved it: a gallery over ``SYNC_ITEMS`` opened again loads it, builds nothing
     monkeypatch.setattr(votes, "SYNC_ITEMS", 0)
+    saved = Gallery(tmp_path / "idx")
+    assert saved.vote_index().ntotal == g.vote_index().ntotal and saved.votes.builds == saved.votes.updates == 0
+    # without the file it builds it aside: none at first, the searches go on without it
+    (tmp_path / "idx" / "votes.npz").unlink()
     fresh = Gallery(tmp_path / "idx")
     assert fresh.vote_index() is None and not any(
         h["verified"] for h in fresh.search([str(q)], k=3, rerank=light)[0]["results"]
@@ -384,6 +389,7 @@ def test_index_features_brings_an_older_indexs_records_up_to_date(verified_index
     path = features.feature_path(g.root, g.store.done_shards()[0])
     arr = np.load(path)
     np.save(path, arr[[n for n in arr.dtype.names if n not in ("wh", "phash")]].copy())
+    (g.root / "votes.npz").unlink()  # an index that old had no saved vote index either
     old = Gallery(g.root)
     assert features.outdated(path) and old.vote_index().common == [] and old.vote_index().ntotal > 0
     assert not len(old.hashes.all()[0])  # no hashes: the hash stage has no candidates

@@ -109,6 +109,10 @@ def test_the_vote_index_follows_adds_and_removes_without_a_rebuild(embedder, pho
     g.remove([files[0]])
     third = g.vote_index()
     assert added[0] not in third.ids and added[0] not in votes.counts(third, lf.extract_query(files[0]))
+    loaded = Gallery(idx)  # another process: the state the writer saved, nothing built
+    assert loaded.vote_index().ids.tolist() == third.ids.tolist() and loaded.vote_index().ntotal == third.ntotal
+    assert loaded.votes.builds == loaded.votes.updates == 0
+    (idx / "votes.npz").unlink()
     fresh = Gallery(idx).vote_index()  # a full build of the same set: the same items and descriptors
     assert fresh.ids.tolist() == third.ids.tolist() and fresh.ntotal == third.ntotal
     # in a live gallery (`cbir serve`) the update is made aside; searches use the last state meanwhile
@@ -118,6 +122,60 @@ def test_the_vote_index_follows_adds_and_removes_without_a_rebuild(embedder, pho
     assert live.vote_index() is before
     live.votes.wait(60)
     assert added[1] not in live.vote_index().ids and live.votes.updates == 1
+
+
+def test_the_saved_vote_index_is_caught_up_not_trusted(embedder, photos, tmp_path, monkeypatch):
+    """The writers save the vote index (``votes.npz``); another process loads it and catches up with
+    what changed. A file whose content changed keeps its id but not its descriptors; features that
+    were missing when an item was read are read once there; a budget moved 2× rebuilds; a damaged
+    file is rebuilt, and one that cannot be written is only noted."""
+    from cbir.index.storage import features
+
+    files = make_gallery(tmp_path / "g", photos, 6)
+    idx = tmp_path / "idx"
+    g = Gallery.create(idx, embedder)
+    report = g.build([tmp_path / "g"])
+    assert (idx / "votes.npz").is_file() and report["timings"]["vote_index"] > 0
+    # a changed file: same id, embedded again into a new shard; its old descriptors leave the votes
+    item = g.store.ids_under(os.path.abspath(files[0]))[0]
+    assert votes.counts(g.vote_index(), lf.extract_query(photos[0]))[item] >= 100
+    Image.open(photos[10]).convert("RGB").save(files[0], quality=90)
+    g.add([tmp_path / "g"])
+    assert g.store.ids_under(os.path.abspath(files[0])) == [item]
+    loaded = Gallery(idx).vote_index()
+    assert votes.vote(loaded, lf.extract_query(photos[10]), 1) == [item]
+    assert votes.counts(loaded, lf.extract_query(photos[0])).get(item, 0) < 10  # chance matches at most
+    # a shard's features missing when the state was made: its items are read again once they are there
+    shard = g.store.shards_for_ids([item])[item]
+    path = features.feature_path(idx, shard)
+    path.rename(path.with_suffix(".away"))
+    (idx / "votes.npz").unlink()
+    partial = Gallery(idx)
+    assert partial.votes.make() is not None and item not in votes.counts(
+        partial.vote_index(), lf.extract_query(photos[10])
+    )
+    path.with_suffix(".away").rename(path)
+    assert votes.vote(partial.votes.make(), lf.extract_query(photos[10]), 1) == [item]
+    assert votes.vote(Gallery(idx).vote_index(), lf.extract_query(photos[10]), 1) == [item]  # and saved
+    # a state made under a cap 2× away (an older version's, or a grown gallery's) is rebuilt
+    monkeypatch.setattr(votes, "MAX_MIB", 0.01)
+    small = Gallery(idx)
+    assert small.vote_index().keep < 100 and small.votes.builds == 1
+    monkeypatch.undo()
+    again = Gallery(idx)
+    assert again.vote_index().keep == lf.MAX_KEYPOINTS and again.votes.builds == 1
+    # damaged: rebuilt and noted; the search goes on
+    (idx / "votes.npz").write_bytes(b"not a vote index")
+    damaged = Gallery(idx)
+    assert votes.vote(damaged.vote_index(), lf.extract_query(photos[10]), 1) == [item]
+    assert damaged.votes.builds == 1 and votes.load(idx / "votes.npz").ntotal == damaged.vote_index().ntotal
+    # read-only: noted, not raised
+    (idx / "votes.npz").unlink()
+    monkeypatch.setattr(
+        votes, "save", lambda state, path: (_ for _ in ()).throw(PermissionError(13, "read-only", str(path)))
+    )
+    ro = Gallery(idx)
+    assert ro.vote_index() is not None and "not saved" in ro.votes.error and not (idx / "votes.npz").exists()
 
 
 def test_a_stage_that_fails_on_one_query_degrades_only_that_answer(verified_index, photos, tmp_path, monkeypatch):

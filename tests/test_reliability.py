@@ -69,6 +69,8 @@ def test_a_folder_that_is_not_an_index_is_refused_and_left_intact(lite0_onnx, ga
             ".blocks-0123abcd",
             ".tune-queries.npy.77.npy",
             "meta.sqlite-wal",
+            "votes.npz",
+            ".votes.npz.4242.npz",
         )
     )
 

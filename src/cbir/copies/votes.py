@@ -23,12 +23,14 @@ nothing. ``common_aspects`` gives the gallery's most common image shapes (from t
 had a squeezing ``resize`` in them.
 
 Memory: 40 bytes per indexed descriptor (32-byte code, 8-byte id). ``per_item`` keeps at most
-``max_mib`` (default ``MAX_MIB``, 128 MiB) in all, or as many bytes per item as its vector takes
-when that is more: every descriptor of a gallery up to ~6,700 items of 500 keypoints, then ``kept``
-ones of each item — half its coarsest, half evenly spaced over the rest — 33 per item at 100k, and
-never fewer than a vector's bytes allow (32 for 320-d float32 vectors: a 1M gallery's vote index
-takes about what its vectors take, 1.2 GiB, instead of voting with 3 descriptors per item, which
-lost the second look: BENCHMARKS.md); build times are in BENCHMARKS.md. ``updated`` follows a
+``max_mib`` (default ``MAX_MIB``, 512 MiB) in all, or as many bytes per item as its vector takes
+when that is more: every descriptor of a gallery up to ~26,800 items of 500 keypoints, then
+``kept`` ones of each item — half its coarsest, half evenly spaced over the rest — 134 per item at
+100k (at 33, the 128 MiB of before, copies whose original only the votes find were lost among 100k
+photos: BENCHMARKS.md), and never fewer than a vector's bytes allow (32 for 320-d float32 vectors:
+a 1M gallery's vote index takes about what its vectors take, 1.2 GiB, instead of voting with 13
+descriptors per item); build times are in BENCHMARKS.md. ``save`` / ``load``: one ``.npz`` (the
+serialised index, its items, their shards and aspects), written atomically. ``updated`` follows a
 change of the indexed set without a rebuild (a copy of the index, the removed items' descriptors
 taken out, the added ones' put in); ``cbir.copies.vote_cache`` decides when and where (in the
 caller, or aside for ``cbir serve``).
@@ -40,11 +42,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cbir import fsio
 from cbir.copies.local_features import MAX_KEYPOINTS, RATIO
 
 NPROBE = 8
 MIN_VOTES = 2  # one match is chance: a random photo shares one ratio-test match with many items
-MAX_MIB = 128.0
+MAX_MIB = 512.0
 SYNC_ITEMS = 20_000  # a gallery up to this size builds its vote index within the search, a larger one aside
 VOTES = 2  # a query's second look verifies it against this many items by descriptor votes
 ASPECTS = 2  # a query stretched away from the gallery's common shapes is re-stretched to at most this many
@@ -52,11 +55,12 @@ ASPECT_SHARE = 0.1  # … each the shape of at least this share of the items
 BYTES = 40  # per indexed descriptor: the code and its int64 label
 
 
-def per_item(items: int, max_mib: float = MAX_MIB, vector_bytes: int = 0) -> int:
-    """Descriptors kept per item so that ``items`` fit ``max_mib`` — or, when more, ``vector_bytes``
-    per item (what each item's vector takes) — at most ``MAX_KEYPOINTS``, at least 1."""
+def per_item(items: int, max_mib: float | None = None, vector_bytes: int = 0) -> int:
+    """Descriptors kept per item so that ``items`` fit ``max_mib`` (default ``MAX_MIB``) — or, when
+    more, ``vector_bytes`` per item (what each item's vector takes) — at most ``MAX_KEYPOINTS``, at
+    least 1."""
     items = max(items, 1)
-    budget = max(max_mib * 2**20, items * vector_bytes)
+    budget = max((MAX_MIB if max_mib is None else max_mib) * 2**20, items * vector_bytes)
     return int(np.clip(budget // (BYTES * items), 1, MAX_KEYPOINTS))
 
 
@@ -105,6 +109,7 @@ class VoteState:
     aspects: np.ndarray
     churn: int = 0
     common: list = field(default_factory=list)  # ``common_aspects(aspects)``
+    shards: np.ndarray | None = None  # by ``ids``: the shard each item's descriptors were read from
 
     @property
     def ntotal(self) -> int:
@@ -119,10 +124,11 @@ def updated(
     owners: np.ndarray,
     added: np.ndarray,
     aspects: np.ndarray,
+    shards: np.ndarray | None = None,
 ) -> VoteState:
     """``state`` without the items ``gone`` and with ``added`` (their ``descriptors`` labelled
-    ``owners``, one aspect each): a copy of its index is changed, never the index itself, so that
-    searches still voting on it are unaffected."""
+    ``owners``, one aspect and one shard each): a copy of its index is changed, never the index
+    itself, so that searches still voting on it are unaffected."""
     import faiss
 
     index = state.index
@@ -137,9 +143,43 @@ def updated(
     ids = np.concatenate([state.ids[keep], np.asarray(added, np.int64)])
     asp = np.concatenate([state.aspects[keep], np.asarray(aspects, np.float64)])
     order = np.argsort(ids, kind="stable")
-    return VoteState(
-        generation, index, ids[order], state.keep, asp[order], state.churn + len(gone) + len(added), common_aspects(asp)
-    )
+    held = None
+    if state.shards is not None and shards is not None:
+        held = np.concatenate([state.shards[keep], np.asarray(shards, np.int64)])[order]
+    churn = state.churn + len(gone) + len(added)
+    return VoteState(generation, index, ids[order], state.keep, asp[order], churn, common_aspects(asp), held)
+
+
+FORMAT = 1  # of a saved vote state (``save``)
+
+
+def save(state: VoteState, path) -> None:
+    """Write ``state`` to ``path`` (one ``.npz``, replaced atomically: a reader sees the old file or
+    the new one, and a crash mid-write leaves the old one)."""
+    import faiss
+
+    index = np.zeros(0, np.uint8) if state.index is None else faiss.serialize_index_binary(state.index)
+    shards = np.full(len(state.ids), -1, np.int64) if state.shards is None else state.shards
+    meta = np.array([FORMAT, -1 if state.generation is None else state.generation, state.keep, state.churn], np.int64)
+    with fsio.atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=meta, index=index, ids=state.ids, aspects=state.aspects, shards=shards)
+
+
+def load(path) -> VoteState:
+    """The vote state ``save`` wrote to ``path``; raises ValueError when it is not one."""
+    import faiss
+
+    with np.load(path, allow_pickle=False) as z:
+        meta, ids, aspects, shards, code = z["meta"], z["ids"], z["aspects"], z["shards"], z["index"]
+    if len(meta) != 4 or int(meta[0]) != FORMAT or not len(ids) == len(aspects) == len(shards):
+        raise ValueError(f"{path}: not a vote index of this version")
+    index = faiss.deserialize_index_binary(code) if len(code) else None
+    if index is not None:
+        index.nprobe = NPROBE
+    generation = None if meta[1] < 0 else int(meta[1])
+    held = None if (shards < 0).any() else shards
+    return VoteState(generation, index, ids, int(meta[2]), aspects, int(meta[3]), common_aspects(aspects), held)
 
 
 def counts(index, variants) -> dict[int, int]:

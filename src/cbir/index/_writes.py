@@ -82,6 +82,7 @@ def build(
         work = gallery.process_pending(batch_size, progress, distributed)
         _timed_features(gallery, work, progress)
         gallery.rebuild_index()
+        _timed_votes(gallery, work)
         return gallery.write_report(work, scanned, t0)
 
 
@@ -113,6 +114,7 @@ def _add(gallery, paths, batch_size: int, progress: bool, retry_failed: bool, pa
         gallery.rebuild_index()
     else:
         _sync.set_index(gallery, maintain.update(gallery, np.array(changed, np.int64), new_shards))
+    _timed_votes(gallery, work)
     return gallery.write_report(work, scanned, t0)
 
 
@@ -123,6 +125,20 @@ def _timed_features(gallery, work: dict, progress: bool) -> None:
         progress, on_problem=lambda p, r: warnings.append({"path": p, "stage": "local features", "error": r})
     ):
         work["timings"]["local_features"] = round(time.perf_counter() - t0, 4)
+
+
+def _timed_votes(gallery, work: dict) -> None:
+    """The descriptor-vote index brought up to date and saved (``VoteCache.make``), so that no later
+    search — in this process or another — waits for it or goes without it."""
+    if not gallery.settings.local_features:
+        return
+    t0 = time.perf_counter()
+    gallery.votes.make()
+    work.setdefault("timings", {})["vote_index"] = round(time.perf_counter() - t0, 4)
+    if gallery.votes.error:
+        work.setdefault("warnings", []).append(
+            {"path": str(gallery.root), "stage": "vote index", "error": gallery.votes.error}
+        )
 
 
 def extract_features(
@@ -143,7 +159,10 @@ def extract_features(
             gallery.save_config()
         if not gallery.settings.local_features:
             return 0
-        return _features.ensure(gallery.store, gallery.root, progress, on_problem, upgrade=enable)
+        written = _features.ensure(gallery.store, gallery.root, progress, on_problem, upgrade=enable)
+        if enable and written:  # ``cbir index features``: records written again, so the votes from scratch
+            gallery.votes.make(rebuild=True)
+        return written
 
 
 def remove(gallery, paths: Sequence[str | os.PathLike]) -> dict:
@@ -160,6 +179,7 @@ def remove(gallery, paths: Sequence[str | os.PathLike]) -> dict:
             _sync.set_index(gallery, maintain.update(gallery, np.array(ids, np.int64)))
         else:  # index.faiss was already behind (an earlier crash): rebuild, do not patch
             _sync.set_index(gallery, maintain.rebuild(gallery))
+        _timed_votes(gallery, {})
         return {"removed": len(ids), "count": gallery.store.count("indexed")}
 
 

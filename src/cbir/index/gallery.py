@@ -45,7 +45,7 @@ from cbir.index.snapshot import Snapshot
 from cbir.index.storage import columns
 from cbir.index.storage import config as _config
 from cbir.index.storage import features as _features
-from cbir.index.storage.config import INDEX_JSON, SHARD_SIZE, Settings
+from cbir.index.storage.config import INDEX_JSON, SHARD_SIZE, VOTES_FILE, Settings
 from cbir.index.storage.features import FeatureStore
 from cbir.index.storage.lock import DirectoryGone, WriterLock
 from cbir.index.storage.regions import RegionStore
@@ -98,7 +98,7 @@ class Gallery:
         self.colours, self.hashes = columns.colours(self.store, self.root), columns.hashes(self.store, self.root)
         self._regions = RegionStore(self.store, self.root)
         read = lambda ids, keep: _features.descriptors(self.store, self.root, keep, ids)  # noqa: E731
-        self.votes = VoteCache(self.store, read, live, lambda: 4 * self.settings.dim)  # votes (aside when live)
+        self.votes = VoteCache(self.store, read, live, lambda: 4 * self.settings.dim, self.root / VOTES_FILE)
         self._snap: Snapshot | None = None
         self._lock = threading.RLock()
         if embedder is not None:

@@ -24,6 +24,7 @@ from cbir import fsio
 from cbir.errors import CbirError
 
 INDEX_JSON = "index.json"
+VOTES_FILE = "votes.npz"  # the descriptor-vote index, saved by the writers (``copies.votes.save``)
 SHARD_SIZE = 1024
 DEFAULTS = {
     "factory": "Flat",
@@ -69,10 +70,13 @@ OWN_NAMES = {
     ".writer.lock",
     "tune-queries.npy",
     "audit",
+    VOTES_FILE,
 }
 
 
-_TEMPORARY = re.compile(r"^\.(index\.json|report\.json|index\.faiss|whitening\.npz|tune-queries\.npy)\.\d+\.(tmp|npy)$")
+_TEMPORARY = re.compile(
+    r"^\.(index\.json|report\.json|index\.faiss|whitening\.npz|tune-queries\.npy|votes\.npz)\.\d+\.(tmp|npy|npz)$"
+)
 _IVF_LISTS = re.compile(r"^ivflists-[0-9a-f]{12}\.bin$")
 _BLOCKS = re.compile(r"^\.blocks-[0-9a-f]{8}$")
 
