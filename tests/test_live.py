@@ -136,6 +136,7 @@ def test_the_saved_vote_index_is_caught_up_not_trusted(embedder, photos, tmp_pat
     g = Gallery.create(idx, embedder)
     report = g.build([tmp_path / "g"])
     assert (idx / "votes.npz").is_file() and report["timings"]["vote_index"] > 0
+    assert g.info()["vote_index_bytes"] == (idx / "votes.npz").stat().st_size
     # a changed file: same id, embedded again into a new shard; its old descriptors leave the votes
     item = g.store.ids_under(os.path.abspath(files[0]))[0]
     assert votes.counts(g.vote_index(), lf.extract_query(photos[0]))[item] >= 100
@@ -176,6 +177,28 @@ def test_the_saved_vote_index_is_caught_up_not_trusted(embedder, photos, tmp_pat
     )
     ro = Gallery(idx)
     assert ro.vote_index() is not None and "not saved" in ro.votes.error and not (idx / "votes.npz").exists()
+
+
+def test_a_writer_killed_while_saving_the_vote_index_loses_nothing(embedder, photos, tmp_path):
+    """kill -9 between writing the vote index's temporary file and replacing votes.npz: the old file
+    stays whole, the next search loads it and catches up (the added photo is voted for), the index
+    checks whole, and the next save removes the dead writer's temporary file."""
+    make_gallery(tmp_path / "g", photos, 6)
+    (tmp_path / "new").mkdir()
+    new = tmp_path / "new" / "p.jpg"
+    Image.open(photos[10]).convert("RGB").save(new, quality=92)
+    idx = tmp_path / "idx"
+    Gallery.create(idx, embedder).build([tmp_path / "g"])
+    before = votes.load(idx / "votes.npz")
+    r = cli("index", "add", str(idx), str(tmp_path / "new"), crash="votes-written:1")
+    assert r.returncode == -9, r.stderr
+    left = list(idx.glob(".votes.npz.*.npz"))
+    assert len(left) == 1 and votes.load(idx / "votes.npz").ids.tolist() == before.ids.tolist()
+    assert cli("index", "check", str(idx)).returncode == 0
+    g = Gallery(idx)
+    new_id = g.store.ids_under(str(new))[0]
+    assert votes.vote(g.vote_index(), lf.extract_query(new), 1) == [new_id] and g.votes.builds == 0
+    assert not left[0].exists() and new_id in votes.load(idx / "votes.npz").ids  # caught up, saved, cleaned
 
 
 def test_a_stage_that_fails_on_one_query_degrades_only_that_answer(verified_index, photos, tmp_path, monkeypatch):

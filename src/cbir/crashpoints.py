@@ -6,7 +6,7 @@ tests), ``hit`` is one dictionary look-up.
 Points: ``shard-written`` (a shard's vector file is on disk, not committed), ``shard-committed``
 (SQLite marks it done), ``features-written``, ``faiss-written`` (index.faiss replaced, index.json
 not yet), ``config-written``, ``removed-committed`` (SQLite marks items removed, index.faiss not yet
-updated).
+updated), ``votes-written`` (the vote index's temporary file written, votes.npz not yet replaced).
 """
 
 from __future__ import annotations

@@ -38,11 +38,13 @@ caller, or aside for ``cbir serve``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from cbir import fsio
+from cbir import crashpoints, fsio
 from cbir.copies.local_features import MAX_KEYPOINTS, RATIO
 
 NPROBE = 8
@@ -161,9 +163,30 @@ def save(state: VoteState, path) -> None:
     index = np.zeros(0, np.uint8) if state.index is None else faiss.serialize_index_binary(state.index)
     shards = np.full(len(state.ids), -1, np.int64) if state.shards is None else state.shards
     meta = np.array([FORMAT, -1 if state.generation is None else state.generation, state.keep, state.churn], np.int64)
+    _drop_dead_temporaries(Path(path))
     with fsio.atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, meta=meta, index=index, ids=state.ids, aspects=state.aspects, shards=shards)
+        crashpoints.hit("votes-written")
+
+
+def _drop_dead_temporaries(path: Path) -> None:
+    """Remove what a writer killed mid-``save`` left (``.votes.npz.<pid>.npz`` of a pid no longer
+    alive): up to the size of the vote index each."""
+    for tmp in path.parent.glob(f".{path.name}.*.npz"):
+        pid = tmp.name[len(path.name) + 2 : -len(".npz")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, someone else's
+        return True
+    return True
 
 
 def load(path) -> VoteState:

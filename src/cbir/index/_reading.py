@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from cbir.errors import CbirError
+from cbir.index.storage.config import VOTES_FILE
 from cbir.vectors import l2_normalize
 
 
@@ -71,5 +72,6 @@ def info(gallery) -> dict:
         "removed": count("removed"),
         "pending_shards": len(gallery.store.pending_shards()),
         "shards": len(gallery.store.done_shards()),
+        "vote_index_bytes": votes.stat().st_size if (votes := gallery.root / VOTES_FILE).is_file() else None,
         "path": str(gallery.root),
     }
