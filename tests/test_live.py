@@ -170,11 +170,13 @@ def test_the_saved_vote_index_is_caught_up_not_trusted(embedder, photos, tmp_pat
     damaged = Gallery(idx)
     assert votes.vote(damaged.vote_index(), lf.extract_query(photos[10]), 1) == [item]
     assert damaged.votes.builds == 1 and votes.load(idx / "votes.npz").ntotal == damaged.vote_index().ntotal
-    # read-only: noted, not raised
+    # read-only (as root here, a chmod would not stop the write: the refusal is raised where the write is)
     (idx / "votes.npz").unlink()
-    monkeypatch.setattr(
-        votes, "save", lambda state, path: (_ for _ in ()).throw(PermissionError(13, "read-only", str(path)))
-    )
+
+    def refused(state, path):
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    monkeypatch.setattr(votes, "save", refused)
     ro = Gallery(idx)
     assert ro.vote_index() is not None and "not saved" in ro.votes.error and not (idx / "votes.npz").exists()
 
