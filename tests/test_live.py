@@ -33,6 +33,16 @@ def upside_down(src, dst) -> str:
     return str(dst)
 
 
+def built_and_one_more(embedder, photos, tmp_path, photo) -> tuple:
+    """(an index built over 6 photos, a 7th photo not in it yet, under ``tmp_path / "new"``)."""
+    make_gallery(tmp_path / "g", photos, 6)
+    (tmp_path / "new").mkdir()
+    new = tmp_path / "new" / "p.jpg"
+    Image.open(photo).convert("RGB").save(new, quality=92)
+    Gallery.create(tmp_path / "idx", embedder).build([tmp_path / "g"])
+    return tmp_path / "idx", new
+
+
 def test_a_guided_rematch_that_keeps_no_pair_verifies_nothing(photos):
     """A first fit that maps every keypoint off the other image leaves no pair to re-match (seen as
     an IndexError on a 21,000-photo gallery); it verifies nothing instead."""
@@ -47,12 +57,7 @@ def test_votes_for_items_a_killed_add_left_in_sqlite_only_are_not_looked_up(embe
     """An add killed after its features were written: SQLite (and so the vote index) knows the new
     items, the FAISS index the reader searches does not. Their votes are left out (they used to be
     looked up in FAISS: `reconstruct: key not found`, a 500); once the index is published they verify."""
-    make_gallery(tmp_path / "g", photos, 6)
-    (tmp_path / "new").mkdir()
-    new = tmp_path / "new" / "p.jpg"
-    Image.open(photos[8]).convert("RGB").save(new, quality=92)
-    idx = tmp_path / "idx"
-    Gallery.create(idx, embedder).build([tmp_path / "g"])
+    idx, new = built_and_one_more(embedder, photos, tmp_path, photos[8])
     reader = Gallery(idx, embedder)
     q = upside_down(new, tmp_path / "q.jpg")
     assert reader.search([q], k=3)[0]["results"]  # the snapshot is loaded now
@@ -185,12 +190,7 @@ def test_a_writer_killed_while_saving_the_vote_index_loses_nothing(embedder, pho
     """kill -9 between writing the vote index's temporary file and replacing votes.npz: the old file
     stays whole, the next search loads it and catches up (the added photo is voted for), the index
     checks whole, and the next save removes the dead writer's temporary file."""
-    make_gallery(tmp_path / "g", photos, 6)
-    (tmp_path / "new").mkdir()
-    new = tmp_path / "new" / "p.jpg"
-    Image.open(photos[10]).convert("RGB").save(new, quality=92)
-    idx = tmp_path / "idx"
-    Gallery.create(idx, embedder).build([tmp_path / "g"])
+    idx, new = built_and_one_more(embedder, photos, tmp_path, photos[10])
     before = votes.load(idx / "votes.npz")
     r = cli("index", "add", str(idx), str(tmp_path / "new"), crash="votes-written:1")
     assert r.returncode == -9, r.stderr
