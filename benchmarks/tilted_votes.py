@@ -5,10 +5,15 @@ aug, dir, f, want, tilt) and for every tenth AugLy negative (chance votes). BENC
     python benchmarks/tilted_votes.py   # paths as in the session that ran it (/tmp/c44/grow, /tmp/c45)
 """
 
-import json, time, numpy as np
+import json
+import time
 from pathlib import Path
+
+import numpy as np
+
+from cbir.copies import local_features as lf
+from cbir.copies import votes
 from cbir.index.gallery import Gallery
-from cbir.copies import votes, local_features as lf
 from cbir.sources import find_images
 
 g = Gallery("/tmp/c44/grow")
