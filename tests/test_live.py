@@ -160,6 +160,7 @@ def test_the_saved_vote_index_is_caught_up_not_trusted(embedder, photos, tmp_pat
     assert partial.votes.make() is not None and item not in votes.counts(
         partial.vote_index(), lf.extract_query(photos[10])
     )
+    assert (votes.load(idx / "votes.npz").shards == -1).sum() >= 1  # saved as not read: read again in any process
     path.with_suffix(".away").rename(path)
     assert votes.vote(partial.votes.make(), lf.extract_query(photos[10]), 1) == [item]
     assert votes.vote(Gallery(idx).vote_index(), lf.extract_query(photos[10]), 1) == [item]  # and saved

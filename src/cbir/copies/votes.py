@@ -161,7 +161,7 @@ def save(state: VoteState, path) -> None:
     import faiss
 
     index = np.zeros(0, np.uint8) if state.index is None else faiss.serialize_index_binary(state.index)
-    shards = np.full(len(state.ids), -1, np.int64) if state.shards is None else state.shards
+    shards = np.zeros(0, np.int64) if state.shards is None else state.shards  # -1 in it: an item not read
     meta = np.array([FORMAT, -1 if state.generation is None else state.generation, state.keep, state.churn], np.int64)
     _drop_dead_temporaries(Path(path))
     with fsio.atomic_path(path, suffix=".npz") as tmp:
@@ -195,13 +195,13 @@ def load(path) -> VoteState:
 
     with np.load(path, allow_pickle=False) as z:
         meta, ids, aspects, shards, code = z["meta"], z["ids"], z["aspects"], z["shards"], z["index"]
-    if len(meta) != 4 or int(meta[0]) != FORMAT or not len(ids) == len(aspects) == len(shards):
+    if len(meta) != 4 or int(meta[0]) != FORMAT or len(ids) != len(aspects) or len(shards) not in (0, len(ids)):
         raise ValueError(f"{path}: not a vote index of this version")
     index = faiss.deserialize_index_binary(code) if len(code) else None
     if index is not None:
         index.nprobe = NPROBE
     generation = None if meta[1] < 0 else int(meta[1])
-    held = None if (shards < 0).any() else shards
+    held = shards if len(shards) else None
     return VoteState(generation, index, ids, int(meta[2]), aspects, int(meta[3]), common_aspects(aspects), held)
 
 
