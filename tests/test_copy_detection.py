@@ -556,12 +556,21 @@ def test_bench_copy_search_scores_rank1_and_verified_false_positives(verified_in
                 str(suite),
                 "--rerank",
                 "none",
+                "--skip",
+                "4",
                 "--json",
             ]
         )
         == 0
     )
-    assert json.loads(capsys.readouterr().out)["per_aug"]["hflip"]["first_verified"] == 0.0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["per_aug"]["hflip"]["first_verified"] == 0.0 and plain["per_aug"]["hflip"]["n"] == 2  # the last 2 of 6
+    assert "negatives" not in plain and plain["per_aug_negatives"] == {}  # both negatives skipped: no 0 / 0
+    from cbir.bench.copy_search import copy_search
+    from cbir.errors import CbirError
+
+    with pytest.raises(CbirError, match="--skip -1"):
+        copy_search(g, str(root), str(suite), skip=-1)
 
 
 def test_bench_copy_search_at_sizes_grows_the_index_with_distractors(verified_index, tmp_path, photos, capsys):

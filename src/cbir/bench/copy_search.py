@@ -60,11 +60,16 @@ def copy_search(
     rerank=None,
     per_aug: int | None = None,
     keeps: dict[str, bool] | None = None,
+    skip: int = 0,
 ) -> dict:
     """Score the suite under ``suite`` against ``gallery`` (a ``Gallery`` holding ``data``).
-    ``per_aug``: at most this many queries per augmentation (the first in path order).
+    ``per_aug``: at most this many queries per augmentation (the first in path order, after the
+    first ``skip``: ``skip=50, per_aug=50`` is the held-out half of a 100-per-edit suite whose first
+    50 the cascade was tuned on).
     ``keeps``: augmentation → keeps ≥ 25 % of the original's pixels (``augly_suite.AUGS``), for the
     ``min_rank1_keeping`` figure."""
+    if skip < 0:
+        raise CbirError(f"--skip {skip}: the queries left out per edit, 0 or more")
     root, t_start = Path(suite), time.perf_counter()
     key_of = original_ids(gallery, data)
     if not key_of:
@@ -82,7 +87,9 @@ def copy_search(
         if not base.is_dir():
             continue
         for aug in sorted(d.name for d in base.iterdir() if d.is_dir()):
-            files = sorted(find_images([base / aug]))[:per_aug]
+            files = sorted(find_images([base / aug]))[skip:][:per_aug]
+            if not files:  # an empty edit folder, or all of it skipped: no row (and no 0 / 0)
+                continue
             rank1 = top = verified = hashed = 0
             for f in files:
                 t0 = time.perf_counter()
@@ -102,8 +109,8 @@ def copy_search(
                     top += want in ids
                 else:
                     most.append(max((h["inliers"] or 0 for h in hits), default=0))
-            n = max(len(files), 1)
-            row = {"n": len(files), "first_verified": round(verified / n, 4), "first_by_hash": round(hashed / n, 4)}
+            n = len(files)
+            row = {"n": n, "first_verified": round(verified / n, 4), "first_by_hash": round(hashed / n, 4)}
             if kind == "copies":
                 row.update(rank1=round(rank1 / n, 4), in_top10=round(top / n, 4))
             out[kind][aug] = row

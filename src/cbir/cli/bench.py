@@ -128,7 +128,10 @@ def cmd_bench_copy_search(a: argparse.Namespace) -> int:
 
     g = Gallery(a.index)
     opts = dict(
-        rerank=rerank_from_args(a, g.settings.rerank), per_aug=a.per_aug, keeps={n: v[1] for n, v in AUGS.items()}
+        rerank=rerank_from_args(a, g.settings.rerank),
+        per_aug=a.per_aug,
+        skip=a.skip,
+        keeps={n: v[1] for n, v in AUGS.items()},
     )
     if a.distractors or a.from_vectors:
         rows = at_sizes(
@@ -609,6 +612,13 @@ def _copy_search_parser(bench) -> None:
         "--suite", required=True, help="folder written by `cbir bench copies --suite augly` (copies/, negatives/)"
     )
     bs.add_argument("--per-aug", type=int, help="at most N queries per edit (default all)")
+    bs.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="leave out the first N queries per edit (path order) before --per-aug: "
+        "--skip 50 --per-aug 50 is the held-out half of a 100-per-edit suite",
+    )
     bs.add_argument(
         "--distractors",
         help="folder written by `cbir bench distractors`: grow the index with them to each --at size "
