@@ -347,6 +347,29 @@ def test_the_original_outside_the_cnn_shortlist_is_found_by_descriptor_votes(tmp
     assert fresh.vote_index() is not None and fresh.vote_index().ntotal == g.vote_index().ntotal
 
 
+def test_a_squeezed_copy_is_found_by_its_tilted_views_votes(verified_index, tmp_path, monkeypatch):
+    """The tilted views vote as one more variant: their votes bring the original of a copy squeezed
+    along a diagonal to verification, and verify it on the first fit, where the query's own features
+    fit nothing — also with the first look's candidates kept from the views (as when a strong warp
+    moves the original out of the CNN's reach)."""
+    from cbir.copies import windows
+
+    g, files = verified_index
+    q = tmp_path / "squeezed.jpg"
+    Image.fromarray(lf.tilted(lf.gray(files[8], "camera"), 2.0, 45.0)).save(q, quality=90)
+    want = g.store.ids_under(os.path.abspath(files[8]))[0]
+    qf, views = lf.extract_query(q), lf.tilted_views(lf.gray(q, "q"))
+    pairs = windows.vote_pairs(g, str(q), str(q), qf, g.snapshot(), views)
+    assert any(v is views and i == want for v, i in pairs)  # the views' own vote
+    assert not any(v is views for v, _ in windows.vote_pairs(g, str(q), str(q), qf, g.snapshot()))
+    rec = g.features.get([want])[0]
+    assert lf.inliers(views, rec) >= 15 > lf.inliers(qf, rec)  # first fits: the views' and the query's
+    monkeypatch.setattr(windows, "tilted_pairs", lambda views, hits, n: [])  # the views see no k-NN candidate
+    hits = g.search([str(q)], k=5)[0]["results"]
+    assert hits[0]["path"] == os.path.abspath(files[8]) and hits[0]["verified"] and hits[0]["inliers"] >= 15
+    assert not any(h["verified"] for h in hits[1:])
+
+
 def test_a_squeezed_copy_verifies_once_stretched_back_to_the_gallerys_shapes(
     verified_index, tmp_path, monkeypatch, photos
 ):

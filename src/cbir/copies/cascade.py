@@ -97,7 +97,9 @@ def _windows_gflop(cfg) -> float:
         return 0.0
     checked = len(local_features.WINDOWS) * cfg.partial + 1  # + the layout box's first candidate
     voting = (1 + votes.ASPECTS) * (VOTE_GFLOP + votes.VOTES * VERIFY_GFLOP) + votes.ASPECTS * RESTRETCH_GFLOP
-    tilts = len(local_features.TILTS) / 2 * (cfg.verify * VERIFY_GFLOP + RESTRETCH_GFLOP)  # a view: half a candidate
+    # a view: half a query (no mirror); the views vote and are verified against the first look's and their votes' items
+    views = len(local_features.TILTS) / 2
+    tilts = views * ((cfg.verify + votes.VOTES) * VERIFY_GFLOP + RESTRETCH_GFLOP + VOTE_GFLOP)
     return checked * VERIFY_GFLOP + voting + tilts + local_features.GUIDE_MAX * REMATCH_GFLOP
 
 

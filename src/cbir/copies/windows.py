@@ -11,8 +11,9 @@ vector, for copies too degraded or flipped for it), also with the query stretche
 the gallery's common shapes when it is more than ``local_features.STRETCH`` off one; and the
 query's tilted views (``local_features.tilted_views``: a sheared or perspective-warped copy) are
 verified against the first look's candidates (the first ``cfg.verify`` of ``hits``, keeping their
-score there). The verified come first (most inliers first, scored by their best window's cosine),
-then ``hits`` without them.
+score there) and vote as one more variant (its ``votes.VOTES`` items, first fit only, like every
+voted item: a warp strong enough to move the original out of the CNN's reach). The verified come
+first (most inliers first, scored by their best window's cosine), then ``hits`` without them.
 
 Dedup's windows and vote passes use the same two steps (``window_candidates``, ``voted``) over every
 indexed item. The gallery is read through the methods of ``cascade.Searchable``.
@@ -63,28 +64,35 @@ def _query_variants(source, name: str, features, aspects: list[float]) -> list:
     return out
 
 
-def vote_pairs(gallery, source, name: str, features, snap) -> list[tuple]:
+def vote_pairs(gallery, source, name: str, features, snap, views: tuple | None = None) -> list[tuple]:
     """(query variant, item id) pairs to verify by descriptor votes: only items ``snap`` holds and
-    SQLite still calls indexed."""
+    SQLite still calls indexed. ``views``: the query's tilted views vote too, as one more variant (an
+    item's votes: its matches with the best view) — a perspective-warped copy whose descriptors moved."""
     state = gallery.vote_index()
     variants = _query_variants(source, name, features, state.common if state is not None else [])
-    pairs = voted(state, variants)
+    pairs = voted(state, variants + ([views] if views else []))
     live = snap.live(gallery.store, [i for _, i in pairs]) if pairs else []
     return [p for p, ok in zip(pairs, live) if ok]
 
 
-def tilted_pairs(query, name: str, hits: list[Hit], n: int) -> list[tuple]:
-    """(the query's tilted views, item id) for the first ``n`` of ``hits``; [] when the query has no
-    features or its image cannot be read again."""
-    if query.features is None or not n or not hits or not local_features.TILTS:
-        return []
+def tilted_views(query, name: str) -> tuple | None:
+    """The records of the query's tilted views (``local_features.tilted_views``), or None when the
+    query has no features or its image cannot be read again."""
+    if query.features is None or not local_features.TILTS:
+        return None
     img = getattr(query.features, "image", None)
     if img is None:
         try:
             img = local_features.gray(query.source, name)
         except (ImageError, OSError):
-            return []
-    views = local_features.tilted_views(img)
+            return None
+    return local_features.tilted_views(img)
+
+
+def tilted_pairs(views: tuple | None, hits: list[Hit], n: int) -> list[tuple]:
+    """(the query's tilted ``views``, item id) for the first ``n`` of ``hits``; [] without views."""
+    if views is None or not n or not hits:
+        return []
     return [(views, h.id) for h in hits[:n] if h.id >= 0]
 
 
@@ -106,12 +114,15 @@ def look(gallery, query, hits: list[Hit], k: int, cfg, snap, deadline: Deadline 
             if i >= 0:
                 pairs.append((win.features[w], int(i)))
                 best[int(i)] = max(best.get(int(i), -np.inf), float(s_))
-    tilts = tilted_pairs(query, name, hits, cfg.verify)
+    views = tilted_views(query, name)
+    tilts = tilted_pairs(views, hits, cfg.verify)
     scores = {h.id: float(h.score) for h in hits}
     for _, i in tilts:
         best[i] = max(best.get(i, -np.inf), scores[i])
     pairs += tilts
-    by_votes = vote_pairs(gallery, query.source, name, query.features, snap) if query.features is not None else []
+    by_votes = (
+        vote_pairs(gallery, query.source, name, query.features, snap, views) if query.features is not None else []
+    )
     if by_votes:  # their score: the best window's cosine, like the windows' own candidates
         ids_ = np.array([i for _, i in by_votes], np.int64)
         for i, c in zip(ids_.tolist(), (gallery.vectors_for(ids_, snap) @ wvec.T).max(1)):

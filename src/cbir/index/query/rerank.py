@@ -26,8 +26,9 @@ Formulas (x_i the shortlist's L2-normalised vectors, q the query, s_i = q·x_i, 
 - ``keep_first`` (c): the k-NN's first candidate stays first after the verified ones when its cosine
   to the query is ≥ c (0 = off): a copy too degraded to verify (a chain of edits, a perspective
   warp) is often the plain k-NN's first, and the class re-ranking would otherwise move a look-alike
-  ahead of it. The default's 0.8 lies above every top-1 cosine of 630 edited photos that are not in
-  the Corel gallery (at most 0.68).
+  ahead of it. The default's 0.7 lies above every top-1 cosine of 630 edited photos that are not in
+  the Corel gallery (at most 0.68); class queries that are not in the gallery rank the same at 0.7,
+  0.8 or off (BENCHMARKS.md).
 - ``regional`` (n): the first n by the score so far are re-scored as r_i = max(q·x_i, max_w q·g_iw)
   — q the final query, x_i the stored vector (before shortlist DBA), g_iw the item's regional
   descriptors (``cbir export --regions``) — and re-ordered by r ahead of the rest (class-agnostic
@@ -100,7 +101,7 @@ PRESETS = {
     "class": Rerank(shortlist_dba=20, qe=30),  # "images like this": class-level mAP
     "copy": Rerank(verify=10, partial=3),  # "find this photo": the original first
     # both: verified copies first, the class re-ranking orders the rest
-    "default": Rerank(shortlist_dba=20, qe=30, verify=10, partial=3, keep_first=0.8),
+    "default": Rerank(shortlist_dba=20, qe=30, verify=10, partial=3, keep_first=0.7),
 }
 
 
